@@ -1,0 +1,1 @@
+"""Attention kernels of moda-lab. Each op folder holds a reference, Triton kernels and an autograd wrapper."""
