@@ -1,0 +1,65 @@
+"""Sweep analysis: load runs (run dirs, offline wandb, online wandb), one tidy run x step table, paper-shaped
+tables and figures, kernel benchmark plots, and attention inspection (Figure 5 of arXiv 2603.15619).
+
+Command: ``python -m moda_lab.analysis sweep_dir=... out=...`` (see ``moda_lab/analysis/__main__.py``).
+"""
+
+from __future__ import annotations
+
+from moda_lab.analysis.attention import (
+    attention_summary,
+    inspect_checkpoint,
+    inspect_model,
+    layer_summary,
+    plot_attention_heatmaps,
+    plot_attention_summary,
+    save_inspection,
+    synthetic_attention_maps,
+    validate_maps,
+)
+from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
+from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
+from moda_lab.analysis.pipeline import SweepAnalysis, analyze, load_runs, run_analysis
+from moda_lab.analysis.plots import plot_cost_vs_loss, plot_curves, plot_downstream, save_figure
+from moda_lab.analysis.records import RunIssue, RunRecord
+from moda_lab.analysis.tables import paper_table, to_markdown, write_table
+from moda_lab.analysis.tidy import curves, run_summary, seed_aggregate, tidy_table
+from moda_lab.analysis.wandb_offline import load_offline_dir, read_offline_run
+from moda_lab.analysis.wandb_online import load_wandb_project
+
+__all__ = [
+    "RunIssue",
+    "RunRecord",
+    "SweepAnalysis",
+    "analyze",
+    "attention_summary",
+    "bench_groups",
+    "curves",
+    "inspect_checkpoint",
+    "inspect_model",
+    "layer_summary",
+    "load_bench_results",
+    "load_offline_dir",
+    "load_run_dir",
+    "load_runs",
+    "load_sweep_dir",
+    "load_wandb_project",
+    "paper_table",
+    "plot_attention_heatmaps",
+    "plot_attention_summary",
+    "plot_bench_group",
+    "plot_cost_vs_loss",
+    "plot_curves",
+    "plot_downstream",
+    "read_offline_run",
+    "run_analysis",
+    "run_summary",
+    "save_figure",
+    "save_inspection",
+    "seed_aggregate",
+    "synthetic_attention_maps",
+    "tidy_table",
+    "to_markdown",
+    "validate_maps",
+    "write_table",
+]

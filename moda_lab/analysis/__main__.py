@@ -1,0 +1,82 @@
+"""``python -m moda_lab.analysis sweep_dir=<dir> out=<dir> [key=value ...]``: write all figures, tables, report.
+
+Keys:
+  sweep_dir=DIR        run dirs of one experiment (<run_root>/<experiment>/)
+  out=DIR              output dir (default: <sweep_dir>/analysis)
+  wandb=ENTITY/PROJECT also pull online runs (full histories via scan_history, cached as parquet)
+  wandb_offline=DIR    also read offline wandb runs under DIR (offline-run-* folders)
+  cache=DIR            parquet cache for online runs (default: <out>/wandb_cache)
+  refresh=true         re-download cached online runs
+  bench=DIR            kernel benchmark results (default: experiments/bench/results when it exists)
+  ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+KEYS = {"sweep_dir", "out", "wandb", "wandb_offline", "cache", "refresh", "bench", "ckpt", "text", "tokenizer"}
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``key=value`` pairs; unknown keys and bare words raise ValueError naming them."""
+    args: dict[str, str] = {}
+    for item in argv:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("-")
+        if not sep or key not in KEYS:
+            raise ValueError(f"bad argument {item!r}; expected key=value with key in {sorted(KEYS)}")
+        args[key] = value
+    if "sweep_dir" not in args and "wandb" not in args and "wandb_offline" not in args and "ckpt" not in args:
+        raise ValueError("give at least one of sweep_dir=, wandb=, wandb_offline=, ckpt=")
+    if "ckpt" in args and "text" not in args:
+        raise ValueError("ckpt= needs text=")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    matplotlib.use("Agg")
+    from moda_lab.analysis.attention import inspect_checkpoint, save_inspection
+    from moda_lab.analysis.pipeline import run_analysis
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        sys.stderr.write(f"{err}\n\n{__doc__}")
+        return 2
+    sweep = args.get("sweep_dir")
+    out = Path(args.get("out") or (Path(sweep) / "analysis" if sweep else "analysis_out"))
+    default_bench = Path("experiments/bench/results")
+    bench = args.get("bench") or (str(default_bench) if default_bench.is_dir() else None)
+    written: list[Path] = []
+    if sweep or "wandb" in args or "wandb_offline" in args:
+        analysis = run_analysis(
+            sweep,
+            out,
+            wandb_project=args.get("wandb"),
+            wandb_offline=args.get("wandb_offline"),
+            bench_dir=bench,
+            cache_dir=args.get("cache"),
+            refresh=args.get("refresh", "false").lower() in ("1", "true", "yes"),
+        )
+        written += analysis.written
+        n_complete = int(analysis.summary["complete"].sum()) if "complete" in analysis.summary else 0
+        print(f"{len(analysis.records)} runs loaded, {n_complete} complete; {len(analysis.issues)} issues:")
+        for issue in analysis.issues:
+            print(f"  ! {issue.as_line()}")
+    if "ckpt" in args:
+        inspection = inspect_checkpoint(args["ckpt"], args["text"], args.get("tokenizer"))
+        written += save_inspection(inspection, out / "attention")
+    print(f"wrote {len(written)} files under {out}:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Turn logged rows (metrics.jsonl lines, wandb history rows) into one history frame per run, one row per step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+INDEX_COLUMNS: list[str] = ["step", "tokens", "time"]
+# Logged once at step 0, broadcast to every row of the run.
+STATIC_METRICS: list[str] = ["model/params", "model/params_embedding", "model/flops_per_token"]
+
+
+def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> frame sorted by step, with the last logged value of each key per step.
+
+    A resumed run appends to the same metrics file, so a step can appear more than once; train and val metrics of
+    one step may also come on separate lines. Taking the last non-null value per (step, key) handles both.
+    """
+    frame = pd.DataFrame([r for r in rows if r.get("step") is not None])
+    if frame.empty:
+        return pd.DataFrame(columns=INDEX_COLUMNS)
+    frame["step"] = frame["step"].astype("int64")
+    frame = frame.groupby("step", sort=True).last().reset_index()
+    for col in INDEX_COLUMNS:
+        if col not in frame:
+            frame[col] = float("nan")
+    for col in STATIC_METRICS:
+        if col in frame:
+            frame[col] = frame[col].ffill().bfill()
+    if "model/flops_per_token" in frame:
+        frame["flops"] = frame["tokens"].astype("float64") * frame["model/flops_per_token"].astype("float64")
+    else:
+        frame["flops"] = float("nan")
+    ordered = INDEX_COLUMNS + ["flops"]
+    return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
+
+
+def metric_columns(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """Columns of ``frame`` under a metric namespace, e.g. ``metric_columns(df, "eval/")``."""
+    return sorted(c for c in frame.columns if isinstance(c, str) and c.startswith(prefix))
+
+
+def val_domains(frame: pd.DataFrame) -> list[str]:
+    """Domains with a per-domain validation loss, from columns ``val/<domain>/loss``."""
+    return sorted({c.split("/")[1] for c in metric_columns(frame, "val/") if c.count("/") == 2 and c.endswith("/loss")})
+
+
+def eval_tasks(frame: pd.DataFrame) -> list[str]:
+    """Downstream tasks, from columns ``eval/<task>/acc`` or ``eval/<task>/acc_norm``."""
+    return sorted({c.split("/")[1] for c in metric_columns(frame, "eval/") if c.count("/") == 2})

@@ -1,0 +1,120 @@
+"""Load the run dirs of a sweep from their local files (config.yaml, meta.json, metrics.jsonl).
+
+Layout (one dir per job): ``<sweep_dir>/<run_dir>/{config.yaml, meta.json, metrics.jsonl, checkpoints/, wandb/}``.
+A run dir without metrics.jsonl falls back to its offline wandb folder when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moda_lab.analysis.history import history_frame
+from moda_lab.analysis.records import RunRecord
+from moda_lab.analysis.wandb_offline import find_offline_runs, load_offline_runs
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RUN_MARKERS = ("config.yaml", "meta.json", METRICS_FILE, "checkpoints", "wandb")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A dir is a run dir when it holds any file a training job writes."""
+    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Run dirs directly under ``sweep_dir`` (or ``sweep_dir`` itself when it is one run dir), sorted by name."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep dir not found: {root}")
+    if (root / "config.yaml").exists() or (root / METRICS_FILE).exists():
+        return [root]
+    return sorted(p for p in root.iterdir() if is_run_dir(p))
+
+
+def read_metrics_jsonl(path: Path, record: RunRecord) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl line by line; unreadable lines (e.g. a write cut by a crash) become issues."""
+    rows: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            where = "last line" if lineno == len(lines) else f"line {lineno}"
+            record.add_issue("truncated_line", f"{METRICS_FILE} {where} is not valid JSON (cut write?); skipped")
+            continue
+        if not isinstance(row, dict) or "step" not in row:
+            record.add_issue("bad_line", f"{METRICS_FILE} line {lineno} has no 'step'; skipped")
+            continue
+        rows.append(row)
+    return rows
+
+
+def _read_yaml(path: Path, record: RunRecord) -> dict[str, Any]:
+    if not path.exists():
+        record.add_issue("missing_config", "no config.yaml")
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        record.add_issue("bad_config", f"config.yaml unreadable: {err}")
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
+    if not path.exists():
+        record.add_issue("missing_meta", "no meta.json; status unknown")
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        record.add_issue("bad_meta", f"meta.json unreadable: {err}")
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def load_run_dir(run_dir: str | Path) -> RunRecord:
+    """Load one run dir; never raises for a broken run, reports it in ``record.issues`` instead."""
+    run_dir = Path(run_dir)
+    record = RunRecord(run=run_dir.name, source="local", path=str(run_dir), status="unknown")
+    record.config = _read_yaml(run_dir / "config.yaml", record)
+    record.meta = _read_meta(run_dir / "meta.json", record)
+    record.status = str(record.meta.get("status", "unknown"))
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists():
+        rows = read_metrics_jsonl(metrics, record)
+        if not rows:
+            record.add_issue("empty_metrics", f"{METRICS_FILE} has no readable rows")
+        record.history = history_frame(rows)
+        return record
+    offline = find_offline_runs(run_dir)
+    if offline:
+        record.add_issue("missing_metrics", f"no {METRICS_FILE}; history read from offline wandb ({len(offline)})")
+        record.source = "wandb-offline"
+        merged = load_offline_runs(offline, run_name=record.run)
+        record.history = merged.history
+        record.config = record.config or merged.config
+        record.issues.extend(i for i in merged.issues if i.kind != "no_exit_record" or record.status == "unknown")
+        if record.status == "unknown":
+            record.status = merged.status
+        return record
+    record.add_issue("missing_metrics", f"no {METRICS_FILE} and no offline wandb run")
+    record.status = "missing" if record.status == "unknown" else record.status
+    record.history = history_frame([])
+    return record
+
+
+def load_sweep_dir(sweep_dir: str | Path) -> list[RunRecord]:
+    """Every run dir of a sweep, in name order (broken ones included, with issues)."""
+    records = [load_run_dir(p) for p in find_run_dirs(sweep_dir)]
+    log.info("loaded %d run dirs from %s", len(records), sweep_dir)
+    return records

@@ -1,0 +1,110 @@
+"""Run records shared by every loader: config columns, history frame, and the issues found while loading.
+
+A loader (run dir, offline wandb, online wandb) returns one :class:`RunRecord` per run, including runs that could
+not be read: those carry an empty history and at least one :class:`RunIssue`, so that nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+# Config columns of the tidy table, in display order, with the dotted config key each comes from.
+CONFIG_KEYS: dict[str, str] = {
+    "experiment": "experiment",
+    "model": "model.mixer.name",
+    "norm": "norm.placement",
+    "depth_kv": "model.mixer.depth_kv",
+    "ffn_kv": "model.mixer.ffn_kv",
+    "attn_kv": "model.mixer.attn_kv",
+    "seed": "seed",
+    "layers": "model.n_layers",
+    "width": "model.d_model",
+    "n_heads": "model.n_heads",
+    "n_kv_heads": "model.n_kv_heads",
+}
+CONFIG_COLUMNS: list[str] = list(CONFIG_KEYS)
+SWITCH_COLUMNS: list[str] = ["depth_kv", "ffn_kv", "attn_kv"]
+# A "cell" of a sweep: every config column except the seed; seeds of one cell are averaged.
+CELL_COLUMNS: list[str] = [c for c in CONFIG_COLUMNS if c != "seed"]
+RUN_COLUMNS: list[str] = ["run", "source", "status", "path"]
+
+
+@dataclass(frozen=True)
+class RunIssue:
+    """Something wrong with one run (missing file, truncated line, crashed, no validation loss, ...)."""
+
+    run: str
+    kind: str
+    detail: str
+
+    def as_line(self) -> str:
+        return f"{self.run}: [{self.kind}] {self.detail}"
+
+
+@dataclass
+class RunRecord:
+    """One run as loaded: identity, flattened config, and its history (one row per step)."""
+
+    run: str
+    source: str  # "local" | "wandb-offline" | "wandb-online"
+    path: str
+    status: str  # "finished" | "running" | "failed" | "unknown" | "missing"
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    issues: list[RunIssue] = field(default_factory=list)
+
+    def add_issue(self, kind: str, detail: str) -> None:
+        self.issues.append(RunIssue(self.run, kind, detail))
+
+
+def unwrap_wandb_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Undo the legacy ``{"value": x, "desc": ...}`` wrapping some wandb APIs put around config entries."""
+    out: dict[str, Any] = {}
+    for key, val in cfg.items():
+        if key.startswith("_wandb"):
+            continue
+        if isinstance(val, dict) and "value" in val and set(val) <= {"value", "desc"}:
+            val = val["value"]
+        out[key] = val
+    return out
+
+
+def get_dotted(cfg: dict[str, Any], dotted: str) -> Any:
+    """``get_dotted({"a": {"b": 1}}, "a.b") == 1``; also accepts flat keys ``{"a.b": 1}``; missing -> None."""
+    if dotted in cfg:
+        return cfg[dotted]
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def config_columns(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The tidy-table config columns of one resolved run config (None where the key is absent)."""
+    cols = {col: get_dotted(cfg, key) for col, key in CONFIG_KEYS.items()}
+    for col in SWITCH_COLUMNS:
+        # Switches are false where not applicable (contract); a missing key means the same thing.
+        cols[col] = bool(cols[col]) if cols[col] is not None else False
+    return cols
+
+
+def variant_label(model: Any, depth_kv: Any = False, ffn_kv: Any = False, attn_kv: Any = False) -> str:
+    """Short name of a depth-mixing variant with its MoDA switches, e.g. ``moda +ffn_kv``."""
+    extras = [f"+{name}" for name, on in (("ffn_kv", ffn_kv), ("attn_kv", attn_kv)) if on]
+    # MoDA reads depth K/V by definition; flag the unusual cases only.
+    if str(model) == "moda" and not depth_kv:
+        extras.insert(0, "-depth_kv")
+    elif str(model) != "moda" and depth_kv:
+        extras.insert(0, "+depth_kv")
+    return " ".join([str(model), *extras])
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

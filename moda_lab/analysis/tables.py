@@ -1,0 +1,138 @@
+"""Tables in the shape of the paper's (arXiv 2603.15619): Table 3 (main), Tables 4-5 (per-domain val ppl,
+per-task downstream accuracy) and Table 6 (norm placement x depth, validation loss).
+
+Each table is built from the run summary (complete runs only, see ``tidy.run_summary``) as a numeric frame with
+``<col>`` (mean), ``<col> std`` and ``seeds`` columns (for CSV) and rendered to Markdown as ``mean ± std``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moda_lab.analysis.history import eval_tasks, val_domains
+from moda_lab.analysis.plots import task_metric
+from moda_lab.analysis.tidy import seed_aggregate
+
+# Identity columns shown in every table, in order, when present.
+ID_COLUMNS = ["model", "norm", "depth_kv", "ffn_kv", "attn_kv", "layers", "width"]
+
+
+def _with_derived(summary: pd.DataFrame, prefer: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Add display-scale columns (params in M, ppl from loss) and return the column -> source mapping."""
+    frame = summary[summary["complete"]].copy() if "complete" in summary else summary.copy()
+    cols: dict[str, str] = {}
+    if "model/params" in frame:
+        frame["params M"] = frame["model/params"] / 1e6
+        cols["params M"] = "model/params"
+    if "model/flops_per_token" in frame:
+        frame["GFLOPs/token"] = frame["model/flops_per_token"] / 1e9
+        cols["GFLOPs/token"] = "model/flops_per_token"
+    # Perplexity of the mean-over-window train loss; val ppl from the final val loss (exp of mean loss per run).
+    if "train/loss" in frame:
+        frame["train ppl"] = np.exp(frame["train/loss"])
+        cols["train ppl"] = "train/loss"
+    if "val/loss" in frame:
+        frame["val loss"] = frame["val/loss"]
+        frame["val ppl"] = np.exp(frame["val/loss"])
+        cols["val loss"] = cols["val ppl"] = "val/loss"
+    for dom in val_domains(frame):
+        frame[f"{dom} ppl"] = np.exp(frame[f"val/{dom}/loss"])
+        cols[f"{dom} ppl"] = f"val/{dom}/loss"
+    accs = []
+    for task in eval_tasks(frame):
+        src = task_metric(frame, task, prefer)
+        if src:
+            frame[task] = 100.0 * frame[src]
+            cols[task] = src
+            accs.append(task)
+    if accs:
+        frame["avg acc"] = frame[accs].mean(axis=1, skipna=False)
+        cols["avg acc"] = "mean of tasks"
+    return frame, cols
+
+
+def paper_table(summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ...] = ("acc_norm", "acc")) -> pd.DataFrame:
+    """Numeric table, one row per sweep cell. ``kind``:
+
+    - ``main`` (Table 3): params M, GFLOPs/token, train ppl, val ppl, per-domain ppl, avg acc
+    - ``domains`` (Table 4): val ppl per domain
+    - ``downstream`` (Table 5): accuracy (%) per task and average
+    - ``norm`` (Table 6): layers, norm, model, params M, val loss
+    """
+    frame, cols = _with_derived(summary, prefer)
+    domains = [c for c in cols if c.endswith(" ppl") and c not in ("train ppl", "val ppl")]
+    tasks = [c for c in cols if cols[c].startswith("eval/")]
+    values = {
+        "main": ["params M", "GFLOPs/token", "train ppl", "val ppl", *domains, "avg acc"],
+        "domains": ["val ppl", *domains],
+        "downstream": [*tasks, "avg acc"],
+        "norm": ["params M", "val loss"],
+    }[kind]
+    values = [v for v in values if v in frame]
+    if frame.empty or not values:
+        return pd.DataFrame(columns=[*ID_COLUMNS, "seeds"])
+    agg = seed_aggregate(frame, values)
+    seeds = agg[[f"{v}:n" for v in values]].max(axis=1).astype(int)
+    ids = [c for c in ID_COLUMNS if c in agg]
+    if kind == "norm":
+        ids = [c for c in ["layers", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "width"] if c in agg]
+    table = agg[ids].copy()
+    table.insert(ids.index("model") + 1 if "model" in ids else 0, "variant", agg["variant"])
+    table["seeds"] = seeds
+    for v in values:
+        table[v] = agg[v]
+        table[f"{v} std"] = agg[f"{v}:std"]
+    sort = [c for c in (["layers", "norm", "model"] if kind == "norm" else ["norm", "layers", "model"]) if c in table]
+    return table.sort_values(sort, kind="stable").reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    return text if std is None or math.isnan(std) else f"{text} ± {std:.{digits}f}"
+
+
+DIGITS = {"params M": 2, "GFLOPs/token": 4, "val loss": 4}
+
+
+def to_markdown(table: pd.DataFrame, title: str = "") -> str:
+    """Markdown rendering with ``mean ± std`` cells; a note states the seed counts (and flags single-seed rows)."""
+    values = [c for c in table.columns if f"{c} std" in table.columns]
+    ids = [c for c in table.columns if c not in values and not c.endswith(" std")]
+    header = [*ids, *values]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [("yes" if v is True else "" if v is False else str(v)) for v in (row[c] for c in ids)]
+        cells += [_fmt(row[v], row[f"{v} std"], DIGITS.get(v, 2)) for v in values]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not table.empty:
+        seeds = sorted(set(int(s) for s in table["seeds"]))
+        note = f"mean ± std over seeds (seeds per row: {', '.join(map(str, seeds))})"
+        if 1 in seeds:
+            note += "; rows with 1 seed show no std"
+        lines += ["", f"_{note}. Complete runs only; see report.md for excluded runs._"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, title: str) -> list[Path]:
+    """``<stem>.csv`` (numeric, mean and std columns) and ``<stem>.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
+    table.to_csv(csv, index=False)
+    md.write_text(to_markdown(table, title), encoding="utf-8")
+    return [csv, md]
+
+
+TABLES = {
+    "table3_main": ("main", "Main results (shape of the paper's Table 3)"),
+    "table4_domains": ("domains", "Validation perplexity per domain (shape of Table 4)"),
+    "table5_downstream": ("downstream", "Downstream accuracy % per task (shape of Table 5)"),
+    "table6_norm": ("norm", "Norm placement x depth, validation loss (shape of Table 6)"),
+}

@@ -1,0 +1,107 @@
+"""Tokenise a corpus once and pack it into flat uint16 token files that training memory-maps.
+
+Cache layout (one folder per corpus fingerprint, so a changed corpus or vocabulary never reuses stale data):
+  <cache_root>/<key>/tokenizer.json
+  <cache_root>/<key>/train.bin            all training documents, EOS-separated
+  <cache_root>/<key>/val_<domain>.bin     held-out documents of each domain
+  <cache_root>/<key>/meta.json            vocab, token and byte counts per split (bytes give bits-per-byte)
+Documents, not windows, are split, so no held-out text leaks into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from .corpus import corpus_files, read_documents
+from .tokenizer import EOS, load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackedData:
+    root: Path
+    meta: dict
+
+    @property
+    def vocab_size(self) -> int:
+        return self.meta["vocab_size"]
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(self.meta["val"])
+
+    def tokens(self, split: str) -> np.ndarray:
+        """Memory-mapped uint16 tokens of 'train' or 'val_<domain>'."""
+        return np.memmap(self.root / f"{split}.bin", dtype=np.uint16, mode="r")
+
+
+def _fingerprint(files: dict[str, list[Path]], vocab_size: int, val_fraction: float) -> str:
+    h = hashlib.sha256(f"v1|{vocab_size}|{val_fraction}".encode())
+    for domain, paths in files.items():
+        for p in paths:
+            st = p.stat()
+            h.update(f"{domain}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _is_val(domain: str, index: int, val_fraction: float) -> bool:
+    # Stable per-document coin: the same documents are held out on every machine.
+    return zlib.crc32(f"{domain}/{index}".encode()) % 10_000 < val_fraction * 10_000
+
+
+def prepare(corpus_dir: str | Path, cache_root: str | Path, vocab_size: int, val_fraction: float) -> PackedData:
+    """Build (or reuse) the packed token files of corpus_dir; safe to call from several processes."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    if not 256 < vocab_size <= 65535:
+        raise ValueError(f"data.vocab_size must be in (256, 65535] for byte-level BPE in uint16, got {vocab_size}")
+    files = corpus_files(corpus_dir)
+    root = Path(cache_root) / _fingerprint(files, vocab_size, val_fraction)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        if not (root / "meta.json").is_file():
+            _build(files, root, vocab_size, val_fraction)
+    return PackedData(root, json.loads((root / "meta.json").read_text()))
+
+
+def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fraction: float) -> None:
+    splits: dict[str, list[str]] = {"train": []}
+    for domain, paths in files.items():
+        docs = [d for p in paths for d in read_documents(p)]
+        val = [d for i, d in enumerate(docs) if _is_val(domain, i, val_fraction)]
+        train = [d for i, d in enumerate(docs) if not _is_val(domain, i, val_fraction)]
+        if not val and len(docs) > 1:  # tiny domains still get a held-out document
+            val, train = train[-1:], train[:-1]
+        if not val:
+            raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
+        splits["train"].extend(train)
+        splits[f"val_{domain}"] = val
+    log.info("training a %d-token BPE on %d documents", vocab_size, len(splits["train"]))
+    tok = train_tokenizer(splits["train"], vocab_size)
+    tok.save(str(root / "tokenizer.json"))
+    eos = tok.token_to_id(EOS)
+    meta: dict = {"vocab_size": tok.get_vocab_size(), "eos_id": eos, "train": {}, "val": {}}
+    for split, docs in splits.items():
+        ids: list[int] = []
+        for enc in tok.encode_batch(docs):
+            ids.extend(enc.ids)
+            ids.append(eos)
+        arr = np.asarray(ids, dtype=np.uint16)
+        arr.tofile(root / f"{split}.bin")
+        stats = {"tokens": int(arr.size), "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
+        if split == "train":
+            meta["train"] = stats
+        else:
+            meta["val"][split.removeprefix("val_")] = stats
+    (root / "meta.json").write_text(json.dumps(meta, indent=2))
+
+

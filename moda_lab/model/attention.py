@@ -1,0 +1,87 @@
+"""Causal self-attention with GQA, optional QK-norm and RoPE, whose softmax may also cover depth slots (MoDA)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kernels.moda.naive import naive_moda_probs
+
+from .config import ModelConfig
+from .layers import Rotary
+
+
+@dataclass
+class KVCache:
+    """Per-layer sequence K/V of the tokens seen so far (incremental decoding): lists of [B, S, Hk, d]."""
+
+    k: dict[int, torch.Tensor] = field(default_factory=dict)
+    v: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.k.values())).shape[1] if self.k else 0
+
+
+@dataclass
+class ForwardCtx:
+    """What a forward pass hands every block: RoPE, the attention backend and the per-forward depth state."""
+
+    rope: Rotary
+    attn: object
+    offset: int = 0
+    state: object = None
+    cache: KVCache | None = None
+    probs: list[torch.Tensor] | None = None  # filled with [B, Hq, T, S + L] maps when inspecting
+
+
+class KVProjection(nn.Module):
+    """K/V heads of an input, normalised and rotated like the attention keys (shared by the MoDA extra slots)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_kv, self.hd = cfg.n_kv_heads, cfg.hd
+        self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.hd, bias=False)
+        self.k_norm = nn.RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        k, v = self.wkv(x).view(B, T, 2, self.n_kv, self.hd).unbind(2)  # [B, T, Hk, d] each
+        # Rotated at the token's own position: against a query of the same token RoPE cancels, so a depth
+        # slot scores like an unrotated key, whichever layer wrote it.
+        return ctx.rope(self.k_norm(k), ctx.offset), v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.n_heads, self.hd = layer, cfg.n_heads, cfg.hd
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.hd, bias=False)
+        self.kv = KVProjection(cfg)
+        self.q_norm = nn.RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, ctx: ForwardCtx, depth: tuple[torch.Tensor | None, torch.Tensor | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D]; depth (k_depth, v_depth) [B, T, L, Hk, d] or (None, None). Returns (out, k, v)."""
+        B, T, _ = x.shape
+        q = ctx.rope(self.q_norm(self.wq(x).view(B, T, self.n_heads, self.hd)), ctx.offset)
+        k, v = self.kv(x, ctx)
+        k_seq, v_seq = k, v
+        if ctx.cache is not None:
+            if self.layer in ctx.cache.k:
+                k_seq = torch.cat([ctx.cache.k[self.layer], k], dim=1)
+                v_seq = torch.cat([ctx.cache.v[self.layer], v], dim=1)
+            ctx.cache.k[self.layer], ctx.cache.v[self.layer] = k_seq, v_seq
+        k_depth, v_depth = depth
+        if ctx.probs is not None:
+            ctx.probs.append(naive_moda_probs(q, k_seq, k_depth))
+        out = ctx.attn(q, k_seq, v_seq, k_depth, v_depth, causal=True)
+        return self.wo(out.reshape(B, T, -1)), k, v
+
+    def flops_per_token(self, context: int, depth_slots: int) -> int:
+        """Forward FLOPs of QK^T and PV per token (the projections are counted as parameters)."""
+        return 4 * self.n_heads * self.hd * (context + depth_slots)

@@ -1,0 +1,70 @@
+"""Attention backend switch: one call site for sequence-only, depth-only and MoDA attention.
+
+``naive``  the fp32 PyTorch reference (kernels/moda/naive.py); any device, any mode.
+``sdpa``   torch's scaled_dot_product_attention for sequence-only attention; modes with depth slots use the
+           reference, since SDPA cannot put depth slots under the same softmax.
+``triton`` the fused MoDA kernel (kernels/moda); CUDA, or CPU under TRITON_INTERPRET=1.
+``auto``   triton on CUDA when Triton imports, otherwise naive.
+
+The backend is resolved once when the model is built; it holds no parameters, so switching never changes
+``state_dict()`` keys. ``MODA_LAB_ATTN_BACKEND`` overrides the configured choice (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kernels.moda.naive import naive_moda_attn
+
+from .config import BACKEND_NAMES
+
+AttnFn = Callable[..., torch.Tensor]
+OVERRIDE_ENV = "MODA_LAB_ATTN_BACKEND"
+
+
+def _sdpa_attn(q, k, v, k_depth=None, v_depth=None, *, causal=True, scale=None):
+    if k_depth is not None or k is None:
+        return naive_moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
+    G = q.shape[2] // k.shape[2]
+    # SDPA wants [B, H, T, d]; GQA is expanded here (enable_gqa is not available on every backend).
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    if G > 1:
+        kt, vt = kt.repeat_interleave(G, dim=1), vt.repeat_interleave(G, dim=1)
+    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
+    return out.transpose(1, 2)
+
+
+def _triton_attn():
+    try:
+        from kernels.moda import moda_attn
+    except ImportError as err:  # triton missing or broken
+        raise RuntimeError(f"model.attn_backend='triton' needs a working Triton install: {err}") from err
+    return moda_attn
+
+
+def triton_usable() -> bool:
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        _triton_attn()
+    except RuntimeError:
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> tuple[str, AttnFn]:
+    """Map a backend name (or ``auto``) to (resolved name, attention function)."""
+    name = os.environ.get(OVERRIDE_ENV, name)
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"attention backend {name!r} is not allowed; choose one of {list(BACKEND_NAMES)}")
+    if name == "auto":
+        name = "triton" if torch.cuda.is_available() and triton_usable() else "naive"
+    if name == "naive":
+        return name, naive_moda_attn
+    if name == "sdpa":
+        return name, _sdpa_attn
+    return name, _triton_attn()

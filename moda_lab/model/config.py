@@ -1,0 +1,104 @@
+"""Plain, frozen configuration of the decoder and of its two registries (depth mixing, norm placement).
+
+These dataclasses are what model code receives; Hydra's YAML maps 1:1 onto them (conf/model, conf/norm)
+and run.py converts once at the door. Every check raises ValueError naming the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIXER_NAMES = ("residual", "dense", "depth_attn", "moda")
+NORM_NAMES = ("pre", "post", "reordered")
+BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Depth mixing: how a block reads from and writes to the depth stream.
+
+    The three MoDA switches are the columns of the paper's Table 3; they only apply to ``name="moda"``.
+    """
+
+    name: str = "residual"
+    depth_kv: bool = False  # MoDA: each attention layer writes its sequence K/V to the depth stream
+    ffn_kv: bool = False  # MoDA: each FFN input is projected by a light K/V projection and written
+    attn_kv: bool = False  # MoDA: an extra K/V projection of each attention input is written
+
+    def __post_init__(self) -> None:
+        _check_choice("model.mixer.name", self.name, MIXER_NAMES)
+        switches = {"depth_kv": self.depth_kv, "ffn_kv": self.ffn_kv, "attn_kv": self.attn_kv}
+        if self.name == "moda" and not any(switches.values()):
+            raise ValueError(
+                "model.mixer.name='moda' needs at least one depth K/V source: set model.mixer.depth_kv, "
+                "model.mixer.ffn_kv or model.mixer.attn_kv to true"
+            )
+        if self.name != "moda":
+            on = [k for k, v in switches.items() if v]
+            if on:
+                raise ValueError(f"model.mixer.{on[0]}=true only applies to model.mixer.name='moda', not {self.name!r}")
+
+    @property
+    def slots_per_layer(self) -> int:
+        """Depth K/V slots one layer writes (MoDA only)."""
+        return int(self.depth_kv) + int(self.ffn_kv) + int(self.attn_kv)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder skeleton: RMSNorm, RoPE, SwiGLU, GQA, optional QK-norm, tied or untied embeddings."""
+
+    vocab_size: int = 4096
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int | None = None  # default d_model // n_heads
+    ffn_hidden: int | None = None  # default: 8/3 * d_model rounded up to a multiple of 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    attn_backend: str = "auto"
+    mixer: MixerConfig = field(default_factory=MixerConfig)
+    norm: str = "pre"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mixer, dict):  # plain-dict construction (checkpoints, tests)
+            object.__setattr__(self, "mixer", MixerConfig(**self.mixer))
+        _check_choice("norm.placement", self.norm, NORM_NAMES)
+        _check_choice("model.attn_backend", self.attn_backend, BACKEND_NAMES)
+        for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads} (GQA)"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; set model.head_dim"
+            )
+        if self.hd % 2:
+            raise ValueError(f"head dim {self.hd} must be even for RoPE")
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        return ((8 * self.d_model // 3) + 63) // 64 * 64
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads

@@ -1,0 +1,161 @@
+"""The one decoder skeleton: embeddings -> N blocks -> norm -> head.
+
+Depth mixing (mixers.DEPTH_MIXERS) and norm placement (norms.NORM_PLACEMENTS) are chosen by name from two
+orthogonal registries; nothing else differs between variants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.moda.naive import naive_moda_attn
+
+from .attention import Attention, ForwardCtx, KVCache
+from .backends import resolve_backend
+from .config import ModelConfig
+from .layers import Rotary, SwiGLU
+from .mixers import DEPTH_MIXERS
+from .norms import NORM_PLACEMENTS
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.mixer = DEPTH_MIXERS[cfg.mixer.name](cfg, layer)
+        self.attn = Attention(cfg, layer)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim)
+        place = NORM_PLACEMENTS[cfg.norm]
+        self.attn_norm = place(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = place(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
+        x = self.mixer.read(x, ctx)
+        x = self.attn_norm(x, lambda h: self._attn(h, ctx))
+        x = self.ffn_norm(x, lambda h: self._ffn(h, ctx))
+        return self.mixer.write(x, ctx)
+
+    def _attn(self, h: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
+        out, k, v = self.attn(h, ctx, self.mixer.attn_depth(ctx))
+        self.mixer.after_attn(h, k, v, ctx)
+        return out
+
+    def _ffn(self, h: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
+        self.mixer.before_ffn(h, ctx)
+        return self.ffn(h)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backend, self._attn_fn = resolve_backend(cfg.attn_backend)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        final = NORM_PLACEMENTS[cfg.norm].final_norm
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if final else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.rope = Rotary(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        for name, mod in self.named_modules():
+            if isinstance(mod, nn.Linear):
+                if getattr(mod, "zero_init", False):
+                    nn.init.zeros_(mod.weight)
+                elif name.endswith(("attn.wo", "ffn.w2")):
+                    # GPT-2 style: residual-branch outputs scaled by depth so the stream's variance stays O(1).
+                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+                else:
+                    nn.init.normal_(mod.weight, std=std)
+        nn.init.normal_(self.tok_emb.weight, std=std)
+
+    def set_backend(self, name: str) -> None:
+        """Switch the attention backend (no parameters change)."""
+        self.backend, self._attn_fn = resolve_backend(name)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        probs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """idx [B, T] -> logits [B, T, V], or the mean cross-entropy when targets [B, T] are given.
+
+        With a KVCache, idx holds only the new tokens; the cache grows in place (decoding uses the reference
+        attention, whose causal mask handles more keys than queries).
+        """
+        offset = cache.length if cache is not None else 0
+        attn = naive_moda_attn if cache is not None else self._attn_fn
+        ctx = ForwardCtx(self.rope, attn, offset, DEPTH_MIXERS[self.cfg.mixer.name].new_state(self.cfg), cache, probs)
+        x = self.tok_emb(idx)
+        for block in self.blocks:
+            x = block(x, ctx)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Softmax maps per layer, each [B, Hq, T, T + S_l]: causal sequence slots, then the S_l depth slots."""
+        probs: list[torch.Tensor] = []
+        self(idx, probs=probs)
+        return probs
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: int | None = None) -> torch.Tensor:
+        """Greedy decoding with the depth-aware KV cache; returns [B, T + new] (stops early when all hit eos)."""
+        if idx.shape[1] + max_new_tokens > self.cfg.max_seq_len:
+            raise ValueError(
+                f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds model.max_seq_len={self.cfg.max_seq_len}"
+            )
+        cache = KVCache()
+        logits = self(idx, cache=cache)
+        out = [idx]
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+            if eos_id is not None:
+                done |= nxt.squeeze(1) == eos_id
+                if bool(done.all()):
+                    break
+            logits = self(nxt, cache=cache)
+        return torch.cat(out, dim=1)
+
+    # --- size and cost --------------------------------------------------------------------------------
+
+    def num_params(self, embedding: bool = True) -> int:
+        """Unique parameters; with embedding=False the token-embedding table is left out."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if embedding else n - self.tok_emb.weight.numel()
+
+    def matmul_params(self) -> int:
+        """Weights used once per token in a matmul: every Linear (a tied head counts: it still multiplies)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+    def forward_flops_per_token(self, seq_len: int) -> int:
+        """Analytic forward FLOPs per token at context seq_len.
+
+        2 per matmul weight, plus per layer QK^T and PV over seq_len sequence keys (full, un-masked count, the
+        PaLM convention and what the reference materialises) and over the layer's depth slots, plus the
+        mixers' own work (DWA combinations, depth-attention reads). Norms, RoPE and softmax are not counted.
+        """
+        total = 2 * self.matmul_params()
+        for block in self.blocks:
+            total += block.attn.flops_per_token(seq_len, block.mixer.depth_slots())
+            total += block.mixer.flops_per_token()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward = 3x forward)."""
+        return 3 * self.forward_flops_per_token(seq_len)

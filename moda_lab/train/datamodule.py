@@ -1,0 +1,88 @@
+"""LightningDataModule over packed, memory-mapped tokens: shuffled training windows, per-domain validation."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data import PackedData
+
+
+class TokenWindows(Dataset):
+    """Non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets) over a uint16 memmap."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, limit: int | None = None) -> None:
+        self.tokens, self.seq_len = tokens, seq_len
+        n = (len(tokens) - 1) // seq_len
+        self.n = n if limit is None else min(n, limit)
+        if self.n < 1:
+            raise ValueError(f"{len(tokens)} tokens hold no window of data.seq_len={seq_len} + 1 tokens")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.seq_len
+        chunk = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start mid-epoch, so a resumed run sees the data it has not."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+        start, self.start = self.start, 0
+        self.epoch += 1
+        return iter(order[start:])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def seek(self, samples_seen: int) -> None:
+        """Position after samples_seen samples of this rank."""
+        self.epoch, self.start = divmod(samples_seen, len(self))
+
+
+class PackedDataModule(L.LightningDataModule):
+    def __init__(self, data: PackedData, seq_len: int, batch_size: int, val_windows: int, seed: int, num_workers: int):
+        super().__init__()
+        self.data, self.seq_len, self.batch_size = data, seq_len, batch_size
+        self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
+        self.sampler: ResumableSampler | None = None
+        self._samples_seen = 0
+
+    @property
+    def val_domains(self) -> list[str]:
+        return self.data.domains
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TokenWindows(self.data.tokens("train"), self.seq_len)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        self.sampler = ResumableSampler(len(ds), self.seed, rank, world)
+        self.sampler.seek(self._samples_seen)
+        return DataLoader(ds, self.batch_size, sampler=self.sampler, drop_last=True, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(
+                TokenWindows(self.data.tokens(f"val_{d}"), self.seq_len, self.val_windows),
+                self.batch_size,
+                num_workers=self.num_workers,
+            )
+            for d in self.val_domains
+        ]
+
+    def state_dict(self) -> dict:
+        seen = self.trainer.global_step * self.batch_size * self.trainer.accumulate_grad_batches if self.trainer else 0
+        return {"samples_seen": seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._samples_seen = int(state.get("samples_seen", 0))

@@ -1,0 +1,109 @@
+"""LightningModule: next-token loss, AdamW with linear warm-up and cosine decay, throughput and MFU logging."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from ..config import TrainerConfig
+from ..model import GPT, ModelConfig
+from .perf import peak_flops
+
+LN2 = math.log(2.0)
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr: linear warm-up over `warmup` steps, then cosine to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, model_cfg: dict, trainer_cfg: dict, val_domains: list[str], bytes_per_token: dict[str, float]):
+        super().__init__()
+        # Plain dicts, so the checkpoint's hyper_parameters rebuild the model without this package's dataclasses.
+        self.save_hyperparameters()
+        self.model = GPT(ModelConfig(**model_cfg))
+        self.tcfg = TrainerConfig(**trainer_cfg)
+        self.val_domains = val_domains
+        self.bytes_per_token = bytes_per_token
+        self._t_last: float | None = None
+        self.flops_per_token = self.model.flops_per_token(self.model.cfg.max_seq_len)
+
+    @property
+    def tokens_per_step(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.tcfg.batch_size * self.tcfg.accumulate * world * self.model.cfg.max_seq_len
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step
+        if step % self.tcfg.log_every or (batch_idx + 1) % self.tcfg.accumulate:
+            return
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tok_s = self.tokens_per_step * self.tcfg.log_every / (now - self._t_last)
+            self.log("perf/tokens_per_s", tok_s, on_step=True, on_epoch=False, prog_bar=True)
+            peak = peak_flops(self.device)
+            if peak:
+                world = self.trainer.world_size
+                self.log("perf/mfu", tok_s * self.flops_per_token / (peak * world), on_step=True, on_epoch=False)
+        self._t_last = now
+        self.log("train/tokens", float(step * self.tokens_per_step), on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % self.tcfg.log_every == 0:
+            norms = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        loss = self.model(x, y)
+        domain = self.val_domains[dataloader_idx]
+        self.log(f"val/{domain}/loss", loss, add_dataloader_idx=False, batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        losses = [metrics[f"val/{d}/loss"] for d in self.val_domains if f"val/{d}/loss" in metrics]
+        if not losses:
+            return
+        for d in self.val_domains:
+            key = f"val/{d}/loss"
+            if key in metrics:
+                self.log(f"val/{d}/ppl", torch.exp(metrics[key]))
+                self.log(f"val/{d}/bpb", metrics[key] / LN2 / self.bytes_per_token[d])
+        mean = torch.stack(losses).mean()
+        self.log("val/loss", mean, prog_bar=True)
+        self.log("val/ppl", torch.exp(mean))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # Matrices decay; norms' gains, DWA weights and other vectors do not.
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        t = self.tcfg
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            fused=self.device.type == "cuda" or None,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

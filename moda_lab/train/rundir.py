@@ -1,0 +1,110 @@
+"""Self-describing run directories: resolved config, git state, environment, meta (wandb id, status)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError
+
+# Keys a relaunch may change without starting a different run (longer training, logging, workers, eval).
+RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.val_every", "trainer.ckpt_every", "trainer.log_every",
+                     "trainer.keep_checkpoints", "trainer.threads", "trainer.devices", "trainer.strategy",
+                     "data.num_workers", "data.build_default", "logger.", "eval.", "run_root")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def check_resume_compatible(old: dict, new: dict, run_dir: Path) -> None:
+    """A relaunch into an existing run dir must describe the same run; raise ConfigError listing differences."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if diffs:
+        lines = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])
+        raise ConfigError(
+            f"{run_dir} already holds a run with a different config ({lines}). Its checkpoints and logs are "
+            "kept untouched; launch with another experiment name or run_root, or move that directory away."
+        )
+
+
+class RunDir:
+    """<run_root>/<experiment>/<run name>: config.yaml, meta.json, metrics.jsonl, checkpoints/, wandb/."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.ckpt_dir = self.path / "checkpoints"
+        self.meta_path = self.path / "meta.json"
+
+    @property
+    def last_ckpt(self) -> Path | None:
+        last = self.ckpt_dir / "last.ckpt"
+        return last if last.is_file() else None
+
+    def read_meta(self) -> dict:
+        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+
+    def write_meta(self, **updates) -> dict:
+        meta = {**self.read_meta(), **updates}
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(self.meta_path)
+        return meta
+
+    def open(self, resolved: dict) -> dict:
+        """Create or re-open the run dir; returns meta (with a stable wandb id). Never deletes anything."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.path / "config.yaml"
+        if cfg_path.is_file():
+            check_resume_compatible(yaml.safe_load(cfg_path.read_text()) or {}, resolved, self.path)
+        cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        meta = self.read_meta()
+        launches = meta.get("launches", 0) + 1
+        self._write_environment(launches)
+        return self.write_meta(
+            run_name=self.path.name,
+            experiment=self.path.parent.name,
+            wandb_id=meta.get("wandb_id") or uuid.uuid4().hex[:12],
+            started=meta.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            launches=launches,
+            status="running",
+            finished=None,
+            git_sha=_git("rev-parse", "HEAD").strip() or None,
+            git_dirty=bool(_git("status", "--porcelain").strip()),
+            host=platform.node(),
+            pid=os.getpid(),
+        )
+
+    def _write_environment(self, launch: int) -> None:
+        env = self.path / "env"
+        env.mkdir(exist_ok=True)
+        (env / f"git-{launch}.diff").write_text(_git("diff", "HEAD"))
+        pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+        (env / f"pip-freeze-{launch}.txt").write_text("\n".join(pkgs) + "\n")
+        if shutil.which("nvidia-smi"):
+            out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+            (env / f"nvidia-smi-{launch}.txt").write_text(out)

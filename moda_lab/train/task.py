@@ -1,0 +1,164 @@
+"""One training run from a resolved config: data -> run dir -> Lightning fit (resuming) -> logs. No Hydra here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from ..config import ConfigError, RunConfig, run_config_from_dict
+from ..data import PackedData, build_default_corpus, prepare
+from .datamodule import PackedDataModule
+from .jsonl_logger import JSONLLogger
+from .module import LMModule
+from .rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def load_data(run: RunConfig) -> PackedData:
+    d = run.data
+    corpus = Path(d.corpus_dir)
+    if not corpus.exists():
+        if not d.build_default:
+            raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
+        log.info("building the default corpus into %s", corpus)
+        build_default_corpus(corpus)
+    data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+    if data.vocab_size > run.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
+        )
+    return data
+
+
+class _StepMetric(L.Callback):
+    """Exposes the optimizer step to ModelCheckpoint (monitor='train/step', keep the newest k)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.log("train/step", float(trainer.global_step), logger=False, on_step=True, on_epoch=False)
+
+
+def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
+    w = run.logger.wandb
+    if not w.enabled or w.mode == "disabled":
+        return None
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError as err:
+        raise RuntimeError(f"logger.wandb.enabled=true needs wandb installed ({err}); or set it to false") from err
+    mode = w.mode if w.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    if mode not in ("online", "offline"):
+        raise ConfigError(f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']")
+    return WandbLogger(
+        project=w.project,
+        entity=w.entity,
+        name=f"{rundir.path.parent.name}/{rundir.path.name}",
+        id=meta["wandb_id"],
+        save_dir=str(rundir.path),
+        mode=mode,
+        resume="allow",
+        config=resolved,
+    )
+
+
+def _trainer_kwargs(run: RunConfig) -> dict:
+    t = run.trainer
+    cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    strategy = t.strategy
+    if strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from ..model.gpt import Block
+
+        strategy = FSDPStrategy(auto_wrap_policy={Block})
+    return {
+        "max_steps": t.max_steps,
+        "accelerator": t.accelerator,
+        "devices": t.devices,
+        "strategy": strategy,
+        "precision": precision,
+        "accumulate_grad_batches": t.accumulate,
+        "gradient_clip_val": t.grad_clip or None,
+        "val_check_interval": t.val_every,
+        "check_val_every_n_epoch": None,
+        "log_every_n_steps": t.log_every,
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+    }
+
+
+def train(resolved: dict, run_dir: str | Path) -> dict:
+    """Train (or resume) the run described by the resolved config dict in run_dir; returns final metrics."""
+    run = run_config_from_dict(resolved)
+    if run.trainer.threads:
+        torch.set_num_threads(run.trainer.threads)
+    L.seed_everything(run.seed, workers=True)
+    data = load_data(run)
+    rundir = RunDir(run_dir)
+    meta = rundir.open(resolved)
+    wandb_logger = None
+    try:
+        module = LMModule(
+            dataclasses.asdict(run.model),
+            dataclasses.asdict(run.trainer),
+            data.domains,
+            {d: s["bytes"] / s["tokens"] for d, s in data.meta["val"].items()},
+        )
+        if run.trainer.compile:
+            for block in module.model.blocks:
+                block.compile()  # in place: state_dict keys stay those of the eager model
+        dm = PackedDataModule(
+            data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
+        )
+        tokens_per_step = run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * run.trainer.devices
+        loggers = [JSONLLogger(rundir.path / "metrics.jsonl", tokens_per_step)]
+        wandb_logger = _wandb_logger(run, rundir, meta, resolved)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+        ckpt = ModelCheckpoint(
+            dirpath=rundir.ckpt_dir,
+            filename="step_{train/step:06.0f}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=run.trainer.ckpt_every,
+            save_last=True,
+            save_top_k=run.trainer.keep_checkpoints,
+            monitor="train/step",
+            mode="max",
+        )
+        trainer = L.Trainer(
+            **_trainer_kwargs(run),
+            callbacks=[_StepMetric(), ckpt, TQDMProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
+            logger=loggers,
+            default_root_dir=str(rundir.path),
+        )
+        loggers[0].trainer = trainer
+        resume = rundir.last_ckpt
+        if resume is None:
+            model_stats = {
+                "model/params": module.model.num_params(),
+                "model/params_embedding": module.model.tok_emb.weight.numel(),
+                "model/flops_per_token": module.flops_per_token,
+            }
+            for lg in loggers:
+                lg.log_metrics(model_stats, step=0)
+            trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        rundir.write_meta(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step)
+        return final
+    except BaseException:
+        rundir.write_meta(status="failed")
+        raise
+    finally:
+        if wandb_logger is not None:
+            import wandb
+
+            wandb.finish()  # multirun jobs share a process: never let one run's wandb state bleed into the next

@@ -1,0 +1,22 @@
+"""Hydra entry point: compose the config, train (or resume) one run per job. Logic lives in moda_lab."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+OmegaConf.register_new_resolver("run_name", lambda dirname: dirname.replace("/", "_") or "default", replace=True)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    metrics = train(resolved, HydraConfig.get().runtime.output_dir)
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()
