@@ -81,7 +81,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     seed: int = 0
-    experiment: str = "default"
+    name: str = "default"  # sweep name: the run dir is <run_root>/<name>/<overrides>
     run_root: str = "runs"
     extra: dict = field(default_factory=dict)  # config sections owned by other entry points (eval, ...)
 

@@ -15,6 +15,7 @@ from moda_lab.analysis.attention import (
     plot_attention_summary,
     save_inspection,
     synthetic_attention_maps,
+    synthetic_inspection,
     validate_maps,
 )
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
@@ -23,7 +24,7 @@ from moda_lab.analysis.pipeline import SweepAnalysis, analyze, load_runs, run_an
 from moda_lab.analysis.plots import plot_cost_vs_loss, plot_curves, plot_downstream, save_figure
 from moda_lab.analysis.records import RunIssue, RunRecord
 from moda_lab.analysis.tables import paper_table, to_markdown, write_table
-from moda_lab.analysis.tidy import curves, run_summary, seed_aggregate, tidy_table
+from moda_lab.analysis.tidy import complete_runs, curves, run_summary, seed_aggregate, tidy_table
 from moda_lab.analysis.wandb_offline import load_offline_dir, read_offline_run
 from moda_lab.analysis.wandb_online import load_wandb_project
 
@@ -34,6 +35,7 @@ __all__ = [
     "analyze",
     "attention_summary",
     "bench_groups",
+    "complete_runs",
     "curves",
     "inspect_checkpoint",
     "inspect_model",
@@ -58,6 +60,7 @@ __all__ = [
     "save_inspection",
     "seed_aggregate",
     "synthetic_attention_maps",
+    "synthetic_inspection",
     "tidy_table",
     "to_markdown",
     "validate_maps",

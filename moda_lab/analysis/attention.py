@@ -13,14 +13,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it, so that sweep/bench analysis starts without it.
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ class AttentionInspection:
 
 def validate_maps(maps: list[torch.Tensor], atol: float = 1e-3) -> None:
     """Raise ValueError unless each map is [B, H, T, T + S] with rows summing to 1 and no mass on future tokens."""
+    import torch
+
     if not maps:
         raise ValueError("no attention maps")
     for layer, m in enumerate(maps):
@@ -53,6 +59,8 @@ def validate_maps(maps: list[torch.Tensor], atol: float = 1e-3) -> None:
 
 def attention_summary(maps: list[torch.Tensor]) -> pd.DataFrame:
     """One row per (layer, head): depth_slots, depth_mass, sink_mass, sequence_mass (means over batch, queries)."""
+    import torch
+
     rows = []
     for layer, m in enumerate(maps):
         m = m.float()
@@ -143,6 +151,8 @@ def synthetic_attention_maps(
 
     Logits are random with a ``sink`` bonus on the first token and a depth bonus growing with layer index.
     """
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     maps = []
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
@@ -154,6 +164,12 @@ def synthetic_attention_maps(
         logits[..., :T] = logits[..., :T].masked_fill(causal, float("-inf"))
         maps.append(torch.softmax(logits, dim=-1))
     return maps
+
+
+def synthetic_inspection(T: int = 12, n_layers: int = 4, n_heads: int = 4, slots_per_layer: int = 1, seed: int = 0) -> AttentionInspection:
+    """An :class:`AttentionInspection` of synthetic maps with placeholder tokens ``t0 .. t{T-1}``."""
+    maps = synthetic_attention_maps(T, n_layers, n_heads, slots_per_layer, seed=seed)
+    return AttentionInspection(maps=maps, tokens=[f"t{i}" for i in range(T)], config={"synthetic": True})
 
 
 def _find_tokenizer(ckpt: Path, cfg: dict[str, Any]) -> Path:
@@ -181,6 +197,8 @@ def inspect_checkpoint(ckpt: str | Path, text: str, tokenizer: str | Path | None
 
 def inspect_model(model: Any, ids: list[int], tokens: list[str], config: dict[str, Any] | None = None) -> AttentionInspection:
     """Run ``model.attention_maps`` on one token sequence and validate the result."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     maps = [m.detach().float().cpu() for m in model.attention_maps(torch.tensor([ids], device=device))]

@@ -16,7 +16,7 @@ from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench
 from moda_lab.analysis.local_runs import load_sweep_dir
 from moda_lab.analysis.records import RunIssue, RunRecord
 from moda_lab.analysis.tables import TABLES, paper_table, write_table
-from moda_lab.analysis.tidy import all_issues, incomplete_issues, run_summary, tidy_table
+from moda_lab.analysis.tidy import all_issues, complete_runs, incomplete_issues, run_summary, tidy_table
 from moda_lab.analysis.wandb_offline import load_offline_dir
 from moda_lab.analysis.wandb_online import load_wandb_project
 
@@ -65,7 +65,7 @@ def analyze(records: list[RunRecord]) -> SweepAnalysis:
 
 def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     tidy, summary = analysis.tidy, analysis.summary
-    complete = summary[summary["complete"]] if "complete" in summary else summary
+    complete = complete_runs(summary)
     written: list[Path] = []
     for metric, stem in (("val/loss", "val_loss"), ("train/loss", "train_loss")):
         if metric in tidy and tidy[metric].notna().any():

@@ -29,7 +29,7 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=150)  # layouts are tight already; bbox_inches="tight" would draw twice
     plt.close(fig)
     return paths
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from moda_lab.analysis.history import eval_tasks, val_domains
 from moda_lab.analysis.plots import task_metric
-from moda_lab.analysis.tidy import seed_aggregate
+from moda_lab.analysis.tidy import seed_aggregate, sort_cells
 
 # Identity columns shown in every table, in order, when present.
 ID_COLUMNS = ["model", "norm", "depth_kv", "ffn_kv", "attn_kv", "layers", "width"]
@@ -81,23 +81,26 @@ def paper_table(summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ..
     if kind == "norm":
         ids = [c for c in ["layers", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "width"] if c in agg]
     table = agg[ids].copy()
-    table.insert(ids.index("model") + 1 if "model" in ids else 0, "variant", agg["variant"])
     table["seeds"] = seeds
     for v in values:
         table[v] = agg[v]
-        table[f"{v} std"] = agg[f"{v}:std"]
-    sort = [c for c in (["layers", "norm", "model"] if kind == "norm" else ["norm", "layers", "model"]) if c in table]
-    return table.sort_values(sort, kind="stable").reset_index(drop=True)
+        # Static per-cell quantities (size, cost) have no seed spread worth printing.
+        table[f"{v} std"] = np.nan if v in STATIC else agg[f"{v}:std"]
+    return sort_cells(table, first=["layers", "norm"] if kind == "norm" else ["norm"])
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
+STATIC = {"params M", "GFLOPs/token"}
+FORMATS = {"params M": "{:.2f}", "GFLOPs/token": "{:.4g}", "val loss": "{:.4f}"}
+
+
+def _fmt(column: str, mean: float, std: float) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    text = f"{mean:.{digits}f}"
-    return text if std is None or math.isnan(std) else f"{text} ± {std:.{digits}f}"
-
-
-DIGITS = {"params M": 2, "GFLOPs/token": 4, "val loss": 4}
+    fmt = FORMATS.get(column, "{:.2f}")
+    if column == "params M" and abs(mean) < 1:
+        fmt = "{:.4f}"  # tiny test models
+    text = fmt.format(mean)
+    return text if std is None or math.isnan(std) else f"{text} ± {fmt.format(std)}"
 
 
 def to_markdown(table: pd.DataFrame, title: str = "") -> str:
@@ -109,7 +112,7 @@ def to_markdown(table: pd.DataFrame, title: str = "") -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [("yes" if v is True else "" if v is False else str(v)) for v in (row[c] for c in ids)]
-        cells += [_fmt(row[v], row[f"{v} std"], DIGITS.get(v, 2)) for v in values]
+        cells += [_fmt(v, row[v], row[f"{v} std"]) for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     if not table.empty:
         seeds = sorted(set(int(s) for s in table["seeds"]))

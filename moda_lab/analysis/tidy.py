@@ -107,6 +107,11 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10) -> pd.DataFrame:
     return summary
 
 
+def complete_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """The runs of ``run_summary`` that reached their cell's last step (what tables and bar plots compare)."""
+    return summary[summary["complete"]] if "complete" in summary else summary
+
+
 def incomplete_issues(summary: pd.DataFrame) -> list[RunIssue]:
     """One issue per run left out of the final-metric tables because it stopped short of its cell's last step."""
     if summary.empty:
@@ -139,7 +144,24 @@ def seed_aggregate(
     for v in present:
         out[f"{v}:std"] = std[v]
         out[f"{v}:n"] = count[v]
-    return out.reset_index()
+    return sort_cells(out.reset_index())
+
+
+MODEL_ORDER = {"residual": 0, "dense": 1, "depth_attn": 2, "moda": 3}
+NORM_ORDER = {"pre": 0, "post": 1, "reordered": 2}
+
+
+def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
+    """Canonical row order: ``first`` columns, then baseline -> MoDA (switches off -> on), then pre -> post norm."""
+    ranks = {"model": MODEL_ORDER, "norm": NORM_ORDER}
+    order = [c for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm"] if c in frame]
+    order = list(dict.fromkeys(order))
+
+    def key(col: pd.Series) -> pd.Series:
+        table = ranks.get(str(col.name))
+        return col.map(lambda v: table.get(v, len(table))) if table else col
+
+    return frame.sort_values(order, key=key, kind="stable").reset_index(drop=True) if order else frame
 
 
 def curves(tidy: pd.DataFrame, metric: str = "val/loss") -> pd.DataFrame:

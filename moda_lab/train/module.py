@@ -24,10 +24,18 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 class LMModule(L.LightningModule):
-    def __init__(self, model_cfg: dict, trainer_cfg: dict, val_domains: list[str], bytes_per_token: dict[str, float]):
+    def __init__(
+        self,
+        model_cfg: dict,
+        trainer_cfg: dict,
+        val_domains: list[str],
+        bytes_per_token: dict[str, float],
+        tokenizer_json: str | None = None,
+    ):
         super().__init__()
         # Plain dicts, so the checkpoint's hyper_parameters rebuild the model without this package's dataclasses.
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["tokenizer_json"])
+        self.tokenizer_json = tokenizer_json
         self.model = GPT(ModelConfig(**model_cfg))
         self.tcfg = TrainerConfig(**trainer_cfg)
         self.val_domains = val_domains
@@ -39,6 +47,10 @@ class LMModule(L.LightningModule):
     def tokens_per_step(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
         return self.tcfg.batch_size * self.tcfg.accumulate * world * self.model.cfg.max_seq_len
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Self-contained checkpoints: evaluation needs the exact tokenizer the model was trained with.
+        checkpoint["tokenizer"] = self.tokenizer_json
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)

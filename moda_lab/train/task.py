@@ -111,6 +111,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             dataclasses.asdict(run.trainer),
             data.domains,
             {d: s["bytes"] / s["tokens"] for d, s in data.meta["val"].items()},
+            (data.root / "tokenizer.json").read_text(),
         )
         if run.trainer.compile:
             for block in module.model.blocks:

@@ -1,0 +1,118 @@
+"""Load a trained model from a Lightning .ckpt, a run directory, or an exported folder; export one.
+
+An exported folder holds config.json (the ModelConfig as a dict), model.safetensors and tokenizer.json.
+Every failure names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from .model import GPT, ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, not from moda-lab, or does not fit its config."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file, an exported folder (config.json), or a run dir (-> checkpoints/last.ckpt)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p
+        last = p / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+        raise CheckpointError(f"{p} is neither an exported model folder (config.json) nor a run dir with checkpoints/last.ckpt")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    return p
+
+
+def _read_ckpt(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, pickle garbage, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, dict) or "model_cfg" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a moda-lab training checkpoint (no hyper_parameters.model_cfg)")
+    return ckpt
+
+
+def _build(cfg: dict, state: dict, source: Path, backend: str | None) -> GPT:
+    try:
+        model_cfg = ModelConfig(**cfg)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: invalid model config: {err}") from err
+    if backend is not None:
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, attn_backend=backend)
+    model = GPT(model_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if model_cfg.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]  # exported without the alias
+    shape_errors = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    if missing or unexpected or shape_errors:
+        raise CheckpointError(
+            f"{source}: weights do not match its config ({model_cfg.mixer.name}, {model_cfg.n_layers} layers): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shape_errors[:5]}"
+        )
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path, backend: str | None = None) -> tuple[GPT, dict, dict]:
+    """(model on CPU in eval mode, model config dict, extras: step, tokenizer json, run dir)."""
+    src = resolve_checkpoint(path)
+    if src.is_dir():
+        cfg = json.loads((src / "config.json").read_text())
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(src / "model.safetensors"))
+        except Exception as err:
+            raise CheckpointError(f"cannot read {src / 'model.safetensors'}: {err}") from err
+        tok = src / "tokenizer.json"
+        extras = {"step": cfg.pop("_step", None), "tokenizer": tok.read_text() if tok.is_file() else None, "run_dir": None}
+        return _build(cfg, state, src, backend), cfg, extras
+    ckpt = _read_ckpt(src)
+    cfg = ckpt["hyper_parameters"]["model_cfg"]
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    run_dir = src.parent.parent if src.parent.name == "checkpoints" else None
+    extras = {"step": ckpt.get("global_step"), "tokenizer": ckpt.get("tokenizer"), "run_dir": run_dir}
+    return _build(cfg, state, src, backend), cfg, extras
+
+
+def load_model(path: str | Path, backend: str | None = None) -> tuple[GPT, dict]:
+    model, cfg, _ = load_checkpoint(path, backend)
+    return model, cfg
+
+
+def load_tokenizer_for(path: str | Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with (stored inside .ckpt files and exported folders)."""
+    _, _, extras = load_checkpoint(path)
+    if not extras["tokenizer"]:
+        raise CheckpointError(f"{path} carries no tokenizer")
+    return Tokenizer.from_str(extras["tokenizer"])
+
+
+def export(path: str | Path, out_dir: str | Path) -> Path:
+    """Write config.json, model.safetensors and tokenizer.json of a checkpoint into out_dir."""
+    from safetensors.torch import save_file
+
+    model, cfg, extras = load_checkpoint(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)  # shared with tok_emb.weight; safetensors refuses aliases
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({**cfg, "_step": extras["step"]}, indent=2))
+    if extras["tokenizer"]:
+        (out / "tokenizer.json").write_text(extras["tokenizer"])
+    return out
