@@ -14,7 +14,12 @@ def main(cfg: DictConfig) -> float | None:
     from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    metrics = train(resolved, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(resolved, run_dir)
+    if cfg.eval.after_fit:
+        from moda_lab.eval.hook import evaluate_run
+
+        evaluate_run(run_dir, resolved["eval"])
     return metrics.get("val/loss")
 
 

@@ -1,0 +1,198 @@
+"""Benchmark of the MoDA Triton kernels against torch SDPA (FlashAttention-2-class baseline).
+
+One run on one GPU times forward and forward+backward of: SDPA's best backend (flash and cuDNN tried,
+faster reported; K/V pre-expanded to Hq heads outside the timed region), our kernel in sequence-only,
+MoDA and depth-only modes, on the paper's configurations (arXiv 2603.15619 Table 2 and Table 7).
+Results are printed and written (Markdown + JSON, with device and versions) after every row, so a
+run cut short keeps what it measured.
+
+    python experiments/bench/bench_moda.py --rows table7,table2,sweep-g,sweep-l --out results/moda_h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+
+# (name, B, T, G, Hk, d, L); Hq = G * Hk.
+ROWS = {
+    "quick": [("quick-T4K", 1, 4096, 8, 8, 64, 64)],
+    "table7": [("t7-T1K", 1, 1024, 8, 8, 64, 64)],
+    "table2": [(f"t2-T{t // 1024}K", 1, t, 8, 8, 64, 64) for t in (4096, 8192, 16384, 32768, 65536)],
+    # Paper: G=2 -> Hq=16 (Hk=8), G=32 -> Hq=256 (Hk=8) at T=16K.
+    "sweep-g": [(f"g{g}-T16K", 1, 16384, g, 8, 64, 64) for g in (2, 4, 16, 32)],
+    "sweep-l": [(f"l{l}-T16K", 1, 16384, 8, 8, 64, l) for l in (128, 256)],
+}
+
+
+def time_ms(fn, budget_ms: float, max_reps: int = 30) -> float:
+    """Median of CUDA-event timings after one warm-up call (which also autotunes)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    est = start.elapsed_time(end)
+    reps = max(2, min(max_reps, int(budget_ms / max(est, 1e-3))))
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def attn_flops(B, T, Hq, d, L, seq: bool, depth: bool) -> float:
+    """Forward FLOPs of the unmasked score and P@V products (causal: T(T+1)/2 pairs per head)."""
+    pairs = (T * (T + 1) / 2 if seq else 0) + (T * L if depth else 0)
+    return 4.0 * B * Hq * d * pairs
+
+
+def fwd_bwd(fn, inputs, do):
+    def run():
+        for t in inputs:
+            t.grad = None
+        fn().backward(do)
+
+    return run
+
+
+def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms):
+    Hq = G * Hk
+    dev = "cuda"
+    q = torch.randn(B, T, Hq, d, device=dev, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, T, Hk, d, device=dev, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, T, Hk, d, device=dev, dtype=dtype, requires_grad=True)
+    kd = torch.randn(B, T, L, Hk, d, device=dev, dtype=dtype, requires_grad=True)
+    vd = torch.randn(B, T, L, Hk, d, device=dev, dtype=dtype, requires_grad=True)
+    do = torch.randn(B, T, Hq, d, device=dev, dtype=dtype)
+    row = dict(name=name, B=B, T=T, G=G, Hq=Hq, Hk=Hk, d=d, L=L)
+
+    # SDPA baseline on [B, H, T, d] with K/V expanded to Hq heads (expansion not timed).
+    qs = q.detach().transpose(1, 2).contiguous().requires_grad_()
+    ks = k.detach().repeat_interleave(G, dim=2).transpose(1, 2).contiguous().requires_grad_()
+    vs = v.detach().repeat_interleave(G, dim=2).transpose(1, 2).contiguous().requires_grad_()
+    dos = do.transpose(1, 2).contiguous()
+    best = {}
+    for backend in (torch.nn.attention.SDPBackend.FLASH_ATTENTION, torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        try:
+            with torch.nn.attention.sdpa_kernel([backend]):
+                f = lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)  # noqa: E731
+                tf = time_ms(lambda: f(), budget_ms)
+                tfb = time_ms(fwd_bwd(f, (qs, ks, vs), dos), budget_ms)
+        except RuntimeError as err:  # backend not available for this shape/build
+            row[f"sdpa_{backend.name.lower()}_error"] = str(err).splitlines()[0][:120]
+            continue
+        row[f"sdpa_{backend.name.lower()}_fwd_ms"], row[f"sdpa_{backend.name.lower()}_fwdbwd_ms"] = tf, tfb
+        if not best or tfb < best["fb"]:
+            best = dict(fwd=tf, fb=tfb, backend=backend.name.lower())
+    del qs, ks, vs, dos
+    if best:
+        row.update(sdpa_fwd_ms=best["fwd"], sdpa_fwdbwd_ms=best["fb"], sdpa_backend=best["backend"])
+
+    modes = {
+        "seq": ((q, k, v), lambda: moda_attn(q, k, v)),
+        "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd)),
+        "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd)),
+    }
+    for mode, (ins, f) in modes.items():
+        try:
+            row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
+            row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
+        except Exception as err:  # keep the other modes' numbers if one mode fails to compile or run
+            row[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            print(row[f"{mode}_error"], flush=True)
+            continue
+        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode != "seq")  # bwd ~ 2.5x fwd
+        row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
+    if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
+        row["moda_over_seq"] = row["moda_fwdbwd_ms"] / row["seq_fwdbwd_ms"]
+        row["moda_over_seq_fwd"] = row["moda_fwd_ms"] / row["seq_fwd_ms"]
+    if best and "seq_fwdbwd_ms" in row:
+        row["seq_over_sdpa"] = row["seq_fwdbwd_ms"] / row["sdpa_fwdbwd_ms"]
+        row["seq_over_sdpa_fwd"] = row["seq_fwd_ms"] / row["sdpa_fwd_ms"]
+        row["sdpa_fwdbwd_tflops"] = 3.5 * attn_flops(B, T, Hq, d, L, True, False) / best["fb"] * 1e-9
+    if T <= 1024:  # the paper's Table 7 also reports the naive PyTorch implementation
+        f = lambda: naive_moda_attn(q, k, v, kd, vd)  # noqa: E731
+        row["naive_fwdbwd_ms"] = time_ms(fwd_bwd(f, (q, k, v, kd, vd), do), budget_ms, max_reps=3)
+    return row
+
+
+COLS = [
+    ("name", "case", "{}"), ("T", "T", "{}"), ("G", "G", "{}"), ("Hq", "Hq", "{}"), ("L", "L", "{}"),
+    ("sdpa_backend", "SDPA", "{}"), ("sdpa_fwd_ms", "SDPA fwd", "{:.3f}"), ("sdpa_fwdbwd_ms", "SDPA f+b", "{:.3f}"),
+    ("seq_fwd_ms", "seq fwd", "{:.3f}"), ("seq_fwdbwd_ms", "seq f+b", "{:.3f}"),
+    ("moda_fwd_ms", "MoDA fwd", "{:.3f}"), ("moda_fwdbwd_ms", "MoDA f+b", "{:.3f}"),
+    ("depth_fwd_ms", "depth fwd", "{:.3f}"), ("depth_fwdbwd_ms", "depth f+b", "{:.3f}"),
+    ("sdpa_fwdbwd_tflops", "SDPA TF/s", "{:.0f}"), ("seq_fwdbwd_tflops", "seq TF/s", "{:.0f}"),
+    ("moda_fwdbwd_tflops", "MoDA TF/s", "{:.0f}"),
+    ("seq_over_sdpa", "seq/SDPA f+b", "{:.3f}"), ("moda_over_seq", "MoDA/seq f+b", "{:.3f}"),
+    ("moda_over_seq_fwd", "MoDA/seq fwd", "{:.3f}"), ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
+]
+
+
+def markdown(rows, meta) -> str:
+    lines = [f"# MoDA kernel benchmark ({meta['device']})", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["- times in ms (median, CUDA events), bf16, B=1, d=64, causal; f+b = forward + backward;",
+              "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd).", ""]
+    lines.append("| " + " | ".join(h for _, h, _ in COLS) + " |")
+    lines.append("|" + "---|" * len(COLS))
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "-" for k, _, fmt in COLS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="table7,table2", help=f"comma list of {sorted(ROWS)}")
+    parser.add_argument("--out", default="experiments/bench/results/moda", help="output path without extension")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--budget-ms", type=float, default=400.0, help="timed milliseconds per measurement")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_moda.py needs a CUDA GPU")
+    import triton
+
+    for group in args.rows.split(","):
+        if group not in ROWS:
+            raise SystemExit(f"unknown row group {group!r}; choose from {sorted(ROWS)}")
+    meta = dict(
+        device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
+        dtype=args.dtype, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for group in args.rows.split(","):
+        for spec in ROWS[group]:
+            t0 = time.time()
+            row = bench_row(*spec, dtype=getattr(torch, args.dtype), budget_ms=args.budget_ms)
+            row["wall_s"] = time.time() - t0
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+            out.with_suffix(".md").write_text(markdown(rows, meta))
+            torch.cuda.empty_cache()
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Forward Triton kernel of MoDA attention (arXiv 2603.15619, Algorithm 1 and section 3).
+
+One program owns BLOCK_M rows of the GQA-folded query of one (batch, KV head): folded row i is query
+token t = i // G of query head hk * G + i % G, so the G heads that share a KV head share every K/V
+tile they load. Under ONE online softmax (log2 space, fp32 state) the program visits
+
+1. sequence key tiles entirely at or before the tile's first base time (no mask),
+2. the boundary tiles, masked with the grouped causal rule floor(i / G) >= s (non-causal: s < T only),
+3. the depth slots of its own base times only (chunk- and group-aware: (BLOCK_M / G) * L slots),
+
+then normalises once and stores O and the per-row log2-sum-exp (for the backward pass).
+
+Depth phase detail. A depth slot is read by the G rows of its own token only, so a [BLOCK_M, slots]
+score tile is mostly masked (the paper's group-aware kernel wastes a factor BLOCK_M / G). We cut that
+waste by splitting the row tile into NSUB sub-tiles of SUB_M = max(16, G) rows and scoring each
+sub-tile only against the (SUB_M / G) * L slots of its own tokens with one batched (3-D) ``tl.dot``;
+16 is the smallest M a tensor-core dot accepts, so the waste drops to SUB_M / G (2x at G = 8).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._validate import running_in_interpreter
+
+LOG2E = 1.4426950408889634
+
+
+def _configs(entries):
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
+        for bm, bn, dn, w, s in entries
+    ]
+
+
+# The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
+if running_in_interpreter():
+    FWD_CONFIGS = _configs([(32, 16, 16, 4, 1)])
+else:
+    # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32).
+    FWD_CONFIGS = _configs(
+        [
+            (128, 64, 64, 8, 3),
+            (128, 128, 64, 8, 3),
+            (64, 64, 64, 4, 3),
+        ]
+    )
+
+# Autotune key: bucketed T and L (powers of two) so that every layer of a deep model (L = 1, 2, ...)
+# or a ragged T does not re-tune, plus every compile-time switch that changes the kernel's cost.
+TUNE_KEY = ["T_BUCKET", "L_BUCKET", "G", "HEAD_D", "HAS_SEQ", "HAS_DEPTH", "CAUSAL"]
+
+
+@triton.jit
+def _seq_tile(
+    acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+):
+    """Fold one [BLOCK_M, BLOCK_N] sequence tile into the online-softmax state (acc, l_i, m_i)."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    if MASK:
+        col_ok = cols < T
+        kt = tl.load(k_base + cols[None, :] * skt + offs_d[:, None], mask=col_ok[None, :], other=0.0)  # [d, BN]
+        v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=col_ok[:, None], other=0.0)  # [BN, d]
+    else:
+        kt = tl.load(k_base + cols[None, :] * skt + offs_d[:, None])
+        v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :])
+    # Scores in log2 units: exp(x * scale) == exp2(x * scale * log2(e)); one multiply per score.
+    s = tl.dot(q, kt, input_precision=PREC) * qk_scale
+    if MASK:
+        keep = col_ok[None, :]
+        if CAUSAL:
+            keep = keep & (row_tok[:, None] >= cols[None, :])
+        s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASK:
+        # A row can still have seen no key at all (padded rows); keep exp2 away from (-inf) - (-inf).
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _depth_tile(
+    acc, l_i, m_i, q3, kd_base, vd_base, skdt, skdl, svdt, svdl, n0, sub_tok0, keep_row, loc_tok, span, T, L,
+    qk_scale,
+    BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, BLOCK_DN: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+):
+    """Fold depth slots [n0, n0 + BLOCK_DN) of every sub-tile's span into the online-softmax state.
+
+    Slot j of a sub-tile's span is layer-slot j % L of token sub_tok0 + j // L (token-major stream).
+    """
+    NSUB: tl.constexpr = BLOCK_M // SUB_M
+    j = n0 + tl.arange(0, BLOCK_DN)
+    tok = sub_tok0[:, None] + j[None, :] // L  # [NSUB, DN]
+    ok = (j[None, :] < span) & (tok < T)
+    offs_d = tl.arange(0, HEAD_D)
+    kd_off = tok.to(tl.int64) * skdt + (j % L)[None, :] * skdl
+    vd_off = tok.to(tl.int64) * svdt + (j % L)[None, :] * svdl
+    kdt = tl.load(kd_base + kd_off[:, None, :] + offs_d[None, :, None], mask=ok[:, None, :], other=0.0)  # [NSUB, d, DN]
+    vd = tl.load(vd_base + vd_off[:, :, None] + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)  # [NSUB, DN, d]
+    s = tl.reshape(tl.dot(q3, kdt, input_precision=PREC), (BLOCK_M, BLOCK_DN)) * qk_scale
+    # Row r (local token loc_tok[r] of its sub-tile) sees slot j only if j is a slot of that token.
+    keep = keep_row[:, None] & (loc_tok[:, None] == (j // L)[None, :]) & (j < span)[None, :]
+    s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    p3 = tl.reshape(p.to(vd.dtype), (NSUB, SUB_M, BLOCK_DN))
+    pv = tl.reshape(tl.dot(p3, vd, input_precision=PREC), (BLOCK_M, HEAD_D))
+    acc = acc * alpha[:, None] + pv
+    return acc, l_i, m_new
+
+
+@triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY)
+@triton.jit
+def _moda_fwd_kernel(
+    Q, K, V, KD, VD, O, LSE,
+    qk_scale,
+    sqb, sqt, sqh,
+    skb, skt, skh,
+    svb, svt, svh,
+    skdb, skdt, skdl, skdh,
+    svdb, svdt, svdl, svdh,
+    sob, sot, soh,
+    T, L, Hk,
+    T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
+    G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hk).to(tl.int64)
+    hk = pid_bh % Hk
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # folded query rows i = t * G + g
+    row_tok = offs_m // G
+    row_ok = row_tok < T
+    offs_d = tl.arange(0, HEAD_D)
+
+    q_ptrs = Q + b * sqb + row_tok.to(tl.int64)[:, None] * sqt + (hk * G + offs_m % G)[:, None] * sqh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+
+    if HAS_SEQ:
+        k_base = K + b * skb + hk * skh
+        v_base = V + b * svb + hk * svh
+        if CAUSAL:
+            t_first = start_m // G
+            t_last = tl.minimum((start_m + BLOCK_M - 1) // G, T - 1)
+            # Keys s <= t_first are visible to every row of the tile: no mask there.
+            n_full = ((t_first + 1) // BLOCK_N) * BLOCK_N
+            for start_n in range(0, n_full, BLOCK_N):
+                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                          BLOCK_N, HEAD_D, False, CAUSAL, PREC)
+            for start_n in range(n_full, t_last + 1, BLOCK_N):
+                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                          BLOCK_N, HEAD_D, True, CAUSAL, PREC)
+        else:
+            n_full = (T // BLOCK_N) * BLOCK_N
+            for start_n in range(0, n_full, BLOCK_N):
+                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                          BLOCK_N, HEAD_D, False, CAUSAL, PREC)
+            for start_n in range(n_full, T, BLOCK_N):
+                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                          BLOCK_N, HEAD_D, True, CAUSAL, PREC)
+
+    if HAS_DEPTH:
+        NSUB: tl.constexpr = BLOCK_M // SUB_M
+        q3 = tl.reshape(q, (NSUB, SUB_M, HEAD_D))  # [BLOCK_M, d] -> [NSUB, SUB_M, d], rows stay in order
+        sub_tok0 = (start_m + tl.arange(0, NSUB) * SUB_M) // G  # first token of each sub-tile
+        loc_tok = (tl.arange(0, BLOCK_M) % SUB_M) // G  # token of a row, counted inside its sub-tile
+        span = (SUB_M // G) * L  # depth slots of one sub-tile's tokens
+        kd_base = KD + b * skdb + hk * skdh
+        vd_base = VD + b * svdb + hk * svdh
+        for n0 in range(0, span, BLOCK_DN):
+            acc, l_i, m_i = _depth_tile(acc, l_i, m_i, q3, kd_base, vd_base, skdt, skdl, svdt, svdl, n0, sub_tok0,
+                                        row_ok, loc_tok, span, T, L, qk_scale,
+                                        BLOCK_M, SUB_M, BLOCK_DN, HEAD_D, PREC)
+
+    # Normalise once; padded rows (row_ok False) may have l_i == 0 and are never stored.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    o_ptrs = O + b * sob + row_tok.to(tl.int64)[:, None] * sot + (hk * G + offs_m % G)[:, None] * soh + offs_d[None, :]
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    # log2-sum-exp of the scaled scores of each row, the softmax normaliser the backward pass recomputes P with.
+    tl.store(LSE + pid_bh.to(tl.int64) * T * G + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)
+
+
+def dot_precision(dtype: torch.dtype) -> str | None:
+    """fp32 inputs get exact fp32 products (the test reference); 16-bit inputs keep Triton's default."""
+    return "ieee" if dtype == torch.float32 else None
+
+
+def sub_tile_rows(G: int) -> int:
+    """Rows of a depth sub-tile: whole tokens (a multiple of G) and at least a tensor-core M of 16."""
+    return max(16, G)
+
+
+def moda_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    k_depth: torch.Tensor | None,
+    v_depth: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel on validated inputs.
+
+    Returns O [B, T, Hq, d] in q.dtype and LSE [B * Hk, T * G] fp32 (log2 units, folded row order).
+    """
+    B, T, Hq, d = q.shape
+    has_seq, has_depth = k is not None, k_depth is not None
+    Hk = k.shape[2] if has_seq else k_depth.shape[3]
+    L = k_depth.shape[2] if has_depth else 1
+    G = Hq // Hk
+    o = torch.empty((B, T, Hq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B * Hk, T * G), dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    # Absent operands: pass q as a never-read placeholder pointer with zero strides.
+    ks = k.stride() if has_seq else (0, 0, 0, 0)
+    vs = v.stride() if has_seq else (0, 0, 0, 0)
+    kds = k_depth.stride() if has_depth else (0, 0, 0, 0, 0)
+    vds = v_depth.stride() if has_depth else (0, 0, 0, 0, 0)
+
+    def grid(meta):
+        return (triton.cdiv(T * G, meta["BLOCK_M"]), B * Hk)
+
+    _moda_fwd_kernel[grid](
+        q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q, o, lse,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2),
+        ks[0], ks[1], ks[2],
+        vs[0], vs[1], vs[2],
+        kds[0], kds[1], kds[2], kds[3],
+        vds[0], vds[1], vds[2], vds[3],
+        o.stride(0), o.stride(1), o.stride(2),
+        T, L, Hk,
+        triton.next_power_of_2(T), triton.next_power_of_2(L),
+        G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
+        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=dot_precision(q.dtype),
+    )
+    return o, lse

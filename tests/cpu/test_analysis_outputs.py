@@ -1,0 +1,133 @@
+"""Tables, figures, benchmark plots and the `python -m moda_lab.analysis` command on the fixture sweep."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+import analysis_sweep as fx  # noqa: E402
+import bench_results  # noqa: E402
+
+from moda_lab.analysis import (  # noqa: E402
+    analyze,
+    bench_groups,
+    curves,
+    load_bench_results,
+    load_sweep_dir,
+    paper_table,
+    plot_curves,
+    to_markdown,
+)
+from moda_lab.analysis.__main__ import main, parse_args  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory):
+    return analyze(load_sweep_dir(fx.build_fixture_sweep(tmp_path_factory.mktemp("sweep") / "fixture")))
+
+
+def final_val(spec: fx.RunSpec) -> float:
+    return [r["val/loss"] for r in fx.metrics_rows(spec) if "val/loss" in r][-1]
+
+
+def test_main_table_mean_std_and_seed_count(result):
+    table = paper_table(result.summary, "main")
+    assert len(table) == 6  # 3 variants x 2 norms; residual runs have no metrics
+    row = table[(table["model"] == "moda") & table["ffn_kv"] & (table["norm"] == "pre")].iloc[0]
+    vals = [final_val(fx.RunSpec("moda", "pre", s, ffn_kv=True)) for s in (0, 1, 2)]
+    assert row["seeds"] == 3
+    assert row["val ppl"] == pytest.approx(sum(math.exp(v) for v in vals) / 3)
+    assert row["params M"] == pytest.approx(fx.params_and_flops(fx.RunSpec("moda", "pre", 0, ffn_kv=True))[0] / 1e6)
+    assert {"c4 ppl", "wiki ppl", "avg acc", "train ppl", "GFLOPs/token"} <= set(table.columns)
+    # moda-post-s2 is partial: left out, so that cell has 2 seeds.
+    partial = table[(table["model"] == "moda") & ~table["ffn_kv"] & (table["norm"] == "post")].iloc[0]
+    assert partial["seeds"] == 2
+    # Canonical order: dense before moda, pre before post.
+    assert table["model"].tolist()[:3] == ["dense", "moda", "moda"] and table["norm"].iloc[0] == "pre"
+
+
+def test_downstream_table_uses_acc_norm_and_average(result):
+    table = paper_table(result.summary, "downstream")
+    row = table[(table["model"] == "dense") & (table["norm"] == "pre")].iloc[0]
+    accs = {t: [] for t in fx.TASKS}
+    for s in (0, 1, 2):
+        last = fx.metrics_rows(fx.RunSpec("dense", "pre", s))[-1]
+        for t in fx.TASKS:
+            accs[t].append(100 * last[f"eval/{t}/acc_norm"])
+    for t in fx.TASKS:
+        assert row[t] == pytest.approx(sum(accs[t]) / 3)
+    assert row["avg acc"] == pytest.approx(sum(sum(v) / 3 for v in accs.values()) / len(fx.TASKS))
+
+
+def test_norm_table_shape_and_markdown(result):
+    table = paper_table(result.summary, "norm")
+    assert list(table.columns[:3]) == ["layers", "norm", "model"]
+    md = to_markdown(table, "Table 6")
+    assert "| layers | norm | model |" in md
+    assert "±" in md and "seeds per row: 2, 3" in md
+    single = to_markdown(paper_table(result.summary[result.summary["seed"] == 0], "norm"))
+    assert "rows with 1 seed show no std" in single and "±" not in single.split("_mean")[0].split("|---|")[-1]
+
+
+def test_curves_aggregate_over_seeds_with_counts(result):
+    agg = curves(result.tidy, "val/loss")
+    cell = agg[(agg["model"] == "moda") & ~agg["ffn_kv"] & (agg["norm"] == "post")].set_index("step")
+    assert cell.loc[100, "val/loss:n"] == 3 and cell.loc[150, "val/loss:n"] == 2  # the running seed stopped at 120
+    vals = [fx.loss_at(fx.RunSpec("moda", "post", s), 100 * fx.TOKENS_PER_STEP, 0.0) + 0.004 * (s - 1) for s in (0, 1, 2)]
+    assert cell.loc[100, "val/loss"] == pytest.approx(sum(vals) / 3)
+    assert cell.loc[100, "val/loss:std"] == pytest.approx(pd.Series(vals).std())
+    fig = plot_curves(result.tidy, "val/loss", "flops")
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert "moda (n=2-3 seeds)" in labels and "dense (n=3 seeds)" in labels
+    assert [ax.get_title() for ax in fig.axes] == ["norm = post", "norm = pre"]
+
+
+def test_bench_loader_is_tolerant(tmp_path: Path):
+    bench_results.write_bench_results(tmp_path)
+    frame = load_bench_results(tmp_path)  # the broken file is skipped with a warning
+    assert set(bench_groups(frame)) == {"seq_len", "group_size", "ladder"}
+    ladder = frame[frame["group"] == "ladder"].set_index("impl")["ms"]
+    assert ladder.to_dict() == {"naive": 2128.9, "flash": 13.1, "chunk": 6.29, "group": 1.46}
+    group = frame[(frame["group"] == "group_size") & (frame["impl"] == "moda")]
+    assert set(group["pass"]) == {"fwdbwd"} and sorted(group["G"]) == [2, 8, 32]
+    seq = frame[(frame["group"] == "seq_len") & (frame["T"] == 8192) & (frame["pass"] == "fwdbwd")]
+    assert seq.set_index("impl")["ms"].to_dict() == {"fa2_triton": 28.7, "moda_triton": 35.4}
+
+
+def test_cli_writes_everything_and_reports_issues(result, tmp_path: Path, capsys):
+    sweep = Path(result.records[0].path).parent
+    bench = tmp_path / "bench"
+    bench_results.write_bench_results(bench)
+    out = tmp_path / "out"
+    assert main([f"sweep_dir={sweep}", f"out={out}", f"bench={bench}"]) == 0
+    printed = capsys.readouterr().out
+    for run in fx.FIXTURE_BROKEN:
+        assert run in printed
+    figures = {p.name for p in (out / "figures").iterdir()}
+    for stem in ["val_loss_vs_tokens", "val_loss_vs_flops", "downstream_acc", "params_vs_val_loss", "bench_seq_len"]:
+        assert {f"{stem}.png", f"{stem}.pdf"} <= figures, stem
+    for stem in ["table3_main", "table4_domains", "table5_downstream", "table6_norm"]:
+        assert (out / "tables" / f"{stem}.md").read_text().startswith("###")
+        assert len(pd.read_csv(out / "tables" / f"{stem}.csv")) == 6
+    report = (out / "report.md").read_text()
+    assert "[truncated_line]" in report and "[missing_metrics]" in report and "| moda-post-L4-s2 | local | running |" in report
+    tidy = pd.read_csv(out / "tidy.csv")
+    assert set(tidy["run"]) == set(result.summary["run"])
+    assert str(out / "report.md") in printed
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    assert main(["sweep_dir"]) == 2
+    assert main(["colour=blue"]) == 2
+    assert "key=value" in capsys.readouterr().err
+    assert parse_args(["sweep_dir=a", "wandb=e/p"]) == {"sweep_dir": "a", "wandb": "e/p"}
+    with pytest.raises(ValueError, match="text="):
+        parse_args(["ckpt=x.ckpt"])

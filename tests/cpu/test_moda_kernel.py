@@ -1,0 +1,170 @@
+"""MoDA Triton kernel vs the fp32 reference, on CPU through the Triton interpreter.
+
+Covers every mode (sequence-only, depth-only, MoDA) x causal/non-causal x G in {1, 2, 4} with T not a
+multiple of the tile and L in {1, 3, 5}; output and ALL gradients are compared to ``naive_moda_attn``.
+fp32 only: the interpreter's bf16 ``tl.dot`` is not faithful. Shapes stay tiny (the interpreter runs
+every tile op through numpy).
+"""
+
+import os
+
+# Must be set before Triton (or the kernels) are imported; tests/conftest.py may set it as well.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+
+ATOL = 2e-5
+
+
+def _make(B, T, Hq, Hk, d, L, mode, seed, depth_prefix_of=None, split_depth=True):
+    """Random fp32 inputs; depth tensors optionally prefix views of a [B, T, Lmax, Hk, d] buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, Hq, d, generator=gen)
+    k = v = kd = vd = None
+    if mode in ("seq", "moda"):
+        k = torch.randn(B, T, Hk, d, generator=gen)
+        v = torch.randn(B, T, Hk, d, generator=gen)
+    if mode in ("depth", "moda"):
+        lmax = depth_prefix_of or L
+        kbuf = torch.randn(B, T, lmax, Hk, d, generator=gen)
+        vbuf = torch.randn(B, T, lmax, Hk, d, generator=gen) if split_depth else kbuf.flip(2).contiguous()
+        kd, vd = kbuf[:, :, :L], vbuf[:, :, :L]
+    return [t.requires_grad_() if t is not None else None for t in (q, k, v, kd, vd)]
+
+
+def _check(inputs, causal, scale=None, seed=0):
+    present = [t for t in inputs if t is not None]
+    out = moda_attn(*inputs, causal=causal, scale=scale)
+    ref = naive_moda_attn(*inputs, causal=causal, scale=scale)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=1e-4)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1))
+    grads = torch.autograd.grad(out, present, do)
+    grads_ref = torch.autograd.grad(ref, present, do)
+    names = [n for n, t in zip(("dq", "dk", "dv", "dk_depth", "dv_depth"), inputs) if t is not None]
+    for name, g, gr, t in zip(names, grads, grads_ref, present):
+        assert g.shape == t.shape, name
+        torch.testing.assert_close(g, gr, atol=ATOL, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# The grid: mode x causal x G, with T (never a multiple of the 16/32-row tiles) and L cycling.
+_TS = itertools.cycle([37, 21, 40, 9, 29])
+_LS = itertools.cycle([1, 3, 5])
+GRID = []
+for mode, causal, G in itertools.product(("seq", "depth", "moda"), (True, False), (1, 2, 4)):
+    T, L = next(_TS), next(_LS)
+    Hk = 2 if G < 4 else 1
+    GRID.append((mode, 1 + (G == 2), T, G * Hk, Hk, 16, L if mode != "seq" else 0, causal))
+
+
+def _case_id(case):
+    mode, B, T, Hq, Hk, d, L, causal = case
+    return f"{mode}-B{B}-T{T}-Hq{Hq}-Hk{Hk}-d{d}-L{L}-{'causal' if causal else 'full'}"
+
+
+@pytest.mark.parametrize("case", GRID, ids=[_case_id(c) for c in GRID])
+def test_matches_reference(case):
+    mode, B, T, Hq, Hk, d, L, causal = case
+    _check(_make(B, T, Hq, Hk, d, max(L, 1), mode, seed=hash(_case_id(case)) % 1000), causal)
+
+
+EXTRA = [
+    # Prefix views of a deeper buffer (the model's layout), d = 32, batch 2.
+    ("moda", 2, 19, 4, 2, 32, 3, True, dict(depth_prefix_of=8)),
+    ("depth", 1, 26, 8, 2, 16, 5, False, dict(depth_prefix_of=6)),
+    # k_depth and v_depth views of different buffers / of one buffer.
+    ("moda", 1, 33, 2, 1, 16, 5, True, dict(split_depth=False)),
+    # Large group G = 16, 32 and a single token.
+    ("moda", 1, 7, 16, 1, 16, 3, True, {}),
+    ("moda", 1, 5, 32, 1, 16, 1, False, {}),
+    ("moda", 1, 1, 4, 2, 16, 3, True, {}),
+]
+
+
+@pytest.mark.parametrize("case", EXTRA, ids=[_case_id(c[:8]) + "-" + "-".join(f"{k}{v}" for k, v in c[8].items()) for c in EXTRA])
+def test_layouts_and_groups(case):
+    mode, B, T, Hq, Hk, d, L, causal, kw = case
+    _check(_make(B, T, Hq, Hk, d, L, mode, seed=7, **kw), causal)
+
+
+def test_custom_scale_and_strided_qkv():
+    """q/k/v as slices of a fused [B, T, 3, H, d] projection (non-contiguous, last dim dense)."""
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(1, 23, 3, 4, 16, generator=gen)
+    q, k, v = (qkv[:, :, i] for i in range(3))
+    kd = torch.randn(1, 23, 2, 4, 16, generator=gen)
+    vd = torch.randn(1, 23, 2, 4, 16, generator=gen)
+    inputs = [t.clone().requires_grad_() if t.is_contiguous() else t.detach().requires_grad_() for t in (q, k, v, kd, vd)]
+    assert not inputs[0].is_contiguous()
+    _check(inputs, causal=True, scale=0.3)
+
+
+def test_torch_compile_traces_custom_op():
+    """The custom ops have fake implementations, so torch.compile traces them without a graph break."""
+    inputs = _make(1, 12, 4, 2, 16, 3, "moda", seed=11)
+
+    def f(q, k, v, kd, vd):
+        return moda_attn(q, k, v, kd, vd, causal=True).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*inputs), f(*inputs), atol=ATOL, rtol=1e-4)
+
+
+def test_depth_only_ignores_causal_flag():
+    """Depth slots are never causally masked: depth-only output does not depend on `causal`."""
+    inputs = _make(1, 11, 2, 1, 16, 3, "depth", seed=5)
+    torch.testing.assert_close(moda_attn(*inputs, causal=True), moda_attn(*inputs, causal=False))
+
+
+def _valid():
+    return (torch.randn(1, 8, 4, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16),
+            torch.randn(1, 8, 3, 2, 16), torch.randn(1, 8, 3, 2, 16))
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda a: (a[0], a[1], None, a[3], a[4]), "both k and v"),
+        (lambda a: (a[0], a[1], a[2], a[3], None), "both k_depth and v_depth"),
+        (lambda a: (a[0], None, None, None, None), "got neither"),
+        (lambda a: (a[0][..., :3, :], a[1], a[2], a[3], a[4]), "multiple of KV heads"),
+        (lambda a: (a[0], a[1][:, :7], a[2], a[3], a[4]), "k must be"),
+        (lambda a: (a[0], a[1], a[2][:, :, :1], a[3], a[4]), "v must have"),
+        (lambda a: (a[0], a[1], a[2], a[3][:, :, :, :1], a[4][:, :, :, :1]), "KV heads but k has"),
+        (lambda a: (a[0], a[1], a[2], a[3], a[4][:, :, :2]), "v_depth must have"),
+        (lambda a: (a[0], a[1], a[2], a[3][:, :, :0], a[4][:, :, :0]), "L >= 1"),
+        (lambda a: tuple(torch.randn(*t.shape[:-1], 24) for t in a), "head dim"),
+        (lambda a: (torch.randn(1, 8, 6, 16), a[1], a[2], a[3], a[4]), "GQA group"),
+        (lambda a: tuple(t.double() for t in a), "dtype"),
+        (lambda a: (a[0].half(), a[1], a[2], a[3], a[4]), "share q's dtype"),
+        (lambda a: (a[0], a[1], a[2], a[3].to("meta"), a[4]), "device"),
+        (lambda a: (a[0].transpose(1, 3).contiguous().transpose(1, 3), a[1], a[2], a[3], a[4]), r"q must have .*stride"),
+        (lambda a: (a[0], a[1], a[2], a[3].transpose(3, 4).contiguous().transpose(3, 4), a[4]), "k_depth must have"),
+        (lambda a: (a[0], a[1], a[2], torch.randn(1, 8, 3, 2, 32)[..., :16], a[4]), r"stride\(-2\)"),
+    ],
+    ids=["only-k", "only-kdepth", "neither", "heads-mismatch", "k-shape", "v-shape", "depth-heads", "vdepth-shape",
+         "L0", "head-dim", "group-6", "float64", "mixed-dtype", "mixed-device", "q-last-dim-strided",
+         "kdepth-last-dim-strided", "kdepth-heads-not-dense"],
+)
+def test_validation_errors(mutate, match):
+    with pytest.raises(ValueError, match=match):
+        moda_attn(*mutate(_valid()))
+
+
+def test_bad_scale_and_causal():
+    a = _valid()
+    with pytest.raises(ValueError, match="scale"):
+        moda_attn(*a, scale=-1.0)
+    with pytest.raises(ValueError, match="causal"):
+        moda_attn(*a, causal=1)
+
+
+def test_cpu_without_interpreter_is_rejected(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        moda_attn(*_valid())
