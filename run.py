@@ -6,7 +6,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-OmegaConf.register_new_resolver("run_name", lambda dirname: dirname.replace("/", "_") or "default", replace=True)
+from moda_lab.train.rundir import run_name
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -54,6 +54,19 @@ class TrainerConfig:
     compile: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
 
+    def __post_init__(self) -> None:
+        choices = {
+            "precision": ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
+            "strategy": ("auto", "ddp", "fsdp"),
+            "accelerator": ("auto", "cpu", "gpu", "cuda"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is not allowed; choose one of {list(allowed)}")
+        for key in ("max_steps", "batch_size", "accumulate", "val_every", "ckpt_every", "log_every", "devices"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class WandbConfig:

@@ -102,7 +102,13 @@ def plot_attention_heatmaps(
     heads = list(range(H)) if heads is None else heads
     ncols = min(4, len(heads))
     nrows = -(-len(heads) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(0.22 * width * ncols + 2, 0.22 * T * nrows + 1.5), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(0.25 * width * ncols + 2.5, 0.25 * T * nrows + 1.8),
+        squeeze=False,
+        layout="constrained",  # leaves room for the shared colorbar
+    )
     labels = [*tokens, *[f"d{j}" for j in range(S)]]
     show_ticks = width <= 64
     image = None
@@ -116,30 +122,31 @@ def plot_attention_heatmaps(
             ax.set_xticks(range(width), labels, rotation=90, fontsize=6)
             ax.set_yticks(range(T), tokens, fontsize=6)
         ax.set_xlabel("key slot: sequence | depth")
-        ax.set_ylabel("query token")
+        if ax in axes[:, 0]:
+            ax.set_ylabel("query token")
     for ax in list(axes.flat)[len(heads) :]:
         ax.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="attention probability")
+        fig.colorbar(image, ax=axes, shrink=0.9, label="attention probability")
     return fig
 
 
 def plot_attention_summary(summary: pd.DataFrame) -> Figure:
     """Depth mass and first-token (sink) mass per layer: mean over heads, with the head range as error bars."""
     per_layer = layer_summary(summary)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(per_layer) + 3), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(per_layer) + 3), 4.0))
     x = per_layer["layer"].to_numpy()
     for col, label, marker in (("depth_mass", "mass on depth slots", "o"), ("sink_mass", "mass on first token (sink)", "s")):
         mean = per_layer[col].to_numpy()
         err = np.vstack([mean - per_layer[f"{col} min"], per_layer[f"{col} max"] - mean])
         ax.errorbar(x, mean, yerr=err, marker=marker, capsize=3, label=label)
     ax.set_xlabel("layer")
-    ax.set_ylabel("attention mass (mean over heads; bars: head range)")
+    ax.set_ylabel("attention mass")
     ax.set_ylim(0, 1)
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Where attention goes: depth slots vs attention sink")
+    ax.set_title("Mass on depth slots and on the first token per layer\n(mean over heads and queries; bars: head range)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -172,23 +179,18 @@ def synthetic_inspection(T: int = 12, n_layers: int = 4, n_heads: int = 4, slots
     return AttentionInspection(maps=maps, tokens=[f"t{i}" for i in range(T)], config={"synthetic": True})
 
 
-def _find_tokenizer(ckpt: Path, cfg: dict[str, Any]) -> Path:
-    data = cfg.get("data", {}) if isinstance(cfg.get("data"), dict) else {}
-    candidates = [data.get(k) for k in ("tokenizer", "tokenizer_path", "cache_dir")]
-    candidates += [ckpt.parent / "tokenizer.json", ckpt.parent.parent / "tokenizer.json"]
-    for cand in candidates:
-        if cand and (Path(cand).is_file() or (Path(cand) / "tokenizer.json").is_file()):
-            return Path(cand)
-    raise FileNotFoundError(f"no tokenizer.json next to {ckpt} or in the config's data section; pass tokenizer=")
+def inspect_checkpoint(
+    ckpt: str | Path, text: str, tokenizer: str | Path | None = None, max_tokens: int = 64
+) -> AttentionInspection:
+    """Load a checkpoint (.ckpt, run dir or exported folder), encode ``text``, return its attention maps.
 
-
-def inspect_checkpoint(ckpt: str | Path, text: str, tokenizer: str | Path | None = None, max_tokens: int = 64) -> AttentionInspection:
-    """Load a checkpoint (``moda_lab.checkpoint.load_model``), encode ``text``, return its attention maps."""
-    from moda_lab.checkpoint import load_model
+    The tokenizer is the one stored with the checkpoint unless ``tokenizer`` (a tokenizer.json or its dir) is given.
+    """
+    from moda_lab.checkpoint import load_model, load_tokenizer_for
     from moda_lab.data.tokenizer import load_tokenizer
 
     model, cfg = load_model(ckpt)
-    tok = load_tokenizer(tokenizer if tokenizer is not None else _find_tokenizer(Path(ckpt), cfg))
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else load_tokenizer_for(ckpt)
     ids = tok.encode(text).ids[:max_tokens]
     if not ids:
         raise ValueError("text encodes to zero tokens")

@@ -1,9 +1,11 @@
 """Kernel benchmark results (``experiments/bench/results/*.json``) -> long table -> timing plots.
 
-The files are read tolerantly: ``{"device", "versions", "rows": [...]}`` where a row holds shape parameters
-(T, G, Hq, Hk, d, L, C, ...), a group name (``table`` or ``name``), optionally an implementation name (``impl``,
-``mode``, ``backend`` or ``provider``) and timing columns ending in ``ms``: ``fwd_ms``/``fwdbwd_ms`` (per-row
-implementation) or ``<impl>_fwd_ms`` / ``<impl>_ms`` (one column per implementation).
+The files are read tolerantly: ``{"device" | "meta": {"device", ...}, "rows": [...]}`` where a row holds shape
+parameters (T, G, Hq, Hk, d, L, C, ...), optionally a ``table`` group name (else the file name is the group; a
+row's ``name`` is its case label), optionally an implementation name (``impl``, ``mode``, ``backend`` or
+``provider``) and timing columns ending in ``ms``: ``fwd_ms``/``fwdbwd_ms`` (per-row implementation) or
+``<impl>_fwd_ms`` / ``<impl>_fwdbwd_ms`` / ``<impl>_ms`` (one column per implementation, as bench_moda.py writes).
+Non-timing columns (``*_tflops``, ratios, ``wall_s``) are ignored.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ def _split_timing(key: str) -> tuple[str | None, str]:
 
 def bench_rows(payload: dict[str, Any], source: str = "") -> list[dict[str, Any]]:
     """Long rows ``{file, device, group, impl, pass, ms, <shape keys>}`` of one results payload."""
-    device = str(payload.get("device", "unknown"))
+    meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+    device = str(payload.get("device") or meta.get("device") or "unknown")
     out = []
     for row in payload.get("rows", []):
         if not isinstance(row, dict):
             continue
-        group = str(row.get("table") or row.get("name") or "bench")
+        group = str(row.get("table") or Path(source).stem or "bench")
         row_impl = next((str(row[k]) for k in IMPL_KEYS if row.get(k) is not None), None)
         row_pass = str(row.get("pass", "ms"))
         if row_impl in PASSES:  # e.g. {"mode": "fwdbwd", "fa2_ms": ..., "moda_ms": ...}
@@ -56,7 +59,11 @@ def bench_rows(payload: dict[str, Any], source: str = "") -> list[dict[str, Any]
                 continue
             impl, kind = _split_timing(key)
             kind = row_pass if kind == "ms" else kind
-            out.append({"file": source, "device": device, "group": group, "impl": impl or row_impl or "default", "pass": kind, "ms": float(val), **shape})
+            impl = impl or row_impl or "default"
+            case = row.get("name")
+            out.append(
+                {"file": source, "device": device, "group": group, "case": case, "impl": impl, "pass": kind, "ms": float(val), **shape}
+            )
     return out
 
 
@@ -78,16 +85,26 @@ def load_bench_results(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _determines(frame: pd.DataFrame, a: str, b: str) -> bool:
+    """Each value of ``a`` comes with a single value of ``b`` (e.g. G determines Hq at fixed Hk)."""
+    return bool(frame.groupby(a)[b].nunique().max() <= 1)
+
+
 def _panels(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """One panel per shape parameter that varies, holding the other varying parameters at their most common value."""
+    """One panel per swept shape parameter, the other parameters held at their most common value.
+
+    Parameters that move together (G and Hq) give one panel, and neither is held fixed in the other's panel.
+    """
     varying = [k for k in SHAPE_KEYS if k in group and group[k].nunique() > 1]
     if not varying:
         return [("", group)]
-    panels = []
+    panels: list[tuple[str, pd.DataFrame]] = []
     for key in varying:
+        if any(_determines(group, used, key) and _determines(group, key, used) for used, _ in panels):
+            continue
         sub = group
         for other in varying:
-            if other != key:
+            if other != key and not _determines(group, key, other):
                 sub = sub[sub[other] == group[other].mode().iloc[0]]
         if sub[key].nunique() > 1:
             panels.append((key, sub))
@@ -95,29 +112,35 @@ def _panels(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def plot_bench_group(frame: pd.DataFrame, group: str) -> Figure:
-    """Timing (ms, log) vs each varying shape parameter of one benchmark group, one line per implementation x pass."""
+    """Timing (ms, log) vs each varying shape parameter of one group: one row of panels per pass (fwd, fwd+bwd),
+    one line per implementation; the other parameters are held at their most common value (panel title)."""
     data = frame[frame["group"] == group]
     panels = _panels(data)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
-    for ax, (key, sub) in zip(axes[0], panels):
-        fixed = {k: sub[k].iloc[0] for k in SHAPE_KEYS if k in sub and k != key and sub[k].nunique() == 1}
-        for (impl, kind), line in sub.groupby(["impl", "pass"], sort=True):
+    passes = sorted(data["pass"].unique(), key=lambda p: (PASSES + ["ms"]).index(p) if p in PASSES + ["ms"] else 99)
+    fig, axes = plt.subplots(
+        len(passes), len(panels), figsize=(5.2 * len(panels), 3.8 * len(passes)), squeeze=False
+    )
+    for r, kind in enumerate(passes):
+        for c, (key, sub) in enumerate(panels):
+            ax, sub = axes[r][c], sub[sub["pass"] == kind]
+            fixed = {k: sub[k].dropna().iloc[0] for k in SHAPE_KEYS if k in sub and k != key and sub[k].nunique() == 1}
+            for impl, line in sub.groupby("impl", sort=True):
+                if key:
+                    line = line.groupby(key, as_index=False)["ms"].median().sort_values(key)
+                    ax.plot(line[key], line["ms"], marker="o", label=impl)
+                else:
+                    ax.bar(impl, line["ms"].median())
             if key:
-                line = line.groupby(key, as_index=False)["ms"].median().sort_values(key)
-                ax.plot(line[key], line["ms"], marker="o", label=f"{impl} ({kind})")
-            else:
-                ax.bar(f"{impl}\n{kind}", line["ms"].median())
-        if key:
-            ax.set_xlabel(key)
-            if sub[key].max() / max(sub[key].min(), 1) >= 8:
-                ax.set_xscale("log", base=2)
-            ax.legend(fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("time (ms, median)")
-        ax.set_title(", ".join(f"{k}={v}" for k, v in fixed.items()), fontsize=9)
-        ax.grid(alpha=0.3, which="both")
+                ax.set_xlabel(key)
+                if sub[key].max() / max(sub[key].min(), 1) >= 8:
+                    ax.set_xscale("log", base=2)
+                ax.legend(fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{kind} time (ms, median)")
+            ax.set_title(", ".join(f"{k}={v:g}" for k, v in fixed.items()), fontsize=9)
+            ax.grid(alpha=0.3, which="both")
     devices = ", ".join(sorted(data["device"].unique()))
-    fig.suptitle(f"{group} — {devices}")
+    fig.suptitle(f"{group} ({devices})")
     fig.tight_layout()
     return fig
 

@@ -123,12 +123,14 @@ class ModaMixer(DepthMixer):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__(cfg, layer)
         mix = cfg.mixer
-        self.attn_kv = KVProjection(cfg) if mix.attn_kv else None
-        self.ffn_kv = KVProjection(cfg) if mix.ffn_kv else None
+        # The last layer's writes would have no reader: it writes nothing and owns no extra projections.
+        self.writes = layer < cfg.n_layers - 1
+        self.attn_kv = KVProjection(cfg) if mix.attn_kv and self.writes else None
+        self.ffn_kv = KVProjection(cfg) if mix.ffn_kv and self.writes else None
 
     @staticmethod
     def new_state(cfg: ModelConfig) -> tuple[DepthBuffer, DepthBuffer]:
-        slots = cfg.n_layers * cfg.mixer.slots_per_layer
+        slots = max(1, (cfg.n_layers - 1) * cfg.mixer.slots_per_layer)
         return DepthBuffer(slots), DepthBuffer(slots)
 
     def attn_depth(self, ctx: ForwardCtx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -141,7 +143,7 @@ class ModaMixer(DepthMixer):
         vbuf.write(v)
 
     def after_attn(self, attn_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardCtx) -> None:
-        if self.cfg.mixer.depth_kv:
+        if self.cfg.mixer.depth_kv and self.writes:
             self._write(k, v, ctx)  # the layer's own sequence K/V: no extra parameters (Table 3 row 3)
         if self.attn_kv is not None:
             self._write(*self.attn_kv(attn_in, ctx), ctx)

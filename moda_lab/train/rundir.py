@@ -19,7 +19,7 @@ from ..config import ConfigError
 # Keys a relaunch may change without starting a different run (longer training, logging, workers, eval).
 RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.val_every", "trainer.ckpt_every", "trainer.log_every",
                      "trainer.keep_checkpoints", "trainer.threads", "trainer.devices", "trainer.strategy",
-                     "data.num_workers", "data.build_default", "logger.", "eval.", "run_root")
+                     "data.num_workers", "data.build_default", "data.cache_dir", "logger.", "eval.", "run_root")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -48,7 +48,7 @@ def check_resume_compatible(old: dict, new: dict, run_dir: Path) -> None:
         lines = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])
         raise ConfigError(
             f"{run_dir} already holds a run with a different config ({lines}). Its checkpoints and logs are "
-            "kept untouched; launch with another experiment name or run_root, or move that directory away."
+            "kept untouched; launch with another name=... or run_root=, or move that directory away."
         )
 
 
@@ -108,3 +108,18 @@ class RunDir:
         if shutil.which("nvidia-smi"):
             out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
             (env / f"nvidia-smi-{launch}.txt").write_text(out)
+
+
+def run_name(override_dirname: str, max_len: int = 120) -> str:
+    """Run-dir name from Hydra's override dirname: readable, deterministic, and short enough for any file system.
+
+    Long names keep their group choices (model=..., norm=...) and replace the rest by a stable hash.
+    """
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name) <= max_len:
+        return name
+    import hashlib
+
+    groups = [p for p in override_dirname.split(",") if "=" in p and "." not in p.split("=")[0]]
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    return ",".join([*groups, digest]).replace("/", "_")[:max_len]

@@ -103,7 +103,12 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     L.seed_everything(run.seed, workers=True)
     data = load_data(run)
     rundir = RunDir(run_dir)
+    done = rundir.read_meta()
     meta = rundir.open(resolved)
+    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and rundir.last_ckpt:
+        log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
+        rundir.write_meta(status="finished", finished=done.get("finished"))
+        return {}
     wandb_logger = None
     try:
         module = LMModule(

@@ -1,0 +1,238 @@
+"""The moda-lab decoder as an lm-eval model (``--model moda``).
+
+Scoring uses the model's batched full-sequence forward (right-padded: the causal mask keeps padding out of
+every scored position); generation uses the depth-aware KV cache (``GPT.forward(..., cache=KVCache())``):
+each step feeds only the new token, reads the cached sequence K/V of every layer, and rebuilds the depth K/V
+of that token layer by layer inside the forward (arXiv 2603.15619, section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..data.tokenizer import EOS
+from ..model import GPT
+from ..model.attention import KVCache
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as err:  # pragma: no cover - lm_eval is a declared dependency
+    raise ImportError(f"moda_lab.eval needs lm-eval (pip install 'lm-eval==0.4.13'): {err}") from err
+
+
+def parse_batch_size(value: int | str) -> int:
+    """lm-eval hands batch sizes as strings from its CLI; only fixed sizes are supported."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch_size={value!r} is not supported by the moda model; give a positive integer") from None
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    return size
+
+
+@torch.no_grad()
+def score_continuations(
+    model: GPT,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
+    progress: bool = False,
+    desc: str = "loglikelihood",
+) -> list[tuple[float, bool]]:
+    """Sum of log p(continuation | context) and whether the continuation is the greedy one, per pair.
+
+    Each sequence context+continuation is left-truncated to max_length + 1 tokens (the input keeps the last
+    max_length tokens before the final one), so the continuation is always scored in full when it fits.
+    Pairs are scored longest first in right-padded batches; results come back in input order.
+    """
+    max_length = max_length or model.cfg.max_seq_len
+    prepared = []
+    for ctx, cont in pairs:
+        if not cont:
+            raise ValueError("an empty continuation cannot be scored")
+        if len(cont) > max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds the model's context of {max_length}")
+        if not ctx:
+            raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
+        full = (ctx + cont)[-(max_length + 1) :]
+        prepared.append((full[:-1], cont))
+    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
+    results: list[tuple[float, bool] | None] = [None] * len(prepared)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress):
+        width = len(prepared[batch[0]][0])
+        idx = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, i in enumerate(batch):
+            inp = prepared[i][0]
+            idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+        logprobs = F.log_softmax(model(idx.to(device)).float(), dim=-1).cpu()  # [B, T, V]
+        for row, i in enumerate(batch):
+            inp, cont = prepared[i]
+            # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
+            lp = logprobs[row, len(inp) - len(cont) : len(inp)]  # [n_cont, V]
+            target = torch.tensor(cont, dtype=torch.long)
+            greedy = bool((lp.argmax(-1) == target).all())
+            results[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
+    return results  # type: ignore[return-value]
+
+
+@register_model("moda")
+class ModaLM(TemplateLM):
+    """lm-eval model over a moda-lab checkpoint: a Lightning .ckpt, a run dir, or an exported folder."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        batch_size: int | str = 1,
+        device: str | None = None,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        backend: str | None = None,
+        model: GPT | None = None,
+        tokenizer: Tokenizer | None = None,
+        **unused,
+    ) -> None:
+        super().__init__()
+        if unused:
+            # lm-eval passes max_batch_size (and a few others) to every model; anything else is a typo.
+            unknown = sorted(k for k in unused if k not in ("max_batch_size", "trust_remote_code"))
+            if unknown:
+                raise ValueError(
+                    f"unknown model_args for the moda model: {unknown}; known: checkpoint, batch_size, device, "
+                    "max_length, max_gen_toks, backend. A checkpoint path with commas (Hydra run dirs) must be "
+                    """given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
+                )
+        self.step = None
+        if model is None:
+            if checkpoint is None:
+                raise ValueError("the moda model needs model_args checkpoint=<.ckpt file, run dir or exported folder>")
+            model, _, extras = load_checkpoint(checkpoint, backend)
+            if not extras["tokenizer"]:
+                raise CheckpointError(f"{checkpoint} carries no tokenizer; evaluation needs the training tokenizer")
+            tokenizer = Tokenizer.from_str(extras["tokenizer"])
+            self.step = extras["step"]
+        elif tokenizer is None:
+            raise ValueError("ModaLM(model=...) also needs tokenizer=")
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tok = tokenizer
+        eos = tokenizer.token_to_id(EOS)
+        if eos is None:
+            raise CheckpointError(f"the checkpoint's tokenizer has no {EOS!r} token")
+        self._eos = eos
+        self.batch_size = parse_batch_size(batch_size)
+        limit = self.model.cfg.max_seq_len
+        self.max_length = int(max_length) if max_length is not None else limit
+        if not 1 <= self.max_length <= limit:
+            raise ValueError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
+        self.max_gen_toks = int(max_gen_toks)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # --- tokenization -----------------------------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._eos
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tok.encode(string).ids
+
+    def tok_decode(self, tokens: Iterable[int]) -> str:
+        return self.tok.decode(list(tokens), skip_special_tokens=False)
+
+    # --- scoring ------------------------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        out = score_continuations(
+            self.model, pairs, self.batch_size, self.device, self.max_length, progress=not disable_tqdm
+        )
+        for (key, _, _), res in zip(requests, out):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, res)
+        return out
+
+    def rolling_windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
+        """Disjoint windows of at most max_length predicted tokens, the first conditioned on EOS."""
+        return [
+            make_disjoint_window(w)
+            for w in get_rolling_token_windows(tokens, self._eos, self.max_length, context_len=1)
+        ]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owner = [], []
+        for i, req in enumerate(requests):
+            (text,) = req.args
+            for w in self.rolling_windows(self.tok_encode(text)):
+                windows.append(w)
+                owner.append(i)
+        scores = score_continuations(
+            self.model, windows, self.batch_size, self.device, self.max_length, not disable_tqdm, "rolling"
+        )
+        totals = [0.0] * len(requests)
+        for i, (lp, _) in zip(owner, scores):
+            totals[i] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # --- generation ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def greedy_until(self, context: list[int], until: Sequence[str], max_new_tokens: int) -> str:
+        """Greedy continuation of context through the KV cache; stops at EOS, any until string, or the context limit.
+
+        The returned text is cut before the first stop string.
+        """
+        budget = min(max_new_tokens, self.max_length - 1)
+        context = context[-(self.max_length - budget) :] if budget > 0 else context[-self.max_length :]
+        cache = KVCache()
+        logits = self.model(torch.tensor([context], device=self.device), cache=cache)
+        new: list[int] = []
+        for _ in range(budget):
+            nxt = int(logits[0, -1].argmax())
+            if nxt == self._eos:
+                break
+            new.append(nxt)
+            text = self.tok_decode(new)
+            if any(s and s in text for s in until):
+                break
+            logits = self.model(torch.tensor([[nxt]], device=self.device), cache=cache)
+        text = self.tok_decode(new)
+        cut = min((text.index(s) for s in until if s and s in text), default=len(text))
+        return text[:cut]
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for req in tqdm(requests, desc="generate_until", disable=disable_tqdm):
+            context, gen_kwargs = req.args
+            kwargs = dict(gen_kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            if kwargs.pop("do_sample", False) or float(kwargs.pop("temperature", 0.0) or 0.0) > 0.0:
+                raise ValueError("the moda model decodes greedily only: set do_sample=false / temperature=0")
+            for key in ("top_p", "top_k"):  # sampling filters: meaningless for argmax decoding
+                kwargs.pop(key, None)
+            if kwargs:
+                raise ValueError(f"unsupported generation kwargs for the moda model: {sorted(kwargs)}")
+            ctx = self.tok_encode(context) or [self._eos]
+            text = self.greedy_until(ctx, until + [EOS], max_new)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out

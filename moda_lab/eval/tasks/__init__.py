@@ -1,0 +1,46 @@
+"""The paper's 10 downstream tasks (arXiv 2603.15619) as lm-eval task YAMLs over local JSONL files.
+
+Each task reads ``<data_dir>/<name>.jsonl``, one example per line, with the fields of its Hugging Face source
+(so a dataset dumped with ``datasets.Dataset.to_json`` works as is). The data dir comes from lm-eval task
+metadata ``data_dir`` (set by moda_lab.eval), else the environment variable MODA_EVAL_DATA, else
+``<repo>/../shared/data/eval``. lm-eval task names carry a ``moda_`` prefix so they never shadow the
+harness's own (downloading) tasks; the tag ``moda_paper`` selects all ten.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TASK_DIR = Path(__file__).resolve().parent
+DATA_ENV = "MODA_EVAL_DATA"
+DEFAULT_DATA_DIR = TASK_DIR.parents[2].parent / "shared" / "data" / "eval"
+
+# short name -> fields every JSONL line must carry (what the YAML and utils.py read)
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "piqa": ("goal", "sol1", "sol2", "label"),
+    "hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+    "winogrande": ("sentence", "option1", "option2", "answer"),
+    "openbookqa": ("question_stem", "choices", "answerKey"),
+    "boolq": ("passage", "question", "label"),
+    "sciq": ("support", "question", "distractor1", "distractor2", "distractor3", "correct_answer"),
+    "arc_easy": ("question", "choices", "answerKey"),
+    "arc_challenge": ("question", "choices", "answerKey"),
+    "copa": ("premise", "choice1", "choice2", "question", "label"),
+    "mmlu": ("question", "subject", "choices", "answer"),
+}
+TASK_PREFIX = "moda_"
+PAPER_TAG = "moda_paper"
+
+
+def lm_eval_name(task: str) -> str:
+    return TASK_PREFIX + task
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The eval data dir: explicit, else $MODA_EVAL_DATA, else <repo>/../shared/data/eval."""
+    return Path(explicit or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
+
+
+def task_file(task: str, root: str | os.PathLike | None = None) -> Path:
+    return data_dir(root) / f"{task}.jsonl"

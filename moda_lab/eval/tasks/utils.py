@@ -1,0 +1,110 @@
+"""Loaders and prompt functions for the moda_* task YAMLs (referenced as ``!function utils.<name>``).
+
+Prompts follow lm-eval's own task definitions (piqa, hellaswag, winogrande, openbookqa, super_glue boolq/copa,
+sciq, arc, mmlu), so scores are comparable with the harness's numbers on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import datasets
+
+from moda_lab.eval.tasks import DATA_ENV, TASK_FIELDS, task_file
+
+
+def load_local(task: str, data_dir: str | None = None, **metadata) -> datasets.DatasetDict:
+    """custom_dataset hook: <data_dir>/<task>.jsonl as the 'test' split; every line checked for its fields."""
+    path = task_file(task, data_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"eval data for task {task!r} not found: {path} does not exist. Put {task}.jsonl there, or point "
+            f"eval.data_dir (Hydra), --data_dir (CLI) or ${DATA_ENV} at the directory holding it"
+        )
+    need = TASK_FIELDS[task]
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
+            missing = [k for k in need if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; task {task!r} needs {list(need)}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no examples")
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+# --- hellaswag -------------------------------------------------------------------------------------------
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")  # WikiHow artifacts
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    def one(doc: dict) -> dict:
+        ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+        return {
+            "query": _hellaswag_clean(doc["activity_label"] + ": " + ctx),
+            "options": [_hellaswag_clean(e) for e in doc["endings"]],
+            "gold": int(doc["label"]),
+        }
+
+    return dataset.map(one)
+
+
+# --- winogrande: score the sentence suffix after each filled-in option (partial evaluation) --------------
+
+
+def winogrande_doc_to_text(doc: dict) -> int:
+    return {"1": 0, "2": 1}[str(doc["answer"])]
+
+
+def winogrande_doc_to_target(doc: dict) -> str:
+    idx = doc["sentence"].index("_") + 1
+    return doc["sentence"][idx:].strip()
+
+
+def winogrande_doc_to_choice(doc: dict) -> list[str]:
+    idx = doc["sentence"].index("_")
+    return [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])]
+
+
+# --- copa ---------------------------------------------------------------------------------------------------
+
+
+def _lower_first(choice: str) -> str:
+    return choice[0].lower() + choice[1:]
+
+
+def copa_doc_to_text(doc: dict) -> str:
+    connector = {"cause": "because", "effect": "therefore"}[doc["question"]]
+    return doc["premise"].strip()[:-1] + f" {connector}"  # drop the premise's period
+
+
+def copa_doc_to_choice(doc: dict) -> list[str]:
+    return [" " + _lower_first(doc["choice1"]), " " + _lower_first(doc["choice2"])]
+
+
+# --- mmlu: one file, all subjects; the subject goes into the header as in lm-eval's description ----------
+
+
+def mmlu_doc_to_text(doc: dict) -> str:
+    subject = doc["subject"].replace("_", " ")
+    letters = "ABCD"
+    lines = [f"The following are multiple choice questions (with answers) about {subject}.", "", doc["question"].strip()]
+    lines += [f"{letters[i]}. {c}" for i, c in enumerate(doc["choices"])]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def mmlu_doc_to_choice(doc: dict) -> list[str]:
+    return list("ABCD"[: len(doc["choices"])])

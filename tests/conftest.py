@@ -1,0 +1,29 @@
+"""Shared test setup: CPU-only, offline, Triton in interpreter mode; tiny corpus and configs."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports triton: kernels run on CPU through the interpreter (fp32 only there).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import write_tiny_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """Two small real-text domains (stdlib prose and code), a few hundred KB."""
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))

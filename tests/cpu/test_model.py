@@ -1,0 +1,160 @@
+"""The decoder on CPU: every variant x norm builds, trains, overfits; MoDA matches a per-token loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kernels.moda.naive import naive_moda_attn
+from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
+from moda_lab.model.depth import DepthBuffer
+
+MIXERS = {
+    "residual": MixerConfig("residual"),
+    "dense": MixerConfig("dense"),
+    "depth_attn": MixerConfig("depth_attn"),
+    "moda": MixerConfig("moda", depth_kv=True, ffn_kv=True),
+    "moda_depth_kv": MixerConfig("moda", depth_kv=True),
+    "moda_full": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
+}
+CASES = [(m, n) for m in MIXERS for n in NORM_NAMES]
+
+
+def tiny(mixer: str, norm: str, **kw) -> ModelConfig:
+    base = dict(vocab_size=64, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=32, attn_backend="naive")
+    return ModelConfig(mixer=MIXERS[mixer], norm=norm, **{**base, **kw})
+
+
+def test_registries_cover_config_choices():
+    from moda_lab.model import DEPTH_MIXERS, NORM_PLACEMENTS
+
+    assert set(DEPTH_MIXERS) == set(MIXER_NAMES)
+    assert set(NORM_PLACEMENTS) == set(NORM_NAMES)
+
+
+@pytest.mark.parametrize("mixer,norm", CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_forward_backward_and_overfit(mixer, norm):
+    torch.manual_seed(0)
+    model = GPT(tiny(mixer, norm))
+    idx = torch.randint(0, 64, (2, 17))
+    x, y = idx[:, :-1], idx[:, 1:]
+    assert model(x).shape == (2, 16, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(80):
+        loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        if first is None:
+            first = loss.item()
+            missing = [n for n, p in model.named_parameters() if p.grad is None]
+            assert not missing, f"parameters without gradient: {missing}"
+        opt.step()
+    assert first > 3.5  # ~ln(64) at init
+    assert loss.item() < 0.3, f"{mixer}/{norm} did not overfit one batch: {first:.2f} -> {loss.item():.2f}"
+
+
+def loop_reference(q, k, v, kd, vd):
+    """MoDA one query at a time: softmax over [k[:t+1] | kd[t]] of the query's KV head."""
+    B, T, Hq, d = q.shape
+    Hk = k.shape[2]
+    out = torch.empty(B, T, Hq, d, dtype=torch.float64)
+    for b in range(B):
+        for h in range(Hq):
+            hk = h // (Hq // Hk)
+            for t in range(T):
+                keys = torch.cat([k[b, : t + 1, hk], kd[b, t, :, hk]]).double()
+                vals = torch.cat([v[b, : t + 1, hk], vd[b, t, :, hk]]).double()
+                p = torch.softmax(keys @ q[b, t, h].double() / math.sqrt(d), dim=0)
+                out[b, t, h] = p @ vals
+    return out
+
+
+@pytest.mark.parametrize("G,L", [(1, 1), (2, 3), (4, 5)])
+def test_naive_moda_matches_per_token_loop(G, L):
+    torch.manual_seed(G * 10 + L)
+    B, T, Hk, d = 2, 9, 2, 8
+    q = torch.randn(B, T, Hk * G, d)
+    k, v = torch.randn(B, T, Hk, d), torch.randn(B, T, Hk, d)
+    kd, vd = torch.randn(B, T, L, Hk, d), torch.randn(B, T, L, Hk, d)
+    torch.testing.assert_close(naive_moda_attn(q, k, v, kd, vd).double(), loop_reference(q, k, v, kd, vd), atol=1e-5, rtol=1e-5)
+
+
+def test_depth_buffer_gradients_match_stacking():
+    torch.manual_seed(0)
+    vals = [torch.randn(2, 3, 4, requires_grad=True) for _ in range(4)]
+    buf = DepthBuffer(4)
+    outs = [buf.write(v * 1.0).sum(2) * (i + 1) for i, v in enumerate(vals)]  # every prefix is consumed
+    torch.stack(outs).pow(2).sum().backward()
+    got = [v.grad.clone() for v in vals]
+    for v in vals:
+        v.grad = None
+    outs = [torch.stack(vals[: i + 1], dim=2).sum(2) * (i + 1) for i in range(4)]
+    torch.stack(outs).pow(2).sum().backward()
+    for a, v in zip(got, vals):
+        torch.testing.assert_close(a, v.grad)
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_moda_layers_see_exactly_their_depth_slots(mixer):
+    model = GPT(tiny(mixer, "pre"))
+    maps = model.attention_maps(torch.randint(0, 64, (1, 10)))
+    spl = MIXERS[mixer].slots_per_layer
+    assert [m.shape[-1] for m in maps] == [10 + layer * spl for layer in range(3)]
+    for m in maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+        assert m[..., :10].triu(1).abs().max() == 0  # no attention to future sequence slots
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_flops_formula_matches_flop_counter(mixer):
+    model = GPT(tiny(mixer, "pre", tie_embeddings=False))
+    T = 16
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randint(0, 64, (2, T)))
+    counted, formula = counter.get_total_flops(), 2 * T * model.forward_flops_per_token(T)
+    # Exact, except that an einsum over a single depth slot lowers to an elementwise product, which the
+    # counter skips (a layer reading one depth slot): < 0.1% here.
+    assert abs(counted - formula) <= 1e-3 * formula, (counted, formula)
+    if all(b.mixer.depth_slots() != 1 for b in model.blocks) and mixer != "depth_attn":
+        assert counted == formula
+    assert model.flops_per_token(T) == 3 * model.forward_flops_per_token(T)
+
+
+def test_params_reported_per_variant_follow_table3_pattern():
+    sizes = {m: GPT(tiny(m, "pre")).num_params() for m in MIXERS}
+    assert sizes["moda_depth_kv"] == sizes["residual"]  # depth K/V reuse the attention's K/V: no parameters
+    per_layer_kv = 2 * 32 * 2 * 8 + 8  # K/V projection (D x 2*Hk*d) + its k-norm gain
+    # One extra K/V projection per switch in every layer but the last (whose writes nobody reads).
+    assert sizes["moda"] - sizes["residual"] == 2 * per_layer_kv
+    assert sizes["moda_full"] - sizes["residual"] == 4 * per_layer_kv
+    assert sizes["dense"] - sizes["residual"] == sum(range(2, 5))  # DWA weights alpha_{l, 0..l+1}
+
+
+@pytest.mark.parametrize("mixer", ["residual", "moda_full"])
+def test_backend_switch_keeps_state_dict_and_outputs(mixer):
+    model = GPT(tiny(mixer, "post"))
+    idx = torch.randint(0, 64, (2, 12))
+    keys, ref = list(model.state_dict()), model(idx)
+    model.set_backend("sdpa")
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(idx), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_backend_override_env(monkeypatch):
+    monkeypatch.setenv("MODA_LAB_ATTN_BACKEND", "sdpa")
+    assert GPT(tiny("moda", "pre", attn_backend="naive")).backend == "sdpa"
+
+
+def test_bad_model_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"model.n_heads=6 must be a multiple of model.n_kv_heads=4"):
+        tiny("residual", "pre", n_heads=6, n_kv_heads=4)
+    with pytest.raises(ValueError, match=r"model.mixer.name='moda' needs at least one depth K/V source"):
+        MixerConfig("moda")
+    with pytest.raises(ValueError, match=r"model.mixer.ffn_kv=true only applies to model.mixer.name='moda'"):
+        MixerConfig("dense", ffn_kv=True)
+    with pytest.raises(ValueError, match=r"exceeds model.max_seq_len=32"):
+        GPT(tiny("residual", "pre"))(torch.zeros(1, 33, dtype=torch.long))

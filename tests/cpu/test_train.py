@@ -1,0 +1,90 @@
+"""Training runs: logged metrics, exact resume (step, optimizer, schedule, data order), protected run dirs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from helpers import tiny_cfg
+from moda_lab.config import ConfigError
+from moda_lab.train.task import train
+
+FAST = ["trainer.lr=0.02", "trainer.warmup_steps=2"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt["optimizer_states"][0], ckpt["global_step"]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    cfg = tiny_cfg(tiny_corpus, tmp, ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST])
+    train(cfg, tmp / "run")
+    return tmp / "run"
+
+
+def test_run_dir_is_self_describing(straight):
+    assert yaml.safe_load((straight / "config.yaml").read_text())["model"]["mixer"]["name"] == "moda"
+    meta = json.loads((straight / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["wandb_id"] and meta["global_step"] == 12
+    assert (straight / "env" / "pip-freeze-1.txt").read_text().count("torch==") == 1
+    r = rows(straight)
+    assert r[0]["model/params"] > 0 and r[0]["model/flops_per_token"] > 0
+    val = [x for x in r if "val/loss" in x]
+    assert [x["step"] for x in val] == [0, 6, 12]
+    assert val[-1]["val/loss"] < val[0]["val/loss"] - 0.5
+    assert all("val/prose/bpb" in x and "val/code/ppl" in x for x in val)
+    train_rows = [x for x in r if "train/loss" in x]
+    assert train_rows[-1]["tokens"] == 12 * 4 * 32
+    assert all(k in train_rows[-1] for k in ("train/lr", "train/grad_norm", "perf/tokens_per_s"))
+
+
+def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp_path, monkeypatch):
+    """Crash after the step-6 checkpoint, relaunch: weights, optimizer moments, lr schedule and data order must
+    continue exactly, so the final state equals the run that was never interrupted."""
+    import moda_lab.train.task as task
+
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST])
+    original = task._StepMetric.on_train_batch_end
+
+    def crash_at_7(self, trainer, *args):
+        if trainer.global_step == 7:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, *args)
+
+    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "failed"
+    assert weights(tmp_path / "run")[2] == 6
+    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", original)
+    train(cfg, tmp_path / "run")
+    state, opt, step = weights(tmp_path / "run")
+    ref_state, ref_opt, ref_step = weights(straight)
+    assert step == ref_step == 12
+    for k in ref_state:
+        torch.testing.assert_close(state[k], ref_state[k], atol=1e-5, rtol=1e-4, msg=k)
+    for i, s in ref_opt["state"].items():
+        torch.testing.assert_close(opt["state"][i]["exp_avg_sq"], s["exp_avg_sq"], atol=1e-8, rtol=1e-4)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["launches"] == 2 and meta["status"] == "finished"
+    steps = [x["step"] for x in rows(tmp_path / "run") if "val/loss" in x]
+    assert steps == [0, 6, 12]  # no second step-0 validation on resume
+
+
+def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus, tmp_path):
+    ckpt = straight / "checkpoints" / "last.ckpt"
+    before = (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text())
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "model.d_model=64"])
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(model.d_model: 32 -> 64, trainer.lr: 0.02 -> 0.003"):
+        train(cfg, straight)
+    assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before
