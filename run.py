@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from moda_lab.train.rundir import run_name
@@ -11,10 +14,20 @@ from moda_lab.train.rundir import run_name
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
+def _pin_argv_to_this_job() -> None:
+    """Under -m, Lightning's DDP launcher re-executes sys.argv in each child process, which would re-run the
+    whole sweep there. Point sys.argv at this job alone: the children run exactly this job, in its run dir
+    (hydra.run.dir resolves to the same path as this job's sweep subdir)."""
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
 
+    _pin_argv_to_this_job()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir = HydraConfig.get().runtime.output_dir
     metrics = train(resolved, run_dir)

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     corpus_dir: str = "data/corpus"  # a directory of text/JSONL files; subdirectories are named domains
+    packed_dir: str | None = None  # an already packed folder (python -m moda_lab.data); overrides corpus_dir
     build_default: bool = True  # build the embedded default corpus into corpus_dir when it is missing
     cache_dir: str = "data/cache"
     vocab_size: int = 8192

@@ -114,7 +114,9 @@ def plot_attention_heatmaps(
     image = None
     for ax, head in zip(axes.flat, heads):
         # PowerNorm(0.5) keeps small probabilities visible next to the attention sink.
-        image = ax.imshow(m[head], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0), aspect="auto", interpolation="nearest")
+        image = ax.imshow(
+            m[head], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0), aspect="auto", interpolation="nearest"
+        )
         if S:
             ax.axvline(T - 0.5, color="white", linewidth=1.5)
         ax.set_title(f"layer {layer}, head {head}" + (f" ({S} depth slots)" if S else ""), fontsize=9)
@@ -136,7 +138,10 @@ def plot_attention_summary(summary: pd.DataFrame) -> Figure:
     per_layer = layer_summary(summary)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(per_layer) + 3), 4.0))
     x = per_layer["layer"].to_numpy()
-    for col, label, marker in (("depth_mass", "mass on depth slots", "o"), ("sink_mass", "mass on first token (sink)", "s")):
+    for col, label, marker in (
+        ("depth_mass", "mass on depth slots", "o"),
+        ("sink_mass", "mass on first token (sink)", "s"),
+    ):
         mean = per_layer[col].to_numpy()
         err = np.vstack([mean - per_layer[f"{col} min"], per_layer[f"{col} max"] - mean])
         ax.errorbar(x, mean, yerr=err, marker=marker, capsize=3, label=label)
@@ -146,7 +151,10 @@ def plot_attention_summary(summary: pd.DataFrame) -> Figure:
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Mass on depth slots and on the first token per layer\n(mean over heads and queries; bars: head range)", fontsize=10)
+    ax.set_title(
+        "Mass on depth slots and on the first token per layer\n(mean over heads and queries; bars: head range)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -173,7 +181,9 @@ def synthetic_attention_maps(
     return maps
 
 
-def synthetic_inspection(T: int = 12, n_layers: int = 4, n_heads: int = 4, slots_per_layer: int = 1, seed: int = 0) -> AttentionInspection:
+def synthetic_inspection(
+    T: int = 12, n_layers: int = 4, n_heads: int = 4, slots_per_layer: int = 1, seed: int = 0
+) -> AttentionInspection:
     """An :class:`AttentionInspection` of synthetic maps with placeholder tokens ``t0 .. t{T-1}``."""
     maps = synthetic_attention_maps(T, n_layers, n_heads, slots_per_layer, seed=seed)
     return AttentionInspection(maps=maps, tokens=[f"t{i}" for i in range(T)], config={"synthetic": True})
@@ -197,7 +207,9 @@ def inspect_checkpoint(
     return inspect_model(model, ids, [tok.id_to_token(i) for i in ids], cfg)
 
 
-def inspect_model(model: Any, ids: list[int], tokens: list[str], config: dict[str, Any] | None = None) -> AttentionInspection:
+def inspect_model(
+    model: Any, ids: list[int], tokens: list[str], config: dict[str, Any] | None = None
+) -> AttentionInspection:
     """Run ``model.attention_maps`` on one token sequence and validate the result."""
     import torch
 
@@ -209,7 +221,9 @@ def inspect_model(model: Any, ids: list[int], tokens: list[str], config: dict[st
     return AttentionInspection(maps=maps, tokens=[t.replace("Ġ", "·") for t in tokens], config=config or {})
 
 
-def save_inspection(inspection: AttentionInspection, out_dir: str | Path, layers: list[int] | None = None) -> list[Path]:
+def save_inspection(
+    inspection: AttentionInspection, out_dir: str | Path, layers: list[int] | None = None
+) -> list[Path]:
     """Heatmaps per layer, the summary plot and ``attention_summary.csv`` under ``out_dir``."""
     from moda_lab.analysis.plots import save_figure
 

@@ -62,7 +62,16 @@ def bench_rows(payload: dict[str, Any], source: str = "") -> list[dict[str, Any]
             impl = impl or row_impl or "default"
             case = row.get("name")
             out.append(
-                {"file": source, "device": device, "group": group, "case": case, "impl": impl, "pass": kind, "ms": float(val), **shape}
+                {
+                    "file": source,
+                    "device": device,
+                    "group": group,
+                    "case": case,
+                    "impl": impl,
+                    "pass": kind,
+                    "ms": float(val),
+                    **shape,
+                }
             )
     return out
 
@@ -117,9 +126,7 @@ def plot_bench_group(frame: pd.DataFrame, group: str) -> Figure:
     data = frame[frame["group"] == group]
     panels = _panels(data)
     passes = sorted(data["pass"].unique(), key=lambda p: (PASSES + ["ms"]).index(p) if p in PASSES + ["ms"] else 99)
-    fig, axes = plt.subplots(
-        len(passes), len(panels), figsize=(5.2 * len(panels), 3.8 * len(passes)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(passes), len(panels), figsize=(5.2 * len(panels), 3.8 * len(passes)), squeeze=False)
     for r, kind in enumerate(passes):
         for c, (key, sub) in enumerate(panels):
             ax, sub = axes[r][c], sub[sub["pass"] == kind]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 INDEX_COLUMNS: list[str] = ["step", "tokens", "time"]
@@ -26,6 +27,7 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for col in INDEX_COLUMNS:
         if col not in frame:
             frame[col] = float("nan")
+    frame["tokens"] = fill_tokens(frame["step"], frame["tokens"].astype("float64"))
     for col in STATIC_METRICS:
         if col in frame:
             frame[col] = frame[col].ffill().bfill()
@@ -35,6 +37,42 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame["flops"] = float("nan")
     ordered = INDEX_COLUMNS + ["flops"]
     return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
+
+
+def fill_tokens(step: pd.Series, tokens: pd.Series) -> pd.Series:
+    """Fill steps logged without a token count (e.g. wandb validation rows) by linear interpolation in step.
+
+    Step 0 has seen 0 tokens; steps outside the logged range stay NaN rather than being extrapolated.
+    """
+    known = tokens.notna()
+    if known.all() or not known.any():
+        return tokens
+    xs, ys = step[known].to_numpy(float), tokens[known].to_numpy(float)
+    if 0 not in xs:
+        xs, ys = np.r_[0.0, xs], np.r_[0.0, ys]
+    missing = ~known & (step >= xs.min()) & (step <= xs.max())
+    out = tokens.copy()
+    out[missing] = np.interp(step[missing].to_numpy(float), xs, ys)
+    return out
+
+
+WANDB_STEP_KEYS = ("step", "trainer/global_step", "_step")
+
+
+def normalise_wandb_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A wandb history row with the metrics.jsonl index keys: ``step`` (logged ``step``, else Lightning's
+    ``trainer/global_step``, else wandb's ``_step``), ``time`` (``_timestamp``), ``tokens`` (``train/tokens``)."""
+    out = dict(row)
+    out["step"] = next((row[k] for k in WANDB_STEP_KEYS if _present(row.get(k))), None)
+    if not _present(out.get("time")):
+        out["time"] = row.get("_timestamp")
+    if not _present(out.get("tokens")) and _present(row.get("train/tokens")):
+        out["tokens"] = row["train/tokens"]
+    return out
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
 def metric_columns(frame: pd.DataFrame, prefix: str) -> list[str]:

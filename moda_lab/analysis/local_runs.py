@@ -29,13 +29,23 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
-    """Run dirs directly under ``sweep_dir`` (or ``sweep_dir`` itself when it is one run dir), sorted by name."""
+    """Run dirs of a sweep, sorted by path.
+
+    ``sweep_dir`` may be one run dir, a sweep (``<run_root>/<experiment>/``: run dirs directly under it), or a run
+    root holding several sweeps (run dirs one level deeper).
+    """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep dir not found: {root}")
     if (root / "config.yaml").exists() or (root / METRICS_FILE).exists():
         return [root]
-    return sorted(p for p in root.iterdir() if is_run_dir(p))
+    direct = sorted(p for p in root.iterdir() if is_run_dir(p))
+    if direct:
+        return direct
+    nested = sorted(p for sub in root.iterdir() if sub.is_dir() for p in sub.iterdir() if is_run_dir(p))
+    if not nested:
+        log.warning("no run dirs under %s", root)
+    return nested
 
 
 def read_metrics_jsonl(path: Path, record: RunRecord) -> list[dict[str, Any]]:
@@ -82,10 +92,10 @@ def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def load_run_dir(run_dir: str | Path) -> RunRecord:
+def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
     """Load one run dir; never raises for a broken run, reports it in ``record.issues`` instead."""
     run_dir = Path(run_dir)
-    record = RunRecord(run=run_dir.name, source="local", path=str(run_dir), status="unknown")
+    record = RunRecord(run=name or run_dir.name, source="local", path=str(run_dir), status="unknown")
     record.config = _read_yaml(run_dir / "config.yaml", record)
     record.meta = _read_meta(run_dir / "meta.json", record)
     record.status = str(record.meta.get("status", "unknown"))
@@ -114,7 +124,12 @@ def load_run_dir(run_dir: str | Path) -> RunRecord:
 
 
 def load_sweep_dir(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every run dir of a sweep, in name order (broken ones included, with issues)."""
-    records = [load_run_dir(p) for p in find_run_dirs(sweep_dir)]
+    """Every run dir of a sweep, in name order (broken ones included, with issues).
+
+    Runs are named by their path relative to ``sweep_dir`` (``<experiment>/<run>`` for a run root).
+    """
+    root = Path(sweep_dir)
+    dirs = find_run_dirs(root)
+    records = [load_run_dir(p, name=p.relative_to(root).as_posix() if p != root else p.name) for p in dirs]
     log.info("loaded %d run dirs from %s", len(records), sweep_dir)
     return records

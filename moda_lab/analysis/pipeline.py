@@ -57,7 +57,21 @@ def load_runs(
     return records
 
 
+def unique_run_names(records: list[RunRecord]) -> None:
+    """Suffix repeated run names with their source (then a counter): the tidy table is keyed by run name."""
+    seen: dict[str, int] = {}
+    for rec in records:
+        base = rec.run
+        if base in seen:
+            rec.run = f"{base} [{rec.source}]" if seen[base] == 1 else f"{base} [{rec.source} {seen[base]}]"
+            rec.issues = [RunIssue(rec.run, i.kind, i.detail) for i in rec.issues]
+            rec.add_issue("duplicate_name", f"another run is also named {base!r}; renamed")
+        seen[base] = seen.get(base, 0) + 1
+
+
 def analyze(records: list[RunRecord]) -> SweepAnalysis:
+    """Tidy table, run summary and every issue (loader issues, content checks, runs left out of tables)."""
+    unique_run_names(records)
     tidy = tidy_table(records)
     summary = run_summary(tidy)
     return SweepAnalysis(records, tidy, summary, [*all_issues(records), *incomplete_issues(summary)])
@@ -67,9 +81,9 @@ def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     tidy, summary = analysis.tidy, analysis.summary
     complete = complete_runs(summary)
     written: list[Path] = []
-    for metric, stem in (("val/loss", "val_loss"), ("train/loss", "train_loss")):
+    for metric, stem, xs in (("val/loss", "val_loss", ("tokens", "flops")), ("train/loss", "train_loss", ("tokens",))):
         if metric in tidy and tidy[metric].notna().any():
-            for x in ("tokens", "flops"):
+            for x in xs:
                 if tidy[x].notna().any():
                     written += plots.save_figure(plots.plot_curves(tidy, metric, x), out_dir, f"{stem}_vs_{x}")
     written += plots.save_figure(plots.plot_downstream(complete), out_dir, "downstream_acc")
@@ -100,7 +114,10 @@ def write_bench(bench_dir: str | Path, out_dir: Path) -> list[Path]:
 def report_markdown(analysis: SweepAnalysis, out_dir: Path) -> str:
     """Run list with status and steps, then every issue, then the files written."""
     lines = ["# Sweep analysis report", "", f"{len(analysis.records)} runs loaded.", "", "## Runs", ""]
-    lines += ["| run | source | status | model | norm | seed | last step | complete |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| run | source | status | model | norm | seed | last step | complete |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, row in analysis.summary.iterrows():
         step = "–" if pd.isna(row["last_step"]) else int(row["last_step"])
         lines.append(
@@ -128,6 +145,9 @@ def run_analysis(
     cache = cache_dir if cache_dir is not None else out_dir / "wandb_cache"
     records = load_runs(sweep_dir, wandb_project, wandb_offline, cache, refresh)
     analysis = analyze(records)
+    if not records:
+        where = ", ".join(str(x) for x in (sweep_dir, wandb_project, wandb_offline) if x)
+        analysis.issues.append(RunIssue(where, "no_runs", "no run dirs or wandb runs found"))
     analysis.tidy.to_csv(out_dir / "tidy.csv", index=False)
     analysis.summary.to_csv(out_dir / "runs.csv", index=False)
     analysis.written += [out_dir / "tidy.csv", out_dir / "runs.csv"]

@@ -119,7 +119,14 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm"
         means = [row[c] for c in [*cols, "avg"]]
         sds = [0.0 if pd.isna(row[f"{c}:std"]) else row[f"{c}:std"] for c in [*cols, "avg"]]
         n = int(row["avg:n"])
-        ax.bar(positions + i * width, means, width, yerr=sds, capsize=3, label=f"{cell_name(row, extra)} ({seeds_text(n, n)})")
+        ax.bar(
+            positions + i * width,
+            means,
+            width,
+            yerr=sds,
+            capsize=3,
+            label=f"{cell_name(row, extra)} ({seeds_text(n, n)})",
+        )
     names = [f"{t}\n({c.rsplit('/', 1)[-1]})" for t, c in zip(tasks, cols)] + ["average"]
     ax.set_xticks(positions + width * (len(agg) - 1) / 2, names)
     ax.set_ylabel("accuracy (mean ± std over seeds)")
@@ -143,7 +150,9 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     for _, row in agg.iterrows():
         n = int(row[f"{y}:n"])
         sd = 0.0 if pd.isna(row[f"{y}:std"]) else row[f"{y}:std"]
-        ax.errorbar(row[x] / scale, row[y], yerr=sd, fmt="o", capsize=3, label=f"{cell_name(row, extra)} ({seeds_text(n, n)})")
+        ax.errorbar(
+            row[x] / scale, row[y], yerr=sd, fmt="o", capsize=3, label=f"{cell_name(row, extra)} ({seeds_text(n, n)})"
+        )
     ax.set_xlabel({"model/params": "parameters (M)", "train_flops": "total training FLOPs"}.get(x, x + unit))
     if x == "train_flops":
         ax.set_xscale("log")

@@ -55,7 +55,9 @@ def _with_derived(summary: pd.DataFrame, prefer: tuple[str, ...]) -> tuple[pd.Da
     return frame, cols
 
 
-def paper_table(summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ...] = ("acc_norm", "acc")) -> pd.DataFrame:
+def paper_table(
+    summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ...] = ("acc_norm", "acc")
+) -> pd.DataFrame:
     """Numeric table, one row per sweep cell. ``kind``:
 
     - ``main`` (Table 3): params M, GFLOPs/token, train ppl, val ppl, per-domain ppl, avg acc

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from moda_lab.analysis.history import history_frame
+from moda_lab.analysis.history import history_frame, normalise_wandb_row
 from moda_lab.analysis.records import RunIssue, RunRecord, unwrap_wandb_config
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def read_offline_run(path: str | Path, run_name: str | None = None) -> RunRecord
         if kind == "run":
             config.update({i.key: _json(i.value_json) for i in msg.config.update})
             record.run = run_name or msg.display_name or msg.run_id or name
+            record.meta = {"wandb_id": msg.run_id, "project": msg.project}
         elif kind == "config":
             config.update({_item_key(i): _json(i.value_json) for i in msg.update})
         elif kind == "history":
@@ -140,13 +141,11 @@ def read_offline_run(path: str | Path, run_name: str | None = None) -> RunRecord
         elif kind == "exit":
             exit_code = int(msg.exit_code)
         elif kind == "_damage":
-            record.add_issue("truncated_wandb", f"{files[0].name}: truncated={msg['truncated']} bad_crc={msg['bad_crc']}")
-    for row in rows:
-        # The training loop logs "step" itself; fall back to wandb's own step counter.
-        row.setdefault("step", row.get("_step"))
-        row.setdefault("time", row.get("_timestamp"))
+            record.add_issue(
+                "truncated_wandb", f"{files[0].name}: truncated={msg['truncated']} bad_crc={msg['bad_crc']}"
+            )
     record.config = unwrap_wandb_config(config)
-    record.history = history_frame(rows)
+    record.history = history_frame(normalise_wandb_row(r) for r in rows)
     if exit_code is None:
         record.status = "running"
         record.add_issue("no_exit_record", "no exit record (still running, or killed)")
@@ -166,12 +165,16 @@ def load_offline_runs(folders: list[Path], run_name: str | None = None) -> RunRe
     """Merge the offline folders of one run (a resumed run writes one folder per launch); later launches win."""
     parts = [read_offline_run(f, run_name=run_name) for f in folders]
     name = run_name or parts[-1].run
-    merged = RunRecord(run=name, source="wandb-offline", path=str(folders[-1]), status=parts[-1].status)
+    merged = RunRecord(
+        run=name, source="wandb-offline", path=str(folders[-1]), status=parts[-1].status, meta=parts[-1].meta
+    )
     for part in parts:
         merged.config.update(part.config)
         # Only the latest launch tells whether the run is still going.
         keep = part is parts[-1]
-        merged.issues.extend(RunIssue(name, i.kind, i.detail) for i in part.issues if keep or i.kind != "no_exit_record")
+        merged.issues.extend(
+            RunIssue(name, i.kind, i.detail) for i in part.issues if keep or i.kind != "no_exit_record"
+        )
     frames = [p.history for p in parts if not p.history.empty]
     rows = pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
     merged.history = history_frame(rows)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from moda_lab.analysis.history import history_frame
+from moda_lab.analysis.history import history_frame, normalise_wandb_row
 from moda_lab.analysis.records import RunRecord, unwrap_wandb_config
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,7 @@ def _to_record(info: dict[str, Any], history: pd.DataFrame) -> RunRecord:
         config=info["config"],
         meta={"wandb_id": info["id"], "state": info["state"]},
     )
-    rows = history.to_dict("records")
-    for row in rows:
-        if pd.isna(row.get("step", float("nan"))):
-            row["step"] = row.get("_step")
-        if pd.isna(row.get("time", float("nan"))):
-            row["time"] = row.get("_timestamp")
-    record.history = history_frame(rows)
+    record.history = history_frame(normalise_wandb_row(r) for r in history.to_dict("records"))
     if record.history.empty:
         record.add_issue("empty_metrics", "wandb history is empty")
     return record
@@ -80,7 +74,11 @@ def fetch_run(run: Any, cache_dir: Path, refresh: bool = False) -> RunRecord:
 
 
 def load_wandb_project(
-    project: str, cache_dir: str | Path, api: Any | None = None, filters: dict[str, Any] | None = None, refresh: bool = False
+    project: str,
+    cache_dir: str | Path,
+    api: Any | None = None,
+    filters: dict[str, Any] | None = None,
+    refresh: bool = False,
 ) -> list[RunRecord]:
     """All runs of ``entity/project`` (optionally a wandb ``filters`` query), histories cached under ``cache_dir``."""
     api = api if api is not None else _api()

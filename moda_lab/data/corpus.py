@@ -5,6 +5,8 @@ Default corpus (two domains, one JSONL file each, one document per source file):
   ``python3.11-doc`` package (/usr/share/doc/python3.11/html/_sources). Without that package the reference
   manual topics shipped in the standard library (``pydoc_data.topics``) are used, with a warning.
 * ``code``  - the Python standard library's own source files.
+Optional larger source (``sources=[python-docs, stdlib, linux-docs]``, for GPU runs):
+* ``kernel`` - the Linux kernel documentation (Debian's ``linux-doc-6.1``), ~6k reStructuredText files.
 
 Any directory works as a corpus: each subdirectory is a named domain, files directly inside are domain
 ``default``; ``.txt/.md/.rst`` files are one document each, ``.jsonl`` files hold one ``{"text": ...}`` per line.
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")
 DEBIAN_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+LINUX_DOCS = Path("/usr/share/doc/linux-doc-6.1/Documentation")
 
 
 def _write_jsonl(path: Path, texts: Iterator[str]) -> int:
@@ -61,12 +64,35 @@ def _code_docs(max_bytes: int) -> Iterator[str]:
         yield text
 
 
-def build_default_corpus(out_dir: str | Path, docs_dir: Path = DEBIAN_DOCS, code_bytes: int = 8_000_000) -> Path:
-    """Write prose/prose.jsonl and code/code.jsonl under out_dir (idempotent); returns out_dir."""
+def _linux_docs() -> Iterator[str]:
+    import gzip
+
+    if not LINUX_DOCS.is_dir():
+        raise FileNotFoundError(f"{LINUX_DOCS} not found: install Debian's linux-doc-6.1 (apt-get install linux-doc-6.1)")
+    for path in sorted(LINUX_DOCS.rglob("*.rst*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            yield f.read()
+
+
+# source name -> (domain, documents)
+SOURCES = {
+    "python-docs": ("prose", lambda: _prose_docs(DEBIAN_DOCS)),
+    "stdlib": ("code", lambda: _code_docs(8_000_000)),
+    "linux-docs": ("kernel", _linux_docs),
+}
+DEFAULT_SOURCES = ("python-docs", "stdlib")
+
+
+def build_default_corpus(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES) -> Path:
+    """Write <domain>/<domain>.jsonl under out_dir for each source (idempotent); returns out_dir."""
     out = Path(out_dir)
-    n_prose = _write_jsonl(out / "prose" / "prose.jsonl", _prose_docs(docs_dir))
-    n_code = _write_jsonl(out / "code" / "code.jsonl", _code_docs(code_bytes))
-    log.info("default corpus at %s: %d prose and %d code documents", out, n_prose, n_code)
+    for name in sources:
+        if name not in SOURCES:
+            raise ValueError(f"unknown corpus source {name!r}; choose from {sorted(SOURCES)}")
+        domain, docs = SOURCES[name]
+        n = _write_jsonl(out / domain / f"{domain}.jsonl", docs())
+        log.info("corpus %s: %d %s documents (%s)", out, n, domain, name)
     return out
 
 

@@ -45,12 +45,20 @@ class PackedData:
 
 
 def _fingerprint(files: dict[str, list[Path]], vocab_size: int, val_fraction: float) -> str:
-    h = hashlib.sha256(f"v1|{vocab_size}|{val_fraction}".encode())
+    # File names and sizes, not absolute paths or mtimes: a corpus copied to another machine keeps its cache.
+    h = hashlib.sha256(f"v2|{vocab_size}|{val_fraction}".encode())
     for domain, paths in files.items():
         for p in paths:
-            st = p.stat()
-            h.update(f"{domain}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(f"{domain}|{p.name}|{p.stat().st_size}".encode())
     return h.hexdigest()[:16]
+
+
+def load_packed(root: str | Path) -> PackedData:
+    """A packed folder written by prepare() (meta.json, tokenizer.json, *.bin), e.g. copied to a cluster."""
+    root = Path(root)
+    if not (root / "meta.json").is_file():
+        raise FileNotFoundError(f"data.packed_dir={str(root)!r} holds no meta.json: not a packed data folder")
+    return PackedData(root, json.loads((root / "meta.json").read_text()))
 
 
 def _is_val(domain: str, index: int, val_fraction: float) -> bool:

@@ -62,6 +62,10 @@ def domain_perplexity(lm: ModaLM, files: list[Path], max_documents: int | None =
     }
 
 
-def perplexity(lm: ModaLM, domains: dict[str, str] | str, max_documents: int | None = None, progress: bool = False) -> dict:
+def perplexity(
+    lm: ModaLM, domains: dict[str, str] | str, max_documents: int | None = None, progress: bool = False
+) -> dict:
     """{domain: domain_perplexity(...)} for every named domain."""
-    return {name: domain_perplexity(lm, files, max_documents, progress) for name, files in domain_files(domains).items()}
+    return {
+        name: domain_perplexity(lm, files, max_documents, progress) for name, files in domain_files(domains).items()
+    }

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, prepare
+from ..data.packing import load_packed
 from .datamodule import PackedDataModule
 from .jsonl_logger import JSONLLogger
 from .module import LMModule
@@ -24,13 +25,16 @@ log = logging.getLogger(__name__)
 
 def load_data(run: RunConfig) -> PackedData:
     d = run.data
-    corpus = Path(d.corpus_dir)
-    if not corpus.exists():
-        if not d.build_default:
-            raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
-        log.info("building the default corpus into %s", corpus)
-        build_default_corpus(corpus)
-    data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+    if d.packed_dir:
+        data = load_packed(d.packed_dir)
+    else:
+        corpus = Path(d.corpus_dir)
+        if not corpus.exists():
+            if not d.build_default:
+                raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
+            log.info("building the default corpus into %s", corpus)
+            build_default_corpus(corpus)
+        data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
     if data.vocab_size > run.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
@@ -104,7 +108,9 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     data = load_data(run)
     rundir = RunDir(run_dir)
     done = rundir.read_meta()
-    meta = rundir.open(resolved)
+    # DDP children (LOCAL_RANK > 0) re-enter here: only the launching process writes the run dir.
+    rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    meta = rundir.open(resolved) if rank0 else done
     if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and rundir.last_ckpt:
         log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
         rundir.write_meta(status="finished", finished=done.get("finished"))
@@ -158,13 +164,25 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        rundir.write_meta(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step)
+        if trainer.is_global_zero:
+            rundir.write_meta(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step)
         return final
     except BaseException:
-        rundir.write_meta(status="failed")
+        if rank0:
+            rundir.write_meta(status="failed")
         raise
     finally:
         if wandb_logger is not None:
             import wandb
 
             wandb.finish()  # multirun jobs share a process: never let one run's wandb state bleed into the next
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """The next multirun job starts its own DDP group: drop this one and its rendezvous port."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            for key in ("MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK"):
+                os.environ.pop(key, None)

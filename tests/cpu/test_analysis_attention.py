@@ -78,7 +78,9 @@ def test_real_model_maps(switches: dict):
 
     name = "moda" if switches else "dense"
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, mixer=MixerConfig(name, **switches))
+    cfg = ModelConfig(
+        vocab_size=64, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, mixer=MixerConfig(name, **switches)
+    )
     inspection = inspect_model(GPT(cfg), list(range(7)), [f"t{i}" for i in range(7)])
     slots = [m.shape[-1] - m.shape[-2] for m in inspection.maps]
     summary = attention_summary(inspection.maps)
@@ -92,9 +94,29 @@ def test_real_model_maps(switches: dict):
 HAS_CHECKPOINT = importlib.util.find_spec("moda_lab.checkpoint") is not None
 
 
-@pytest.mark.skipif(
-    not HAS_CHECKPOINT, reason="moda_lab.checkpoint.load_model is not written yet; enable once checkpoints exist"
-)
-def test_inspect_checkpoint_round_trip(tmp_path: Path):
-    pytest.importorskip("moda_lab.checkpoint")
-    pytest.skip("needs a saved tiny checkpoint + tokenizer from the training code; the lead wires this up")
+@pytest.mark.skipif(not (HAS_MODEL and HAS_CHECKPOINT), reason="moda_lab.model / moda_lab.checkpoint not importable")
+def test_inspect_checkpoint_from_exported_folder(tmp_path: Path):
+    """An exported folder (config.json, model.safetensors, tokenizer.json) -> maps for a text, via load_model."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    from moda_lab.analysis import inspect_checkpoint
+    from moda_lab.data.tokenizer import train_tokenizer
+    from moda_lab.model.config import MixerConfig, ModelConfig
+    from moda_lab.model.gpt import GPT
+
+    cfg = ModelConfig(
+        vocab_size=300, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, mixer=MixerConfig("moda", depth_kv=True)
+    )
+    model = GPT(cfg)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, 300).save(str(tmp_path / "tokenizer.json"))
+    inspection = inspect_checkpoint(tmp_path, "the quick brown fox")
+    T = len(inspection.tokens)
+    assert T >= 2 and all(m.shape[-2] == T for m in inspection.maps)
+    assert [m.shape[-1] - T for m in inspection.maps] == [0, 1, 2]  # one depth slot per earlier layer (depth_kv)
+    assert inspection.config["mixer"]["name"] == "moda"

@@ -80,10 +80,35 @@ def test_sweep_loads_every_run_dir_and_reports_broken_ones(sweep: Path):
     assert {i.run for i in result.issues if i.kind == "excluded_from_tables"} == incomplete
 
 
+def test_run_root_with_several_sweeps_and_empty_dirs(sweep: Path, tmp_path: Path):
+    records = load_sweep_dir(sweep.parent)  # <run_root>/ holding <experiment>/ dirs
+    assert len(records) == fx.FIXTURE_RUNS and all(r.run.startswith("fixture/") for r in records)
+    from moda_lab.analysis import run_analysis
+
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    result = run_analysis(empty, tmp_path / "out")
+    assert [i.kind for i in result.issues] == ["no_runs"]
+    assert "[no_runs]" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_tidy_table_columns_and_values(sweep: Path):
     result = analyze(load_sweep_dir(sweep))
     tidy = result.tidy
-    for col in ["run", "model", "norm", "depth_kv", "ffn_kv", "attn_kv", "seed", "layers", "width", "step", "tokens", "flops"]:
+    for col in [
+        "run",
+        "model",
+        "norm",
+        "depth_kv",
+        "ffn_kv",
+        "attn_kv",
+        "seed",
+        "layers",
+        "width",
+        "step",
+        "tokens",
+        "flops",
+    ]:
         assert col in tidy, col
     assert not tidy.duplicated(["run", "step"]).any()
     row = tidy[(tidy["run"] == "moda-ffnkv-pre-L4-s1") & (tidy["step"] == 100)].iloc[0]

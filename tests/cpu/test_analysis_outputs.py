@@ -23,6 +23,7 @@ from moda_lab.analysis import (  # noqa: E402
     load_bench_results,
     load_sweep_dir,
     paper_table,
+    plot_bench_group,
     plot_curves,
     to_markdown,
 )
@@ -81,7 +82,9 @@ def test_curves_aggregate_over_seeds_with_counts(result):
     agg = curves(result.tidy, "val/loss")
     cell = agg[(agg["model"] == "moda") & ~agg["ffn_kv"] & (agg["norm"] == "post")].set_index("step")
     assert cell.loc[100, "val/loss:n"] == 3 and cell.loc[150, "val/loss:n"] == 2  # the running seed stopped at 120
-    vals = [fx.loss_at(fx.RunSpec("moda", "post", s), 100 * fx.TOKENS_PER_STEP, 0.0) + 0.004 * (s - 1) for s in (0, 1, 2)]
+    vals = [
+        fx.loss_at(fx.RunSpec("moda", "post", s), 100 * fx.TOKENS_PER_STEP, 0.0) + 0.004 * (s - 1) for s in (0, 1, 2)
+    ]
     assert cell.loc[100, "val/loss"] == pytest.approx(sum(vals) / 3)
     assert cell.loc[100, "val/loss:std"] == pytest.approx(pd.Series(vals).std())
     fig = plot_curves(result.tidy, "val/loss", "flops")
@@ -93,32 +96,54 @@ def test_curves_aggregate_over_seeds_with_counts(result):
 def test_bench_loader_is_tolerant(tmp_path: Path):
     bench_results.write_bench_results(tmp_path)
     frame = load_bench_results(tmp_path)  # the broken file is skipped with a warning
-    assert set(bench_groups(frame)) == {"seq_len", "group_size", "ladder"}
+    assert set(bench_groups(frame)) == {"seq_len", "group_size", "ladder", "moda_h100"}
     ladder = frame[frame["group"] == "ladder"].set_index("impl")["ms"]
     assert ladder.to_dict() == {"naive": 2128.9, "flash": 13.1, "chunk": 6.29, "group": 1.46}
     group = frame[(frame["group"] == "group_size") & (frame["impl"] == "moda")]
     assert set(group["pass"]) == {"fwdbwd"} and sorted(group["G"]) == [2, 8, 32]
     seq = frame[(frame["group"] == "seq_len") & (frame["T"] == 8192) & (frame["pass"] == "fwdbwd")]
     assert seq.set_index("impl")["ms"].to_dict() == {"fa2_triton": 28.7, "moda_triton": 35.4}
+    # bench_moda.py shape: device from "meta", impl x pass from column names, ratios/tflops/wall time ignored.
+    real = frame[frame["group"] == "moda_h100"]
+    assert set(real["device"]) == {"NVIDIA H100 80GB HBM3 (synthetic)"}
+    assert set(real["impl"]) == {"sdpa", "seq", "moda"} and set(real["pass"]) == {"fwd", "fwdbwd"}
+    t4k = real[(real["case"] == "t2-T4K") & (real["pass"] == "fwdbwd")].set_index("impl")["ms"]
+    payload = bench_results.bench_moda_payload()["rows"][1]
+    assert t4k["moda"] == payload["moda_fwdbwd_ms"] and t4k["seq"] == payload["seq_fwdbwd_ms"]
+    fig = plot_bench_group(frame, "moda_h100")
+    panels = {ax.get_xlabel() for ax in fig.axes}
+    assert panels == {"T", "G", "L"}, panels  # one panel per swept parameter, the others held fixed
+    assert len(fig.axes) == 6  # x (fwd, fwdbwd)
 
 
 def test_cli_writes_everything_and_reports_issues(result, tmp_path: Path, capsys):
     sweep = Path(result.records[0].path).parent
     bench = tmp_path / "bench"
-    bench_results.write_bench_results(bench)
+    bench_results.write_bench_results(bench, paper=False)
     out = tmp_path / "out"
     assert main([f"sweep_dir={sweep}", f"out={out}", f"bench={bench}"]) == 0
     printed = capsys.readouterr().out
     for run in fx.FIXTURE_BROKEN:
         assert run in printed
     figures = {p.name for p in (out / "figures").iterdir()}
-    for stem in ["val_loss_vs_tokens", "val_loss_vs_flops", "downstream_acc", "params_vs_val_loss", "bench_seq_len"]:
+    for stem in [
+        "val_loss_vs_tokens",
+        "val_loss_vs_flops",
+        "downstream_acc",
+        "params_vs_val_loss",
+        "bench_seq_len",
+        "bench_moda_h100",
+    ]:
         assert {f"{stem}.png", f"{stem}.pdf"} <= figures, stem
     for stem in ["table3_main", "table4_domains", "table5_downstream", "table6_norm"]:
         assert (out / "tables" / f"{stem}.md").read_text().startswith("###")
         assert len(pd.read_csv(out / "tables" / f"{stem}.csv")) == 6
     report = (out / "report.md").read_text()
-    assert "[truncated_line]" in report and "[missing_metrics]" in report and "| moda-post-L4-s2 | local | running |" in report
+    assert (
+        "[truncated_line]" in report
+        and "[missing_metrics]" in report
+        and "| moda-post-L4-s2 | local | running |" in report
+    )
     tidy = pd.read_csv(out / "tidy.csv")
     assert set(tidy["run"]) == set(result.summary["run"])
     assert str(out / "report.md") in printed

@@ -168,3 +168,12 @@ def test_cpu_without_interpreter_is_rejected(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensors"):
         moda_attn(*_valid())
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_split_schedule_matches_reference(monkeypatch, causal):
+    """The long-T schedule (depth pass, then the sequence pass resuming its softmax) is exact too."""
+    import kernels.moda.function as function
+
+    monkeypatch.setattr(function, "SPLIT_MIN_T", 0)
+    _check(_make(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)

@@ -6,6 +6,7 @@ implementation computing in the same low precision.
 """
 
 import math
+import os
 import zlib
 
 import pytest
@@ -103,6 +104,10 @@ def test_matches_reference(case):
         assert torch.isfinite(g).all(), name
         e, e_low = rel_err(g, r), rel_err(lo, r)
         report.append((name, e, e_low))
-    print(case_id(case), " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report))
+    line = case_id(case) + " " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
+    print(line)
+    if os.environ.get("MODA_GPU_TEST_LOG"):  # xdist workers' stdout is not shown: keep a log line per case
+        with open(os.environ["MODA_GPU_TEST_LOG"], "a") as f:
+            f.write(line + "\n")
     for name, e, e_low in report:
         assert e <= 2 * e_low + EPS, f"{name}: kernel rel err {e:.3e} > 2 x eager {dtype} {e_low:.3e} + {EPS}"

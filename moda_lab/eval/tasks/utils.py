@@ -101,7 +101,11 @@ def copa_doc_to_choice(doc: dict) -> list[str]:
 def mmlu_doc_to_text(doc: dict) -> str:
     subject = doc["subject"].replace("_", " ")
     letters = "ABCD"
-    lines = [f"The following are multiple choice questions (with answers) about {subject}.", "", doc["question"].strip()]
+    lines = [
+        f"The following are multiple choice questions (with answers) about {subject}.",
+        "",
+        doc["question"].strip(),
+    ]
     lines += [f"{letters[i]}. {c}" for i, c in enumerate(doc["choices"])]
     return "\n".join(lines) + "\nAnswer:"
 

@@ -1,0 +1,160 @@
+"""Training-step throughput of every depth-mixing variant on one GPU: tokens/s, MFU, overhead vs residual.
+
+    python experiments/bench/bench_train.py --out experiments/bench/results/train_throughput_h100.md
+
+One run measures all rows on the same device (the residual baseline of each shape is measured in the same
+run), prints a Markdown table and writes it plus a JSON copy. A step = forward + backward + fused AdamW, bf16
+autocast, the model's attention backend (triton on CUDA). MFU = tokens/s x analytic training FLOPs per token
+(6N + attention + depth terms, GPT.flops_per_token) / device bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from moda_lab.model import GPT, MixerConfig, ModelConfig  # noqa: E402
+from moda_lab.train.perf import peak_flops  # noqa: E402
+
+VARIANTS = {
+    "residual": MixerConfig("residual"),
+    "dense": MixerConfig("dense"),
+    "depth_attn": MixerConfig("depth_attn"),
+    "moda_depth_kv": MixerConfig("moda", depth_kv=True),
+    "moda": MixerConfig("moda", depth_kv=True, ffn_kv=True),
+}
+# (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
+SHAPES = {
+    "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
+    "wide": [(768, 12, 4, 24, 4096), (1024, 16, 4, 24, 4096)],
+    "quick": [(384, 6, 2, 24, 1024)],
+}
+
+
+def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_blocks, norm):
+    cfg = ModelConfig(vocab_size=8192, n_layers=layers, d_model=width, n_heads=hq, n_kv_heads=hk, max_seq_len=T,
+                      mixer=mixer, norm=norm, attn_backend="auto")
+    model = GPT(cfg).cuda()
+    if compile_blocks:
+        for block in model.blocks:
+            block.compile()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    B = max(1, tokens_per_step // T)
+    data = torch.randint(0, 8192, (B, T + 1), device="cuda")
+    x, y = data[:, :-1], data[:, 1:]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(steps):
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    ms = sorted(times)[len(times) // 2]
+    tok_s = B * T / (ms / 1e3)
+    fpt = model.flops_per_token(T)
+    peak = peak_flops(torch.device("cuda"))
+    row = {
+        "width": width, "hq": hq, "hk": hk, "layers": layers, "T": T, "B": B, "norm": norm, "backend": model.backend,
+        "compiled": compile_blocks, "params_M": model.num_params() / 1e6, "gflops_per_token": fpt / 1e9,
+        "step_ms": ms, "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak if peak else None,
+        "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
+    }
+    del model, opt
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--tokens-per-step", type=int, default=65536)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile every block")
+    ap.add_argument("--norm", default="post")
+    ap.add_argument("--out", default="experiments/bench/results/train_throughput.md")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_train.py needs a CUDA GPU")
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "python": platform.python_version(), "compile": args.compile, "tokens_per_step": args.tokens_per_step}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wide_variants = ["residual", "moda"]
+    for group in args.shapes.split(","):
+        for shape in SHAPES[group]:
+            base = None
+            for name in args.variants.split(","):
+                if group == "wide" and name not in wide_variants:
+                    continue
+                try:
+                    row = bench_one(VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup,
+                                    args.compile, args.norm)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": "OOM"}
+                row["variant"] = name
+                if name == "residual":
+                    base = row
+                if base and "step_ms" in row and "step_ms" in base:
+                    row["overhead_vs_residual"] = row["step_ms"] / base["step_ms"] - 1
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                write(out, env, rows)
+    print(table(env, rows))
+
+
+def table(env: dict, rows: list[dict]) -> str:
+    head = (f"# Training-step throughput\n\n{json.dumps(env)}\n\n"
+            "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | | | | {r['error']} | | | | |")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        ovh = f"{100 * r['overhead_vs_residual']:+.1f}%" if "overhead_vs_residual" in r else ""
+        lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
+                     f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
+                     f"{r['mem_GiB']:.1f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write(out: Path, env: dict, rows: list[dict]) -> None:
+    out.write_text(table(env, rows))
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

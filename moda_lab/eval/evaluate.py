@@ -1,0 +1,258 @@
+"""Evaluate one checkpoint the way the paper does: downstream tasks (lm-eval) and per-domain perplexity.
+
+Outputs: ``<run dir or checkpoint folder>/eval/<checkpoint stem>/results.json`` (lm-eval's results dict plus
+the eval config, perplexity and timing); for checkpoints inside a run dir, rows appended to the run's
+metrics.jsonl (``eval/<task>/acc``, ``eval/<task>/acc_norm``, ``eval/<domain>/ppl``, ``eval/<domain>/bpb``)
+and, when the run logged to wandb, the same keys logged into that wandb run (resumed by id). No Hydra here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..checkpoint import resolve_checkpoint
+from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file
+
+log = logging.getLogger(__name__)
+
+TASKS = tuple(TASK_FIELDS)
+REPORTED_METRICS = ("acc", "acc_norm")
+
+
+class EvalConfigError(ValueError):
+    """An eval.* setting is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    domains: dict[str, str] | str = field(default_factory=dict)  # {name: file or dir}, or a corpus dir
+    max_documents: int | None = None  # per domain
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    after_fit: bool = False  # run.py: evaluate the run's last checkpoint after training
+    tasks: tuple[str, ...] = TASKS
+    data_dir: str | None = None  # holds <task>.jsonl; None: $MODA_EVAL_DATA or <repo>/../shared/data/eval
+    batch_size: int = 8
+    device: str = "auto"  # auto: cuda when available, else cpu
+    limit: int | None = None  # examples per task (quick checks); None: all
+    max_length: int | None = None  # context for scoring; None: model.max_seq_len
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+
+
+def eval_config_from_dict(d: dict | None) -> EvalConfig:
+    """Strict conversion of the eval section (unknown keys, bad task names and missing data are errors)."""
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise EvalConfigError(f"unknown key(s) eval.{unknown[0]} (all unknown: {unknown}); known: {sorted(known)}")
+    ppl = dict(d.pop("perplexity", None) or {})
+    ppl_known = {f.name for f in dataclasses.fields(PerplexityConfig)}
+    if set(ppl) - ppl_known:
+        raise EvalConfigError(
+            f"unknown key(s) eval.perplexity.{sorted(set(ppl) - ppl_known)}; known: {sorted(ppl_known)}"
+        )
+    tasks = d.get("tasks", TASKS)
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    tasks = tuple(TASKS if list(tasks) == ["all"] else tasks)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise EvalConfigError(f"eval.tasks: unknown task(s) {bad}; available: {list(TASKS)} (or 'all')")
+    d["tasks"] = tasks
+    for key in ("batch_size", "limit", "max_length"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise EvalConfigError(
+                f"eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
+            )
+    if ppl.get("max_documents") is not None and (not isinstance(ppl["max_documents"], int) or ppl["max_documents"] < 1):
+        raise EvalConfigError(
+            f"eval.perplexity.max_documents must be a positive integer or null, got {ppl['max_documents']!r}"
+        )
+    device = d.get("device", "auto")
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise EvalConfigError(
+                f"eval.device={device!r} is not a torch device ({err}); use auto, cpu, cuda, cuda:1"
+            ) from None
+    if ppl.get("domains") is None:
+        ppl["domains"] = {}
+    cfg = EvalConfig(**d, perplexity=PerplexityConfig(**ppl))
+    check_task_data(cfg)
+    if cfg.perplexity.domains:
+        from .perplexity import domain_files
+
+        try:
+            domain_files(cfg.perplexity.domains)
+        except FileNotFoundError as err:
+            raise EvalConfigError(str(err)) from None
+    return cfg
+
+
+def check_task_data(cfg: EvalConfig) -> None:
+    """Every selected task's JSONL must exist: name the path and how to point elsewhere."""
+    missing = [str(task_file(t, cfg.data_dir)) for t in cfg.tasks if not task_file(t, cfg.data_dir).is_file()]
+    if missing:
+        raise EvalConfigError(
+            f"eval data missing: {missing}. Set eval.data_dir (or the environment variable {DATA_ENV}) to the "
+            f"directory holding <task>.jsonl (now {str(data_dir(cfg.data_dir))!r}), or choose other eval.tasks; "
+            "docs/EVAL.md lists the fields each task reads"
+        )
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def results_dir(checkpoint: str | Path) -> Path:
+    """<run dir>/eval/<ckpt stem> for run checkpoints, <folder>/eval/<folder name> for exported ones."""
+    src = resolve_checkpoint(checkpoint)
+    if src.is_dir():
+        return src / "eval" / src.name
+    base = src.parent.parent if src.parent.name == "checkpoints" else src.parent
+    return base / "eval" / src.stem
+
+
+def _tokens_at(run_dir: Path, step: int) -> int | None:
+    """Tokens trained at step: from the run's own metrics rows, else from its config."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step") == step and isinstance(row.get("tokens"), (int, float)):
+                return int(row["tokens"])
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        c = yaml.safe_load(cfg_path.read_text()) or {}
+        try:
+            t, d = c["trainer"], c["data"]
+            return step * t["batch_size"] * t.get("accumulate", 1) * d["seq_len"] * t.get("devices", 1)
+        except (KeyError, TypeError):
+            return None
+    return None
+
+
+def metric_row(results: dict, ppl: dict) -> dict:
+    """Flat eval/<task>/<metric> and eval/<domain>/{ppl,bpb} floats from lm-eval results and perplexity."""
+    row = {}
+    for name, res in results.get("results", {}).items():
+        task = name.removeprefix("moda_")
+        for metric in REPORTED_METRICS:
+            value = res.get(f"{metric},none")
+            if isinstance(value, (int, float)):
+                row[f"eval/{task}/{metric}"] = float(value)
+    for domain, stats in ppl.items():
+        row[f"eval/{domain}/ppl"] = float(stats["ppl"])
+        row[f"eval/{domain}/bpb"] = float(stats["bpb"])
+    return row
+
+
+def _log_to_wandb(run_dir: Path, metrics: dict, step: int | None) -> bool:
+    """Resume the run's wandb run (offline unless WANDB_API_KEY is set) and log metrics; False when skipped."""
+    meta_path, cfg_path = run_dir / "meta.json", run_dir / "config.yaml"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    run_cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
+    wcfg = (run_cfg.get("logger") or {}).get("wandb") or {}
+    if not meta.get("wandb_id") or not wcfg.get("enabled", True) or wcfg.get("mode") == "disabled":
+        return False  # the run never logged to wandb: do not create a wandb run for it now
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed: eval metrics go to %s only", run_dir / "metrics.jsonl")
+        return False
+    mode = wcfg.get("mode", "auto")
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    run = wandb.init(
+        id=meta["wandb_id"],
+        resume="allow",
+        dir=str(run_dir),
+        mode=mode,
+        project=wcfg.get("project", "moda-lab"),
+        entity=wcfg.get("entity"),
+    )
+    try:
+        # Lightning's WandbLogger plots against trainer/global_step: eval points land on the same x-axis.
+        run.log({**metrics, "trainer/global_step": step if step is not None else 0})
+    finally:
+        wandb.finish()
+    return True
+
+
+def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, progress: bool = True) -> dict:
+    """Evaluate one checkpoint (.ckpt, run dir or exported folder); returns the results dict written to disk."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    from .lm import ModaLM
+    from .perplexity import perplexity
+
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else eval_config_from_dict(eval_cfg)
+    if not cfg.tasks and not cfg.perplexity.domains:
+        raise EvalConfigError("nothing to evaluate: eval.tasks is empty and eval.perplexity.domains is empty")
+    src = resolve_checkpoint(checkpoint)
+    t0 = time.time()
+    lm = ModaLM(checkpoint=src, batch_size=cfg.batch_size, device=resolve_device(cfg.device), max_length=cfg.max_length)
+    t_load = time.time() - t0
+    results: dict = {"results": {}}
+    if cfg.tasks:
+        manager = TaskManager(
+            include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(data_dir(cfg.data_dir))}
+        )
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[lm_eval_name(t) for t in cfg.tasks],
+            task_manager=manager,
+            limit=cfg.limit,
+            num_fewshot=0,
+            log_samples=False,
+        ) or {"results": {}}
+    t_tasks = time.time() - t0 - t_load
+    ppl = (
+        perplexity(lm, cfg.perplexity.domains, cfg.perplexity.max_documents, progress) if cfg.perplexity.domains else {}
+    )
+    t_ppl = time.time() - t0 - t_load - t_tasks
+    row = metric_row(results, ppl)
+    results.pop("samples", None)
+    results["moda"] = {
+        "checkpoint": str(src),
+        "step": lm.step,
+        "eval_config": dataclasses.asdict(cfg),
+        "perplexity": ppl,
+        "metrics": row,
+        "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
+    }
+    out_dir = results_dir(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "results.json"
+    out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    log.info("eval results of %s: %s", src, out)
+
+    run_dir = src.parent.parent if src.is_file() and src.parent.name == "checkpoints" else None
+    if run_dir is not None and row:
+        step = int(lm.step or 0)
+        record = {"step": step, "tokens": _tokens_at(run_dir, step), "time": time.time()}
+        record.update({k: v if math.isfinite(v) else str(v) for k, v in row.items()})
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        _log_to_wandb(run_dir, row, step)
+    return results

@@ -1,0 +1,340 @@
+"""moda_lab.eval on CPU: scoring equals the model's own forward, cached == uncached greedy decoding, fixture
+tasks end to end through lm-eval's API and both CLIs, the after-fit hook through run.py, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
+from helpers import ROOT, compose_cfg
+
+from moda_lab.checkpoint import CheckpointError, load_checkpoint
+from moda_lab.model import GPT, MixerConfig, ModelConfig
+
+lm_eval = pytest.importorskip("lm_eval")
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from moda_lab.eval import EvalConfigError, eval_config_from_dict  # noqa: E402
+from moda_lab.eval.lm import ModaLM  # noqa: E402
+from moda_lab.eval.perplexity import domain_perplexity  # noqa: E402
+
+ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A trained 2-layer MoDA run dir (10 steps), its corpus and the eval fixtures; built once."""
+    from moda_lab.train.task import train
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+    corpus = write_tiny_text_corpus(tmp / "corpus")
+    overrides = [*TINY_RUN, f"data.corpus_dir={corpus}", f"data.cache_dir={tmp / 'cache'}"]
+    run_dir = tmp / "run"
+    train(compose_cfg(overrides), run_dir)
+    return {
+        "tmp": tmp,
+        "run_dir": run_dir,
+        "ckpt": run_dir / "checkpoints" / "last.ckpt",
+        "corpus": corpus,
+        "overrides": overrides,
+        "data": write_eval_fixtures(tmp / "evaldata"),
+    }
+
+
+@pytest.fixture(scope="session")
+def lm(tiny_run) -> ModaLM:
+    return ModaLM(checkpoint=tiny_run["ckpt"], batch_size=3, device="cpu")
+
+
+def _copy_run(tiny_run, name: str) -> Path:
+    dst = tiny_run["tmp"] / name
+    shutil.copytree(tiny_run["run_dir"], dst)
+    return dst
+
+
+def _ref_logprob(model: GPT, ctx: list[int], cont: list[int]) -> float:
+    """log p(cont | ctx) from one un-batched forward over the (left-truncated) sequence."""
+    full = (ctx + cont)[-(model.cfg.max_seq_len + 1) :]
+    with torch.no_grad():
+        lp = F.log_softmax(model(torch.tensor([full[:-1]])).double(), -1)[0]
+    n = len(full) - 1
+    return sum(float(lp[i, full[i + 1]]) for i in range(n - len(cont), n))
+
+
+# --- scoring == the model's own forward -----------------------------------------------------------------
+
+
+def test_loglikelihood_equals_forward_log_softmax(lm):
+    long_ctx = " ".join(f"the water {i} is next to the stone." for i in range(12))  # > max_seq_len tokens
+    pairs = [
+        ("Question: How do you dry water?\nAnswer:", " Put the water in the sun."),
+        ("The stone", " is next to the glass."),
+        (long_ctx, " Answer: paper"),
+        ("def f(x):", "\n    return x"),
+    ]
+    assert len(lm.tok_encode(long_ctx)) > lm.model.cfg.max_seq_len
+    reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    got = lm.loglikelihood(reqs, disable_tqdm=True)
+    for (ctx, cont), (score, _) in zip(pairs, got):
+        whole = lm.tok_encode(ctx + cont)
+        c = lm.tok_encode(ctx)
+        assert math.isclose(score, _ref_logprob(lm.model, c, whole[len(c) :]), abs_tol=1e-4)
+
+
+def test_loglikelihood_rolling_equals_forward(lm):
+    texts = ["The glass is next to the bread.", " ".join(f"metal {i} sugar cloth." for i in range(15))]
+    got = lm.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)], disable_tqdm=True
+    )
+    L = lm.model.cfg.max_seq_len
+    for text, score in zip(texts, got):
+        toks = lm.tok_encode(text)
+        seq = [lm.eot_token_id, *toks]
+        ref = 0.0
+        for s in range(0, len(toks), L):
+            # Predict toks[s:e] from the L tokens before e (seq[i] precedes toks[i]); the last, partial window
+            # keeps a full context of earlier tokens.
+            e = min(s + L, len(toks))
+            inp = seq[max(0, e - L) : e]
+            with torch.no_grad():
+                lp = F.log_softmax(lm.model(torch.tensor([inp])).double(), -1)[0]
+            ref += sum(float(lp[len(inp) - (e - s) + j, toks[s + j]]) for j in range(e - s))
+        assert math.isclose(score, ref, abs_tol=1e-4)
+    assert len(lm.tok_encode(texts[1])) > L  # the second text really is windowed
+
+
+def test_domain_perplexity_matches_forward(lm, tiny_run):
+    f = tiny_run["tmp"] / "ppl.jsonl"
+    docs = ["The sugar is next to the cloth.", "def g(x):\n    return x"]
+    f.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    stats = domain_perplexity(lm, [f])
+    nats, n_tok = 0.0, 0
+    for d in docs:
+        toks = [*lm.tok_encode(d), lm.eot_token_id]  # a document as training packs it: tokens then EOS
+        nats -= _ref_logprob(lm.model, [lm.eot_token_id], toks)
+        n_tok += len(toks)
+    n_bytes = sum(len(d.encode()) for d in docs)
+    assert stats["tokens"] == n_tok and stats["bytes"] == n_bytes
+    assert math.isclose(stats["ppl"], math.exp(nats / n_tok), rel_tol=1e-4)
+    assert math.isclose(stats["bpb"], nats / math.log(2) / n_bytes, rel_tol=1e-4)
+
+
+# --- cached greedy decoding == argmax over a full re-forward each step ------------------------------------
+
+MIXERS = {
+    "residual": MixerConfig("residual"),
+    "dense": MixerConfig("dense"),
+    "depth_attn": MixerConfig("depth_attn"),
+    "moda-all": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
+    "moda-depth_kv": MixerConfig("moda", depth_kv=True),
+}
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS), ids=[f"L3-D32-H4-G2-{m}" for m in MIXERS])
+def test_cached_generation_matches_uncached(mixer):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=61,
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=24,
+        init_std=0.3,
+        mixer=MIXERS[mixer],
+        attn_backend="naive",
+    )
+    model = GPT(cfg).eval()
+    prompt = torch.randint(0, 61, (2, 5))
+    cached = model.generate(prompt, max_new_tokens=14)
+    ref = prompt
+    with torch.no_grad():
+        for _ in range(14):
+            ref = torch.cat([ref, model(ref)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, ref)
+    assert len(set(ref[0, 5:].tolist())) > 2  # not a degenerate repeat of one token
+
+
+def test_generate_until_uses_cache_and_stops(lm):
+    prompt = "The stone is"
+    ctx = lm.tok_encode(prompt)
+    assert len(ctx) + 12 <= lm.model.cfg.max_seq_len
+    ref = list(ctx)
+    with torch.no_grad():
+        for _ in range(12):
+            ref.append(int(lm.model(torch.tensor([ref]))[0, -1].argmax()))
+    new = ref[len(ctx) :]
+    if lm.eot_token_id in new:
+        new = new[: new.index(lm.eot_token_id)]
+    full_text = lm.tok_decode(new)
+    assert lm.greedy_until(ctx, [], 12) == full_text
+    stop = full_text[len(full_text) // 2 :][:3]
+    assert stop.strip(), f"degenerate generation {full_text!r}"
+    req = Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": 12}), 0)
+    assert lm.generate_until([req], disable_tqdm=True) == [full_text[: full_text.index(stop)]]
+    with pytest.raises(ValueError, match="greedily"):
+        lm.generate_until([Instance("generate_until", {}, ("a", {"do_sample": True}), 0)], disable_tqdm=True)
+
+
+# --- fixture tasks end to end ------------------------------------------------------------------------------
+
+
+def test_simple_evaluate_fixture_tasks(tiny_run, lm):
+    from lm_eval.tasks import TaskManager
+
+    from moda_lab.eval.tasks import TASK_DIR
+
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(tiny_run["data"])})
+    res = lm_eval.simple_evaluate(
+        model="moda",
+        model_args={"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"},
+        tasks=["moda_piqa", "moda_arc_easy"],
+        task_manager=tm,
+        batch_size=4,
+    )
+    # Recompute PIQA accuracy by hand from the model's own scores.
+    rows = [json.loads(x) for x in (tiny_run["data"] / "piqa.jsonl").read_text().splitlines()]
+    hits = hits_norm = 0
+    for r in rows:
+        ctx = f"Question: {r['goal']}\nAnswer:"
+        conts = [" " + r["sol1"], " " + r["sol2"]]
+        scores = [
+            s
+            for s, _ in lm.loglikelihood([Instance("loglikelihood", {}, (ctx, c), 0) for c in conts], disable_tqdm=True)
+        ]
+        norm = [s / len(c.encode()) for s, c in zip(scores, conts)]
+        hits += int(max(range(2), key=scores.__getitem__) == r["label"])
+        hits_norm += int(max(range(2), key=norm.__getitem__) == r["label"])
+    assert res["results"]["moda_piqa"]["acc,none"] == pytest.approx(hits / len(rows))
+    assert res["results"]["moda_piqa"]["acc_norm,none"] == pytest.approx(hits_norm / len(rows))
+    assert 0.0 <= res["results"]["moda_arc_easy"]["acc,none"] <= 1.0
+
+
+def test_hydra_cli_writes_results_and_metrics(tiny_run):
+    run_dir = _copy_run(tiny_run, "cli_run")
+    before = (run_dir / "metrics.jsonl").read_text().splitlines()
+    cmd = [
+        sys.executable,
+        "-m",
+        "moda_lab.eval",
+        f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "tasks=[piqa,copa]",
+        f"data_dir={tiny_run['data']}",
+        "batch_size=4",
+        "device=cpu",
+        f"perplexity.domains={{prose: {tiny_run['corpus'] / 'prose'}}}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((run_dir / "eval" / "last" / "results.json").read_text())
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len(before) + 1
+    row = json.loads(rows[-1])
+    step = results["moda"]["step"]
+    assert step == 10 and row["step"] == step
+    assert row["tokens"] == step * 4 * 32  # batch_size * seq_len
+    assert row["eval/piqa/acc"] == results["results"]["moda_piqa"]["acc,none"]
+    assert row["eval/copa/acc_norm"] == results["results"]["moda_copa"]["acc_norm,none"]
+    assert (
+        row["eval/prose/bpb"] == pytest.approx(results["moda"]["perplexity"]["prose"]["bpb"])
+        and row["eval/prose/bpb"] > 0
+    )
+    assert results["moda"]["timing"]["total_s"] > 0 and results["moda"]["eval_config"]["tasks"] == ["piqa", "copa"]
+
+
+def test_lm_eval_cli_wrapper(tiny_run):
+    out_dir = tiny_run["tmp"] / "lm_eval_out"
+    model_args = json.dumps({"checkpoint": str(tiny_run["ckpt"])})
+    cmd = [
+        sys.executable,
+        "-m",
+        "moda_lab.eval.cli",
+        "--model",
+        "moda",
+        "--model_args",
+        model_args,
+        "--tasks",
+        "moda_winogrande",
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--data_dir",
+        str(tiny_run["data"]),
+        "--output_path",
+        str(out_dir),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = list(out_dir.rglob("results_*.json"))
+    acc = json.loads(path.read_text())["results"]["moda_winogrande"]["acc,none"]
+    assert 0.0 <= acc <= 1.0 and "moda_winogrande" in out.stdout
+
+
+def test_after_fit_hook_through_run_py(tiny_run):
+    cmd = [
+        sys.executable,
+        "run.py",
+        *tiny_run["overrides"],
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=4",
+        "trainer.val_every=4",
+        f"run_root={tiny_run['tmp'] / 'runs'}",
+        "name=hook",
+        "eval.after_fit=true",
+        "eval.tasks=[boolq,sciq]",
+        f"eval.data_dir={tiny_run['data']}",
+        "eval.batch_size=4",
+        "eval.device=cpu",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = [p for p in (tiny_run["tmp"] / "runs" / "hook").iterdir() if p.is_dir()]
+    results = json.loads((run_dir / "eval" / "last" / "results.json").read_text())
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 4 and row["eval/boolq/acc"] == results["results"]["moda_boolq"]["acc,none"]
+    assert "eval/sciq/acc_norm" in row
+
+
+# --- errors --------------------------------------------------------------------------------------------------
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_run):
+    bad = tiny_run["tmp"] / "truncated.ckpt"
+    data = tiny_run["ckpt"].read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*truncated.ckpt"):
+        ModaLM(checkpoint=bad)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tiny_run):
+    ckpt = torch.load(tiny_run["ckpt"], map_location="cpu", weights_only=False)
+    _, cfg, _ = load_checkpoint(tiny_run["ckpt"])
+    other = GPT(ModelConfig(**{**cfg, "n_layers": 3, "mixer": {"name": "dense"}}))
+    ckpt["state_dict"] = {f"model.{k}": v for k, v in other.state_dict().items()}
+    path = tiny_run["tmp"] / "mismatched.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="weights do not match its config"):
+        ModaLM(checkpoint=path)
+
+
+def test_eval_config_errors(tiny_run):
+    with pytest.raises(EvalConfigError, match=r"unknown task\(s\) \['lambada'\]; available: \['piqa'"):
+        eval_config_from_dict({"tasks": ["piqa", "lambada"], "data_dir": str(tiny_run["data"])})
+    empty = tiny_run["tmp"] / "no_data"
+    with pytest.raises(EvalConfigError, match=f"{empty}/mmlu.jsonl.*eval.data_dir.*MODA_EVAL_DATA"):
+        eval_config_from_dict({"tasks": ["mmlu"], "data_dir": str(empty)})
+    with pytest.raises(EvalConfigError, match="eval.batch_size"):
+        eval_config_from_dict({"tasks": [], "batch_size": 0})
+    with pytest.raises(EvalConfigError, match="eval.perplexity.domains.web"):
+        eval_config_from_dict({"tasks": [], "perplexity": {"domains": {"web": str(empty / "web")}}})
+    assert eval_config_from_dict({"tasks": "all", "data_dir": str(tiny_run["data"])}).tasks[-1] == "mmlu"
