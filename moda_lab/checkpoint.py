@@ -28,7 +28,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         last = p / "checkpoints" / "last.ckpt"
         if last.is_file():
             return last
-        raise CheckpointError(f"{p} is neither an exported model folder (config.json) nor a run dir with checkpoints/last.ckpt")
+        raise CheckpointError(
+            f"{p} is neither an exported model folder (config.json) nor a run dir with checkpoints/last.ckpt"
+        )
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
     return p
@@ -78,7 +80,11 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> tuple[GPT, 
         except Exception as err:
             raise CheckpointError(f"cannot read {src / 'model.safetensors'}: {err}") from err
         tok = src / "tokenizer.json"
-        extras = {"step": cfg.pop("_step", None), "tokenizer": tok.read_text() if tok.is_file() else None, "run_dir": None}
+        extras = {
+            "step": cfg.pop("_step", None),
+            "tokenizer": tok.read_text() if tok.is_file() else None,
+            "run_dir": None,
+        }
         return _build(cfg, state, src, backend), cfg, extras
     ckpt = _read_ckpt(src)
     cfg = ckpt["hyper_parameters"]["model_cfg"]

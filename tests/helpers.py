@@ -32,8 +32,19 @@ def write_tiny_corpus(root: Path) -> Path:
 
     prose = [topics[k] for k in sorted(topics)][:60]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    code = [(stdlib / name).read_text() for name in ("bisect.py", "colorsys.py", "fnmatch.py", "keyword.py",
-                                                       "shlex.py", "textwrap.py", "glob.py", "heapq.py")]
+    code = [
+        (stdlib / name).read_text()
+        for name in (
+            "bisect.py",
+            "colorsys.py",
+            "fnmatch.py",
+            "keyword.py",
+            "shlex.py",
+            "textwrap.py",
+            "glob.py",
+            "heapq.py",
+        )
+    ]
     (root / "prose").mkdir(parents=True, exist_ok=True)
     (root / "code").mkdir(exist_ok=True)
     with (root / "prose" / "topics.jsonl").open("w") as f:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import kernels.moda.function as moda_function  # noqa: E402
 from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
 
 # (name, B, T, G, Hk, d, L); Hq = G * Hk.
@@ -32,7 +33,7 @@ ROWS = {
     "table7": [("t7-T1K", 1, 1024, 8, 8, 64, 64)],
     "table2": [(f"t2-T{t // 1024}K", 1, t, 8, 8, 64, 64) for t in (4096, 8192, 16384, 32768, 65536)],
     # Paper: G=2 -> Hq=16 (Hk=8), G=32 -> Hq=256 (Hk=8) at T=16K.
-    "sweep-g": [(f"g{g}-T16K", 1, 16384, g, 8, 64, 64) for g in (2, 4, 16, 32)],
+    "sweep-g": [(f"g{g}-T16K", 1, 16384, g, 8, 64, 64) for g in (2, 32)],
     "sweep-l": [(f"l{l}-T16K", 1, 16384, 8, 8, 64, l) for l in (128, 256)],
 }
 
@@ -73,7 +74,7 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
-def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms):
+def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
     Hq = G * Hk
     dev = "cuda"
     q = torch.randn(B, T, Hq, d, device=dev, dtype=dtype, requires_grad=True)
@@ -111,7 +112,14 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms):
         "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd)),
         "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd)),
     }
+    if compare_schedules:
+        # MoDA with the other depth schedule than the one moda_attn picks at this T (fused vs split).
+        modes["moda_alt"] = modes["moda"]
+    split_min_t = moda_function.SPLIT_MIN_T
     for mode, (ins, f) in modes.items():
+        if mode == "moda_alt":
+            moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
+            row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
         try:
             row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
             row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
@@ -119,6 +127,8 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms):
             row[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
             print(row[f"{mode}_error"], flush=True)
             continue
+        finally:
+            moda_function.SPLIT_MIN_T = split_min_t
         flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode != "seq")  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
@@ -131,6 +141,15 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms):
     if T <= 1024:  # the paper's Table 7 also reports the naive PyTorch implementation
         f = lambda: naive_moda_attn(q, k, v, kd, vd)  # noqa: E731
         row["naive_fwdbwd_ms"] = time_ms(fwd_bwd(f, (q, k, v, kd, vd), do), budget_ms, max_reps=3)
+        # Sanity check of what was timed: relative error of output and grads vs the fp32 reference.
+        ins = (q, k, v, kd, vd)
+        ref_in = [t.detach().float().requires_grad_() for t in ins]
+        ref = naive_moda_attn(*ref_in)
+        got = moda_attn(*ins)
+        g_ref = torch.autograd.grad(ref, ref_in, do.float())
+        g = torch.autograd.grad(got, ins, do)
+        row["rel_err"] = {n: ((a.float() - b).norm() / b.norm()).item()
+                          for n, a, b in zip(("o", "dq", "dk", "dv", "dkd", "dvd"), (got,) + g, (ref,) + g_ref)}
     return row
 
 
@@ -143,13 +162,16 @@ COLS = [
     ("sdpa_fwdbwd_tflops", "SDPA TF/s", "{:.0f}"), ("seq_fwdbwd_tflops", "seq TF/s", "{:.0f}"),
     ("moda_fwdbwd_tflops", "MoDA TF/s", "{:.0f}"),
     ("seq_over_sdpa", "seq/SDPA f+b", "{:.3f}"), ("moda_over_seq", "MoDA/seq f+b", "{:.3f}"),
-    ("moda_over_seq_fwd", "MoDA/seq fwd", "{:.3f}"), ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
+    ("moda_over_seq_fwd", "MoDA/seq fwd", "{:.3f}"), ("moda_alt_schedule", "alt sched", "{}"),
+    ("moda_alt_fwd_ms", "alt fwd", "{:.3f}"), ("moda_alt_fwdbwd_ms", "alt f+b", "{:.3f}"), ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
 ]
 
 
 def markdown(rows, meta) -> str:
     lines = [f"# MoDA kernel benchmark ({meta['device']})", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["- MoDA uses the fused depth schedule below T = %d and the split one from there on; 'alt' is the other."
+              % moda_function.SPLIT_MIN_T]
     lines += ["- times in ms (median, CUDA events), bf16, B=1, d=64, causal; f+b = forward + backward;",
               "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd).", ""]
     lines.append("| " + " | ".join(h for _, h, _ in COLS) + " |")
@@ -165,6 +187,8 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/bench/results/moda", help="output path without extension")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timed milliseconds per measurement")
+    parser.add_argument("--compare-schedules", action="store_true",
+                        help="also time MoDA with the depth schedule (fused/split) moda_attn does not pick")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_moda.py needs a CUDA GPU")
@@ -184,7 +208,8 @@ def main() -> None:
     for group in args.rows.split(","):
         for spec in ROWS[group]:
             t0 = time.time()
-            row = bench_row(*spec, dtype=getattr(torch, args.dtype), budget_ms=args.budget_ms)
+            row = bench_row(*spec, dtype=getattr(torch, args.dtype), budget_ms=args.budget_ms,
+                            compare_schedules=args.compare_schedules)
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)

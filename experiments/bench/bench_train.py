@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,8 +39,17 @@ SHAPES = {
 
 
 def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_blocks, norm):
-    cfg = ModelConfig(vocab_size=8192, n_layers=layers, d_model=width, n_heads=hq, n_kv_heads=hk, max_seq_len=T,
-                      mixer=mixer, norm=norm, attn_backend="auto")
+    cfg = ModelConfig(
+        vocab_size=8192,
+        n_layers=layers,
+        d_model=width,
+        n_heads=hq,
+        n_kv_heads=hk,
+        max_seq_len=T,
+        mixer=mixer,
+        norm=norm,
+        attn_backend="auto",
+    )
     model = GPT(cfg).cuda()
     if compile_blocks:
         for block in model.blocks:
@@ -76,13 +84,22 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
     fpt = model.flops_per_token(T)
     peak = peak_flops(torch.device("cuda"))
     row = {
-        "width": width, "hq": hq, "hk": hk, "layers": layers, "T": T, "B": B, "norm": norm, "backend": model.backend,
-        "compiled": compile_blocks, "params_M": model.num_params() / 1e6, "gflops_per_token": fpt / 1e9,
-        "step_ms": ms, "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak if peak else None,
+        "width": width,
+        "hq": hq,
+        "hk": hk,
+        "layers": layers,
+        "T": T,
+        "B": B,
+        "norm": norm,
+        "backend": model.backend,
+        "compiled": compile_blocks,
+        "params_M": model.num_params() / 1e6,
+        "gflops_per_token": fpt / 1e9,
+        "step_ms": ms,
+        "tokens_per_s": tok_s,
+        "mfu": tok_s * fpt / peak if peak else None,
         "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
     }
-    del model, opt
-    torch.cuda.empty_cache()
     return row
 
 
@@ -99,8 +116,14 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
-    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "compile": args.compile, "tokens_per_step": args.tokens_per_step}
+    env = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "compile": args.compile,
+        "tokens_per_step": args.tokens_per_step,
+    }
     try:
         import triton
 
@@ -118,8 +141,9 @@ def main() -> None:
                 if group == "wide" and name not in wide_variants:
                     continue
                 try:
-                    row = bench_one(VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup,
-                                    args.compile, args.norm)
+                    row = bench_one(
+                        VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm
+                    )
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": "OOM"}
@@ -128,6 +152,7 @@ def main() -> None:
                     base = row
                 if base and "step_ms" in row and "step_ms" in base:
                     row["overhead_vs_residual"] = row["step_ms"] / base["step_ms"] - 1
+                torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 write(out, env, rows)
@@ -135,9 +160,11 @@ def main() -> None:
 
 
 def table(env: dict, rows: list[dict]) -> str:
-    head = (f"# Training-step throughput\n\n{json.dumps(env)}\n\n"
-            "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        f"# Training-step throughput\n\n{json.dumps(env)}\n\n"
+        "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         if "error" in r:
@@ -145,9 +172,11 @@ def table(env: dict, rows: list[dict]) -> str:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         ovh = f"{100 * r['overhead_vs_residual']:+.1f}%" if "overhead_vs_residual" in r else ""
-        lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
-                     f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
-                     f"{r['mem_GiB']:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
+            f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
+            f"{r['mem_GiB']:.1f} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 

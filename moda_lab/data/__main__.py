@@ -11,17 +11,26 @@ from .packing import prepare
 
 
 def main(argv: list[str]) -> None:
-    args = {"out": "data/corpus", "sources": ",".join(DEFAULT_SOURCES), "vocab_size": "8192", "cache_dir": "data/cache",
-            "val_fraction": "0.02"}
+    args = {
+        "out": "data/corpus",
+        "sources": ",".join(DEFAULT_SOURCES),
+        "vocab_size": "8192",
+        "cache_dir": "data/cache",
+        "val_fraction": "0.02",
+    }
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:
-            raise SystemExit(f"usage: python -m moda_lab.data {' '.join(f'{k}=...' for k in args)}; bad argument {arg!r}")
+            raise SystemExit(
+                f"usage: python -m moda_lab.data {' '.join(f'{k}=...' for k in args)}; bad argument {arg!r}"
+            )
         args[key] = value
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus = build_default_corpus(args["out"], args["sources"].split(","))
     packed = prepare(corpus, args["cache_dir"], int(args["vocab_size"]), float(args["val_fraction"]))
-    print(f"packed data: {packed.root}  (train {packed.meta['train']['tokens']:,} tokens; val domains {packed.domains})")
+    print(
+        f"packed data: {packed.root}  (train {packed.meta['train']['tokens']:,} tokens; val domains {packed.domains})"
+    )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def _linux_docs() -> Iterator[str]:
     import gzip
 
     if not LINUX_DOCS.is_dir():
-        raise FileNotFoundError(f"{LINUX_DOCS} not found: install Debian's linux-doc-6.1 (apt-get install linux-doc-6.1)")
+        raise FileNotFoundError(
+            f"{LINUX_DOCS} not found: install Debian's linux-doc-6.1 (apt-get install linux-doc-6.1)"
+        )
     for path in sorted(LINUX_DOCS.rglob("*.rst*")):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:

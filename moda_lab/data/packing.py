@@ -21,7 +21,7 @@ import numpy as np
 from filelock import FileLock
 
 from .corpus import corpus_files, read_documents
-from .tokenizer import EOS, load_tokenizer, train_tokenizer
+from .tokenizer import EOS, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,5 +111,3 @@ def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fracti
         else:
             meta["val"][split.removeprefix("val_")] = stats
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
-
-

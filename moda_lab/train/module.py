@@ -105,7 +105,7 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             # Matrices decay; norms' gains, DWA weights and other vectors do not.
             (decay if p.ndim >= 2 else no_decay).append(p)
         t = self.tcfg

@@ -17,9 +17,22 @@ import yaml
 from ..config import ConfigError
 
 # Keys a relaunch may change without starting a different run (longer training, logging, workers, eval).
-RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.val_every", "trainer.ckpt_every", "trainer.log_every",
-                     "trainer.keep_checkpoints", "trainer.threads", "trainer.devices", "trainer.strategy",
-                     "data.num_workers", "data.build_default", "data.cache_dir", "logger.", "eval.", "run_root")
+RESUMABLE_CHANGES = (
+    "trainer.max_steps",
+    "trainer.val_every",
+    "trainer.ckpt_every",
+    "trainer.log_every",
+    "trainer.keep_checkpoints",
+    "trainer.threads",
+    "trainer.devices",
+    "trainer.strategy",
+    "data.num_workers",
+    "data.build_default",
+    "data.cache_dir",
+    "logger.",
+    "eval.",
+    "run_root",
+)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -59,7 +59,9 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         raise RuntimeError(f"logger.wandb.enabled=true needs wandb installed ({err}); or set it to false") from err
     mode = w.mode if w.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     if mode not in ("online", "offline"):
-        raise ConfigError(f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']")
+        raise ConfigError(
+            f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']"
+        )
     return WandbLogger(
         project=w.project,
         entity=w.entity,
@@ -165,7 +167,9 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
-            rundir.write_meta(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step)
+            rundir.write_meta(
+                status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step
+            )
         return final
     except BaseException:
         if rank0:

@@ -31,12 +31,21 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("model.mixer.name=moda2", r"model.mixer.name='moda2' is not allowed; choose one of \['residual', 'dense', 'depth_attn', 'moda'\]"),
+        (
+            "model.mixer.name=moda2",
+            r"model.mixer.name='moda2' is not allowed; choose one of \['residual', 'dense', 'depth_attn', 'moda'\]",
+        ),
         ("model.n_heads=3", r"model.n_heads=3 must be a multiple of model.n_kv_heads=2"),
-        ("model.attn_backend=cuda", r"model.attn_backend='cuda' is not allowed; choose one of \['auto', 'naive', 'sdpa', 'triton'\]"),
+        (
+            "model.attn_backend=cuda",
+            r"model.attn_backend='cuda' is not allowed; choose one of \['auto', 'naive', 'sdpa', 'triton'\]",
+        ),
         ("+model.n_layer=3", r"unknown config key 'model.n_layer'; did you mean 'n_layers'\?"),
         ("trainer.lr=fast", r"trainer.lr='fast' has the wrong type"),
-        ("norm.placement=middle", r"norm.placement='middle' is not allowed; choose one of \['pre', 'post', 'reordered'\]"),
+        (
+            "norm.placement=middle",
+            r"norm.placement='middle' is not allowed; choose one of \['pre', 'post', 'reordered'\]",
+        ),
         ("trainer.precision=fp8", r"trainer.precision='fp8' is not allowed"),
         ("trainer.strategy=horovod", r"trainer.strategy='horovod' is not allowed"),
     ],
@@ -70,5 +79,7 @@ def test_missing_corpus_without_default_build_is_clear(tmp_path):
     from moda_lab.train.task import load_data
 
     cfg = compose_cfg([f"data.corpus_dir={tmp_path / 'absent'}", "data.build_default=false"])
-    with pytest.raises(FileNotFoundError, match=r"data.corpus_dir=.*absent' does not exist \(data.build_default=false\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data.corpus_dir=.*absent' does not exist \(data.build_default=false\)"
+    ):
         load_data(run_config_from_dict(cfg))

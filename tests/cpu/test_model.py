@@ -80,7 +80,9 @@ def test_naive_moda_matches_per_token_loop(G, L):
     q = torch.randn(B, T, Hk * G, d)
     k, v = torch.randn(B, T, Hk, d), torch.randn(B, T, Hk, d)
     kd, vd = torch.randn(B, T, L, Hk, d), torch.randn(B, T, L, Hk, d)
-    torch.testing.assert_close(naive_moda_attn(q, k, v, kd, vd).double(), loop_reference(q, k, v, kd, vd), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        naive_moda_attn(q, k, v, kd, vd).double(), loop_reference(q, k, v, kd, vd), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_depth_buffer_gradients_match_stacking():

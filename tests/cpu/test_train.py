@@ -27,7 +27,9 @@ def weights(run_dir):
 @pytest.fixture(scope="module")
 def straight(tiny_corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("straight")
-    cfg = tiny_cfg(tiny_corpus, tmp, ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST])
+    cfg = tiny_cfg(
+        tiny_corpus, tmp, ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST]
+    )
     train(cfg, tmp / "run")
     return tmp / "run"
 
@@ -53,7 +55,11 @@ def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp
     continue exactly, so the final state equals the run that was never interrupted."""
     import moda_lab.train.task as task
 
-    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST])
+    cfg = tiny_cfg(
+        tiny_corpus,
+        tmp_path,
+        ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST],
+    )
     original = task._StepMetric.on_train_batch_end
 
     def crash_at_7(self, trainer, *args):
@@ -85,6 +91,9 @@ def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus
     ckpt = straight / "checkpoints" / "last.ckpt"
     before = (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text())
     cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "model.d_model=64"])
-    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(model.d_model: 32 -> 64, trainer.lr: 0.02 -> 0.003"):
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds a run with a different config \(model.d_model: 32 -> 64, trainer.lr: 0.02 -> 0.003",
+    ):
         train(cfg, straight)
     assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before

@@ -15,12 +15,26 @@ pytestmark = pytest.mark.slow
 
 
 def test_ddp_jobs_in_multirun(tiny_corpus, tmp_path):
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "model=residual,moda", "norm=post", "trainer=smoke",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=8",
-           "trainer.val_every=4", *TINY, f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}",
-           f"run_root={tmp_path / 'runs'}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "model=residual,moda",
+        "norm=post",
+        "trainer=smoke",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_steps=8",
+        "trainer.val_every=4",
+        *TINY,
+        f"data.corpus_dir={tiny_corpus}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"run_root={tmp_path / 'runs'}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stdout + proc.stderr
     assert log.count("Launching 2 jobs locally") == 1  # children did not relaunch the sweep

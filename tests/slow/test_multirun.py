@@ -16,8 +16,15 @@ pytestmark = pytest.mark.slow
 
 def launch(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "model=residual,dense,depth_attn,moda", "norm=pre,post",
-           "trainer=smoke", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "model=residual,dense,depth_attn,moda",
+        "norm=pre,post",
+        "trainer=smoke",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -25,8 +32,14 @@ def launch(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
 
 def test_multirun_trains_eight_logged_checkpointed_runs(tiny_corpus, tmp_path):
     overrides = [o for o in TINY if not o.startswith("logger.")] + [
-        f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}", f"run_root={tmp_path / 'runs'}",
-        "trainer.max_steps=16", "trainer.val_every=8", "trainer.ckpt_every=8", "trainer.lr=0.02", "trainer.warmup_steps=2",
+        f"data.corpus_dir={tiny_corpus}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"run_root={tmp_path / 'runs'}",
+        "trainer.max_steps=16",
+        "trainer.val_every=8",
+        "trainer.ckpt_every=8",
+        "trainer.lr=0.02",
+        "trainer.warmup_steps=2",
     ]
     launch(overrides, tmp_path)
     sweep = tmp_path / "runs" / "default"
