@@ -30,6 +30,10 @@ def main(cfg: DictConfig) -> float | None:
     _pin_argv_to_this_job()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir = HydraConfig.get().runtime.output_dir
+    if cfg.eval.after_fit:
+        from moda_lab.eval import eval_config_from_dict
+
+        eval_config_from_dict(resolved["eval"])  # fail on bad tasks/data before hours of training, not after
     metrics = train(resolved, run_dir)
     if cfg.eval.after_fit:
         from moda_lab.eval.hook import evaluate_run

@@ -110,7 +110,7 @@ def check_task_data(cfg: EvalConfig) -> None:
     if missing:
         raise EvalConfigError(
             f"eval data missing: {missing}. Set eval.data_dir (or the environment variable {DATA_ENV}) to the "
-            f"directory holding <task>.jsonl (now {str(data_dir(cfg.data_dir))!r}), or choose other eval.tasks; "
+            f"directory holding <task>.jsonl (now {str(data_dir(cfg.data_dir).resolve())!r}), or choose other eval.tasks; "
             "docs/EVAL.md lists the fields each task reads"
         )
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
-from helpers import ROOT, compose_cfg
 
+from helpers import ROOT, compose_cfg
 from moda_lab.checkpoint import CheckpointError, load_checkpoint
 from moda_lab.model import GPT, MixerConfig, ModelConfig
 
@@ -88,6 +88,21 @@ def test_loglikelihood_equals_forward_log_softmax(lm):
         whole = lm.tok_encode(ctx + cont)
         c = lm.tok_encode(ctx)
         assert math.isclose(score, _ref_logprob(lm.model, c, whole[len(c) :]), abs_tol=1e-4)
+
+
+def test_exported_folder_scores_like_the_ckpt(tiny_run, lm):
+    from moda_lab.checkpoint import export
+    from moda_lab.eval import results_dir
+
+    folder = export(tiny_run["ckpt"], tiny_run["tmp"] / "export")
+    exported = ModaLM(checkpoint=folder, batch_size=2, device="cpu")
+    reqs = [Instance("loglikelihood", {}, ("The paper", " is next to the glass."), 0)]
+    assert exported.step == lm.step == 10
+    assert exported.loglikelihood(reqs, disable_tqdm=True)[0][0] == pytest.approx(
+        lm.loglikelihood(reqs, disable_tqdm=True)[0][0], abs=1e-5
+    )
+    assert results_dir(folder) == folder / "eval" / "export"
+    assert results_dir(tiny_run["ckpt"]) == tiny_run["run_dir"] / "eval" / "last"
 
 
 def test_loglikelihood_rolling_equals_forward(lm):
