@@ -15,6 +15,11 @@ from .triton_bwd import moda_bwd
 from .triton_fwd import moda_fwd
 
 
+# Sequence length from which MoDA mode runs its depth phase as a separate launch (the "split"
+# schedule) instead of fused into the sequence pass; measured on H100, see experiments/bench/NOTES.md.
+SPLIT_MIN_T = 8192
+
+
 def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
     return k.shape[2] if k is not None else k_depth.shape[3]
 
@@ -30,7 +35,7 @@ def moda_attn_fwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O [B, T, Hq, d] and the per-row log2-sum-exp [B * Hk, T * G] (fp32) of validated inputs."""
-    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale)
+    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
 
 
 @moda_attn_fwd.register_fake
@@ -54,7 +59,7 @@ def moda_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dk_depth, dv_depth); an absent operand's gradient is an empty tensor."""
-    grads = moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale)
+    grads = moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
 

@@ -201,7 +201,7 @@ def _dq_depth_tile(
 @triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY)
 @triton.jit
 def _moda_bwd_dq_kernel(
-    Q, K, V, KD, VD, DO, LSE, DELTA, DQ, DKD, DVD,
+    Q, K, V, KD, VD, DO, LSE, DELTA, DQ, DKD, DVD, DQ_INIT,
     qk_scale, scale,
     sqb, sqt, sqh,
     skb, skt, skh,
@@ -214,7 +214,8 @@ def _moda_bwd_dq_kernel(
     T, L, Hk,
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
     G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, HAS_INIT: tl.constexpr, CAUSAL: tl.constexpr,
+    PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -273,8 +274,12 @@ def _moda_bwd_dq_kernel(
                                 sdkdt, sdkdl, n0, sub_tok0, row_ok, loc_tok, span, T, L, qk_scale, scale,
                                 BLOCK_M, SUB_M, BLOCK_DN, HEAD_D, PREC)
 
-    dq_ptrs = DQ + b * sdqb + row_tok.to(tl.int64)[:, None] * sdqt + head[:, None] * sdqh + offs_d[None, :]
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    dq_off = b * sdqb + row_tok.to(tl.int64)[:, None] * sdqt + head[:, None] * sdqh + offs_d[None, :]
+    dq = dq * scale
+    if HAS_INIT:
+        # dQ of an earlier pass (the depth pass of the split schedule), fp32, same layout as DQ.
+        dq += tl.load(DQ_INIT + dq_off, mask=row_ok[:, None], other=0.0)
+    tl.store(DQ + dq_off, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 def moda_bwd(
@@ -288,9 +293,12 @@ def moda_bwd(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
+    split: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward kernels; returns (dq, dk, dv, dk_depth, dv_depth), None for absent inputs.
 
+    ``split`` (MoDA mode only): the depth part of dQ (with dK_depth, dV_depth) is its own launch into an
+    fp32 dQ that the sequence dQ launch adds to, instead of one fused dQ pass (see moda_fwd).
     Gradients are new contiguous tensors in q.dtype; dk_depth/dv_depth are [B, T, L, Hk, d].
     """
     B, T, Hq, d = q.shape
@@ -341,9 +349,21 @@ def moda_bwd(
     def grid_q(meta):
         return (triton.cdiv(T * G, meta["BLOCK_M"]), B * Hk)
 
+    passes = [(has_seq, has_depth, None, dq)]
+    if split and has_seq and has_depth:
+        dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
+        passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]
+    for seq_pass, depth_pass, dq_init, dq_out in passes:
+        _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq_out, dkd, dvd, dq_init, qk_scale, scale,
+                   ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, depth_pass, causal, prec)
+    return dq, dk, dv, dkd, dvd
+
+
+def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, dq_init, qk_scale, scale,
+               ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, has_seq, has_depth, causal, prec):
     _moda_bwd_dq_kernel[grid_q](
         q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q,
-        do, lse, delta, dq, dkd if has_depth else q, dvd if has_depth else q,
+        do, lse, delta, dq, dkd if has_depth else q, dvd if has_depth else q, dq_init if dq_init is not None else dq,
         qk_scale, scale,
         q.stride(0), q.stride(1), q.stride(2),
         ks[0], ks[1], ks[2],
@@ -355,6 +375,5 @@ def moda_bwd(
         dkds[0], dkds[1], dkds[2], dkds[3],
         T, L, Hk, t_bucket, l_bucket,
         G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
-        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=prec,
+        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=dq_init is not None, CAUSAL=causal, PREC=prec,
     )
-    return dq, dk, dv, dkd, dvd

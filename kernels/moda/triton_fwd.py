@@ -50,7 +50,7 @@ else:
 
 # Autotune key: bucketed T and L (powers of two) so that every layer of a deep model (L = 1, 2, ...)
 # or a ragged T does not re-tune, plus every compile-time switch that changes the kernel's cost.
-TUNE_KEY = ["T_BUCKET", "L_BUCKET", "G", "HEAD_D", "HAS_SEQ", "HAS_DEPTH", "CAUSAL"]
+TUNE_KEY = ["T_BUCKET", "L_BUCKET", "G", "HEAD_D", "HAS_SEQ", "HAS_DEPTH", "HAS_INIT", "CAUSAL"]
 
 
 @triton.jit
@@ -123,7 +123,7 @@ def _depth_tile(
 @triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY)
 @triton.jit
 def _moda_fwd_kernel(
-    Q, K, V, KD, VD, O, LSE,
+    Q, K, V, KD, VD, O, LSE, O_INIT, LSE_INIT,
     qk_scale,
     sqb, sqt, sqh,
     skb, skt, skh,
@@ -134,7 +134,8 @@ def _moda_fwd_kernel(
     T, L, Hk,
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
     G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, HAS_INIT: tl.constexpr, CAUSAL: tl.constexpr,
+    PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -150,9 +151,17 @@ def _moda_fwd_kernel(
     q_ptrs = Q + b * sqb + row_tok.to(tl.int64)[:, None] * sqt + (hk * G + offs_m % G)[:, None] * sqh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+    o_off = b * sob + row_tok.to(tl.int64)[:, None] * sot + (hk * G + offs_m % G)[:, None] * soh + offs_d[None, :]
+    if HAS_INIT:
+        # Resume the online softmax of an earlier pass (the depth pass of the split schedule):
+        # state (m, l, acc) = (its log2-sum-exp, 1, its normalised fp32 output) is exact.
+        m_i = tl.load(LSE_INIT + pid_bh.to(tl.int64) * T * G + offs_m, mask=row_ok, other=0.0)
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        acc = tl.load(O_INIT + o_off, mask=row_ok[:, None], other=0.0)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
 
     if HAS_SEQ:
         k_base = K + b * skb + hk * skh
@@ -193,8 +202,7 @@ def _moda_fwd_kernel(
     # Normalise once; padded rows (row_ok False) may have l_i == 0 and are never stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
-    o_ptrs = O + b * sob + row_tok.to(tl.int64)[:, None] * sot + (hk * G + offs_m % G)[:, None] * soh + offs_d[None, :]
-    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(O + o_off, o.to(O.dtype.element_ty), mask=row_ok[:, None])
     # log2-sum-exp of the scaled scores of each row, the softmax normaliser the backward pass recomputes P with.
     tl.store(LSE + pid_bh.to(tl.int64) * T * G + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)
 
@@ -217,17 +225,28 @@ def moda_fwd(
     v_depth: torch.Tensor | None,
     causal: bool,
     scale: float,
+    split: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel on validated inputs.
 
+    ``split`` (MoDA mode only) runs the depth phase as its own launch into an fp32 (O, LSE) state and
+    resumes that softmax in the sequence launch, instead of one fused pass: measured faster at long T
+    (see experiments/bench/NOTES.md), where the fused pass slows the sequence loop down.
     Returns O [B, T, Hq, d] in q.dtype and LSE [B * Hk, T * G] fp32 (log2 units, folded row order).
     """
+    if split and k is not None and k_depth is not None:
+        o_d, lse_d = _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, torch.float32, None)
+        return _launch_fwd(q, k, v, None, None, causal, scale, q.dtype, (o_d, lse_d))
+    return _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, q.dtype, None)
+
+
+def _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, out_dtype, init):
     B, T, Hq, d = q.shape
     has_seq, has_depth = k is not None, k_depth is not None
     Hk = k.shape[2] if has_seq else k_depth.shape[3]
     L = k_depth.shape[2] if has_depth else 1
     G = Hq // Hk
-    o = torch.empty((B, T, Hq, d), dtype=q.dtype, device=q.device)
+    o = torch.empty((B, T, Hq, d), dtype=out_dtype, device=q.device)
     lse = torch.empty((B * Hk, T * G), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
@@ -242,6 +261,7 @@ def moda_fwd(
 
     _moda_fwd_kernel[grid](
         q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q, o, lse,
+        init[0] if init else o, init[1] if init else lse,
         scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         ks[0], ks[1], ks[2],
@@ -252,6 +272,7 @@ def moda_fwd(
         T, L, Hk,
         triton.next_power_of_2(T), triton.next_power_of_2(L),
         G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
-        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=dot_precision(q.dtype),
+        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=init is not None, CAUSAL=causal,
+        PREC=dot_precision(q.dtype),
     )
     return o, lse

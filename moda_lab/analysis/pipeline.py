@@ -22,6 +22,9 @@ from moda_lab.analysis.wandb_online import load_wandb_project
 
 log = logging.getLogger(__name__)
 
+# Outside the repo, shared by every analysis of the same wandb project.
+DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
+
 
 @dataclass
 class SweepAnalysis:
@@ -38,7 +41,7 @@ def load_runs(
     sweep_dir: str | Path | None = None,
     wandb_project: str | None = None,
     wandb_offline: str | Path | None = None,
-    cache_dir: str | Path = ".cache/wandb_history",
+    cache_dir: str | Path = DEFAULT_CACHE,
     refresh: bool = False,
 ) -> list[RunRecord]:
     """Runs from any mix of sources; an online/offline wandb run already loaded from a run dir is skipped."""

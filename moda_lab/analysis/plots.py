@@ -35,9 +35,9 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
 
 
 def seeds_text(n_min: int, n_max: int) -> str:
-    """``n=3 seeds``, ``n=2-3 seeds`` or ``1 seed (no spread)``."""
+    """``n=3 seeds``, ``n=2-3 seeds`` or ``1 seed, no spread``."""
     if n_max <= 1:
-        return "1 seed (no spread)"
+        return "1 seed, no spread"
     return f"n={n_min} seeds" if n_min == n_max else f"n={n_min}-{n_max} seeds"
 
 
@@ -67,16 +67,22 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
     fig, axes = plt.subplots(1, len(norms), figsize=(5.5 * len(norms), 4.2), sharey=True, squeeze=False)
     extra = _label_columns(agg, exclude=["norm"])
     keys = [c for c in [*CELL_COLUMNS, "variant"] if c in agg]
+    # One colour per variant across panels, so a variant missing from one norm does not shift the others.
+    names = list(dict.fromkeys(cell_name(r, extra) for _, r in agg.iterrows())) if not agg.empty else []
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     for ax, norm in zip(axes[0], norms):
         sub = agg[agg["norm"] == norm] if not agg.empty else agg
-        for _, cell in sub.groupby(keys, dropna=False, sort=True):
+        for _, cell in sub.groupby(keys, dropna=False, sort=False):  # keeps seed_aggregate's canonical order
             cell = cell.sort_values("step")
+            if x == "flops":
+                cell = cell[cell[x] > 0]  # step 0 has no place on a log axis
             xs, ys = cell[x].to_numpy(float), cell[metric].to_numpy(float)
             sd = np.nan_to_num(cell[f"{metric}:std"].to_numpy(float))
             n = cell[f"{metric}:n"]
-            label = f"{cell_name(cell.iloc[0], extra)} ({seeds_text(int(n.min()), int(n.max()))})"
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
-            ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+            name = cell_name(cell.iloc[0], extra)
+            label = f"{name} ({seeds_text(int(n.min()), int(n.max()))})"
+            ax.plot(xs, ys, marker="o", markersize=3, label=label, color=colors[name])
+            ax.fill_between(xs, ys - sd, ys + sd, color=colors[name], alpha=0.2, linewidth=0)
         ax.set_title(f"norm = {norm}")
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.grid(alpha=0.3)

@@ -14,7 +14,7 @@ import pandas as pd
 
 # Config columns of the tidy table, in display order, with the dotted config key each comes from.
 CONFIG_KEYS: dict[str, str] = {
-    "experiment": "experiment",
+    "experiment": "name",  # the sweep name (config key `name`; runs live in <run_root>/<name>/)
     "model": "model.mixer.name",
     "norm": "norm.placement",
     "depth_kv": "model.mixer.depth_kv",

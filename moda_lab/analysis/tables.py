@@ -92,7 +92,7 @@ def paper_table(
 
 
 STATIC = {"params M", "GFLOPs/token"}
-FORMATS = {"params M": "{:.2f}", "GFLOPs/token": "{:.4g}", "val loss": "{:.4f}"}
+FORMATS = {"params M": "{:.2f}", "GFLOPs/token": "{:#.4g}", "val loss": "{:.4f}"}
 
 
 def _fmt(column: str, mean: float, std: float) -> str:

@@ -131,7 +131,6 @@ def test_cli_writes_everything_and_reports_issues(result, tmp_path: Path, capsys
         "val_loss_vs_flops",
         "downstream_acc",
         "params_vs_val_loss",
-        "bench_seq_len",
         "bench_moda_h100",
     ]:
         assert {f"{stem}.png", f"{stem}.pdf"} <= figures, stem

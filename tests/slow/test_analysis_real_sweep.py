@@ -82,3 +82,15 @@ def test_attention_inspection_of_real_checkpoint(real_sweep: Path):
     assert len(slots) == 3 and slots[0] == 0 and slots[2] > slots[1] > 0
     summary = attention_summary(inspection.maps)
     assert ((summary["depth_mass"] > 0) == (summary["depth_slots"] > 0)).all()
+
+
+def test_cli_attention_inspection(real_sweep: Path, tmp_path: Path, capsys):
+    from moda_lab.analysis.__main__ import main
+
+    moda_dir = next(p for p in real_sweep.iterdir() if p.name.startswith("model=moda"))
+    assert main([f"ckpt={moda_dir}", "text=def main(): return 0", f"out={tmp_path}"]) == 0
+    written = {p.name for p in (tmp_path / "attention").iterdir()}
+    assert {"attention_layer02.png", "attention_summary.pdf", "attention_summary.csv"} <= written
+    summary = pd.read_csv(tmp_path / "attention" / "attention_summary.csv")
+    assert sorted(summary["layer"].unique()) == [0, 1, 2] and summary["sink_mass"].between(0, 1).all()
+    assert "attention_summary.csv" in capsys.readouterr().out
