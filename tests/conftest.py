@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports triton: kernels run on CPU through the interpreter (fp32 only there).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # noqa: E402 - importing torch does not import triton
+
+# Before anything imports triton: without a GPU, kernels run on CPU through the interpreter (fp32 only there).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -41,9 +41,22 @@ def _sdpa_attn(q, k, v, k_depth=None, v_depth=None, *, causal=True, scale=None):
 def _triton_attn():
     try:
         from kernels.moda import moda_attn
+        from kernels.moda._validate import SUPPORTED_GROUPS
     except ImportError as err:  # triton missing or broken
         raise RuntimeError(f"model.attn_backend='triton' needs a working Triton install: {err}") from err
-    return moda_attn
+
+    def attn(q, k, v, k_depth=None, v_depth=None, *, causal=True, scale=None):
+        Hk = (k if k is not None else k_depth).shape[-2]
+        G = q.shape[2] // Hk
+        if G not in SUPPORTED_GROUPS:
+            # The kernel folds power-of-two groups into time. Other groups (e.g. Table 6's 6 query / 2 KV
+            # heads, G=3) repeat each KV head r times so that G / r is the largest supported divisor of G:
+            # query head h still reads KV head h // G. Costs r x the K/V (and depth) reads and a copy.
+            r = G // max(g for g in SUPPORTED_GROUPS if G % g == 0)
+            k, v, k_depth, v_depth = (None if t is None else t.repeat_interleave(r, dim=-2) for t in (k, v, k_depth, v_depth))
+        return moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
+
+    return attn
 
 
 def triton_usable() -> bool:

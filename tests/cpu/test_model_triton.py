@@ -33,3 +33,15 @@ def test_triton_backend_matches_naive_loss_and_grads(mixer):
     torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
     for n, p in model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, atol=1e-4, rtol=1e-3, msg=n)
+
+
+def test_triton_backend_handles_groups_the_kernel_does_not_fold():
+    """Table 6's 6 query / 2 KV heads (G=3): the backend repeats KV heads to a supported group."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, n_layers=2, d_model=96, n_heads=6, n_kv_heads=2, max_seq_len=16,
+                      mixer=MixerConfig("moda", depth_kv=True, ffn_kv=True), norm="post", attn_backend="triton")
+    model = GPT(cfg)
+    idx = torch.randint(0, 64, (1, 10))
+    loss = model(idx[:, :-1], idx[:, 1:])
+    model.set_backend("naive")
+    torch.testing.assert_close(loss, model(idx[:, :-1], idx[:, 1:]), atol=1e-4, rtol=1e-4)
