@@ -34,6 +34,7 @@ VARIANTS = {
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
     "wide": [(768, 12, 4, 24, 4096), (1024, 16, 4, 24, 4096)],
+    "core": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 4096), (768, 12, 4, 24, 4096)],
     "quick": [(384, 6, 2, 24, 1024)],
 }
 
@@ -133,12 +134,12 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wide_variants = ["residual", "moda"]
+    wide_variants = ["residual", "moda"]  # width >= 768 rows: the baseline MFU target and MoDA next to it
     for group in args.shapes.split(","):
         for shape in SHAPES[group]:
             base = None
             for name in args.variants.split(","):
-                if group == "wide" and name not in wide_variants:
+                if shape[0] >= 768 and name not in wide_variants:
                     continue
                 try:
                     row = bench_one(

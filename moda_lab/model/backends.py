@@ -47,14 +47,20 @@ def _triton_attn():
 
     def attn(q, k, v, k_depth=None, v_depth=None, *, causal=True, scale=None):
         Hk = (k if k is not None else k_depth).shape[-2]
-        G = q.shape[2] // Hk
-        if G not in SUPPORTED_GROUPS:
-            # The kernel folds power-of-two groups into time. Other groups (e.g. Table 6's 6 query / 2 KV
-            # heads, G=3) repeat each KV head r times so that G / r is the largest supported divisor of G:
-            # query head h still reads KV head h // G. Costs r x the K/V (and depth) reads and a copy.
-            r = G // max(g for g in SUPPORTED_GROUPS if G % g == 0)
-            k, v, k_depth, v_depth = (None if t is None else t.repeat_interleave(r, dim=-2) for t in (k, v, k_depth, v_depth))
-        return moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
+        B, T, Hq, d = q.shape
+        G = Hq // Hk
+        if G in SUPPORTED_GROUPS:
+            return moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
+        # The kernel folds power-of-two groups into time. Another group (e.g. Table 6's 6 query / 2 KV heads,
+        # G=3) is split into r calls of the largest supported divisor g of G, each over the same K/V and depth
+        # views (no copies kept for backward): query head hk*G + j*g + i is head hk*g + i of call j.
+        g = max(s for s in SUPPORTED_GROUPS if G % s == 0)
+        q5 = q.view(B, T, Hk, G // g, g, d)
+        outs = [
+            moda_attn(q5[:, :, :, j].reshape(B, T, Hk * g, d), k, v, k_depth, v_depth, causal=causal, scale=scale)
+            for j in range(G // g)
+        ]
+        return torch.stack([o.view(B, T, Hk, g, d) for o in outs], dim=3).reshape(B, T, Hq, d)
 
     return attn
 

@@ -80,8 +80,10 @@ class DWAMixer(DepthMixer):
         return x
 
     def write(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        history = ctx.state.write(x)  # [B, T, l+2, D]
-        return torch.einsum("btsd,s->btd", history, self.alpha.to(history.dtype))
+        history = ctx.state.write(x)  # [B, T, l+2, D], a strided view of the preallocated buffer
+        # Broadcast-multiply and sum rather than einsum: einsum would copy the strided prefix into a contiguous
+        # tensor and keep that copy for backward at every layer (O(L^2) memory); this keeps only the view.
+        return (history * self.alpha.to(history.dtype).view(1, 1, -1, 1)).sum(2)
 
     def flops_per_token(self) -> int:
         return 2 * self.cfg.d_model * (self.layer + 2)
