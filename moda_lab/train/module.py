@@ -112,8 +112,7 @@ class LMModule(L.LightningModule):
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=t.lr,
-            betas=(t.beta1, t.beta2),
-            fused=self.device.type == "cuda" or None,
+            betas=(t.beta1, t.beta2),  # not fused: Lightning's AMP gradient clipping needs unscaled grads
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_lambda(s, t.warmup_steps, t.max_steps, t.min_lr_ratio)
