@@ -50,7 +50,7 @@ class TrainerConfig:
     log_every: int = 10
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int = 1  # -1: every visible device
     strategy: str = "auto"  # auto | ddp | fsdp
     compile: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -64,9 +64,11 @@ class TrainerConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is not allowed; choose one of {list(allowed)}")
-        for key in ("max_steps", "batch_size", "accumulate", "val_every", "ckpt_every", "log_every", "devices"):
+        for key in ("max_steps", "batch_size", "accumulate", "val_every", "ckpt_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.devices < 1 and self.devices != -1:
+            raise ConfigError(f"trainer.devices must be >= 1, or -1 for every visible device; got {self.devices}")
 
 
 @dataclass(frozen=True)

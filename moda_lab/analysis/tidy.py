@@ -100,11 +100,16 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10) -> pd.DataFrame:
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
-    # A run is complete when it reached the furthest step of its cell; tables compare complete runs only.
+    # A run is complete when it reached the furthest step of its cell and did not stop early (a failed or still
+    # running run may be the only one of its cell); tables compare complete runs only.
     keys = [c for c in CELL_COLUMNS if c in summary]
     furthest = summary.groupby(keys, dropna=False)["last_step"].transform("max")
-    summary["complete"] = summary["last_step"].notna() & (summary["last_step"] >= furthest)
+    stopped = summary["status"].isin(UNFINISHED) if "status" in summary else False
+    summary["complete"] = summary["last_step"].notna() & (summary["last_step"] >= furthest) & ~stopped
     return summary
+
+
+UNFINISHED = ("failed", "crashed", "running", "killed")
 
 
 def complete_runs(summary: pd.DataFrame) -> pd.DataFrame:
@@ -123,6 +128,8 @@ def incomplete_issues(summary: pd.DataFrame) -> list[RunIssue]:
         if not row["complete"]:
             if pd.isna(row["last_step"]):
                 detail = "no steps logged; absent from tables and curves"
+            elif row.get("status") in UNFINISHED:
+                detail = f"status {row['status']!r} at step {int(row['last_step'])}; in curves, not in tables"
             else:
                 detail = f"reached step {int(row['last_step'])} of {top:.0f}; in curves, not in tables"
             out.append(RunIssue(row["run"], "excluded_from_tables", detail))

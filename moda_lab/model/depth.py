@@ -41,6 +41,10 @@ class DepthBuffer:
         self.view: torch.Tensor | None = None
         self.size = 0
 
+    # Runs eagerly under torch.compile: the in-place write through a .data alias is invisible to autograd by
+    # design, which AOTAutograd refuses to trace ("non-differentiable view input mutations"). Compiled blocks
+    # graph-break around it; the projections, norms and attention around it still compile.
+    @torch.compiler.disable
     def write(self, value: torch.Tensor) -> torch.Tensor:
         """Append value [B, T, *feature] as the next slot; returns the prefix view [B, T, size, *feature]."""
         if self.buf is None:

@@ -132,8 +132,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         dm = PackedDataModule(
             data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
         )
-        tokens_per_step = run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * run.trainer.devices
-        loggers = [JSONLLogger(rundir.path / "metrics.jsonl", tokens_per_step)]
+        loggers = [JSONLLogger(rundir.path / "metrics.jsonl", tokens_per_step=0)]  # set once the world size is known
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
@@ -154,6 +153,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             default_root_dir=str(rundir.path),
         )
         loggers[0].trainer = trainer
+        loggers[0].tokens_per_step = run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
         resume = rundir.last_ckpt
         if resume is None:
             model_stats = {

@@ -163,3 +163,24 @@ def test_bad_model_config_errors_name_the_key():
         MixerConfig("dense", ffn_kv=True)
     with pytest.raises(ValueError, match=r"exceeds model.max_seq_len=32"):
         GPT(tiny("residual", "pre"))(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager():
+    """trainer.compile=true compiles each block in place: same loss and gradients, same state_dict keys."""
+    torch.manual_seed(0)
+    model = GPT(tiny("moda_full", "post"))
+    idx = torch.randint(0, 64, (2, 9))
+    ref = model(idx[:, :-1], idx[:, 1:])
+    ref.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    keys = list(model.state_dict())
+    model.zero_grad()
+    for block in model.blocks:
+        block.compile()
+    loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(loss, ref)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)

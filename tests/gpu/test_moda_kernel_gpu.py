@@ -34,11 +34,12 @@ def eager_lowp_moda(q, k, v, kd, vd, causal):
     if kd is not None:
         scores.append(torch.einsum("bthgd,btlhd->bhgtl", qg, kd))
     p = torch.softmax(torch.cat(scores, -1), -1)
+    n_seq = T if k is not None else 0  # sequence keys present (0 in depth-only mode): depth slots follow them
     out = 0
     if k is not None:
-        out = out + torch.einsum("bhgts,bshd->bhgtd", p[..., :T], v)
+        out = out + torch.einsum("bhgts,bshd->bhgtd", p[..., :n_seq], v)
     if kd is not None:
-        out = out + torch.einsum("bhgtl,btlhd->bhgtd", p[..., T:], vd)
+        out = out + torch.einsum("bhgtl,btlhd->bhgtd", p[..., n_seq:], vd)
     return out.permute(0, 3, 1, 2, 4).reshape(B, T, Hq, d)
 
 
