@@ -7,7 +7,7 @@ per block. Limit on H100/H200: 232448 bytes (227 KiB) of dynamic shared memory p
 Launch-like specialisation: pointers, strides, T and L are marked divisible by 16 (as the JIT does for
 real tensors), so vectorised / cp.async-pipelined loads are modelled. Do NOT run with TRITON_INTERPRET.
 
-    PYTHONPATH=. .venv/bin/python experiments/bench/check_smem.py [--jobs 2] [--quick]
+    PYTHONPATH=. .venv/bin/python experiments/bench/check_smem.py [--jobs 2] [--kernels fwd,dq,dkdv]
 """
 
 from __future__ import annotations
@@ -110,12 +110,13 @@ def _kept(kname, d, mode, G, dtype):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
-    ap.add_argument("--quick", action="store_true", help="G in {2, 8} only")
+    ap.add_argument("--groups", default="8,32",
+                    help="G values; G = 1, 2, 8 share SUB_M = 16 (same tile shapes), so 8 stands for them")
     ap.add_argument("--kernels", default="fwd,dkdv,dq")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--dtypes", default="bf16,fp32")
     a = ap.parse_args()
-    groups = (2, 8) if a.quick else (1, 2, 8, 32)
+    groups = tuple(int(g) for g in a.groups.split(","))
     jobs = []
     for kname in a.kernels.split(","):
         for d, dtype in itertools.product([int(x) for x in a.dims.split(",")], a.dtypes.split(",")):
@@ -123,7 +124,7 @@ def main():
                 if kname == "dkdv" and mode == "depth":
                     continue  # dK/dV kernel runs only with sequence keys
                 # Sequence-only kernels do not depend on G beyond index arithmetic: one G suffices.
-                gs = (8,) if mode == "seq" or kname == "dkdv" else groups
+                gs = groups[:1] if mode == "seq" or kname == "dkdv" else groups
                 for G in gs:
                     for cfg in KERNELS[kname].configs:
                         jobs.append((kname, d, mode, G, dtype, cfg))
@@ -131,7 +132,7 @@ def main():
     with ProcessPoolExecutor(a.jobs) as ex:
         for args, shared in ex.map(_job, jobs):
             results[args] = shared
-    print(f"| kernel | dtype | d | mode | G | config (BM, BN, BDN, warps, stages) | shared bytes | fits | kept by pruner |")
+    print("| kernel | dtype | d | mode | G | config (BM, BN, BDN, warps, stages) | shared bytes | fits | kept by pruner |")
     print("|---|---|---|---|---|---|---|---|---|")
     bad = []
     for combo, group in itertools.groupby(jobs, key=lambda j: j[:5]):

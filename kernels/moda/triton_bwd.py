@@ -18,21 +18,28 @@ import triton
 import triton.language as tl
 
 from ._validate import running_in_interpreter
-from .triton_fwd import LOG2E, TUNE_KEY, dot_precision, sub_tile_rows
+from .triton_fwd import LOG2E, TUNE_KEY, dot_precision, make_prune, sub_tile_rows
 
 if running_in_interpreter():
     DKDV_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     DQ_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_DN": 16}, num_warps=4, num_stages=1)]
+    DKDV_TUNED = DQ_TUNED = 1
 else:
+    # The first *_TUNED configs are the tuned set; the rest are small-footprint fallbacks that the
+    # shared-memory pruner (triton_fwd.make_prune) only offers when none of the tuned set fits.
     DKDV_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3)]
+        for bm, bn, w, s in [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3),
+                             (32, 64, 4, 2), (16, 64, 4, 1)]
     ]
+    DKDV_TUNED = 3
     # BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32.
     DQ_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
-        for bm, bn, dn, w, s in [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 3)]
+        for bm, bn, dn, w, s in [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 3),
+                                 (64, 64, 32, 4, 3), (64, 32, 16, 4, 2), (64, 32, 16, 4, 1)]
     ]
+    DQ_TUNED = 3
 
 PRE_BLOCK_M = 64
 
@@ -85,7 +92,8 @@ def _dkdv_tile(
     return dk, dv
 
 
-@triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY)
+@triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": make_prune("dkdv", DKDV_TUNED)})
 @triton.jit
 def _moda_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
@@ -198,7 +206,8 @@ def _dq_depth_tile(
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY)
+@triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": make_prune("dq", DQ_TUNED)})
 @triton.jit
 def _moda_bwd_dq_kernel(
     Q, K, V, KD, VD, DO, LSE, DELTA, DQ, DKD, DVD, DQ_INIT,

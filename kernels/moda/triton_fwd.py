@@ -35,18 +35,67 @@ def _configs(entries):
     ]
 
 
+# Hopper (H100/H200): at most 227 KiB of shared memory per block.
+SMEM_LIMIT = 232448
+
 # The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
 if running_in_interpreter():
     FWD_CONFIGS = _configs([(32, 16, 16, 4, 1)])
+    FWD_TUNED = 1
 else:
     # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32).
+    # The first FWD_TUNED configs are the tuned set; the rest are small-footprint fallbacks that the
+    # pruner only offers when none of the tuned set fits (head dim 128 with depth, fp32 inputs).
     FWD_CONFIGS = _configs(
         [
             (128, 64, 64, 8, 3),
             (128, 128, 64, 8, 3),
             (64, 64, 64, 4, 3),
+            # fallbacks
+            (64, 64, 32, 4, 3),
+            (64, 64, 16, 4, 2),
+            (64, 32, 16, 4, 1),
         ]
     )
+    FWD_TUNED = 3
+
+
+def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
+    """Upper estimate of a config's shared memory (bytes), checked against Triton's sm_90 allocation by
+    experiments/bench/check_smem.py. Pipelined loads get max(stages - 1, 1) buffers; the depth phase
+    loads [BLOCK_M / SUB_M, BLOCK_DN, d] K and V tiles, which is what dominates at d = 128."""
+    kw = cfg.kwargs
+    bm, bn, dn = kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_DN", 0)
+    buf = max(cfg.num_stages - 1, 1)
+    nsub = max(bm // sub_tile_rows(G), 1)
+    if kind == "dkdv":  # loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged
+        return elt * (buf * 2 * bm * head_d + 2 * bn * head_d + 2 * bn * bm)
+    rows = 1 if kind == "fwd" else 2  # q (and dO for dQ) staged as dot operands
+    est = 0
+    if has_seq:
+        est = max(est, elt * (buf * 2 * bn * head_d + rows * bm * head_d + rows * bm * bn))
+    if has_depth:
+        est = max(est, elt * (buf * 2 * nsub * dn * head_d + rows * bm * head_d + rows * bm * dn))
+    return est
+
+
+def make_prune(kind, n_tuned):
+    """early_config_prune: keep the tuned configs whose shared memory fits; if none does, the fitting
+    fallbacks; if still none, the single smallest config (so the autotuner is never left empty)."""
+
+    def prune(configs, named_args, **kwargs):
+        q = named_args.get("Q")
+        elt = q.element_size() if q is not None and hasattr(q, "element_size") else 4
+        est = {id(c): smem_estimate(kind, c, kwargs["G"], kwargs["HEAD_D"], elt, kwargs.get("HAS_SEQ", True),
+                                    kwargs.get("HAS_DEPTH", False)) for c in configs}
+        tuned = [c for c in configs[:n_tuned] if est[id(c)] <= SMEM_LIMIT]
+        if tuned:
+            return tuned
+        fallback = [c for c in configs[n_tuned:] if est[id(c)] <= SMEM_LIMIT]
+        return fallback or [min(configs, key=lambda c: est[id(c)])]
+
+    return prune
+
 
 # Autotune key: bucketed T and L (powers of two) so that every layer of a deep model (L = 1, 2, ...)
 # or a ragged T does not re-tune, plus every compile-time switch that changes the kernel's cost.
@@ -120,7 +169,8 @@ def _depth_tile(
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY)
+@triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": make_prune("fwd", FWD_TUNED)})
 @triton.jit
 def _moda_fwd_kernel(
     Q, K, V, KD, VD, O, LSE, O_INIT, LSE_INIT,

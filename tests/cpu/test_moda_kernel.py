@@ -177,3 +177,22 @@ def test_split_schedule_matches_reference(monkeypatch, causal):
 
     monkeypatch.setattr(function, "SPLIT_MIN_T", 0)
     _check(_make(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)
+
+
+def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
+    """d=128 with depth: the tuned BLOCK_M=128 forward tiles need ~544 KiB (GPU run 3) and must be pruned,
+    leaving a fitting fallback; bf16 d=64 seq keeps its whole tuned set. (Bytes: experiments/bench/NOTES.md.)"""
+    import triton
+
+    from kernels.moda.triton_fwd import SMEM_LIMIT, make_prune, smem_estimate
+
+    cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
+            for bm, bn, dn, w, s in [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 32, 16, 4, 1)]]
+    prune = make_prune("fwd", 2)
+    q16 = torch.empty(1, dtype=torch.bfloat16)
+    kept = prune(cfgs, {"Q": q16}, G=8, HEAD_D=128, HAS_SEQ=True, HAS_DEPTH=True)
+    assert kept == [cfgs[2], cfgs[3]]
+    assert smem_estimate("fwd", cfgs[0], 8, 128, 2, True, True) > SMEM_LIMIT
+    assert prune(cfgs, {"Q": q16}, G=8, HEAD_D=64, HAS_SEQ=True, HAS_DEPTH=False) == cfgs[:2]
+    # Nothing fits at all: the smallest config is kept rather than an empty list.
+    assert prune(cfgs[:1], {"Q": torch.empty(1)}, G=8, HEAD_D=128, HAS_SEQ=True, HAS_DEPTH=True) == cfgs[:1]
