@@ -14,7 +14,6 @@ import torch
 from .triton_bwd import moda_bwd
 from .triton_fwd import moda_fwd
 
-
 # Sequence length from which MoDA mode runs its depth phase as a separate launch (the "split"
 # schedule) instead of fused into the sequence pass; measured on H100, see experiments/bench/NOTES.md.
 SPLIT_MIN_T = 8192
