@@ -57,7 +57,7 @@ def write_tiny_corpus(root: Path) -> Path:
 
 def compose_cfg(overrides: list[str]) -> dict:
     """The resolved config run.py would build for these overrides (Hydra's own composition)."""
-    from run import OmegaConf as _  # noqa: F401 - registers the run_name resolver
+    import run  # noqa: F401 - importing the entry point registers the run_name resolver
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
