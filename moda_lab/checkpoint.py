@@ -56,15 +56,18 @@ def _build(cfg: dict, state: dict, source: Path, backend: str | None) -> GPT:
 
         model_cfg = dataclasses.replace(model_cfg, attn_backend=backend)
     model = GPT(model_cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
     if model_cfg.tie_embeddings:
         missing = [k for k in missing if k != "lm_head.weight"]  # exported without the alias
-    shape_errors = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    unexpected = [k for k in state if k not in own]
+    shape_errors = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if missing or unexpected or shape_errors:
         raise CheckpointError(
             f"{source}: weights do not match its config ({model_cfg.mixer.name}, {model_cfg.n_layers} layers): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shape_errors[:5]}"
         )
+    model.load_state_dict(state, strict=False)  # keys and shapes checked above; the tied head may be absent
     return model.eval()
 
 
@@ -99,12 +102,17 @@ def load_model(path: str | Path, backend: str | None = None) -> tuple[GPT, dict]
     return model, cfg
 
 
-def load_tokenizer_for(path: str | Path) -> Tokenizer:
-    """The tokenizer a checkpoint was trained with (stored inside .ckpt files and exported folders)."""
-    _, _, extras = load_checkpoint(path)
+def checkpoint_tokenizer(extras: dict, source: str | Path) -> Tokenizer:
+    """The training tokenizer from load_checkpoint's extras (stored inside .ckpt files and exported folders)."""
     if not extras["tokenizer"]:
-        raise CheckpointError(f"{path} carries no tokenizer")
+        raise CheckpointError(f"{source} carries no tokenizer; scoring text needs the training tokenizer")
     return Tokenizer.from_str(extras["tokenizer"])
+
+
+def load_tokenizer_for(path: str | Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with."""
+    _, _, extras = load_checkpoint(path)
+    return checkpoint_tokenizer(extras, path)
 
 
 def export(path: str | Path, out_dir: str | Path) -> Path:

@@ -196,11 +196,11 @@ def inspect_checkpoint(
 
     The tokenizer is the one stored with the checkpoint unless ``tokenizer`` (a tokenizer.json or its dir) is given.
     """
-    from moda_lab.checkpoint import load_model, load_tokenizer_for
+    from moda_lab.checkpoint import checkpoint_tokenizer, load_checkpoint
     from moda_lab.data.tokenizer import load_tokenizer
 
-    model, cfg = load_model(ckpt)
-    tok = load_tokenizer(tokenizer) if tokenizer is not None else load_tokenizer_for(ckpt)
+    model, cfg, extras = load_checkpoint(ckpt)  # read once: model, config and the stored tokenizer
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else checkpoint_tokenizer(extras, ckpt)
     ids = tok.encode(text).ids[:max_tokens]
     if not ids:
         raise ValueError("text encodes to zero tokens")

@@ -85,8 +85,9 @@ def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fracti
     splits: dict[str, list[str]] = {"train": []}
     for domain, paths in files.items():
         docs = [d for p in paths for d in read_documents(p)]
-        val = [d for i, d in enumerate(docs) if _is_val(domain, i, val_fraction)]
-        train = [d for i, d in enumerate(docs) if not _is_val(domain, i, val_fraction)]
+        held_out = [_is_val(domain, i, val_fraction) for i in range(len(docs))]
+        val = [d for d, h in zip(docs, held_out) if h]
+        train = [d for d, h in zip(docs, held_out) if not h]
         if not val and len(docs) > 1:  # tiny domains still get a held-out document
             val, train = train[-1:], train[:-1]
         if not val:

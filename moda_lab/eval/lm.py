@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
 from ..model import GPT
 from ..model.attention import KVCache
@@ -118,9 +118,7 @@ class ModaLM(TemplateLM):
             if checkpoint is None:
                 raise ValueError("the moda model needs model_args checkpoint=<.ckpt file, run dir or exported folder>")
             model, _, extras = load_checkpoint(checkpoint, backend)
-            if not extras["tokenizer"]:
-                raise CheckpointError(f"{checkpoint} carries no tokenizer; evaluation needs the training tokenizer")
-            tokenizer = Tokenizer.from_str(extras["tokenizer"])
+            tokenizer = checkpoint_tokenizer(extras, checkpoint)
             self.step = extras["step"]
         elif tokenizer is None:
             raise ValueError("ModaLM(model=...) also needs tokenizer=")
