@@ -14,17 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import kernels.moda.function as moda_function  # noqa: E402
 from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+
+# Rows up to this T are also timed replayed from a CUDA graph (no host launch overhead).
+GRAPH_MAX_T = 4096
 
 # (name, B, T, G, Hk, d, L); Hq = G * Hk.
 ROWS = {
@@ -37,25 +41,24 @@ ROWS = {
 }
 
 
-def time_ms(fn, budget_ms: float, max_reps: int = 30) -> float:
-    """Median of CUDA-event timings after one warm-up call (which also autotunes)."""
-    fn()
+def time_ms(fn, rep_ms: float) -> float:
+    """Median of CUDA-event timings (triton.testing.do_bench: one warm-up call, which also autotunes, then
+    back-to-back calls with the L2 cache flushed between them). Launch overhead shows only where the host
+    is slower than the GPU work it queues (small T); ``graph_ms`` removes it."""
+    fn()  # compile and autotune outside the timing
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
     end.record()
     torch.cuda.synchronize()
-    est = start.elapsed_time(end)
-    reps = max(2, min(max_reps, int(budget_ms / max(est, 1e-3))))
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    rep_ms = max(rep_ms, 5 * start.elapsed_time(end))  # at least ~5 timed calls of a slow case
+    return triton.testing.do_bench(fn, warmup=min(rep_ms / 4, 100), rep=rep_ms, return_mode="median")
+
+
+def graph_ms(fn, rep_ms: float) -> float:
+    """Median time of ``fn`` replayed from a CUDA graph: GPU time without host launch overhead."""
+    return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
 
 
 def attn_flops(B, T, Hq, d, L, seq: bool, depth: bool) -> float:
@@ -108,27 +111,33 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
 
     modes = {
         "seq": ((q, k, v), lambda: moda_attn(q, k, v)),
+        # Sequence-only with the deterministic backward (dQ pass recomputing P, no atomics): the old default.
+        "seqdet": ((q, k, v), lambda: moda_attn(q, k, v)),
         "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd)),
         "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd)),
     }
     if compare_schedules:
-        # MoDA with the other depth schedule than the one moda_attn picks at this T (fused vs split).
+        # MoDA with the other forward depth schedule than the one moda_attn picks at this T (fused vs split).
         modes["moda_alt"] = modes["moda"]
     split_min_t = moda_function.SPLIT_MIN_T
     for mode, (ins, f) in modes.items():
         if mode == "moda_alt":
             moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
             row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
+        torch.use_deterministic_algorithms(mode == "seqdet", warn_only=True)
         try:
             row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
             row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
+            if T <= GRAPH_MAX_T and mode in ("seq", "moda"):
+                row[f"{mode}_fwdbwd_graph_ms"] = graph_ms(fwd_bwd(f, ins, do), budget_ms)
         except Exception as err:  # keep the other modes' numbers if one mode fails to compile or run
             row[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
             print(row[f"{mode}_error"], flush=True)
             continue
         finally:
             moda_function.SPLIT_MIN_T = split_min_t
-        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode != "seq")  # bwd ~ 2.5x fwd
+            torch.use_deterministic_algorithms(False)
+        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode not in ("seq", "seqdet"))  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
         row["moda_over_seq"] = row["moda_fwdbwd_ms"] / row["seq_fwdbwd_ms"]
@@ -139,7 +148,7 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
         row["sdpa_fwdbwd_tflops"] = 3.5 * attn_flops(B, T, Hq, d, L, True, False) / best["fb"] * 1e-9
     if T <= 1024:  # the paper's Table 7 also reports the naive PyTorch implementation
         f = lambda: naive_moda_attn(q, k, v, kd, vd)  # noqa: E731
-        row["naive_fwdbwd_ms"] = time_ms(fwd_bwd(f, (q, k, v, kd, vd), do), budget_ms, max_reps=3)
+        row["naive_fwdbwd_ms"] = time_ms(fwd_bwd(f, (q, k, v, kd, vd), do), 20)
         # Sanity check of what was timed: relative error of output and grads vs the fp32 reference.
         ins = (q, k, v, kd, vd)
         ref_in = [t.detach().float().requires_grad_() for t in ins]
@@ -156,13 +165,16 @@ COLS = [
     ("name", "case", "{}"), ("T", "T", "{}"), ("G", "G", "{}"), ("Hq", "Hq", "{}"), ("L", "L", "{}"),
     ("sdpa_backend", "SDPA", "{}"), ("sdpa_fwd_ms", "SDPA fwd", "{:.3f}"), ("sdpa_fwdbwd_ms", "SDPA f+b", "{:.3f}"),
     ("seq_fwd_ms", "seq fwd", "{:.3f}"), ("seq_fwdbwd_ms", "seq f+b", "{:.3f}"),
+    ("seqdet_fwdbwd_ms", "seq f+b det", "{:.3f}"),
     ("moda_fwd_ms", "MoDA fwd", "{:.3f}"), ("moda_fwdbwd_ms", "MoDA f+b", "{:.3f}"),
     ("depth_fwd_ms", "depth fwd", "{:.3f}"), ("depth_fwdbwd_ms", "depth f+b", "{:.3f}"),
     ("sdpa_fwdbwd_tflops", "SDPA TF/s", "{:.0f}"), ("seq_fwdbwd_tflops", "seq TF/s", "{:.0f}"),
     ("moda_fwdbwd_tflops", "MoDA TF/s", "{:.0f}"),
     ("seq_over_sdpa", "seq/SDPA f+b", "{:.3f}"), ("moda_over_seq", "MoDA/seq f+b", "{:.3f}"),
     ("moda_over_seq_fwd", "MoDA/seq fwd", "{:.3f}"), ("moda_alt_schedule", "alt sched", "{}"),
-    ("moda_alt_fwd_ms", "alt fwd", "{:.3f}"), ("moda_alt_fwdbwd_ms", "alt f+b", "{:.3f}"), ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
+    ("moda_alt_fwd_ms", "alt fwd", "{:.3f}"), ("moda_alt_fwdbwd_ms", "alt f+b", "{:.3f}"),
+    ("seq_fwdbwd_graph_ms", "seq f+b graph", "{:.3f}"), ("moda_fwdbwd_graph_ms", "MoDA f+b graph", "{:.3f}"),
+    ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
 ]
 
 
@@ -171,13 +183,46 @@ def markdown(rows, meta) -> str:
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += [f"- MoDA uses the fused depth schedule below T = {moda_function.SPLIT_MIN_T} and the split one from "
               "there on; 'alt' is the other."]
-    lines += ["- times in ms (median, CUDA events), bf16, B=1, d=64, causal; f+b = forward + backward;",
+    lines += ["- times in ms (median of triton.testing.do_bench: back-to-back calls, L2 flushed between them),",
+              "  B=1, d=64, causal; f+b = forward + backward; 'det' = deterministic backward (dQ pass, no",
+              "  atomics); 'graph' = replayed from a CUDA graph (GPU time without host launch overhead);",
               "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd).", ""]
     lines.append("| " + " | ".join(h for _, h, _ in COLS) + " |")
     lines.append("|" + "---|" * len(COLS))
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "-" for k, _, fmt in COLS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def tuned_configs() -> dict:
+    """The config each autotuned kernel picked, per autotune key (T and L buckets, G, d, mode, dtypes)."""
+    from kernels.moda import triton_bwd, triton_fwd
+
+    kernels = {"fwd": triton_fwd._moda_fwd_kernel, "dkdv": triton_bwd._moda_bwd_dkdv_kernel,
+               "dq": triton_bwd._moda_bwd_dq_kernel}
+    return {name: {str(key): str(cfg) for key, cfg in kern.cache.items()} for name, kern in kernels.items()}
+
+
+def profile(spec, dtype, path: Path) -> None:
+    """Per-kernel GPU time of a few MoDA and sequence-only fwd+bwd calls (torch.profiler), for the notes."""
+    name, B, T, G, Hk, d, L = spec
+    q = torch.randn(B, T, G * Hk, d, device="cuda", dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, T, Hk, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+    kd, vd = (torch.randn(B, T, L, Hk, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+    do = torch.randn_like(q)
+    with open(path, "a") as fh:
+        for label, ins in (("moda", (q, k, v, kd, vd)), ("seq", (q, k, v))):
+            run = fwd_bwd(lambda: moda_attn(*ins), ins, do)  # noqa: B023 - called inside this iteration
+            run()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    run()
+                torch.cuda.synchronize()
+            fh.write(f"## {name} {label} fwd+bwd x5\n")
+            fh.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+            fh.write("\n\n")
 
 
 def main() -> None:
@@ -188,11 +233,11 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timed milliseconds per measurement")
     parser.add_argument("--compare-schedules", action="store_true",
                         help="also time MoDA with the depth schedule (fused/split) moda_attn does not pick")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write per-kernel GPU times (torch.profiler) of each row to <out>.profile.txt")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_moda.py needs a CUDA GPU")
-    import triton
-
     for group in args.rows.split(","):
         if group not in ROWS:
             raise SystemExit(f"unknown row group {group!r}; choose from {sorted(ROWS)}")
@@ -212,8 +257,10 @@ def main() -> None:
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
-            out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+            out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows, tuned=tuned_configs()), indent=1))
             out.with_suffix(".md").write_text(markdown(rows, meta))
+            if args.profile:
+                profile(spec, getattr(torch, args.dtype), out.with_suffix(".profile.txt"))
             torch.cuda.empty_cache()
     print(markdown(rows, meta))
 

@@ -39,7 +39,8 @@ SHAPES = {
 }
 
 
-def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_blocks, norm):
+def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_blocks, norm,
+              backend="auto", profile_to: Path | None = None):
     cfg = ModelConfig(
         vocab_size=8192,
         n_layers=layers,
@@ -49,7 +50,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         max_seq_len=T,
         mixer=mixer,
         norm=norm,
-        attn_backend="auto",
+        attn_backend=backend,
     )
     model = GPT(cfg).cuda()
     if compile_blocks:
@@ -82,6 +83,8 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         times.append(start.elapsed_time(end))
     ms = sorted(times)[len(times) // 2]
     tok_s = B * T / (ms / 1e3)
+    if profile_to is not None:
+        write_profile(step, profile_to, f"{mixer} width={width} layers={layers} T={T} B={B} backend={backend}")
     fpt = model.flops_per_token(T)
     peak = peak_flops(torch.device("cuda"))
     row = {
@@ -104,6 +107,20 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
     return row
 
 
+def write_profile(step, path: Path, title: str) -> None:
+    """Append the top GPU kernels and the top host-side ops of two training steps (torch.profiler)."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    avg = prof.key_averages()
+    with open(path, "a") as fh:
+        fh.write(f"## {title} (2 steps)\n")
+        fh.write(avg.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=70) + "\n")
+        fh.write(avg.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70) + "\n\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
@@ -113,6 +130,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile every block")
     ap.add_argument("--norm", default="post")
+    ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
+    ap.add_argument("--profile", action="store_true", help="write a torch.profiler summary per row to <out>.profile.txt")
     ap.add_argument("--out", default="experiments/bench/results/train_throughput.md")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -123,6 +142,7 @@ def main() -> None:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "compile": args.compile,
+        "backend": args.backend,
         "tokens_per_step": args.tokens_per_step,
     }
     try:
@@ -143,7 +163,8 @@ def main() -> None:
                     continue
                 try:
                     row = bench_one(
-                        VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm
+                        VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
+                        args.backend, out.with_suffix(".profile.txt") if args.profile else None,
                     )
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()

@@ -35,7 +35,8 @@ KERNELS = {
     "dkdv": triton_bwd._moda_bwd_dkdv_kernel,
     "dq": triton_bwd._moda_bwd_dq_kernel,
 }
-FP32_PTRS = {"LSE", "LSE_INIT", "DELTA"}
+TAGS = {"fwd": triton_fwd.FWD_TAGS, "dkdv": triton_bwd.DKDV_TAGS, "dq": triton_bwd.DQ_TAGS}
+FP32_PTRS = {"LSE", "LSE_INIT", "DELTA", "DQA"}
 INT_ARGS = {"T", "L", "T_BUCKET", "L_BUCKET"}
 NOT_DIVISIBLE = {"qk_scale", "scale", "Hk", "T_BUCKET", "L_BUCKET"}
 
@@ -65,6 +66,8 @@ def shared_bytes(kname, const, dtype, num_warps, num_stages):
     for i, n in enumerate(names):
         if n in const:
             sig[n] = "constexpr"
+        elif n == "DQ_DESC":  # host tensor descriptor of the fp32 dQ accumulator, box [1, BLOCK_M, d]
+            sig[n] = f"tensordesc<fp32[1,{const['BLOCK_M']},{const['HEAD_D']}]>"
         elif n.isupper() and n not in INT_ARGS:
             sig[n] = "*fp32" if n in FP32_PTRS or (n in ("O_INIT", "DQ_INIT")) else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -91,7 +94,9 @@ def _job(args):
     has_seq, has_depth = mode in ("seq", "moda"), mode in ("depth", "moda")
     prec = "ieee" if dtype == "fp32" else None
     const = dict(G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=True, PREC=prec, **cfg.kwargs)
-    if kname != "dkdv":
+    if kname == "dkdv":
+        const.update(ATOMIC_DQ=True, DQ_TMA=True)
+    else:
         const.update(SUB_M=triton_fwd.sub_tile_rows(G), HAS_INIT=False)
     return args, shared_bytes(kname, const, dtype, cfg.num_warps, cfg.num_stages)
 
@@ -125,9 +130,12 @@ def main():
                     continue  # dK/dV kernel runs only with sequence keys
                 # Sequence-only kernels do not depend on G beyond index arithmetic: one G suffices.
                 gs = groups[:1] if mode == "seq" or kname == "dkdv" else groups
+                tags = TAGS[kname]
                 for G in gs:
-                    for cfg in KERNELS[kname].configs:
-                        jobs.append((kname, d, mode, G, dtype, cfg))
+                    for cfg, tag in zip(KERNELS[kname].configs, tags):
+                        # Only configs a launch of this mode can be given: its own and the fallbacks.
+                        if (mode if kname != "dkdv" else "seq") in tag or "fallback" in tag:
+                            jobs.append((kname, d, mode, G, dtype, cfg))
     results = {}
     with ProcessPoolExecutor(a.jobs) as ex:
         for args, shared in ex.map(_job, jobs):

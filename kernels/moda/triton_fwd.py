@@ -29,10 +29,11 @@ LOG2E = 1.4426950408889634
 
 
 def _configs(entries):
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
-        for bm, bn, dn, w, s in entries
-    ]
+    """Configs and their mode tags from (BLOCK_M, BLOCK_N, BLOCK_DN, warps, stages, modes) entries; modes is a
+    comma list of 'seq', 'depth', 'moda' (the launches the config is tuned for) or 'fallback'."""
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
+               for bm, bn, dn, w, s, _ in entries]
+    return configs, [frozenset(e[-1].split(",")) for e in entries]
 
 
 # Hopper (H100/H200): at most 227 KiB of shared memory per block.
@@ -40,36 +41,49 @@ SMEM_LIMIT = 232448
 
 # The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
 if running_in_interpreter():
-    FWD_CONFIGS = _configs([(32, 16, 16, 4, 1)])
-    FWD_TUNED = 1
+    FWD_CONFIGS, FWD_TAGS = _configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
 else:
-    # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32).
-    # The first FWD_TUNED configs are the tuned set; the rest are small-footprint fallbacks that the
-    # pruner only offers when none of the tuned set fits (head dim 128 with depth, fp32 inputs).
-    FWD_CONFIGS = _configs(
+    # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32). Each launch
+    # autotunes over the configs tagged with its mode that fit in shared memory: the sequence loop wants
+    # big tiles; the memory-bound depth phase wants small pipelined slot tiles (several blocks per SM).
+    # Fallbacks are offered only when none of the tagged configs fits (head dim 128 with depth, fp32).
+    FWD_CONFIGS, FWD_TAGS = _configs(
         [
-            (128, 64, 64, 8, 3),
-            (128, 128, 64, 8, 3),
-            (64, 64, 64, 4, 3),
-            # fallbacks
-            (64, 64, 32, 4, 3),
-            (64, 64, 16, 4, 2),
-            (64, 32, 16, 4, 1),
+            (128, 64, 16, 8, 3, "seq"),
+            (128, 128, 16, 8, 3, "seq"),
+            (128, 128, 16, 8, 4, "seq"),
+            (64, 64, 16, 4, 3, "seq"),
+            (64, 64, 64, 4, 3, "depth,moda"),
+            (64, 64, 32, 4, 2, "depth,moda"),
+            (64, 64, 16, 4, 3, "depth,moda"),
+            (128, 64, 16, 8, 3, "depth,moda"),
+            (128, 64, 32, 8, 2, "depth,moda"),
+            (64, 64, 32, 4, 3, "fallback"),
+            (64, 64, 16, 4, 2, "fallback"),
+            (64, 32, 16, 4, 1, "fallback"),
         ]
     )
-    FWD_TUNED = 3
+
+
+def launch_mode(has_seq: bool, has_depth: bool) -> str:
+    """The config tag of a launch: sequence-only, depth-only or both (MoDA, fused)."""
+    return "moda" if has_seq and has_depth else ("seq" if has_seq else "depth")
 
 
 def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
     """Upper estimate of a config's shared memory (bytes), checked against Triton's sm_90 allocation by
-    experiments/bench/check_smem.py. Pipelined loads get max(stages - 1, 1) buffers; the depth phase
-    loads [BLOCK_M / SUB_M, BLOCK_DN, d] K and V tiles, which is what dominates at d = 128."""
+    experiments/bench/check_smem.py. Pipelined loads get stages - 1 buffers from 3 stages on, and up to
+    `stages` buffers below (seen at 2 stages with fp32); the depth phase loads [BLOCK_M / SUB_M, BLOCK_DN, d]
+    K and V tiles, which is what dominates at d = 128."""
     kw = cfg.kwargs
     bm, bn, dn = kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_DN", 0)
-    buf = max(cfg.num_stages - 1, 1)
+    buf = cfg.num_stages if cfg.num_stages <= 2 else cfg.num_stages - 1
     nsub = max(bm // sub_tile_rows(G), 1)
-    if kind == "dkdv":  # loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged
-        return elt * (buf * 2 * bm * head_d + 2 * bn * head_d + 2 * bn * bm)
+    if kind == "dkdv":
+        # Loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged, K staged again
+        # as the dQ product's operand and the fp32 dQ tile converted for the atomics (fitted to sm_90
+        # allocations of every config at d = 64 and 128, an upper bound by up to ~1.4x).
+        return elt * (buf * 2 * bm * head_d + 3 * bn * head_d + 2 * bn * bm) + 4 * bm * head_d + 1024
     rows = 1 if kind == "fwd" else 2  # q (and dO for dQ) staged as dot operands
     est = 0
     if has_seq:
@@ -79,20 +93,22 @@ def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
     return est
 
 
-def make_prune(kind, n_tuned):
-    """early_config_prune: keep the tuned configs whose shared memory fits; if none does, the fitting
-    fallbacks; if still none, the single smallest config (so the autotuner is never left empty)."""
+def make_prune(kind, tags):
+    """early_config_prune: keep the configs tagged with the launch's mode whose shared memory fits; if none
+    does, the fitting fallbacks; if still none, the single smallest config (never an empty list)."""
 
     def prune(configs, named_args, **kwargs):
         q = named_args.get("Q")
         elt = q.element_size() if q is not None and hasattr(q, "element_size") else 4
-        est = {id(c): smem_estimate(kind, c, kwargs["G"], kwargs["HEAD_D"], elt, kwargs.get("HAS_SEQ", True),
-                                    kwargs.get("HAS_DEPTH", False)) for c in configs}
-        tuned = [c for c in configs[:n_tuned] if est[id(c)] <= SMEM_LIMIT]
+        has_seq, has_depth = kwargs.get("HAS_SEQ", True), kwargs.get("HAS_DEPTH", False)
+        mode = "seq" if kind == "dkdv" else launch_mode(has_seq, has_depth)
+        est = [smem_estimate(kind, c, kwargs["G"], kwargs["HEAD_D"], elt, has_seq, has_depth) for c in configs]
+        fits = [e <= SMEM_LIMIT for e in est]
+        tuned = [c for c, t, ok in zip(configs, tags, fits) if mode in t and ok]
         if tuned:
             return tuned
-        fallback = [c for c in configs[n_tuned:] if est[id(c)] <= SMEM_LIMIT]
-        return fallback or [min(configs, key=lambda c: est[id(c)])]
+        fallback = [c for c, t, ok in zip(configs, tags, fits) if "fallback" in t and ok]
+        return fallback or [configs[min(range(len(configs)), key=est.__getitem__)]]
 
     return prune
 
@@ -170,7 +186,7 @@ def _depth_tile(
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY,
-                 prune_configs_by={"early_config_prune": make_prune("fwd", FWD_TUNED)})
+                 prune_configs_by={"early_config_prune": make_prune("fwd", FWD_TAGS)})
 @triton.jit
 def _moda_fwd_kernel(
     Q, K, V, KD, VD, O, LSE, O_INIT, LSE_INIT,
@@ -189,6 +205,9 @@ def _moda_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
+    if CAUSAL and HAS_SEQ:
+        # Causal tiles get longer with the row index: launch the longest first so the short ones fill the tail.
+        pid_m = tl.num_programs(0) - 1 - pid_m
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hk).to(tl.int64)
     hk = pid_bh % Hk

@@ -49,11 +49,11 @@ def _triton_attn():
         Hk = (k if k is not None else k_depth).shape[-2]
         B, T, Hq, d = q.shape
         G = Hq // Hk
-        if G in SUPPORTED_GROUPS:
+        if G in SUPPORTED_GROUPS or k_depth is None:
             return moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
-        # The kernel folds power-of-two groups into time. Another group (e.g. Table 6's 6 query / 2 KV heads,
-        # G=3) is split into r calls of the largest supported divisor g of G, each over the same K/V and depth
-        # views (no copies kept for backward): query head hk*G + j*g + i is head hk*g + i of call j.
+        # With depth keys the kernel folds power-of-two groups into time. Another group (e.g. Table 6's 6 query /
+        # 2 KV heads, G=3) is split into r calls of the largest supported divisor g of G, each over the same K/V and
+        # depth views (no copies kept for backward): query head hk*G + j*g + i is head hk*g + i of call j.
         g = max(s for s in SUPPORTED_GROUPS if G % s == 0)
         q5 = q.view(B, T, Hk, G // g, g, d)
         outs = [

@@ -180,19 +180,49 @@ def test_split_schedule_matches_reference(monkeypatch, causal):
 
 
 def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
-    """d=128 with depth: the tuned BLOCK_M=128 forward tiles need ~544 KiB (GPU run 3) and must be pruned,
-    leaving a fitting fallback; bf16 d=64 seq keeps its whole tuned set. (Bytes: experiments/bench/NOTES.md.)"""
+    """d=128 with depth: BLOCK_M=128 forward tiles need ~544 KiB (GPU run 3) and must be pruned, leaving a
+    fitting config; each launch keeps only the configs tagged with its mode (sequence-only, depth-only,
+    MoDA), fallbacks only when none fits. (Bytes: experiments/bench/NOTES.md.)"""
     import triton
 
     from kernels.moda.triton_fwd import SMEM_LIMIT, make_prune, smem_estimate
 
+    entries = [(128, 64, 64, 8, 3, "seq,moda"), (64, 64, 64, 4, 3, "seq,depth,moda"), (64, 64, 32, 4, 3, "fallback"),
+               (64, 32, 16, 4, 1, "fallback")]
     cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
-            for bm, bn, dn, w, s in [(128, 64, 64, 8, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 32, 16, 4, 1)]]
-    prune = make_prune("fwd", 2)
+            for bm, bn, dn, w, s, _ in entries]
+    prune = make_prune("fwd", [frozenset(e[-1].split(",")) for e in entries])
     q16 = torch.empty(1, dtype=torch.bfloat16)
     kept = prune(cfgs, {"Q": q16}, G=8, HEAD_D=128, HAS_SEQ=True, HAS_DEPTH=True)
     assert kept == [cfgs[2], cfgs[3]]
     assert smem_estimate("fwd", cfgs[0], 8, 128, 2, True, True) > SMEM_LIMIT
     assert prune(cfgs, {"Q": q16}, G=8, HEAD_D=64, HAS_SEQ=True, HAS_DEPTH=False) == cfgs[:2]
+    assert prune(cfgs, {"Q": q16}, G=8, HEAD_D=64, HAS_SEQ=False, HAS_DEPTH=True) == cfgs[1:2]
     # Nothing fits at all: the smallest config is kept rather than an empty list.
     assert prune(cfgs[:1], {"Q": torch.empty(1)}, G=8, HEAD_D=128, HAS_SEQ=True, HAS_DEPTH=True) == cfgs[:1]
+
+
+@pytest.mark.parametrize("mode", ["seq", "moda"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, causal):
+    """With torch.use_deterministic_algorithms the backward recomputes P in a dQ pass instead of adding
+    dQ with atomics: same gradients as the reference, and bit-identical from one call to the next."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        inputs = _make(2, 23, 4, 2, 16, 3, mode, seed=5)
+        _check(inputs, causal)
+        present = [t for t in inputs if t is not None]
+        do = torch.randn(23, 4, 16).expand(2, 23, 4, 16)  # a stride-0 dO too
+        g1 = torch.autograd.grad(moda_attn(*inputs, causal=causal), present, do)
+        g2 = torch.autograd.grad(moda_attn(*inputs, causal=causal), present, do)
+        for a, b in zip(g1, g2):
+            assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("G", [3, 6])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_sequence_only_folds_any_group(G, causal):
+    """Sequence-only attention folds non-power-of-two groups (Table 6's 6 query / 2 KV heads: G=3) in one call."""
+    _check(_make(2, 19, G * 2, 2, 16, 1, "seq", seed=G), causal)
