@@ -111,8 +111,6 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
 
     modes = {
         "seq": ((q, k, v), lambda: moda_attn(q, k, v)),
-        # Sequence-only with the deterministic backward (dQ pass recomputing P, no atomics): the old default.
-        "seqdet": ((q, k, v), lambda: moda_attn(q, k, v)),
         "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd)),
         "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd)),
     }
@@ -124,7 +122,6 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
         if mode == "moda_alt":
             moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
             row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
-        torch.use_deterministic_algorithms(mode == "seqdet", warn_only=True)
         try:
             row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
             row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
@@ -136,8 +133,7 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
             continue
         finally:
             moda_function.SPLIT_MIN_T = split_min_t
-            torch.use_deterministic_algorithms(False)
-        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode not in ("seq", "seqdet"))  # bwd ~ 2.5x fwd
+        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode != "seq")  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
         row["moda_over_seq"] = row["moda_fwdbwd_ms"] / row["seq_fwdbwd_ms"]
@@ -165,7 +161,6 @@ COLS = [
     ("name", "case", "{}"), ("T", "T", "{}"), ("G", "G", "{}"), ("Hq", "Hq", "{}"), ("L", "L", "{}"),
     ("sdpa_backend", "SDPA", "{}"), ("sdpa_fwd_ms", "SDPA fwd", "{:.3f}"), ("sdpa_fwdbwd_ms", "SDPA f+b", "{:.3f}"),
     ("seq_fwd_ms", "seq fwd", "{:.3f}"), ("seq_fwdbwd_ms", "seq f+b", "{:.3f}"),
-    ("seqdet_fwdbwd_ms", "seq f+b det", "{:.3f}"),
     ("moda_fwd_ms", "MoDA fwd", "{:.3f}"), ("moda_fwdbwd_ms", "MoDA f+b", "{:.3f}"),
     ("depth_fwd_ms", "depth fwd", "{:.3f}"), ("depth_fwdbwd_ms", "depth f+b", "{:.3f}"),
     ("sdpa_fwdbwd_tflops", "SDPA TF/s", "{:.0f}"), ("seq_fwdbwd_tflops", "seq TF/s", "{:.0f}"),
@@ -184,8 +179,8 @@ def markdown(rows, meta) -> str:
     lines += [f"- MoDA uses the fused depth schedule below T = {moda_function.SPLIT_MIN_T} and the split one from "
               "there on; 'alt' is the other."]
     lines += ["- times in ms (median of triton.testing.do_bench: back-to-back calls, L2 flushed between them),",
-              "  B=1, d=64, causal; f+b = forward + backward; 'det' = deterministic backward (dQ pass, no",
-              "  atomics); 'graph' = replayed from a CUDA graph (GPU time without host launch overhead);",
+              "  B=1, d=64, causal; f+b = forward + backward; 'graph' = replayed from a CUDA graph (GPU time",
+              "  without host launch overhead);",
               "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd).", ""]
     lines.append("| " + " | ".join(h for _, h, _ in COLS) + " |")
     lines.append("|" + "---|" * len(COLS))

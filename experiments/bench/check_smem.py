@@ -36,7 +36,7 @@ KERNELS = {
     "dq": triton_bwd._moda_bwd_dq_kernel,
 }
 TAGS = {"fwd": triton_fwd.FWD_TAGS, "dkdv": triton_bwd.DKDV_TAGS, "dq": triton_bwd.DQ_TAGS}
-FP32_PTRS = {"LSE", "LSE_INIT", "DELTA", "DQA"}
+FP32_PTRS = {"LSE", "LSE_INIT", "DELTA"}
 INT_ARGS = {"T", "L", "T_BUCKET", "L_BUCKET"}
 NOT_DIVISIBLE = {"qk_scale", "scale", "Hk", "T_BUCKET", "L_BUCKET"}
 
@@ -66,8 +66,6 @@ def shared_bytes(kname, const, dtype, num_warps, num_stages):
     for i, n in enumerate(names):
         if n in const:
             sig[n] = "constexpr"
-        elif n == "DQ_DESC":  # host tensor descriptor of the fp32 dQ accumulator, box [1, BLOCK_M, d]
-            sig[n] = f"tensordesc<fp32[1,{const['BLOCK_M']},{const['HEAD_D']}]>"
         elif n.isupper() and n not in INT_ARGS:
             sig[n] = "*fp32" if n in FP32_PTRS or (n in ("O_INIT", "DQ_INIT")) else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -94,9 +92,7 @@ def _job(args):
     has_seq, has_depth = mode in ("seq", "moda"), mode in ("depth", "moda")
     prec = "ieee" if dtype == "fp32" else None
     const = dict(G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=True, PREC=prec, **cfg.kwargs)
-    if kname == "dkdv":
-        const.update(ATOMIC_DQ=True, DQ_TMA=True)
-    else:
+    if kname != "dkdv":
         const.update(SUB_M=triton_fwd.sub_tile_rows(G), HAS_INIT=False)
     return args, shared_bytes(kname, const, dtype, cfg.num_warps, cfg.num_stages)
 

@@ -58,7 +58,7 @@ def moda_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dk_depth, dv_depth); an absent operand's gradient is an empty tensor."""
-    grads = moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale)
+    grads = moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
 

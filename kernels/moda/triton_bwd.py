@@ -1,17 +1,20 @@
-"""Backward Triton kernels of MoDA attention (arXiv 2603.15619, section 3), FlashAttention-2 structure.
+"""Backward Triton kernels of MoDA attention (arXiv 2603.15619, section 3), FlashAttention-2 split.
 
 With P recomputed from the stored log2-sum-exp and delta_i = rowsum(dO_i * O_i):
 
 * ``_moda_bwd_preprocess_kernel``: delta for every folded query row.
 * ``_moda_bwd_dkdv_kernel``: dK, dV of one sequence key tile, looping over all folded query rows
-  (the G heads of a KV head accumulate into one dK/dV in registers: no atomics for dK/dV). By default
-  it also adds each tile's dQ = dS K into an fp32 accumulator with atomics, as FlashAttention-2 does:
-  5 matrix products per (query tile, key tile) pair.
-* ``_moda_bwd_dq_kernel``: dQ of one folded query tile over depth keys (and, in the deterministic mode,
-  over sequence keys too, recomputing P and dP: 7 products per pair, no atomics). A depth slot is read
-  only by the G rows of its own token, and those rows all sit in this tile, so the same program also
-  produces dK_depth and dV_depth of its tokens' slots completely: each slot is written exactly once,
-  with no atomics and no extra pass over the depth stream.
+  (the G heads of a KV head accumulate into one dK/dV in registers: no atomics, deterministic).
+* ``_moda_bwd_dq_kernel``: dQ of one folded query tile over sequence and depth keys. A depth slot is
+  read only by the G rows of its own token, and those rows all sit in this tile, so the same program
+  also produces dK_depth and dV_depth of its tokens' slots completely: each slot is written exactly
+  once, with no atomics and no extra pass over the depth stream.
+
+Recomputing P and dP in the dQ pass costs 7 matrix products per (query tile, key tile) pair instead of
+FlashAttention-2's 5 (dQ added from the dK/dV kernel with atomics). Both atomic variants were built and
+measured on H100 with Triton 3.6 (element atomics and bulk tensor reduce-adds of an fp32 dQ): each was
+slower than this split from T = 4096 on (16K: 25.0 and 24.3 ms vs 22.7-23.3 ms fwd+bwd), so the
+backward stays deterministic. See experiments/bench/NOTES.md.
 """
 
 from __future__ import annotations
@@ -19,22 +22,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._validate import running_in_interpreter
 from .triton_fwd import LOG2E, TUNE_KEY, _configs, dot_precision, make_prune, sub_tile_rows
 
 
-def _set_dq_block(nargs):
-    """Config pre-hook: the dQ accumulator's bulk-reduce box is one query tile, [1, BLOCK_M, d]."""
-    desc = nargs["DQ_DESC"]
-    if isinstance(desc, TensorDescriptor):
-        desc.block_shape = [1, nargs["BLOCK_M"], nargs["HEAD_D"]]
-
-
 def _dkdv_configs(entries):
-    return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_set_dq_block)
-             for bm, bn, w, st, _ in entries], [frozenset(e[-1].split(",")) for e in entries])
+    return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st, _ in entries],
+            [frozenset(e[-1].split(",")) for e in entries])
 
 
 if running_in_interpreter():
@@ -47,8 +42,7 @@ else:
         (32, 64, 4, 3, "seq"),
         (32, 64, 4, 2, "fallback"), (16, 64, 4, 1, "fallback"),
     ])
-    # BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32. The sequence-only dQ pass runs only
-    # when deterministic algorithms are requested (otherwise dQ is accumulated by the dK/dV kernel).
+    # BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32.
     DQ_CONFIGS, DQ_TAGS = _configs([
         (128, 64, 16, 8, 3, "seq"), (64, 64, 16, 4, 3, "seq"), (128, 32, 16, 4, 3, "seq"),
         (128, 64, 64, 8, 3, "moda"), (64, 64, 64, 4, 3, "depth,moda"), (128, 32, 32, 4, 3, "moda"),
@@ -82,14 +76,10 @@ def _moda_bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_tile(
-    dk, dv, k, v, LSE, DELTA, q_base, do_base, dqa_base, dq_desc, pid_bh, sqt, sqh, sdot, sdoh, start_m, cols, T,
-    qk_scale, scale,
-    G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DQ_TMA: tl.constexpr, PREC: tl.constexpr,
+    dk, dv, k, v, LSE, DELTA, q_base, do_base, sqt, sqh, sdot, sdoh, start_m, cols, T, qk_scale,
+    G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Accumulate one query tile's contribution to the dK, dV of a key tile (transposed scores), and
-    with ATOMIC_DQ add the tile's dQ = dS K (scaled) into the fp32 dQ accumulator [B * Hk, T * G, d]
-    (folded rows): one bulk tensor reduce-add (TMA) per tile with DQ_TMA, else element atomics."""
+    """Accumulate one query tile's contribution to the dK, dV of a key tile (transposed scores)."""
     rows = start_m + tl.arange(0, BLOCK_M)
     row_tok = rows // G
     row_ok = row_tok < T
@@ -106,24 +96,16 @@ def _dkdv_tile(
         pt = tl.where(row_tok[None, :] >= cols[:, None], pt, 0.0)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
-    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
-    dk += tl.dot(dst, q, input_precision=PREC)
-    if ATOMIC_DQ:
-        # FlashAttention-2's dQ: 5 products per tile pair instead of recomputing P and dP in a dQ pass.
-        # Padded rows (row_ok False) have dS == 0 exactly; the bulk reduce clips rows past T * G.
-        dq = tl.dot(tl.trans(dst), k, input_precision=PREC) * scale
-        if DQ_TMA:
-            dq_desc.atomic_add([pid_bh, start_m, 0], tl.reshape(dq, (1, BLOCK_M, HEAD_D)))
-        else:
-            tl.atomic_add(dqa_base + rows[:, None] * HEAD_D + offs_d[None, :], dq, mask=row_ok[:, None], sem="relaxed")
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
     return dk, dv
 
 
-@triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY + ["ATOMIC_DQ"],
-                 prune_configs_by={"early_config_prune": make_prune("dkdv", DKDV_TAGS)}, reset_to_zero=["DQA"])
+@triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": make_prune("dkdv", DKDV_TAGS)})
 @triton.jit
 def _moda_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DQA, DQ_DESC,
+    Q, K, V, DO, LSE, DELTA, DK, DV,
     qk_scale, scale,
     sqb, sqt, sqh,
     skb, skt, skh,
@@ -133,8 +115,7 @@ def _moda_bwd_dkdv_kernel(
     T, L, Hk,
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
     G: tl.constexpr, HEAD_D: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, CAUSAL: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    DQ_TMA: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -151,7 +132,6 @@ def _moda_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     q_base = Q + b * sqb + hk * G * sqh
     do_base = DO + b * sdob + hk * G * sdoh
-    dqa_base = DQA + pid_bh.to(tl.int64) * T * G * HEAD_D
     lse_base = LSE + pid_bh.to(tl.int64) * T * G
     delta_base = DELTA + pid_bh.to(tl.int64) * T * G
     TQ = T * G
@@ -161,20 +141,16 @@ def _moda_bwd_dkdv_kernel(
         m_lo = (start_n * G // BLOCK_M) * BLOCK_M
         m_mid = tl.minimum(tl.cdiv((start_n + BLOCK_N - 1) * G, BLOCK_M) * BLOCK_M, TQ)
         for start_m in range(m_lo, m_mid, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, dqa_base, DQ_DESC, pid_bh, sqt, sqh,
-                                sdot, sdoh, start_m, cols, T, qk_scale, scale, G, HEAD_D, BLOCK_M, True, ATOMIC_DQ,
-                                DQ_TMA, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, sqt, sqh, sdot, sdoh,
+                                start_m, cols, T, qk_scale, G, HEAD_D, BLOCK_M, True, PREC)
         for start_m in range(m_mid, TQ, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, dqa_base, DQ_DESC, pid_bh, sqt, sqh,
-                                sdot, sdoh, start_m, cols, T, qk_scale, scale, G, HEAD_D, BLOCK_M, False, ATOMIC_DQ,
-                                DQ_TMA, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, sqt, sqh, sdot, sdoh,
+                                start_m, cols, T, qk_scale, G, HEAD_D, BLOCK_M, False, PREC)
     else:
-        # Padded key columns (cols >= T) only pollute their own dK/dV rows, which are not stored; their
-        # K rows load as zeros, so they add nothing to dQ.
+        # Padded key columns (cols >= T) only pollute their own dK/dV rows, which are not stored.
         for start_m in range(0, TQ, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, dqa_base, DQ_DESC, pid_bh, sqt, sqh,
-                                sdot, sdoh, start_m, cols, T, qk_scale, scale, G, HEAD_D, BLOCK_M, False, ATOMIC_DQ,
-                                DQ_TMA, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, lse_base, delta_base, q_base, do_base, sqt, sqh, sdot, sdoh,
+                                start_m, cols, T, qk_scale, G, HEAD_D, BLOCK_M, False, PREC)
     out = b * sdkb + hk * sdkh + cols[:, None] * sdkt + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
@@ -322,9 +298,8 @@ def _moda_bwd_dq_kernel(
     dq_off = b * sdqb + row_tok.to(tl.int64)[:, None] * sdqt + head[:, None] * sdqh + offs_d[None, :]
     dq = dq * scale
     if HAS_INIT:
-        # The sequence part of dQ, accumulated by the dK/dV kernel: fp32, scaled, folded rows [B * Hk, T * G, d].
-        dq += tl.load(DQ_INIT + pid_bh.to(tl.int64) * T * G * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :],
-                      mask=row_ok[:, None], other=0.0)
+        # dQ of an earlier pass (the depth pass of the split schedule), fp32, same layout as DQ.
+        dq += tl.load(DQ_INIT + dq_off, mask=row_ok[:, None], other=0.0)
     tl.store(DQ + dq_off, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -339,26 +314,19 @@ def moda_bwd(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
-    deterministic: bool | None = None,
+    split: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward kernels; returns (dq, dk, dv, dk_depth, dv_depth), None for absent inputs.
 
-    Sequence keys present, default: the dK/dV kernel also adds each tile's dQ into an fp32 accumulator
-    (bulk tensor reduce-adds on the GPU, element atomics under the interpreter), FlashAttention-2's 5
-    products per tile pair; in MoDA mode the depth dQ pass starts from that accumulator and writes dQ
-    with dK_depth, dV_depth. ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``)
-    instead recomputes P and dP in one dQ pass over sequence and depth keys (7 products, no atomics,
-    bit-reproducible). Gradients are new contiguous tensors in q.dtype; dk_depth/dv_depth are
-    [B, T, L, Hk, d].
+    ``split`` (MoDA mode only): the depth part of dQ (with dK_depth, dV_depth) is its own launch into an
+    fp32 dQ that the sequence dQ launch adds to, instead of one fused dQ pass (see moda_fwd).
+    Gradients are new contiguous tensors in q.dtype; dk_depth/dv_depth are [B, T, L, Hk, d].
     """
     B, T, Hq, d = q.shape
     has_seq, has_depth = k is not None, k_depth is not None
     Hk = k.shape[2] if has_seq else k_depth.shape[3]
     L = k_depth.shape[2] if has_depth else 1
     G = Hq // Hk
-    if deterministic is None:
-        deterministic = torch.are_deterministic_algorithms_enabled()
-    atomic = has_seq and not deterministic
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = torch.empty((B, T, Hq, d), dtype=q.dtype, device=q.device)
@@ -383,19 +351,12 @@ def moda_bwd(
     vds = v_depth.stride() if has_depth else z5
     dkds = dkd.stride() if has_depth else z5
 
-    dq_acc = None
     if has_seq:
-        # fp32 dQ accumulator over folded rows (a 1-element stand-in when unused: autotuning zeroes it).
-        dq_acc = torch.zeros((B * Hk, T * G, d) if atomic else (1, 1, 16), dtype=torch.float32, device=q.device)
-        tma = atomic and not running_in_interpreter()  # the interpreter has no bulk reduce
-        # The box shape is set per config by _set_dq_block.
-        dq_desc = TensorDescriptor.from_tensor(dq_acc, [1, 16, d]) if tma else dq_acc
-
         def grid_kv(meta):
             return (triton.cdiv(T, meta["BLOCK_N"]), B * Hk)
 
         _moda_bwd_dkdv_kernel[grid_kv](
-            q, k, v, do, lse, delta, dk, dv, dq_acc, dq_desc,
+            q, k, v, do, lse, delta, dk, dv,
             qk_scale, scale,
             q.stride(0), q.stride(1), q.stride(2),
             ks[0], ks[1], ks[2],
@@ -403,21 +364,19 @@ def moda_bwd(
             do.stride(0), do.stride(1), do.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2),
             T, L, Hk, t_bucket, l_bucket,
-            G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, ATOMIC_DQ=atomic, DQ_TMA=tma,
-            PREC=prec,
+            G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=prec,
         )
-        if atomic and not has_depth:
-            # Unfold rows (b * Hk + hk, t * G + g) -> (b, t, hk * G + g), cast to q's dtype: one copy.
-            dq.view(B, T, Hk, G, d).copy_(dq_acc.view(B, Hk, T, G, d).transpose(1, 2))
-            return dq, dk, dv, dkd, dvd
 
     def grid_q(meta):
         return (triton.cdiv(T * G, meta["BLOCK_M"]), B * Hk)
 
-    # Deterministic: one dQ pass over all keys; atomic MoDA: the depth pass finishes the accumulated dQ.
-    seq_pass, dq_init = (False, dq_acc) if atomic else (has_seq, None)
-    _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, dq_init, qk_scale, scale,
-               ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, has_depth, causal, prec)
+    passes = [(has_seq, has_depth, None, dq)]
+    if split and has_seq and has_depth:
+        dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
+        passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]
+    for seq_pass, depth_pass, dq_init, dq_out in passes:
+        _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq_out, dkd, dvd, dq_init, qk_scale, scale,
+                   ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, depth_pass, causal, prec)
     return dq, dk, dv, dkd, dvd
 
 

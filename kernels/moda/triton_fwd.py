@@ -79,11 +79,8 @@ def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
     bm, bn, dn = kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_DN", 0)
     buf = cfg.num_stages if cfg.num_stages <= 2 else cfg.num_stages - 1
     nsub = max(bm // sub_tile_rows(G), 1)
-    if kind == "dkdv":
-        # Loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged, K staged again
-        # as the dQ product's operand and the fp32 dQ tile converted for the atomics (fitted to sm_90
-        # allocations of every config at d = 64 and 128, an upper bound by up to ~1.4x).
-        return elt * (buf * 2 * bm * head_d + 3 * bn * head_d + 2 * bn * bm) + 4 * bm * head_d + 1024
+    if kind == "dkdv":  # loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged
+        return elt * (buf * 2 * bm * head_d + 2 * bn * head_d + 2 * bn * bm)
     rows = 1 if kind == "fwd" else 2  # q (and dO for dQ) staged as dot operands
     est = 0
     if has_seq:

@@ -205,8 +205,8 @@ def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
 @pytest.mark.parametrize("mode", ["seq", "moda"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, causal):
-    """With torch.use_deterministic_algorithms the backward recomputes P in a dQ pass instead of adding
-    dQ with atomics: same gradients as the reference, and bit-identical from one call to the next."""
+    """The backward uses no atomics: under torch.use_deterministic_algorithms it runs unchanged, matches the
+    reference, and repeats bit for bit (a stride-0 dO too)."""
     torch.use_deterministic_algorithms(True)
     try:
         inputs = _make(2, 23, 4, 2, 16, 3, mode, seed=5)
