@@ -10,7 +10,7 @@ from torch import nn
 from kernels.moda.naive import naive_moda_probs
 
 from .config import ModelConfig
-from .layers import Rotary
+from .layers import RMSNorm, Rotary
 
 
 @dataclass
@@ -44,7 +44,7 @@ class KVProjection(nn.Module):
         super().__init__()
         self.n_kv, self.hd = cfg.n_kv_heads, cfg.hd
         self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.hd, bias=False)
-        self.k_norm = nn.RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
@@ -60,7 +60,7 @@ class Attention(nn.Module):
         self.layer, self.n_heads, self.hd = layer, cfg.n_heads, cfg.hd
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.hd, bias=False)
         self.kv = KVProjection(cfg)
-        self.q_norm = nn.RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
 
     def forward(

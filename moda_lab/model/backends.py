@@ -52,15 +52,13 @@ def _triton_attn():
         if G in SUPPORTED_GROUPS or k_depth is None:
             return moda_attn(q, k, v, k_depth, v_depth, causal=causal, scale=scale)
         # With depth keys the kernel folds power-of-two groups into time. Another group (e.g. Table 6's 6 query /
-        # 2 KV heads, G=3) is split into r calls of the largest supported divisor g of G, each over the same K/V and
-        # depth views (no copies kept for backward): query head hk*G + j*g + i is head hk*g + i of call j.
-        g = max(s for s in SUPPORTED_GROUPS if G % s == 0)
-        q5 = q.view(B, T, Hk, G // g, g, d)
-        outs = [
-            moda_attn(q5[:, :, :, j].reshape(B, T, Hk * g, d), k, v, k_depth, v_depth, causal=causal, scale=scale)
-            for j in range(G // g)
-        ]
-        return torch.stack([o.view(B, T, Hk, g, d) for o in outs], dim=3).reshape(B, T, Hq, d)
+        # 2 KV heads, G=3) gets zero query heads up to the next power of two: one launch that reads the depth
+        # stream and writes its gradient once. A padded head's output is dropped, so its dO is zero and it adds
+        # nothing to any gradient; it costs (Gp - G) / G more attention arithmetic.
+        Gp = next(s for s in SUPPORTED_GROUPS if s >= G)
+        qp = F.pad(q.view(B, T, Hk, G, d), (0, 0, 0, Gp - G)).view(B, T, Hk * Gp, d)
+        out = moda_attn(qp, k, v, k_depth, v_depth, causal=causal, scale=scale)
+        return out.view(B, T, Hk, Gp, d)[:, :, :, :G].reshape(B, T, Hq, d)
 
     return attn
 

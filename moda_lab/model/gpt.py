@@ -17,7 +17,7 @@ from kernels.moda.naive import naive_moda_attn
 from .attention import Attention, ForwardCtx, KVCache
 from .backends import resolve_backend
 from .config import ModelConfig
-from .layers import Rotary, SwiGLU
+from .layers import RMSNorm, Rotary, SwiGLU
 from .mixers import DEPTH_MIXERS
 from .norms import NORM_PLACEMENTS
 
@@ -56,7 +56,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         final = NORM_PLACEMENTS[cfg.norm].final_norm
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if final else nn.Identity()
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if final else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

@@ -21,6 +21,7 @@ from torch import nn
 from .attention import ForwardCtx, KVProjection
 from .config import ModelConfig
 from .depth import DepthBuffer
+from .layers import RMSNorm
 
 
 class DepthMixer(nn.Module):
@@ -94,9 +95,9 @@ class DepthAttnMixer(DepthMixer):
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__(cfg, layer)
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.hd, bias=False)
-        self.q_norm = nn.RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.kv = KVProjection(cfg)
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
         self.wo.zero_init = True  # GPT.init_weights: start as the residual stream

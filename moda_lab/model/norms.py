@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .layers import RMSNorm
+
 Sublayer = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -22,7 +24,7 @@ class PreNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(d_model, eps=eps)
+        self.norm = RMSNorm(d_model, eps=eps)
 
     def forward(self, x: torch.Tensor, f: Sublayer) -> torch.Tensor:
         return x + f(self.norm(x))

@@ -184,3 +184,30 @@ def test_compiled_blocks_match_eager():
     torch.testing.assert_close(loss, ref)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_rmsnorm_takes_the_fused_path_under_bf16_autocast():
+    """Norm weights stay fp32 but are cast to the activations' dtype: fp32 results equal nn.RMSNorm exactly, and a
+    bf16 autocast forward of a whole model raises no 'Mismatch dtype' (unfused rms_norm fallback) warning."""
+    import warnings
+
+    from moda_lab.model.layers import RMSNorm
+
+    norm = RMSNorm(32, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    ref = torch.nn.RMSNorm(32, eps=1e-6)
+    ref.load_state_dict(norm.state_dict())
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(norm(x), ref(x), rtol=0, atol=0)
+    cfg = ModelConfig(vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=16,
+                      mixer=MixerConfig("moda", depth_kv=True, ffn_kv=True), norm="post", attn_backend="naive")
+    model = GPT(cfg)
+    idx = torch.randint(0, 64, (2, 9))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+    assert torch.isfinite(loss)
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]

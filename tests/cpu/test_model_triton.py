@@ -35,13 +35,30 @@ def test_triton_backend_matches_naive_loss_and_grads(mixer):
         torch.testing.assert_close(grads[n], p.grad, atol=1e-4, rtol=1e-3, msg=n)
 
 
-def test_triton_backend_handles_groups_the_kernel_does_not_fold():
-    """Table 6's 6 query / 2 KV heads (G=3): the backend repeats KV heads to a supported group."""
+@pytest.mark.parametrize("mixer", [MixerConfig("residual"), MixerConfig("moda", depth_kv=True, ffn_kv=True)],
+                         ids=["residual", "moda"])
+def test_triton_backend_handles_groups_the_kernel_does_not_fold(mixer, monkeypatch):
+    """Table 6's 6 query / 2 KV heads (G=3): sequence-only attention folds G=3, MoDA pads the group to 4 query
+    heads; one kernel call per layer, and loss and every gradient equal the naive backend's."""
+    import kernels.moda as moda
+
+    calls = []
+    real = moda.moda_attn
+    monkeypatch.setattr(moda, "moda_attn", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layers=2, d_model=96, n_heads=6, n_kv_heads=2, max_seq_len=16,
-                      mixer=MixerConfig("moda", depth_kv=True, ffn_kv=True), norm="post", attn_backend="triton")
+                      mixer=mixer, norm="post", attn_backend="triton")
     model = GPT(cfg)
     idx = torch.randint(0, 64, (1, 10))
     loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # Layer 0 of MoDA has no depth slots yet (sequence-only, G=3 folded); layer 1 pads to 4 heads per KV head.
+    assert [s[2] for s in calls] == ([6, 6] if mixer.name == "residual" else [6, 8]), calls
+    model.zero_grad()
     model.set_backend("naive")
-    torch.testing.assert_close(loss, model(idx[:, :-1], idx[:, 1:]), atol=1e-4, rtol=1e-4)
+    ref = model(idx[:, :-1], idx[:, 1:])
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-4, rtol=1e-3, msg=n)
