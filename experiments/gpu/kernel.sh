@@ -5,7 +5,7 @@
 #   (carry .whl)
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
-if [ -n "${ROWS:-table7,table2}" ]; then
+if [ -n "${ROWS-table7,table2}" ]; then  # ROWS= (empty) skips the kernel benchmark
   timeout ${BENCH_TIMEOUT:-300} python3 experiments/bench/bench_moda.py --rows "${ROWS:-table7,table2}" \
     --out "$OUT/moda_h100" ${BENCH_ARGS:---profile} 2>&1 | tee "$OUT/bench_moda.log" | grep -v "^{"
 fi
