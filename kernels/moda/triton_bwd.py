@@ -24,26 +24,23 @@ import triton
 import triton.language as tl
 
 from ._validate import running_in_interpreter
-from .triton_fwd import LOG2E, TUNE_KEY, _configs, dot_precision, make_prune, sub_tile_rows
+from .triton_fwd import LOG2E, TUNE_KEY, dot_precision, make_prune, sub_tile_rows, tagged_configs
 
-
-def _dkdv_configs(entries):
-    return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st, _ in entries],
-            [frozenset(e[-1].split(",")) for e in entries])
+DKDV_BLOCKS = ("BLOCK_M", "BLOCK_N")  # the dK/dV kernel has no depth phase, hence no BLOCK_DN
 
 
 if running_in_interpreter():
-    DKDV_CONFIGS, DKDV_TAGS = _dkdv_configs([(16, 16, 4, 1, "seq")])
-    DQ_CONFIGS, DQ_TAGS = _configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
+    DKDV_CONFIGS, DKDV_TAGS = tagged_configs([(16, 16, 4, 1, "seq")], DKDV_BLOCKS)
+    DQ_CONFIGS, DQ_TAGS = tagged_configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
 else:
     # Tags and pruning as in triton_fwd (the dK/dV kernel always runs with sequence keys: tag "seq").
-    DKDV_CONFIGS, DKDV_TAGS = _dkdv_configs([
+    DKDV_CONFIGS, DKDV_TAGS = tagged_configs([
         (32, 128, 4, 3, "seq"), (64, 128, 8, 3, "seq"), (64, 64, 4, 3, "seq"), (128, 128, 8, 2, "seq"),
         (32, 64, 4, 3, "seq"),
         (32, 64, 4, 2, "fallback"), (16, 64, 4, 1, "fallback"),
-    ])
+    ], DKDV_BLOCKS)
     # BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32.
-    DQ_CONFIGS, DQ_TAGS = _configs([
+    DQ_CONFIGS, DQ_TAGS = tagged_configs([
         (128, 64, 16, 8, 3, "seq"), (64, 64, 16, 4, 3, "seq"), (128, 32, 16, 4, 3, "seq"),
         (128, 64, 64, 8, 3, "moda"), (64, 64, 64, 4, 3, "depth,moda"), (128, 32, 32, 4, 3, "moda"),
         (64, 32, 32, 4, 2, "depth,moda"), (64, 32, 16, 4, 3, "depth"), (128, 32, 16, 8, 2, "depth"),

@@ -28,11 +28,12 @@ from ._validate import running_in_interpreter
 LOG2E = 1.4426950408889634
 
 
-def _configs(entries):
-    """Configs and their mode tags from (BLOCK_M, BLOCK_N, BLOCK_DN, warps, stages, modes) entries; modes is a
-    comma list of 'seq', 'depth', 'moda' (the launches the config is tuned for) or 'fallback'."""
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DN": dn}, num_warps=w, num_stages=s)
-               for bm, bn, dn, w, s, _ in entries]
+def tagged_configs(entries, blocks=("BLOCK_M", "BLOCK_N", "BLOCK_DN")):
+    """Configs and their mode tags from (*block sizes, warps, stages, modes) entries, block sizes in the order
+    of ``blocks``; modes is a comma list of 'seq', 'depth', 'moda' (the launches the config is tuned for) or
+    'fallback'."""
+    n = len(blocks)
+    configs = [triton.Config(dict(zip(blocks, e[:n])), num_warps=e[n], num_stages=e[n + 1]) for e in entries]
     return configs, [frozenset(e[-1].split(",")) for e in entries]
 
 
@@ -41,13 +42,13 @@ SMEM_LIMIT = 232448
 
 # The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
 if running_in_interpreter():
-    FWD_CONFIGS, FWD_TAGS = _configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
+    FWD_CONFIGS, FWD_TAGS = tagged_configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
 else:
     # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32). Each launch
     # autotunes over the configs tagged with its mode that fit in shared memory: the sequence loop wants
     # big tiles; the memory-bound depth phase wants small pipelined slot tiles (several blocks per SM).
     # Fallbacks are offered only when none of the tagged configs fits (head dim 128 with depth, fp32).
-    FWD_CONFIGS, FWD_TAGS = _configs(
+    FWD_CONFIGS, FWD_TAGS = tagged_configs(
         [
             (128, 64, 16, 8, 3, "seq"),
             (128, 128, 16, 8, 3, "seq"),
