@@ -23,6 +23,18 @@ def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
     return k.shape[2] if k is not None else k_depth.shape[3]
 
 
+def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, LSE) of validated inputs with the schedule the sequence length calls for."""
+    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
+
+
+def attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal: bool, scale: float, dkd_acc=None, dvd_acc=None):
+    """(dq, dk, dv, dk_depth, dv_depth) of validated inputs; with dkd_acc/dvd_acc the depth gradients are added
+    into those tensors in place and returned as None."""
+    return moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T,
+                    dkd_acc=dkd_acc, dvd_acc=dvd_acc)
+
+
 @torch.library.custom_op("moda_lab::moda_attn_fwd", mutates_args=())
 def moda_attn_fwd(
     q: torch.Tensor,
@@ -34,7 +46,7 @@ def moda_attn_fwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """O [B, T, Hq, d] and the per-row log2-sum-exp [B * Hk, T * G] (fp32) of validated inputs."""
-    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
+    return attn_forward(q, k, v, k_depth, v_depth, causal, scale)
 
 
 @moda_attn_fwd.register_fake
@@ -58,7 +70,7 @@ def moda_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dk_depth, dv_depth); an absent operand's gradient is an empty tensor."""
-    grads = moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
+    grads = attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal, scale)
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
 

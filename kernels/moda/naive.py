@@ -95,3 +95,47 @@ def naive_moda_attn(
         out = out + torch.einsum("bhgtl,btlhd->bhgtd", p[..., S:], v_depth.float())
     # [B, Hk, G, T, d] -> [B, T, Hq, d]
     return out.permute(0, 3, 1, 2, 4).reshape(B, T, Hq, d).to(q.dtype)
+
+
+def naive_moda_attn_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    k_depth: torch.Tensor | None = None,
+    v_depth: torch.Tensor | None = None,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients (dq, dk, dv, dk_depth, dv_depth) of ``naive_moda_attn`` for output gradient do, in fp32 math
+    and the inputs' dtypes (None for absent inputs), written out rather than traced, so that code which cannot
+    run autograd (a custom op's implementation) can use it. With P the softmax over [sequence | depth] and
+    O = P V: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = scale dS K, dK = scale dS^T Q.
+    """
+    Hk = _check(q, k, k_depth)
+    B, T, Hq, d = q.shape
+    G = Hq // Hk
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    p = naive_moda_probs(q, k, k_depth, causal=causal, scale=scale).reshape(B, Hk, G, T, -1)
+    dof = do.float().reshape(B, T, Hk, G, d)
+    qf = q.float().reshape(B, T, Hk, G, d)
+    S = k.shape[1] if k is not None else 0
+    dp = []
+    if k is not None:
+        dp.append(torch.einsum("bthgd,bshd->bhgts", dof, v.float()))
+    if k_depth is not None:
+        dp.append(torch.einsum("bthgd,btlhd->bhgtl", dof, v_depth.float()))
+    dp = torch.cat(dp, dim=-1)
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))  # rowsum(P * dP) == rowsum(dO * O)
+    dq = torch.zeros(B, T, Hk, G, d, dtype=torch.float32, device=q.device)
+    grads: list[torch.Tensor | None] = [None, None, None, None]
+    if k is not None:
+        dq = dq + torch.einsum("bhgts,bshd->bthgd", ds[..., :S], k.float())
+        grads[0] = (torch.einsum("bhgts,bthgd->bshd", ds[..., :S], qf) * scale).to(k.dtype)
+        grads[1] = torch.einsum("bhgts,bthgd->bshd", p[..., :S], dof).to(v.dtype)
+    if k_depth is not None:
+        dq = dq + torch.einsum("bhgtl,btlhd->bthgd", ds[..., S:], k_depth.float())
+        grads[2] = (torch.einsum("bhgtl,bthgd->btlhd", ds[..., S:], qf) * scale).to(k_depth.dtype)
+        grads[3] = torch.einsum("bhgtl,bthgd->btlhd", p[..., S:], dof).to(v_depth.dtype)
+    return ((dq * scale).reshape(B, T, Hq, d).to(q.dtype), *grads)

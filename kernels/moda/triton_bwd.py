@@ -184,8 +184,10 @@ def _dq_depth_tile(
     dq, q3, do3, lse, delta, kd_base, vd_base, dkd_base, dvd_base, skdt, skdl, svdt, svdl, sdkdt, sdkdl,
     n0, sub_tok0, keep_row, loc_tok, span, T, L, qk_scale, scale,
     BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, BLOCK_DN: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """dQ from depth slots [n0, n0 + BLOCK_DN) of each sub-tile's span, plus those slots' dK_depth, dV_depth."""
+    """dQ from depth slots [n0, n0 + BLOCK_DN) of each sub-tile's span, plus those slots' dK_depth, dV_depth
+    (stored, or with ACC added in fp32 to what the depth-gradient buffer already holds)."""
     NSUB: tl.constexpr = BLOCK_M // SUB_M
     j = n0 + tl.arange(0, BLOCK_DN)
     tok = sub_tok0[:, None] + j[None, :] // L  # [NSUB, DN]
@@ -208,6 +210,11 @@ def _dq_depth_tile(
     dvd = tl.dot(tl.permute(p3, (0, 2, 1)), do3, input_precision=PREC)  # [NSUB, DN, d]
     dkd = tl.dot(tl.permute(ds3, (0, 2, 1)), q3, input_precision=PREC) * scale  # [NSUB, DN, d]
     out = (slot * sdkdt + (j % L)[None, :] * sdkdl)[:, :, None] + offs_d[None, None, :]
+    if ACC:
+        # The model's depth stream: every later layer that read these slots has already added its share, and
+        # this program is the only one touching them now, so a plain read-add-write is race-free.
+        dkd += tl.load(dkd_base + out, mask=ok[:, :, None], other=0.0).to(tl.float32)
+        dvd += tl.load(dvd_base + out, mask=ok[:, :, None], other=0.0).to(tl.float32)
     tl.store(dkd_base + out, dkd.to(dkd_base.dtype.element_ty), mask=ok[:, :, None])
     tl.store(dvd_base + out, dvd.to(dvd_base.dtype.element_ty), mask=ok[:, :, None])
     return dq
@@ -231,7 +238,7 @@ def _moda_bwd_dq_kernel(
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
     G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, HAS_INIT: tl.constexpr, CAUSAL: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -290,7 +297,7 @@ def _moda_bwd_dq_kernel(
         for n0 in range(0, span, BLOCK_DN):
             dq = _dq_depth_tile(dq, q3, do3, lse, delta, kd_base, vd_base, dkd_base, dvd_base, skdt, skdl, svdt, svdl,
                                 sdkdt, sdkdl, n0, sub_tok0, row_ok, loc_tok, span, T, L, qk_scale, scale,
-                                BLOCK_M, SUB_M, BLOCK_DN, HEAD_D, PREC)
+                                BLOCK_M, SUB_M, BLOCK_DN, HEAD_D, PREC, ACC)
 
     dq_off = b * sdqb + row_tok.to(tl.int64)[:, None] * sdqt + head[:, None] * sdqh + offs_d[None, :]
     dq = dq * scale
@@ -312,12 +319,16 @@ def moda_bwd(
     causal: bool,
     scale: float,
     split: bool = False,
+    dkd_acc: torch.Tensor | None = None,
+    dvd_acc: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward kernels; returns (dq, dk, dv, dk_depth, dv_depth), None for absent inputs.
 
     ``split`` (MoDA mode only): the depth part of dQ (with dK_depth, dV_depth) is its own launch into an
     fp32 dQ that the sequence dQ launch adds to, instead of one fused dQ pass (see moda_fwd).
     Gradients are new contiguous tensors in q.dtype; dk_depth/dv_depth are [B, T, L, Hk, d].
+    ``dkd_acc``, ``dvd_acc`` ([B, T, L, Hk, d] views with one stride layout, e.g. prefix views of the model's
+    depth-gradient buffer): the depth gradients are added into them in place, and returned as None.
     """
     B, T, Hq, d = q.shape
     has_seq, has_depth = k is not None, k_depth is not None
@@ -329,10 +340,14 @@ def moda_bwd(
     dq = torch.empty((B, T, Hq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, T, Hk, d), dtype=q.dtype, device=q.device) if has_seq else None
     dv = torch.empty_like(dk) if has_seq else None
-    dkd = torch.empty((B, T, L, Hk, d), dtype=q.dtype, device=q.device) if has_depth else None
-    dvd = torch.empty_like(dkd) if has_depth else None
+    accumulate = dkd_acc is not None
+    if accumulate:
+        dkd, dvd = dkd_acc, dvd_acc
+    else:
+        dkd = torch.empty((B, T, L, Hk, d), dtype=q.dtype, device=q.device) if has_depth else None
+        dvd = torch.empty_like(dkd) if has_depth else None
     if dq.numel() == 0:
-        return dq, dk, dv, dkd, dvd
+        return (dq, dk, dv, None, None) if accumulate else (dq, dk, dv, dkd, dvd)
     delta = torch.empty_like(lse)
     _moda_bwd_preprocess_kernel[(triton.cdiv(T * G, PRE_BLOCK_M), B * Hk)](
         o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), T, Hk,
@@ -373,12 +388,14 @@ def moda_bwd(
         passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]
     for seq_pass, depth_pass, dq_init, dq_out in passes:
         _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq_out, dkd, dvd, dq_init, qk_scale, scale,
-                   ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, depth_pass, causal, prec)
-    return dq, dk, dv, dkd, dvd
+                   ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, depth_pass, causal, prec,
+                   accumulate)
+    return (dq, dk, dv, None, None) if accumulate else (dq, dk, dv, dkd, dvd)
 
 
 def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, dq_init, qk_scale, scale,
-               ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, has_seq, has_depth, causal, prec):
+               ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, has_seq, has_depth, causal, prec,
+               accumulate):
     _moda_bwd_dq_kernel[grid_q](
         q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q,
         do, lse, delta, dq, dkd if has_depth else q, dvd if has_depth else q, dq_init if dq_init is not None else dq,
@@ -394,4 +411,5 @@ def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, 
         T, L, Hk, t_bucket, l_bucket,
         G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
         HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=dq_init is not None, CAUSAL=causal, PREC=prec,
+        ACC=accumulate and has_depth,
     )

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kernels.moda.naive import naive_moda_probs
+from kernels.moda.naive import naive_moda_attn, naive_moda_probs
 
 from .config import ModelConfig
+from .depth import DepthStream
 from .layers import RMSNorm, Rotary
 
 
@@ -27,14 +28,21 @@ class KVCache:
 
 @dataclass
 class ForwardCtx:
-    """What a forward pass hands every block: RoPE, the attention backend and the per-forward depth state."""
+    """What a forward pass hands every block: RoPE, the attention backend (backends.AttnBackend), the
+    forward's depth stream (K/V slots, MoDA and depth attention) and a mixer's own per-forward state."""
 
     rope: Rotary
     attn: object
     offset: int = 0
+    stream: DepthStream | None = None
     state: object = None
     cache: KVCache | None = None
     probs: list[torch.Tensor] | None = None  # filled with [B, Hq, T, S + L] maps when inspecting
+
+    @property
+    def inference(self) -> bool:
+        """Decoding with a KV cache or inspecting maps: plain reference attention over views, no gradients."""
+        return self.cache is not None or self.probs is not None
 
 
 class KVProjection(nn.Module):
@@ -64,9 +72,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, ctx: ForwardCtx, depth: tuple[torch.Tensor | None, torch.Tensor | None]
+        self, x: torch.Tensor, ctx: ForwardCtx, depth: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D]; depth (k_depth, v_depth) [B, T, L, Hk, d] or (None, None). Returns (out, k, v)."""
+        """x [B, T, D]; with ``depth`` the softmax also covers every slot of ctx.stream. Returns (out, k, v)."""
         B, T, _ = x.shape
         q = ctx.rope(self.q_norm(self.wq(x).view(B, T, self.n_heads, self.hd)), ctx.offset)
         k, v = self.kv(x, ctx)
@@ -76,10 +84,15 @@ class Attention(nn.Module):
                 k_seq = torch.cat([ctx.cache.k[self.layer], k], dim=1)
                 v_seq = torch.cat([ctx.cache.v[self.layer], v], dim=1)
             ctx.cache.k[self.layer], ctx.cache.v[self.layer] = k_seq, v_seq
-        k_depth, v_depth = depth
-        if ctx.probs is not None:
-            ctx.probs.append(naive_moda_probs(q, k_seq, k_depth))
-        out = ctx.attn(q, k_seq, v_seq, k_depth, v_depth, causal=True)
+        if ctx.inference:
+            k_depth, v_depth = ctx.stream.views() if depth else (None, None)
+            if ctx.probs is not None:
+                ctx.probs.append(naive_moda_probs(q, k_seq, k_depth))
+            out = naive_moda_attn(q, k_seq, v_seq, k_depth, v_depth, causal=True)
+        elif depth:
+            out = ctx.attn.stream(q, k, v, ctx.stream, causal=True)
+        else:
+            out = ctx.attn(q, k, v, causal=True)
         return self.wo(out.reshape(B, T, -1)), k, v
 
     def flops_per_token(self, context: int, depth_slots: int) -> int:

@@ -1,58 +1,221 @@
-"""Preallocated depth stream: one buffer per forward, written slot by slot, read as growing prefix views.
+"""The depth stream: K/V that earlier layers wrote for a token, read under later layers' attention softmax.
 
-Layout [B, T, S, ...]: token-major, so buf[:, :, :L] is the [B, T*L, ...] depth stream of the MoDA kernel
-(kernels/moda) viewed 5-D, without a copy. Stacking the history anew at every layer would cost O(L^2) copies;
-like DenseFormer's InPlaceSetSlice we write in place and keep autograd correct with a custom Function:
-each write returns the prefix [0, slot] as a new autograd node whose backward splits the gradient
-between the earlier prefix and the written value.
+MoDA (arXiv 2603.15619) and depth attention read, at a layer, every K/V slot that earlier layers wrote for the
+same token. One forward owns two preallocated buffers of shape [2, B, T, S, Hk, d] (k at index 0, v at 1;
+token-major, so data[0, :, :, :n] is the kernel's [B, T*n, Hk, d] depth stream viewed 5-D, without a copy):
+
+* ``data``: slot s is written once, by ``put``, then read in place (prefix views) by every later reader;
+* ``grad``: each reader's backward ADDS its depth gradient into grad[:, :, :, :n] in place (the kernel's
+  read-add-write epilogue), and a slot's writer takes its gradient from there once every reader is done.
+
+Neither pass stacks or sums the growing prefix per layer (O(L^2) copies and adds). Both buffers live outside
+autograd, and four custom ops carry the order instead, through one-element "token" tensors: a put returns a
+token, a reader takes the newest token, a reader's backward hands its token gradient on only after its
+accumulation, and a writer's backward reads its slot only once that token gradient has arrived (the tokens
+of all later puts and readers flow into it). Tokens are not zero-size: Inductor drops the producers of
+zero-element tensors from the dependency graph, and then reorders the reads before the accumulations. The ops are declared functional (``mutates_args=()``) although
+they write into the buffers: each write touches only memory that no op has read yet and no later op reads
+under another version (a slot not yet visible, or gradient slots still being summed by their readers), so
+AOTAutograd has nothing to version or copy, and torch.compile traces a whole model with them: no graph break,
+one graph for all layers. The buffers are allocated outside the compiled region (GPT.forward), so no
+compiler pass can see them as fresh allocations to recompute or reuse.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn, naive_moda_attn_bwd
+
+Tensor = torch.Tensor
 
 
-class _WriteSlot(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, prefix, value, buf, slot):  # noqa: ARG004 - prefix only carries the autograd edge
-        ctx.slot = slot
-        # Write through a .data alias: earlier prefix views (saved for backward by their consumers) never see
-        # a version bump, which is safe because slots below `slot` are never written again in this forward.
-        data = buf.data
-        data[:, :, slot].copy_(value.detach())
-        return data[:, :, : slot + 1]
-
-    @staticmethod
-    def backward(ctx, grad):
-        slot = ctx.slot
-        grad_prefix = grad[:, :, :slot] if slot > 0 else None
-        return grad_prefix, grad[:, :, slot], None, None
+# --- write a slot; read its gradient ---------------------------------------------------------------------
 
 
-class DepthBuffer:
-    """A [B, T, S, *feature] buffer filled in slot order; ``view`` is the filled prefix (differentiable).
+@torch.library.custom_op("moda_lab::depth_put", mutates_args=())
+def depth_put(data: Tensor, grad: Tensor, k: Tensor, v: Tensor, slot: int, after: Tensor) -> Tensor:
+    """Write k, v [B, T, Hk, d] into slot ``slot`` of data; returns the token later readers take."""
+    # Through .data: the buffer's version counter must not move, since readers saved it for their backward
+    # (the slots they read are never written again).
+    buf = data.data
+    buf[0, :, :, slot].copy_(k)
+    buf[1, :, :, slot].copy_(v)
+    return after.new_zeros(1)
 
-    Allocated at the first write, with that value's dtype and device (bf16 under autocast).
-    """
 
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.buf: torch.Tensor | None = None
-        self.view: torch.Tensor | None = None
+@depth_put.register_fake
+def _depth_put_fake(data, grad, k, v, slot, after):
+    return after.new_zeros(1)
+
+
+def _put_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.slot = inputs[4]
+
+
+def _put_backward(ctx, dtoken):
+    (grad,) = ctx.saved_tensors
+    dk, dv, dafter = depth_take(grad, ctx.slot, dtoken)
+    return None, None, dk, dv, None, dafter
+
+
+depth_put.register_autograd(_put_backward, setup_context=_put_setup)
+
+
+@torch.library.custom_op("moda_lab::depth_take", mutates_args=())
+def depth_take(grad: Tensor, slot: int, after: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The summed gradient of slot ``slot`` (k, v), read after ``after``; and the token handed on."""
+    return grad[0, :, :, slot].clone(), grad[1, :, :, slot].clone(), after.new_zeros(1)
+
+
+@depth_take.register_fake
+def _depth_take_fake(grad, slot, after):
+    shape = grad.shape[1:3] + grad.shape[4:]
+    return grad.new_empty(shape), grad.new_empty(shape), after.new_zeros(1)
+
+
+# --- attention over [sequence | depth slots 0..n-1] -------------------------------------------------------
+
+
+def _views(buf: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    return buf[0, :, :, :n], buf[1, :, :, :n]
+
+
+@torch.library.custom_op("moda_lab::depth_attn", mutates_args=())
+def depth_attn(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor | None,
+    data: Tensor,
+    grad: Tensor,
+    n: int,
+    after: Tensor,
+    causal: bool,
+    kernel: bool,
+) -> tuple[Tensor, Tensor]:
+    """MoDA attention of q over k, v and the first n depth slots; (O, LSE) with ``kernel`` (Triton), else
+    (O, empty) from the fp32 reference."""
+    kd, vd = _views(data, n)
+    if kernel:
+        return moda_attn_forward(q, k, v, kd, vd, causal=causal)
+    # Outputs must have the strides the fake implementation promises (contiguous).
+    return naive_moda_attn(q, k, v, kd, vd, causal=causal).contiguous(), q.new_empty(0)
+
+
+@depth_attn.register_fake
+def _depth_attn_fake(q, k, v, data, grad, n, after, causal, kernel):
+    if not kernel:
+        return q.new_empty(q.shape), q.new_empty(0)
+    B, T, Hq, _ = q.shape
+    Hk = data.shape[4]
+    return q.new_empty(q.shape), q.new_empty((B * Hk, T * (Hq // Hk)), dtype=torch.float32)
+
+
+@torch.library.custom_op("moda_lab::depth_attn_bwd", mutates_args=())
+def depth_attn_bwd(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor | None,
+    data: Tensor,
+    grad: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    n: int,
+    causal: bool,
+    kernel: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, token): adds the depth gradients into grad[:, :, :, :n] in place; the token is handed to
+    the slots' writers, which read grad after it. Absent k, v get empty gradients (custom ops return no None)."""
+    kd, vd = _views(data, n)
+    gk, gv = _views(grad.data, n)  # .data: the writers saved grad; its version counter must not move
+    if kernel:
+        dq, dk, dv, _, _ = moda_attn_backward(
+            do, q, k, v, kd, vd, o, lse, causal=causal, dk_depth_acc=gk, dv_depth_acc=gv
+        )
+    else:
+        dq, dk, dv, dkd, dvd = naive_moda_attn_bwd(do, q, k, v, kd, vd, causal=causal)
+        gk.add_(dkd)
+        gv.add_(dvd)
+    # Fresh empties: custom ops may not return one tensor twice.
+    return tuple(t.contiguous() if t is not None else q.new_empty(0) for t in (dq, dk, dv)) + (q.new_zeros(1),)
+
+
+@depth_attn_bwd.register_fake
+def _depth_attn_bwd_fake(do, q, k, v, data, grad, o, lse, n, causal, kernel):
+    like = [q.new_empty(t.shape) if t is not None else q.new_empty(0) for t in (k, v)]
+    return q.new_empty(q.shape), *like, q.new_zeros(1)
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, data, grad, n, after, causal, kernel = inputs
+    ctx.save_for_backward(q, k, v, data, grad, *output)
+    ctx.n, ctx.causal, ctx.kernel, ctx.has_seq = n, causal, kernel, k is not None
+
+
+def _attn_backward(ctx, do, dlse):
+    q, k, v, data, grad, o, lse = ctx.saved_tensors
+    dq, dk, dv, dafter = depth_attn_bwd(do, q, k, v, data, grad, o, lse, ctx.n, ctx.causal, ctx.kernel)
+    if not ctx.has_seq:
+        dk = dv = None
+    return dq, dk, dv, None, None, None, dafter, None, None
+
+
+depth_attn.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+def _attn_flops(q, k, n, backward: bool) -> int:
+    """QK^T and PV over the T sequence keys (full, un-masked count, as GPT.forward_flops_per_token) and the n
+    depth slots; the backward does twice the forward's matmul work."""
+    B, T, Hq, d = q
+    keys = (k[1] if k is not None else 0) + n
+    return 4 * B * T * Hq * d * keys * (2 if backward else 1)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_attn)
+def _depth_attn_flops(q, k, v, data, grad, n, *args, **kwargs) -> int:
+    return _attn_flops(q, k, n, backward=False)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_attn_bwd)
+def _depth_attn_bwd_flops(do, q, k, v, data, grad, o, lse, n, *args, **kwargs) -> int:
+    return _attn_flops(q, k, n, backward=True)
+
+
+# --- the per-forward stream ------------------------------------------------------------------------------
+
+
+def new_stream_buffers(slots: int, B: int, T: int, n_kv: int, hd: int, device, dtype) -> tuple[Tensor, ...]:
+    """(data, grad, token) for a stream of ``slots`` slots; call outside any compiled region (see the top)."""
+    data = torch.empty(2, B, T, slots, n_kv, hd, device=device, dtype=dtype)
+    grad = torch.zeros(2, B, T, slots, n_kv, hd, device=device, dtype=dtype)
+    return data, grad, torch.zeros(1, device=device, dtype=dtype)
+
+
+class DepthStream:
+    """One forward's depth K/V: ``put`` appends a slot, ``attend`` runs attention over the slots written so far."""
+
+    def __init__(self, data: Tensor, grad: Tensor, token: Tensor) -> None:
+        self.data, self.grad, self.token = data, grad, token
+        self.slots, self.n_kv = data.shape[3], data.shape[4]
         self.size = 0
 
-    # Runs eagerly under torch.compile: the in-place write through a .data alias is invisible to autograd by
-    # design, which AOTAutograd refuses to trace ("non-differentiable view input mutations"). Compiled blocks
-    # graph-break around it; the projections, norms and attention around it still compile.
-    @torch.compiler.disable
-    def write(self, value: torch.Tensor) -> torch.Tensor:
-        """Append value [B, T, *feature] as the next slot; returns the prefix view [B, T, size, *feature]."""
-        if self.buf is None:
-            B, T, *feature = value.shape
-            self.buf = value.new_empty(B, T, self.slots, *feature)
+    def put(self, k: Tensor, v: Tensor) -> None:
+        """Append k, v [B, T, Hk, d] as the next slot."""
         if self.size >= self.slots:
-            raise RuntimeError(f"depth buffer full: all {self.slots} slots are written")
-        prefix = self.view if self.view is not None else value.new_empty(0)
-        self.view = _WriteSlot.apply(prefix, value.to(self.buf.dtype), self.buf, self.size)
+            raise RuntimeError(f"depth stream full: all {self.slots} slots are written")
+        dtype = self.data.dtype
+        self.token = depth_put(self.data, self.grad, k.to(dtype), v.to(dtype), self.size, self.token)
         self.size += 1
-        return self.view
+
+    def views(self) -> tuple[Tensor, Tensor]:
+        """The written slots as [B, T, n, Hk, d] views (no gradient: inspection and decoding)."""
+        return _views(self.data, self.size)
+
+    def attend(self, q: Tensor, k: Tensor | None, v: Tensor | None, *, causal: bool, kernel: bool) -> Tensor:
+        """q [B, T, Hq, d] over the causal sequence k, v [B, T, Hk, d] (or none) and every slot written so far,
+        with the Triton kernels (``kernel``) or the fp32 reference."""
+        out, _ = depth_attn(q, k, v, self.data, self.grad, self.size, self.token, causal, kernel)
+        return out

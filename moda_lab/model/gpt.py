@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.moda.naive import naive_moda_attn
-
 from .attention import Attention, ForwardCtx, KVCache
 from .backends import resolve_backend
 from .config import ModelConfig
+from .depth import DepthStream, new_stream_buffers
 from .layers import RMSNorm, Rotary, SwiGLU
 from .mixers import DEPTH_MIXERS
 from .norms import NORM_PLACEMENTS
@@ -39,7 +38,7 @@ class Block(nn.Module):
         return self.mixer.write(x, ctx)
 
     def _attn(self, h: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        out, k, v = self.attn(h, ctx, self.mixer.attn_depth(ctx))
+        out, k, v = self.attn(h, ctx, self.mixer.attn_depth())
         self.mixer.after_attn(h, k, v, ctx)
         return out
 
@@ -52,7 +51,8 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backend, self._attn_fn = resolve_backend(cfg.attn_backend)
+        self.attn_backend = resolve_backend(cfg.attn_backend)
+        self._run = self._forward
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         final = NORM_PLACEMENTS[cfg.norm].final_norm
@@ -76,9 +76,20 @@ class GPT(nn.Module):
                     nn.init.normal_(mod.weight, std=std)
         nn.init.normal_(self.tok_emb.weight, std=std)
 
+    @property
+    def backend(self) -> str:
+        """The resolved attention backend's name (naive, sdpa or triton)."""
+        return self.attn_backend.name
+
     def set_backend(self, name: str) -> None:
         """Switch the attention backend (no parameters change)."""
-        self.backend, self._attn_fn = resolve_backend(name)
+        self.attn_backend = resolve_backend(name)
+
+    def compile(self, **kwargs) -> None:
+        """torch.compile the whole forward (every block, the head and the loss) as one graph, in place:
+        parameters and state_dict keys stay those of the eager model. The depth stream's buffers are
+        allocated outside the compiled region (see depth.py); kwargs go to torch.compile."""
+        self._run = torch.compile(self._forward, **kwargs)
 
     def forward(
         self,
@@ -93,9 +104,26 @@ class GPT(nn.Module):
         With a KVCache, idx holds only the new tokens; the cache grows in place (decoding uses the reference
         attention, whose causal mask handles more keys than queries).
         """
+        slots = DEPTH_MIXERS[self.cfg.mixer.name].stream_slots(self.cfg)
+        stream = ()
+        if slots:
+            device = idx.device
+            # The K/V dtype: what the projections produce (the autocast dtype under autocast).
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+            dtype = dtype or self.tok_emb.weight.dtype
+            B, T = idx.shape
+            stream = new_stream_buffers(slots, B, T, self.cfg.n_kv_heads, self.cfg.hd, device, dtype)
+        if cache is not None or probs is not None:
+            return self._forward(idx, targets, stream, cache, probs)  # inference paths stay eager
+        return self._run(idx, targets, stream)
+
+    def _forward(self, idx, targets, stream, cache=None, probs=None) -> torch.Tensor:
         offset = cache.length if cache is not None else 0
-        attn = naive_moda_attn if cache is not None else self._attn_fn
-        ctx = ForwardCtx(self.rope, attn, offset, DEPTH_MIXERS[self.cfg.mixer.name].new_state(self.cfg), cache, probs)
+        mixer = DEPTH_MIXERS[self.cfg.mixer.name]
+        ctx = ForwardCtx(
+            self.rope, self.attn_backend, offset, DepthStream(*stream) if stream else None,
+            mixer.new_state(self.cfg), cache, probs,
+        )
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, ctx)

@@ -18,18 +18,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels.moda.naive import naive_moda_attn
+
 from .attention import ForwardCtx, KVProjection
 from .config import ModelConfig
-from .depth import DepthBuffer
 from .layers import RMSNorm
 
 
 class DepthMixer(nn.Module):
-    """Residual baseline and the hook interface. State lives in ``ctx.state``, made by ``new_state``."""
+    """Residual baseline and the hook interface. A mixer that reads K/V slots of earlier layers asks for a
+    depth stream of ``stream_slots`` slots (ctx.stream, allocated by GPT.forward); other per-forward state
+    lives in ``ctx.state``, made by ``new_state``."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
+
+    @staticmethod
+    def stream_slots(cfg: ModelConfig) -> int:
+        """Depth K/V slots per token the forward's stream needs (0: no stream)."""
+        return 0
 
     @staticmethod
     def new_state(cfg: ModelConfig) -> object:
@@ -43,9 +51,9 @@ class DepthMixer(nn.Module):
         """After the block: the stream handed to the next block."""
         return x
 
-    def attn_depth(self, ctx: ForwardCtx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Depth K/V [B, T, L, Hk, d] this layer's attention covers under its softmax (MoDA)."""
-        return None, None
+    def attn_depth(self) -> bool:
+        """Whether this layer's attention softmax also covers the depth stream's slots (MoDA)."""
+        return False
 
     def after_attn(self, attn_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardCtx) -> None:
         """Sees the attention input and its (normed, rotated) K/V."""
@@ -72,19 +80,23 @@ class DWAMixer(DepthMixer):
         self.alpha = nn.Parameter(alpha)
 
     @staticmethod
-    def new_state(cfg: ModelConfig) -> DepthBuffer:
-        return DepthBuffer(cfg.n_layers + 1)
+    def new_state(cfg: ModelConfig) -> list[torch.Tensor]:
+        return []  # X_0, X_1, ...: the block outputs so far
 
     def read(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        if self.layer == 0:
-            ctx.state.write(x)  # X_0, the embeddings
+        if not ctx.state:
+            ctx.state.append(x)  # X_0, the embeddings
         return x
 
     def write(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        history = ctx.state.write(x)  # [B, T, l+2, D], a strided view of the preallocated buffer
-        # Broadcast-multiply and sum rather than einsum: einsum would copy the strided prefix into a contiguous
-        # tensor and keep that copy for backward at every layer (O(L^2) memory); this keeps only the view.
-        return (history * self.alpha.to(history.dtype).view(1, 1, -1, 1)).sum(2)
+        ctx.state.append(x)
+        # A sum of scaled tensors, not a stacked [B, T, l+2, D] copy: autograd keeps only references to the X_j
+        # (no O(L^2) memory), and torch.compile fuses the sum into one kernel reading every X_j once.
+        alpha = self.alpha.to(x.dtype)
+        out = ctx.state[0] * alpha[0]
+        for j in range(1, len(ctx.state)):
+            out = out + ctx.state[j] * alpha[j]
+        return out
 
     def flops_per_token(self) -> int:
         return 2 * self.cfg.d_model * (self.layer + 2)
@@ -103,17 +115,18 @@ class DepthAttnMixer(DepthMixer):
         self.wo.zero_init = True  # GPT.init_weights: start as the residual stream
 
     @staticmethod
-    def new_state(cfg: ModelConfig) -> tuple[DepthBuffer, DepthBuffer]:
-        return DepthBuffer(cfg.n_layers), DepthBuffer(cfg.n_layers)
+    def stream_slots(cfg: ModelConfig) -> int:
+        return cfg.n_layers
 
     def read(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
         B, T, _ = x.shape
         h = self.norm(x)
-        k, v = self.kv(h, ctx)
-        kbuf, vbuf = ctx.state
-        k_depth, v_depth = kbuf.write(k), vbuf.write(v)  # slots 0..l: the stream entering blocks 0..l
+        ctx.stream.put(*self.kv(h, ctx))  # slots 0..l: the stream entering blocks 0..l
         q = ctx.rope(self.q_norm(self.wq(h).view(B, T, self.cfg.n_heads, self.cfg.hd)), ctx.offset)
-        out = ctx.attn(q, None, None, k_depth, v_depth, causal=True)  # depth-only mode
+        if ctx.inference:
+            out = naive_moda_attn(q, None, None, *ctx.stream.views())
+        else:
+            out = ctx.attn.stream(q, None, None, ctx.stream, causal=True)  # depth-only mode
         return x + self.wo(out.reshape(B, T, -1))
 
     def flops_per_token(self) -> int:
@@ -132,28 +145,21 @@ class ModaMixer(DepthMixer):
         self.ffn_kv = KVProjection(cfg) if mix.ffn_kv and self.writes else None
 
     @staticmethod
-    def new_state(cfg: ModelConfig) -> tuple[DepthBuffer, DepthBuffer]:
-        slots = max(1, (cfg.n_layers - 1) * cfg.mixer.slots_per_layer)
-        return DepthBuffer(slots), DepthBuffer(slots)
+    def stream_slots(cfg: ModelConfig) -> int:
+        return max(1, (cfg.n_layers - 1) * cfg.mixer.slots_per_layer)
 
-    def attn_depth(self, ctx: ForwardCtx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        kbuf, vbuf = ctx.state
-        return kbuf.view, vbuf.view  # None at layer 0: sequence-only there
-
-    def _write(self, k: torch.Tensor, v: torch.Tensor, ctx: ForwardCtx) -> None:
-        kbuf, vbuf = ctx.state
-        kbuf.write(k)
-        vbuf.write(v)
+    def attn_depth(self) -> bool:
+        return self.layer > 0  # layer 0 has no earlier layer: sequence-only
 
     def after_attn(self, attn_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardCtx) -> None:
         if self.cfg.mixer.depth_kv and self.writes:
-            self._write(k, v, ctx)  # the layer's own sequence K/V: no extra parameters (Table 3 row 3)
+            ctx.stream.put(k, v)  # the layer's own sequence K/V: no extra parameters (Table 3 row 3)
         if self.attn_kv is not None:
-            self._write(*self.attn_kv(attn_in, ctx), ctx)
+            ctx.stream.put(*self.attn_kv(attn_in, ctx))
 
     def before_ffn(self, ffn_in: torch.Tensor, ctx: ForwardCtx) -> None:
         if self.ffn_kv is not None:
-            self._write(*self.ffn_kv(ffn_in, ctx), ctx)
+            ctx.stream.put(*self.ffn_kv(ffn_in, ctx))
 
     def depth_slots(self) -> int:
         return self.layer * self.cfg.mixer.slots_per_layer

@@ -226,3 +226,48 @@ def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, caus
 def test_sequence_only_folds_any_group(G, causal):
     """Sequence-only attention folds non-power-of-two groups (Table 6's 6 query / 2 KV heads: G=3) in one call."""
     _check(_make(2, 19, G * 2, 2, 16, 1, "seq", seed=G), causal)
+
+
+@pytest.mark.parametrize("mode,split", [("moda", False), ("moda", True), ("depth", False)],
+                         ids=["moda", "moda-split", "depth"])
+def test_backward_adds_depth_gradients_into_given_buffers(monkeypatch, mode, split):
+    """moda_attn_backward with dk_depth_acc / dv_depth_acc (prefix views of one [2, B, T, S, Hk, d] buffer, the
+    model's depth stream layout): the depth gradients are ADDED to what the buffer holds, slots past the
+    prefix are untouched, the other gradients are those of the reference."""
+    import kernels.moda.function as function
+    from kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn_bwd
+
+    monkeypatch.setattr(function, "SPLIT_MIN_T", 0 if split else 1 << 30)
+    B, T, Hq, Hk, d, L, S = 2, 21, 4, 2, 16, 3, 5
+    gen = torch.Generator().manual_seed(17)
+    q = torch.randn(B, T, Hq, d, generator=gen)
+    k, v = (torch.randn(B, T, Hk, d, generator=gen) for _ in range(2)) if mode == "moda" else (None, None)
+    data = torch.randn(2, B, T, S, Hk, d, generator=gen)
+    grad = torch.randn(2, B, T, S, Hk, d, generator=gen)
+    before = grad.clone()
+    kd, vd = data[0, :, :, :L], data[1, :, :, :L]
+    o, lse = moda_attn_forward(q, k, v, kd, vd)
+    do = torch.randn(B, T, Hq, d, generator=gen)
+    got = moda_attn_backward(do, q, k, v, kd, vd, o, lse, dk_depth_acc=grad[0, :, :, :L], dv_depth_acc=grad[1, :, :, :L])
+    ref = naive_moda_attn_bwd(do, q, k, v, kd, vd)
+    assert got[3] is None and got[4] is None
+    for g, r in zip(got[:3], ref[:3]):
+        if r is not None:
+            torch.testing.assert_close(g, r, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(grad[0, :, :, :L], before[0, :, :, :L] + ref[3], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(grad[1, :, :, :L], before[1, :, :, :L] + ref[4], atol=ATOL, rtol=1e-4)
+    assert torch.equal(grad[:, :, :, L:], before[:, :, :, L:])
+
+
+def test_backward_accumulation_buffers_are_validated():
+    from kernels.moda import moda_attn_backward
+
+    q, k, v, kd, vd = _valid()
+    o, lse = torch.zeros_like(q), torch.zeros(2, 16)
+    with pytest.raises(ValueError, match="both dk_depth_acc and dv_depth_acc"):
+        moda_attn_backward(q, q, k, v, kd, vd, o, lse, dk_depth_acc=torch.zeros_like(kd))
+    with pytest.raises(ValueError, match="dv_depth_acc must match k_depth's shape"):
+        moda_attn_backward(q, q, k, v, kd, vd, o, lse, dk_depth_acc=torch.zeros_like(kd), dv_depth_acc=kd[:, :, :1])
+    with pytest.raises(ValueError, match="one stride layout"):
+        moda_attn_backward(q, q, k, v, kd, vd, o, lse, dk_depth_acc=torch.zeros_like(kd),
+                           dv_depth_acc=torch.zeros(1, 8, 4, 2, 16)[:, :, :3])

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.moda.naive import naive_moda_attn
 from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
-from moda_lab.model.depth import DepthBuffer
+from moda_lab.model.depth import DepthStream, new_stream_buffers
 
 MIXERS = {
     "residual": MixerConfig("residual"),
@@ -85,19 +85,55 @@ def test_naive_moda_matches_per_token_loop(G, L):
     )
 
 
-def test_depth_buffer_gradients_match_stacking():
+def _toy_depth_net(layers, stream_of, x0, ws):
+    """A stack of MoDA-style layers: each attends over its own K/V and all earlier layers' K/V, then writes its
+    own; ``stream_of`` is None (reference: torch.stack of the earlier K/V, plain autograd) or a DepthStream."""
+    Hk = 2
+    x, ks, vs, stream = x0, [], [], stream_of
+    for layer in range(layers):
+        w = ws[layer]
+        q, k, v = x @ w, (x[:, :, :Hk] @ w).contiguous(), (x[:, :, Hk : 2 * Hk] @ w.t()).contiguous()
+        if stream is None:
+            kd, vd = (torch.stack(ks, 2), torch.stack(vs, 2)) if ks else (None, None)
+            out = naive_moda_attn(q, k, v, kd, vd)
+            ks.append(k)
+            vs.append(v)
+        else:
+            out = stream.attend(q, k, v, causal=True, kernel=False) if stream.size else naive_moda_attn(q, k, v)
+            stream.put(k, v)
+        x = x + out
+    return x.pow(2).sum()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_depth_stream_gradients_match_stacking(compiled):
+    """The preallocated stream (in-place writes, gradients added in place by each reader's backward, order
+    carried by tokens) gives stacking's loss and gradients, eagerly and under torch.compile (one graph)."""
     torch.manual_seed(0)
-    vals = [torch.randn(2, 3, 4, requires_grad=True) for _ in range(4)]
-    buf = DepthBuffer(4)
-    outs = [buf.write(v * 1.0).sum(2) * (i + 1) for i, v in enumerate(vals)]  # every prefix is consumed
-    torch.stack(outs).pow(2).sum().backward()
-    got = [v.grad.clone() for v in vals]
-    for v in vals:
-        v.grad = None
-    outs = [torch.stack(vals[: i + 1], dim=2).sum(2) * (i + 1) for i in range(4)]
-    torch.stack(outs).pow(2).sum().backward()
-    for a, v in zip(got, vals):
-        torch.testing.assert_close(a, v.grad)
+    B, T, Hk, G, d, layers = 2, 9, 2, 2, 16, 4
+    ws = [(0.2 * torch.randn(d, d)).requires_grad_() for _ in range(layers)]
+    x0 = torch.randn(B, T, Hk * G, d)
+    ref = _toy_depth_net(layers, None, x0, ws)
+    grads_ref = torch.autograd.grad(ref, ws)
+
+    def net(data, grad, token):
+        return _toy_depth_net(layers, DepthStream(data, grad, token), x0, ws)
+
+    run = torch.compile(net, fullgraph=True) if compiled else net
+    for _ in range(2):  # fresh buffers every forward, as GPT.forward allocates them
+        loss = run(*new_stream_buffers(layers, B, T, Hk, d, "cpu", torch.float32))
+        grads = torch.autograd.grad(loss, ws)
+        torch.testing.assert_close(loss, ref)
+        for g, gr in zip(grads, grads_ref):
+            torch.testing.assert_close(g, gr, atol=1e-4, rtol=1e-4)  # fp32 sums in another order
+
+
+def test_depth_stream_refuses_a_write_past_its_slots():
+    stream = DepthStream(*new_stream_buffers(1, 1, 2, 1, 4, "cpu", torch.float32))
+    k = torch.randn(1, 2, 1, 4)
+    stream.put(k, k)
+    with pytest.raises(RuntimeError, match="depth stream full: all 1 slots"):
+        stream.put(k, k)
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
@@ -166,20 +202,29 @@ def test_bad_model_config_errors_name_the_key():
 
 
 @pytest.mark.slow
-def test_compiled_blocks_match_eager():
-    """trainer.compile=true compiles each block in place: same loss and gradients, same state_dict keys."""
+@pytest.mark.parametrize("mixer", ["residual", "dense", "depth_attn", "moda_full"])
+def test_whole_model_compiles_to_one_graph_and_matches_eager(mixer):
+    """GPT.compile(): every layer and the depth stream in ONE graph (no graph break, no recompile across layers
+    or steps, counted by dynamo), same loss and gradients as eager, same state_dict keys."""
+    from torch._dynamo.utils import counters
+
     torch.manual_seed(0)
-    model = GPT(tiny("moda_full", "post"))
+    model = GPT(tiny(mixer, "post", n_layers=4))
     idx = torch.randint(0, 64, (2, 9))
     ref = model(idx[:, :-1], idx[:, 1:])
     ref.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     keys = list(model.state_dict())
-    model.zero_grad()
-    for block in model.blocks:
-        block.compile()
-    loss = model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile(fullgraph=True)
+    for _ in range(2):  # two training steps: the second must reuse the first step's graph
+        model.zero_grad()
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert counters["stats"].get("calls_captured", 0) > 0
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(loss, ref)
     for g, p in zip(grads, model.parameters()):

@@ -41,10 +41,12 @@ def test_triton_backend_handles_groups_the_kernel_does_not_fold(mixer, monkeypat
     """Table 6's 6 query / 2 KV heads (G=3): sequence-only attention folds G=3, MoDA pads the group to 4 query
     heads; one kernel call per layer, and loss and every gradient equal the naive backend's."""
     import kernels.moda as moda
+    import moda_lab.model.depth as depth
 
     calls = []
-    real = moda.moda_attn
-    monkeypatch.setattr(moda, "moda_attn", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    for module, name in ((moda, "moda_attn"), (depth, "moda_attn_forward")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, **kw: calls.append(a[0].shape) or real(*a, **kw))
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layers=2, d_model=96, n_heads=6, n_kv_heads=2, max_seq_len=16,
                       mixer=mixer, norm="post", attn_backend="triton")
