@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import write_tiny_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """Two small real-text domains (stdlib prose and code), a few hundred KB."""
+    from helpers import write_tiny_corpus  # imported here: helpers needs hydra, tests/gpu only torch and triton
+
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))

@@ -5,7 +5,9 @@
 One run measures all rows on the same device (the residual baseline of each shape is measured in the same
 run), prints a Markdown table and writes it plus a JSON copy. A step = forward + backward + fused AdamW, bf16
 autocast, the model's attention backend (triton on CUDA). MFU = tokens/s x analytic training FLOPs per token
-(6N + attention + depth terms, GPT.flops_per_token) / device bf16 peak.
+(6N + attention + depth terms, GPT.flops_per_token) / device bf16 peak. With --compile the whole model is one
+torch.compile graph (GPT.compile, as trainer=gpu trains); each row records dynamo's graph count, graph breaks
+and the compile time (the first warm-up step).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -54,8 +58,9 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
     )
     model = GPT(cfg).cuda()
     if compile_blocks:
-        for block in model.blocks:
-            block.compile()
+        torch._dynamo.reset()
+        counters.clear()
+        model.compile(fullgraph=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     B = max(1, tokens_per_step // T)
     data = torch.randint(0, 8192, (B, T + 1), device="cuda")
@@ -69,7 +74,11 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first_step_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -103,7 +112,11 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "tokens_per_s": tok_s,
         "mfu": tok_s * fpt / peak if peak else None,
         "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
+        "first_step_s": first_step_s,
     }
+    if compile_blocks:
+        row["graphs"] = counters["stats"]["unique_graphs"]
+        row["graph_breaks"] = sum(counters["graph_break"].values())
     return row
 
 
@@ -128,7 +141,7 @@ def main() -> None:
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="torch.compile every block")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the whole model (GPT.compile)")
     ap.add_argument("--norm", default="post")
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler summary per row to <out>.profile.txt")
@@ -184,20 +197,21 @@ def main() -> None:
 def table(env: dict, rows: list[dict]) -> str:
     head = (
         f"# Training-step throughput\n\n{json.dumps(env)}\n\n"
-        "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB "
+        "| 1st step s | graphs/breaks |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | | | | {r['error']} | | | | |")
+            lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | | | | {r['error']} | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         ovh = f"{100 * r['overhead_vs_residual']:+.1f}%" if "overhead_vs_residual" in r else ""
         lines.append(
             f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
             f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
-            f"{r['mem_GiB']:.1f} |"
+            f"{r['mem_GiB']:.1f} | {r.get('first_step_s', 0):.1f} | {r.get('graphs', '-')}/{r.get('graph_breaks', '-')} |"
         )
     return head + "\n".join(lines) + "\n"
 

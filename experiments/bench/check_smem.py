@@ -93,7 +93,9 @@ def _job(args):
     prec = "ieee" if dtype == "fp32" else None
     const = dict(G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=True, PREC=prec, **cfg.kwargs)
     if kname != "dkdv":
-        const.update(SUB_M=triton_fwd.sub_tile_rows(G), HAS_INIT=False)
+        const.update(GP=triton_fwd.row_group(G, has_depth), SUB_M=triton_fwd.sub_tile_rows(G), HAS_INIT=False)
+    if kname == "dq":
+        const.update(ACC=has_depth)
     return args, shared_bytes(kname, const, dtype, cfg.num_warps, cfg.num_stages)
 
 

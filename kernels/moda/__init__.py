@@ -9,7 +9,9 @@ Layout, fixed for the whole project
 * The model preallocates one [B, T, Lmax, Hk, d] buffer per stream and passes the prefix view
   ``buf[:, :, :L]``; the kernel reads such views in place (only the trailing (Hk, d) dims must be dense).
 * Inside the kernel GQA is folded into time as in the paper: per KV head the queries form G*T rows,
-  row i = token i // G of head (h // G) * G + i % G.
+  row i = token i // G of head (h // G) * G + i % G. A depth phase needs row tiles of whole tokens, so for a
+  group that is not a power of two (Table 6's G=3) it folds with padding rows to the next power of two, and
+  runs as its own launch next to the densely folded sequence launch.
 
 ``moda_attn`` is the Triton implementation (CUDA, or CPU under ``TRITON_INTERPRET=1``) with autograd;
 ``naive_moda_attn`` is the readable fp32 reference that defines the semantics (``naive_moda_attn_bwd`` its
@@ -22,11 +24,10 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import SUPPORTED_GROUPS, check_moda_inputs
+from ._validate import check_moda_inputs
 from .naive import naive_moda_attn, naive_moda_attn_bwd
 
 __all__ = [
-    "SUPPORTED_GROUPS",
     "moda_attn",
     "moda_attn_backward",
     "moda_attn_forward",

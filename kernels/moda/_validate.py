@@ -13,10 +13,10 @@ import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-# Query heads per KV head with depth keys. Powers of two so that a tile of rows always holds whole tokens
-# (the kernel's depth phase relies on it); 32 is the paper's largest G (Table 2). Sequence-only attention
-# folds any G.
-SUPPORTED_GROUPS = (1, 2, 4, 8, 16, 32)
+# Query heads per KV head with depth keys: at most 32 (the paper's largest G, Table 2), so that a depth
+# sub-tile of max(16, next power of two >= G) rows fits the smallest row tile (64). Groups that are not powers
+# of two get padding rows in the depth phase only (triton_fwd.row_group). Sequence-only attention folds any G.
+MAX_DEPTH_GROUP = 32
 
 
 def running_in_interpreter() -> bool:
@@ -90,10 +90,10 @@ def check_moda_inputs(
         Hk = k_depth.shape[3]
     if Hk < 1 or Hq % Hk:
         raise ValueError(f"query heads Hq={Hq} must be a multiple of KV heads Hk={Hk}")
-    if k_depth is not None and Hq // Hk not in SUPPORTED_GROUPS:
+    if k_depth is not None and Hq // Hk > MAX_DEPTH_GROUP:
         raise ValueError(
-            f"GQA group G=Hq/Hk={Hq // Hk} is not supported by the kernel with depth keys; supported: "
-            f"{SUPPORTED_GROUPS} (sequence-only attention takes any G)"
+            f"GQA group G=Hq/Hk={Hq // Hk} is not supported by the kernel with depth keys; at most "
+            f"{MAX_DEPTH_GROUP} (sequence-only attention takes any G)"
         )
 
     for name, t in named:

@@ -24,7 +24,16 @@ import triton
 import triton.language as tl
 
 from ._validate import running_in_interpreter
-from .triton_fwd import LOG2E, TUNE_KEY, dot_precision, make_prune, sub_tile_rows, tagged_configs
+from .triton_fwd import (
+    LOG2E,
+    TUNE_KEY,
+    dot_precision,
+    fused_ok,
+    make_prune,
+    row_group,
+    sub_tile_rows,
+    tagged_configs,
+)
 
 DKDV_BLOCKS = ("BLOCK_M", "BLOCK_N")  # the dK/dV kernel has no depth phase, hence no BLOCK_DN
 
@@ -236,7 +245,7 @@ def _moda_bwd_dq_kernel(
     sdkdb, sdkdt, sdkdl, sdkdh,
     T, L, Hk,
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
-    G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, HAS_INIT: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
@@ -248,25 +257,27 @@ def _moda_bwd_dq_kernel(
     b = (pid_bh // Hk).to(tl.int64)
     hk = pid_bh % Hk
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    row_tok = offs_m // G
-    row_ok = row_tok < T
-    head = hk * G + offs_m % G
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # rows t * GP + g, as in the forward kernel
+    row_tok = offs_m // GP
+    row_g = offs_m % GP
+    row_ok = (row_tok < T) & (row_g < G)
+    lse_row = pid_bh.to(tl.int64) * T * G + row_tok * G + row_g
+    head = hk * G + row_g
     offs_d = tl.arange(0, HEAD_D)
     q = tl.load(Q + b * sqb + row_tok.to(tl.int64)[:, None] * sqt + head[:, None] * sqh + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + b * sdob + row_tok.to(tl.int64)[:, None] * sdot + head[:, None] * sdoh + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * T * G + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * T * G + offs_m, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + lse_row, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + lse_row, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
 
     if HAS_SEQ:
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
         if CAUSAL:
-            t_first = start_m // G
-            t_last = tl.minimum((start_m + BLOCK_M - 1) // G, T - 1)
+            t_first = start_m // GP
+            t_last = tl.minimum((start_m + BLOCK_M - 1) // GP, T - 1)
             n_full = ((t_first + 1) // BLOCK_N) * BLOCK_N
             for start_n in range(0, n_full, BLOCK_N):
                 dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
@@ -287,9 +298,9 @@ def _moda_bwd_dq_kernel(
         NSUB: tl.constexpr = BLOCK_M // SUB_M
         q3 = tl.reshape(q, (NSUB, SUB_M, HEAD_D))
         do3 = tl.reshape(do, (NSUB, SUB_M, HEAD_D))
-        sub_tok0 = (start_m + tl.arange(0, NSUB) * SUB_M) // G
-        loc_tok = (tl.arange(0, BLOCK_M) % SUB_M) // G
-        span = (SUB_M // G) * L
+        sub_tok0 = (start_m + tl.arange(0, NSUB) * SUB_M) // GP
+        loc_tok = (tl.arange(0, BLOCK_M) % SUB_M) // GP
+        span = (SUB_M // GP) * L
         kd_base = KD + b * skdb + hk * skdh
         vd_base = VD + b * svdb + hk * svdh
         dkd_base = DKD + b * sdkdb + hk * sdkdh
@@ -379,11 +390,11 @@ def moda_bwd(
             G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=prec,
         )
 
-    def grid_q(meta):
-        return (triton.cdiv(T * G, meta["BLOCK_M"]), B * Hk)
+    def grid_q(meta, has_depth):
+        return (triton.cdiv(T * row_group(G, has_depth), meta["BLOCK_M"]), B * Hk)
 
     passes = [(has_seq, has_depth, None, dq)]
-    if split and has_seq and has_depth:
+    if has_seq and has_depth and (split or not fused_ok(G)):
         dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
         passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]
     for seq_pass, depth_pass, dq_init, dq_out in passes:
@@ -396,7 +407,7 @@ def moda_bwd(
 def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, dq_init, qk_scale, scale,
                ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, has_seq, has_depth, causal, prec,
                accumulate):
-    _moda_bwd_dq_kernel[grid_q](
+    _moda_bwd_dq_kernel[lambda meta: grid_q(meta, has_depth)](
         q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q,
         do, lse, delta, dq, dkd if has_depth else q, dvd if has_depth else q, dq_init if dq_init is not None else dq,
         qk_scale, scale,
@@ -409,7 +420,7 @@ def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, 
         dq.stride(0), dq.stride(1), dq.stride(2),
         dkds[0], dkds[1], dkds[2], dkds[3],
         T, L, Hk, t_bucket, l_bucket,
-        G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
+        G=G, GP=row_group(G, has_depth), HEAD_D=d, SUB_M=sub_tile_rows(G),
         HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=dq_init is not None, CAUSAL=causal, PREC=prec,
         ACC=accumulate and has_depth,
     )

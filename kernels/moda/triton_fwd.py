@@ -197,7 +197,7 @@ def _moda_fwd_kernel(
     sob, sot, soh,
     T, L, Hk,
     T_BUCKET, L_BUCKET,  # autotune key only (bucketed T and L)
-    G: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, SUB_M: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_DEPTH: tl.constexpr, HAS_INIT: tl.constexpr, CAUSAL: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DN: tl.constexpr,
@@ -210,19 +210,21 @@ def _moda_fwd_kernel(
     b = (pid_bh // Hk).to(tl.int64)
     hk = pid_bh % Hk
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)  # folded query rows i = t * G + g
-    row_tok = offs_m // G
-    row_ok = row_tok < T
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # folded query rows i = t * GP + g (GP = G but in padded passes)
+    row_tok = offs_m // GP
+    row_g = offs_m % GP
+    row_ok = (row_tok < T) & (row_g < G)
+    lse_row = pid_bh.to(tl.int64) * T * G + row_tok * G + row_g  # (O, LSE) rows are always densely folded
     offs_d = tl.arange(0, HEAD_D)
 
-    q_ptrs = Q + b * sqb + row_tok.to(tl.int64)[:, None] * sqt + (hk * G + offs_m % G)[:, None] * sqh + offs_d[None, :]
+    q_ptrs = Q + b * sqb + row_tok.to(tl.int64)[:, None] * sqt + (hk * G + row_g)[:, None] * sqh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
-    o_off = b * sob + row_tok.to(tl.int64)[:, None] * sot + (hk * G + offs_m % G)[:, None] * soh + offs_d[None, :]
+    o_off = b * sob + row_tok.to(tl.int64)[:, None] * sot + (hk * G + row_g)[:, None] * soh + offs_d[None, :]
     if HAS_INIT:
         # Resume the online softmax of an earlier pass (the depth pass of the split schedule):
         # state (m, l, acc) = (its log2-sum-exp, 1, its normalised fp32 output) is exact.
-        m_i = tl.load(LSE_INIT + pid_bh.to(tl.int64) * T * G + offs_m, mask=row_ok, other=0.0)
+        m_i = tl.load(LSE_INIT + lse_row, mask=row_ok, other=0.0)
         l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
         acc = tl.load(O_INIT + o_off, mask=row_ok[:, None], other=0.0)
     else:
@@ -234,8 +236,8 @@ def _moda_fwd_kernel(
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
         if CAUSAL:
-            t_first = start_m // G
-            t_last = tl.minimum((start_m + BLOCK_M - 1) // G, T - 1)
+            t_first = start_m // GP
+            t_last = tl.minimum((start_m + BLOCK_M - 1) // GP, T - 1)
             # Keys s <= t_first are visible to every row of the tile: no mask there.
             n_full = ((t_first + 1) // BLOCK_N) * BLOCK_N
             for start_n in range(0, n_full, BLOCK_N):
@@ -256,9 +258,9 @@ def _moda_fwd_kernel(
     if HAS_DEPTH:
         NSUB: tl.constexpr = BLOCK_M // SUB_M
         q3 = tl.reshape(q, (NSUB, SUB_M, HEAD_D))  # [BLOCK_M, d] -> [NSUB, SUB_M, d], rows stay in order
-        sub_tok0 = (start_m + tl.arange(0, NSUB) * SUB_M) // G  # first token of each sub-tile
-        loc_tok = (tl.arange(0, BLOCK_M) % SUB_M) // G  # token of a row, counted inside its sub-tile
-        span = (SUB_M // G) * L  # depth slots of one sub-tile's tokens
+        sub_tok0 = (start_m + tl.arange(0, NSUB) * SUB_M) // GP  # first token of each sub-tile
+        loc_tok = (tl.arange(0, BLOCK_M) % SUB_M) // GP  # token of a row, counted inside its sub-tile
+        span = (SUB_M // GP) * L  # depth slots of one sub-tile's tokens
         kd_base = KD + b * skdb + hk * skdh
         vd_base = VD + b * svdb + hk * svdh
         for n0 in range(0, span, BLOCK_DN):
@@ -271,7 +273,7 @@ def _moda_fwd_kernel(
     o = acc / l_safe[:, None]
     tl.store(O + o_off, o.to(O.dtype.element_ty), mask=row_ok[:, None])
     # log2-sum-exp of the scaled scores of each row, the softmax normaliser the backward pass recomputes P with.
-    tl.store(LSE + pid_bh.to(tl.int64) * T * G + offs_m, m_i + tl.math.log2(l_safe), mask=row_ok)
+    tl.store(LSE + lse_row, m_i + tl.math.log2(l_safe), mask=row_ok)
 
 
 def dot_precision(dtype: torch.dtype) -> str | None:
@@ -280,8 +282,20 @@ def dot_precision(dtype: torch.dtype) -> str | None:
 
 
 def sub_tile_rows(G: int) -> int:
-    """Rows of a depth sub-tile: whole tokens (a multiple of G) and at least a tensor-core M of 16."""
-    return max(16, G)
+    """Rows of a depth sub-tile: whole tokens (a multiple of the row group) and at least a tensor-core M of 16."""
+    return max(16, row_group(G, True))
+
+
+def row_group(G: int, has_depth: bool) -> int:
+    """Rows per token in the folded query. A depth phase needs tiles of whole tokens, so a group that is not a
+    power of two (Table 6's G=3) gets padding rows up to the next power of two there: they are masked, never
+    loaded or stored, and cost (GP - G) / GP of the depth phase's arithmetic. Sequence passes fold any G."""
+    return triton.next_power_of_2(G) if has_depth else G
+
+
+def fused_ok(G: int) -> bool:
+    """Whether one launch can run the sequence and the depth phase: only when both fold the group alike."""
+    return row_group(G, True) == G
 
 
 def moda_fwd(
@@ -298,10 +312,11 @@ def moda_fwd(
 
     ``split`` (MoDA mode only) runs the depth phase as its own launch into an fp32 (O, LSE) state and
     resumes that softmax in the sequence launch, instead of one fused pass: measured faster at long T
-    (see experiments/bench/NOTES.md), where the fused pass slows the sequence loop down.
+    (see experiments/bench/NOTES.md), where the fused pass slows the sequence loop down. A group that is not
+    a power of two always splits, so that only the depth launch has padding rows (row_group).
     Returns O [B, T, Hq, d] in q.dtype and LSE [B * Hk, T * G] fp32 (log2 units, folded row order).
     """
-    if split and k is not None and k_depth is not None:
+    if k is not None and k_depth is not None and (split or not fused_ok(q.shape[2] // k.shape[2])):
         o_d, lse_d = _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, torch.float32, None)
         return _launch_fwd(q, k, v, None, None, causal, scale, q.dtype, (o_d, lse_d))
     return _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, q.dtype, None)
@@ -313,6 +328,7 @@ def _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, out_dtype, init):
     Hk = k.shape[2] if has_seq else k_depth.shape[3]
     L = k_depth.shape[2] if has_depth else 1
     G = Hq // Hk
+    GP = row_group(G, has_depth)
     o = torch.empty((B, T, Hq, d), dtype=out_dtype, device=q.device)
     lse = torch.empty((B * Hk, T * G), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
@@ -324,7 +340,7 @@ def _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, out_dtype, init):
     vds = v_depth.stride() if has_depth else (0, 0, 0, 0, 0)
 
     def grid(meta):
-        return (triton.cdiv(T * G, meta["BLOCK_M"]), B * Hk)
+        return (triton.cdiv(T * GP, meta["BLOCK_M"]), B * Hk)
 
     _moda_fwd_kernel[grid](
         q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q, o, lse,
@@ -338,7 +354,7 @@ def _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, out_dtype, init):
         o.stride(0), o.stride(1), o.stride(2),
         T, L, Hk,
         triton.next_power_of_2(T), triton.next_power_of_2(L),
-        G=G, HEAD_D=d, SUB_M=sub_tile_rows(G),
+        G=G, GP=GP, HEAD_D=d, SUB_M=sub_tile_rows(G),
         HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=init is not None, CAUSAL=causal,
         PREC=dot_precision(q.dtype),
     )

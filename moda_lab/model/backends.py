@@ -67,36 +67,22 @@ class SdpaBackend(NaiveBackend):
 
 
 class TritonBackend:
-    """The fused kernel. With depth keys the kernel folds power-of-two GQA groups into time; another group
-    (e.g. Table 6's 6 query / 2 KV heads, G=3) gets zero query heads up to the next power of two: one launch
-    that reads the depth stream and adds its gradient once. A padded head's output is dropped, so its dO is
-    zero and it adds nothing to any gradient; it costs (Gp - G) / G more attention arithmetic."""
+    """The fused kernel; it folds any GQA group (Table 6's 6 query / 2 KV heads, G=3, included)."""
 
     name = "triton"
 
     def __init__(self) -> None:
         try:
-            from kernels.moda import SUPPORTED_GROUPS, moda_attn
+            from kernels.moda import moda_attn
         except ImportError as err:  # triton missing or broken
             raise RuntimeError(f"model.attn_backend='triton' needs a working Triton install: {err}") from err
-        self._attn, self._groups = moda_attn, SUPPORTED_GROUPS
-
-    def _padded(self, q: Tensor, Hk: int, call) -> Tensor:
-        B, T, Hq, d = q.shape
-        G = Hq // Hk
-        if G in self._groups:
-            return call(q)
-        Gp = next(s for s in self._groups if s >= G)
-        qp = F.pad(q.view(B, T, Hk, G, d), (0, 0, 0, Gp - G)).view(B, T, Hk * Gp, d)
-        return call(qp).view(B, T, Hk, Gp, d)[:, :, :, :G].reshape(B, T, Hq, d)
+        self._attn = moda_attn
 
     def __call__(self, q, k, v, k_depth=None, v_depth=None, *, causal=True):
-        if k_depth is None:  # sequence-only attention folds any group
-            return self._attn(q, k, v, causal=causal)
-        return self._padded(q, k_depth.shape[3], lambda qq: self._attn(qq, k, v, k_depth, v_depth, causal=causal))
+        return self._attn(q, k, v, k_depth, v_depth, causal=causal)
 
     def stream(self, q, k, v, stream, *, causal=True):
-        return self._padded(q, stream.n_kv, lambda qq: stream.attend(qq, k, v, causal=causal, kernel=True))
+        return stream.attend(q, k, v, causal=causal, kernel=True)
 
 
 def triton_usable() -> bool:

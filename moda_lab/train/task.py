@@ -127,8 +127,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             (data.root / "tokenizer.json").read_text(),
         )
         if run.trainer.compile:
-            for block in module.model.blocks:
-                block.compile()  # in place: state_dict keys stay those of the eager model
+            module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
         dm = PackedDataModule(
             data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
         )

@@ -139,7 +139,7 @@ def _valid():
         (lambda a: (a[0], a[1], a[2], a[3], a[4][:, :, :2]), "v_depth must have"),
         (lambda a: (a[0], a[1], a[2], a[3][:, :, :0], a[4][:, :, :0]), "L >= 1"),
         (lambda a: tuple(torch.randn(*t.shape[:-1], 24) for t in a), "head dim"),
-        (lambda a: (torch.randn(1, 8, 6, 16), a[1], a[2], a[3], a[4]), "GQA group"),
+        (lambda a: (torch.randn(1, 8, 66, 16), a[1], a[2], a[3], a[4]), "GQA group G=Hq/Hk=33"),
         (lambda a: tuple(t.double() for t in a), "dtype"),
         (lambda a: (a[0].half(), a[1], a[2], a[3], a[4]), "share q's dtype"),
         (lambda a: (a[0], a[1], a[2], a[3].to("meta"), a[4]), "device"),
@@ -226,6 +226,14 @@ def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, caus
 def test_sequence_only_folds_any_group(G, causal):
     """Sequence-only attention folds non-power-of-two groups (Table 6's 6 query / 2 KV heads: G=3) in one call."""
     _check(_make(2, 19, G * 2, 2, 16, 1, "seq", seed=G), causal)
+
+
+@pytest.mark.parametrize("mode,G,causal", [("moda", 3, True), ("moda", 3, False), ("depth", 3, True),
+                                           ("moda", 5, True), ("moda", 6, True), ("depth", 12, False)])
+def test_depth_modes_fold_any_group(mode, G, causal):
+    """Groups that are not powers of two with depth keys: the depth phase folds with padding rows (masked, never
+    loaded or stored) in its own launch, the sequence phase folds densely; output and every gradient exact."""
+    _check(_make(2, 21, G * 2 if G < 12 else G, 2 if G < 12 else 1, 16, 3, mode, seed=G), causal)
 
 
 @pytest.mark.parametrize("mode,split", [("moda", False), ("moda", True), ("depth", False)],

@@ -37,9 +37,9 @@ def test_triton_backend_matches_naive_loss_and_grads(mixer):
 
 @pytest.mark.parametrize("mixer", [MixerConfig("residual"), MixerConfig("moda", depth_kv=True, ffn_kv=True)],
                          ids=["residual", "moda"])
-def test_triton_backend_handles_groups_the_kernel_does_not_fold(mixer, monkeypatch):
-    """Table 6's 6 query / 2 KV heads (G=3): sequence-only attention folds G=3, MoDA pads the group to 4 query
-    heads; one kernel call per layer, and loss and every gradient equal the naive backend's."""
+def test_triton_backend_folds_non_power_of_two_groups(mixer, monkeypatch):
+    """Table 6's 6 query / 2 KV heads (G=3): the kernel folds G=3 in every mode (no padded query heads), one
+    kernel call per layer, and loss and every gradient equal the naive backend's."""
     import kernels.moda as moda
     import moda_lab.model.depth as depth
 
@@ -55,8 +55,7 @@ def test_triton_backend_handles_groups_the_kernel_does_not_fold(mixer, monkeypat
     loss = model(idx[:, :-1], idx[:, 1:])
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    # Layer 0 of MoDA has no depth slots yet (sequence-only, G=3 folded); layer 1 pads to 4 heads per KV head.
-    assert [s[2] for s in calls] == ([6, 6] if mixer.name == "residual" else [6, 8]), calls
+    assert [s[2] for s in calls] == [6, 6], calls  # 6 query heads reach the kernel in every layer
     model.zero_grad()
     model.set_backend("naive")
     ref = model(idx[:, :-1], idx[:, 1:])

@@ -63,6 +63,9 @@ CASES = [
     ("moda", 1, 1000, 8, 4, 64, 7, True, torch.float16),
     ("moda", 1, 1000, 8, 4, 64, 7, True, torch.float32),
     ("seq", 1, 1000, 4, 4, 128, 0, True, torch.float32),
+    # Table 6's group G=3 (6 query / 2 KV heads) with depth keys, at the training shape's slot counts.
+    ("moda", 2, 1024, 6, 2, 64, 46, True, torch.bfloat16),
+    ("depth", 2, 1000, 6, 2, 64, 24, True, torch.bfloat16),
 ]
 
 

@@ -46,12 +46,21 @@ def test_triton_backend_matches_reference_in_bf16(mixer):
     assert rel < 2e-2, f"gradient relative error {rel:.2e}"
 
 
-def test_moda_model_compiles_without_graph_breaks_in_attention():
-    model = build("moda", "triton")
-    for block in model.blocks:
-        block.compile()
+@pytest.mark.parametrize("mixer", ["moda", "dense", "depth_attn"])
+def test_whole_model_compile_is_one_graph_and_matches_eager(mixer):
+    from torch._dynamo.utils import counters
+
+    model = build(mixer, "triton")
     idx = torch.randint(0, 8192, (2, 257), device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    assert torch.isfinite(loss)
+    x, y = idx[:, :-1], idx[:, 1:]
+    loss_e, g_e = loss_and_grads(model, x, y)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile(fullgraph=True)
+    for _ in range(2):
+        loss_c, g_c = loss_and_grads(model, x, y)
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    assert abs(loss_c.item() - loss_e.item()) < 1e-3 * loss_e.item()
+    rel = (g_c - g_e).norm() / g_e.norm()
+    assert rel < 1e-2, f"compiled vs eager gradient relative error {rel:.2e}"
