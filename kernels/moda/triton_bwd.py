@@ -229,7 +229,9 @@ def _dq_depth_tile(
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY,
+# restore_value: with ACC the kernel adds into the depth-gradient buffer, so every autotuning trial run would
+# add once more; the autotuner saves DKD/DVD before each trial and restores them after it.
+@triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY, restore_value=["DKD", "DVD"],
                  prune_configs_by={"early_config_prune": make_prune("dq", DQ_TAGS)})
 @triton.jit
 def _moda_bwd_dq_kernel(

@@ -279,3 +279,12 @@ def test_backward_accumulation_buffers_are_validated():
     with pytest.raises(ValueError, match="one stride layout"):
         moda_attn_backward(q, q, k, v, kd, vd, o, lse, dk_depth_acc=torch.zeros_like(kd),
                            dv_depth_acc=torch.zeros(1, 8, 4, 2, 16)[:, :, :3])
+
+
+def test_autotuning_cannot_add_twice_into_the_depth_gradient_buffer():
+    """On a GPU the dQ kernel is benchmarked over several configs on the real arguments; with ACC each trial would
+    add its depth gradients into the buffer once more (seen on an H200: gradients 36x too large). The autotuner
+    must restore DKD/DVD after every trial."""
+    from kernels.moda.triton_bwd import _moda_bwd_dq_kernel
+
+    assert {"DKD", "DVD"} <= set(_moda_bwd_dq_kernel.restore_value)
