@@ -7,7 +7,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | 
 if [ -n "${TESTS-tests/gpu/test_model_gpu.py}" ]; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short -x \
     ${TESTS-tests/gpu/test_model_gpu.py} > "$OUT/gpu_tests.txt" 2>&1 || true
-  grep -E "passed|failed|Error|error" "$OUT/gpu_tests.txt" | tail -15
+  grep -E "passed|failed|Error|error" "$OUT/gpu_tests.txt" | tail -15 || true
 fi
 timeout "${BENCH_TIMEOUT:-330}" python3 experiments/bench/bench_train.py --compile --out "$OUT/train_compiled.md" "$@" \
   2>&1 | tee "$OUT/bench_train.log" | grep -v "^{" || true
