@@ -33,10 +33,15 @@ class EvalConfigError(ValueError):
     """An eval.* setting is invalid; the message names the key."""
 
 
+PPL_SPLITS = ("heldout", "all")
+
+
 @dataclass(frozen=True)
 class PerplexityConfig:
     domains: dict[str, str] | str = field(default_factory=dict)  # {name: file or dir}, or a corpus dir
+    split: str = "heldout"  # heldout: the documents the run held out of the corpus dir; all: every document
     max_documents: int | None = None  # per domain
+    val_fraction: float | None = None  # heldout: None = the run's data.val_fraction (<run dir>/config.yaml)
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,14 @@ class EvalConfig:
     limit: int | None = None  # examples per task (quick checks); None: all
     max_length: int | None = None  # context for scoring; None: model.max_seq_len
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    # Set by eval_config_from_dict for tasks=all: {task: missing file} of the paper tasks left out.
+    missing_tasks: dict[str, str] = field(default_factory=dict)
 
 
 def eval_config_from_dict(d: dict | None) -> EvalConfig:
     """Strict conversion of the eval section (unknown keys, bad task names and missing data are errors)."""
     d = dict(d or {})
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    known = {f.name for f in dataclasses.fields(EvalConfig)} - {"missing_tasks"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise EvalConfigError(f"unknown key(s) eval.{unknown[0]} (all unknown: {unknown}); known: {sorted(known)}")
@@ -67,10 +74,21 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     tasks = d.get("tasks", TASKS)
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
-    tasks = tuple(TASKS if list(tasks) == ["all"] else tasks)
+    every = list(tasks) == ["all"]
+    tasks = tuple(TASKS if every else tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise EvalConfigError(f"eval.tasks: unknown task(s) {bad}; available: {list(TASKS)} (or 'all')")
+    if every:
+        d["missing_tasks"] = missing_task_files(tasks, d.get("data_dir"))
+        tasks = tuple(t for t in tasks if t not in d["missing_tasks"])
+        if not tasks:
+            raise EvalConfigError(
+                f"eval.tasks=all: no task file in {str(data_dir(d.get('data_dir')).resolve())!r}; set eval.data_dir "
+                f"(or the environment variable {DATA_ENV}) to the directory holding <task>.jsonl"
+            )
+        if d["missing_tasks"]:
+            log.warning(missing_tasks_message(d["missing_tasks"]))
     d["tasks"] = tasks
     for key in ("batch_size", "limit", "max_length"):
         v = d.get(key)
@@ -82,6 +100,18 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
         raise EvalConfigError(
             f"eval.perplexity.max_documents must be a positive integer or null, got {ppl['max_documents']!r}"
         )
+    split = ppl.get("split", "heldout")
+    if split not in PPL_SPLITS:
+        raise EvalConfigError(f"eval.perplexity.split={split!r} is not allowed; choose one of {list(PPL_SPLITS)}")
+    if split == "heldout" and isinstance(ppl.get("domains"), dict) and ppl["domains"]:
+        raise EvalConfigError(
+            "eval.perplexity.split=heldout re-derives the documents a run held out of its corpus dir: give "
+            "eval.perplexity.domains=<corpus dir> (its subdirectories are the domains), or score files of your "
+            "own whole with eval.perplexity.split=all"
+        )
+    vf = ppl.get("val_fraction")
+    if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
+        raise EvalConfigError(f"eval.perplexity.val_fraction must be in (0, 1) or null, got {vf!r}")
     device = d.get("device", "auto")
     if device != "auto":
         try:
@@ -104,15 +134,43 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     return cfg
 
 
+def missing_task_files(tasks: tuple[str, ...], root: str | None) -> dict[str, str]:
+    """{task: its expected file} for each task whose JSONL is absent from the data dir."""
+    return {t: str(task_file(t, root)) for t in tasks if not task_file(t, root).is_file()}
+
+
+def missing_tasks_message(missing: dict[str, str]) -> str:
+    return (
+        f"eval.tasks=all: NOT EVALUATED (data file missing): {', '.join(missing)}. "
+        f"Expected: {', '.join(missing.values())}"
+    )
+
+
 def check_task_data(cfg: EvalConfig) -> None:
     """Every selected task's JSONL must exist: name the path and how to point elsewhere."""
-    missing = [str(task_file(t, cfg.data_dir)) for t in cfg.tasks if not task_file(t, cfg.data_dir).is_file()]
+    missing = list(missing_task_files(cfg.tasks, cfg.data_dir).values())
     if missing:
         raise EvalConfigError(
             f"eval data missing: {missing}. Set eval.data_dir (or the environment variable {DATA_ENV}) to the "
             f"directory holding <task>.jsonl (now {str(data_dir(cfg.data_dir).resolve())!r}), or choose other eval.tasks; "
             "docs/EVAL.md lists the fields each task reads"
         )
+
+
+def run_val_fraction(src: Path) -> float:
+    """data.val_fraction of the run a checkpoint belongs to (<run dir>/config.yaml)."""
+    cfg_path = src.parent.parent / "config.yaml" if src.is_file() and src.parent.name == "checkpoints" else None
+    if cfg_path is None or not cfg_path.is_file():
+        raise EvalConfigError(
+            f"eval.perplexity.split=heldout needs the run's data.val_fraction, but {src} is not a checkpoint inside a "
+            "run dir with config.yaml; set eval.perplexity.val_fraction (or use eval.perplexity.split=all)"
+        )
+    data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
+    if "val_fraction" not in data:
+        raise EvalConfigError(f"{cfg_path} has no data.val_fraction; set eval.perplexity.val_fraction")
+    if data.get("corpus_dir") is None:
+        raise EvalConfigError(f"{cfg_path}: the run trained on data.packed_dir, not a corpus dir; use split=all")
+    return float(data["val_fraction"])
 
 
 def resolve_device(device: str) -> str:
@@ -201,7 +259,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     """Evaluate one checkpoint (.ckpt, run dir or exported folder); returns the results dict written to disk."""
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable, make_table
 
     from .lm import ModaLM
     from .perplexity import perplexity
@@ -211,6 +269,10 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         raise EvalConfigError("nothing to evaluate: eval.tasks is empty and eval.perplexity.domains is empty")
     src = resolve_checkpoint(checkpoint)
     t0 = time.time()
+    ppl_cfg = cfg.perplexity
+    val_fraction = None
+    if ppl_cfg.domains and ppl_cfg.split == "heldout":
+        val_fraction = ppl_cfg.val_fraction if ppl_cfg.val_fraction is not None else run_val_fraction(src)
     lm = ModaLM(checkpoint=src, batch_size=cfg.batch_size, device=resolve_device(cfg.device), max_length=cfg.max_length)
     t_load = time.time() - t0
     results: dict = {"results": {}}
@@ -226,10 +288,18 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             num_fewshot=0,
             log_samples=False,
         ) or {"results": {}}
+        log.info("lm-eval results of %s:\n%s", src, make_table(results))
+        if results.get("groups"):
+            log.info("\n%s", make_table(results, "groups"))
     t_tasks = time.time() - t0 - t_load
-    ppl = (
-        perplexity(lm, cfg.perplexity.domains, cfg.perplexity.max_documents, progress) if cfg.perplexity.domains else {}
-    )
+    ppl = {}
+    if ppl_cfg.domains:
+        ppl = perplexity(lm, ppl_cfg.domains, ppl_cfg.max_documents, progress, val_fraction)
+        for domain, stats in ppl.items():
+            log.info(
+                "perplexity %s (%s split, %d documents): ppl %.2f, bpb %.4f, loss %.4f",
+                *(domain, ppl_cfg.split, stats["documents"], stats["ppl"], stats["bpb"], stats["loss"]),
+            )
     t_ppl = time.time() - t0 - t_load - t_tasks
     row = metric_row(results, ppl)
     results.pop("samples", None)
@@ -238,6 +308,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "step": lm.step,
         "eval_config": dataclasses.asdict(cfg),
         "perplexity": ppl,
+        "missing_tasks": dict(cfg.missing_tasks),
         "metrics": row,
         "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
     }
@@ -246,6 +317,8 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     out = out_dir / "results.json"
     out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
     log.info("eval results of %s: %s", src, out)
+    if cfg.missing_tasks:
+        log.warning(missing_tasks_message(cfg.missing_tasks))
 
     run_dir = src.parent.parent if src.is_file() and src.parent.name == "checkpoints" else None
     if run_dir is not None and row:
