@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
+from fixtures.eval_tasks import write_eval_fixtures
 
-from helpers import ROOT, compose_cfg
+from helpers import ROOT
 from moda_lab.checkpoint import CheckpointError, load_checkpoint
 from moda_lab.model import GPT, MixerConfig, ModelConfig
 
@@ -29,31 +29,6 @@ from moda_lab.eval.lm import ModaLM  # noqa: E402
 from moda_lab.eval.perplexity import domain_perplexity, perplexity  # noqa: E402
 
 ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    """A trained 2-layer MoDA run dir (10 steps), its corpus and the eval fixtures; built once."""
-    from moda_lab.train.task import train
-
-    tmp = tmp_path_factory.mktemp("evalrun")
-    corpus = write_tiny_text_corpus(tmp / "corpus")
-    overrides = [*TINY_RUN, f"data.corpus_dir={corpus}", f"data.cache_dir={tmp / 'cache'}"]
-    run_dir = tmp / "run"
-    train(compose_cfg(overrides), run_dir)
-    return {
-        "tmp": tmp,
-        "run_dir": run_dir,
-        "ckpt": run_dir / "checkpoints" / "last.ckpt",
-        "corpus": corpus,
-        "overrides": overrides,
-        "data": write_eval_fixtures(tmp / "evaldata"),
-    }
-
-
-@pytest.fixture(scope="session")
-def lm(tiny_run) -> ModaLM:
-    return ModaLM(checkpoint=tiny_run["ckpt"], batch_size=3, device="cpu")
 
 
 def _copy_run(tiny_run, name: str) -> Path:
