@@ -49,7 +49,7 @@ class EvalConfig:
     after_fit: bool = False  # run.py: evaluate the run's last checkpoint after training
     tasks: tuple[str, ...] = TASKS
     data_dir: str | None = None  # holds <task>.jsonl; None: $MODA_EVAL_DATA or <repo>/../shared/data/eval
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": the largest power of two that fits on the GPU (ModaLM)
     device: str = "auto"  # auto: cuda when available, else cpu
     limit: int | None = None  # examples per task (quick checks); None: all
     max_length: int | None = None  # context for scoring; None: model.max_seq_len
@@ -92,9 +92,11 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     d["tasks"] = tasks
     for key in ("batch_size", "limit", "max_length"):
         v = d.get(key)
+        if key == "batch_size" and v == "auto":
+            continue
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise EvalConfigError(
-                f"eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
+                f"eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ' or auto'}, got {v!r}"
             )
     if ppl.get("max_documents") is not None and (not isinstance(ppl["max_documents"], int) or ppl["max_documents"] < 1):
         raise EvalConfigError(
@@ -309,6 +311,8 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "eval_config": dataclasses.asdict(cfg),
         "perplexity": ppl,
         "missing_tasks": dict(cfg.missing_tasks),
+        "batch_size": lm.batch_size,
+        "device": str(lm.device),
         "metrics": row,
         "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
     }
