@@ -263,15 +263,18 @@ def test_simple_evaluate_fixture_tasks(tiny_run, lm):
 
 
 def test_hydra_cli_writes_results_and_metrics(tiny_run):
-    """tasks=all on a data dir with two of the ten files: those two run, the others are named; table printed."""
-    run_dir = _copy_run(tiny_run, "cli_run")
+    """tasks=all on a data dir with two of the ten files: those two run, the others are named; table printed.
+
+    The checkpoint is a run dir named like a smoke run of the README's main job, given unquoted as documented.
+    """
+    run_dir = _copy_run(tiny_run, "model=moda,norm=post,trainer=smoke")
     data = write_eval_fixtures(tiny_run["tmp"] / "partial_data", tasks=("copa", "piqa"))
     before = (run_dir / "metrics.jsonl").read_text().splitlines()
     cmd = [
         sys.executable,
         "-m",
         "moda_lab.eval",
-        f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"checkpoint={run_dir}",
         "tasks=all",
         f"data_dir={data}",
         "batch_size=4",
