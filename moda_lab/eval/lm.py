@@ -108,17 +108,22 @@ def score_continuations(
     for batch in tqdm(batches, desc=desc, disable=not progress):
         width = len(prepared[batch[0]][0])
         idx = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            inp = prepared[i][0]
-            idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-        logprobs = F.log_softmax(model(idx.to(device)).float(), dim=-1).cpu()  # [B, T, V]
+        target = torch.zeros(len(batch), width, dtype=torch.long)
+        scored = torch.zeros(len(batch), width, dtype=torch.bool)
         for row, i in enumerate(batch):
             inp, cont = prepared[i]
+            idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
             # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
-            lp = logprobs[row, len(inp) - len(cont) : len(inp)]  # [n_cont, V]
-            target = torch.tensor(cont, dtype=torch.long)
-            greedy = bool((lp.argmax(-1) == target).all())
-            results[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
+            target[row, len(inp) - len(cont) : len(inp)] = torch.tensor(cont, dtype=torch.long)
+            scored[row, len(inp) - len(cont) : len(inp)] = True
+        idx, target, scored = idx.to(device), target.to(device), scored.to(device)
+        # Reduce on the device: only [B] sums and flags cross to the host, never the [B, T, V] log-probs.
+        logprobs = F.log_softmax(model(idx).float(), dim=-1)  # [B, T, V]
+        token_lp = logprobs.gather(-1, target[..., None])[..., 0]  # [B, T]
+        sums = torch.where(scored, token_lp, 0.0).double().sum(-1).tolist()
+        greedy = ((logprobs.argmax(-1) == target) | ~scored).all(-1).tolist()
+        for row, i in enumerate(batch):
+            results[i] = (sums[row], bool(greedy[row]))
     return results  # type: ignore[return-value]
 
 
