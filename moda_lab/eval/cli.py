@@ -5,7 +5,8 @@
         --output_path out/
 
 Every lm-eval option works; added here: ``--data_dir`` (the directory of <task>.jsonl, default $MODA_EVAL_DATA
-or <repo>/../shared/data/eval) and ``--include_path`` defaulting to the moda task YAMLs.
+or <repo>/../shared/data/eval), ``--include_path`` defaulting to the moda task YAMLs, and ``--device``
+defaulting to ``auto`` (cuda when available, else cpu; lm-eval's own default is cuda).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if "--include_path" not in args:
         args += ["--include_path", str(TASK_DIR)]
+    if "--device" not in args:  # lm-eval's own default is cuda, which fails on a CPU-only machine
+        args += ["--device", "auto"]
     sys.argv = ["lm-eval", *args]
     cli_evaluate()
 

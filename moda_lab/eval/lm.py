@@ -163,7 +163,8 @@ class ModaLM(TemplateLM):
         elif tokenizer is None:
             raise ValueError("ModaLM(model=...) also needs tokenizer=")
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        auto = device in (None, "auto")
+        self._device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         self.model = model.to(self.device).eval()
         self.tok = tokenizer
         eos = tokenizer.token_to_id(EOS)

@@ -322,9 +322,7 @@ def test_lm_eval_cli_wrapper(tiny_run):
         "moda_winogrande",
         "--batch_size",
         "2",
-        "--device",
-        "cpu",
-        "--data_dir",
+        "--data_dir",  # no --device: the wrapper's default is auto (lm-eval's own, cuda, fails without a GPU)
         str(tiny_run["data"]),
         "--output_path",
         str(out_dir),
