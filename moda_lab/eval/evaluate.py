@@ -159,8 +159,8 @@ def check_task_data(cfg: EvalConfig) -> None:
         )
 
 
-def run_val_fraction(src: Path) -> float:
-    """data.val_fraction of the run a checkpoint belongs to (<run dir>/config.yaml)."""
+def run_val_fraction(src: Path, corpus: str) -> float:
+    """data.val_fraction of the run a checkpoint belongs to (<run dir>/config.yaml), checked against its corpus."""
     cfg_path = src.parent.parent / "config.yaml" if src.is_file() and src.parent.name == "checkpoints" else None
     if cfg_path is None or not cfg_path.is_file():
         raise EvalConfigError(
@@ -170,8 +170,17 @@ def run_val_fraction(src: Path) -> float:
     data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
     if "val_fraction" not in data:
         raise EvalConfigError(f"{cfg_path} has no data.val_fraction; set eval.perplexity.val_fraction")
-    if data.get("corpus_dir") is None:
-        raise EvalConfigError(f"{cfg_path}: the run trained on data.packed_dir, not a corpus dir; use split=all")
+    if data.get("packed_dir"):
+        raise EvalConfigError(
+            f"{cfg_path}: the run trained on data.packed_dir={data['packed_dir']!r}, not a corpus dir, so its held-out "
+            "documents cannot be re-derived; use eval.perplexity.split=all on a validation file"
+        )
+    if data.get("corpus_dir") and Path(data["corpus_dir"]).resolve() != Path(corpus).resolve():
+        log.warning(
+            "eval.perplexity.domains=%s is not the run's data.corpus_dir=%s: its 'held-out' documents were "
+            "not necessarily held out of training",
+            *(corpus, data["corpus_dir"]),
+        )
     return float(data["val_fraction"])
 
 
@@ -274,7 +283,9 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     ppl_cfg = cfg.perplexity
     val_fraction = None
     if ppl_cfg.domains and ppl_cfg.split == "heldout":
-        val_fraction = ppl_cfg.val_fraction if ppl_cfg.val_fraction is not None else run_val_fraction(src)
+        val_fraction = ppl_cfg.val_fraction
+        if val_fraction is None:
+            val_fraction = run_val_fraction(src, ppl_cfg.domains)
     lm = ModaLM(checkpoint=src, batch_size=cfg.batch_size, device=resolve_device(cfg.device), max_length=cfg.max_length)
     t_load = time.time() - t0
     results: dict = {"results": {}}

@@ -412,3 +412,22 @@ def test_tasks_all_names_missing_files_explicit_ones_are_errors(tiny_run, caplog
         eval_config_from_dict({"tasks": "all", "data_dir": str(tiny_run["tmp"] / "no_data")})
     with pytest.raises(EvalConfigError, match="unknown key.*missing_tasks"):
         eval_config_from_dict({"tasks": "all", "missing_tasks": {}})
+
+
+def test_heldout_split_reads_the_runs_val_fraction(tiny_run, caplog):
+    import yaml
+
+    from moda_lab.eval.evaluate import run_val_fraction
+
+    assert run_val_fraction(tiny_run["ckpt"], str(tiny_run["corpus"])) == 0.2
+    with caplog.at_level("WARNING"):
+        run_val_fraction(tiny_run["ckpt"], str(tiny_run["tmp"] / "other_corpus"))
+    assert "is not the run's data.corpus_dir" in caplog.text
+    packed = _copy_run(tiny_run, "packed_run")
+    cfg = yaml.safe_load((packed / "config.yaml").read_text())
+    cfg["data"]["packed_dir"] = "data/packed"
+    (packed / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(EvalConfigError, match="data.packed_dir='data/packed'.*perplexity.split=all"):
+        run_val_fraction(packed / "checkpoints" / "last.ckpt", str(tiny_run["corpus"]))
+    with pytest.raises(EvalConfigError, match="set eval.perplexity.val_fraction"):
+        run_val_fraction(tiny_run["tmp"] / "loose.ckpt", str(tiny_run["corpus"]))
