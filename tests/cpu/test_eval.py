@@ -431,3 +431,11 @@ def test_heldout_split_reads_the_runs_val_fraction(tiny_run, caplog):
         run_val_fraction(packed / "checkpoints" / "last.ckpt", str(tiny_run["corpus"]))
     with pytest.raises(EvalConfigError, match="set eval.perplexity.val_fraction"):
         run_val_fraction(tiny_run["tmp"] / "loose.ckpt", str(tiny_run["corpus"]))
+
+
+def test_batch_size_auto_is_a_gpu_probe(tiny_run):
+    assert eval_config_from_dict({"tasks": [], "batch_size": "auto"}).batch_size == "auto"
+    with pytest.raises(EvalConfigError, match="eval.batch_size must be a positive integer or auto, got 'big'"):
+        eval_config_from_dict({"tasks": [], "batch_size": "big"})
+    with pytest.raises(ValueError, match="batch_size=auto probes GPU memory; on cpu give a fixed batch_size"):
+        ModaLM(checkpoint=tiny_run["ckpt"], batch_size="auto", device="cpu")
