@@ -92,6 +92,21 @@ def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def read_eval_results(run_dir: Path, record: RunRecord) -> None:
+    """Issues from the run's eval/<checkpoint>/results.json: paper tasks left out because their data file is missing."""
+    for path in sorted(run_dir.glob("eval/*/results.json")):
+        try:
+            missing = (json.loads(path.read_text(encoding="utf-8")).get("moda") or {}).get("missing_tasks") or {}
+        except (OSError, json.JSONDecodeError, AttributeError) as err:
+            record.add_issue("bad_eval_results", f"{path.relative_to(run_dir)}: {err}")
+            continue
+        if missing:
+            files = ", ".join(f"{task} ({where})" for task, where in missing.items())
+            record.add_issue(
+                "missing_eval_tasks", f"{path.relative_to(run_dir)}: not evaluated, data file missing: {files}"
+            )
+
+
 def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
     """Load one run dir; never raises for a broken run, reports it in ``record.issues`` instead."""
     run_dir = Path(run_dir)
@@ -99,6 +114,7 @@ def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
     record.config = _read_yaml(run_dir / "config.yaml", record)
     record.meta = _read_meta(run_dir / "meta.json", record)
     record.status = str(record.meta.get("status", "unknown"))
+    read_eval_results(run_dir, record)
     metrics = run_dir / METRICS_FILE
     if metrics.exists():
         rows = read_metrics_jsonl(metrics, record)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from .corpus import DEFAULT_SOURCES, build_default_corpus
+from .corpus import DEFAULT_SOURCES, SOURCES, build_default_corpus
 from .packing import prepare
 
 
-def main(argv: list[str]) -> None:
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """key=value arguments over the defaults; a bad key or an unknown source exits naming it."""
     args = {
         "out": "data/corpus",
         "sources": ",".join(DEFAULT_SOURCES),
@@ -25,6 +26,14 @@ def main(argv: list[str]) -> None:
                 f"usage: python -m moda_lab.data {' '.join(f'{k}=...' for k in args)}; bad argument {arg!r}"
             )
         args[key] = value
+    unknown = [s for s in args["sources"].split(",") if s not in SOURCES]
+    if unknown:
+        raise SystemExit(f"sources: unknown corpus source(s) {unknown}; choose from {sorted(SOURCES)}")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus = build_default_corpus(args["out"], args["sources"].split(","))
     packed = prepare(corpus, args["cache_dir"], int(args["vocab_size"]), float(args["val_fraction"]))

@@ -81,17 +81,23 @@ def prepare(corpus_dir: str | Path, cache_root: str | Path, vocab_size: int, val
     return PackedData(root, json.loads((root / "meta.json").read_text()))
 
 
+def split_documents(domain: str, paths: list[Path], val_fraction: float) -> tuple[list[str], list[str]]:
+    """(training, held-out) documents of one domain, in file order; evaluation re-derives the held-out split here."""
+    docs = [d for p in paths for d in read_documents(p)]
+    held_out = [_is_val(domain, i, val_fraction) for i in range(len(docs))]
+    val = [d for d, h in zip(docs, held_out) if h]
+    train = [d for d, h in zip(docs, held_out) if not h]
+    if not val and len(docs) > 1:  # tiny domains still get a held-out document
+        val, train = train[-1:], train[:-1]
+    if not val:
+        raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
+    return train, val
+
+
 def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fraction: float) -> None:
     splits: dict[str, list[str]] = {"train": []}
     for domain, paths in files.items():
-        docs = [d for p in paths for d in read_documents(p)]
-        held_out = [_is_val(domain, i, val_fraction) for i in range(len(docs))]
-        val = [d for d, h in zip(docs, held_out) if h]
-        train = [d for d, h in zip(docs, held_out) if not h]
-        if not val and len(docs) > 1:  # tiny domains still get a held-out document
-            val, train = train[-1:], train[:-1]
-        if not val:
-            raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
+        train, val = split_documents(domain, paths, val_fraction)
         splits["train"].extend(train)
         splits[f"val_{domain}"] = val
     log.info("training a %d-token BPE on %d documents", vocab_size, len(splits["train"]))

@@ -1,13 +1,17 @@
 """Hydra entry: ``python -m moda_lab.eval checkpoint=<ckpt|run dir|export> tasks=[piqa,arc_easy] batch_size=16``.
 
-Several checkpoints: ``python -m moda_lab.eval -m checkpoint=runs/a/x,runs/a/y`` (a path with commas needs
-quoting: ``'checkpoint="runs/sweep/model=moda,norm=post"'``). Config: conf/eval_cli.yaml (= conf/eval/default.yaml
-at the top level, plus ``checkpoint``).
+``checkpoint=`` takes a path as written, also a Hydra run dir such as ``runs/default/model=moda,norm=post``:
+its ``=`` and ``,`` would break Hydra's override grammar, so quote_checkpoint quotes the value before Hydra
+parses the command line. Several checkpoints (a multirun): ``python -m moda_lab.eval -m
+'checkpoint="runs/a/model=moda,norm=post","runs/a/model=residual,norm=post"'`` (quoted by hand: there the commas
+separate the sweep's values). Config: conf/eval_cli.yaml (= conf/eval/default.yaml at the top level, plus
+``checkpoint``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,6 +21,26 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+HYDRA_SPECIAL = set("=,[]{}()'\"\\ $")
+
+
+def quote_checkpoint(argv: list[str]) -> list[str]:
+    """argv with ``checkpoint=<path>`` quoted for Hydra where the path holds characters of its grammar.
+
+    Left alone: values already quoted, and under -m values that are not one existing path (a sweep).
+    """
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        needs = sep and key.lstrip("+~") == "checkpoint" and HYDRA_SPECIAL & set(value)
+        if needs and value[0] not in "'\"" and (not multirun or Path(value).exists()):
+            quote = '"' if '"' not in value else "'"
+            if quote not in value:
+                arg = f"{key}={quote}{value}{quote}"
+        out.append(arg)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval_cli")
@@ -30,4 +54,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *quote_checkpoint(sys.argv[1:])]
     main()

@@ -33,10 +33,15 @@ class EvalConfigError(ValueError):
     """An eval.* setting is invalid; the message names the key."""
 
 
+PPL_SPLITS = ("heldout", "all")
+
+
 @dataclass(frozen=True)
 class PerplexityConfig:
     domains: dict[str, str] | str = field(default_factory=dict)  # {name: file or dir}, or a corpus dir
+    split: str = "heldout"  # heldout: the documents the run held out of the corpus dir; all: every document
     max_documents: int | None = None  # per domain
+    val_fraction: float | None = None  # heldout: None = the run's data.val_fraction (<run dir>/config.yaml)
 
 
 @dataclass(frozen=True)
@@ -44,17 +49,19 @@ class EvalConfig:
     after_fit: bool = False  # run.py: evaluate the run's last checkpoint after training
     tasks: tuple[str, ...] = TASKS
     data_dir: str | None = None  # holds <task>.jsonl; None: $MODA_EVAL_DATA or <repo>/../shared/data/eval
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": the largest power of two that fits on the GPU (ModaLM)
     device: str = "auto"  # auto: cuda when available, else cpu
     limit: int | None = None  # examples per task (quick checks); None: all
     max_length: int | None = None  # context for scoring; None: model.max_seq_len
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    # Set by eval_config_from_dict for tasks=all: {task: missing file} of the paper tasks left out.
+    missing_tasks: dict[str, str] = field(default_factory=dict)
 
 
 def eval_config_from_dict(d: dict | None) -> EvalConfig:
     """Strict conversion of the eval section (unknown keys, bad task names and missing data are errors)."""
     d = dict(d or {})
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    known = {f.name for f in dataclasses.fields(EvalConfig)} - {"missing_tasks"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise EvalConfigError(f"unknown key(s) eval.{unknown[0]} (all unknown: {unknown}); known: {sorted(known)}")
@@ -67,21 +74,46 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     tasks = d.get("tasks", TASKS)
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
-    tasks = tuple(TASKS if list(tasks) == ["all"] else tasks)
+    every = list(tasks) == ["all"]
+    tasks = tuple(TASKS if every else tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise EvalConfigError(f"eval.tasks: unknown task(s) {bad}; available: {list(TASKS)} (or 'all')")
+    if every:
+        d["missing_tasks"] = missing_task_files(tasks, d.get("data_dir"))
+        tasks = tuple(t for t in tasks if t not in d["missing_tasks"])
+        if not tasks:
+            raise EvalConfigError(
+                f"eval.tasks=all: no task file in {str(data_dir(d.get('data_dir')).resolve())!r}; set eval.data_dir "
+                f"(or the environment variable {DATA_ENV}) to the directory holding <task>.jsonl"
+            )
+        if d["missing_tasks"]:
+            log.warning(missing_tasks_message(d["missing_tasks"]))
     d["tasks"] = tasks
     for key in ("batch_size", "limit", "max_length"):
         v = d.get(key)
+        if key == "batch_size" and v == "auto":
+            continue
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise EvalConfigError(
-                f"eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
+                f"eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ' or auto'}, got {v!r}"
             )
     if ppl.get("max_documents") is not None and (not isinstance(ppl["max_documents"], int) or ppl["max_documents"] < 1):
         raise EvalConfigError(
             f"eval.perplexity.max_documents must be a positive integer or null, got {ppl['max_documents']!r}"
         )
+    split = ppl.get("split", "heldout")
+    if split not in PPL_SPLITS:
+        raise EvalConfigError(f"eval.perplexity.split={split!r} is not allowed; choose one of {list(PPL_SPLITS)}")
+    if split == "heldout" and isinstance(ppl.get("domains"), dict) and ppl["domains"]:
+        raise EvalConfigError(
+            "eval.perplexity.split=heldout re-derives the documents a run held out of its corpus dir: give "
+            "eval.perplexity.domains=<corpus dir> (its subdirectories are the domains), or score files of your "
+            "own whole with eval.perplexity.split=all"
+        )
+    vf = ppl.get("val_fraction")
+    if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
+        raise EvalConfigError(f"eval.perplexity.val_fraction must be in (0, 1) or null, got {vf!r}")
     device = d.get("device", "auto")
     if device != "auto":
         try:
@@ -104,15 +136,52 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     return cfg
 
 
+def missing_task_files(tasks: tuple[str, ...], root: str | None) -> dict[str, str]:
+    """{task: its expected file} for each task whose JSONL is absent from the data dir."""
+    return {t: str(task_file(t, root)) for t in tasks if not task_file(t, root).is_file()}
+
+
+def missing_tasks_message(missing: dict[str, str]) -> str:
+    return (
+        f"eval.tasks=all: NOT EVALUATED (data file missing): {', '.join(missing)}. "
+        f"Expected: {', '.join(missing.values())}"
+    )
+
+
 def check_task_data(cfg: EvalConfig) -> None:
     """Every selected task's JSONL must exist: name the path and how to point elsewhere."""
-    missing = [str(task_file(t, cfg.data_dir)) for t in cfg.tasks if not task_file(t, cfg.data_dir).is_file()]
+    missing = list(missing_task_files(cfg.tasks, cfg.data_dir).values())
     if missing:
         raise EvalConfigError(
             f"eval data missing: {missing}. Set eval.data_dir (or the environment variable {DATA_ENV}) to the "
             f"directory holding <task>.jsonl (now {str(data_dir(cfg.data_dir).resolve())!r}), or choose other eval.tasks; "
             "docs/EVAL.md lists the fields each task reads"
         )
+
+
+def run_val_fraction(src: Path, corpus: str) -> float:
+    """data.val_fraction of the run a checkpoint belongs to (<run dir>/config.yaml), checked against its corpus."""
+    cfg_path = src.parent.parent / "config.yaml" if src.is_file() and src.parent.name == "checkpoints" else None
+    if cfg_path is None or not cfg_path.is_file():
+        raise EvalConfigError(
+            f"eval.perplexity.split=heldout needs the run's data.val_fraction, but {src} is not a checkpoint inside a "
+            "run dir with config.yaml; set eval.perplexity.val_fraction (or use eval.perplexity.split=all)"
+        )
+    data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
+    if "val_fraction" not in data:
+        raise EvalConfigError(f"{cfg_path} has no data.val_fraction; set eval.perplexity.val_fraction")
+    if data.get("packed_dir"):
+        raise EvalConfigError(
+            f"{cfg_path}: the run trained on data.packed_dir={data['packed_dir']!r}, not a corpus dir, so its held-out "
+            "documents cannot be re-derived; use eval.perplexity.split=all on a validation file"
+        )
+    if data.get("corpus_dir") and Path(data["corpus_dir"]).resolve() != Path(corpus).resolve():
+        log.warning(
+            "eval.perplexity.domains=%s is not the run's data.corpus_dir=%s: its 'held-out' documents were "
+            "not necessarily held out of training",
+            *(corpus, data["corpus_dir"]),
+        )
+    return float(data["val_fraction"])
 
 
 def resolve_device(device: str) -> str:
@@ -201,7 +270,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     """Evaluate one checkpoint (.ckpt, run dir or exported folder); returns the results dict written to disk."""
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable, make_table
 
     from .lm import ModaLM
     from .perplexity import perplexity
@@ -211,6 +280,12 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         raise EvalConfigError("nothing to evaluate: eval.tasks is empty and eval.perplexity.domains is empty")
     src = resolve_checkpoint(checkpoint)
     t0 = time.time()
+    ppl_cfg = cfg.perplexity
+    val_fraction = None
+    if ppl_cfg.domains and ppl_cfg.split == "heldout":
+        val_fraction = ppl_cfg.val_fraction
+        if val_fraction is None:
+            val_fraction = run_val_fraction(src, ppl_cfg.domains)
     lm = ModaLM(checkpoint=src, batch_size=cfg.batch_size, device=resolve_device(cfg.device), max_length=cfg.max_length)
     t_load = time.time() - t0
     results: dict = {"results": {}}
@@ -226,10 +301,18 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             num_fewshot=0,
             log_samples=False,
         ) or {"results": {}}
+        log.info("lm-eval results of %s:\n%s", src, make_table(results))
+        if results.get("groups"):
+            log.info("\n%s", make_table(results, "groups"))
     t_tasks = time.time() - t0 - t_load
-    ppl = (
-        perplexity(lm, cfg.perplexity.domains, cfg.perplexity.max_documents, progress) if cfg.perplexity.domains else {}
-    )
+    ppl = {}
+    if ppl_cfg.domains:
+        ppl = perplexity(lm, ppl_cfg.domains, ppl_cfg.max_documents, progress, val_fraction)
+        for domain, stats in ppl.items():
+            log.info(
+                "perplexity %s (%s split, %d documents): ppl %.2f, bpb %.4f, loss %.4f",
+                *(domain, ppl_cfg.split, stats["documents"], stats["ppl"], stats["bpb"], stats["loss"]),
+            )
     t_ppl = time.time() - t0 - t_load - t_tasks
     row = metric_row(results, ppl)
     results.pop("samples", None)
@@ -238,6 +321,9 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "step": lm.step,
         "eval_config": dataclasses.asdict(cfg),
         "perplexity": ppl,
+        "missing_tasks": dict(cfg.missing_tasks),
+        "batch_size": lm.batch_size,
+        "device": str(lm.device),
         "metrics": row,
         "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
     }
@@ -246,6 +332,8 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     out = out_dir / "results.json"
     out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
     log.info("eval results of %s: %s", src, out)
+    if cfg.missing_tasks:
+        log.warning(missing_tasks_message(cfg.missing_tasks))
 
     run_dir = src.parent.parent if src.is_file() and src.parent.name == "checkpoints" else None
     if run_dir is not None and row:

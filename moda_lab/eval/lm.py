@@ -8,6 +8,7 @@ of that token layer by layer inside the forward (arXiv 2603.15619, section 3).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,16 +29,51 @@ try:
 except ImportError as err:  # pragma: no cover - lm_eval is a declared dependency
     raise ImportError(f"moda_lab.eval needs lm-eval (pip install 'lm-eval==0.4.13'): {err}") from err
 
+log = logging.getLogger(__name__)
 
-def parse_batch_size(value: int | str) -> int:
-    """lm-eval hands batch sizes as strings from its CLI; only fixed sizes are supported."""
+
+def parse_batch_size(value: int | str) -> int | str:
+    """A positive integer, or "auto" (the largest batch that fits on the GPU, see auto_batch_size).
+
+    lm-eval hands batch sizes as strings from its CLI; "auto:N" (re-probing) is not supported.
+    """
+    if value == "auto":
+        return "auto"
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"batch_size={value!r} is not supported by the moda model; give a positive integer") from None
+        raise ValueError(
+            f"batch_size={value!r} is not supported by the moda model; give a positive integer or auto"
+        ) from None
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {size}")
     return size
+
+
+@torch.no_grad()
+def auto_batch_size(model: GPT, max_length: int, device: torch.device | str, cap: int = 1024) -> int:
+    """The largest power of two (<= cap) whose full-context scoring forward fits in GPU memory.
+
+    Probes with batches of max_length tokens, the widest a scoring batch gets, so every later batch fits.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"batch_size=auto probes GPU memory; on {device} give a fixed batch_size")
+    vocab = model.cfg.vocab_size
+    size, best = 1, 0
+    while size <= cap:
+        try:
+            idx = torch.zeros(size, max_length, dtype=torch.long, device=device)
+            F.log_softmax(model(idx).float(), dim=-1)  # the scoring path holds the fp32 log-probs too
+            best = size
+            size *= 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    if best == 0:
+        raise RuntimeError(f"one sequence of {max_length} tokens (vocab {vocab}) does not fit on {device}")
+    return best
 
 
 @torch.no_grad()
@@ -52,8 +88,9 @@ def score_continuations(
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) and whether the continuation is the greedy one, per pair.
 
-    Each sequence context+continuation is left-truncated to max_length + 1 tokens (the input keeps the last
-    max_length tokens before the final one), so the continuation is always scored in full when it fits.
+    As lm-eval's HF model does, each sequence context+continuation keeps its last max_length + 1 tokens
+    (the input is those minus the final one): a long context is left-truncated, and a continuation longer
+    than max_length is scored on its last max_length tokens only (its first ones fall out of the window).
     Pairs are scored longest first in right-padded batches; results come back in input order.
     """
     max_length = max_length or model.cfg.max_seq_len
@@ -61,29 +98,32 @@ def score_continuations(
     for ctx, cont in pairs:
         if not cont:
             raise ValueError("an empty continuation cannot be scored")
-        if len(cont) > max_length:
-            raise ValueError(f"continuation of {len(cont)} tokens exceeds the model's context of {max_length}")
         if not ctx:
             raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
         full = (ctx + cont)[-(max_length + 1) :]
-        prepared.append((full[:-1], cont))
+        prepared.append((full[:-1], cont[-(len(full) - 1) :]))
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
     results: list[tuple[float, bool] | None] = [None] * len(prepared)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
         width = len(prepared[batch[0]][0])
         idx = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            inp = prepared[i][0]
-            idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-        logprobs = F.log_softmax(model(idx.to(device)).float(), dim=-1).cpu()  # [B, T, V]
+        target = torch.zeros(len(batch), width, dtype=torch.long)
+        scored = torch.zeros(len(batch), width, dtype=torch.bool)
         for row, i in enumerate(batch):
             inp, cont = prepared[i]
+            idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
             # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
-            lp = logprobs[row, len(inp) - len(cont) : len(inp)]  # [n_cont, V]
-            target = torch.tensor(cont, dtype=torch.long)
-            greedy = bool((lp.argmax(-1) == target).all())
-            results[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
+            target[row, len(inp) - len(cont) : len(inp)] = torch.tensor(cont, dtype=torch.long)
+            scored[row, len(inp) - len(cont) : len(inp)] = True
+        idx, target, scored = idx.to(device), target.to(device), scored.to(device)
+        # Reduce on the device: only [B] sums and flags cross to the host, never the [B, T, V] log-probs.
+        logprobs = F.log_softmax(model(idx).float(), dim=-1)  # [B, T, V]
+        token_lp = logprobs.gather(-1, target[..., None])[..., 0]  # [B, T]
+        sums = torch.where(scored, token_lp, 0.0).double().sum(-1).tolist()
+        greedy = ((logprobs.argmax(-1) == target) | ~scored).all(-1).tolist()
+        for row, i in enumerate(batch):
+            results[i] = (sums[row], bool(greedy[row]))
     return results  # type: ignore[return-value]
 
 
@@ -123,19 +163,25 @@ class ModaLM(TemplateLM):
         elif tokenizer is None:
             raise ValueError("ModaLM(model=...) also needs tokenizer=")
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        auto = device in (None, "auto")
+        self._device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         self.model = model.to(self.device).eval()
         self.tok = tokenizer
         eos = tokenizer.token_to_id(EOS)
         if eos is None:
             raise CheckpointError(f"the checkpoint's tokenizer has no {EOS!r} token")
         self._eos = eos
-        self.batch_size = parse_batch_size(batch_size)
         limit = self.model.cfg.max_seq_len
         self.max_length = int(max_length) if max_length is not None else limit
         if not 1 <= self.max_length <= limit:
             raise ValueError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
         self.max_gen_toks = int(max_gen_toks)
+        self.batch_size = parse_batch_size(batch_size)
+        if self.batch_size == "auto":
+            self.batch_size = auto_batch_size(self.model, self.max_length, self.device)
+            log.info(
+                "batch_size=auto: %d sequences of %d tokens fit on %s", self.batch_size, self.max_length, self.device
+            )
 
     @property
     def device(self) -> torch.device:
@@ -193,24 +239,30 @@ class ModaLM(TemplateLM):
 
     @torch.no_grad()
     def greedy_until(self, context: list[int], until: Sequence[str], max_new_tokens: int) -> str:
-        """Greedy continuation of context through the KV cache; stops at EOS, any until string, or the context limit.
+        """Greedy continuation of context through the KV cache; stops at EOS or any until string.
 
-        The returned text is cut before the first stop string.
+        As in lm-eval's HF model the context keeps its last max_length - max_new_tokens tokens (at least one);
+        should the sequence still outgrow max_length, the window slides: the cache is rebuilt from the last
+        max_length tokens. The returned text is cut before the first stop string.
         """
-        budget = min(max_new_tokens, self.max_length - 1)
-        context = context[-(self.max_length - budget) :] if budget > 0 else context[-self.max_length :]
+        seq = context[-max(1, self.max_length - max_new_tokens) :]
         cache = KVCache()
-        logits = self.model(torch.tensor([context], device=self.device), cache=cache)
+        logits = self.model(torch.tensor([seq], device=self.device), cache=cache)
         new: list[int] = []
-        for _ in range(budget):
+        for _ in range(max_new_tokens):
             nxt = int(logits[0, -1].argmax())
             if nxt == self._eos:
                 break
             new.append(nxt)
+            seq.append(nxt)
             text = self.tok_decode(new)
             if any(s and s in text for s in until):
                 break
-            logits = self.model(torch.tensor([[nxt]], device=self.device), cache=cache)
+            if len(seq) > self.max_length:  # the window is full: re-encode its last max_length tokens
+                cache = KVCache()
+                logits = self.model(torch.tensor([seq[-self.max_length :]], device=self.device), cache=cache)
+            else:
+                logits = self.model(torch.tensor([[nxt]], device=self.device), cache=cache)
         text = self.tok_decode(new)
         cut = min((text.index(s) for s in until if s and s in text), default=len(text))
         return text[:cut]

@@ -231,3 +231,21 @@ def test_offline_fixture_files_are_real_wandb_logs(offline: SimpleNamespace):
     assert len(files) == 3
     assert all(f.read_bytes()[:4] == b":W&B" for f in files)
     shutil.rmtree(offline.root / "work", ignore_errors=True)
+
+
+def test_eval_tasks_left_out_for_missing_data_are_in_the_report(sweep: Path, tmp_path: Path):
+    from moda_lab.analysis import run_analysis
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    run_a, run_b = sorted(p for p in copy.iterdir() if (p / "metrics.jsonl").is_file())[:2]
+    results = {"results": {}, "moda": {"missing_tasks": {"hellaswag": "/data/eval/hellaswag.jsonl"}}}
+    (run_a / "eval" / "last").mkdir(parents=True)
+    (run_a / "eval" / "last" / "results.json").write_text(json.dumps(results))
+    (run_b / "eval" / "last").mkdir(parents=True)
+    (run_b / "eval" / "last" / "results.json").write_text(json.dumps({"results": {}, "moda": {"missing_tasks": {}}}))
+    result = run_analysis(copy, tmp_path / "out")
+    missing = [i for i in result.issues if i.kind == "missing_eval_tasks"]
+    assert [i.run for i in missing] == [run_a.name]
+    assert "hellaswag (/data/eval/hellaswag.jsonl)" in missing[0].detail
+    assert "[missing_eval_tasks] eval/last/results.json" in (tmp_path / "out" / "report.md").read_text()

@@ -3,6 +3,7 @@ tasks end to end through lm-eval's API and both CLIs, the after-fit hook through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,45 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
+from fixtures.eval_tasks import write_eval_fixtures
 
-from helpers import ROOT, compose_cfg
+from helpers import ROOT
 from moda_lab.checkpoint import CheckpointError, load_checkpoint
 from moda_lab.model import GPT, MixerConfig, ModelConfig
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from moda_lab.eval import EvalConfigError, eval_config_from_dict  # noqa: E402
+from moda_lab.eval import TASK_FIELDS, EvalConfigError, eval_config_from_dict  # noqa: E402
 from moda_lab.eval.lm import ModaLM  # noqa: E402
-from moda_lab.eval.perplexity import domain_perplexity  # noqa: E402
+from moda_lab.eval.perplexity import domain_perplexity, perplexity  # noqa: E402
 
 ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    """A trained 2-layer MoDA run dir (10 steps), its corpus and the eval fixtures; built once."""
-    from moda_lab.train.task import train
-
-    tmp = tmp_path_factory.mktemp("evalrun")
-    corpus = write_tiny_text_corpus(tmp / "corpus")
-    overrides = [*TINY_RUN, f"data.corpus_dir={corpus}", f"data.cache_dir={tmp / 'cache'}"]
-    run_dir = tmp / "run"
-    train(compose_cfg(overrides), run_dir)
-    return {
-        "tmp": tmp,
-        "run_dir": run_dir,
-        "ckpt": run_dir / "checkpoints" / "last.ckpt",
-        "corpus": corpus,
-        "overrides": overrides,
-        "data": write_eval_fixtures(tmp / "evaldata"),
-    }
-
-
-@pytest.fixture(scope="session")
-def lm(tiny_run) -> ModaLM:
-    return ModaLM(checkpoint=tiny_run["ckpt"], batch_size=3, device="cpu")
 
 
 def _copy_run(tiny_run, name: str) -> Path:
@@ -90,6 +66,27 @@ def test_loglikelihood_equals_forward_log_softmax(lm):
         assert math.isclose(score, _ref_logprob(lm.model, c, whole[len(c) :]), abs_tol=1e-4)
 
 
+def test_continuation_longer_than_the_context_scores_its_last_window(lm):
+    """lm-eval's HF rule: keep the last max_length + 1 tokens of context + continuation (no error)."""
+    L = lm.model.cfg.max_seq_len
+    ctx = lm.tok_encode("Question: How do you dry water?\nAnswer:")
+    cont = lm.tok_encode(" " + " ".join(f"put the {w} in the sun." for w in ("water", "paper", "stone") * 4))
+    assert len(cont) > L + 1
+    (score, greedy), (short_score, _) = lm._loglikelihood_tokens(
+        [(None, ctx, cont), (None, ctx, cont[: L - 3])], disable_tqdm=True
+    )
+    window = (ctx + cont)[-(L + 1) :]  # all continuation tokens: the context fell out
+    with torch.no_grad():
+        lp = F.log_softmax(lm.model(torch.tensor([window[:-1]])).double(), -1)[0]  # [L, V]
+    assert math.isclose(score, sum(float(lp[i, window[i + 1]]) for i in range(L)), abs_tol=1e-4)
+    assert greedy == bool((lp.argmax(-1) == torch.tensor(window[1:])).all())
+    # A continuation that fits keeps the end of its context and is scored in full.
+    assert math.isclose(short_score, _ref_logprob(lm.model, ctx, cont[: L - 3]), abs_tol=1e-4)
+    # Through lm-eval's request path, as PIQA's long solutions reach it.
+    req = Instance("loglikelihood", {}, ("Question: How do you dry water?\nAnswer:", lm.tok_decode(cont)), 0)
+    assert math.isfinite(lm.loglikelihood([req], disable_tqdm=True)[0][0])
+
+
 def test_exported_folder_scores_like_the_ckpt(tiny_run, lm):
     from moda_lab.checkpoint import export
     from moda_lab.eval import results_dir
@@ -125,6 +122,26 @@ def test_loglikelihood_rolling_equals_forward(lm):
             ref += sum(float(lp[len(inp) - (e - s) + j, toks[s + j]]) for j in range(e - s))
         assert math.isclose(score, ref, abs_tol=1e-4)
     assert len(lm.tok_encode(texts[1])) > L  # the second text really is windowed
+
+
+def test_heldout_perplexity_reproduces_the_runs_validation_loss(lm, tiny_run):
+    """The held-out documents of the run's corpus, scored by the eval, give the run's own val/<domain>/loss."""
+    rows = [json.loads(x) for x in (tiny_run["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/prose/loss" in r][-1]
+    assert val["step"] == lm.step == 10  # the validation of the checkpointed weights
+    cfg = eval_config_from_dict({"tasks": [], "perplexity": {"domains": str(tiny_run["corpus"])}})
+    assert cfg.perplexity.split == "heldout"
+    stats = perplexity(lm, cfg.perplexity.domains, val_fraction=0.2)
+    assert sorted(stats) == ["code", "prose"]
+    for domain, s in stats.items():
+        assert s["tokens"] // lm.max_length <= 64  # data.val_windows of TINY_RUN covers the split
+        assert s["loss"] == pytest.approx(val[f"val/{domain}/loss"], abs=1e-5)
+        assert s["bpb"] == pytest.approx(val[f"val/{domain}/bpb"], rel=1e-5)
+        assert s["ppl"] == pytest.approx(val[f"val/{domain}/ppl"], rel=1e-4)
+    everything = perplexity(lm, {"prose": str(tiny_run["corpus"] / "prose")})["prose"]
+    assert everything["documents"] == 10 > stats["prose"]["documents"] >= 1  # training documents left out
+    first = perplexity(lm, str(tiny_run["corpus"]), max_documents=1, val_fraction=0.2)
+    assert all(s["documents"] == 1 for s in first.values())
 
 
 def test_domain_perplexity_matches_forward(lm, tiny_run):
@@ -196,6 +213,17 @@ def test_generate_until_uses_cache_and_stops(lm):
     assert stop.strip(), f"degenerate generation {full_text!r}"
     req = Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": 12}), 0)
     assert lm.generate_until([req], disable_tqdm=True) == [full_text[: full_text.index(stop)]]
+    # Longer than the context: the window slides (lm-eval keeps the last max_length - max_new context tokens).
+    L = lm.model.cfg.max_seq_len
+    torch.manual_seed(0)
+    rand = ModaLM(model=GPT(dataclasses.replace(lm.model.cfg, init_std=0.5)), tokenizer=lm.tok, device="cpu")
+    ref = ctx[-1:]
+    with torch.no_grad():
+        for _ in range(L + 8):
+            ref.append(int(rand.model(torch.tensor([ref[-L:]]))[0, -1].argmax()))
+    new = ref[1:]
+    assert lm.eot_token_id not in new, "pick another seed: the reference generation stops early"
+    assert rand.greedy_until(ctx, [], L + 8) == rand.tok_decode(new)
     with pytest.raises(ValueError, match="greedily"):
         lm.generate_until([Instance("generate_until", {}, ("a", {"do_sample": True}), 0)], disable_tqdm=True)
 
@@ -235,22 +263,34 @@ def test_simple_evaluate_fixture_tasks(tiny_run, lm):
 
 
 def test_hydra_cli_writes_results_and_metrics(tiny_run):
-    run_dir = _copy_run(tiny_run, "cli_run")
+    """tasks=all on a data dir with two of the ten files: those two run, the others are named; table printed.
+
+    The checkpoint is a run dir named like a smoke run of the README's main job, given unquoted as documented.
+    """
+    run_dir = _copy_run(tiny_run, "model=moda,norm=post,trainer=smoke")
+    data = write_eval_fixtures(tiny_run["tmp"] / "partial_data", tasks=("copa", "piqa"))
     before = (run_dir / "metrics.jsonl").read_text().splitlines()
     cmd = [
         sys.executable,
         "-m",
         "moda_lab.eval",
-        f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}",
-        "tasks=[piqa,copa]",
-        f"data_dir={tiny_run['data']}",
+        f"checkpoint={run_dir}",
+        "tasks=all",
+        f"data_dir={data}",
         "batch_size=4",
         "device=cpu",
-        f"perplexity.domains={{prose: {tiny_run['corpus'] / 'prose'}}}",
+        f"perplexity.domains={tiny_run['corpus']}",
     ]
     out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((run_dir / "eval" / "last" / "results.json").read_text())
+    assert sorted(results["moda"]["missing_tasks"]) == sorted(set(TASK_FIELDS) - {"piqa", "copa"})
+    assert results["moda"]["missing_tasks"]["hellaswag"] == str(data / "hellaswag.jsonl")
+    assert "NOT EVALUATED (data file missing): hellaswag, winogrande" in out.stdout + out.stderr
+    table = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert any("moda_piqa" in line and "acc" in line for line in table), out.stdout[-3000:]
+    val = [json.loads(x) for x in before if "val/prose/loss" in x][-1]
+    assert results["moda"]["perplexity"]["prose"]["loss"] == pytest.approx(val["val/prose/loss"], abs=1e-5)
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == len(before) + 1
     row = json.loads(rows[-1])
@@ -264,6 +304,7 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
         and row["eval/prose/bpb"] > 0
     )
     assert results["moda"]["timing"]["total_s"] > 0 and results["moda"]["eval_config"]["tasks"] == ["piqa", "copa"]
+    assert sorted(results["results"]) == ["moda_copa", "moda_piqa"]
 
 
 def test_lm_eval_cli_wrapper(tiny_run):
@@ -281,9 +322,7 @@ def test_lm_eval_cli_wrapper(tiny_run):
         "moda_winogrande",
         "--batch_size",
         "2",
-        "--device",
-        "cpu",
-        "--data_dir",
+        "--data_dir",  # no --device: the wrapper's default is auto (lm-eval's own, cuda, fails without a GPU)
         str(tiny_run["data"]),
         "--output_path",
         str(out_dir),
@@ -351,5 +390,52 @@ def test_eval_config_errors(tiny_run):
     with pytest.raises(EvalConfigError, match="eval.batch_size"):
         eval_config_from_dict({"tasks": [], "batch_size": 0})
     with pytest.raises(EvalConfigError, match="eval.perplexity.domains.web"):
-        eval_config_from_dict({"tasks": [], "perplexity": {"domains": {"web": str(empty / "web")}}})
-    assert eval_config_from_dict({"tasks": "all", "data_dir": str(tiny_run["data"])}).tasks[-1] == "mmlu"
+        eval_config_from_dict({"tasks": [], "perplexity": {"split": "all", "domains": {"web": str(empty / "web")}}})
+    with pytest.raises(EvalConfigError, match="perplexity.split=heldout .*corpus dir"):
+        eval_config_from_dict({"tasks": [], "perplexity": {"domains": {"web": str(tiny_run["corpus"])}}})
+    with pytest.raises(EvalConfigError, match="perplexity.split='val'"):
+        eval_config_from_dict({"tasks": [], "perplexity": {"split": "val"}})
+    full = eval_config_from_dict({"tasks": "all", "data_dir": str(tiny_run["data"])})
+    assert full.tasks == tuple(TASK_FIELDS) and full.missing_tasks == {}
+
+
+def test_tasks_all_names_missing_files_explicit_ones_are_errors(tiny_run, caplog):
+    data = write_eval_fixtures(tiny_run["tmp"] / "three_tasks", tasks=("mmlu", "boolq", "piqa"))
+    with caplog.at_level("WARNING"):
+        cfg = eval_config_from_dict({"tasks": "all", "data_dir": str(data)})
+    assert cfg.tasks == ("piqa", "boolq", "mmlu")  # the paper's order
+    assert cfg.missing_tasks["hellaswag"] == str(data / "hellaswag.jsonl") and len(cfg.missing_tasks) == 7
+    assert "NOT EVALUATED (data file missing): hellaswag, winogrande, openbookqa" in caplog.text
+    with pytest.raises(EvalConfigError, match=f"eval data missing: .*{data / 'hellaswag.jsonl'}"):
+        eval_config_from_dict({"tasks": ["piqa", "hellaswag"], "data_dir": str(data)})
+    with pytest.raises(EvalConfigError, match="eval.tasks=all: no task file in"):
+        eval_config_from_dict({"tasks": "all", "data_dir": str(tiny_run["tmp"] / "no_data")})
+    with pytest.raises(EvalConfigError, match="unknown key.*missing_tasks"):
+        eval_config_from_dict({"tasks": "all", "missing_tasks": {}})
+
+
+def test_heldout_split_reads_the_runs_val_fraction(tiny_run, caplog):
+    import yaml
+
+    from moda_lab.eval.evaluate import run_val_fraction
+
+    assert run_val_fraction(tiny_run["ckpt"], str(tiny_run["corpus"])) == 0.2
+    with caplog.at_level("WARNING"):
+        run_val_fraction(tiny_run["ckpt"], str(tiny_run["tmp"] / "other_corpus"))
+    assert "is not the run's data.corpus_dir" in caplog.text
+    packed = _copy_run(tiny_run, "packed_run")
+    cfg = yaml.safe_load((packed / "config.yaml").read_text())
+    cfg["data"]["packed_dir"] = "data/packed"
+    (packed / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(EvalConfigError, match="data.packed_dir='data/packed'.*perplexity.split=all"):
+        run_val_fraction(packed / "checkpoints" / "last.ckpt", str(tiny_run["corpus"]))
+    with pytest.raises(EvalConfigError, match="set eval.perplexity.val_fraction"):
+        run_val_fraction(tiny_run["tmp"] / "loose.ckpt", str(tiny_run["corpus"]))
+
+
+def test_batch_size_auto_is_a_gpu_probe(tiny_run):
+    assert eval_config_from_dict({"tasks": [], "batch_size": "auto"}).batch_size == "auto"
+    with pytest.raises(EvalConfigError, match="eval.batch_size must be a positive integer or auto, got 'big'"):
+        eval_config_from_dict({"tasks": [], "batch_size": "big"})
+    with pytest.raises(ValueError, match="batch_size=auto probes GPU memory; on cpu give a fixed batch_size"):
+        ModaLM(checkpoint=tiny_run["ckpt"], batch_size="auto", device="cpu")

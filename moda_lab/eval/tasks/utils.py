@@ -92,7 +92,9 @@ def copa_doc_to_text(doc: dict) -> str:
 
 
 def copa_doc_to_choice(doc: dict) -> list[str]:
-    return [" " + _lower_first(doc["choice1"]), " " + _lower_first(doc["choice2"])]
+    # No leading space: lm-eval's target_delimiter adds one. (lm-eval 0.4.13's own copa adds a second one here,
+    # so it scores "premise because  the choice" with two spaces.)
+    return [_lower_first(doc["choice1"]), _lower_first(doc["choice2"])]
 
 
 # --- mmlu: one file, all subjects; the subject goes into the header as in lm-eval's description ----------

@@ -1,0 +1,144 @@
+"""The task YAMLs on the real evaluation splits in ../shared/data/eval (MANIFEST.md there).
+
+Every example of every file present: the choices lm-eval scores and the gold index agree with the raw fields
+(ARC's numeric answer keys "1".."4" and its 3- and 5-choice items, COPA's cause/effect connective, MMLU's 57
+subjects). Then the tiny checkpoint is evaluated on limit=5 real examples of each file, chosen to include
+those formats, and every scored request is checked against its example.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from moda_lab.eval import eval_config_from_dict  # noqa: E402
+from moda_lab.eval.tasks import DEFAULT_DATA_DIR, TASK_DIR, TASK_FIELDS, lm_eval_name  # noqa: E402
+
+REAL = DEFAULT_DATA_DIR
+PRESENT = [t for t in TASK_FIELDS if (REAL / f"{t}.jsonl").is_file()]
+pytestmark = pytest.mark.skipif(
+    not PRESENT, reason=f"no real eval data: {REAL} (the read-only ../shared/data/eval) is absent or holds no task file"
+)
+MMLU_SUBJECTS = 57
+
+
+def _rows(task: str, root: Path = REAL) -> list[dict]:
+    with (root / f"{task}.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _lower_first(s: str) -> str:
+    return s[0].lower() + s[1:]
+
+
+def expected(task: str, row: dict) -> tuple[list[str], int]:
+    """(choices, gold index) of one raw example, read from its fields the way each dataset defines them.
+
+    The choices are what follows lm-eval's target_delimiter (one space) in the scored continuation.
+    """
+    if task == "piqa":
+        return [row["sol1"], row["sol2"]], row["label"]
+    if task == "winogrande":
+        prefix = row["sentence"][: row["sentence"].index("_")]
+        return [prefix + row["option1"], prefix + row["option2"]], int(row["answer"]) - 1
+    if task in ("openbookqa", "arc_easy", "arc_challenge"):
+        return row["choices"]["text"], row["choices"]["label"].index(row["answerKey"].strip())
+    if task == "boolq":
+        return ["no", "yes"], row["label"]
+    if task == "sciq":
+        return [row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]], 3
+    if task == "copa":
+        return [_lower_first(row["choice1"]), _lower_first(row["choice2"])], row["label"]
+    if task == "mmlu":
+        return ["A", "B", "C", "D"], row["answer"]
+    raise KeyError(task)
+
+
+def _tasks(data: Path) -> dict:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(data)})
+    return get_task_dict([lm_eval_name(t) for t in PRESENT], tm)
+
+
+def _gold(task_obj, doc: dict) -> tuple[list[str], int]:
+    """What lm-eval will score: the choices and gold index (winogrande: the contexts, gold from doc_to_text)."""
+    choices = task_obj.doc_to_choice(doc)
+    gold = task_obj.doc_to_text(doc) if task_obj.multiple_input else task_obj.doc_to_target(doc)
+    return choices, int(gold)
+
+
+def test_every_real_example_scores_its_gold_choice():
+    tasks = _tasks(REAL)
+    for task in PRESENT:
+        obj = tasks[lm_eval_name(task)]
+        docs = list(obj.test_docs())
+        rows = _rows(task)
+        assert len(docs) == len(rows) > 0
+        for i, (doc, row) in enumerate(zip(docs, rows)):
+            assert _gold(obj, doc) == expected(task, row), f"{task}.jsonl line {i + 1}"
+        if task == "copa":
+            for doc, row in zip(docs, rows):
+                connective = {"cause": " because", "effect": " therefore"}[row["question"]]
+                assert obj.doc_to_text(doc) == row["premise"][:-1] + connective
+        if task == "mmlu":
+            subjects = {row["subject"] for row in rows}
+            assert len(subjects) == MMLU_SUBJECTS, sorted(subjects)
+            for doc, row in zip(docs, rows):
+                text = obj.doc_to_text(doc)
+                assert f"about {row['subject'].replace('_', ' ')}." in text.splitlines()[0]
+                lettered = "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(row["choices"]))
+                assert text.endswith("\n" + lettered + "\nAnswer:")  # choices may hold newlines themselves
+        if task.startswith("arc_"):  # the formats the YAML must handle are really in the file
+            labels = {tuple(r["choices"]["label"]) for r in rows}
+            assert any(lab[0] == "1" for lab in labels) and {len(lab) for lab in labels} >= {4, 5}
+
+
+def _five(task: str) -> list[dict]:
+    """Five real examples of a file, covering its unusual formats (numeric keys, 3/5 choices, cause and effect)."""
+    rows = _rows(task)
+    if task.startswith("arc_"):
+        picks = [
+            next(r for r in rows if r["choices"]["label"][0] == "1"),
+            next(r for r in rows if len(r["choices"]["label"]) == 3),
+            next(r for r in rows if len(r["choices"]["label"]) == 5),
+        ]
+    elif task == "copa":
+        picks = [next(r for r in rows if r["question"] == q) for q in ("cause", "effect")]
+    elif task == "mmlu":
+        by_subject: dict[str, dict] = {}
+        for r in rows:
+            by_subject.setdefault(r["subject"], r)
+        picks = list(by_subject.values())[:5]
+    else:
+        picks = []
+    return (picks + [r for r in rows if r not in picks])[:5]
+
+
+def test_tiny_checkpoint_on_five_real_examples_per_task(lm, tmp_path):
+    data = tmp_path / "eval"
+    data.mkdir()
+    for task in PRESENT:
+        (data / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _five(task)), encoding="utf-8")
+    cfg = eval_config_from_dict({"tasks": "all", "data_dir": str(REAL)})
+    assert list(cfg.tasks) == PRESENT and sorted(cfg.missing_tasks) == sorted(set(TASK_FIELDS) - set(PRESENT))
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(_tasks(data).values()), limit=5, log_samples=True)
+    for task in PRESENT:
+        name = lm_eval_name(task)
+        samples = res["samples"][name]
+        assert len(samples) == 5 and 0.0 <= res["results"][name]["acc,none"] <= 1.0
+        for s in samples:
+            choices, gold = expected(task, s["doc"])
+            args = s["arguments"]  # one (context, continuation) request per choice
+            assert len(args) == len(choices) == len(s["resps"])
+            if task == "winogrande":  # partial scoring: the choices are contexts, the continuation is shared
+                suffix = s["doc"]["sentence"].split("_", 1)[1].strip()
+                assert s["target"] == suffix and args == [(c, " " + suffix) for c in choices]
+            else:
+                assert s["target"] == gold, f"{task}: {s['doc']}"
+                assert [a[1] for a in args] == [" " + c for c in choices]  # one space: lm-eval's target_delimiter
+            assert all(isinstance(r[0][0], float) for r in s["resps"])

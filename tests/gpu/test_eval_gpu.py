@@ -1,0 +1,52 @@
+"""Scoring on a GPU: batch_size=auto picks a batch that fits, and the triton backend scores like the CPU reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moda_lab.model import GPT, MixerConfig, ModelConfig
+
+lm_eval = pytest.importorskip("lm_eval")
+from moda_lab.eval.lm import auto_batch_size, score_continuations  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def build(backend: str) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=8192,
+        n_layers=4,
+        d_model=256,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=512,
+        mixer=MixerConfig("moda", depth_kv=True, ffn_kv=True),
+        norm="post",
+        attn_backend=backend,
+    )
+    return GPT(cfg).eval()
+
+
+def test_auto_batch_size_fits_and_is_a_power_of_two():
+    model = build("triton").cuda()
+    size = auto_batch_size(model, 512, "cuda", cap=64)
+    assert size & (size - 1) == 0 and 1 <= size <= 64
+    with torch.no_grad():
+        model(torch.zeros(size, 512, dtype=torch.long, device="cuda"))  # the chosen batch runs
+
+
+def test_triton_scores_match_the_cpu_reference():
+    g = torch.Generator().manual_seed(0)
+    pairs = [
+        (
+            torch.randint(0, 8192, (n_ctx,), generator=g).tolist(),
+            torch.randint(0, 8192, (n_cont,), generator=g).tolist(),
+        )
+        for n_ctx, n_cont in [(5, 3), (300, 40), (700, 20), (10, 600)]  # the last two are truncated to the window
+    ]
+    ref = score_continuations(build("naive"), pairs, batch_size=2, device="cpu")
+    got = score_continuations(build("triton").cuda(), pairs, batch_size=2, device="cuda")
+    for (r, _), (s, _) in zip(ref, got):
+        assert s == pytest.approx(r, rel=1e-4, abs=1e-2)
