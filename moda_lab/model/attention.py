@@ -28,14 +28,13 @@ class KVCache:
 
 @dataclass
 class ForwardCtx:
-    """What a forward pass hands every block: RoPE, the attention backend (backends.AttnBackend), the
-    forward's depth stream (K/V slots, MoDA and depth attention) and a mixer's own per-forward state."""
+    """What a forward pass hands every block: RoPE, the attention backend (backends.AttnBackend) and the
+    forward's depth stream (what earlier layers wrote for each token: K/V slots or hidden states)."""
 
     rope: Rotary
     attn: object
     offset: int = 0
     stream: DepthStream | None = None
-    state: object = None
     cache: KVCache | None = None
     probs: list[torch.Tensor] | None = None  # filled with [B, Hq, T, S + L] maps when inspecting
 

@@ -32,6 +32,7 @@ Tensor = torch.Tensor
 
 class AttnBackend(Protocol):
     name: str
+    fused_kernels: bool  # the depth stream's other ops (DWA mix) use their Triton kernels too
 
     def __call__(self, q: Tensor, k: Tensor | None, v: Tensor | None, k_depth: Tensor | None = None,
                  v_depth: Tensor | None = None, *, causal: bool = True) -> Tensor:
@@ -44,6 +45,7 @@ class AttnBackend(Protocol):
 
 class NaiveBackend:
     name = "naive"
+    fused_kernels = False
 
     def __call__(self, q, k, v, k_depth=None, v_depth=None, *, causal=True):
         return naive_moda_attn(q, k, v, k_depth, v_depth, causal=causal)
@@ -70,6 +72,7 @@ class TritonBackend:
     """The fused kernel; it folds any GQA group (Table 6's 6 query / 2 KV heads, G=3, included)."""
 
     name = "triton"
+    fused_kernels = True
 
     def __init__(self) -> None:
         try:

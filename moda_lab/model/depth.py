@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
 from kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn, naive_moda_attn_bwd
 
 Tensor = torch.Tensor
@@ -35,13 +36,15 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("moda_lab::depth_put", mutates_args=())
-def depth_put(data: Tensor, grad: Tensor, k: Tensor, v: Tensor, slot: int, after: Tensor) -> Tensor:
-    """Write k, v [B, T, Hk, d] into slot ``slot`` of data; returns the token later readers take."""
+def depth_put(data: Tensor, grad: Tensor, k: Tensor, v: Tensor | None, slot: int, after: Tensor) -> Tensor:
+    """Write k (and v) [B, T, *feature] into slot ``slot`` of part 0 (and 1) of data; returns the token later
+    readers take. One part (v None) is a stream of hidden states (DWA); two are K/V slots."""
     # Through .data: the buffer's version counter must not move, since readers saved it for their backward
     # (the slots they read are never written again).
     buf = data.data
     buf[0, :, :, slot].copy_(k)
-    buf[1, :, :, slot].copy_(v)
+    if v is not None:
+        buf[1, :, :, slot].copy_(v)
     return after.new_zeros(1)
 
 
@@ -52,13 +55,13 @@ def _depth_put_fake(data, grad, k, v, slot, after):
 
 def _put_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
-    ctx.slot = inputs[4]
+    ctx.slot, ctx.has_v = inputs[4], inputs[3] is not None
 
 
 def _put_backward(ctx, dtoken):
     (grad,) = ctx.saved_tensors
     dk, dv, dafter = depth_take(grad, ctx.slot, dtoken)
-    return None, None, dk, dv, None, dafter
+    return None, None, dk, dv if ctx.has_v else None, None, dafter
 
 
 depth_put.register_autograd(_put_backward, setup_context=_put_setup)
@@ -66,14 +69,60 @@ depth_put.register_autograd(_put_backward, setup_context=_put_setup)
 
 @torch.library.custom_op("moda_lab::depth_take", mutates_args=())
 def depth_take(grad: Tensor, slot: int, after: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The summed gradient of slot ``slot`` (k, v), read after ``after``; and the token handed on."""
-    return grad[0, :, :, slot].clone(), grad[1, :, :, slot].clone(), after.new_zeros(1)
+    """The summed gradient of slot ``slot`` (part 0, and part 1 or an empty tensor), read after ``after``; and
+    the token handed on."""
+    second = grad[1, :, :, slot].clone() if grad.shape[0] > 1 else grad.new_empty(0)
+    return grad[0, :, :, slot].clone(), second, after.new_zeros(1)
 
 
 @depth_take.register_fake
 def _depth_take_fake(grad, slot, after):
     shape = grad.shape[1:3] + grad.shape[4:]
-    return grad.new_empty(shape), grad.new_empty(shape), after.new_zeros(1)
+    second = grad.new_empty(shape) if grad.shape[0] > 1 else grad.new_empty(0)
+    return grad.new_empty(shape), second, after.new_zeros(1)
+
+
+# --- DenseFormer's depth-weighted average over hidden-state slots 0..n-1 ----------------------------------
+
+
+@torch.library.custom_op("moda_lab::depth_mix", mutates_args=())
+def depth_mix(data: Tensor, grad: Tensor, alpha: Tensor, n: int, after: Tensor, kernel: bool) -> Tensor:
+    """sum_j alpha[j] data[0, :, :, j] over the first n slots: [B, T, D]."""
+    h = data[0, :, :, :n]
+    return (dwa_mix_forward(h, alpha) if kernel else naive_dwa_mix(h, alpha)).contiguous()
+
+
+@depth_mix.register_fake
+def _depth_mix_fake(data, grad, alpha, n, after, kernel):
+    return data.new_empty(data.shape[1:3] + data.shape[4:])
+
+
+@torch.library.custom_op("moda_lab::depth_mix_bwd", mutates_args=())
+def depth_mix_bwd(g: Tensor, data: Tensor, grad: Tensor, alpha: Tensor, n: int, kernel: bool) -> tuple[Tensor, Tensor]:
+    """(dalpha, token): adds alpha[j] g into grad[0, :, :, j] for j < n in place (see depth_attn_bwd)."""
+    h, dh = data[0, :, :, :n], grad.data[0, :, :, :n]
+    dalpha = dwa_mix_backward(g, h, alpha, dh) if kernel else naive_dwa_mix_bwd(g, h, alpha, dh)
+    return dalpha, alpha.new_zeros(1)
+
+
+@depth_mix_bwd.register_fake
+def _depth_mix_bwd_fake(g, data, grad, alpha, n, kernel):
+    return alpha.new_empty(alpha.shape), alpha.new_zeros(1)
+
+
+def _mix_setup(ctx, inputs, output):
+    data, grad, alpha, n, after, kernel = inputs
+    ctx.save_for_backward(data, grad, alpha)
+    ctx.n, ctx.kernel = n, kernel
+
+
+def _mix_backward(ctx, g):
+    data, grad, alpha = ctx.saved_tensors
+    dalpha, dafter = depth_mix_bwd(g, data, grad, alpha, ctx.n, ctx.kernel)
+    return None, None, dalpha, None, dafter, None
+
+
+depth_mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 
 
 # --- attention over [sequence | depth slots 0..n-1] -------------------------------------------------------
@@ -187,31 +236,37 @@ def _depth_attn_bwd_flops(do, q, k, v, data, grad, o, lse, n, *args, **kwargs) -
 # --- the per-forward stream ------------------------------------------------------------------------------
 
 
-def new_stream_buffers(slots: int, B: int, T: int, n_kv: int, hd: int, device, dtype) -> tuple[Tensor, ...]:
-    """(data, grad, token) for a stream of ``slots`` slots; call outside any compiled region (see the top)."""
-    data = torch.empty(2, B, T, slots, n_kv, hd, device=device, dtype=dtype)
-    grad = torch.zeros(2, B, T, slots, n_kv, hd, device=device, dtype=dtype)
+def new_stream_buffers(parts: int, slots: int, B: int, T: int, feature: tuple[int, ...], device, dtype):
+    """(data, grad, token) of a stream [parts, B, T, slots, *feature]; call outside any compiled region (see the
+    top)."""
+    data = torch.empty(parts, B, T, slots, *feature, device=device, dtype=dtype)
+    grad = torch.zeros(parts, B, T, slots, *feature, device=device, dtype=dtype)
     return data, grad, torch.zeros(1, device=device, dtype=dtype)
 
 
 class DepthStream:
-    """One forward's depth K/V: ``put`` appends a slot, ``attend`` runs attention over the slots written so far."""
+    """One forward's depth stream: ``put`` appends a slot (K/V, or a hidden state), ``attend`` runs attention over
+    the K/V slots written so far, ``mix`` the depth-weighted average of the hidden states written so far."""
 
     def __init__(self, data: Tensor, grad: Tensor, token: Tensor) -> None:
         self.data, self.grad, self.token = data, grad, token
         self.slots, self.n_kv = data.shape[3], data.shape[4]
         self.size = 0
 
-    def put(self, k: Tensor, v: Tensor) -> None:
-        """Append k, v [B, T, Hk, d] as the next slot."""
+    def put(self, k: Tensor, v: Tensor | None = None) -> None:
+        """Append k (and v) [B, T, *feature] as the next slot."""
         if self.size >= self.slots:
             raise RuntimeError(f"depth stream full: all {self.slots} slots are written")
+        if (v is not None) != (self.data.shape[0] == 2):
+            raise ValueError(f"a stream of {self.data.shape[0]} part(s) takes {self.data.shape[0]} tensor(s) per slot")
         dtype = self.data.dtype
-        self.token = depth_put(self.data, self.grad, k.to(dtype), v.to(dtype), self.size, self.token)
+        self.token = depth_put(
+            self.data, self.grad, k.to(dtype), v.to(dtype) if v is not None else None, self.size, self.token
+        )
         self.size += 1
 
     def views(self) -> tuple[Tensor, Tensor]:
-        """The written slots as [B, T, n, Hk, d] views (no gradient: inspection and decoding)."""
+        """The written K/V slots as [B, T, n, Hk, d] views (no gradient: inspection and decoding)."""
         return _views(self.data, self.size)
 
     def attend(self, q: Tensor, k: Tensor | None, v: Tensor | None, *, causal: bool, kernel: bool) -> Tensor:
@@ -219,3 +274,7 @@ class DepthStream:
         with the Triton kernels (``kernel``) or the fp32 reference."""
         out, _ = depth_attn(q, k, v, self.data, self.grad, self.size, self.token, causal, kernel)
         return out
+
+    def mix(self, alpha: Tensor, *, kernel: bool) -> Tensor:
+        """sum_j alpha[j] X_j over the hidden states written so far (alpha [size]): [B, T, D]."""
+        return depth_mix(self.data, self.grad, alpha, self.size, self.token, kernel)

@@ -104,26 +104,21 @@ class GPT(nn.Module):
         With a KVCache, idx holds only the new tokens; the cache grows in place (decoding uses the reference
         attention, whose causal mask handles more keys than queries).
         """
-        slots = DEPTH_MIXERS[self.cfg.mixer.name].stream_slots(self.cfg)
+        spec = DEPTH_MIXERS[self.cfg.mixer.name].stream_spec(self.cfg)
         stream = ()
-        if slots:
+        if spec is not None:
             device = idx.device
-            # The K/V dtype: what the projections produce (the autocast dtype under autocast).
-            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-            dtype = dtype or self.tok_emb.weight.dtype
-            B, T = idx.shape
-            stream = new_stream_buffers(slots, B, T, self.cfg.n_kv_heads, self.cfg.hd, device, dtype)
+            dtype = self.tok_emb.weight.dtype
+            if spec.activations and torch.is_autocast_enabled(device.type):
+                dtype = torch.get_autocast_dtype(device.type)  # what the projections produce under autocast
+            stream = new_stream_buffers(spec.parts, spec.slots, *idx.shape, spec.feature, device, dtype)
         if cache is not None or probs is not None:
             return self._forward(idx, targets, stream, cache, probs)  # inference paths stay eager
         return self._run(idx, targets, stream)
 
     def _forward(self, idx, targets, stream, cache=None, probs=None) -> torch.Tensor:
         offset = cache.length if cache is not None else 0
-        mixer = DEPTH_MIXERS[self.cfg.mixer.name]
-        ctx = ForwardCtx(
-            self.rope, self.attn_backend, offset, DepthStream(*stream) if stream else None,
-            mixer.new_state(self.cfg), cache, probs,
-        )
+        ctx = ForwardCtx(self.rope, self.attn_backend, offset, DepthStream(*stream) if stream else None, cache, probs)
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, ctx)

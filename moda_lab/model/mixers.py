@@ -15,6 +15,8 @@ stream (read identity, write add), so a mixer only overrides what it changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -25,22 +27,29 @@ from .config import ModelConfig
 from .layers import RMSNorm
 
 
+@dataclass(frozen=True)
+class StreamSpec:
+    """The depth stream a mixer needs per forward (allocated by GPT.forward): ``parts`` tensors per slot (2: K/V,
+    1: hidden states), ``slots`` slots of shape ``feature``; ``activations``: in the dtype the projections
+    produce (the autocast dtype), else in the parameters' dtype (the residual stream's)."""
+
+    parts: int
+    slots: int
+    feature: tuple[int, ...]
+    activations: bool = True
+
+
 class DepthMixer(nn.Module):
-    """Residual baseline and the hook interface. A mixer that reads K/V slots of earlier layers asks for a
-    depth stream of ``stream_slots`` slots (ctx.stream, allocated by GPT.forward); other per-forward state
-    lives in ``ctx.state``, made by ``new_state``."""
+    """Residual baseline and the hook interface. A mixer that reads what earlier layers wrote for the same token
+    asks for a depth stream (``stream_spec``), which the block's hooks reach as ctx.stream."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
 
     @staticmethod
-    def stream_slots(cfg: ModelConfig) -> int:
-        """Depth K/V slots per token the forward's stream needs (0: no stream)."""
-        return 0
-
-    @staticmethod
-    def new_state(cfg: ModelConfig) -> object:
+    def stream_spec(cfg: ModelConfig) -> StreamSpec | None:
+        """The forward's depth stream this mixer writes and reads (None: no stream)."""
         return None
 
     def read(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
@@ -71,7 +80,10 @@ class DepthMixer(nn.Module):
 
 
 class DWAMixer(DepthMixer):
-    """DenseFormer depth-weighted average: x_{l+1} = sum_{j<=l+1} alpha_{l,j} X_j, X_0 = embeddings."""
+    """DenseFormer depth-weighted average: x_{l+1} = sum_{j<=l+1} alpha_{l,j} X_j, X_0 = embeddings.
+
+    The X_j are slots of the depth stream (written once, read in place; each mix's backward adds alpha_j g into
+    the stream's gradient buffer in one pass and reduces dalpha in the same pass), not a re-stacked history."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__(cfg, layer)
@@ -80,23 +92,17 @@ class DWAMixer(DepthMixer):
         self.alpha = nn.Parameter(alpha)
 
     @staticmethod
-    def new_state(cfg: ModelConfig) -> list[torch.Tensor]:
-        return []  # X_0, X_1, ...: the block outputs so far
+    def stream_spec(cfg: ModelConfig) -> StreamSpec:
+        return StreamSpec(1, cfg.n_layers + 1, (cfg.d_model,), activations=False)
 
     def read(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        if not ctx.state:
-            ctx.state.append(x)  # X_0, the embeddings
+        if self.layer == 0:
+            ctx.stream.put(x)  # X_0, the embeddings
         return x
 
     def write(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        ctx.state.append(x)
-        # A sum of scaled tensors, not a stacked [B, T, l+2, D] copy: autograd keeps only references to the X_j
-        # (no O(L^2) memory), and torch.compile fuses the sum into one kernel reading every X_j once.
-        alpha = self.alpha.to(x.dtype)
-        out = ctx.state[0] * alpha[0]
-        for j in range(1, len(ctx.state)):
-            out = out + ctx.state[j] * alpha[j]
-        return out
+        ctx.stream.put(x)  # X_{l+1}, this block's output
+        return ctx.stream.mix(self.alpha, kernel=ctx.attn.fused_kernels)
 
     def flops_per_token(self) -> int:
         return 2 * self.cfg.d_model * (self.layer + 2)
@@ -115,8 +121,8 @@ class DepthAttnMixer(DepthMixer):
         self.wo.zero_init = True  # GPT.init_weights: start as the residual stream
 
     @staticmethod
-    def stream_slots(cfg: ModelConfig) -> int:
-        return cfg.n_layers
+    def stream_spec(cfg: ModelConfig) -> StreamSpec:
+        return StreamSpec(2, cfg.n_layers, (cfg.n_kv_heads, cfg.hd))
 
     def read(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
         B, T, _ = x.shape
@@ -145,8 +151,8 @@ class ModaMixer(DepthMixer):
         self.ffn_kv = KVProjection(cfg) if mix.ffn_kv and self.writes else None
 
     @staticmethod
-    def stream_slots(cfg: ModelConfig) -> int:
-        return max(1, (cfg.n_layers - 1) * cfg.mixer.slots_per_layer)
+    def stream_spec(cfg: ModelConfig) -> StreamSpec:
+        return StreamSpec(2, max(1, (cfg.n_layers - 1) * cfg.mixer.slots_per_layer), (cfg.n_kv_heads, cfg.hd))
 
     def attn_depth(self) -> bool:
         return self.layer > 0  # layer 0 has no earlier layer: sequence-only

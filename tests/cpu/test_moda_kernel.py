@@ -288,3 +288,29 @@ def test_autotuning_cannot_add_twice_into_the_depth_gradient_buffer():
     from kernels.moda.triton_bwd import _moda_bwd_dq_kernel
 
     assert {"DKD", "DVD"} <= set(_moda_bwd_dq_kernel.restore_value)
+
+
+@pytest.mark.parametrize("B,T,n,S,D", [(2, 7, 3, 5, 48), (1, 19, 1, 1, 20), (3, 5, 6, 9, 384)])
+def test_dwa_kernels_match_reference(B, T, n, S, D):
+    """DenseFormer's mix over a prefix view of a [B, T, S, D] history (Triton interpreter, fp32): forward, dalpha,
+    and the history gradient ADDED into a buffer (slots past the prefix untouched)."""
+    from kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
+
+    gen = torch.Generator().manual_seed(B * 100 + T)
+    hist = torch.randn(B, T, S, D, generator=gen)
+    alpha = torch.randn(n, generator=gen)
+    h = hist[:, :, :n]
+    torch.testing.assert_close(dwa_mix_forward(h, alpha), naive_dwa_mix(h, alpha), atol=ATOL, rtol=1e-5)
+    # The reference against autograd of the plain formula.
+    hr, ar = h.clone().requires_grad_(), alpha.clone().requires_grad_()
+    g = torch.randn(B, T, D, generator=gen)
+    torch.autograd.backward(torch.einsum("btjd,j->btd", hr, ar), g)
+    acc_ref = torch.randn(B, T, S, D, generator=gen)
+    acc = acc_ref.clone()
+    da_ref = naive_dwa_mix_bwd(g, h, alpha, acc_ref[:, :, :n])
+    torch.testing.assert_close(da_ref, ar.grad, atol=1e-4, rtol=1e-5)
+    before = acc.clone()
+    da = dwa_mix_backward(g, h, alpha, acc[:, :, :n])
+    torch.testing.assert_close(da, ar.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(acc[:, :, :n], before[:, :, :n] + hr.grad, atol=ATOL, rtol=1e-5)
+    assert torch.equal(acc[:, :, n:], before[:, :, n:])

@@ -121,7 +121,7 @@ def test_depth_stream_gradients_match_stacking(compiled):
 
     run = torch.compile(net, fullgraph=True) if compiled else net
     for _ in range(2):  # fresh buffers every forward, as GPT.forward allocates them
-        loss = run(*new_stream_buffers(layers, B, T, Hk, d, "cpu", torch.float32))
+        loss = run(*new_stream_buffers(2, layers, B, T, (Hk, d), "cpu", torch.float32))
         grads = torch.autograd.grad(loss, ws)
         torch.testing.assert_close(loss, ref)
         for g, gr in zip(grads, grads_ref):
@@ -129,7 +129,7 @@ def test_depth_stream_gradients_match_stacking(compiled):
 
 
 def test_depth_stream_refuses_a_write_past_its_slots():
-    stream = DepthStream(*new_stream_buffers(1, 1, 2, 1, 4, "cpu", torch.float32))
+    stream = DepthStream(*new_stream_buffers(2, 1, 1, 2, (1, 4), "cpu", torch.float32))
     k = torch.randn(1, 2, 1, 4)
     stream.put(k, k)
     with pytest.raises(RuntimeError, match="depth stream full: all 1 slots"):

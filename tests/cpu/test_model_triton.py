@@ -9,6 +9,7 @@ from moda_lab.model import GPT, MixerConfig, ModelConfig
 
 MIXERS = {
     "residual": MixerConfig("residual"),
+    "dense": MixerConfig("dense"),
     "depth_attn": MixerConfig("depth_attn"),
     "moda_full": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
 }
