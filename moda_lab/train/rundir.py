@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = (
     "trainer.strategy",
     "data.num_workers",
     "data.build_default",
+    "data.default_corpus_dir",
     "data.cache_dir",
     "logger.",
     "eval.",
@@ -121,6 +122,22 @@ class RunDir:
         if shutil.which("nvidia-smi"):
             out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
             (env / f"nvidia-smi-{launch}.txt").write_text(out)
+
+
+def remove_stub(path: str | Path) -> bool:
+    """Delete a run dir that holds only what Hydra writes before the task starts (.hydra/, <job>.log).
+
+    A job refused for its config leaves nothing behind; a dir holding anything else is never touched.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    entries = list(p.iterdir())
+    stub = all(e.name == ".hydra" or (e.suffix == ".log" and e.is_file()) for e in entries)
+    if not stub:
+        return False
+    shutil.rmtree(p)
+    return True
 
 
 def run_name(override_dirname: str, max_len: int = 120) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
-from ..data import PackedData, build_default_corpus, prepare
+from ..data import PackedData, build_default_corpus, corpus_files, prepare
 from ..data.packing import load_packed
 from .datamodule import PackedDataModule
 from .jsonl_logger import JSONLLogger
@@ -23,15 +24,49 @@ from .rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+def check_data(run: RunConfig) -> None:
+    """Fail on missing data paths (naming the key and path) before anything is written or built."""
+    d = run.data
+    if d.packed_dir:
+        meta = Path(d.packed_dir) / "meta.json"
+        if not meta.is_file():
+            raise ConfigError(
+                f"data.packed_dir={d.packed_dir!r} is not a packed data folder (no meta.json); "
+                "allowed: a folder written by `python -m moda_lab.data`, or null"
+            )
+        vocab = json.loads(meta.read_text()).get("vocab_size", 0)
+        if vocab > run.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "
+                f"data.packed_dir={d.packed_dir!r}"
+            )
+        return
+    if Path(d.corpus_dir).is_dir():
+        try:
+            corpus_files(d.corpus_dir)
+        except FileNotFoundError as err:  # a directory without text files
+            raise ConfigError(str(err)) from None
+        return
+    if not d.uses_default_corpus:
+        raise ConfigError(
+            f"data.corpus_dir={d.corpus_dir!r} does not exist; allowed: an existing directory of text/JSONL files "
+            f"(the embedded default corpus is built only into data.default_corpus_dir={d.default_corpus_dir!r})"
+        )
+    if not d.build_default:
+        raise ConfigError(
+            f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false); "
+            "allowed: an existing directory of text/JSONL files, or data.build_default=true"
+        )
+
+
 def load_data(run: RunConfig) -> PackedData:
+    check_data(run)
     d = run.data
     if d.packed_dir:
         data = load_packed(d.packed_dir)
     else:
         corpus = Path(d.corpus_dir)
-        if not corpus.exists():
-            if not d.build_default:
-                raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
+        if not corpus.is_dir():
             log.info("building the default corpus into %s", corpus)
             build_default_corpus(corpus)
         data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
