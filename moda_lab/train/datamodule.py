@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import numpy as np
 import torch
@@ -51,6 +53,25 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = divmod(samples_seen, len(self))
 
 
+class ResumableLoader(DataLoader):
+    """The training DataLoader with Lightning's stateful-loader interface (``state_dict``/``load_state_dict``):
+    checkpoints store the training position, and a resumed run continues mid-epoch with the next unseen window.
+
+    The position is the number of batches the training loop has processed, read from the trainer, not counted in
+    the sampler: Lightning fetches batches ahead of the step that trains on them.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"samples_seen": self._batches_done() * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.seek(int(state["samples_seen"]))
+
+
 class PackedDataModule(L.LightningDataModule):
     def __init__(self, data: PackedData, seq_len: int, batch_size: int, val_windows: int, seed: int, num_workers: int):
         super().__init__()
@@ -68,7 +89,17 @@ class PackedDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = ResumableSampler(len(ds), self.seed, rank, world)
         self.sampler.seek(self._samples_seen)
-        return DataLoader(ds, self.batch_size, sampler=self.sampler, drop_last=True, num_workers=self.num_workers)
+        return ResumableLoader(
+            ds,
+            self.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            batches_done=self._batches_done,
+        )
+
+    def _batches_done(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed if self.trainer else 0
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
@@ -80,9 +111,6 @@ class PackedDataModule(L.LightningDataModule):
             for d in self.val_domains
         ]
 
-    def state_dict(self) -> dict:
-        seen = self.trainer.global_step * self.batch_size * self.trainer.accumulate_grad_batches if self.trainer else 0
-        return {"samples_seen": seen}
-
     def load_state_dict(self, state: dict) -> None:
+        # Checkpoints from before ResumableLoader kept the position here; newer ones restore it in the loader.
         self._samples_seen = int(state.get("samples_seen", 0))

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, corpus_files, prepare
 from ..data.packing import load_packed
+from .checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_checkpoint
+from .console import StepProgressBar, quiet_console
 from .datamodule import PackedDataModule
 from .jsonl_logger import JSONLLogger
 from .module import LMModule
@@ -97,7 +98,7 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         raise ConfigError(
             f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']"
         )
-    return WandbLogger(
+    wandb_logger = WandbLogger(
         project=w.project,
         entity=w.entity,
         name=f"{rundir.path.parent.name}/{rundir.path.name}",
@@ -107,6 +108,9 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         resume="allow",
         config=resolved,
     )
+    # Lightning passes anonymous=None, which wandb 0.31 reports as a deprecated setting on every run.
+    wandb_logger._wandb_init.pop("anonymous", None)
+    return wandb_logger
 
 
 def _trainer_kwargs(run: RunConfig) -> dict:
@@ -128,17 +132,19 @@ def _trainer_kwargs(run: RunConfig) -> dict:
         "precision": precision,
         "accumulate_grad_batches": t.accumulate,
         "gradient_clip_val": t.grad_clip or None,
-        "val_check_interval": t.val_every,
+        "val_check_interval": t.val_every * t.accumulate,  # counted in batches; val_every is in optimizer steps
         "check_val_every_n_epoch": None,
         "log_every_n_steps": t.log_every,
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
+        "plugins": [AtomicCheckpointIO()],
     }
 
 
 def train(resolved: dict, run_dir: str | Path) -> dict:
     """Train (or resume) the run described by the resolved config dict in run_dir; returns final metrics."""
     run = run_config_from_dict(resolved)
+    quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
     L.seed_everything(run.seed, workers=True)
@@ -148,7 +154,8 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     # DDP children (LOCAL_RANK > 0) re-enter here: only the launching process writes the run dir.
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     meta = rundir.open(resolved) if rank0 else done
-    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and rundir.last_ckpt:
+    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
+    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and resume:
         log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
         rundir.write_meta(status="finished", finished=done.get("finished"))
         return {}
@@ -171,11 +178,11 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
-        ckpt = ModelCheckpoint(
+        ckpt = StepCheckpoint(
+            run.trainer.ckpt_every,
             dirpath=rundir.ckpt_dir,
             filename="step_{train/step:06.0f}",
             auto_insert_metric_name=False,
-            every_n_train_steps=run.trainer.ckpt_every,
             save_last=True,
             save_top_k=run.trainer.keep_checkpoints,
             monitor="train/step",
@@ -183,13 +190,21 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         )
         trainer = L.Trainer(
             **_trainer_kwargs(run),
-            callbacks=[_StepMetric(), ckpt, TQDMProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
+            callbacks=[_StepMetric(), ckpt, StepProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
             logger=loggers,
             default_root_dir=str(rundir.path),
         )
         loggers[0].trainer = trainer
-        loggers[0].tokens_per_step = run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
-        resume = rundir.last_ckpt
+        loggers[0].tokens_per_step = (
+            run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
+        )
+        restored = resume[1] if resume else -1
+        dropped = loggers[0].truncate_after(restored) if rank0 else 0
+        if dropped:
+            since = f"after step {restored}" if resume else "before its first checkpoint"
+            log.warning(
+                "metrics.jsonl: dropped %d rows an interrupted launch logged %s; they are logged again", dropped, since
+            )
         if resume is None:
             model_stats = {
                 "model/params": module.model.num_params(),
@@ -199,7 +214,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             for lg in loggers:
                 lg.log_metrics(model_stats, step=0)
             trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
             rundir.write_meta(
