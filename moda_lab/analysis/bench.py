@@ -146,8 +146,8 @@ def plot_bench_group(frame: pd.DataFrame, group: str) -> Figure:
             ax.set_ylabel(f"{kind} time (ms, median)")
             ax.set_title(", ".join(f"{k}={v:g}" for k, v in fixed.items()), fontsize=9)
             ax.grid(alpha=0.3, which="both")
-    devices = ", ".join(sorted(data["device"].unique()))
-    fig.suptitle(f"{group} ({devices})")
+    devices = ", ".join(sorted(d for d in data["device"].unique() if d != "unknown"))
+    fig.suptitle(f"{group} ({devices})" if devices else group)
     fig.tight_layout()
     return fig
 
