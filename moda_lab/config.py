@@ -179,7 +179,7 @@ def from_dict(cls: type, data: dict, prefix: str) -> object:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra" or cls is not RunConfig]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -208,6 +208,9 @@ def _is_int(v: object) -> bool:
 
 def _check_model(model: dict, data: dict) -> None:
     """Model checks that name every key involved (ModelConfig's own messages cannot know the Hydra keys)."""
+    for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "max_seq_len"):
+        if _is_int(model.get(key)):
+            check_range(f"model.{key}", model[key], ">= 1", model[key] >= 1)
     d, h, hd = model.get("d_model"), model.get("n_heads"), model.get("head_dim")
     if _is_int(hd):
         check_range("model.head_dim", hd, "an even number >= 2 (RoPE rotates pairs), or null", hd >= 2 and hd % 2 == 0)

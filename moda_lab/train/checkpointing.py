@@ -70,6 +70,19 @@ class StepCheckpoint(ModelCheckpoint):
         super().__init__(every_n_train_steps=0, every_n_epochs=0, enable_version_counter=False, **kwargs)
         self.every = every
 
+    @property
+    def state_key(self) -> str:
+        # The key ModelCheckpoint(every_n_train_steps=every) had (Callback._generate_state_key's format): runs
+        # checkpointed before this class still restore their top-k bookkeeping (which step files to delete next).
+        kwargs = {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "every_n_train_steps": self.every,
+            "every_n_epochs": 0,
+            "train_time_interval": None,
+        }
+        return f"ModelCheckpoint{kwargs!r}"
+
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """Step saves wait for validation end (see the class docstring)."""
 

@@ -16,6 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, run_config_from_dict
@@ -100,7 +101,13 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
         for job, label in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=job, return_hydra_config=True)
-            except Exception:  # unknown group option and the like: Hydra reports these well itself
+            except MissingConfigException as err:  # model=moda_typo: the options of that group, on one line
+                group, _, name = str(err.missing_cfg_file).rpartition("/")
+                options = [o for o in (err.options or []) if not o.startswith("_")]
+                raise ConfigError(f"{group}={name} is not allowed; choose one of {options}") from None
+            except ConfigCompositionException as err:  # e.g. overriding a key that does not exist
+                raise ConfigError(" ".join(str(err).split("\n"))) from None
+            except Exception:  # anything else Hydra reports itself
                 return
             try:
                 check_job(cfg, args.multirun)

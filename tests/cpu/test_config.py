@@ -70,6 +70,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ("model.max_seq_len=64", r"model.max_seq_len=64 is out of range; allowed: >= data.seq_len=128"),
         ("model.vocab_size=4096", r"model.vocab_size=4096 is out of range; allowed: >= data.vocab_size=8192"),
         ("model.norm_eps=0", r"model.norm_eps=0 is out of range; allowed: > 0"),
+        ("model.n_kv_heads=0", r"model.n_kv_heads=0 is out of range; allowed: >= 1"),
         ("data.val_fraction=1.5", r"data.val_fraction=1.5 is out of range; allowed: 0 < x < 1"),
         ("data.seq_len=0", r"data.seq_len=0 is out of range; allowed: >= 1"),
         ("data.vocab_size=100", r"data.vocab_size=100 is out of range; allowed: 257..65535"),
@@ -138,6 +139,10 @@ def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path,
         check_command_line(["-m", root, "model=moda,dense", "trainer.lr=0.01,-1"], CONF)
     check_command_line(["-m", root, "model=moda,dense", "trainer.lr=0.01,0.02"], CONF)
     check_command_line([root, "--cfg", "job", "trainer.lr=-1"], CONF)  # Hydra prints; nothing runs
+    with pytest.raises(ConfigError, match=r"^model=moda_typo is not allowed; choose one of \['dense', "):
+        check_command_line([root, "model=moda_typo"], CONF)
+    with pytest.raises(ConfigError, match=r"^Could not override 'trainer.lrr'. To append to your config use \+"):
+        check_command_line([root, "trainer.lrr=1"], CONF)
     assert list(tmp_path.iterdir()) == []
 
     # A relaunch into an existing run dir with another config is refused before Hydra rewrites its .hydra/.
