@@ -32,7 +32,8 @@ class TokenWindows(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start mid-epoch, so a resumed run sees the data it has not."""
+    """A seeded permutation per epoch, sharded over ranks, that can start mid-epoch, so a resumed run sees the
+    data it has not. Every rank gets the same number of samples (n // world), so ranks run equally many batches."""
 
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
@@ -40,17 +41,19 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+        order = torch.randperm(self.n, generator=g)[self.rank :: self.world][: len(self)].tolist()
         start, self.start = self.start, 0
         self.epoch += 1
         return iter(order[start:])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return self.n // self.world
 
-    def seek(self, samples_seen: int) -> None:
-        """Position after samples_seen samples of this rank."""
-        self.epoch, self.start = divmod(samples_seen, len(self))
+    def seek(self, samples_seen: int, batch_size: int) -> None:
+        """Position after samples_seen samples of this rank, in batches of batch_size that drop the last partial
+        batch of every epoch."""
+        per_epoch = len(self) // batch_size * batch_size
+        self.epoch, self.start = divmod(samples_seen, per_epoch) if per_epoch else (0, 0)
 
 
 class ResumableLoader(DataLoader):
@@ -69,7 +72,7 @@ class ResumableLoader(DataLoader):
         return {"samples_seen": self._batches_done() * self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.seek(int(state["samples_seen"]))
+        self.sampler.seek(int(state["samples_seen"]), self.batch_size)
 
 
 class PackedDataModule(L.LightningDataModule):
@@ -88,7 +91,7 @@ class PackedDataModule(L.LightningDataModule):
         ds = TokenWindows(self.data.tokens("train"), self.seq_len)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = ResumableSampler(len(ds), self.seed, rank, world)
-        self.sampler.seek(self._samples_seen)
+        self.sampler.seek(self._samples_seen, self.batch_size)
         return ResumableLoader(
             ds,
             self.batch_size,

@@ -138,6 +138,8 @@ def _trainer_kwargs(run: RunConfig) -> dict:
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
         "plugins": [AtomicCheckpointIO()],
+        # ResumableSampler shards by rank itself; Lightning's DistributedSampler wrapper would shard it again.
+        "use_distributed_sampler": False,
     }
 
 
@@ -201,10 +203,8 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         restored = resume[1] if resume else -1
         dropped = loggers[0].truncate_after(restored) if rank0 else 0
         if dropped:
-            since = f"after step {restored}" if resume else "before its first checkpoint"
-            log.warning(
-                "metrics.jsonl: dropped %d rows an interrupted launch logged %s; they are logged again", dropped, since
-            )
+            why = f"after step {restored}, where this launch resumes" if resume else "with no intact checkpoint"
+            log.warning("metrics.jsonl: dropped %d row(s) logged %s; they are logged again", dropped, why)
         if resume is None:
             model_stats = {
                 "model/params": module.model.num_params(),

@@ -167,3 +167,22 @@ def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus
     ):
         train(cfg, straight)
     assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_sampler_resumes_at_any_batch_across_epochs(world):
+    """Position k batches in (epochs of 2 batches of 4 per rank, partial batches dropped) continues with batch k."""
+    from torch.utils.data import BatchSampler
+
+    from moda_lab.train.datamodule import ResumableSampler
+
+    def batches(sampler, epochs):
+        return [b for _ in range(epochs) for b in BatchSampler(sampler, 4, drop_last=True)]
+
+    for rank in range(world):
+        full = batches(ResumableSampler(10 * world + 1, seed=3, rank=rank, world=world), 3)
+        assert len(full) == 6
+        for k in range(6):
+            s = ResumableSampler(10 * world + 1, seed=3, rank=rank, world=world)
+            s.seek(4 * k, 4)
+            assert batches(s, 3)[0] == full[k], (rank, k)
