@@ -137,6 +137,9 @@ def remove_stub(path: str | Path) -> bool:
     if not stub:
         return False
     shutil.rmtree(p)
+    for parent in (p.parent, p.parent.parent):  # <run_root>/<name>/ that Hydra made for this job alone
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
     return True
 
 

@@ -70,7 +70,10 @@ def load_data(run: RunConfig) -> PackedData:
         if not corpus.is_dir():
             log.info("building the default corpus into %s", corpus)
             build_default_corpus(corpus)
-        data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+        try:
+            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+        except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
+            raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
     if data.vocab_size > run.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
@@ -149,8 +152,8 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
+    data = load_data(run)  # data errors surface before anything else is printed or written
     L.seed_everything(run.seed, workers=True)
-    data = load_data(run)
     rundir = RunDir(run_dir)
     done = rundir.read_meta()
     # DDP children (LOCAL_RANK > 0) re-enter here: only the launching process writes the run dir.

@@ -97,10 +97,16 @@ def test_missing_and_empty_corpus_dirs(tmp_path):
 
 
 def test_bad_jsonl_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
+    from moda_lab.train.task import load_data
+
+    path = tmp_path / "corpus" / "bad.jsonl"
+    path.parent.mkdir()
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
         list(read_documents(path))
+    cfg = compose_cfg([f"data.corpus_dir={path.parent}", f"data.cache_dir={tmp_path / 'cache'}", "data.vocab_size=512"])
+    with pytest.raises(ConfigError, match=r"^data.corpus_dir='.*corpus': .*bad.jsonl:2: expected a JSON object"):
+        load_data(run_config_from_dict(cfg))
 
 
 def test_missing_corpus_without_default_build_is_clear(tmp_path):
@@ -168,10 +174,10 @@ def test_config_error_prints_one_line_and_writes_nothing(tmp_path):
 def test_stub_run_dirs_are_removed_and_real_ones_kept(tmp_path):
     from moda_lab.train.rundir import remove_stub
 
-    stub = tmp_path / "stub"
+    stub = tmp_path / "runs" / "default" / "stub"
     (stub / ".hydra").mkdir(parents=True)
     (stub / "run.log").write_text("")
-    assert remove_stub(stub) and not stub.exists()
+    assert remove_stub(stub) and not (tmp_path / "runs").exists()  # with the parents Hydra made for it
     real = tmp_path / "real"
     (real / ".hydra").mkdir(parents=True)
     (real / "metrics.jsonl").write_text("{}\n")
