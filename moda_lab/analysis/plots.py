@@ -2,8 +2,8 @@
 
 Every function takes the tidy table (or the run summary) and returns a matplotlib Figure; ``save_figure`` writes
 PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band. The encoding is the same in every
-figure: one colour per depth-mixing variant (``variant_colors``), one line style (curves) or marker (scatter) or
-hatch (bars) per norm placement, and one marker per further config difference (``cell_label``). The seed count
+figure: one colour per depth-mixing variant (``variant_colors``), one line style (curves), marker fill (scatter)
+or hatch (bars) per norm placement, and one marker shape per further config difference (``cell_label``). The seed count
 is stated once per figure when all lines share it, else per legend entry.
 """
 
@@ -41,7 +41,9 @@ VARIANT_COLORS = {
 }
 _SPARE_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
 NORM_LINESTYLES = {"pre": "-", "post": "--", "reordered": ":"}
-NORM_MARKERS = {"pre": "o", "post": "s", "reordered": "^"}
+# Marker fill per norm in scatter plots: pre filled, post hollow (white face, hiding the error bar behind it),
+# reordered half filled.
+NORM_FILLS = {"pre": "full", "post": "white", "reordered": "left"}
 NORM_HATCHES = {"pre": "", "post": "//", "reordered": ".."}
 LABEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
@@ -52,7 +54,9 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150)  # layouts are tight already; bbox_inches="tight" would draw twice
+        # Layouts are tight already (bbox_inches="tight" would draw twice); no creation date in the PDF, so
+        # regenerating an unchanged figure leaves its committed file unchanged.
+        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
@@ -234,6 +238,12 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm"
     return fig
 
 
+def _fill(style: str, color: str) -> dict:
+    if style == "white":
+        return {"markerfacecolor": "white"}
+    return {"fillstyle": style, "markerfacecoloralt": "white", "markerfacecolor": color}
+
+
 def has_cost_and_loss(summary: pd.DataFrame, x: str, y: str = "val/loss") -> bool:
     return x in summary and y in summary and (summary[x].notna() & summary[y].notna()).any()
 
@@ -247,6 +257,7 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
         ax.text(0.5, 0.5, f"no runs with both {x} and {y}", ha="center", va="center", transform=ax.transAxes)
         return fig
     colors = variant_colors(agg)
+    markers = _label_markers(agg)
     extra = _label_columns(agg, exclude=[])
     counts = [(int(r[f"{y}:n"]), int(r[f"{y}:n"])) for _, r in agg.iterrows()]
     note, per_point = _seed_note(counts)
@@ -258,7 +269,9 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
             row[x] / scale,
             row[y],
             yerr=sd,
-            fmt=NORM_MARKERS.get(row.get("norm"), "D"),
+            fmt=markers.get(row.get("cell_label"), "o"),
+            **_fill(NORM_FILLS.get(row.get("norm"), "bottom"), colors[row["variant"]]),
+            markeredgewidth=1.5,
             markersize=7,
             capsize=3,
             color=colors[row["variant"]],

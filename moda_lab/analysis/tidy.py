@@ -168,7 +168,11 @@ NORM_ORDER = {"pre": 0, "post": 1, "reordered": 2}
 def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
     """Canonical row order: ``first`` columns, then baseline -> MoDA (switches off -> on), then pre -> post norm."""
     ranks = {"model": MODEL_ORDER, "norm": NORM_ORDER}
-    order = [c for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm"] if c in frame]
+    order = [
+        c
+        for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm", "cell_label"]
+        if c in frame
+    ]
     order = list(dict.fromkeys(order))
 
     def key(col: pd.Series) -> pd.Series:
