@@ -63,15 +63,20 @@ def _run_dir(cfg, multirun: bool) -> Path | None:
         return None
 
 
-def check_job(cfg, multirun: bool) -> None:
-    """Validate one composed job config (with its hydra section); raise ConfigError."""
+def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
+    """Validate one composed job config (with its hydra section); raise ConfigError. Data settings already in
+    data_checked (jobs of one sweep mostly share them) are not walked again."""
     from ..eval import eval_config_from_dict
     from .task import check_data
 
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task_cfg, resolve=True)
     run = run_config_from_dict(resolved)
-    check_data(run)
+    data_key = (run.data, run.model.vocab_size)
+    if data_checked is None or data_key not in data_checked:
+        check_data(run)
+        if data_checked is not None:
+            data_checked.add(data_key)
     if run.extra.get("eval", {}).get("after_fit"):
         try:
             eval_config_from_dict(run.extra["eval"])
@@ -97,6 +102,7 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
     jobs = _jobs(args.overrides, args.multirun)
     if jobs is None:
         return
+    data_checked: set = set()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         for job, label in jobs:
             try:
@@ -110,7 +116,7 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
             except Exception:  # anything else Hydra reports itself
                 return
             try:
-                check_job(cfg, args.multirun)
+                check_job(cfg, args.multirun, data_checked)
             except ConfigError as err:
                 where = f" (job {label})" if label else ""
                 raise ConfigError(f"{err}{where}") from None
