@@ -95,7 +95,9 @@ class RunDir:
         cfg_path = self.path / "config.yaml"
         if cfg_path.is_file():
             check_resume_compatible(yaml.safe_load(cfg_path.read_text()) or {}, resolved, self.path)
-        cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp = cfg_path.with_suffix(".tmp")  # atomic: a relaunch compares against it, a torn one would refuse
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp.replace(cfg_path)
         meta = self.read_meta()
         launches = meta.get("launches", 0) + 1
         self._write_environment(launches)

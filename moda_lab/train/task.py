@@ -6,11 +6,13 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from filelock import FileLock
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, corpus_files, prepare
@@ -60,6 +62,20 @@ def check_data(run: RunConfig) -> None:
         )
 
 
+def _build_default_corpus(corpus: Path) -> None:
+    """Build into a sibling temp dir and rename it into place, under a lock: a build killed midway leaves no
+    partial corpus that later runs would take for the whole one, and concurrent jobs build it once."""
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(corpus) + ".lock"):
+        if corpus.is_dir():  # another job built it while this one waited
+            return
+        log.info("building the default corpus into %s", corpus)
+        partial = corpus.with_name(corpus.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_default_corpus(partial)
+        partial.rename(corpus)
+
+
 def load_data(run: RunConfig) -> PackedData:
     check_data(run)
     d = run.data
@@ -68,8 +84,7 @@ def load_data(run: RunConfig) -> PackedData:
     else:
         corpus = Path(d.corpus_dir)
         if not corpus.is_dir():
-            log.info("building the default corpus into %s", corpus)
-            build_default_corpus(corpus)
+            _build_default_corpus(corpus)
         try:
             data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
         except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
