@@ -97,6 +97,13 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
     from hydra._internal.utils import get_args_parser  # Hydra's own command-line grammar
 
     args, _ = get_args_parser().parse_known_args(argv)
+    modes = [
+        flag
+        for flag, on in (("--run", args.run), ("-m", args.multirun), ("--cfg", args.cfg), ("--info", args.info))
+        if on
+    ]
+    if len(modes) > 1:  # Hydra refuses this too, with a traceback
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined; give one of --run, -m/--multirun, --cfg, --info")
     if any(getattr(args, a, None) for a in _OTHER_MODES) or args.config_path or args.config_name or args.config_dir:
         return
     jobs = _jobs(args.overrides, args.multirun)
