@@ -121,8 +121,18 @@ def test_sigkill_anywhere_then_relaunch_matches_uninterrupted_run(tiny_corpus, t
     args = overrides(tiny_corpus, tmp_path, "faulty")
 
     def writing_checkpoint():
-        rd = run_dir(tmp_path, "faulty")
-        return rd is not None and any(p.stat().st_size > 0 for p in (rd / "checkpoints").glob("*.tmp"))
+        """While this launch writes a checkpoint (a temp file it created and has started filling)."""
+        t0 = time.time()
+
+        def ready():
+            rd = run_dir(tmp_path, "faulty")
+            tmps = list((rd / "checkpoints").glob("*.tmp")) if rd else []
+            try:
+                return any(p.stat().st_mtime > t0 and p.stat().st_size > 0 for p in tmps)
+            except FileNotFoundError:  # renamed into place meanwhile
+                return False
+
+        return ready
 
     def after_new_rows(k):
         """Once this launch has written k metrics rows (rows carry their wall-clock time)."""
@@ -139,9 +149,12 @@ def test_sigkill_anywhere_then_relaunch_matches_uninterrupted_run(tiny_corpus, t
         return ready
 
     def after_new_checkpoint():
-        rd = run_dir(tmp_path, "faulty")
-        before = {p.name for p in (rd / "checkpoints").glob("step_*.ckpt")}
-        return lambda: bool({p.name for p in (rd / "checkpoints").glob("step_*.ckpt")} - before)
+        def names():
+            rd = run_dir(tmp_path, "faulty")
+            return {p.name for p in (rd / "checkpoints").glob("step_*.ckpt")} if rd else set()
+
+        before = names()
+        return lambda: bool(names() - before)
 
     def after_seconds(delay):
         t0 = time.monotonic()
@@ -151,9 +164,9 @@ def test_sigkill_anywhere_then_relaunch_matches_uninterrupted_run(tiny_corpus, t
     # writes (twice), after a random number of new rows, as soon as a step checkpoint appears, a random moment.
     kill_points = [
         ("before the first checkpoint", partial(after_new_rows, rng.randint(1, 4))),
-        ("during a checkpoint write", lambda: writing_checkpoint),
+        ("during a checkpoint write", writing_checkpoint),
         ("after random rows", partial(after_new_rows, rng.randint(3, 10))),
-        ("during a checkpoint write", lambda: writing_checkpoint),
+        ("during a checkpoint write", writing_checkpoint),
         ("right after a checkpoint", after_new_checkpoint),
         ("after random rows", partial(after_new_rows, rng.randint(3, 10))),
         ("after random seconds", partial(after_seconds, rng.uniform(0.5, 6.0))),
