@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from moda_lab.train.rundir import run_name
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 def _pin_argv_to_this_job() -> None:
@@ -25,16 +27,24 @@ def _pin_argv_to_this_job() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from moda_lab.config import ConfigError
+    from moda_lab.eval.evaluate import EvalConfigError
+    from moda_lab.train.preflight import exit_on_config_error
+    from moda_lab.train.rundir import remove_stub
     from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
 
     _pin_argv_to_this_job()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir = HydraConfig.get().runtime.output_dir
-    if cfg.eval.after_fit:
-        from moda_lab.eval import eval_config_from_dict
+    try:
+        if cfg.eval.after_fit:
+            from moda_lab.eval import eval_config_from_dict
 
-        eval_config_from_dict(resolved["eval"])  # fail on bad tasks/data before hours of training, not after
-    metrics = train(resolved, run_dir)
+            eval_config_from_dict(resolved["eval"])  # fail on bad tasks/data before hours of training, not after
+        metrics = train(resolved, run_dir)
+    except (ConfigError, EvalConfigError) as err:  # found only now (e.g. the tokenizer's size): one line, no stub
+        remove_stub(run_dir)
+        exit_on_config_error(err)
     if cfg.eval.after_fit:
         from moda_lab.eval.hook import evaluate_run
 
@@ -43,4 +53,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from moda_lab.config import ConfigError
+    from moda_lab.train.preflight import check_command_line, exit_on_config_error
+
+    try:
+        check_command_line(sys.argv[1:], CONF)  # every job, before Hydra makes a run dir
+    except ConfigError as err:
+        exit_on_config_error(err)
     main()

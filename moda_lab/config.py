@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,17 +21,44 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 
+def check_range(key: str, value: float, allowed: str, ok: bool) -> None:
+    """Raise ConfigError 'key=value is out of range; allowed: ...' unless ok (NaN and inf are never ok)."""
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not (ok and finite):
+        raise ConfigError(f"{key}={value!r} is out of range; allowed: {allowed}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     corpus_dir: str = "data/corpus"  # a directory of text/JSONL files; subdirectories are named domains
     packed_dir: str | None = None  # an already packed folder (python -m moda_lab.data); overrides corpus_dir
-    build_default: bool = True  # build the embedded default corpus into corpus_dir when it is missing
+    # Where the embedded default corpus lives. It is built there on first use (build_default), and only there:
+    # a corpus_dir that names any other missing directory is an error, so a typo never trains on the default.
+    default_corpus_dir: str = "data/corpus"
+    build_default: bool = True
     cache_dir: str = "data/cache"
     vocab_size: int = 8192
     seq_len: int = 128
     val_fraction: float = 0.02
     val_windows: int = 32  # held-out windows per domain per validation
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_range(
+            "data.vocab_size", self.vocab_size, "257..65535 (byte-level BPE in uint16)", 256 < self.vocab_size <= 65535
+        )
+        check_range("data.seq_len", self.seq_len, ">= 1", self.seq_len >= 1)
+        check_range("data.val_fraction", self.val_fraction, "0 < x < 1", 0.0 < self.val_fraction < 1.0)
+        check_range("data.val_windows", self.val_windows, ">= 1", self.val_windows >= 1)
+        check_range("data.num_workers", self.num_workers, ">= 0", self.num_workers >= 0)
+
+    @property
+    def uses_default_corpus(self) -> bool:
+        return self.packed_dir is None and _same_path(self.corpus_dir, self.default_corpus_dir)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
 
 
 @dataclass(frozen=True)
@@ -65,10 +94,31 @@ class TrainerConfig:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is not allowed; choose one of {list(allowed)}")
         for key in ("max_steps", "batch_size", "accumulate", "val_every", "ckpt_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
-        if self.devices < 1 and self.devices != -1:
-            raise ConfigError(f"trainer.devices must be >= 1, or -1 for every visible device; got {self.devices}")
+            check_range(f"trainer.{key}", getattr(self, key), ">= 1", getattr(self, key) >= 1)
+        check_range(
+            "trainer.devices",
+            self.devices,
+            ">= 1, or -1 for every visible device",
+            self.devices >= 1 or self.devices == -1,
+        )
+        check_range("trainer.lr", self.lr, "> 0", self.lr > 0)
+        check_range("trainer.min_lr_ratio", self.min_lr_ratio, "0 <= x <= 1", 0.0 <= self.min_lr_ratio <= 1.0)
+        check_range("trainer.warmup_steps", self.warmup_steps, ">= 0", self.warmup_steps >= 0)
+        check_range("trainer.weight_decay", self.weight_decay, ">= 0", self.weight_decay >= 0)
+        check_range("trainer.beta1", self.beta1, "0 <= x < 1", 0.0 <= self.beta1 < 1.0)
+        check_range("trainer.beta2", self.beta2, "0 <= x < 1", 0.0 <= self.beta2 < 1.0)
+        check_range("trainer.grad_clip", self.grad_clip, ">= 0 (0: no clipping)", self.grad_clip >= 0)
+        check_range(
+            "trainer.keep_checkpoints", self.keep_checkpoints, ">= 0, or -1 for all", self.keep_checkpoints >= -1
+        )
+        check_range("trainer.threads", self.threads, ">= 0 (0: torch's default)", self.threads >= 0)
+        if self.ckpt_every % self.val_every:
+            # A checkpoint is taken once its step is fully logged (train and validation rows), so that a resumed
+            # run rewrites nothing and loses nothing: checkpoint steps must be validation steps.
+            raise ConfigError(
+                f"trainer.ckpt_every={self.ckpt_every} is not allowed with trainer.val_every={self.val_every}; "
+                "allowed: a multiple of trainer.val_every (checkpoints are taken after validation)"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,6 +127,11 @@ class WandbConfig:
     mode: str = "auto"  # auto: online when WANDB_API_KEY is set, else offline
     project: str = "moda-lab"
     entity: str | None = None
+
+    def __post_init__(self) -> None:
+        allowed = ("auto", "online", "offline", "disabled")
+        if self.mode not in allowed:
+            raise ConfigError(f"logger.wandb.mode={self.mode!r} is not allowed; choose one of {list(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -124,7 +179,7 @@ def from_dict(cls: type, data: dict, prefix: str) -> object:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra" or cls is not RunConfig]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -147,6 +202,38 @@ def from_dict(cls: type, data: dict, prefix: str) -> object:
         raise ConfigError(str(err)) from err
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_model(model: dict, data: dict) -> None:
+    """Model checks that name every key involved (ModelConfig's own messages cannot know the Hydra keys)."""
+    for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "max_seq_len"):
+        if _is_int(model.get(key)):
+            check_range(f"model.{key}", model[key], ">= 1", model[key] >= 1)
+    d, h, hd = model.get("d_model"), model.get("n_heads"), model.get("head_dim")
+    if _is_int(hd):
+        check_range("model.head_dim", hd, "an even number >= 2 (RoPE rotates pairs), or null", hd >= 2 and hd % 2 == 0)
+    elif hd is None and _is_int(d) and _is_int(h) and d >= 1 and h >= 1 and d % h == 0 and (d // h) % 2:
+        raise ConfigError(
+            f"model.d_model={d} / model.n_heads={h} gives head dim {d // h}; allowed: an even head dim "
+            "(RoPE rotates pairs): change model.d_model or model.n_heads, or set an even model.head_dim"
+        )
+    for key in ("rope_theta", "norm_eps", "init_std"):
+        v = model.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            check_range(f"model.{key}", v, "> 0", v > 0)
+    ffn = model.get("ffn_hidden")
+    if _is_int(ffn):
+        check_range("model.ffn_hidden", ffn, ">= 1, or null", ffn >= 1)
+    seq, max_len = data.get("seq_len"), model.get("max_seq_len")
+    if _is_int(seq) and _is_int(max_len) and max_len < seq:
+        raise ConfigError(f"model.max_seq_len={max_len} is out of range; allowed: >= data.seq_len={seq}")
+    vocab, data_vocab = model.get("vocab_size"), data.get("vocab_size")
+    if _is_int(vocab) and _is_int(data_vocab) and vocab < data_vocab:
+        raise ConfigError(f"model.vocab_size={vocab} is out of range; allowed: >= data.vocab_size={data_vocab}")
+
+
 def run_config_from_dict(cfg: dict) -> RunConfig:
     """The resolved Hydra config (as a dict) -> RunConfig. The norm group fills ModelConfig.norm."""
     cfg = dict(cfg)
@@ -158,6 +245,8 @@ def run_config_from_dict(cfg: dict) -> RunConfig:
         raise ConfigError("set the norm placement with the norm group (norm=pre|post|reordered), not model.norm")
     model["norm"] = norm.placement
     cfg["model"] = model
+    from_dict(DataConfig, cfg.get("data", {}), "data")  # data first: model keys interpolate data.seq_len and vocab
+    _check_model(model, cfg.get("data") or {})
     try:
         run = from_dict(RunConfig, cfg, "")
     except ConfigError as err:

@@ -7,7 +7,7 @@ Keys:
   wandb_offline=DIR    also read offline wandb runs under DIR (offline-run-* folders)
   cache=DIR            parquet cache for online runs (default: <out>/wandb_cache)
   refresh=true         re-download cached online runs
-  bench=DIR            kernel benchmark results (default: experiments/bench/results when it exists)
+  bench=DIR            also plot the kernel benchmark results in DIR (e.g. experiments/bench/results); off by default
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 """
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sweep = args.get("sweep_dir")
     out = Path(args.get("out") or (Path(sweep) / "analysis" if sweep else "analysis_out"))
-    default_bench = Path("experiments/bench/results")
-    bench = args.get("bench") or (str(default_bench) if default_bench.is_dir() else None)
+    bench = args.get("bench") or None
     written: list[Path] = []
     if sweep or "wandb" in args or "wandb_offline" in args:
         analysis = run_analysis(

@@ -41,7 +41,8 @@ def _split_timing(key: str) -> tuple[str | None, str]:
 def bench_rows(payload: dict[str, Any], source: str = "") -> list[dict[str, Any]]:
     """Long rows ``{file, device, group, impl, pass, ms, <shape keys>}`` of one results payload."""
     meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
-    device = str(payload.get("device") or meta.get("device") or "unknown")
+    env = payload.get("env") if isinstance(payload.get("env"), dict) else {}  # bench_train.py's header
+    device = str(payload.get("device") or meta.get("device") or env.get("device") or "unknown")
     out = []
     for row in payload.get("rows", []):
         if not isinstance(row, dict):
@@ -60,6 +61,8 @@ def bench_rows(payload: dict[str, Any], source: str = "") -> list[dict[str, Any]
             impl, kind = _split_timing(key)
             kind = row_pass if kind == "ms" else kind
             impl = impl or row_impl or "default"
+            if row.get("variant") is not None:  # bench_train.py: a row per model variant; step_ms is a step's time
+                impl, kind = str(row["variant"]), key.removesuffix("_ms")
             case = row.get("name")
             out.append(
                 {
@@ -143,11 +146,11 @@ def plot_bench_group(frame: pd.DataFrame, group: str) -> Figure:
                     ax.set_xscale("log", base=2)
                 ax.legend(fontsize=8)
             ax.set_yscale("log")
-            ax.set_ylabel(f"{kind} time (ms, median)")
+            ax.set_ylabel("time (ms, median)" if kind == "ms" else f"{kind} time (ms, median)")
             ax.set_title(", ".join(f"{k}={v:g}" for k, v in fixed.items()), fontsize=9)
             ax.grid(alpha=0.3, which="both")
-    devices = ", ".join(sorted(data["device"].unique()))
-    fig.suptitle(f"{group} ({devices})")
+    devices = ", ".join(sorted(d for d in data["device"].unique() if d != "unknown"))
+    fig.suptitle(f"{group} ({devices})" if devices else group)
     fig.tight_layout()
     return fig
 

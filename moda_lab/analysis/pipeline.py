@@ -89,9 +89,12 @@ def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
             for x in xs:
                 if tidy[x].notna().any():
                     written += plots.save_figure(plots.plot_curves(tidy, metric, x), out_dir, f"{stem}_vs_{x}")
-    written += plots.save_figure(plots.plot_downstream(complete), out_dir, "downstream_acc")
-    written += plots.save_figure(plots.plot_cost_vs_loss(complete, "model/params"), out_dir, "params_vs_val_loss")
-    written += plots.save_figure(plots.plot_cost_vs_loss(complete, "train_flops"), out_dir, "flops_vs_val_loss")
+    # No empty figures: a plot whose data nobody logged is left out (report.md lists what was written).
+    if plots.has_downstream(complete):
+        written += plots.save_figure(plots.plot_downstream(complete), out_dir, "downstream_acc")
+    for x, stem in (("model/params", "params_vs_val_loss"), ("train_flops", "flops_vs_val_loss")):
+        if plots.has_cost_and_loss(complete, x):
+            written += plots.save_figure(plots.plot_cost_vs_loss(complete, x), out_dir, stem)
     return written
 
 

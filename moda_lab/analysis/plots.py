@@ -1,7 +1,10 @@
 """Sweep figures: loss curves (vs tokens / FLOPs), downstream accuracy bars, params/FLOPs vs loss.
 
 Every function takes the tidy table (or the run summary) and returns a matplotlib Figure; ``save_figure`` writes
-PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band and the seed count in the legend.
+PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band. The encoding is the same in every
+figure: one colour per depth-mixing variant (``variant_colors``), one line style (curves), marker fill (scatter)
+or hatch (bars) per norm placement, and one marker shape per further config difference (``cell_label``). The seed count
+is stated once per figure when all lines share it, else per legend entry.
 """
 
 from __future__ import annotations
@@ -13,14 +16,36 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
-from moda_lab.analysis.tidy import curves, seed_aggregate
+from moda_lab.analysis.tidy import NORM_ORDER, curves, seed_aggregate, sort_cells
 
 log = logging.getLogger(__name__)
 
 X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs (tokens x FLOPs/token)"}
+METRIC_LABELS = {"val/loss": "validation loss", "train/loss": "training loss"}
+LOSS_UNIT = "nats/token"  # cross-entropy with the natural log, averaged over predicted tokens
+
+# Fixed colours for the variants of the paper's tables, so a variant looks the same in every sweep's figures;
+# other variants take the remaining colours of the cycle in canonical order.
+VARIANT_COLORS = {
+    "residual": "#4d4d4d",
+    "dense": "#1f77b4",
+    "depth_attn": "#2ca02c",
+    "moda": "#ff7f0e",
+    "moda +ffn_kv": "#d62728",
+    "moda +ffn_kv +attn_kv": "#9467bd",
+    "moda +attn_kv": "#8c564b",
+}
+_SPARE_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
+NORM_LINESTYLES = {"pre": "-", "post": "--", "reordered": ":"}
+# Marker fill per norm in scatter plots: pre filled, post hollow (white face, hiding the error bar behind it),
+# reordered half filled.
+NORM_FILLS = {"pre": "full", "post": "white", "reordered": "left"}
+NORM_HATCHES = {"pre": "", "post": "//", "reordered": ".."}
+LABEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
@@ -29,16 +54,38 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150)  # layouts are tight already; bbox_inches="tight" would draw twice
+        # Layouts are tight already (bbox_inches="tight" would draw twice); no creation date in the PDF, so
+        # regenerating an unchanged figure leaves its committed file unchanged.
+        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
 
+def variant_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """variant -> colour for every variant in ``frame`` (fixed for known variants, then in canonical order)."""
+    if "variant" not in frame or frame.empty:
+        return {}
+    cols = [c for c in ("model", "depth_kv", "ffn_kv", "attn_kv", "variant") if c in frame]
+    variants = sort_cells(frame[cols].drop_duplicates())["variant"].tolist()
+    spare = iter(_SPARE_COLORS * (1 + len(variants) // len(_SPARE_COLORS)))
+    return {v: VARIANT_COLORS.get(v) or next(spare) for v in dict.fromkeys(variants)}
+
+
 def seeds_text(n_min: int, n_max: int) -> str:
-    """``n=3 seeds``, ``n=2-3 seeds`` or ``1 seed, no spread``."""
+    """``n=3 seeds``, ``n=2-3 seeds`` or ``1 seed``."""
     if n_max <= 1:
-        return "1 seed, no spread"
+        return "1 seed"
     return f"n={n_min} seeds" if n_min == n_max else f"n={n_min}-{n_max} seeds"
+
+
+def _seed_note(counts: list[tuple[int, int]]) -> tuple[str, bool]:
+    """(note for the figure, whether legend entries need their own count)."""
+    if not counts:
+        return "", False
+    if len(set(counts)) == 1 and counts[0][0] == counts[0][1]:
+        n = counts[0][0]
+        return ("1 seed per line, no spread" if n == 1 else f"mean ± std over {n} seeds"), False
+    return "mean ± std over seeds", True
 
 
 def varying_columns(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
@@ -47,51 +94,88 @@ def varying_columns(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
 
 
 def cell_name(row: pd.Series, extra: list[str]) -> str:
-    """Legend name of a sweep cell: the variant plus any other cell column that varies (norm, L, D, ...)."""
+    """Legend name of a sweep cell: the variant plus any other cell column that varies (norm, L, D, config)."""
     short = {"layers": "L", "width": "D", "n_heads": "H", "n_kv_heads": "Hk"}
     parts = [str(row["variant"])]
     for col in extra:
-        parts.append(f"{short[col]}={row[col]}" if col in short else str(row[col]))
+        if col == "cell_label":
+            if row[col]:
+                parts.append(str(row[col]))
+        else:
+            parts.append(f"{short[col]}={row[col]}" if col in short else str(row[col]))
     return ", ".join(parts)
 
 
 def _label_columns(frame: pd.DataFrame, exclude: list[str]) -> list[str]:
-    cand = [c for c in CELL_COLUMNS if c not in ("model", "depth_kv", "ffn_kv", "attn_kv", *exclude)]
+    # The variant names the mixer and its switches; the cell id is a fingerprint, cell_label says what it means.
+    cand = [c for c in CELL_COLUMNS if c not in ("model", "depth_kv", "ffn_kv", "attn_kv", "cell", *exclude)]
     return varying_columns(frame, cand)
 
 
+def _label_markers(frame: pd.DataFrame) -> dict[str, str]:
+    labels = sorted(frame["cell_label"].dropna().unique()) if "cell_label" in frame else []
+    return {lab: LABEL_MARKERS[i % len(LABEL_MARKERS)] for i, lab in enumerate(labels)}
+
+
+def axis_label(metric: str) -> str:
+    name = METRIC_LABELS.get(metric)
+    if name:
+        return f"{name} ({LOSS_UNIT})"
+    return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
+
+
 def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens") -> Figure:
-    """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per variant, mean +/- std over seeds."""
+    """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds."""
     agg = curves(tidy, metric)
-    norms = sorted(agg["norm"].dropna().unique()) if not agg.empty else ["(no data)"]
-    fig, axes = plt.subplots(1, len(norms), figsize=(5.5 * len(norms), 4.2), sharey=True, squeeze=False)
+    norms = sorted(agg["norm"].dropna().unique(), key=lambda n: NORM_ORDER.get(n, 9)) if not agg.empty else []
+    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(5.5 * max(1, len(norms)), 4.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    colors = variant_colors(agg)
+    markers = _label_markers(agg)
     extra = _label_columns(agg, exclude=["norm"])
     keys = [c for c in [*CELL_COLUMNS, "variant"] if c in agg]
-    # One colour per variant across panels, so a variant missing from one norm does not shift the others.
-    names = list(dict.fromkeys(cell_name(r, extra) for _, r in agg.iterrows())) if not agg.empty else []
-    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    for ax, norm in zip(axes[0], norms):
-        sub = agg[agg["norm"] == norm] if not agg.empty else agg
-        for _, cell in sub.groupby(keys, dropna=False, sort=False):  # keeps seed_aggregate's canonical order
+    cells = list(agg.groupby(keys, dropna=False, sort=False)) if not agg.empty else []  # seed_aggregate's order
+    counts = [(int(c[f"{metric}:n"].min()), int(c[f"{metric}:n"].max())) for _, c in cells]
+    note, per_line = _seed_note(counts)
+    for ax, norm in zip(axes, norms):
+        drawn = 0
+        for (_, cell), n in zip(cells, counts):
+            if cell["norm"].iloc[0] != norm:
+                continue
             cell = cell.sort_values("step")
             if x == "flops":
                 cell = cell[cell[x] > 0]  # step 0 has no place on a log axis
             xs, ys = cell[x].to_numpy(float), cell[metric].to_numpy(float)
             sd = np.nan_to_num(cell[f"{metric}:std"].to_numpy(float))
-            n = cell[f"{metric}:n"]
-            name = cell_name(cell.iloc[0], extra)
-            label = f"{name} ({seeds_text(int(n.min()), int(n.max()))})"
-            ax.plot(xs, ys, marker="o", markersize=3, label=label, color=colors[name])
-            ax.fill_between(xs, ys - sd, ys + sd, color=colors[name], alpha=0.2, linewidth=0)
-        ax.set_title(f"norm = {norm}")
+            first = cell.iloc[0]
+            name = cell_name(first, extra)
+            label = f"{name} ({seeds_text(*n)})" if per_line else name
+            color = colors[first["variant"]]
+            # Wider lines first: a curve drawn over an identical one still shows the one below as its outline.
+            ax.plot(
+                xs,
+                ys,
+                linestyle=NORM_LINESTYLES.get(norm, "-."),
+                marker=markers.get(first.get("cell_label"), "o"),
+                markersize=3.5,
+                linewidth=max(1.0, 2.6 - 0.35 * drawn),
+                color=color,
+                label=label,
+            )
+            ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15, linewidth=0)
+            drawn += 1
+        ax.set_title(f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})")
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.grid(alpha=0.3)
         if x == "flops":
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(f"{metric} (mean ± std over seeds)")
-    fig.suptitle(f"{metric} vs {X_LABELS.get(x, x)}")
+    axes[0].set_ylabel(axis_label(metric))
+    title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
+    fig.suptitle(f"{title} ({note})" if note else title)
     fig.tight_layout()
     return fig
 
@@ -105,6 +189,11 @@ def task_metric(summary: pd.DataFrame, task: str, prefer: tuple[str, ...] = ("ac
     return None
 
 
+def has_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> bool:
+    """Whether any run logged a downstream accuracy (else there is no downstream figure to draw)."""
+    return any(task_metric(summary, t, prefer) for t in eval_tasks(summary))
+
+
 def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> Figure:
     """Grouped bars: downstream accuracy per task (and the average), one bar per sweep cell, +/- std over seeds."""
     tasks = [t for t in eval_tasks(summary) if task_metric(summary, t, prefer)]
@@ -114,56 +203,86 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm"
         frame["avg"] = frame[cols].mean(axis=1, skipna=False)
     agg = seed_aggregate(frame, [*cols, "avg"]) if cols else pd.DataFrame()
     agg = agg[agg["avg"].notna()] if not agg.empty else agg
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * (len(tasks) + 1)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * (len(tasks) + 1)), 4.4))
     if agg.empty:
         ax.text(0.5, 0.5, "no downstream evals logged", ha="center", va="center", transform=ax.transAxes)
         return fig
+    colors = variant_colors(agg)
     extra = _label_columns(agg, exclude=[])
+    counts = [(int(r["avg:n"]), int(r["avg:n"])) for _, r in agg.iterrows()]
+    note, per_bar = _seed_note(counts)
     width = 0.8 / len(agg)
     positions = np.arange(len(tasks) + 1)
-    for i, (_, row) in enumerate(agg.iterrows()):
+    for i, ((_, row), n) in enumerate(zip(agg.iterrows(), counts)):
         means = [row[c] for c in [*cols, "avg"]]
         sds = [0.0 if pd.isna(row[f"{c}:std"]) else row[f"{c}:std"] for c in [*cols, "avg"]]
-        n = int(row["avg:n"])
+        name = cell_name(row, extra)
         ax.bar(
             positions + i * width,
             means,
             width,
             yerr=sds,
             capsize=3,
-            label=f"{cell_name(row, extra)} ({seeds_text(n, n)})",
+            color=colors[row["variant"]],
+            hatch=NORM_HATCHES.get(row.get("norm"), "xx"),
+            edgecolor="white",
+            label=f"{name} ({seeds_text(*n)})" if per_bar else name,
         )
     names = [f"{t}\n({c.rsplit('/', 1)[-1]})" for t, c in zip(tasks, cols)] + ["average"]
     ax.set_xticks(positions + width * (len(agg) - 1) / 2, names)
-    ax.set_ylabel("accuracy (mean ± std over seeds)")
-    ax.set_title("Downstream accuracy per task")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Downstream accuracy per task ({note})")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
+def _fill(style: str, color: str) -> dict:
+    if style == "white":
+        return {"markerfacecolor": "white"}
+    return {"fillstyle": style, "markerfacecoloralt": "white", "markerfacecolor": color}
+
+
+def has_cost_and_loss(summary: pd.DataFrame, x: str, y: str = "val/loss") -> bool:
+    return x in summary and y in summary and (summary[x].notna() & summary[y].notna()).any()
+
+
 def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "val/loss") -> Figure:
     """Final ``y`` vs parameters or total training FLOPs, one point per sweep cell, +/- std over seeds."""
     agg = seed_aggregate(summary, [x, y]) if x in summary and y in summary else pd.DataFrame()
     agg = agg.dropna(subset=[x, y]) if not agg.empty else agg
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if agg.empty:
         ax.text(0.5, 0.5, f"no runs with both {x} and {y}", ha="center", va="center", transform=ax.transAxes)
         return fig
+    colors = variant_colors(agg)
+    markers = _label_markers(agg)
     extra = _label_columns(agg, exclude=[])
-    scale, unit = (1e6, "M") if x == "model/params" else (1.0, "")
-    for _, row in agg.iterrows():
-        n = int(row[f"{y}:n"])
+    counts = [(int(r[f"{y}:n"]), int(r[f"{y}:n"])) for _, r in agg.iterrows()]
+    note, per_point = _seed_note(counts)
+    scale = 1e6 if x == "model/params" else 1.0
+    for (_, row), n in zip(agg.iterrows(), counts):
         sd = 0.0 if pd.isna(row[f"{y}:std"]) else row[f"{y}:std"]
+        name = cell_name(row, extra)
         ax.errorbar(
-            row[x] / scale, row[y], yerr=sd, fmt="o", capsize=3, label=f"{cell_name(row, extra)} ({seeds_text(n, n)})"
+            row[x] / scale,
+            row[y],
+            yerr=sd,
+            fmt=markers.get(row.get("cell_label"), "o"),
+            **_fill(NORM_FILLS.get(row.get("norm"), "bottom"), colors[row["variant"]]),
+            markeredgewidth=1.5,
+            markersize=7,
+            capsize=3,
+            color=colors[row["variant"]],
+            label=f"{name} ({seeds_text(*n)})" if per_point else name,
         )
-    ax.set_xlabel({"model/params": "parameters (M)", "train_flops": "total training FLOPs"}.get(x, x + unit))
+    ax.set_xlabel({"model/params": "parameters (M)", "train_flops": "total training FLOPs"}.get(x, x))
     if x == "train_flops":
         ax.set_xscale("log")
-    ax.set_ylabel(f"final {y} (mean ± std)")
-    ax.set_title(f"final {y} vs {'parameters' if x == 'model/params' else 'training FLOPs'}")
+    ax.set_ylabel(f"final {axis_label(y)}")
+    what = "parameters" if x == "model/params" else "training FLOPs"
+    ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

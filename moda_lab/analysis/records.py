@@ -6,6 +6,8 @@ not be read: those carry an empty history and at least one :class:`RunIssue`, so
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +30,37 @@ CONFIG_KEYS: dict[str, str] = {
 }
 CONFIG_COLUMNS: list[str] = list(CONFIG_KEYS)
 SWITCH_COLUMNS: list[str] = ["depth_kv", "ffn_kv", "attn_kv"]
-# A "cell" of a sweep: every config column except the seed; seeds of one cell are averaged.
-CELL_COLUMNS: list[str] = [c for c in CONFIG_COLUMNS if c != "seed"]
+# A "cell" of a sweep: runs whose whole resolved config is equal except for the seed; seeds of one cell are
+# averaged. ``cell`` fingerprints that config (see cell_config), ``cell_label`` names what sets the cell apart
+# from the others beyond the columns above ("lr=0.001, warmup_steps=10"; empty when nothing else differs).
+CELL_COLUMNS: list[str] = [*(c for c in CONFIG_COLUMNS if c != "seed"), "cell", "cell_label"]
 RUN_COLUMNS: list[str] = ["run", "source", "status", "path"]
+
+# Config keys (and key prefixes) that do not change what is trained: where files go, logging, checkpointing,
+# evaluation hooks, parallelism and kernel choice. Every other key, the seed aside, defines the cell.
+NON_DEFINING_KEYS: tuple[str, ...] = (
+    "seed",
+    "name",
+    "run_root",
+    "logger.",
+    "eval.",
+    "hydra.",
+    "data.num_workers",
+    "data.cache_dir",
+    "data.build_default",
+    "data.default_corpus_dir",
+    "trainer.threads",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.val_every",
+    "trainer.ckpt_every",
+    "trainer.keep_checkpoints",
+    "trainer.log_every",
+    "trainer.compile",
+    "model.attn_backend",
+)
+# Keys that follow another by interpolation by default; a label names them only when they differ from it.
+DERIVED_KEYS: dict[str, str] = {"model.vocab_size": "data.vocab_size", "model.max_seq_len": "data.seq_len"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,60 @@ def config_columns(cfg: dict[str, Any]) -> dict[str, Any]:
         # Switches are false where not applicable (contract); a missing key means the same thing.
         cols[col] = bool(cols[col]) if cols[col] is not None else False
     return cols
+
+
+def flatten_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (flat input keys pass through)."""
+    out: dict[str, Any] = {}
+    for key, val in cfg.items():
+        full = f"{prefix}{key}"
+        if isinstance(val, dict):
+            out.update(flatten_config(val, full + "."))
+        else:
+            out[full] = val
+    return out
+
+
+def cell_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config that defines a run's cell: every key except the seed and NON_DEFINING_KEYS."""
+    flat = flatten_config(cfg)
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NON_DEFINING_KEYS)
+    }
+
+
+def cell_id(cfg: dict[str, Any]) -> str:
+    """Short stable fingerprint of cell_config(cfg)."""
+    text = json.dumps(cell_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+# Keys shown by the config columns themselves (variant, norm, sizes, experiment): never repeated in a cell label.
+_SHOWN_KEYS = {key for col, key in CONFIG_KEYS.items() if col != "seed"}
+
+
+def cell_labels(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """cell id -> label of the config keys that differ between cells, beyond the columns already shown.
+
+    Keys are named by their last part (``lr``, ``seq_len``) unless two differing keys share it.
+    """
+    flat = {cid: cell_config(cfg) for cid, cfg in configs.items()}
+    keys = sorted({k for c in flat.values() for k in c} - _SHOWN_KEYS)
+    differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in flat.values()}) > 1]
+    last = [k.rsplit(".", 1)[-1] for k in differing]
+    labels = {}
+    for cid, c in flat.items():
+        parts = []
+        for key, short in zip(differing, last):
+            source = DERIVED_KEYS.get(key)
+            if source in differing and c.get(key) == c.get(source):
+                continue  # e.g. model.max_seq_len following data.seq_len
+            name = short if last.count(short) == 1 else key
+            parts.append(f"{name}={c.get(key)}")
+        labels[cid] = ", ".join(parts)
+    return labels
 
 
 def variant_label(model: Any, depth_kv: Any = False, ffn_kv: Any = False, attn_kv: Any = False) -> str:

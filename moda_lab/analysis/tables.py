@@ -83,6 +83,8 @@ def paper_table(
     if kind == "norm":
         ids = [c for c in ["layers", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "width"] if c in agg]
     table = agg[ids].copy()
+    if "cell_label" in agg and agg["cell_label"].fillna("").astype(bool).any():
+        table["config"] = agg["cell_label"].fillna("")  # what else sets the row's runs apart (lr, seq_len, ...)
     table["seeds"] = seeds
     for v in values:
         table[v] = agg[v]

@@ -14,6 +14,8 @@ from moda_lab.analysis.records import (
     RUN_COLUMNS,
     RunIssue,
     RunRecord,
+    cell_id,
+    cell_labels,
     config_columns,
     variant_label,
 )
@@ -52,6 +54,7 @@ def _run_columns(record: RunRecord) -> dict[str, object]:
     cols: dict[str, object] = {"run": record.run, "source": record.source, "status": record.status, "path": record.path}
     cols.update(config_columns(record.config))
     cols["variant"] = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
+    cols["cell"] = cell_id(record.config)
     return cols
 
 
@@ -60,14 +63,18 @@ def tidy_table(records: Iterable[RunRecord]) -> pd.DataFrame:
 
     Runs without any history keep one row with NaN step so they are visible, not dropped.
     """
+    records = list(records)
+    labels = cell_labels({cell_id(r.config): r.config for r in records})
     frames = []
     for rec in records:
         hist = rec.history.copy() if not rec.history.empty else pd.DataFrame({"step": [np.nan]})
-        for col, val in reversed(list(_run_columns(rec).items())):
+        cols = _run_columns(rec)
+        cols["cell_label"] = labels[cols["cell"]]
+        for col, val in reversed(list(cols.items())):
             hist.insert(0, col, val)
         frames.append(hist)
     if not frames:
-        return pd.DataFrame(columns=[*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "step"])
+        return pd.DataFrame(columns=[*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "step"])
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
@@ -82,7 +89,7 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10) -> pd.DataFrame:
     Final value of a metric = last logged value; train loss = mean of the last ``train_window`` logged values
     (single train-loss points are noisy). FLOPs = tokens at the last step x FLOPs per token.
     """
-    id_cols = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant"]
+    id_cols = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label"]
     metric_cols = [c for c in tidy.columns if isinstance(c, str) and "/" in c and c not in id_cols]
     rows = []
     for _, run in tidy.groupby("run", sort=False):
@@ -161,7 +168,11 @@ NORM_ORDER = {"pre": 0, "post": 1, "reordered": 2}
 def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
     """Canonical row order: ``first`` columns, then baseline -> MoDA (switches off -> on), then pre -> post norm."""
     ranks = {"model": MODEL_ORDER, "norm": NORM_ORDER}
-    order = [c for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm"] if c in frame]
+    order = [
+        c
+        for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm", "cell_label"]
+        if c in frame
+    ]
     order = list(dict.fromkeys(order))
 
     def key(col: pd.Series) -> pd.Series:

@@ -117,4 +117,7 @@ def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fracti
             meta["train"] = stats
         else:
             meta["val"][split.removeprefix("val_")] = stats
-    (root / "meta.json").write_text(json.dumps(meta, indent=2))
+    # Written last and atomically: meta.json marks a complete cache, so a build killed midway is redone.
+    tmp = root / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(root / "meta.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import numpy as np
 import torch
@@ -30,7 +32,8 @@ class TokenWindows(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start mid-epoch, so a resumed run sees the data it has not."""
+    """A seeded permutation per epoch, sharded over ranks, that can start mid-epoch, so a resumed run sees the
+    data it has not. Every rank gets the same number of samples (n // world), so ranks run equally many batches."""
 
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
@@ -38,17 +41,38 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+        order = torch.randperm(self.n, generator=g)[self.rank :: self.world][: len(self)].tolist()
         start, self.start = self.start, 0
         self.epoch += 1
         return iter(order[start:])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return self.n // self.world
 
-    def seek(self, samples_seen: int) -> None:
-        """Position after samples_seen samples of this rank."""
-        self.epoch, self.start = divmod(samples_seen, len(self))
+    def seek(self, samples_seen: int, batch_size: int) -> None:
+        """Position after samples_seen samples of this rank, in batches of batch_size that drop the last partial
+        batch of every epoch."""
+        per_epoch = len(self) // batch_size * batch_size
+        self.epoch, self.start = divmod(samples_seen, per_epoch) if per_epoch else (0, 0)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader with Lightning's stateful-loader interface (``state_dict``/``load_state_dict``):
+    checkpoints store the training position, and a resumed run continues mid-epoch with the next unseen window.
+
+    The position is the number of batches the training loop has processed, read from the trainer, not counted in
+    the sampler: Lightning fetches batches ahead of the step that trains on them.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"samples_seen": self._batches_done() * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.seek(int(state["samples_seen"]), self.batch_size)
 
 
 class PackedDataModule(L.LightningDataModule):
@@ -67,8 +91,18 @@ class PackedDataModule(L.LightningDataModule):
         ds = TokenWindows(self.data.tokens("train"), self.seq_len)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = ResumableSampler(len(ds), self.seed, rank, world)
-        self.sampler.seek(self._samples_seen)
-        return DataLoader(ds, self.batch_size, sampler=self.sampler, drop_last=True, num_workers=self.num_workers)
+        self.sampler.seek(self._samples_seen, self.batch_size)
+        return ResumableLoader(
+            ds,
+            self.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            batches_done=self._batches_done,
+        )
+
+    def _batches_done(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed if self.trainer else 0
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
@@ -80,9 +114,6 @@ class PackedDataModule(L.LightningDataModule):
             for d in self.val_domains
         ]
 
-    def state_dict(self) -> dict:
-        seen = self.trainer.global_step * self.batch_size * self.trainer.accumulate_grad_batches if self.trainer else 0
-        return {"samples_seen": seen}
-
     def load_state_dict(self, state: dict) -> None:
+        # Checkpoints from before ResumableLoader kept the position here; newer ones restore it in the loader.
         self._samples_seen = int(state.get("samples_seen", 0))

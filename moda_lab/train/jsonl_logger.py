@@ -28,6 +28,30 @@ class JSONLLogger(Logger):
     def version(self) -> str:
         return "0"
 
+    def truncate_after(self, step: int) -> int:
+        """Keep the rows of steps <= step (and drop a torn last line); returns how many rows were dropped.
+
+        A resumed run logs every step after its checkpoint again, so the rows a killed launch wrote past it go.
+        """
+        if not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the launch was killed while writing this row
+                dropped += 1
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+        return dropped
+
     @rank_zero_only
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         """The resolved config lives in config.yaml beside this file."""

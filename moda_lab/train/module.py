@@ -40,7 +40,8 @@ class LMModule(L.LightningModule):
         self.tcfg = TrainerConfig(**trainer_cfg)
         self.val_domains = val_domains
         self.bytes_per_token = bytes_per_token
-        self._t_last: float | None = None
+        self._t_last: float | None = None  # time and step of the previous throughput sample
+        self._step_last = 0
         self.flops_per_token = self.model.flops_per_token(self.model.cfg.max_seq_len)
 
     @property
@@ -61,19 +62,23 @@ class LMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def on_train_start(self) -> None:
+        # The first sample measures from here, so a resumed run logs the same keys as an uninterrupted one.
+        self._t_last, self._step_last = time.perf_counter(), self.global_step
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = self.global_step
         if step % self.tcfg.log_every or (batch_idx + 1) % self.tcfg.accumulate:
             return
         now = time.perf_counter()
-        if self._t_last is not None:
-            tok_s = self.tokens_per_step * self.tcfg.log_every / (now - self._t_last)
+        if self._t_last is not None and step > self._step_last:
+            tok_s = self.tokens_per_step * (step - self._step_last) / (now - self._t_last)
             self.log("perf/tokens_per_s", tok_s, on_step=True, on_epoch=False, prog_bar=True)
             peak = peak_flops(self.device)
             if peak:
                 world = self.trainer.world_size
                 self.log("perf/mfu", tok_s * self.flops_per_token / (peak * world), on_step=True, on_epoch=False)
-        self._t_last = now
+        self._t_last, self._step_last = now, step
         self.log("train/tokens", float(step * self.tokens_per_step), on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
 

@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = (
     "trainer.strategy",
     "data.num_workers",
     "data.build_default",
+    "data.default_corpus_dir",
     "data.cache_dir",
     "logger.",
     "eval.",
@@ -94,7 +95,9 @@ class RunDir:
         cfg_path = self.path / "config.yaml"
         if cfg_path.is_file():
             check_resume_compatible(yaml.safe_load(cfg_path.read_text()) or {}, resolved, self.path)
-        cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp = cfg_path.with_suffix(".tmp")  # atomic: a relaunch compares against it, a torn one would refuse
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp.replace(cfg_path)
         meta = self.read_meta()
         launches = meta.get("launches", 0) + 1
         self._write_environment(launches)
@@ -121,6 +124,25 @@ class RunDir:
         if shutil.which("nvidia-smi"):
             out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
             (env / f"nvidia-smi-{launch}.txt").write_text(out)
+
+
+def remove_stub(path: str | Path) -> bool:
+    """Delete a run dir that holds only what Hydra writes before the task starts (.hydra/, <job>.log).
+
+    A job refused for its config leaves nothing behind; a dir holding anything else is never touched.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    entries = list(p.iterdir())
+    stub = all(e.name == ".hydra" or (e.suffix == ".log" and e.is_file()) for e in entries)
+    if not stub:
+        return False
+    shutil.rmtree(p)
+    for parent in (p.parent, p.parent.parent):  # <run_root>/<name>/ that Hydra made for this job alone
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return True
 
 
 def run_name(override_dirname: str, max_len: int = 120) -> str:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from filelock import FileLock
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
-from ..data import PackedData, build_default_corpus, prepare
+from ..data import PackedData, build_default_corpus, corpus_files, prepare
 from ..data.packing import load_packed
+from .checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_checkpoint
+from .console import StepProgressBar, quiet_console
 from .datamodule import PackedDataModule
 from .jsonl_logger import JSONLLogger
 from .module import LMModule
@@ -23,18 +27,68 @@ from .rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+def check_data(run: RunConfig) -> None:
+    """Fail on missing data paths (naming the key and path) before anything is written or built."""
+    d = run.data
+    if d.packed_dir:
+        meta = Path(d.packed_dir) / "meta.json"
+        if not meta.is_file():
+            raise ConfigError(
+                f"data.packed_dir={d.packed_dir!r} is not a packed data folder (no meta.json); "
+                "allowed: a folder written by `python -m moda_lab.data`, or null"
+            )
+        vocab = json.loads(meta.read_text()).get("vocab_size", 0)
+        if vocab > run.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "
+                f"data.packed_dir={d.packed_dir!r}"
+            )
+        return
+    if Path(d.corpus_dir).is_dir():
+        try:
+            corpus_files(d.corpus_dir)
+        except FileNotFoundError as err:  # a directory without text files
+            raise ConfigError(str(err)) from None
+        return
+    if not d.uses_default_corpus:
+        raise ConfigError(
+            f"data.corpus_dir={d.corpus_dir!r} does not exist; allowed: an existing directory of text/JSONL files "
+            f"(the embedded default corpus is built only into data.default_corpus_dir={d.default_corpus_dir!r})"
+        )
+    if not d.build_default:
+        raise ConfigError(
+            f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false); "
+            "allowed: an existing directory of text/JSONL files, or data.build_default=true"
+        )
+
+
+def _build_default_corpus(corpus: Path) -> None:
+    """Build into a sibling temp dir and rename it into place, under a lock: a build killed midway leaves no
+    partial corpus that later runs would take for the whole one, and concurrent jobs build it once."""
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(corpus) + ".lock"):
+        if corpus.is_dir():  # another job built it while this one waited
+            return
+        log.info("building the default corpus into %s", corpus)
+        partial = corpus.with_name(corpus.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_default_corpus(partial)
+        partial.rename(corpus)
+
+
 def load_data(run: RunConfig) -> PackedData:
+    check_data(run)
     d = run.data
     if d.packed_dir:
         data = load_packed(d.packed_dir)
     else:
         corpus = Path(d.corpus_dir)
-        if not corpus.exists():
-            if not d.build_default:
-                raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
-            log.info("building the default corpus into %s", corpus)
-            build_default_corpus(corpus)
-        data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+        if not corpus.is_dir():
+            _build_default_corpus(corpus)
+        try:
+            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+        except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
+            raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
     if data.vocab_size > run.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
@@ -62,7 +116,7 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         raise ConfigError(
             f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']"
         )
-    return WandbLogger(
+    wandb_logger = WandbLogger(
         project=w.project,
         entity=w.entity,
         name=f"{rundir.path.parent.name}/{rundir.path.name}",
@@ -72,6 +126,9 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         resume="allow",
         config=resolved,
     )
+    # Lightning passes anonymous=None, which wandb 0.31 reports as a deprecated setting on every run.
+    wandb_logger._wandb_init.pop("anonymous", None)
+    return wandb_logger
 
 
 def _trainer_kwargs(run: RunConfig) -> dict:
@@ -93,27 +150,32 @@ def _trainer_kwargs(run: RunConfig) -> dict:
         "precision": precision,
         "accumulate_grad_batches": t.accumulate,
         "gradient_clip_val": t.grad_clip or None,
-        "val_check_interval": t.val_every,
+        "val_check_interval": t.val_every * t.accumulate,  # counted in batches; val_every is in optimizer steps
         "check_val_every_n_epoch": None,
         "log_every_n_steps": t.log_every,
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
+        "plugins": [AtomicCheckpointIO()],
+        # ResumableSampler shards by rank itself; Lightning's DistributedSampler wrapper would shard it again.
+        "use_distributed_sampler": False,
     }
 
 
 def train(resolved: dict, run_dir: str | Path) -> dict:
     """Train (or resume) the run described by the resolved config dict in run_dir; returns final metrics."""
     run = run_config_from_dict(resolved)
+    quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
+    data = load_data(run)  # data errors surface before anything else is printed or written
     L.seed_everything(run.seed, workers=True)
-    data = load_data(run)
     rundir = RunDir(run_dir)
     done = rundir.read_meta()
     # DDP children (LOCAL_RANK > 0) re-enter here: only the launching process writes the run dir.
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     meta = rundir.open(resolved) if rank0 else done
-    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and rundir.last_ckpt:
+    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
+    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and resume:
         log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
         rundir.write_meta(status="finished", finished=done.get("finished"))
         return {}
@@ -135,11 +197,11 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
-        ckpt = ModelCheckpoint(
+        ckpt = StepCheckpoint(
+            run.trainer.ckpt_every,
             dirpath=rundir.ckpt_dir,
             filename="step_{train/step:06.0f}",
             auto_insert_metric_name=False,
-            every_n_train_steps=run.trainer.ckpt_every,
             save_last=True,
             save_top_k=run.trainer.keep_checkpoints,
             monitor="train/step",
@@ -147,13 +209,19 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         )
         trainer = L.Trainer(
             **_trainer_kwargs(run),
-            callbacks=[_StepMetric(), ckpt, TQDMProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
+            callbacks=[_StepMetric(), ckpt, StepProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
             logger=loggers,
             default_root_dir=str(rundir.path),
         )
         loggers[0].trainer = trainer
-        loggers[0].tokens_per_step = run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
-        resume = rundir.last_ckpt
+        loggers[0].tokens_per_step = (
+            run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
+        )
+        restored = resume[1] if resume else -1
+        dropped = loggers[0].truncate_after(restored) if rank0 else 0
+        if dropped:
+            why = f"after step {restored}, where this launch resumes" if resume else "with no intact checkpoint"
+            log.warning("metrics.jsonl: dropped %d row(s) logged %s; they are logged again", dropped, why)
         if resume is None:
             model_stats = {
                 "model/params": module.model.num_params(),
@@ -163,7 +231,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             for lg in loggers:
                 lg.log_metrics(model_stats, step=0)
             trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
             rundir.write_meta(

@@ -90,7 +90,44 @@ def test_curves_aggregate_over_seeds_with_counts(result):
     fig = plot_curves(result.tidy, "val/loss", "flops")
     labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
     assert "moda (n=2-3 seeds)" in labels and "dense (n=3 seeds)" in labels
-    assert [ax.get_title() for ax in fig.axes] == ["norm = post", "norm = pre"]
+    assert [ax.get_title() for ax in fig.axes] == ["norm = pre (solid)", "norm = post (dashed)"]
+    assert fig.axes[0].get_ylabel() == "validation loss (nats/token)"
+
+
+def test_runs_differing_beyond_the_seed_are_separate_cells_labelled_by_the_difference(tmp_path: Path):
+    """Same variant and seed, different lr / seq_len: never averaged together, and the legend says why."""
+    from moda_lab.analysis.plots import plot_cost_vs_loss, plot_downstream, variant_colors
+
+    root = tmp_path / "lr_sweep"
+    for extra in ({}, {"trainer.lr": 1e-3}, {"data.seq_len": 256}):
+        for model in ("dense", "residual"):
+            spec = fx.RunSpec(model, "pre", 0, extra=extra)
+            fx.write_run_dir(root, spec, fx.metrics_rows(spec))
+    res = analyze(load_sweep_dir(root))
+    assert res.summary["cell"].nunique() == 6
+    assert sorted(set(res.summary["cell_label"])) == [
+        "seq_len=128, lr=0.001",
+        "seq_len=128, lr=0.003",
+        "seq_len=256, lr=0.003",
+    ]
+    agg = curves(res.tidy, "val/loss")
+    assert (agg["val/loss:n"] == 1).all()  # one seed per cell: nothing averaged across lr or seq_len
+    fig = plot_curves(res.tidy, "val/loss")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert "dense, seq_len=128, lr=0.001" in lines and not any("seed" in k for k in lines)
+    assert "1 seed per line" in fig._suptitle.get_text()
+    # One colour per variant in every figure.
+    colors = variant_colors(res.summary)
+    assert {lab.split(",")[0]: line.get_color() for lab, line in lines.items()} == colors
+    scatter = plot_cost_vs_loss(res.summary)
+    assert {c.get_label().split(",")[0]: c.lines[0].get_color() for c in scatter.axes[0].containers} == colors
+    bars = plot_downstream(res.summary)
+    bar_colors = {
+        b.get_label().split(",")[0]: matplotlib.colors.to_hex(b.patches[0].get_facecolor())
+        for b in bars.axes[0].containers
+        if isinstance(b, matplotlib.container.BarContainer)
+    }
+    assert bar_colors == colors
 
 
 def test_bench_loader_is_tolerant(tmp_path: Path):
@@ -121,6 +158,8 @@ def test_cli_writes_everything_and_reports_issues(result, tmp_path: Path, capsys
     bench = tmp_path / "bench"
     bench_results.write_bench_results(bench, paper=False)
     out = tmp_path / "out"
+    assert main([f"sweep_dir={sweep}", f"out={out}"]) == 0
+    assert not [p for p in (out / "figures").iterdir() if p.name.startswith("bench_")]  # only when asked
     assert main([f"sweep_dir={sweep}", f"out={out}", f"bench={bench}"]) == 0
     printed = capsys.readouterr().out
     for run in fx.FIXTURE_BROKEN:

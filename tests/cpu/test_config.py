@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 from hydra.errors import HydraException
 
 from helpers import compose_cfg
@@ -48,6 +51,31 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ),
         ("trainer.precision=fp8", r"trainer.precision='fp8' is not allowed"),
         ("trainer.strategy=horovod", r"trainer.strategy='horovod' is not allowed"),
+        ("trainer.warmup_steps=-5", r"trainer.warmup_steps=-5 is out of range; allowed: >= 0$"),
+        ("trainer.grad_clip=-1", r"trainer.grad_clip=-1 is out of range; allowed: >= 0 \(0: no clipping\)"),
+        ("trainer.lr=-1e-3", r"trainer.lr=-0.001 is out of range; allowed: > 0"),
+        ("trainer.lr=0", r"trainer.lr=0 is out of range; allowed: > 0"),
+        ("trainer.lr=nan", r"trainer.lr=nan is out of range"),
+        ("trainer.beta2=1.0", r"trainer.beta2=1.0 is out of range; allowed: 0 <= x < 1"),
+        ("trainer.min_lr_ratio=2", r"trainer.min_lr_ratio=2 is out of range; allowed: 0 <= x <= 1"),
+        ("trainer.weight_decay=-0.1", r"trainer.weight_decay=-0.1 is out of range"),
+        ("trainer.keep_checkpoints=-2", r"trainer.keep_checkpoints=-2 is out of range; allowed: >= 0, or -1"),
+        ("trainer.max_steps=0", r"trainer.max_steps=0 is out of range; allowed: >= 1"),
+        ("trainer.ckpt_every=30", r"trainer.ckpt_every=30 is not allowed with trainer.val_every=50; allowed: a mult"),
+        (
+            "model.d_model=100",
+            r"model.d_model=100 / model.n_heads=4 gives head dim 25; allowed: an even head dim .*model.head_dim",
+        ),
+        ("model.head_dim=5", r"model.head_dim=5 is out of range; allowed: an even number >= 2"),
+        ("model.max_seq_len=64", r"model.max_seq_len=64 is out of range; allowed: >= data.seq_len=128"),
+        ("model.vocab_size=4096", r"model.vocab_size=4096 is out of range; allowed: >= data.vocab_size=8192"),
+        ("model.norm_eps=0", r"model.norm_eps=0 is out of range; allowed: > 0"),
+        ("model.n_kv_heads=0", r"model.n_kv_heads=0 is out of range; allowed: >= 1"),
+        ("data.val_fraction=1.5", r"data.val_fraction=1.5 is out of range; allowed: 0 < x < 1"),
+        ("data.seq_len=0", r"data.seq_len=0 is out of range; allowed: >= 1"),
+        ("data.vocab_size=100", r"data.vocab_size=100 is out of range; allowed: 257..65535"),
+        ("data.num_workers=-1", r"data.num_workers=-1 is out of range; allowed: >= 0"),
+        ("logger.wandb.mode=cloud", r"logger.wandb.mode='cloud' is not allowed; choose one of \['auto'"),
     ],
 )
 def test_bad_values_name_key_and_choices(override, message):
@@ -69,17 +97,90 @@ def test_missing_and_empty_corpus_dirs(tmp_path):
 
 
 def test_bad_jsonl_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
+    from moda_lab.train.task import load_data
+
+    path = tmp_path / "corpus" / "bad.jsonl"
+    path.parent.mkdir()
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
         list(read_documents(path))
+    cfg = compose_cfg([f"data.corpus_dir={path.parent}", f"data.cache_dir={tmp_path / 'cache'}", "data.vocab_size=512"])
+    with pytest.raises(ConfigError, match=r"^data.corpus_dir='.*corpus': .*bad.jsonl:2: expected a JSON object"):
+        load_data(run_config_from_dict(cfg))
 
 
 def test_missing_corpus_without_default_build_is_clear(tmp_path):
     from moda_lab.train.task import load_data
 
-    cfg = compose_cfg([f"data.corpus_dir={tmp_path / 'absent'}", "data.build_default=false"])
-    with pytest.raises(
-        FileNotFoundError, match=r"data.corpus_dir=.*absent' does not exist \(data.build_default=false\)"
-    ):
+    cfg = compose_cfg([f"data.default_corpus_dir={tmp_path / 'absent'}", "data.build_default=false"])
+    with pytest.raises(ConfigError, match=r"data.corpus_dir=.*absent' does not exist \(data.build_default=false\)"):
         load_data(run_config_from_dict(cfg))
+
+
+def test_mistyped_corpus_dir_is_an_error_not_a_new_default_corpus(tmp_path):
+    from moda_lab.train.task import check_data, load_data
+
+    cfg = compose_cfg([f"data.corpus_dir={tmp_path / 'corpsu'}", f"data.default_corpus_dir={tmp_path / 'corpus'}"])
+    with pytest.raises(ConfigError, match=r"data.corpus_dir='.*corpsu' does not exist; allowed: an existing dir"):
+        load_data(run_config_from_dict(cfg))
+    assert not (tmp_path / "corpsu").exists()
+    # The default location (not built yet) stays valid: it is built on first use.
+    check_data(run_config_from_dict(compose_cfg([f"data.default_corpus_dir={tmp_path / 'corpus'}"])))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"holds no text files"):
+        check_data(run_config_from_dict(compose_cfg([f"data.corpus_dir={tmp_path / 'empty'}"])))
+    with pytest.raises(ConfigError, match=r"data.packed_dir='.*empty' is not a packed data folder"):
+        check_data(run_config_from_dict(compose_cfg([f"data.packed_dir={tmp_path / 'empty'}"])))
+
+
+def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path, monkeypatch):
+    from helpers import CONF
+    from moda_lab.train.preflight import check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    root = f"run_root={tmp_path / 'runs'}"
+    with pytest.raises(
+        ConfigError, match=r"^trainer.lr=-1 is out of range; allowed: > 0 \(job model=moda,trainer.lr=-1\)$"
+    ):
+        check_command_line(["-m", root, "model=moda,dense", "trainer.lr=0.01,-1"], CONF)
+    check_command_line(["-m", root, "model=moda,dense", "trainer.lr=0.01,0.02"], CONF)
+    check_command_line([root, "--cfg", "job", "trainer.lr=-1"], CONF)  # Hydra prints; nothing runs
+    with pytest.raises(ConfigError, match=r"^-m and --cfg cannot be combined"):
+        check_command_line(["-m", root, "model=moda,dense", "--cfg", "job"], CONF)
+    with pytest.raises(ConfigError, match=r"^model=moda_typo is not allowed; choose one of \['dense', "):
+        check_command_line([root, "model=moda_typo"], CONF)
+    with pytest.raises(ConfigError, match=r"^Could not override 'trainer.lrr'. To append to your config use \+"):
+        check_command_line([root, "trainer.lrr=1"], CONF)
+    assert list(tmp_path.iterdir()) == []
+
+    # A relaunch into an existing run dir with another config is refused before Hydra rewrites its .hydra/.
+    run_dir = tmp_path / "runs" / "default" / "model=dense"
+    run_dir.mkdir(parents=True)
+    old = compose_cfg([root, "model=dense", "trainer.lr=0.5"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(trainer.lr: 0.5 -> 0.003\)"):
+        check_command_line([root, "model=dense"], CONF)
+    check_command_line([root, "model=dense", "trainer.lr=0.5"], CONF)
+
+
+def test_config_error_prints_one_line_and_writes_nothing(tmp_path):
+    from helpers import ROOT
+
+    cmd = [sys.executable, str(ROOT / "run.py"), f"run_root={tmp_path / 'runs'}", "trainer.warmup_steps=-5"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "config error: trainer.warmup_steps=-5 is out of range; allowed: >= 0\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stub_run_dirs_are_removed_and_real_ones_kept(tmp_path):
+    from moda_lab.train.rundir import remove_stub
+
+    stub = tmp_path / "runs" / "default" / "stub"
+    (stub / ".hydra").mkdir(parents=True)
+    (stub / "run.log").write_text("")
+    assert remove_stub(stub) and not (tmp_path / "runs").exists()  # with the parents Hydra made for it
+    real = tmp_path / "real"
+    (real / ".hydra").mkdir(parents=True)
+    (real / "metrics.jsonl").write_text("{}\n")
+    assert not remove_stub(real) and (real / "metrics.jsonl").is_file()

@@ -50,9 +50,14 @@ def test_run_dir_is_self_describing(straight):
     assert all(k in train_rows[-1] for k in ("train/lr", "train/grad_norm", "perf/tokens_per_s"))
 
 
-def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp_path, monkeypatch):
-    """Crash after the step-6 checkpoint, relaunch: weights, optimizer moments, lr schedule and data order must
-    continue exactly, so the final state equals the run that was never interrupted."""
+def comparable_rows(run_dir):
+    """metrics.jsonl without its wall-clock measurements (time, throughput), the only fields that may differ."""
+    return [{k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")} for r in rows(run_dir)]
+
+
+def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp_path, monkeypatch, recwarn):
+    """Crash after the step-6 checkpoint (rows up to step 8 written), relaunch: weights, optimizer moments, lr
+    schedule, data order and metrics.jsonl must continue exactly, as in the run that was never interrupted."""
     import moda_lab.train.task as task
 
     cfg = tiny_cfg(
@@ -62,16 +67,17 @@ def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp
     )
     original = task._StepMetric.on_train_batch_end
 
-    def crash_at_7(self, trainer, *args):
-        if trainer.global_step == 7:
+    def crash_at_9(self, trainer, *args):
+        if trainer.global_step == 9:
             raise RuntimeError("simulated crash")
         original(self, trainer, *args)
 
-    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_7)
+    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_9)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "failed"
     assert weights(tmp_path / "run")[2] == 6
+    assert max(r["step"] for r in rows(tmp_path / "run")) == 8
     monkeypatch.setattr(task._StepMetric, "on_train_batch_end", original)
     train(cfg, tmp_path / "run")
     state, opt, step = weights(tmp_path / "run")
@@ -85,6 +91,70 @@ def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp
     assert meta["launches"] == 2 and meta["status"] == "finished"
     steps = [x["step"] for x in rows(tmp_path / "run") if "val/loss" in x]
     assert steps == [0, 6, 12]  # no second step-0 validation on resume
+    assert comparable_rows(tmp_path / "run") == comparable_rows(straight)  # rows 7-8 logged once, not twice
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]  # the loader's position is in the state
+
+
+def test_resume_falls_back_to_newest_intact_checkpoint(straight, tmp_path, caplog):
+    import shutil
+
+    from moda_lab.train.checkpointing import resume_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(straight / "checkpoints", ckpts)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step_000006.ckpt", "step_000012.ckpt"]
+    assert resume_checkpoint(ckpts) == (ckpts / "last.ckpt", 12)
+
+    full = (ckpts / "last.ckpt").read_bytes()
+    (ckpts / "last.ckpt").write_bytes(full[: len(full) // 2])  # torn
+    (ckpts / "step_000012.ckpt.tmp").write_bytes(b"half a write")
+    assert resume_checkpoint(ckpts) == (ckpts / "last.ckpt", 12)  # step 12 restored as last.ckpt
+    assert (ckpts / "last.ckpt").read_bytes() == (ckpts / "step_000012.ckpt").read_bytes()
+    assert (ckpts / "last.ckpt.corrupt").is_file() and not (ckpts / "step_000012.ckpt.tmp").exists()
+    assert "last.ckpt is unreadable" in caplog.text and "resuming from" in caplog.text
+
+    (ckpts / "last.ckpt").unlink()  # deleted by hand
+    (ckpts / "step_000012.ckpt").write_bytes(b"garbage")
+    assert resume_checkpoint(ckpts) == (ckpts / "last.ckpt", 6)
+    for p in ckpts.glob("*.ckpt"):
+        p.write_bytes(b"")
+    assert resume_checkpoint(ckpts) is None  # nothing intact: start afresh, corrupt files kept aside
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "last.ckpt.corrupt",
+        "step_000006.ckpt.corrupt",
+        "step_000012.ckpt.corrupt",
+    ]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    from moda_lab.train import checkpointing
+
+    target = tmp_path / "last.ckpt"
+    io = checkpointing.AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def torn_save(obj, f):
+        f.write(b"PK partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(checkpointing.torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=False)["global_step"] == 1
+
+
+def test_lightning_logs_print_once(monkeypatch):
+    import logging
+
+    from moda_lab.train.console import quiet_console
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [logging.StreamHandler()])
+    quiet_console()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        assert lg.propagate and not [h for h in lg.handlers if type(h) is logging.StreamHandler], name
 
 
 def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus, tmp_path):
@@ -97,3 +167,22 @@ def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus
     ):
         train(cfg, straight)
     assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_sampler_resumes_at_any_batch_across_epochs(world):
+    """Position k batches in (epochs of 2 batches of 4 per rank, partial batches dropped) continues with batch k."""
+    from torch.utils.data import BatchSampler
+
+    from moda_lab.train.datamodule import ResumableSampler
+
+    def batches(sampler, epochs):
+        return [b for _ in range(epochs) for b in BatchSampler(sampler, 4, drop_last=True)]
+
+    for rank in range(world):
+        full = batches(ResumableSampler(10 * world + 1, seed=3, rank=rank, world=world), 3)
+        assert len(full) == 6
+        for k in range(6):
+            s = ResumableSampler(10 * world + 1, seed=3, rank=rank, world=world)
+            s.seek(4 * k, 4)
+            assert batches(s, 3)[0] == full[k], (rank, k)
