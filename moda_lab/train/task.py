@@ -190,6 +190,9 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         )
         if run.trainer.compile:
             module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
+        if rank0:
+            # What actually runs (model.attn_backend=auto resolves per machine), next to what was asked for.
+            rundir.write_meta(attn_backend=module.model.backend, compiled=run.trainer.compile)
         dm = PackedDataModule(
             data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
         )
