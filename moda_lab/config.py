@@ -112,6 +112,11 @@ class TrainerConfig:
             "trainer.keep_checkpoints", self.keep_checkpoints, ">= 0, or -1 for all", self.keep_checkpoints >= -1
         )
         check_range("trainer.threads", self.threads, ">= 0 (0: torch's default)", self.threads >= 0)
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ConfigError(
+                "trainer.strategy='fsdp' is not allowed with trainer.accelerator='cpu'; allowed: fsdp on GPUs "
+                "(Lightning's FSDP needs CUDA), or trainer.strategy=ddp on CPUs"
+            )
         if self.ckpt_every % self.val_every:
             # A checkpoint is taken once its step is fully logged (train and validation rows), so that a resumed
             # run rewrites nothing and loses nothing: checkpoint steps must be validation steps.

@@ -51,6 +51,10 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ),
         ("trainer.precision=fp8", r"trainer.precision='fp8' is not allowed"),
         ("trainer.strategy=horovod", r"trainer.strategy='horovod' is not allowed"),
+        (
+            "trainer.strategy=fsdp trainer.accelerator=cpu",
+            r"trainer.strategy='fsdp' is not allowed with trainer.accelerator='cpu'; allowed: fsdp on GPUs",
+        ),
         ("trainer.warmup_steps=-5", r"trainer.warmup_steps=-5 is out of range; allowed: >= 0$"),
         ("trainer.grad_clip=-1", r"trainer.grad_clip=-1 is out of range; allowed: >= 0 \(0: no clipping\)"),
         ("trainer.lr=-1e-3", r"trainer.lr=-0.001 is out of range; allowed: > 0"),
@@ -80,7 +84,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
 )
 def test_bad_values_name_key_and_choices(override, message):
     with pytest.raises(ConfigError, match=message):
-        run_config_from_dict(compose_cfg([override]))
+        run_config_from_dict(compose_cfg(override.split()))
 
 
 def test_unknown_group_option_lists_available():
