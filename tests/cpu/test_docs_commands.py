@@ -183,12 +183,16 @@ def check_lm_eval_cli(args: list[str], outputs: Outputs) -> None:
 
     args, data_dir = split_data_dir(args)
     ns = HarnessCLI()._parser.parse_args(["run", *args])
-    assert ns.model == "moda", f"--model {ns.model}: the documented model is moda"
-    known = {"checkpoint", "batch_size", "device", "max_length", "max_gen_toks", "backend"}
-    assert set(ns.model_args) <= known, f"unknown --model_args {sorted(set(ns.model_args) - known)}"
-    assert outputs.has_checkpoint(ns.model_args["checkpoint"]), (
-        f"checkpoint {ns.model_args['checkpoint']} is not written"
-    )
+    assert ns.model in ("moda", "hf"), f"--model {ns.model}: the documented models are moda and hf (an export)"
+    if ns.model == "moda":
+        known = {"checkpoint", "batch_size", "device", "max_length", "max_gen_toks", "backend"}
+        assert set(ns.model_args) <= known, f"unknown --model_args {sorted(set(ns.model_args) - known)}"
+        assert outputs.has_checkpoint(ns.model_args["checkpoint"]), (
+            f"checkpoint {ns.model_args['checkpoint']} is not written"
+        )
+    else:  # lm-eval's stock model over a folder of moda_lab.checkpoint.export
+        assert ns.model_args.get("trust_remote_code") is True, "--model hf needs trust_remote_code=True"
+        assert outputs.has(ns.model_args["pretrained"]), f"pretrained={ns.model_args['pretrained']} is not written"
     names = {lm_eval_name(t): t for t in TASK_FIELDS}
     tasks = [t for name in ns.tasks for t in (TASK_FIELDS if name == PAPER_TAG else [names.get(name, name)])]
     assert all(t in TASK_FIELDS for t in tasks), f"--tasks {ns.tasks}: known are {sorted(names)} and {PAPER_TAG}"
@@ -215,6 +219,15 @@ def check_data(args: list[str], outputs: Outputs) -> None:
     from moda_lab.data.__main__ import parse_args
 
     parse_args(args)
+
+
+def check_export(args: list[str], outputs: Outputs) -> None:
+    from moda_lab.checkpoint.export import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert outputs.has_checkpoint(parsed.checkpoint) or outputs.has(parsed.checkpoint), (
+        f"{parsed.checkpoint} neither exists nor is written by a documented command"
+    )
 
 
 def check_pytest(args: list[str], outputs: Outputs) -> None:
@@ -248,6 +261,7 @@ MODULES = {
     "moda_lab.eval.cli": check_lm_eval_cli,
     "moda_lab.analysis": check_analysis,
     "moda_lab.data": check_data,
+    "moda_lab.checkpoint.export": check_export,
     "pytest": check_pytest,
 }
 
@@ -300,6 +314,10 @@ def documented_outputs() -> Outputs:
             from moda_lab.analysis.__main__ import parse_args
 
             out.paths.add(Path(parse_args(args[2:])["out"]))
+        elif args[:2] == ["-m", "moda_lab.checkpoint.export"]:
+            from moda_lab.checkpoint.export import build_parser
+
+            out.paths.add(Path(build_parser().parse_args(args[2:]).out))
     return out
 
 
