@@ -230,6 +230,32 @@ def check_export(args: list[str], outputs: Outputs) -> None:
     )
 
 
+def check_pip(args: list[str], outputs: Outputs) -> None:
+    """pip install of this project: constraint files exist, extras are declared, torch is never pulled unpinned."""
+    import tomllib
+
+    assert args[:1] == ["install"], f"pip {args[:1]}: only pip install is documented"
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    it = iter(args[1:])
+    for arg in it:
+        if arg in ("-c", "--constraint", "-r", "--requirement"):
+            path = next(it)
+            assert (ROOT / path).is_file(), f"pip {arg} {path}: no such file"
+        elif arg in ("-e", "--editable") or arg.startswith("."):
+            target = arg if arg.startswith(".") else next(it)
+            m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
+            assert m, f"pip install {target}: only this checkout (., .[extras]) is documented"
+            unknown = set((m.group(1) or "").split(",")) - extras - {""}
+            assert not unknown, f"pip install {target}: unknown extras {sorted(unknown)}"
+        elif not arg.startswith("-"):
+            assert not arg.startswith(("torch", "triton")) or "==" in arg, f"pip install {arg}: pin torch/triton"
+
+
+def check_venv(args: list[str], outputs: Outputs) -> None:
+    assert args and not args[-1].startswith("-"), f"python -m venv {args}: name the venv directory"
+    assert set(args[:-1]) <= {"--system-site-packages", "--upgrade-deps", "--clear"}, args
+
+
 def check_pytest(args: list[str], outputs: Outputs) -> None:
     for arg in args:
         if arg.startswith("-"):
@@ -262,6 +288,8 @@ MODULES = {
     "moda_lab.analysis": check_analysis,
     "moda_lab.data": check_data,
     "moda_lab.checkpoint.export": check_export,
+    "pip": check_pip,
+    "venv": check_venv,
     "pytest": check_pytest,
 }
 
