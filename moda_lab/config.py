@@ -21,11 +21,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus_dir: str = "data/corpus"  # a directory of text/JSONL files; subdirectories are named domains
+    corpus_dir: str = "data/corpus"  # text/JSONL/Parquet files or saved datasets; subdirectories are named domains
     packed_dir: str | None = None  # an already packed folder (python -m moda_lab.data); overrides corpus_dir
     build_default: bool = True  # build the embedded default corpus into corpus_dir when it is missing
     cache_dir: str = "data/cache"
-    vocab_size: int = 8192
+    vocab_size: int = 8192  # BPE size to train; with data.tokenizer, the model's embedding rows (>= its vocab)
+    tokenizer: str | None = None  # a pretrained tokenizer.json (or a folder holding one) instead of training BPE
     seq_len: int = 128
     val_fraction: float = 0.02
     val_windows: int = 32  # held-out windows per domain per validation

@@ -34,7 +34,7 @@ def load_data(run: RunConfig) -> PackedData:
                 raise FileNotFoundError(f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false)")
             log.info("building the default corpus into %s", corpus)
             build_default_corpus(corpus)
-        data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+        data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer)
     if data.vocab_size > run.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
