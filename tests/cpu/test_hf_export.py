@@ -93,6 +93,7 @@ def test_logits_and_greedy_generation_match_the_workbench(tmp_path, tokenizer, m
     model, ckpt = _checkpoint(tmp_path, tokenizer, mixer, norm)
     hf = _load_hf(export(ckpt, tmp_path / "hf"))
     assert type(hf).__name__ == "MoDAForCausalLM" and hf.model.cfg == model.cfg
+    assert hf.model.lm_head.weight is hf.model.tok_emb.weight  # the tied head stays tied after loading
     eos = tokenizer.token_to_id(EOS)
     ids = _prompts(model, eos)
     with torch.no_grad():
