@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..data.tokenizer import EOS
-from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint
+from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
 
 CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -67,7 +67,10 @@ def export(path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Pat
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
-    model, cfg, extras = load_checkpoint(path)
+    src = resolve_checkpoint(path)
+    if src.is_dir() and src.resolve() == Path(out_dir).resolve():
+        raise CheckpointError(f"{src} is the exported folder itself; export it into another folder")
+    model, cfg, extras = load_checkpoint(src)
     if not extras["tokenizer"]:
         raise CheckpointError(f"{path} carries no tokenizer; a Hugging Face folder needs one")
     tok = Tokenizer.from_str(extras["tokenizer"])

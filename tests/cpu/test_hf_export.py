@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import ROOT
-from moda_lab.checkpoint import export, load_checkpoint
+from moda_lab.checkpoint import CheckpointError, export, load_checkpoint
 from moda_lab.data.tokenizer import EOS, train_tokenizer
 from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
 
@@ -170,6 +170,12 @@ def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
     assert extras["step"] == 7 and ModelConfig(**cfg) == model.cfg
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+    # An exported folder re-exports to the same files (not into itself).
+    copy = export(folder, tmp_path / "copy")
+    for name in names:
+        assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
+    with pytest.raises(CheckpointError, match="export it into another folder"):
+        export(folder, folder)
 
 
 def test_bf16_export_within_bf16_tolerance(tmp_path, tokenizer):
