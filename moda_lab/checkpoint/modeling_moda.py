@@ -115,7 +115,7 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """input_ids [B, T] -> logits [B, T, V]. With ``cache`` (or use_cache=True, which makes one) input_ids
         holds only the tokens after the cached ones and attention_mask, if given, covers cached + new columns.
         ``labels`` [B, T] give the mean next-token cross-entropy (shifted here; -100 is ignored)."""
@@ -150,6 +150,8 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
+        if return_dict is False:  # transformers' tuple convention: the set fields, in order
+            return tuple(x for x in (loss, logits, cache) if x is not None)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     def _by_row(self, input_ids: torch.Tensor, real: torch.Tensor, caches: list[KVCache | None]) -> torch.Tensor:

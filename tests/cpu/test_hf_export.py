@@ -133,6 +133,12 @@ def test_untied_head_and_padded_batches(tmp_path, tokenizer):
     stop = (row[3:] == eos).nonzero()
     n = 3 + (int(stop[0]) + 1 if len(stop) else 10)  # generate() pads a row after its EOS
     assert torch.equal(out[0, 3 : 3 + n], row[:n])
+    # labels: transformers' shifted next-token loss == the workbench's loss on (inputs, targets).
+    with torch.no_grad():
+        out = hf(ids, labels=ids)
+        assert float(out.loss) == pytest.approx(float(model(ids[:, :-1], ids[:, 1:])), rel=1e-5)
+        loss, logits = hf(ids, labels=ids, return_dict=False)
+        assert torch.equal(logits, out.logits) and torch.equal(loss, out.loss)
     with pytest.raises(ValueError, match="one contiguous run"):
         hf(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1], [1] * 6]))
 
