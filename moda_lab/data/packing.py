@@ -19,17 +19,21 @@ import hashlib
 import json
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
 from .corpus import corpus_files, read_documents
 from .tokenizer import EOS, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 1024  # documents per encode_batch call (and per write)
 
 
 @dataclass(frozen=True)
@@ -128,44 +132,95 @@ def prepare(
     return PackedData(root, json.loads((root / "meta.json").read_text()))
 
 
+def iter_split(domain: str, paths: list[Path], val_fraction: float) -> Iterator[tuple[str, bool]]:
+    """(document, held out?) for each document of one domain, in file order, without holding the domain in memory.
+
+    A domain whose coins hold out nothing still gives up its last training document (tiny domains keep a
+    validation split): the newest training document is held back one step to make that possible.
+    """
+    n = n_val = 0
+    pending = None
+    for path in paths:
+        for doc in read_documents(path):
+            if _is_val(domain, n, val_fraction):
+                n_val += 1
+                yield doc, True
+            else:
+                if pending is not None:
+                    yield pending, False
+                pending = doc
+            n += 1
+    if pending is not None:
+        to_val = n_val == 0 and n > 1
+        n_val += to_val
+        yield pending, to_val
+    if not n_val:
+        raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
+
+
 def split_documents(domain: str, paths: list[Path], val_fraction: float) -> tuple[list[str], list[str]]:
     """(training, held-out) documents of one domain, in file order; evaluation re-derives the held-out split here."""
-    docs = [d for p in paths for d in read_documents(p)]
-    held_out = [_is_val(domain, i, val_fraction) for i in range(len(docs))]
-    val = [d for d, h in zip(docs, held_out) if h]
-    train = [d for d, h in zip(docs, held_out) if not h]
-    if not val and len(docs) > 1:  # tiny domains still get a held-out document
-        val, train = train[-1:], train[:-1]
-    if not val:
-        raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
+    train: list[str] = []
+    val: list[str] = []
+    for doc, held in iter_split(domain, paths, val_fraction):
+        (val if held else train).append(doc)
     return train, val
+
+
+class _TokenFile:
+    """Appends documents to a flat token file (tokens, then EOS, per document), encoding them in batches."""
+
+    def __init__(self, path: Path, tok: Tokenizer, eos: int, dtype: np.dtype) -> None:
+        self.f, self.tok, self.eos, self.dtype = path.open("wb"), tok, eos, dtype
+        self.batch: list[str] = []
+        self.stats = {"tokens": 0, "bytes": 0, "documents": 0}
+
+    def add(self, doc: str) -> None:
+        self.batch.append(doc)
+        if len(self.batch) >= ENCODE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        # encode_batch tokenises on every core (the tokenizers library's own thread pool).
+        ids = [np.asarray([*enc.ids, self.eos], dtype=self.dtype) for enc in self.tok.encode_batch(self.batch)]
+        arr = np.concatenate(ids)
+        self.f.write(arr.tobytes())
+        self.stats["tokens"] += int(arr.size)
+        self.stats["bytes"] += sum(len(d.encode()) for d in self.batch)
+        self.stats["documents"] += len(self.batch)
+        self.batch = []
+
+    def close(self) -> dict:
+        self._flush()
+        self.f.close()
+        return self.stats
 
 
 def _build(
     files: dict[str, list[Path]], root: Path, vocab_size: int, val_fraction: float, tok: Tokenizer | None
 ) -> None:
-    splits: dict[str, list[str]] = {"train": []}
-    for domain, paths in files.items():
-        train, val = split_documents(domain, paths, val_fraction)
-        splits["train"].extend(train)
-        splits[f"val_{domain}"] = val
+    """Stream every domain once (twice when a BPE is trained): memory holds one encode batch, not the corpus.
+
+    An interrupted build leaves no meta.json, so the next call rebuilds the folder from the start."""
     if tok is None:
-        log.info("training a %d-token BPE on %d documents", vocab_size, len(splits["train"]))
-        tok = train_tokenizer(splits["train"], vocab_size)
+        log.info("training a %d-token BPE on the training documents", vocab_size)
+        train_docs = (
+            doc for domain, paths in files.items() for doc, held in iter_split(domain, paths, val_fraction) if not held
+        )
+        tok = train_tokenizer(train_docs, vocab_size)
     tok.save(str(root / "tokenizer.json"))
     eos = tok.token_to_id(EOS)
     dtype = token_dtype(tok.get_vocab_size())
     meta: dict = {"vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": dtype.name, "train": {}, "val": {}}
-    for split, docs in splits.items():
-        ids: list[int] = []
-        for enc in tok.encode_batch(docs):
-            ids.extend(enc.ids)
-            ids.append(eos)
-        arr = np.asarray(ids, dtype=dtype)
-        arr.tofile(root / f"{split}.bin")
-        stats = {"tokens": int(arr.size), "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
-        if split == "train":
-            meta["train"] = stats
-        else:
-            meta["val"][split.removeprefix("val_")] = stats
+    train = _TokenFile(root / "train.bin", tok, eos, dtype)
+    with tqdm(desc=f"packing {root.name}", unit=" docs", disable=None) as bar:  # disable=None: only on a TTY
+        for domain, paths in files.items():
+            val = _TokenFile(root / f"val_{domain}.bin", tok, eos, dtype)
+            for doc, held in iter_split(domain, paths, val_fraction):
+                (val if held else train).add(doc)
+                bar.update()
+            meta["val"][domain] = val.close()
+        meta["train"] = train.close()
     (root / "meta.json").write_text(json.dumps(meta, indent=2))

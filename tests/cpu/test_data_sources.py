@@ -180,3 +180,30 @@ def test_training_run_on_parquet_with_a_pretrained_tokenizer(tmp_path):
     assert ckpt["hyper_parameters"]["model_cfg"]["vocab_size"] == 320
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("val/web/loss" in r for r in rows) and any("train/loss" in r for r in rows)
+
+
+def test_streaming_build_equals_packing_the_whole_split_at_once(tmp_path, monkeypatch):
+    """Batches of 3 documents streamed through the files give the bytes of tokenising each split in one go."""
+    from moda_lab.data import packing
+
+    corpus = tmp_path / "corpus"
+    _parquet(corpus / "web" / "a.parquet", DOCS[:17])
+    _jsonl(corpus / "code" / "b.jsonl", DOCS[17:])
+    _jsonl(corpus / "tiny" / "c.jsonl", DOCS[:2])  # no coin holds one out: its last document is held out
+    monkeypatch.setattr(packing, "ENCODE_BATCH", 3)
+    packed = prepare(corpus, tmp_path / "cache", 300, 0.2)
+    files = corpus_files(corpus)
+    splits = {"train": []}
+    for domain, paths in files.items():
+        train, val = packing.split_documents(domain, paths, 0.2)
+        splits["train"] += train
+        splits[f"val_{domain}"] = val
+    assert splits["val_tiny"] == DOCS[1:2]
+    tok = train_tokenizer(splits["train"], 300)
+    assert Tokenizer.from_file(str(packed.root / "tokenizer.json")).to_str() == tok.to_str()
+    eos = tok.token_to_id(EOS)
+    for split, docs in splits.items():
+        ref = [i for enc in tok.encode_batch(docs) for i in (*enc.ids, eos)]
+        assert packed.tokens(split).tolist() == ref, split
+        stats = packed.meta["train"] if split == "train" else packed.meta["val"][split.removeprefix("val_")]
+        assert stats == {"tokens": len(ref), "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
