@@ -30,14 +30,15 @@ def check_range(key: str, value: float, allowed: str, ok: bool) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus_dir: str = "data/corpus"  # a directory of text/JSONL files; subdirectories are named domains
+    corpus_dir: str = "data/corpus"  # text/JSONL/Parquet files or saved datasets; subdirectories are named domains
     packed_dir: str | None = None  # an already packed folder (python -m moda_lab.data); overrides corpus_dir
     # Where the embedded default corpus lives. It is built there on first use (build_default), and only there:
     # a corpus_dir that names any other missing directory is an error, so a typo never trains on the default.
     default_corpus_dir: str = "data/corpus"
     build_default: bool = True
     cache_dir: str = "data/cache"
-    vocab_size: int = 8192
+    vocab_size: int = 8192  # BPE size to train; with data.tokenizer, the model's embedding rows (>= its vocab)
+    tokenizer: str | None = None  # a pretrained tokenizer.json (or a folder holding one) instead of training BPE
     seq_len: int = 128
     val_fraction: float = 0.02
     val_windows: int = 32  # held-out windows per domain per validation

@@ -1,5 +1,7 @@
 """Build a corpus and its packed tokens: python -m moda_lab.data out=data/corpus [sources=python-docs,stdlib,linux-docs]
-[vocab_size=8192] [cache_dir=data/cache]. Prints the packed folder (usable as data.packed_dir)."""
+[vocab_size=8192] [cache_dir=data/cache] [tokenizer=path/to/tokenizer.json], or pack an existing corpus dir
+(text/JSONL/Parquet files, saved datasets) with corpus=DIR instead of building one. Prints the packed folder
+(usable as data.packed_dir)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         "vocab_size": "8192",
         "cache_dir": "data/cache",
         "val_fraction": "0.02",
+        "corpus": "",  # an existing corpus dir to pack (out and sources are then unused)
+        "tokenizer": "",  # a pretrained tokenizer.json instead of training a BPE
     }
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -35,8 +39,10 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    corpus = build_default_corpus(args["out"], args["sources"].split(","))
-    packed = prepare(corpus, args["cache_dir"], int(args["vocab_size"]), float(args["val_fraction"]))
+    corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
+    packed = prepare(
+        corpus, args["cache_dir"], int(args["vocab_size"]), float(args["val_fraction"]), args["tokenizer"] or None
+    )
     print(
         f"packed data: {packed.root}  (train {packed.meta['train']['tokens']:,} tokens; val domains {packed.domains})"
     )

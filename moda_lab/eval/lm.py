@@ -23,6 +23,9 @@ from ..model import GPT
 from ..model.attention import KVCache
 
 try:
+    # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;
+    # importing lm_eval.models first keeps them next to ``moda`` (e.g. ``--model hf`` on an exported folder).
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.corpus import TEXT_SUFFIXES, corpus_files, read_documents
+from ..data.corpus import TEXT_SUFFIXES, corpus_files, is_saved_dataset, read_documents
 from ..data.packing import split_documents
 from ..train.datamodule import TokenWindows
 from .lm import ModaLM, score_continuations
@@ -33,7 +33,9 @@ def domain_files(domains: dict[str, str] | str) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for name, where in domains.items():
         p = Path(where)
-        if p.is_dir():
+        if is_saved_dataset(p):
+            files = [p]
+        elif p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
         elif p.is_file():
             files = [p]

@@ -86,7 +86,7 @@ def load_data(run: RunConfig) -> PackedData:
         if not corpus.is_dir():
             _build_default_corpus(corpus)
         try:
-            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction)
+            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer)
         except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
             raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
     if data.vocab_size > run.model.vocab_size:

@@ -183,12 +183,16 @@ def check_lm_eval_cli(args: list[str], outputs: Outputs) -> None:
 
     args, data_dir = split_data_dir(args)
     ns = HarnessCLI()._parser.parse_args(["run", *args])
-    assert ns.model == "moda", f"--model {ns.model}: the documented model is moda"
-    known = {"checkpoint", "batch_size", "device", "max_length", "max_gen_toks", "backend"}
-    assert set(ns.model_args) <= known, f"unknown --model_args {sorted(set(ns.model_args) - known)}"
-    assert outputs.has_checkpoint(ns.model_args["checkpoint"]), (
-        f"checkpoint {ns.model_args['checkpoint']} is not written"
-    )
+    assert ns.model in ("moda", "hf"), f"--model {ns.model}: the documented models are moda and hf (an export)"
+    if ns.model == "moda":
+        known = {"checkpoint", "batch_size", "device", "max_length", "max_gen_toks", "backend"}
+        assert set(ns.model_args) <= known, f"unknown --model_args {sorted(set(ns.model_args) - known)}"
+        assert outputs.has_checkpoint(ns.model_args["checkpoint"]), (
+            f"checkpoint {ns.model_args['checkpoint']} is not written"
+        )
+    else:  # lm-eval's stock model over a folder of moda_lab.checkpoint.export
+        assert ns.model_args.get("trust_remote_code") is True, "--model hf needs trust_remote_code=True"
+        assert outputs.has(ns.model_args["pretrained"]), f"pretrained={ns.model_args['pretrained']} is not written"
     names = {lm_eval_name(t): t for t in TASK_FIELDS}
     tasks = [t for name in ns.tasks for t in (TASK_FIELDS if name == PAPER_TAG else [names.get(name, name)])]
     assert all(t in TASK_FIELDS for t in tasks), f"--tasks {ns.tasks}: known are {sorted(names)} and {PAPER_TAG}"
@@ -215,6 +219,41 @@ def check_data(args: list[str], outputs: Outputs) -> None:
     from moda_lab.data.__main__ import parse_args
 
     parse_args(args)
+
+
+def check_export(args: list[str], outputs: Outputs) -> None:
+    from moda_lab.checkpoint.export import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert outputs.has_checkpoint(parsed.checkpoint) or outputs.has(parsed.checkpoint), (
+        f"{parsed.checkpoint} neither exists nor is written by a documented command"
+    )
+
+
+def check_pip(args: list[str], outputs: Outputs) -> None:
+    """pip install of this project: constraint files exist, extras are declared, torch is never pulled unpinned."""
+    import tomllib
+
+    assert args[:1] == ["install"], f"pip {args[:1]}: only pip install is documented"
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    it = iter(args[1:])
+    for arg in it:
+        if arg in ("-c", "--constraint", "-r", "--requirement"):
+            path = next(it)
+            assert (ROOT / path).is_file(), f"pip {arg} {path}: no such file"
+        elif arg in ("-e", "--editable") or arg.startswith("."):
+            target = arg if arg.startswith(".") else next(it)
+            m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
+            assert m, f"pip install {target}: only this checkout (., .[extras]) is documented"
+            unknown = set((m.group(1) or "").split(",")) - extras - {""}
+            assert not unknown, f"pip install {target}: unknown extras {sorted(unknown)}"
+        elif not arg.startswith("-"):
+            assert not arg.startswith(("torch", "triton")) or "==" in arg, f"pip install {arg}: pin torch/triton"
+
+
+def check_venv(args: list[str], outputs: Outputs) -> None:
+    assert args and not args[-1].startswith("-"), f"python -m venv {args}: name the venv directory"
+    assert set(args[:-1]) <= {"--system-site-packages", "--upgrade-deps", "--clear"}, args
 
 
 def check_pytest(args: list[str], outputs: Outputs) -> None:
@@ -248,6 +287,9 @@ MODULES = {
     "moda_lab.eval.cli": check_lm_eval_cli,
     "moda_lab.analysis": check_analysis,
     "moda_lab.data": check_data,
+    "moda_lab.checkpoint.export": check_export,
+    "pip": check_pip,
+    "venv": check_venv,
     "pytest": check_pytest,
 }
 
@@ -300,6 +342,10 @@ def documented_outputs() -> Outputs:
             from moda_lab.analysis.__main__ import parse_args
 
             out.paths.add(Path(parse_args(args[2:])["out"]))
+        elif args[:2] == ["-m", "moda_lab.checkpoint.export"]:
+            from moda_lab.checkpoint.export import build_parser
+
+            out.paths.add(Path(build_parser().parse_args(args[2:]).out))
     return out
 
 

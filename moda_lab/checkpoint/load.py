@@ -1,18 +1,21 @@
-"""Load a trained model from a Lightning .ckpt, a run directory, or an exported folder; export one.
+"""Load a trained model from a Lightning .ckpt, a run directory, or an exported folder.
 
-An exported folder holds config.json (the ModelConfig as a dict), model.safetensors and tokenizer.json.
-Every failure names the file and what is wrong with it.
+An exported folder (folder.export) is a Hugging Face folder: config.json (the ModelConfig's keys plus the Hugging
+Face ones), model.safetensors (GPT's state_dict under the prefix ``model.``) and tokenizer.json. Folders
+written before the Hugging Face export (config.json = the bare ModelConfig plus ``_step``, unprefixed weights)
+load too. Every failure names the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from .model import GPT, ModelConfig
+from ..model import GPT, ModelConfig
 
 
 class CheckpointError(ValueError):
@@ -52,8 +55,6 @@ def _build(cfg: dict, state: dict, source: Path, backend: str | None) -> GPT:
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: invalid model config: {err}") from err
     if backend is not None:
-        import dataclasses
-
         model_cfg = dataclasses.replace(model_cfg, attn_backend=backend)
     model = GPT(model_cfg)
     own = model.state_dict()
@@ -71,23 +72,38 @@ def _build(cfg: dict, state: dict, source: Path, backend: str | None) -> GPT:
     return model.eval()
 
 
+WEIGHT_PREFIX = "model."  # MoDAForCausalLM.model is the GPT; an exported state_dict carries its prefix
+MODEL_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def read_folder_config(folder: Path) -> tuple[dict, int | None]:
+    """(ModelConfig dict, training step) from an exported folder's config.json, either format."""
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    if raw.get("model_type") == "moda":  # a Hugging Face config: the ModelConfig's keys are top-level keys
+        return {k: raw[k] for k in MODEL_CONFIG_KEYS if k in raw}, raw.get("training_step")
+    step = raw.pop("_step", None)
+    return raw, step
+
+
 def load_checkpoint(path: str | Path, backend: str | None = None) -> tuple[GPT, dict, dict]:
     """(model on CPU in eval mode, model config dict, extras: step, tokenizer json, run dir)."""
     src = resolve_checkpoint(path)
     if src.is_dir():
-        cfg = json.loads((src / "config.json").read_text())
+        cfg, step = read_folder_config(src)
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(src / "model.safetensors"))
         except Exception as err:
             raise CheckpointError(f"cannot read {src / 'model.safetensors'}: {err}") from err
+        if all(k.startswith(WEIGHT_PREFIX) for k in state):  # the Hugging Face wrapper holds GPT as .model
+            state = {k.removeprefix(WEIGHT_PREFIX): v for k, v in state.items()}
         tok = src / "tokenizer.json"
-        extras = {
-            "step": cfg.pop("_step", None),
-            "tokenizer": tok.read_text() if tok.is_file() else None,
-            "run_dir": None,
-        }
+        extras = {"step": step, "tokenizer": tok.read_text() if tok.is_file() else None, "run_dir": None}
         return _build(cfg, state, src, backend), cfg, extras
     ckpt = _read_ckpt(src)
     cfg = ckpt["hyper_parameters"]["model_cfg"]
@@ -113,20 +129,3 @@ def load_tokenizer_for(path: str | Path) -> Tokenizer:
     """The tokenizer a checkpoint was trained with."""
     _, _, extras = load_checkpoint(path)
     return checkpoint_tokenizer(extras, path)
-
-
-def export(path: str | Path, out_dir: str | Path) -> Path:
-    """Write config.json, model.safetensors and tokenizer.json of a checkpoint into out_dir."""
-    from safetensors.torch import save_file
-
-    model, cfg, extras = load_checkpoint(path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
-        state.pop("lm_head.weight", None)  # shared with tok_emb.weight; safetensors refuses aliases
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({**cfg, "_step": extras["step"]}, indent=2))
-    if extras["tokenizer"]:
-        (out / "tokenizer.json").write_text(extras["tokenizer"])
-    return out

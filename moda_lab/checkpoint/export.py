@@ -1,0 +1,44 @@
+"""CLI: ``python -m moda_lab.checkpoint.export <checkpoint or run dir> <out folder> [--dtype bfloat16]``.
+
+Writes a Hugging Face folder (see folder.py) and prints its path. Load it with
+``transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` (moda-lab installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+from .folder import DTYPES, export
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moda_lab.checkpoint.export",
+        description="Write a moda-lab checkpoint as a Hugging Face folder (trust_remote_code).",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt file, a run dir (its checkpoints/last.ckpt) or an exported folder")
+    parser.add_argument("out", help="the folder to write")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weight dtype (default float32)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    print(export(args.checkpoint, args.out, dtype=args.dtype))
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module as ``moda_lab.checkpoint.export`` rebinds the package attribute ``export`` (the
+    function of folder.py) to the module; calling the module keeps ``from moda_lab.checkpoint import export``
+    working after that."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Export a checkpoint as a Hugging Face folder that transformers, lm-eval's ``hf`` model and moda-lab load.
+
+The folder holds:
+
+* ``config.json``: the ModelConfig's keys plus what transformers reads (model_type ``moda``, architectures,
+  ``auto_map`` to the two code files, dtype, special token ids, ``training_step``);
+* ``model.safetensors``: MoDAForCausalLM's state_dict (GPT's under ``model.``; a tied head is stored once);
+* ``tokenizer.json`` (the training tokenizer) with ``tokenizer_config.json`` and ``special_tokens_map.json``
+  so ``AutoTokenizer`` loads it as a fast tokenizer (EOS = BOS = PAD = ``<|endoftext|>``, no BOS added);
+* ``generation_config.json`` (greedy, EOS);
+* ``configuration_moda.py`` and ``modeling_moda.py``: the ``trust_remote_code`` classes, which import moda_lab.
+
+Writing it needs neither transformers nor a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from ..data.tokenizer import EOS
+from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
+
+CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+HERE = Path(__file__).resolve().parent
+
+
+def _config_json(cfg: dict, step: int | None, dtype: str, eos: int | None) -> dict:
+    return {
+        "model_type": "moda",
+        "architectures": ["MoDAForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_moda.MoDAConfig",
+            "AutoModelForCausalLM": "modeling_moda.MoDAForCausalLM",
+        },
+        **cfg,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+        "dtype": dtype,
+        "training_step": step,
+    }
+
+
+def _tokenizer_files(max_len: int) -> dict[str, dict]:
+    specials = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        # tokenizers' own decode, exactly: no "clean up" of spaces before punctuation.
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_len,
+    }
+    return {"tokenizer_config.json": config, "special_tokens_map.json": specials}
+
+
+def export(path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Write the Hugging Face folder of a checkpoint (.ckpt, run dir or exported folder) into out_dir."""
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
+    src = resolve_checkpoint(path)
+    if src.is_dir() and src.resolve() == Path(out_dir).resolve():
+        raise CheckpointError(f"{src} is the exported folder itself; export it into another folder")
+    model, cfg, extras = load_checkpoint(src)
+    if not extras["tokenizer"]:
+        raise CheckpointError(f"{path} carries no tokenizer; a Hugging Face folder needs one")
+    tok = Tokenizer.from_str(extras["tokenizer"])
+    eos = tok.token_to_id(EOS)
+    if eos is None:
+        raise CheckpointError(f"the tokenizer of {path} has no {EOS!r} token")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {WEIGHT_PREFIX + k: v.to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop(WEIGHT_PREFIX + "lm_head.weight")  # shared with tok_emb.weight; safetensors refuses aliases
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = _config_json(cfg, extras["step"], dtype, eos)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (out / "tokenizer.json").write_text(extras["tokenizer"])
+    for name, content in _tokenizer_files(model.cfg.max_seq_len).items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    for name in CODE_FILES:
+        shutil.copyfile(HERE / name, out / name)
+    return out

@@ -1,0 +1,250 @@
+"""Hugging Face export: every depth-flow variant x norm placement loads through AutoModelForCausalLM with
+trust_remote_code, gives the workbench's logits and greedy tokens (cached, uncached, padded batches), the
+tokenizer loads through AutoTokenizer, and lm-eval's stock ``hf`` model scores like our ``moda`` model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT
+from moda_lab.checkpoint import CheckpointError, export, load_checkpoint
+from moda_lab.data.tokenizer import EOS, train_tokenizer
+from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
+
+transformers = pytest.importorskip("transformers")
+
+MIXERS = {
+    "residual": MixerConfig("residual"),
+    "dense": MixerConfig("dense"),
+    "depth_attn": MixerConfig("depth_attn"),
+    "moda-depth_kv": MixerConfig("moda", depth_kv=True),
+    "moda-ffn_kv": MixerConfig("moda", ffn_kv=True),
+    "moda-attn_kv": MixerConfig("moda", attn_kv=True),
+    "moda-all": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
+}
+CASES = [(m, n) for m in MIXERS for n in NORM_NAMES]
+TEXT = [
+    "The water is next to the stone. Question: How do you dry paper? Answer: in the sun.",
+    "def f(x):\n    return x",
+]
+
+
+def test_cases_cover_every_registered_variant():
+    assert {m.name for m in MIXERS.values()} == set(MIXER_NAMES)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXT * 30, 320)
+
+
+def _checkpoint(tmp, tokenizer, mixer: str, norm: str, tie: bool = True) -> tuple[GPT, object]:
+    """A random GPT saved the way training saves it (hyper_parameters.model_cfg, model.* weights, tokenizer)."""
+    cfg = ModelConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=40,
+        init_std=0.3,
+        mixer=MIXERS[mixer],
+        norm=norm,
+        tie_embeddings=tie,
+        attn_backend="naive",
+    )
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    ckpt = {
+        "hyper_parameters": {"model_cfg": dataclasses.asdict(cfg)},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.to_str(),
+        "global_step": 7,
+    }
+    path = tmp / f"{mixer}-{norm}-{tie}.ckpt"
+    torch.save(ckpt, path)
+    return model, path
+
+
+def _load_hf(folder):
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+
+
+def _prompts(model: GPT, eos: int) -> torch.Tensor:
+    """Two prompts whose greedy continuations (14 tokens) hold no EOS, so generate() never pads a row, and are
+    not one token repeated (so that a wrong cache shows)."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        ids = torch.randint(eos + 1, model.cfg.vocab_size, (2, 6), generator=gen)
+        new = model.generate(ids, 14)[:, 6:]
+        if eos not in new and all(len(set(row.tolist())) > 2 for row in new):
+            return ids
+    raise AssertionError("every sampled prompt generates EOS or repeats one token")
+
+
+@pytest.mark.parametrize(("mixer", "norm"), CASES, ids=[f"L3-D32-H4-G2-{m}-{n}" for m, n in CASES])
+def test_logits_and_greedy_generation_match_the_workbench(tmp_path, tokenizer, mixer, norm):
+    model, ckpt = _checkpoint(tmp_path, tokenizer, mixer, norm)
+    hf = _load_hf(export(ckpt, tmp_path / "hf"))
+    assert type(hf).__name__ == "MoDAForCausalLM" and hf.model.cfg == model.cfg
+    assert hf.model.lm_head.weight is hf.model.tok_emb.weight  # the tied head stays tied after loading
+    eos = tokenizer.token_to_id(EOS)
+    ids = _prompts(model, eos)
+    with torch.no_grad():
+        ref = model(ids)
+        got = hf(ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    greedy = model.generate(ids, 14)
+    assert torch.equal(hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14), greedy)
+    assert torch.equal(
+        hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14, use_cache=False), greedy
+    )
+
+
+def test_untied_head_and_padded_batches(tmp_path, tokenizer):
+    """An untied head round-trips; a right-padded forward and a left-padded generate give each row's own result."""
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-all", "post", tie=False)
+    hf = _load_hf(export(ckpt, tmp_path / "hf"))
+    assert not torch.equal(hf.model.lm_head.weight, hf.model.tok_emb.weight)
+    torch.testing.assert_close(hf.model.lm_head.weight, model.lm_head.weight, rtol=0, atol=0)
+    eos = tokenizer.token_to_id(EOS)
+    ids = _prompts(model, eos)
+    short, full = ids[0, :3], ids[1]
+    pad = torch.tensor([eos] * 3)
+    ones, zeros = torch.ones(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        right = hf(
+            torch.stack([torch.cat([short, pad]), full]),
+            attention_mask=torch.stack([torch.cat([ones, zeros]), torch.ones(6, dtype=torch.long)]),
+        ).logits
+        torch.testing.assert_close(right[0, :3], model(short[None])[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(right[1], model(full[None])[0], rtol=1e-5, atol=1e-5)
+    left = torch.stack([torch.cat([pad, short]), full])
+    mask = torch.stack([torch.cat([zeros, ones]), torch.ones(6, dtype=torch.long)])
+    out = hf.generate(left, attention_mask=mask, max_new_tokens=10)
+    assert torch.equal(out[1], model.generate(full[None], 10)[0])
+    row = model.generate(short[None], 10)[0]
+    stop = (row[3:] == eos).nonzero()
+    n = 3 + (int(stop[0]) + 1 if len(stop) else 10)  # generate() pads a row after its EOS
+    assert torch.equal(out[0, 3 : 3 + n], row[:n])
+    # labels: transformers' shifted next-token loss == the workbench's loss on (inputs, targets).
+    with torch.no_grad():
+        out = hf(ids, labels=ids)
+        assert float(out.loss) == pytest.approx(float(model(ids[:, :-1], ids[:, 1:])), rel=1e-5)
+        loss, logits = hf(ids, labels=ids, return_dict=False)
+        assert torch.equal(logits, out.logits) and torch.equal(loss, out.loss)
+    with pytest.raises(ValueError, match="one contiguous run"):
+        hf(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1], [1] * 6]))
+
+
+def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-depth_kv", "reordered")
+    folder = export(ckpt, tmp_path / "hf")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(
+        [
+            "config.json",
+            "configuration_moda.py",
+            "generation_config.json",
+            "model.safetensors",
+            "modeling_moda.py",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "moda" and config["training_step"] == 7 and config["mixer"]["depth_kv"] is True
+    hf_cfg = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    assert (hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.max_position_embeddings) == (32, 3, 40)
+    assert hf_cfg.moda_config() == model.cfg
+    tok = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    eos = tokenizer.token_to_id(EOS)
+    assert tok.eos_token_id == tok.bos_token_id == tok.pad_token_id == eos
+    for text in [*TEXT, "a  b . , c"]:
+        ids = tokenizer.encode(text).ids
+        assert tok(text).input_ids == ids  # no BOS added: what training saw
+        assert tok.decode(ids) == tokenizer.decode(ids)
+    # The workbench reads the folder back (moda lm-eval model, analysis) with the same weights.
+    again, cfg, extras = load_checkpoint(folder)
+    assert extras["step"] == 7 and ModelConfig(**cfg) == model.cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    # An exported folder re-exports to the same files (not into itself).
+    copy = export(folder, tmp_path / "copy")
+    for name in names:
+        assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
+    with pytest.raises(CheckpointError, match="export it into another folder"):
+        export(folder, folder)
+
+
+def test_bf16_export_within_bf16_tolerance(tmp_path, tokenizer):
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-all", "pre")
+    hf = _load_hf(export(ckpt, tmp_path / "hf", dtype="bfloat16"))
+    assert hf.dtype == torch.bfloat16
+    ids = _prompts(model, tokenizer.token_to_id(EOS))
+    with torch.no_grad():
+        ref, got = model(ids), hf(ids).logits.float()
+    rel = (got - ref).norm() / ref.norm()
+    assert rel < 2e-2, rel  # bf16 weights and activations: ~3 significant digits
+    with pytest.raises(ValueError, match="dtype='float16' is not supported"):
+        export(ckpt, tmp_path / "bad", dtype="float16")
+
+
+def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
+    """The CLI exports the tiny trained run; lm-eval's stock hf model on it reproduces the moda model's scores."""
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")  # lm-eval's hf model imports it
+    from lm_eval.tasks import TaskManager
+
+    import moda_lab.eval.lm  # noqa: F401 - registers the moda model
+    from moda_lab.eval.tasks import TASK_DIR
+
+    folder = tiny_run["tmp"] / "hf_export"
+    cmd = [sys.executable, "-m", "moda_lab.checkpoint.export", str(tiny_run["run_dir"]), str(folder)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str(folder)
+    tasks = ["moda_piqa", "moda_arc_easy", "moda_copa", "moda_hellaswag", "moda_mmlu"]
+    results = {}
+    for model, args in [
+        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}),
+        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}),
+    ]:
+        tm = TaskManager(
+            include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(tiny_run["data"])}
+        )
+        results[model] = lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=4, log_samples=True
+        )
+    for task in tasks:
+        ours, stock = results["moda"]["results"][task], results["hf"]["results"][task]
+        metrics = [m for m in ours if m.startswith(("acc,", "acc_norm,"))]
+        assert "acc,none" in metrics
+        for metric in metrics:
+            assert stock[metric] == ours[metric], (task, metric)
+        # Per-choice log-likelihoods agree to fp32 accumulation (ours sums in float64).
+        ll = [float(r[0][0]) for s in results["moda"]["samples"][task] for r in s["resps"]]
+        ll_hf = [float(r[0][0]) for s in results["hf"]["samples"][task] for r in s["resps"]]
+        assert ll_hf == pytest.approx(ll, abs=1e-4)
+    # generate_until: the stock model batches left-padded prompts through generate(); ours decodes one by one.
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from moda_lab.eval.lm import ModaLM
+
+    prompts = ["The stone is", "Question: How do you dry water?\nAnswer:", "def f(x):"]
+    reqs = [
+        Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 8}), i) for i, p in enumerate(prompts)
+    ]
+    stock = HFLM(pretrained=str(folder), trust_remote_code=True, device="cpu", batch_size=3)
+    ours = ModaLM(checkpoint=tiny_run["ckpt"], device="cpu")
+    texts = stock.generate_until(reqs, disable_tqdm=True)
+    assert texts == ours.generate_until(reqs, disable_tqdm=True)
+    assert all(texts), texts  # each prompt generated something before EOS / the stop string
