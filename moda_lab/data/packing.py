@@ -94,29 +94,49 @@ def split_documents(domain: str, paths: list[Path], val_fraction: float) -> tupl
     return train, val
 
 
+def _encode(tok, docs: list[str], eos: int, out) -> int:
+    """Append docs' tokens, each followed by EOS, to the open binary file out as uint16; returns tokens written.
+    In batches of documents, so memory stays bounded by a batch rather than by the corpus."""
+    n = 0
+    for start in range(0, len(docs), _ENCODE_BATCH):
+        ids = [
+            np.asarray([*enc.ids, eos], dtype=np.uint16)
+            for enc in tok.encode_batch(docs[start : start + _ENCODE_BATCH])
+        ]
+        if ids:
+            arr = np.concatenate(ids)
+            arr.tofile(out)
+            n += arr.size
+    return n
+
+
+_ENCODE_BATCH = 512
+
+
 def _build(files: dict[str, list[Path]], root: Path, vocab_size: int, val_fraction: float) -> None:
-    splits: dict[str, list[str]] = {"train": []}
+    train: dict[str, list[str]] = {}
+    val: dict[str, list[str]] = {}
     for domain, paths in files.items():
-        train, val = split_documents(domain, paths, val_fraction)
-        splits["train"].extend(train)
-        splits[f"val_{domain}"] = val
-    log.info("training a %d-token BPE on %d documents", vocab_size, len(splits["train"]))
-    tok = train_tokenizer(splits["train"], vocab_size)
+        train[domain], val[domain] = split_documents(domain, paths, val_fraction)
+    all_train = [d for docs in train.values() for d in docs]
+    log.info("training a %d-token BPE on %d documents", vocab_size, len(all_train))
+    tok = train_tokenizer(all_train, vocab_size)
+    del all_train
     tok.save(str(root / "tokenizer.json"))
     eos = tok.token_to_id(EOS)
-    meta: dict = {"vocab_size": tok.get_vocab_size(), "eos_id": eos, "train": {}, "val": {}}
-    for split, docs in splits.items():
-        ids: list[int] = []
-        for enc in tok.encode_batch(docs):
-            ids.extend(enc.ids)
-            ids.append(eos)
-        arr = np.asarray(ids, dtype=np.uint16)
-        arr.tofile(root / f"{split}.bin")
-        stats = {"tokens": int(arr.size), "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
-        if split == "train":
-            meta["train"] = stats
-        else:
-            meta["val"][split.removeprefix("val_")] = stats
+    meta: dict = {"vocab_size": tok.get_vocab_size(), "eos_id": eos, "train": {}, "val": {}, "train_domains": {}}
+
+    def stats(tokens: int, docs: list[str]) -> dict:
+        return {"tokens": tokens, "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
+
+    # train.bin: every domain's training documents, EOS-separated, in the corpus's domain order.
+    with (root / "train.bin").open("wb") as out:
+        for domain, docs in train.items():
+            meta["train_domains"][domain] = stats(_encode(tok, docs, eos, out), docs)
+    meta["train"] = {k: sum(d[k] for d in meta["train_domains"].values()) for k in ("tokens", "bytes", "documents")}
+    for domain, docs in val.items():
+        with (root / f"val_{domain}.bin").open("wb") as out:
+            meta["val"][domain] = stats(_encode(tok, docs, eos, out), docs)
     # Written last and atomically: meta.json marks a complete cache, so a build killed midway is redone.
     tmp = root / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
