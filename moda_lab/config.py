@@ -36,6 +36,8 @@ class DataConfig:
     # a corpus_dir that names any other missing directory is an error, so a typo never trains on the default.
     default_corpus_dir: str = "data/corpus"
     build_default: bool = True
+    # The named sources (moda_lab.data.corpus.SOURCES) that default corpus is built from.
+    sources: list | tuple = ("python-docs", "stdlib")
     cache_dir: str = "data/cache"
     vocab_size: int = 8192
     seq_len: int = 128
@@ -44,6 +46,14 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        from .data.corpus import SOURCES
+
+        object.__setattr__(self, "sources", tuple(self.sources))  # hashable: sweeps check each data setting once
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown or not self.sources:
+            raise ConfigError(
+                f"data.sources={list(self.sources)!r} is not allowed; choose a non-empty list from {sorted(SOURCES)}"
+            )
         check_range(
             "data.vocab_size", self.vocab_size, "257..65535 (byte-level BPE in uint16)", 256 < self.vocab_size <= 65535
         )

@@ -75,6 +75,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ("data.seq_len=0", r"data.seq_len=0 is out of range; allowed: >= 1"),
         ("data.vocab_size=100", r"data.vocab_size=100 is out of range; allowed: 257..65535"),
         ("data.num_workers=-1", r"data.num_workers=-1 is out of range; allowed: >= 0"),
+        ("data.sources=[wikipedia]", r"data.sources=\['wikipedia'\] is not allowed; choose a non-empty list from \["),
         ("logger.wandb.mode=cloud", r"logger.wandb.mode='cloud' is not allowed; choose one of \['auto'"),
     ],
 )
