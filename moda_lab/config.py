@@ -76,9 +76,9 @@ class TrainerConfig:
     max_steps: int = 300
     batch_size: int = 16  # sequences per device per micro-step
     accumulate: int = 1
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio (paper: 3e-4 -> 3e-5)
-    warmup_steps: int = 30
+    warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95

@@ -159,7 +159,7 @@ def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path,
     run_dir.mkdir(parents=True)
     old = compose_cfg([root, "model=dense", "trainer.lr=0.5"])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
-    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(trainer.lr: 0.5 -> 0.003\)"):
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(trainer.lr: 0.5 -> 0.0015\)"):
         check_command_line([root, "model=dense"], CONF)
     check_command_line([root, "model=dense", "trainer.lr=0.5"], CONF)
 
