@@ -123,7 +123,10 @@ def _render_man(path: Path) -> str:
         capture_output=True,
         env=env,
     )
-    return res.stdout.decode("utf-8", errors="replace") if res.returncode == 0 else ""
+    if res.returncode:
+        log.warning("man -l %s failed (left out): %s", path, res.stderr.decode(errors="replace").strip()[:200])
+        return ""
+    return res.stdout.decode("utf-8", errors="replace")
 
 
 def _man_pages(packages: tuple[str, ...] = MAN_PACKAGES) -> Iterator[str]:
@@ -215,7 +218,14 @@ def build_default_corpus(out_dir: str | Path, sources: tuple[str, ...] | list[st
         raise ValueError(f"corpus sources {list(sources)} name a source twice")
     for name in sources:
         domain, docs = SOURCES[name]
-        n, nbytes = _write_jsonl(out / domain / f"{domain}.jsonl", docs())
+        try:
+            n, nbytes = _write_jsonl(out / domain / f"{domain}.jsonl", docs())
+        except FileNotFoundError as err:  # a package is missing: name every package these sources need
+            packages = " ".join(p for s in sources for p in DEBIAN_PACKAGES[s])
+            raise FileNotFoundError(
+                f"corpus source {name!r}: {err}. Sources {list(sources)} need, as root: "
+                f"apt-get install -y --no-install-recommends {packages}"
+            ) from err
         log.info("corpus %s: %d %s documents, %.1f MB (%s)", out, n, domain, nbytes / 1e6, name)
     return out
 

@@ -9,8 +9,16 @@ import subprocess
 import numpy as np
 import pytest
 
+from helpers import CONF
 from moda_lab.data import corpus, prepare
-from moda_lab.data.corpus import SOURCES, _package_files, _site_code, _write_jsonl, build_default_corpus
+from moda_lab.data.corpus import (
+    DEBIAN_PACKAGES,
+    SOURCES,
+    _package_files,
+    _site_code,
+    _write_jsonl,
+    build_default_corpus,
+)
 
 
 def test_write_jsonl_keeps_one_copy_of_each_text(tmp_path):
@@ -28,11 +36,24 @@ def test_sources_have_distinct_domains_and_a_source_twice_is_an_error(tmp_path):
         build_default_corpus(tmp_path, ["stdlib", "stdlib"])
 
 
-def test_missing_debian_package_names_its_install_command():
+def test_missing_debian_package_names_its_install_command(monkeypatch, tmp_path):
     if shutil.which("dpkg") is None:
         pytest.skip("no dpkg")
     with pytest.raises(FileNotFoundError, match=r"apt-get install --no-install-recommends moda-no-such-package"):
         _package_files("moda-no-such-package")
+    monkeypatch.setitem(corpus.DEVDOCS, "moda-no-such-package", lambda p: True)
+    need = r"is not installed.*need, as root: apt-get install -y --no-install-recommends llvm-15-doc cmake-doc"
+    with pytest.raises(FileNotFoundError, match=need):
+        build_default_corpus(tmp_path, ["devdocs"])
+
+
+def test_table6_data_config_lists_every_package_its_sources_need():
+    import yaml
+
+    text = (CONF / "data" / "table6.yaml").read_text()
+    for source in yaml.safe_load(text)["sources"]:
+        for package in DEBIAN_PACKAGES[source]:
+            assert f" {package}" in text, f"{package} (source {source}) missing from the install command"
 
 
 def test_site_code_reads_a_pinned_distribution_without_its_tests():
