@@ -36,6 +36,8 @@ class DataConfig:
     # a corpus_dir that names any other missing directory is an error, so a typo never trains on the default.
     default_corpus_dir: str = "data/corpus"
     build_default: bool = True
+    # The named sources (moda_lab.data.corpus.SOURCES) that default corpus is built from.
+    sources: list | tuple = ("python-docs", "stdlib")
     cache_dir: str = "data/cache"
     vocab_size: int = 8192  # BPE size to train; with data.tokenizer, the model's embedding rows (>= its vocab)
     tokenizer: str | None = None  # a pretrained tokenizer.json (or a folder holding one) instead of training BPE
@@ -45,6 +47,14 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        from .data.corpus import SOURCES
+
+        object.__setattr__(self, "sources", tuple(self.sources))  # hashable: sweeps check each data setting once
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown or not self.sources:
+            raise ConfigError(
+                f"data.sources={list(self.sources)!r} is not allowed; choose a non-empty list from {sorted(SOURCES)}"
+            )
         check_range(
             "data.vocab_size", self.vocab_size, "257..65535 (byte-level BPE in uint16)", 256 < self.vocab_size <= 65535
         )
@@ -67,9 +77,9 @@ class TrainerConfig:
     max_steps: int = 300
     batch_size: int = 16  # sequences per device per micro-step
     accumulate: int = 1
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio (paper: 3e-4 -> 3e-5)
-    warmup_steps: int = 30
+    warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95

@@ -192,6 +192,11 @@ class _TokenFile:
         self.stats["documents"] += len(self.batch)
         self.batch = []
 
+    def flush(self) -> dict:
+        """Encode what is batched; the running totals so far (a copy)."""
+        self._flush()
+        return dict(self.stats)
+
     def close(self) -> dict:
         self._flush()
         self.f.close()
@@ -213,15 +218,22 @@ def _build(
     tok.save(str(root / "tokenizer.json"))
     eos = tok.token_to_id(EOS)
     dtype = token_dtype(tok.get_vocab_size())
-    meta: dict = {"vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": dtype.name, "train": {}, "val": {}}
+    meta: dict = {
+        "vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": dtype.name, "train": {}, "val": {},
+        "train_domains": {},
+    }
+    # train.bin: every domain's training documents, EOS-separated, in the corpus's domain order.
     train = _TokenFile(root / "train.bin", tok, eos, dtype)
     with tqdm(desc=f"packing {root.name}", unit=" docs", disable=None) as bar:  # disable=None: only on a TTY
         for domain, paths in files.items():
             val = _TokenFile(root / f"val_{domain}.bin", tok, eos, dtype)
+            before = train.flush()
             for doc, held in iter_split(domain, paths, val_fraction):
                 (val if held else train).add(doc)
                 bar.update()
             meta["val"][domain] = val.close()
+            after = train.flush()
+            meta["train_domains"][domain] = {k: after[k] - before[k] for k in after}
         meta["train"] = train.close()
     # Written last and atomically: meta.json marks a complete cache, so a build killed midway is redone.
     tmp = root / "meta.json.tmp"

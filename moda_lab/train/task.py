@@ -62,7 +62,7 @@ def check_data(run: RunConfig) -> None:
         )
 
 
-def _build_default_corpus(corpus: Path) -> None:
+def _build_default_corpus(corpus: Path, sources: tuple[str, ...]) -> None:
     """Build into a sibling temp dir and rename it into place, under a lock: a build killed midway leaves no
     partial corpus that later runs would take for the whole one, and concurrent jobs build it once."""
     corpus.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def _build_default_corpus(corpus: Path) -> None:
         log.info("building the default corpus into %s", corpus)
         partial = corpus.with_name(corpus.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        build_default_corpus(partial)
+        build_default_corpus(partial, sources)
         partial.rename(corpus)
 
 
@@ -84,7 +84,7 @@ def load_data(run: RunConfig) -> PackedData:
     else:
         corpus = Path(d.corpus_dir)
         if not corpus.is_dir():
-            _build_default_corpus(corpus)
+            _build_default_corpus(corpus, d.sources)
         try:
             data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer)
         except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain

@@ -79,6 +79,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ("data.seq_len=0", r"data.seq_len=0 is out of range; allowed: >= 1"),
         ("data.vocab_size=100", r"data.vocab_size=100 is out of range; allowed: 257..65535"),
         ("data.num_workers=-1", r"data.num_workers=-1 is out of range; allowed: >= 0"),
+        ("data.sources=[wikipedia]", r"data.sources=\['wikipedia'\] is not allowed; choose a non-empty list from \["),
         ("logger.wandb.mode=cloud", r"logger.wandb.mode='cloud' is not allowed; choose one of \['auto'"),
     ],
 )
@@ -162,7 +163,7 @@ def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path,
     run_dir.mkdir(parents=True)
     old = compose_cfg([root, "model=dense", "trainer.lr=0.5"])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
-    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(trainer.lr: 0.5 -> 0.003\)"):
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(trainer.lr: 0.5 -> 0.0015\)"):
         check_command_line([root, "model=dense"], CONF)
     check_command_line([root, "model=dense", "trainer.lr=0.5"], CONF)
 

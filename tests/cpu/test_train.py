@@ -164,7 +164,7 @@ def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus
     cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "model.d_model=64"])
     with pytest.raises(
         ConfigError,
-        match=r"already holds a run with a different config \(model.d_model: 32 -> 64, trainer.lr: 0.02 -> 0.003",
+        match=r"already holds a run with a different config \(model.d_model: 32 -> 64, trainer.lr: 0.02 -> 0.0015",
     ):
         train(cfg, straight)
     assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before

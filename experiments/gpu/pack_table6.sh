@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# CPU side, before the GPU calls: build the Table 6 corpus (conf/data/table6.yaml), pack its tokens and write
+# data/table6_packed.tar.xz (~23 MiB: the packed folder, train.bin xz-compressed to ~32%), small enough to carry
+# to the GPU machine (64 MiB per call). Needs the Debian packages named in conf/data/table6.yaml (root: apt-get).
+#   bash experiments/gpu/pack_table6.sh            # then carry data/table6_packed.tar.xz
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+$PY -m moda_lab.data out=data/corpus_table6 sources=python-docs,stdlib,linux-docs,manpages,devdocs,site-packages \
+  vocab_size=50304 | tee data/table6_build.txt
+PACKED=$(tail -1 data/table6_build.txt | awk '{print $3}')
+tar -C "$(dirname "$PACKED")" -cf - "$(basename "$PACKED")" | xz -T0 -6 > data/table6_packed.tar.xz.tmp
+mv data/table6_packed.tar.xz.tmp data/table6_packed.tar.xz
+ls -l data/table6_packed.tar.xz
