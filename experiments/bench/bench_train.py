@@ -44,7 +44,7 @@ SHAPES = {
 }
 
 
-def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_blocks, norm,
+def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
               backend="auto", profile_to: Path | None = None):
     cfg = ModelConfig(
         vocab_size=8192,
@@ -58,7 +58,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         attn_backend=backend,
     )
     model = GPT(cfg).cuda()
-    if compile_blocks:
+    if compile_model:
         torch._dynamo.reset()
         counters.clear()
         model.compile(fullgraph=True)
@@ -106,7 +106,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "B": B,
         "norm": norm,
         "backend": model.backend,
-        "compiled": compile_blocks,
+        "compiled": compile_model,
         "params_M": model.num_params() / 1e6,
         "gflops_per_token": fpt / 1e9,
         "step_ms": ms,
@@ -115,7 +115,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
         "first_step_s": first_step_s,
     }
-    if compile_blocks:
+    if compile_model:
         row["graphs"] = counters["stats"]["unique_graphs"]
         row["graph_breaks"] = sum(counters["graph_break"].values())
     return row

@@ -32,7 +32,7 @@ Tensor = torch.Tensor
 
 class AttnBackend(Protocol):
     name: str
-    fused_kernels: bool  # the depth stream's other ops (DWA mix) use their Triton kernels too
+    fused_kernels: bool  # the depth stream's ops (attention, DWA mix) run their Triton kernels
 
     def __call__(self, q: Tensor, k: Tensor | None, v: Tensor | None, k_depth: Tensor | None = None,
                  v_depth: Tensor | None = None, *, causal: bool = True) -> Tensor:
@@ -43,15 +43,20 @@ class AttnBackend(Protocol):
         """q over k, v and every slot of ``stream`` written so far (at least one)."""
 
 
-class NaiveBackend:
-    name = "naive"
+class _StreamAttention:
+    """Attention over the depth stream, with its Triton kernels when the backend's ``fused_kernels`` is set."""
+
     fused_kernels = False
+
+    def stream(self, q, k, v, stream, *, causal=True):
+        return stream.attend(q, k, v, causal=causal, kernel=self.fused_kernels)
+
+
+class NaiveBackend(_StreamAttention):
+    name = "naive"
 
     def __call__(self, q, k, v, k_depth=None, v_depth=None, *, causal=True):
         return naive_moda_attn(q, k, v, k_depth, v_depth, causal=causal)
-
-    def stream(self, q, k, v, stream, *, causal=True):
-        return stream.attend(q, k, v, causal=causal, kernel=False)
 
 
 class SdpaBackend(NaiveBackend):
@@ -68,7 +73,7 @@ class SdpaBackend(NaiveBackend):
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal).transpose(1, 2)
 
 
-class TritonBackend:
+class TritonBackend(_StreamAttention):
     """The fused kernel; it folds any GQA group (Table 6's 6 query / 2 KV heads, G=3, included)."""
 
     name = "triton"
@@ -83,9 +88,6 @@ class TritonBackend:
 
     def __call__(self, q, k, v, k_depth=None, v_depth=None, *, causal=True):
         return self._attn(q, k, v, k_depth, v_depth, causal=causal)
-
-    def stream(self, q, k, v, stream, *, causal=True):
-        return stream.attend(q, k, v, causal=causal, kernel=True)
 
 
 def triton_usable() -> bool:

@@ -9,12 +9,13 @@ token-major, so data[0, :, :, :n] is the kernel's [B, T*n, Hk, d] depth stream v
   read-add-write epilogue), and a slot's writer takes its gradient from there once every reader is done.
 
 Neither pass stacks or sums the growing prefix per layer (O(L^2) copies and adds). Both buffers live outside
-autograd, and four custom ops carry the order instead, through one-element "token" tensors: a put returns a
-token, a reader takes the newest token, a reader's backward hands its token gradient on only after its
-accumulation, and a writer's backward reads its slot only once that token gradient has arrived (the tokens
-of all later puts and readers flow into it). Tokens are not zero-size: Inductor drops the producers of
-zero-element tensors from the dependency graph, and then reorders the reads before the accumulations. The ops are declared functional (``mutates_args=()``) although
-they write into the buffers: each write touches only memory that no op has read yet and no later op reads
+autograd, and custom ops (put and its gradient's take; the readers attend and mix, each with its backward op)
+carry the order instead, through one-element "token" tensors: a put returns a token, a reader takes the newest
+token, a reader's backward hands its token gradient on only after its accumulation, and a writer's backward
+reads its slot only once that token gradient has arrived (the tokens of all later puts and readers flow into
+it). Tokens are not zero-size: Inductor drops the producers of zero-element tensors from the dependency graph,
+and then reorders the reads before the accumulations. The ops are declared functional (``mutates_args=()``)
+although they write into the buffers: each write touches only memory that no op has read yet and no later op reads
 under another version (a slot not yet visible, or gradient slots still being summed by their readers), so
 AOTAutograd has nothing to version or copy, and torch.compile traces a whole model with them: no graph break,
 one graph for all layers. The buffers are allocated outside the compiled region (GPT.forward), so no
