@@ -24,8 +24,8 @@ import triton
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import kernels.moda.function as moda_function  # noqa: E402
-from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+import moda_kernels.moda.function as moda_function  # noqa: E402
+from moda_kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
 
 # Rows up to this T are also timed replayed from a CUDA graph (no host launch overhead).
 GRAPH_MAX_T = 4096
@@ -191,7 +191,7 @@ def markdown(rows, meta) -> str:
 
 def tuned_configs() -> dict:
     """The config each autotuned kernel picked, per autotune key (T and L buckets, G, d, mode, dtypes)."""
-    from kernels.moda import triton_bwd, triton_fwd
+    from moda_kernels.moda import triton_bwd, triton_fwd
 
     kernels = {"fwd": triton_fwd._moda_fwd_kernel, "dkdv": triton_bwd._moda_bwd_dkdv_kernel,
                "dq": triton_bwd._moda_bwd_dq_kernel}

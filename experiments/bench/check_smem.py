@@ -26,7 +26,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels.moda import triton_bwd, triton_fwd  # noqa: E402
+from moda_kernels.moda import triton_bwd, triton_fwd  # noqa: E402
 
 HOPPER_SMEM = 232448
 TARGET = GPUTarget("cuda", 90, 32)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kernels.moda.naive import naive_moda_attn, naive_moda_probs
+from moda_kernels.moda.naive import naive_moda_attn, naive_moda_probs
 
 from .config import ModelConfig
 from .depth import DepthStream

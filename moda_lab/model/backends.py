@@ -1,9 +1,9 @@
 """Attention backends: one interface for sequence-only, depth-only and MoDA attention.
 
-``naive``  the fp32 PyTorch reference (kernels/moda/naive.py); any device, any mode.
+``naive``  the fp32 PyTorch reference (moda_kernels/moda/naive.py); any device, any mode.
 ``sdpa``   torch's scaled_dot_product_attention for sequence-only attention; modes with depth slots use the
            reference, since SDPA cannot put depth slots under the same softmax.
-``triton`` the fused MoDA kernel (kernels/moda); CUDA, or CPU under TRITON_INTERPRET=1.
+``triton`` the fused MoDA kernel (moda_kernels/moda); CUDA, or CPU under TRITON_INTERPRET=1.
 ``auto``   triton on CUDA when Triton imports, otherwise naive.
 
 A backend answers two calls (the ``AttnBackend`` protocol): plain attention over given tensors, and
@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from kernels.moda import naive_moda_attn
+from moda_kernels.moda import naive_moda_attn
 
 from .config import BACKEND_NAMES
 from .depth import DepthStream
@@ -81,7 +81,7 @@ class TritonBackend(_StreamAttention):
 
     def __init__(self) -> None:
         try:
-            from kernels.moda import moda_attn
+            from moda_kernels.moda import moda_attn
         except ImportError as err:  # triton missing or broken
             raise RuntimeError(f"model.attn_backend='triton' needs a working Triton install: {err}") from err
         self._attn = moda_attn

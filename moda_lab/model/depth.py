@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
-from kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn, naive_moda_attn_bwd
+from moda_kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
+from moda_kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn, naive_moda_attn_bwd
 
 Tensor = torch.Tensor
 

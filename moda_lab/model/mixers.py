@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.moda.naive import naive_moda_attn
+from moda_kernels.moda.naive import naive_moda_attn
 
 from .attention import ForwardCtx, KVProjection
 from .config import ModelConfig

@@ -16,7 +16,7 @@ import itertools  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+from moda_kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
 
 ATOL = 2e-5
 
@@ -173,7 +173,7 @@ def test_cpu_without_interpreter_is_rejected(monkeypatch):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_split_schedule_matches_reference(monkeypatch, causal):
     """The long-T schedule (depth pass, then the sequence pass resuming its softmax) is exact too."""
-    import kernels.moda.function as function
+    import moda_kernels.moda.function as function
 
     monkeypatch.setattr(function, "SPLIT_MIN_T", 0)
     _check(_make(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)
@@ -185,7 +185,7 @@ def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
     MoDA), fallbacks only when none fits. (Bytes: experiments/bench/NOTES.md.)"""
     import triton
 
-    from kernels.moda.triton_fwd import SMEM_LIMIT, make_prune, smem_estimate
+    from moda_kernels.moda.triton_fwd import SMEM_LIMIT, make_prune, smem_estimate
 
     entries = [(128, 64, 64, 8, 3, "seq,moda"), (64, 64, 64, 4, 3, "seq,depth,moda"), (64, 64, 32, 4, 3, "fallback"),
                (64, 32, 16, 4, 1, "fallback")]
@@ -242,8 +242,8 @@ def test_backward_adds_depth_gradients_into_given_buffers(monkeypatch, mode, spl
     """moda_attn_backward with dk_depth_acc / dv_depth_acc (prefix views of one [2, B, T, S, Hk, d] buffer, the
     model's depth stream layout): the depth gradients are ADDED to what the buffer holds, slots past the
     prefix are untouched, the other gradients are those of the reference."""
-    import kernels.moda.function as function
-    from kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn_bwd
+    import moda_kernels.moda.function as function
+    from moda_kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn_bwd
 
     monkeypatch.setattr(function, "SPLIT_MIN_T", 0 if split else 1 << 30)
     B, T, Hq, Hk, d, L, S = 2, 21, 4, 2, 16, 3, 5
@@ -268,7 +268,7 @@ def test_backward_adds_depth_gradients_into_given_buffers(monkeypatch, mode, spl
 
 
 def test_backward_accumulation_buffers_are_validated():
-    from kernels.moda import moda_attn_backward
+    from moda_kernels.moda import moda_attn_backward
 
     q, k, v, kd, vd = _valid()
     o, lse = torch.zeros_like(q), torch.zeros(2, 16)
@@ -285,7 +285,7 @@ def test_autotuning_cannot_add_twice_into_the_depth_gradient_buffer():
     """On a GPU the dQ kernel is benchmarked over several configs on the real arguments; with ACC each trial would
     add its depth gradients into the buffer once more (seen on an H200: gradients 36x too large). The autotuner
     must restore DKD/DVD after every trial."""
-    from kernels.moda.triton_bwd import _moda_bwd_dq_kernel
+    from moda_kernels.moda.triton_bwd import _moda_bwd_dq_kernel
 
     assert {"DKD", "DVD"} <= set(_moda_bwd_dq_kernel.restore_value)
 
@@ -294,7 +294,7 @@ def test_autotuning_cannot_add_twice_into_the_depth_gradient_buffer():
 def test_dwa_kernels_match_reference(B, T, n, S, D):
     """DenseFormer's mix over a prefix view of a [B, T, S, D] history (Triton interpreter, fp32): forward, dalpha,
     and the history gradient ADDED into a buffer (slots past the prefix untouched)."""
-    from kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
+    from moda_kernels.dwa import dwa_mix_backward, dwa_mix_forward, naive_dwa_mix, naive_dwa_mix_bwd
 
     gen = torch.Generator().manual_seed(B * 100 + T)
     hist = torch.randn(B, T, S, D, generator=gen)

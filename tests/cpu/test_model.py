@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.moda.naive import naive_moda_attn
+from moda_kernels.moda.naive import naive_moda_attn
 from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
 from moda_lab.model.depth import DepthStream, new_stream_buffers
 

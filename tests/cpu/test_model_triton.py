@@ -41,7 +41,7 @@ def test_triton_backend_matches_naive_loss_and_grads(mixer):
 def test_triton_backend_folds_non_power_of_two_groups(mixer, monkeypatch):
     """Table 6's 6 query / 2 KV heads (G=3): the kernel folds G=3 in every mode (no padded query heads), one
     kernel call per layer, and loss and every gradient equal the naive backend's."""
-    import kernels.moda as moda
+    import moda_kernels.moda as moda
     import moda_lab.model.depth as depth
 
     calls = []

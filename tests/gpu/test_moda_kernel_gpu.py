@@ -12,7 +12,7 @@ import zlib
 import pytest
 import torch
 
-from kernels.moda import moda_attn, naive_moda_attn
+from moda_kernels.moda import moda_attn, naive_moda_attn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
