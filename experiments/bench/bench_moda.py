@@ -1,8 +1,12 @@
 """Benchmark of the MoDA Triton kernels against torch SDPA (FlashAttention-2-class baseline).
 
 One run on one GPU times forward and forward+backward of: SDPA's best backend (flash and cuDNN tried,
-faster reported; K/V pre-expanded to Hq heads outside the timed region), our kernel in sequence-only,
-MoDA and depth-only modes, on the paper's configurations (arXiv 2603.15619 Table 2 and Table 7).
+faster reported; K/V pre-expanded to Hq heads outside the timed region), our fused Triton kernel in
+sequence-only, MoDA and depth-only modes, and the hybrid schedule (moda_kernels/moda/hybrid.py: sequence part
+by cuDNN, or flash with --flash, depth part by Triton, merged by LSE) in sequence-only and MoDA modes, on the
+paper's configurations (arXiv 2603.15619 Table 2 and Table 7). Each row also reports issue 11's bound: SDPA's
+f+b time plus 1.15x the depth stream's memory floor (K/V depth read in the forward, read again and their
+gradients written in the backward: 6 x B*T*L*Hk*d elements) at the copy bandwidth measured in the same run.
 Results are printed and written (Markdown + JSON, with device and versions) after every row, so a
 run cut short keeps what it measured.
 
@@ -12,7 +16,9 @@ run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -25,7 +31,7 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import moda_kernels.moda.function as moda_function  # noqa: E402
-from moda_kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
+from moda_kernels.moda import hybrid, moda_attn, naive_moda_attn  # noqa: E402
 
 # Rows up to this T are also timed replayed from a CUDA graph (no host launch overhead).
 GRAPH_MAX_T = 4096
@@ -67,6 +73,29 @@ def attn_flops(B, T, Hq, d, L, seq: bool, depth: bool) -> float:
     return 4.0 * B * Hq * d * pairs
 
 
+@contextlib.contextmanager
+def seq_impl(impl):
+    """Run moda_attn with the given sequence implementation (fused / cudnn / flash; None = its own choice)."""
+    old = os.environ.get(hybrid.ENV)
+    if impl is not None:
+        os.environ[hybrid.ENV] = impl
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(hybrid.ENV, None)
+        else:
+            os.environ[hybrid.ENV] = old
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth (bytes/s, read + write) of a 2 GiB tensor copy, median of do_bench."""
+    x = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
+    return 2 * x.numel() * x.element_size() / (ms * 1e-3)
+
+
 def fwd_bwd(fn, inputs, do):
     def run():
         for t in inputs:
@@ -76,7 +105,7 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
-def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
+def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules, flash=False, bandwidth=None):
     Hq = G * Hk
     dev = "cuda"
     q = torch.randn(B, T, Hq, d, device=dev, dtype=dtype, requires_grad=True)
@@ -109,23 +138,30 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
     if best:
         row.update(sdpa_fwd_ms=best["fwd"], sdpa_fwdbwd_ms=best["fb"], sdpa_backend=best["backend"])
 
+    # mode -> (inputs, call, sequence implementation); seq / moda / depth are the fused Triton kernel.
+    hyb = "flash" if flash else "cudnn"
     modes = {
-        "seq": ((q, k, v), lambda: moda_attn(q, k, v)),
-        "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd)),
-        "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd)),
+        "seq": ((q, k, v), lambda: moda_attn(q, k, v), "fused"),
+        "moda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd), "fused"),
+        "depth": ((q, kd, vd), lambda: moda_attn(q, None, None, kd, vd), "fused"),
+        "hseq": ((q, k, v), lambda: moda_attn(q, k, v), hyb),
+        "hmoda": ((q, k, v, kd, vd), lambda: moda_attn(q, k, v, kd, vd), hyb),
     }
+    row["hybrid_impl"] = hyb
     if compare_schedules:
         # MoDA with the other forward depth schedule than the one moda_attn picks at this T (fused vs split).
         modes["moda_alt"] = modes["moda"]
     split_min_t = moda_function.SPLIT_MIN_T
-    for mode, (ins, f) in modes.items():
+    for mode, (ins, f, impl) in modes.items():
         if mode == "moda_alt":
             moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
             row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
         try:
+            stack = contextlib.ExitStack()
+            stack.enter_context(seq_impl(impl))
             row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
             row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
-            if T <= GRAPH_MAX_T and mode in ("seq", "moda"):
+            if T <= GRAPH_MAX_T and mode in ("seq", "moda", "hmoda"):
                 row[f"{mode}_fwdbwd_graph_ms"] = graph_ms(fwd_bwd(f, ins, do), budget_ms)
         except Exception as err:  # keep the other modes' numbers if one mode fails to compile or run
             row[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
@@ -133,7 +169,8 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
             continue
         finally:
             moda_function.SPLIT_MIN_T = split_min_t
-        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode != "seq")  # bwd ~ 2.5x fwd
+            stack.close()
+        flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode not in ("seq", "hseq"))  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
         row["moda_over_seq"] = row["moda_fwdbwd_ms"] / row["seq_fwdbwd_ms"]
@@ -142,6 +179,16 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
         row["seq_over_sdpa"] = row["seq_fwdbwd_ms"] / row["sdpa_fwdbwd_ms"]
         row["seq_over_sdpa_fwd"] = row["seq_fwd_ms"] / row["sdpa_fwd_ms"]
         row["sdpa_fwdbwd_tflops"] = 3.5 * attn_flops(B, T, Hq, d, L, True, False) / best["fb"] * 1e-9
+    if best and bandwidth:
+        floor_ms = 6 * B * T * L * Hk * d * q.element_size() / bandwidth * 1e3
+        row["depth_floor_ms"] = floor_ms
+        row["bound_ms"] = best["fb"] + 1.15 * floor_ms
+        for mode in ("moda", "hmoda"):
+            if f"{mode}_fwdbwd_ms" in row:
+                row[f"{mode}_over_sdpa"] = row[f"{mode}_fwdbwd_ms"] / best["fb"]
+                row[f"{mode}_over_bound"] = row[f"{mode}_fwdbwd_ms"] / row["bound_ms"]
+        if "hseq_fwdbwd_ms" in row:
+            row["hseq_over_sdpa"] = row["hseq_fwdbwd_ms"] / best["fb"]
     if T <= 1024:  # the paper's Table 7 also reports the naive PyTorch implementation
         f = lambda: naive_moda_attn(q, k, v, kd, vd)  # noqa: E731
         row["naive_fwdbwd_ms"] = time_ms(fwd_bwd(f, (q, k, v, kd, vd), do), 20)
@@ -149,11 +196,13 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules):
         ins = (q, k, v, kd, vd)
         ref_in = [t.detach().float().requires_grad_() for t in ins]
         ref = naive_moda_attn(*ref_in)
-        got = moda_attn(*ins)
         g_ref = torch.autograd.grad(ref, ref_in, do.float())
-        g = torch.autograd.grad(got, ins, do)
-        row["rel_err"] = {n: ((a.float() - b).norm() / b.norm()).item()
-                          for n, a, b in zip(("o", "dq", "dk", "dv", "dkd", "dvd"), (got,) + g, (ref,) + g_ref)}
+        for impl in ("fused", hyb):
+            with seq_impl(impl):
+                got = moda_attn(*ins)
+                g = torch.autograd.grad(got, ins, do)
+            row[f"rel_err_{impl}"] = {n: ((a.float() - b).norm() / b.norm()).item()
+                                      for n, a, b in zip(("o", "dq", "dk", "dv", "dkd", "dvd"), (got,) + g, (ref,) + g_ref)}
     return row
 
 
@@ -168,7 +217,12 @@ COLS = [
     ("seq_over_sdpa", "seq/SDPA f+b", "{:.3f}"), ("moda_over_seq", "MoDA/seq f+b", "{:.3f}"),
     ("moda_over_seq_fwd", "MoDA/seq fwd", "{:.3f}"), ("moda_alt_schedule", "alt sched", "{}"),
     ("moda_alt_fwd_ms", "alt fwd", "{:.3f}"), ("moda_alt_fwdbwd_ms", "alt f+b", "{:.3f}"),
+    ("hseq_fwdbwd_ms", "hyb seq f+b", "{:.3f}"), ("hmoda_fwd_ms", "hyb MoDA fwd", "{:.3f}"),
+    ("hmoda_fwdbwd_ms", "hyb MoDA f+b", "{:.3f}"), ("depth_floor_ms", "depth floor", "{:.3f}"),
+    ("bound_ms", "bound", "{:.3f}"), ("moda_over_sdpa", "MoDA/SDPA", "{:.3f}"), ("hmoda_over_sdpa", "hyb/SDPA", "{:.3f}"),
+    ("hmoda_over_bound", "hyb/bound", "{:.3f}"),
     ("seq_fwdbwd_graph_ms", "seq f+b graph", "{:.3f}"), ("moda_fwdbwd_graph_ms", "MoDA f+b graph", "{:.3f}"),
+    ("hmoda_fwdbwd_graph_ms", "hyb MoDA f+b graph", "{:.3f}"),
     ("naive_fwdbwd_ms", "naive f+b", "{:.1f}"),
 ]
 
@@ -181,7 +235,10 @@ def markdown(rows, meta) -> str:
     lines += ["- times in ms (median of triton.testing.do_bench: back-to-back calls, L2 flushed between them),",
               "  B=1, d=64, causal; f+b = forward + backward; 'graph' = replayed from a CUDA graph (GPU time",
               "  without host launch overhead);",
-              "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd).", ""]
+              "  TF/s counts unmasked attention FLOPs (fwd 4*Hq*d*pairs, bwd 2.5x fwd);",
+              "  'hyb' = the hybrid schedule (sequence part by the aten op in hybrid_impl, depth part by Triton);",
+              "  depth floor = 6*B*T*L*Hk*d elements at the measured copy bandwidth; bound = SDPA f+b + 1.15 x floor.",
+              ""]
     lines.append("| " + " | ".join(h for _, h, _ in COLS) + " |")
     lines.append("|" + "---|" * len(COLS))
     for r in rows:
@@ -206,15 +263,17 @@ def profile(spec, dtype, path: Path) -> None:
     kd, vd = (torch.randn(B, T, L, Hk, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
     do = torch.randn_like(q)
     with open(path, "a") as fh:
-        for label, ins in (("moda", (q, k, v, kd, vd)), ("seq", (q, k, v))):
+        for label, ins, impl in (("moda", (q, k, v, kd, vd), "fused"), ("seq", (q, k, v), "fused"),
+                                 ("hybrid moda", (q, k, v, kd, vd), None)):
             run = fwd_bwd(lambda: moda_attn(*ins), ins, do)  # noqa: B023 - called inside this iteration
-            run()
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    run()
+            with seq_impl(impl):
+                run()
                 torch.cuda.synchronize()
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                        torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        run()
+                    torch.cuda.synchronize()
             fh.write(f"## {name} {label} fwd+bwd x5\n")
             fh.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
             fh.write("\n\n")
@@ -228,6 +287,7 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=400.0, help="timed milliseconds per measurement")
     parser.add_argument("--compare-schedules", action="store_true",
                         help="also time MoDA with the depth schedule (fused/split) moda_attn does not pick")
+    parser.add_argument("--flash", action="store_true", help="hybrid columns with aten's flash instead of cuDNN")
     parser.add_argument("--profile", action="store_true",
                         help="also write per-kernel GPU times (torch.profiler) of each row to <out>.profile.txt")
     args = parser.parse_args()
@@ -241,6 +301,7 @@ def main() -> None:
         cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
         dtype=args.dtype, date=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
+    meta["copy_bandwidth_TBps"] = round(copy_bandwidth() / 1e12, 3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -248,7 +309,8 @@ def main() -> None:
         for spec in ROWS[group]:
             t0 = time.time()
             row = bench_row(*spec, dtype=getattr(torch, args.dtype), budget_ms=args.budget_ms,
-                            compare_schedules=args.compare_schedules)
+                            compare_schedules=args.compare_schedules, flash=args.flash,
+                            bandwidth=meta["copy_bandwidth_TBps"] * 1e12)
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)

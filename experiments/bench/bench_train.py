@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -24,6 +25,7 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from moda_kernels.moda import hybrid  # noqa: E402
 from moda_lab.model import GPT, MixerConfig, ModelConfig  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
 
@@ -106,6 +108,9 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "B": B,
         "norm": norm,
         "backend": model.backend,
+        # The sequence part of the triton backend's attention: cudnn / flash (hybrid schedule) or fused.
+        "seq_impl": hybrid.seq_impl(x.new_empty((1, 1, 1, width // hq), dtype=torch.bfloat16), True)
+        if model.backend == "triton" else None,
         "compiled": compile_model,
         "params_M": model.num_params() / 1e6,
         "gflops_per_token": fpt / 1e9,
@@ -145,11 +150,15 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the whole model (GPT.compile)")
     ap.add_argument("--norm", default="post")
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
+    ap.add_argument("--seq-impl", default=None, choices=hybrid.IMPLS,
+                    help="force the triton backend's sequence attention (default: its own rule, hybrid.seq_impl)")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler summary per row to <out>.profile.txt")
     ap.add_argument("--out", default="experiments/bench/results/train_throughput.md")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
+    if args.seq_impl:
+        os.environ[hybrid.ENV] = args.seq_impl
     env = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -157,6 +166,7 @@ def main() -> None:
         "python": platform.python_version(),
         "compile": args.compile,
         "backend": args.backend,
+        "seq_impl": args.seq_impl or "auto",
         "tokens_per_step": args.tokens_per_step,
     }
     try:
@@ -198,19 +208,19 @@ def main() -> None:
 def table(env: dict, rows: list[dict]) -> str:
     head = (
         f"# Training-step throughput\n\n{json.dumps(env)}\n\n"
-        "| variant | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual | mem GiB "
-        "| 1st step s | graphs/breaks |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| variant | seq attn | width | layers | T | B | params M | GFLOP/tok | step ms | tokens/s | MFU | vs residual "
+        "| mem GiB | 1st step s | graphs/breaks |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | | | | {r['error']} | | | | | | |")
+            lines.append(f"| {r['variant']} | | {r['width']} | {r['layers']} | {r['T']} | | | | {r['error']} | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         ovh = f"{100 * r['overhead_vs_residual']:+.1f}%" if "overhead_vs_residual" in r else ""
         lines.append(
-            f"| {r['variant']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
+            f"| {r['variant']} | {r.get('seq_impl') or r['backend']} | {r['width']} | {r['layers']} | {r['T']} | {r['B']} | {r['params_M']:.2f} | "
             f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
             f"{r['mem_GiB']:.1f} | {r.get('first_step_s', 0):.1f} | {r.get('graphs', '-')}/{r.get('graph_breaks', '-')} |"
         )

@@ -1,6 +1,8 @@
 # Source on a lent GPU machine (torch/triton/lightning preinstalled, no network): add the carried wheels
 # (hydra-core, omegaconf, antlr4 from .whl/) and set offline/unbuffered defaults.
-set -eo pipefail
+# No `set -e`: a failing grep or timeout must not end a GPU call before its later steps (every step is
+# written to keep what it measured).
+set -o pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}

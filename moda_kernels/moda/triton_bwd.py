@@ -334,6 +334,7 @@ def moda_bwd(
     split: bool = False,
     dkd_acc: torch.Tensor | None = None,
     dvd_acc: torch.Tensor | None = None,
+    dq_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward kernels; returns (dq, dk, dv, dk_depth, dv_depth), None for absent inputs.
 
@@ -342,7 +343,11 @@ def moda_bwd(
     Gradients are new contiguous tensors in q.dtype; dk_depth/dv_depth are [B, T, L, Hk, d].
     ``dkd_acc``, ``dvd_acc`` ([B, T, L, Hk, d] views with one stride layout, e.g. prefix views of the model's
     depth-gradient buffer): the depth gradients are added into them in place, and returned as None.
+    ``dq_init`` (depth-only calls; [B, T, Hq, d] contiguous): a dQ computed elsewhere (the hybrid schedule's
+    sequence part) that the depth dQ pass adds to.
     """
+    if dq_init is not None and (k is not None or not dq_init.is_contiguous() or dq_init.shape != q.shape):
+        raise ValueError("moda_bwd: dq_init must be a contiguous [B, T, Hq, d] tensor of a depth-only call")
     B, T, Hq, d = q.shape
     has_seq, has_depth = k is not None, k_depth is not None
     Hk = k.shape[2] if has_seq else k_depth.shape[3]
@@ -395,7 +400,7 @@ def moda_bwd(
     def grid_q(meta, has_depth):
         return (triton.cdiv(T * row_group(G, has_depth), meta["BLOCK_M"]), B * Hk)
 
-    passes = [(has_seq, has_depth, None, dq)]
+    passes = [(has_seq, has_depth, dq_init, dq)]
     if has_seq and has_depth and (split or not fused_ok(G)):
         dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
         passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]

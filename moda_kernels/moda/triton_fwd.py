@@ -19,6 +19,8 @@ sub-tile only against the (SUB_M / G) * L slots of its own tokens with one batch
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -91,11 +93,19 @@ def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
     return est
 
 
+PIN_ENV = "MODA_PIN_CONFIGS"
+
+
 def make_prune(kind, tags):
     """early_config_prune: keep the configs tagged with the launch's mode whose shared memory fits; if none
-    does, the fitting fallbacks; if still none, the single smallest config (never an empty list)."""
+    does, the fitting fallbacks; if still none, the single smallest config (never an empty list).
+    With ``MODA_PIN_CONFIGS=1`` only the first of them is kept: no autotuning (fast GPU tests)."""
 
     def prune(configs, named_args, **kwargs):
+        kept = _prune(configs, named_args, **kwargs)
+        return kept[:1] if os.environ.get(PIN_ENV) == "1" else kept
+
+    def _prune(configs, named_args, **kwargs):
         q = named_args.get("Q")
         elt = q.element_size() if q is not None and hasattr(q, "element_size") else 4
         has_seq, has_depth = kwargs.get("HAS_SEQ", True), kwargs.get("HAS_DEPTH", False)
@@ -307,6 +317,7 @@ def moda_fwd(
     causal: bool,
     scale: float,
     split: bool = False,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel on validated inputs.
 
@@ -314,8 +325,14 @@ def moda_fwd(
     resumes that softmax in the sequence launch, instead of one fused pass: measured faster at long T
     (see experiments/bench/NOTES.md), where the fused pass slows the sequence loop down. A group that is not
     a power of two always splits, so that only the depth launch has padding rows (row_group).
+    ``init`` (depth-only calls): resume the softmax of an earlier sequence pass from its (O [B, T, Hq, d]
+    contiguous, LSE in this layout), as the hybrid schedule does (hybrid.py).
     Returns O [B, T, Hq, d] in q.dtype and LSE [B * Hk, T * G] fp32 (log2 units, folded row order).
     """
+    if init is not None:
+        if k is not None:
+            raise ValueError("moda_fwd: init resumes a sequence pass, so it takes depth keys only")
+        return _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, q.dtype, init)
     if k is not None and k_depth is not None and (split or not fused_ok(q.shape[2] // k.shape[2])):
         o_d, lse_d = _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, torch.float32, None)
         return _launch_fwd(q, k, v, None, None, causal, scale, q.dtype, (o_d, lse_d))

@@ -1,4 +1,9 @@
-"""MoDA Triton kernel on the GPU at real sizes: output and all gradients vs the fp32 reference.
+"""MoDA attention on the GPU at real sizes: output and all gradients vs the fp32 reference, for each schedule:
+``auto`` (what moda_attn picks: the hybrid with cuDNN's sequence part in 16-bit, fused in fp32), ``fused`` (the
+Triton kernel alone) and ``flash`` (the hybrid with aten's flash sequence part).
+
+Kernel configs are pinned (MODA_PIN_CONFIGS=1: the first config that fits, no autotuning), which keeps the file
+to a few minutes; tests/gpu/test_model_gpu.py runs the autotuned kernels.
 
 Tolerance rule (style rule 9): low-precision inputs are drawn first and upcast for the fp32 reference;
 the kernel's relative RMS error must be at most 2x (+ a small eps) the error of an eager PyTorch
@@ -12,7 +17,7 @@ import zlib
 import pytest
 import torch
 
-from moda_kernels.moda import moda_attn, naive_moda_attn
+from moda_kernels.moda import hybrid, moda_attn, naive_moda_attn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -74,8 +79,21 @@ def case_id(c):
     return f"{mode}-B{B}-T{T}-Hq{Hq}-Hk{Hk}-d{d}-L{L}-G{Hq // Hk}-{'causal' if causal else 'full'}-{str(dtype)[6:]}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_matches_reference(case):
+@pytest.fixture(autouse=True)
+def _pinned_configs(monkeypatch):
+    monkeypatch.setenv("MODA_PIN_CONFIGS", "1")
+
+
+# Every case under auto and fused; the flash hybrid on the 16-bit cases with sequence keys.
+RUNS = [(c, impl) for c in CASES for impl in ("auto", "fused", "flash")
+        if impl != "flash" or (c[0] != "depth" and c[-1] != torch.float32)]
+RUNS = [r for r in RUNS if r[1] != "fused" or r[0][-1] != torch.float32]  # fp32: auto is already fused
+
+
+@pytest.mark.parametrize("case,impl", RUNS, ids=[f"{case_id(c)}-{i}" for c, i in RUNS])
+def test_matches_reference(case, impl, monkeypatch):
+    if impl != "auto":
+        monkeypatch.setenv(hybrid.ENV, impl)
     mode, B, T, Hq, Hk, d, L, causal, dtype = case
     gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(case_id(case).encode()))
 
@@ -108,7 +126,7 @@ def test_matches_reference(case):
         assert torch.isfinite(g).all(), name
         e, e_low = rel_err(g, r), rel_err(lo, r)
         report.append((name, e, e_low))
-    line = case_id(case) + " " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
+    line = f"{case_id(case)}-{impl}[{hybrid.seq_impl(q, k is not None)}] " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
     print(line)
     if os.environ.get("MODA_GPU_TEST_LOG"):  # xdist workers' stdout is not shown: keep a log line per case
         with open(os.environ["MODA_GPU_TEST_LOG"], "a") as f:
