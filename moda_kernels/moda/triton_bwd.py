@@ -315,8 +315,9 @@ def _moda_bwd_dq_kernel(
     dq_off = b * sdqb + row_tok.to(tl.int64)[:, None] * sdqt + head[:, None] * sdqh + offs_d[None, :]
     dq = dq * scale
     if HAS_INIT:
-        # dQ of an earlier pass (the depth pass of the split schedule), fp32, same layout as DQ.
-        dq += tl.load(DQ_INIT + dq_off, mask=row_ok[:, None], other=0.0)
+        # dQ of an earlier pass (the split schedule's depth pass in fp32, or the hybrid's aten sequence dQ in
+        # q's dtype), same layout as DQ.
+        dq += tl.load(DQ_INIT + dq_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     tl.store(DQ + dq_off, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 

@@ -234,9 +234,9 @@ def _moda_fwd_kernel(
     if HAS_INIT:
         # Resume the online softmax of an earlier pass (the depth pass of the split schedule):
         # state (m, l, acc) = (its log2-sum-exp, 1, its normalised fp32 output) is exact.
-        m_i = tl.load(LSE_INIT + lse_row, mask=row_ok, other=0.0)
+        m_i = tl.load(LSE_INIT + lse_row, mask=row_ok, other=0.0).to(tl.float32)
         l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-        acc = tl.load(O_INIT + o_off, mask=row_ok[:, None], other=0.0)
+        acc = tl.load(O_INIT + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)  # 16-bit from the hybrid
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
