@@ -109,8 +109,8 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "norm": norm,
         "backend": model.backend,
         # The sequence part of the triton backend's attention: cudnn / flash (hybrid schedule) or fused.
-        "seq_impl": hybrid.seq_impl(x.new_empty((1, 1, 1, width // hq), dtype=torch.bfloat16), True)
-        if model.backend == "triton" else None,
+        "seq_impl": hybrid.seq_impl(x.new_empty((1, T, 1, width // hq), dtype=torch.bfloat16), True,
+                                    mixer.name in ("moda", "depth_attn")) if model.backend == "triton" else None,
         "compiled": compile_model,
         "params_M": model.num_params() / 1e6,
         "gflops_per_token": fpt / 1e9,

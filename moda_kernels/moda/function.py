@@ -27,7 +27,7 @@ def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
 def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, LSE) of validated inputs: the hybrid schedule where ``seq_impl`` picks an aten op for the sequence
     part, else the fused kernel with the schedule the sequence length calls for."""
-    impl = seq_impl(q, k is not None)
+    impl = seq_impl(q, k is not None, k_depth is not None)
     if impl != "fused":
         return hybrid_forward(impl, q, k, v, k_depth, v_depth, causal, scale)
     return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
@@ -36,7 +36,7 @@ def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float) -> tuple
 def attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal: bool, scale: float, dkd_acc=None, dvd_acc=None):
     """(dq, dk, dv, dk_depth, dv_depth) of validated inputs; with dkd_acc/dvd_acc the depth gradients are added
     into those tensors in place and returned as None. Either schedule's backward is exact for any (o, lse)."""
-    impl = seq_impl(q, k is not None)
+    impl = seq_impl(q, k is not None, k_depth is not None)
     if impl != "fused":
         return hybrid_backward(impl, do, q, k, v, k_depth, v_depth, o, lse, causal, scale, dkd_acc, dvd_acc)
     return moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T,

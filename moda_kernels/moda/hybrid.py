@@ -34,25 +34,38 @@ _AUX: dict[tuple[str, torch.device], tuple] = {}
 _EXPAND_GQA: set[str] = set()
 
 
-def seq_impl(q: torch.Tensor, has_seq: bool) -> str:
+# Sequence length from which a call WITH depth keys takes the hybrid schedule. Measured on the H200
+# (experiments/bench/TRAINING.md): at T = 1024 the fused kernel's sequence part is as fast as cuDNN's and the
+# hybrid's extra host work (aten call, LSE layout changes) made the host-bound compiled training step of
+# MoDA depth-K/V slower (110.4 vs 96.0 ms); from T = 4096 on the hybrid is faster (kernel bench: 1.93 vs 2.76 ms
+# fwd+bwd at 4K, 20.2 vs 25.2 ms at 16K). Sequence-only calls take the aten op at every T.
+HYBRID_MIN_T = 4096
+_CAPABLE: dict[int, bool] = {}  # CUDA device index -> sm >= 80 (cached: asked on every call)
+
+
+def seq_impl(q: torch.Tensor, has_seq: bool, has_depth: bool = False) -> str:
     """The implementation of a call's sequence part: 'fused' (the Triton kernel does it all) or an aten op.
 
-    Rule (measured on H100/H200, experiments/bench/NOTES.md): on CUDA, fp16/bf16 with a head dim cuDNN and
-    flash both take, the sequence part goes to cuDNN (flash where cuDNN is unavailable); fp32 (the exact
-    test path) and the CPU interpreter run fused. ``MODA_SEQ_IMPL`` = fused | cudnn | flash | cpu forces one.
+    Rule (measured, see HYBRID_MIN_T): on CUDA (sm >= 80), fp16/bf16 with a head dim of at most 128, the sequence
+    part goes to cuDNN (flash where cuDNN is unavailable), except calls with depth keys below HYBRID_MIN_T;
+    fp32 (the exact test path) and the CPU interpreter run fused. ``MODA_SEQ_IMPL`` = fused | cudnn | flash | cpu
+    forces one for every call that has sequence keys.
     """
     forced = os.environ.get(ENV, "auto")
-    if forced not in IMPLS + ("auto",):
-        raise ValueError(f"{ENV}={forced!r} is not one of {('auto',) + IMPLS}")
     if not has_seq:
         return "fused"
     if forced != "auto":
+        if forced not in IMPLS:
+            raise ValueError(f"{ENV}={forced!r} is not one of {('auto',) + IMPLS}")
         return forced
-    if q.device.type != "cuda" or running_in_interpreter() or q.dtype == torch.float32:
+    if q.device.type != "cuda" or q.dtype == torch.float32 or q.shape[-1] % 8 or q.shape[-1] > 128:
         return "fused"
-    if q.shape[-1] % 8 or q.shape[-1] > 128:
+    if has_depth and q.shape[1] < HYBRID_MIN_T:
         return "fused"
-    if torch.cuda.get_device_capability(q.device)[0] < 8:
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 8 and not running_in_interpreter()
+    if not _CAPABLE[index]:
         return "fused"
     return "cudnn" if torch.backends.cudnn.is_available() else "flash"
 
@@ -71,14 +84,18 @@ def fold_lse(lse: torch.Tensor, Hk: int) -> torch.Tensor:
     """Natural-log [B, Hq, T] (or [B, Hq, T, 1]) -> the kernels' log2 [B * Hk, T * G]."""
     B, Hq, T = lse.shape[:3]
     G = Hq // Hk
-    return (lse.reshape(B, Hk, G, T).transpose(2, 3).reshape(B * Hk, T * G) * LOG2E).contiguous()
+    out = lse.new_empty((B * Hk, T * G))
+    torch.mul(lse.reshape(B, Hk, G, T).transpose(2, 3), LOG2E, out=out.view(B, Hk, T, G))  # one kernel
+    return out
 
 
 def unfold_lse(lse: torch.Tensor, B: int, Hq: int, T: int) -> torch.Tensor:
     """The kernels' log2 [B * Hk, T * G] -> natural-log [B, Hq, T], contiguous."""
     Hk = lse.shape[0] // B
     G = Hq // Hk
-    return (lse.view(B, Hk, T, G).transpose(2, 3).reshape(B, Hq, T) * (1.0 / LOG2E)).contiguous()
+    out = lse.new_empty((B, Hq, T))
+    torch.mul(lse.view(B, Hk, T, G).transpose(2, 3), 1.0 / LOG2E, out=out.view(B, Hk, G, T))  # one kernel
+    return out
 
 
 def _kv(impl: str, k: torch.Tensor, v: torch.Tensor, G: int) -> tuple[torch.Tensor, torch.Tensor]:

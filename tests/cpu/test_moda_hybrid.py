@@ -125,7 +125,8 @@ def test_seq_impl_rule(monkeypatch):
     monkeypatch.delenv(hybrid.ENV, raising=False)
     assert hybrid.seq_impl(q, True) == "fused"  # CPU / interpreter: the Triton kernel does everything
     monkeypatch.setenv(hybrid.ENV, "cudnn")
-    assert hybrid.seq_impl(q, True) == "cudnn" and hybrid.seq_impl(q, False) == "fused"  # depth-only: no seq part
+    assert hybrid.seq_impl(q, True) == "cudnn" and hybrid.seq_impl(q, True, True) == "cudnn"
+    assert hybrid.seq_impl(q, False, True) == "fused"  # depth-only: no sequence part to hand over
     monkeypatch.setenv(hybrid.ENV, "cudnnn")
     with pytest.raises(ValueError, match="MODA_SEQ_IMPL='cudnnn'"):
         hybrid.seq_impl(q, True)

@@ -126,7 +126,7 @@ def test_matches_reference(case, impl, monkeypatch):
         assert torch.isfinite(g).all(), name
         e, e_low = rel_err(g, r), rel_err(lo, r)
         report.append((name, e, e_low))
-    line = f"{case_id(case)}-{impl}[{hybrid.seq_impl(q, k is not None)}] " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
+    line = f"{case_id(case)}-{impl}[{hybrid.seq_impl(q, k is not None, kd is not None)}] " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
     print(line)
     if os.environ.get("MODA_GPU_TEST_LOG"):  # xdist workers' stdout is not shown: keep a log line per case
         with open(os.environ["MODA_GPU_TEST_LOG"], "a") as f:
