@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from moda_lab.train.rundir import run_name
+from moda_lab.rundir import run_name
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 CONF = Path(__file__).resolve().parent / "conf"
@@ -29,8 +29,8 @@ def _pin_argv_to_this_job() -> None:
 def main(cfg: DictConfig) -> float | None:
     from moda_lab.config import ConfigError
     from moda_lab.eval.evaluate import EvalConfigError
+    from moda_lab.rundir import remove_stub
     from moda_lab.train.preflight import exit_on_config_error
-    from moda_lab.train.rundir import remove_stub
     from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
 
     _pin_argv_to_this_job()

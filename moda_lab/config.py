@@ -149,15 +149,19 @@ class WandbConfig:
         if self.mode not in allowed:
             raise ConfigError(f"logger.wandb.mode={self.mode!r} is not allowed; choose one of {list(allowed)}")
 
+    @property
+    def run_mode(self) -> str | None:
+        """The mode wandb runs in: online or offline (auto: online when WANDB_API_KEY is set), None when off."""
+        if not self.enabled or self.mode == "disabled":
+            return None
+        if self.mode == "auto":
+            return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        return self.mode
+
 
 @dataclass(frozen=True)
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass(frozen=True)
-class NormConfig:
-    placement: str = "pre"
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,6 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    norm: NormConfig = field(default_factory=NormConfig)
     seed: int = 0
     name: str = "default"  # sweep name: the run dir is <run_root>/<name>/<overrides>
     run_root: str = "runs"
@@ -251,23 +254,13 @@ def _check_model(model: dict, data: dict) -> None:
 
 
 def run_config_from_dict(cfg: dict) -> RunConfig:
-    """The resolved Hydra config (as a dict) -> RunConfig. The norm group fills ModelConfig.norm."""
+    """The resolved Hydra config (as a dict) -> RunConfig, the one conversion (the norm group sets model.norm)."""
     cfg = dict(cfg)
     known = {f.name for f in dataclasses.fields(RunConfig)} - {"extra"}
     extra = {k: cfg.pop(k) for k in list(cfg) if k not in known and k in EXTRA_SECTIONS}
-    norm = from_dict(NormConfig, cfg.get("norm", {}), "norm")
-    model = dict(cfg.get("model", {}))
-    if "norm" in model:
-        raise ConfigError("set the norm placement with the norm group (norm=pre|post|reordered), not model.norm")
-    model["norm"] = norm.placement
-    cfg["model"] = model
     from_dict(DataConfig, cfg.get("data", {}), "data")  # data first: model keys interpolate data.seq_len and vocab
-    _check_model(model, cfg.get("data") or {})
-    try:
-        run = from_dict(RunConfig, cfg, "")
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("model.norm", "norm.placement")) from err
-    return dataclasses.replace(run, extra=extra)
+    _check_model(cfg.get("model") or {}, cfg.get("data") or {})
+    return dataclasses.replace(from_dict(RunConfig, cfg, ""), extra=extra)
 
 
 # Top-level sections that other entry points own and validate themselves (eval hooks, hydra internals).
@@ -279,7 +272,6 @@ __all__ = [
     "LoggerConfig",
     "MixerConfig",
     "ModelConfig",
-    "NormConfig",
     "RunConfig",
     "TrainerConfig",
     "WandbConfig",

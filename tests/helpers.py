@@ -64,6 +64,18 @@ def compose_cfg(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def job_run_dir(overrides: list[str]) -> Path:
+    """hydra.run.dir of the job these overrides launch (conf/config.yaml: <run_root>/<name>/<run_name(...)>)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    import run  # noqa: F401 - importing the entry point registers the run_name resolver
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return Path(OmegaConf.select(cfg, "hydra.run.dir"))
+
+
 def tiny_cfg(corpus: Path, tmp: Path, extra: list[str] = ()) -> dict:
     return compose_cfg(
         [*TINY, f"data.corpus_dir={corpus}", f"data.cache_dir={tmp / 'cache'}", f"run_root={tmp / 'runs'}", *extra]

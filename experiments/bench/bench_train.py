@@ -23,19 +23,16 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from moda_kernels.moda import hybrid  # noqa: E402
-from moda_lab.model import GPT, MixerConfig, ModelConfig  # noqa: E402
+from moda_lab.model import GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
+from variants import VARIANTS  # noqa: E402 - the variants the tests build (tests/variants.py)
 
-VARIANTS = {
-    "residual": MixerConfig("residual"),
-    "dense": MixerConfig("dense"),
-    "depth_attn": MixerConfig("depth_attn"),
-    "moda_depth_kv": MixerConfig("moda", depth_kv=True),
-    "moda": MixerConfig("moda", depth_kv=True, ffn_kv=True),
-}
+# Every variant but MoDA with the extra attention K/V projection (Table 3's last row, not a Table 6 variant).
+DEFAULT_VARIANTS = [name for name in VARIANTS if name != "moda_full"]
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -143,12 +140,12 @@ def write_profile(step, path: Path, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(VARIANTS)}")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile the whole model (GPT.compile)")
-    ap.add_argument("--norm", default="post")
+    ap.add_argument("--norm", default="post", choices=list(NORM_PLACEMENTS))
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
     ap.add_argument("--seq-impl", default=None, choices=hybrid.IMPLS,
                     help="force the triton backend's sequence attention (default: its own rule, hybrid.seq_impl)")

@@ -10,7 +10,6 @@ Maps come from ``GPT.attention_maps(idx)``: one tensor per layer, [B, Hq, T, T +
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     import torch
 
 # torch is imported inside the functions that need it, so that sweep/bench analysis starts without it.
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import yaml
 from moda_lab.analysis.history import history_frame
 from moda_lab.analysis.records import RunRecord
 from moda_lab.analysis.wandb_offline import find_offline_runs, load_offline_runs
+from moda_lab.rundir import upgrade_config
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _read_yaml(path: Path, record: RunRecord) -> dict[str, Any]:
     except yaml.YAMLError as err:
         record.add_issue("bad_config", f"config.yaml unreadable: {err}")
         return {}
-    return cfg if isinstance(cfg, dict) else {}
+    return upgrade_config(cfg) if isinstance(cfg, dict) else {}
 
 
 def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:

@@ -9,7 +9,6 @@ is stated once per figure when all lines share it, else per legend entry.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,9 +19,7 @@ from matplotlib.ticker import EngFormatter
 
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
-from moda_lab.analysis.tidy import NORM_ORDER, curves, seed_aggregate, sort_cells
-
-log = logging.getLogger(__name__)
+from moda_lab.analysis.tidy import curves, registry_order, seed_aggregate, sort_cells
 
 X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs (tokens x FLOPs/token)"}
 METRIC_LABELS = {"val/loss": "validation loss", "train/loss": "training loss"}
@@ -127,7 +124,8 @@ def axis_label(metric: str) -> str:
 def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens") -> Figure:
     """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds."""
     agg = curves(tidy, metric)
-    norms = sorted(agg["norm"].dropna().unique(), key=lambda n: NORM_ORDER.get(n, 9)) if not agg.empty else []
+    rank = registry_order("norm")
+    norms = sorted(agg["norm"].dropna().unique(), key=lambda n: rank.get(n, len(rank))) if not agg.empty else []
     fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(5.5 * max(1, len(norms)), 4.4), sharey=True)
     axes = np.atleast_1d(axes)
     colors = variant_colors(agg)

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from moda_lab.rundir import RUN_INDEPENDENT_KEYS, upgrade_config
+
 # Config columns of the tidy table, in display order, with the dotted config key each comes from.
 CONFIG_KEYS: dict[str, str] = {
     "experiment": "name",  # the sweep name (config key `name`; runs live in <run_root>/<name>/)
     "model": "model.mixer.name",
-    "norm": "norm.placement",
+    "norm": "model.norm",
     "depth_kv": "model.mixer.depth_kv",
     "ffn_kv": "model.mixer.ffn_kv",
     "attn_kv": "model.mixer.attn_kv",
@@ -36,26 +37,15 @@ SWITCH_COLUMNS: list[str] = ["depth_kv", "ffn_kv", "attn_kv"]
 CELL_COLUMNS: list[str] = [*(c for c in CONFIG_COLUMNS if c != "seed"), "cell", "cell_label"]
 RUN_COLUMNS: list[str] = ["run", "source", "status", "path"]
 
-# Config keys (and key prefixes) that do not change what is trained: where files go, logging, checkpointing,
-# evaluation hooks, parallelism and kernel choice. Every other key, the seed aside, defines the cell.
+# Config keys (and key prefixes) that do not change what is trained: the keys that do not define a run
+# (moda_lab.rundir.RUN_INDEPENDENT_KEYS: where files go, logging, checkpointing, evaluation hooks, parallelism)
+# except the training length and the world size, which do change it, plus the seed and the kernel choice. Every
+# other key defines the cell.
 NON_DEFINING_KEYS: tuple[str, ...] = (
+    *(k for k in RUN_INDEPENDENT_KEYS if k not in ("trainer.max_steps", "trainer.devices")),
     "seed",
-    "name",
-    "run_root",
-    "logger.",
-    "eval.",
     "hydra.",
-    "data.num_workers",
-    "data.cache_dir",
-    "data.build_default",
-    "data.default_corpus_dir",
-    "trainer.threads",
-    "trainer.strategy",
     "trainer.accelerator",
-    "trainer.val_every",
-    "trainer.ckpt_every",
-    "trainer.keep_checkpoints",
-    "trainer.log_every",
     "trainer.compile",
     "model.attn_backend",
 )
@@ -93,7 +83,8 @@ class RunRecord:
 
 
 def unwrap_wandb_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Undo the legacy ``{"value": x, "desc": ...}`` wrapping some wandb APIs put around config entries."""
+    """Undo the legacy ``{"value": x, "desc": ...}`` wrapping some wandb APIs put around config entries; the
+    result is in today's layout (moda_lab.rundir.upgrade_config), like a run dir's config."""
     out: dict[str, Any] = {}
     for key, val in cfg.items():
         if key.startswith("_wandb"):
@@ -101,7 +92,7 @@ def unwrap_wandb_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(val, dict) and "value" in val and set(val) <= {"value", "desc"}:
             val = val["value"]
         out[key] = val
-    return out
+    return upgrade_config(out)
 
 
 def get_dotted(cfg: dict[str, Any], dotted: str) -> Any:
@@ -188,7 +179,3 @@ def variant_label(model: Any, depth_kv: Any = False, ffn_kv: Any = False, attn_k
     elif str(model) != "moda" and depth_kv:
         extras.insert(0, "+depth_kv")
     return " ".join([str(model), *extras])
-
-
-def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from moda_lab.analysis.history import STATIC_METRICS
 from moda_lab.analysis.records import (
     CELL_COLUMNS,
     CONFIG_COLUMNS,
@@ -161,13 +160,17 @@ def seed_aggregate(
     return sort_cells(out.reset_index())
 
 
-MODEL_ORDER = {"residual": 0, "dense": 1, "depth_attn": 2, "moda": 3}
-NORM_ORDER = {"pre": 0, "post": 1, "reordered": 2}
+def registry_order(column: str) -> dict[str, int]:
+    """Rank of each name of the ``model`` or ``norm`` column: the registry's own order (DEPTH_MIXERS: baseline ->
+    MoDA; NORM_PLACEMENTS: pre -> post -> reordered); {} for other columns."""
+    from moda_lab.model import DEPTH_MIXERS, NORM_PLACEMENTS  # on first use: importing the model imports torch
+
+    names = {"model": DEPTH_MIXERS, "norm": NORM_PLACEMENTS}.get(column, {})
+    return {name: rank for rank, name in enumerate(names)}
 
 
 def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
     """Canonical row order: ``first`` columns, then baseline -> MoDA (switches off -> on), then pre -> post norm."""
-    ranks = {"model": MODEL_ORDER, "norm": NORM_ORDER}
     order = [
         c
         for c in [*first, "layers", "width", "model", "depth_kv", "ffn_kv", "attn_kv", "norm", "cell_label"]
@@ -176,7 +179,7 @@ def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
     order = list(dict.fromkeys(order))
 
     def key(col: pd.Series) -> pd.Series:
-        table = ranks.get(str(col.name))
+        table = registry_order(str(col.name))
         return col.map(lambda v: table.get(v, len(table))) if table else col
 
     return frame.sort_values(order, key=key, kind="stable").reset_index(drop=True) if order else frame
@@ -186,7 +189,3 @@ def curves(tidy: pd.DataFrame, metric: str = "val/loss") -> pd.DataFrame:
     """Mean/std of ``metric`` over seeds per cell and step, with mean tokens and FLOPs at that step."""
     rows = tidy.dropna(subset=[metric]) if metric in tidy else tidy.iloc[0:0]
     return seed_aggregate(rows, [metric, "tokens", "flops"], by=["step"])
-
-
-def static_metrics(tidy: pd.DataFrame) -> list[str]:
-    return [c for c in STATIC_METRICS if c in tidy]

@@ -9,7 +9,6 @@ Only the record kinds needed here are decoded: run (config, name), config update
 from __future__ import annotations
 
 import json
-import logging
 import struct
 import zlib
 from collections.abc import Iterator
@@ -21,8 +20,6 @@ import pandas as pd
 
 from moda_lab.analysis.history import history_frame, normalise_wandb_row
 from moda_lab.analysis.records import RunIssue, RunRecord, unwrap_wandb_config
-
-log = logging.getLogger(__name__)
 
 _FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 _FILE_IDENT, _FILE_MAGIC = b":W&B", 0xBEE1

@@ -10,7 +10,6 @@ from .load import (
     checkpoint_tokenizer,
     load_checkpoint,
     load_model,
-    load_tokenizer_for,
     read_folder_config,
     resolve_checkpoint,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "export",
     "load_checkpoint",
     "load_model",
-    "load_tokenizer_for",
     "read_folder_config",
     "resolve_checkpoint",
 ]

@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..model import GPT, ModelConfig
+from ..rundir import RunDir
 
 
 class CheckpointError(ValueError):
@@ -28,8 +29,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         if (p / "config.json").is_file():
             return p
-        last = p / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        last = RunDir(p).last_ckpt
+        if last is not None:
             return last
         raise CheckpointError(
             f"{p} is neither an exported model folder (config.json) nor a run dir with checkpoints/last.ckpt"
@@ -90,7 +91,7 @@ def read_folder_config(folder: Path) -> tuple[dict, int | None]:
 
 
 def load_checkpoint(path: str | Path, backend: str | None = None) -> tuple[GPT, dict, dict]:
-    """(model on CPU in eval mode, model config dict, extras: step, tokenizer json, run dir)."""
+    """(model on CPU in eval mode, model config dict, extras: step, tokenizer json)."""
     src = resolve_checkpoint(path)
     if src.is_dir():
         cfg, step = read_folder_config(src)
@@ -103,13 +104,12 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> tuple[GPT, 
         if all(k.startswith(WEIGHT_PREFIX) for k in state):  # the Hugging Face wrapper holds GPT as .model
             state = {k.removeprefix(WEIGHT_PREFIX): v for k, v in state.items()}
         tok = src / "tokenizer.json"
-        extras = {"step": step, "tokenizer": tok.read_text() if tok.is_file() else None, "run_dir": None}
+        extras = {"step": step, "tokenizer": tok.read_text() if tok.is_file() else None}
         return _build(cfg, state, src, backend), cfg, extras
     ckpt = _read_ckpt(src)
     cfg = ckpt["hyper_parameters"]["model_cfg"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    run_dir = src.parent.parent if src.parent.name == "checkpoints" else None
-    extras = {"step": ckpt.get("global_step"), "tokenizer": ckpt.get("tokenizer"), "run_dir": run_dir}
+    extras = {"step": ckpt.get("global_step"), "tokenizer": ckpt.get("tokenizer")}
     return _build(cfg, state, src, backend), cfg, extras
 
 
@@ -123,9 +123,3 @@ def checkpoint_tokenizer(extras: dict, source: str | Path) -> Tokenizer:
     if not extras["tokenizer"]:
         raise CheckpointError(f"{source} carries no tokenizer; scoring text needs the training tokenizer")
     return Tokenizer.from_str(extras["tokenizer"])
-
-
-def load_tokenizer_for(path: str | Path) -> Tokenizer:
-    """The tokenizer a checkpoint was trained with."""
-    _, _, extras = load_checkpoint(path)
-    return checkpoint_tokenizer(extras, path)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..checkpoint import resolve_checkpoint
+from ..config import ConfigError, WandbConfig, from_dict
+from ..rundir import RunDir
 from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file
 
 log = logging.getLogger(__name__)
@@ -161,13 +160,14 @@ def check_task_data(cfg: EvalConfig) -> None:
 
 def run_val_fraction(src: Path, corpus: str) -> float:
     """data.val_fraction of the run a checkpoint belongs to (<run dir>/config.yaml), checked against its corpus."""
-    cfg_path = src.parent.parent / "config.yaml" if src.is_file() and src.parent.name == "checkpoints" else None
-    if cfg_path is None or not cfg_path.is_file():
+    rundir = RunDir.of_checkpoint(src)
+    if rundir is None or not rundir.config_path.is_file():
         raise EvalConfigError(
             f"eval.perplexity.split=heldout needs the run's data.val_fraction, but {src} is not a checkpoint inside a "
             "run dir with config.yaml; set eval.perplexity.val_fraction (or use eval.perplexity.split=all)"
         )
-    data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
+    cfg_path = rundir.config_path
+    data = rundir.read_config().get("data") or {}
     if "val_fraction" not in data:
         raise EvalConfigError(f"{cfg_path} has no data.val_fraction; set eval.perplexity.val_fraction")
     if data.get("packed_dir"):
@@ -193,30 +193,8 @@ def results_dir(checkpoint: str | Path) -> Path:
     src = resolve_checkpoint(checkpoint)
     if src.is_dir():
         return src / "eval" / src.name
-    base = src.parent.parent if src.parent.name == "checkpoints" else src.parent
-    return base / "eval" / src.stem
-
-
-def _tokens_at(run_dir: Path, step: int) -> int | None:
-    """Tokens trained at step: from the run's own metrics rows, else from its config."""
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step") == step and isinstance(row.get("tokens"), (int, float)):
-                return int(row["tokens"])
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        c = yaml.safe_load(cfg_path.read_text()) or {}
-        try:
-            t, d = c["trainer"], c["data"]
-            return step * t["batch_size"] * t.get("accumulate", 1) * d["seq_len"] * t.get("devices", 1)
-        except (KeyError, TypeError):
-            return None
-    return None
+    rundir = RunDir.of_checkpoint(src)
+    return (rundir.path if rundir else src.parent) / "eval" / src.stem
 
 
 def metric_row(results: dict, ppl: dict) -> dict:
@@ -234,29 +212,28 @@ def metric_row(results: dict, ppl: dict) -> dict:
     return row
 
 
-def _log_to_wandb(run_dir: Path, metrics: dict, step: int | None) -> bool:
-    """Resume the run's wandb run (offline unless WANDB_API_KEY is set) and log metrics; False when skipped."""
-    meta_path, cfg_path = run_dir / "meta.json", run_dir / "config.yaml"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    run_cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
-    wcfg = (run_cfg.get("logger") or {}).get("wandb") or {}
-    if not meta.get("wandb_id") or not wcfg.get("enabled", True) or wcfg.get("mode") == "disabled":
+def _log_to_wandb(rundir: RunDir, metrics: dict, step: int | None) -> bool:
+    """Resume the run's wandb run (in the mode its training used) and log metrics; False when skipped."""
+    meta = rundir.read_meta()
+    try:
+        wcfg = from_dict(WandbConfig, (rundir.read_config().get("logger") or {}).get("wandb") or {}, "logger.wandb")
+    except ConfigError as err:
+        log.warning("%s: %s; eval metrics go to %s only", rundir.config_path, err, rundir.metrics_path)
+        return False
+    if not meta.get("wandb_id") or wcfg.run_mode is None:
         return False  # the run never logged to wandb: do not create a wandb run for it now
     try:
         import wandb
     except ImportError:
-        log.warning("wandb is not installed: eval metrics go to %s only", run_dir / "metrics.jsonl")
+        log.warning("wandb is not installed: eval metrics go to %s only", rundir.metrics_path)
         return False
-    mode = wcfg.get("mode", "auto")
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     run = wandb.init(
         id=meta["wandb_id"],
         resume="allow",
-        dir=str(run_dir),
-        mode=mode,
-        project=wcfg.get("project", "moda-lab"),
-        entity=wcfg.get("entity"),
+        dir=str(rundir.path),
+        mode=wcfg.run_mode,
+        project=wcfg.project,
+        entity=wcfg.entity,
     )
     try:
         # Lightning's WandbLogger plots against trainer/global_step: eval points land on the same x-axis.
@@ -335,12 +312,9 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     if cfg.missing_tasks:
         log.warning(missing_tasks_message(cfg.missing_tasks))
 
-    run_dir = src.parent.parent if src.is_file() and src.parent.name == "checkpoints" else None
-    if run_dir is not None and row:
+    rundir = RunDir.of_checkpoint(src)
+    if rundir is not None and row:
         step = int(lm.step or 0)
-        record = {"step": step, "tokens": _tokens_at(run_dir, step), "time": time.time()}
-        record.update({k: v if math.isfinite(v) else str(v) for k, v in row.items()})
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        _log_to_wandb(run_dir, row, step)
+        rundir.log_metrics(step, rundir.tokens_at(step), row)
+        _log_to_wandb(rundir, row, step)
     return results

@@ -1,15 +1,17 @@
 """The moda-lab decoder as an lm-eval model (``--model moda``).
 
 Scoring uses the model's batched full-sequence forward (right-padded: the causal mask keeps padding out of
-every scored position); generation uses the depth-aware KV cache (``GPT.forward(..., cache=KVCache())``):
-each step feeds only the new token, reads the cached sequence K/V of every layer, and rebuilds the depth K/V
-of that token layer by layer inside the forward (arXiv 2603.15619, section 3).
+every scored position); generation (greedy_tokens, the workbench's one decoding loop) uses the depth-aware KV
+cache (``GPT.forward(..., cache=KVCache())``): each step feeds only the new token, reads the cached sequence K/V
+of every layer, and rebuilds the depth K/V of that token layer by layer inside the forward (arXiv 2603.15619,
+section 3).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -130,6 +132,27 @@ def score_continuations(
     return results  # type: ignore[return-value]
 
 
+@torch.no_grad()
+def greedy_tokens(model: GPT, context: Sequence[int], max_length: int | None = None) -> Iterator[int]:
+    """Greedy next tokens after context, one per iteration, for as long as the caller reads (so it decides where
+    to stop). Each step feeds only the new token through the KV cache; once the sequence outgrows max_length
+    (default model.max_seq_len) the window slides: the cache is rebuilt from the last max_length tokens."""
+    max_length = max_length or model.cfg.max_seq_len
+    device = model.tok_emb.weight.device
+    seq = list(context)[-max_length:]
+    cache = KVCache()
+    logits = model(torch.tensor([seq], device=device), cache=cache)
+    while True:
+        nxt = int(logits[0, -1].argmax())
+        yield nxt
+        seq.append(nxt)
+        if len(seq) > max_length:  # the window is full: re-encode its last max_length tokens
+            cache = KVCache()
+            logits = model(torch.tensor([seq[-max_length:]], device=device), cache=cache)
+        else:
+            logits = model(torch.tensor([[nxt]], device=device), cache=cache)
+
+
 @register_model("moda")
 class ModaLM(TemplateLM):
     """lm-eval model over a moda-lab checkpoint: a Lightning .ckpt, a run dir, or an exported folder."""
@@ -240,32 +263,21 @@ class ModaLM(TemplateLM):
 
     # --- generation ---------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def greedy_until(self, context: list[int], until: Sequence[str], max_new_tokens: int) -> str:
-        """Greedy continuation of context through the KV cache; stops at EOS or any until string.
+        """Greedy continuation of context (greedy_tokens); stops at EOS or any until string.
 
         As in lm-eval's HF model the context keeps its last max_length - max_new_tokens tokens (at least one);
-        should the sequence still outgrow max_length, the window slides: the cache is rebuilt from the last
-        max_length tokens. The returned text is cut before the first stop string.
+        should the sequence still outgrow max_length, the window slides. The returned text is cut before the
+        first stop string.
         """
         seq = context[-max(1, self.max_length - max_new_tokens) :]
-        cache = KVCache()
-        logits = self.model(torch.tensor([seq], device=self.device), cache=cache)
         new: list[int] = []
-        for _ in range(max_new_tokens):
-            nxt = int(logits[0, -1].argmax())
+        for nxt in itertools.islice(greedy_tokens(self.model, seq, self.max_length), max_new_tokens):
             if nxt == self._eos:
                 break
             new.append(nxt)
-            seq.append(nxt)
-            text = self.tok_decode(new)
-            if any(s and s in text for s in until):
+            if any(s and s in self.tok_decode(new) for s in until):
                 break
-            if len(seq) > self.max_length:  # the window is full: re-encode its last max_length tokens
-                cache = KVCache()
-                logits = self.model(torch.tensor([seq[-self.max_length :]], device=self.device), cache=cache)
-            else:
-                logits = self.model(torch.tensor([[nxt]], device=self.device), cache=cache)
         text = self.tok_decode(new)
         cut = min((text.index(s) for s in until if s and s in text), default=len(text))
         return text[:cut]

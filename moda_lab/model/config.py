@@ -1,21 +1,32 @@
 """Plain, frozen configuration of the decoder and of its two registries (depth mixing, norm placement).
 
-These dataclasses are what model code receives; Hydra's YAML maps 1:1 onto them (conf/model, conf/norm)
-and run.py converts once at the door. Every check raises ValueError naming the offending key.
+These dataclasses are what model code receives; Hydra's YAML maps 1:1 onto them (conf/model, and conf/norm,
+which sets model.norm) and the run config converts once at the door. Every check raises ValueError naming the
+offending key. The allowed mixer and norm names are the registries' keys (mixers.DEPTH_MIXERS,
+norms.NORM_PLACEMENTS): registering a class there is all it takes to make its name a valid choice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-MIXER_NAMES = ("residual", "dense", "depth_attn", "moda")
-NORM_NAMES = ("pre", "post", "reordered")
+from .norms import NORM_PLACEMENTS
+
 BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def _mixer_names() -> list[str]:
+    """The registered depth mixers, in registry order."""
+    from .mixers import DEPTH_MIXERS  # here, not at the top: mixers.py builds on this module
+
+    return list(DEPTH_MIXERS)
+
+
+def _check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
     if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {allowed}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,7 @@ class MixerConfig:
     attn_kv: bool = False  # MoDA: an extra K/V projection of each attention input is written
 
     def __post_init__(self) -> None:
-        _check_choice("model.mixer.name", self.name, MIXER_NAMES)
+        _check_choice("model.mixer.name", self.name, _mixer_names())
         switches = {"depth_kv": self.depth_kv, "ffn_kv": self.ffn_kv, "attn_kv": self.attn_kv}
         if self.name == "moda" and not any(switches.values()):
             raise ValueError(
@@ -68,12 +79,12 @@ class ModelConfig:
     init_std: float = 0.02
     attn_backend: str = "auto"
     mixer: MixerConfig = field(default_factory=MixerConfig)
-    norm: str = "pre"
+    norm: str = "pre"  # a key of NORM_PLACEMENTS (the norm group: norm=pre|post|reordered)
 
     def __post_init__(self) -> None:
         if isinstance(self.mixer, dict):  # plain-dict construction (checkpoints, tests)
             object.__setattr__(self, "mixer", MixerConfig(**self.mixer))
-        _check_choice("norm.placement", self.norm, NORM_NAMES)
+        _check_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _check_choice("model.attn_backend", self.attn_backend, BACKEND_NAMES)
         for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "max_seq_len"):
             if getattr(self, key) < 1:
@@ -98,7 +109,3 @@ class ModelConfig:
         if self.ffn_hidden:
             return self.ffn_hidden
         return ((8 * self.d_model // 3) + 63) // 64 * 64
-
-    @property
-    def group(self) -> int:
-        return self.n_heads // self.n_kv_heads

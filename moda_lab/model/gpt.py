@@ -134,27 +134,6 @@ class GPT(nn.Module):
         self(idx, probs=probs)
         return probs
 
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: int | None = None) -> torch.Tensor:
-        """Greedy decoding with the depth-aware KV cache; returns [B, T + new] (stops early when all hit eos)."""
-        if idx.shape[1] + max_new_tokens > self.cfg.max_seq_len:
-            raise ValueError(
-                f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds model.max_seq_len={self.cfg.max_seq_len}"
-            )
-        cache = KVCache()
-        logits = self(idx, cache=cache)
-        out = [idx]
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            out.append(nxt)
-            if eos_id is not None:
-                done |= nxt.squeeze(1) == eos_id
-                if bool(done.all()):
-                    break
-            logits = self(nxt, cache=cache)
-        return torch.cat(out, dim=1)
-
     # --- size and cost --------------------------------------------------------------------------------
 
     def num_params(self, embedding: bool = True) -> int:

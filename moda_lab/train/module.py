@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -26,28 +27,32 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 class LMModule(L.LightningModule):
     def __init__(
         self,
-        model_cfg: dict,
-        trainer_cfg: dict,
+        model_cfg: ModelConfig,
+        trainer_cfg: TrainerConfig,
         val_domains: list[str],
         bytes_per_token: dict[str, float],
         tokenizer_json: str | None = None,
     ):
         super().__init__()
-        # Plain dicts, so the checkpoint's hyper_parameters rebuild the model without this package's dataclasses.
-        self.save_hyperparameters(ignore=["tokenizer_json"])
+        # The checkpoint's hyper_parameters hold plain dicts (checkpoint.load rebuilds the model from model_cfg
+        # without unpickling this package's classes): the one dataclass -> dict conversion.
+        self.save_hyperparameters(
+            {
+                "model_cfg": dataclasses.asdict(model_cfg),
+                "trainer_cfg": dataclasses.asdict(trainer_cfg),
+                "val_domains": val_domains,
+                "bytes_per_token": bytes_per_token,
+            }
+        )
         self.tokenizer_json = tokenizer_json
-        self.model = GPT(ModelConfig(**model_cfg))
-        self.tcfg = TrainerConfig(**trainer_cfg)
+        self.model = GPT(model_cfg)
+        self.tcfg = trainer_cfg
         self.val_domains = val_domains
         self.bytes_per_token = bytes_per_token
+        self.tokens_per_step = 0  # set by train() once the world size is known (moda_lab.rundir.tokens_per_step)
         self._t_last: float | None = None  # time and step of the previous throughput sample
         self._step_last = 0
         self.flops_per_token = self.model.flops_per_token(self.model.cfg.max_seq_len)
-
-    @property
-    def tokens_per_step(self) -> int:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        return self.tcfg.batch_size * self.tcfg.accumulate * world * self.model.cfg.max_seq_len
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Self-contained checkpoints: evaluation needs the exact tokenizer the model was trained with.

@@ -12,7 +12,6 @@ import itertools
 import os
 from pathlib import Path
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -20,7 +19,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, run_config_from_dict
-from .rundir import check_resume_compatible
+from ..rundir import RunDir, check_resume_compatible
 
 # Flags after which Hydra prints or composes something else than this app's jobs: nothing to check.
 _OTHER_MODES = ("help", "hydra_help", "version", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -83,9 +82,8 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     run_dir = _run_dir(cfg, multirun)
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        check_resume_compatible(old, resolved, run_dir)
+    if run_dir is not None and RunDir(run_dir).config_path.is_file():
+        check_resume_compatible(RunDir(run_dir).read_config(), resolved, run_dir)
 
 
 def check_command_line(argv: list[str], config_dir: str | Path, config_name: str = "config") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -17,12 +16,12 @@ from filelock import FileLock
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, corpus_files, prepare
 from ..data.packing import load_packed
+from ..rundir import RunDir, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_checkpoint
 from .console import StepProgressBar, quiet_console
 from .datamodule import PackedDataModule
 from .jsonl_logger import JSONLLogger
 from .module import LMModule
-from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +104,13 @@ class _StepMetric(L.Callback):
 
 def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
     w = run.logger.wandb
-    if not w.enabled or w.mode == "disabled":
+    mode = w.run_mode
+    if mode is None:
         return None
     try:
         from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:
         raise RuntimeError(f"logger.wandb.enabled=true needs wandb installed ({err}); or set it to false") from err
-    mode = w.mode if w.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    if mode not in ("online", "offline"):
-        raise ConfigError(
-            f"logger.wandb.mode={w.mode!r} is not allowed; choose one of ['auto', 'online', 'offline', 'disabled']"
-        )
     wandb_logger = WandbLogger(
         project=w.project,
         entity=w.entity,
@@ -182,21 +177,18 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     wandb_logger = None
     try:
         module = LMModule(
-            dataclasses.asdict(run.model),
-            dataclasses.asdict(run.trainer),
+            run.model,
+            run.trainer,
             data.domains,
             {d: s["bytes"] / s["tokens"] for d, s in data.meta["val"].items()},
             (data.root / "tokenizer.json").read_text(),
         )
         if run.trainer.compile:
             module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
-        if rank0:
-            # What actually runs (model.attn_backend=auto resolves per machine), next to what was asked for.
-            rundir.write_meta(attn_backend=module.model.backend, compiled=run.trainer.compile)
         dm = PackedDataModule(
             data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
         )
-        loggers = [JSONLLogger(rundir.path / "metrics.jsonl", tokens_per_step=0)]  # set once the world size is known
+        loggers = [JSONLLogger(rundir)]
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
@@ -216,12 +208,17 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             logger=loggers,
             default_root_dir=str(rundir.path),
         )
-        loggers[0].trainer = trainer
-        loggers[0].tokens_per_step = (
-            run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len * trainer.world_size
-        )
+        t = run.trainer
+        module.tokens_per_step = tokens_per_step(t.batch_size, t.accumulate, run.data.seq_len, trainer.world_size)
+        loggers[0].bind(trainer, module.tokens_per_step)
+        if rank0:
+            # What actually runs (model.attn_backend=auto resolves per machine; trainer.devices=-1 to a process
+            # count, from which RunDir.tokens_at derives tokens), next to what was asked for.
+            rundir.write_meta(
+                attn_backend=module.model.backend, compiled=run.trainer.compile, world_size=trainer.world_size
+            )
         restored = resume[1] if resume else -1
-        dropped = loggers[0].truncate_after(restored) if rank0 else 0
+        dropped = rundir.drop_metrics_after(restored) if rank0 else 0
         if dropped:
             why = f"after step {restored}, where this launch resumes" if resume else "with no intact checkpoint"
             log.warning("metrics.jsonl: dropped %d row(s) logged %s; they are logged again", dropped, why)

@@ -187,7 +187,8 @@ def test_load_runs_does_not_double_count_offline_copies(offline: SimpleNamespace
 class FakeRun:
     def __init__(self, spec: fx.RunSpec, state: str) -> None:
         self.id, self.name, self.state, self.url = f"id-{spec.seed}", spec.name, state, f"https://wandb/{spec.name}"
-        self.config = {k: {"value": v, "desc": None} for k, v in fx.run_config(spec).items()}  # legacy wrapping
+        cfg = fx.run_config(spec, legacy=spec.seed == 1)  # seed 1: a run logged before the norm moved
+        self.config = {k: {"value": v, "desc": None} for k, v in cfg.items()}  # wandb's legacy wrapping
         self.rows = [dict(r, _step=r["step"]) for r in fx.merge_step_rows(fx.metrics_rows(spec))]
         self.scans = 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,23 +11,62 @@ import pytest
 import yaml
 from hydra.errors import HydraException
 
-from helpers import compose_cfg
+from helpers import CONF, compose_cfg
 from moda_lab.config import ConfigError, run_config_from_dict
 from moda_lab.data import corpus_files, prepare, read_documents
-from moda_lab.model import GPT
+from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS
+from variants import VARIANTS
 
-VARIANTS = ["residual", "dense", "depth_attn", "moda", "moda_depth_kv", "moda_full"]
-NORMS = ["pre", "post", "reordered"]
+
+def _names(registry: dict) -> str:
+    """The registry's names as the error message lists them, as a regex."""
+    return re.escape(str(list(registry)))
+
+
+def _options(group: str) -> set[str]:
+    return {p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_")}
+
+
+def test_config_files_are_the_variants_and_the_registered_norms():
+    assert _options("model") == set(VARIANTS)  # a new variant: its conf/model file and its tests/variants.py entry
+    assert _options("norm") == set(NORM_PLACEMENTS)
+
+
+def test_a_registered_mixer_is_a_config_choice_without_other_edits(monkeypatch):
+    """Registering a class in DEPTH_MIXERS is all a new depth-flow variant needs to be configured and built
+    (its conf/model file only names it: model.mixer.name=<name> is the same)."""
+    import torch
+
+    from moda_lab.model.mixers import DepthMixer
+
+    class HalvingMixer(DepthMixer):
+        """The residual stream, halved after each block: enough to see that the blocks run this mixer."""
+
+        def write(self, x, ctx):
+            return 0.5 * x
+
+    name = "halving_test_mixer"
+    override = ["model=residual", f"model.mixer.name={name}", "model.n_layers=2"]
+    with pytest.raises(ConfigError, match=rf"model.mixer.name='{name}' is not allowed"):
+        run_config_from_dict(compose_cfg(override))
+    monkeypatch.setitem(DEPTH_MIXERS, name, HalvingMixer)
+    run = run_config_from_dict(compose_cfg(override))
+    model = GPT(run.model)
+    assert all(isinstance(b.mixer, HalvingMixer) for b in model.blocks)
+    assert model(torch.randint(0, 64, (2, 8))).shape == (2, 8, run.model.vocab_size)
+    with pytest.raises(ConfigError, match=f"choose one of {_names(DEPTH_MIXERS)}") as err:
+        run_config_from_dict(compose_cfg(["model.mixer.name=bar"]))
+    assert repr(name) in str(err.value)  # the error lists it with the others
 
 
 @pytest.mark.parametrize("model", VARIANTS)
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", NORM_PLACEMENTS)
 def test_every_variant_and_norm_composes_and_builds(model, norm):
     cfg = compose_cfg([f"model={model}", f"norm={norm}", "model.n_layers=2", "model.d_model=32"])
+    assert "norm" not in cfg  # the norm group sets model.norm, the placement's one key
     run = run_config_from_dict(cfg)
     assert run.model.norm == norm
-    expected = {"moda_depth_kv": "moda", "moda_full": "moda"}.get(model, model)
-    assert run.model.mixer.name == expected
+    assert run.model.mixer == VARIANTS[model]
     gpt = GPT(run.model)
     assert gpt.num_params() > 0 and gpt.flops_per_token(run.data.seq_len) > 0
 
@@ -34,10 +74,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
 @pytest.mark.parametrize(
     "override,message",
     [
-        (
-            "model.mixer.name=moda2",
-            r"model.mixer.name='moda2' is not allowed; choose one of \['residual', 'dense', 'depth_attn', 'moda'\]",
-        ),
+        ("model.mixer.name=moda2", rf"model.mixer.name='moda2' is not allowed; choose one of {_names(DEPTH_MIXERS)}"),
         ("model.n_heads=3", r"model.n_heads=3 must be a multiple of model.n_kv_heads=2"),
         (
             "model.attn_backend=cuda",
@@ -45,10 +82,7 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ),
         ("+model.n_layer=3", r"unknown config key 'model.n_layer'; did you mean 'n_layers'\?"),
         ("trainer.lr=fast", r"trainer.lr='fast' has the wrong type"),
-        (
-            "norm.placement=middle",
-            r"norm.placement='middle' is not allowed; choose one of \['pre', 'post', 'reordered'\]",
-        ),
+        ("model.norm=middle", rf"model.norm='middle' is not allowed; choose one of {_names(NORM_PLACEMENTS)}"),
         ("trainer.precision=fp8", r"trainer.precision='fp8' is not allowed"),
         ("trainer.strategy=horovod", r"trainer.strategy='horovod' is not allowed"),
         (
@@ -179,7 +213,7 @@ def test_config_error_prints_one_line_and_writes_nothing(tmp_path):
 
 
 def test_stub_run_dirs_are_removed_and_real_ones_kept(tmp_path):
-    from moda_lab.train.rundir import remove_stub
+    from moda_lab.rundir import remove_stub
 
     stub = tmp_path / "runs" / "default" / "stub"
     (stub / ".hydra").mkdir(parents=True)

@@ -6,7 +6,7 @@ composed and validated as the entry point does (run_config_from_dict / eval_conf
 parsed by lm-eval's parser with the moda model, its arguments and the task files checked; moda_lab.data,
 moda_lab.analysis and experiment scripts by their own parsers; bash scripts by ``bash -n``. Paths a command
 reads must exist, or be what another documented command writes (run dirs computed from the documented run.py
-commands with Hydra's own override dirname, the default corpus, output dirs). A program without a checker
+commands by Hydra, as run.py names them, the default corpus, output dirs). A program without a checker
 fails, and so does a command in an indented code block (it would escape this test).
 """
 
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
-from helpers import CONF, ROOT
+from helpers import CONF, ROOT, job_run_dir
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELLS = {"bash", "sh", "shell", "console"}
@@ -118,14 +117,6 @@ def composed(config_name: str, job: list[str], hydra_cfg: bool = False):
         return compose(config_name=config_name, overrides=job, return_hydra_config=hydra_cfg)
 
 
-def run_dir_of(job: list[str], resolved: dict) -> Path:
-    """hydra.run.dir of conf/config.yaml for this job: <run_root>/<name>/<run_name(override dirname)>."""
-    from moda_lab.train.rundir import run_name
-
-    hcfg = composed("config", job, hydra_cfg=True).hydra.job.config.override_dirname
-    parsed = OverridesParser.create().parse_overrides(job)
-    dirname = get_overrides_dirname(parsed, list(hcfg.exclude_keys), hcfg.item_sep, hcfg.kv_sep)
-    return Path(resolved["run_root"]) / resolved["name"] / run_name(dirname)
 
 
 def check_run_py(args: list[str], outputs: Outputs) -> None:
@@ -329,7 +320,7 @@ def documented_outputs() -> Outputs:
                     resolved = OmegaConf.to_container(composed("config", job), resolve=True)
                 except Exception:  # noqa: BLE001 - reported by the command's own test
                     continue
-                out.run_dirs.add(run_dir_of(job, resolved))
+                out.run_dirs.add(job_run_dir(job))
                 out.paths.add(Path(resolved["run_root"]) / resolved["name"])
                 if resolved["data"]["build_default"]:
                     out.paths.add(Path(resolved["data"]["corpus_dir"]))
@@ -379,3 +370,16 @@ def test_the_readme_eval_command_needed_quoting():
     (job,) = hydra_jobs(quote_checkpoint(raw))
     assert OmegaConf.to_container(composed("eval_cli", job))["checkpoint"] == raw[0].removeprefix("checkpoint=")
     assert json.dumps(quote_checkpoint(["-m", "checkpoint=runs/a,runs/b"])) == '["-m", "checkpoint=runs/a,runs/b"]'
+
+
+def test_readme_layout_lists_every_package_and_module():
+    """The Layout block names each package of moda_lab and moda_kernels and each top-level module of moda_lab."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layout") :].split("```")[1]
+    listed = {line.split()[0] for line in block.splitlines() if line.strip()}
+    parts = []
+    for pkg in ("moda_lab", "moda_kernels"):
+        parts += [f"{pkg}/{d.name}" for d in sorted((ROOT / pkg).iterdir()) if d.is_dir() and any(d.glob("*.py"))]
+    parts += [f"moda_lab/{f.name}" for f in sorted((ROOT / "moda_lab").glob("*.py")) if f.name != "__init__.py"]
+    missing = [p for p in parts if p not in listed]
+    assert not missing, f"README.md's Layout leaves out {missing}"

@@ -5,6 +5,7 @@ tokenizer loads through AutoTokenizer, and lm-eval's stock ``hf`` model scores l
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -15,20 +16,15 @@ import torch
 from helpers import ROOT
 from moda_lab.checkpoint import CheckpointError, export, load_checkpoint
 from moda_lab.data.tokenizer import EOS, train_tokenizer
-from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
+from moda_lab.eval.lm import greedy_tokens
+from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, ModelConfig
+from variants import MODA_SINGLE_SOURCES, PER_MIXER, VARIANTS
 
 transformers = pytest.importorskip("transformers")
 
-MIXERS = {
-    "residual": MixerConfig("residual"),
-    "dense": MixerConfig("dense"),
-    "depth_attn": MixerConfig("depth_attn"),
-    "moda-depth_kv": MixerConfig("moda", depth_kv=True),
-    "moda-ffn_kv": MixerConfig("moda", ffn_kv=True),
-    "moda-attn_kv": MixerConfig("moda", attn_kv=True),
-    "moda-all": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
-}
-CASES = [(m, n) for m in MIXERS for n in NORM_NAMES]
+# Every registered mixer, MoDA with each depth K/V source alone and with all of them.
+MIXERS = {**PER_MIXER, "moda_depth_kv": VARIANTS["moda_depth_kv"], **MODA_SINGLE_SOURCES}
+CASES = [(m, n) for m in MIXERS for n in NORM_PLACEMENTS]
 TEXT = [
     "The water is next to the stone. Question: How do you dry paper? Answer: in the sun.",
     "def f(x):\n    return x",
@@ -36,7 +32,7 @@ TEXT = [
 
 
 def test_cases_cover_every_registered_variant():
-    assert {m.name for m in MIXERS.values()} == set(MIXER_NAMES)
+    assert {m.name for m in MIXERS.values()} == set(DEPTH_MIXERS)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +68,11 @@ def _checkpoint(tmp, tokenizer, mixer: str, norm: str, tie: bool = True) -> tupl
     return model, path
 
 
+def _greedy(model: GPT, ids: torch.Tensor, new: int) -> torch.Tensor:
+    """[B, T] prompts and their ``new`` greedy tokens, [B, T + new], by the workbench's decoding loop."""
+    return torch.tensor([row + list(itertools.islice(greedy_tokens(model, row), new)) for row in ids.tolist()])
+
+
 def _load_hf(folder):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 
@@ -82,7 +83,7 @@ def _prompts(model: GPT, eos: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     for _ in range(50):
         ids = torch.randint(eos + 1, model.cfg.vocab_size, (2, 6), generator=gen)
-        new = model.generate(ids, 14)[:, 6:]
+        new = _greedy(model, ids, 14)[:, 6:]
         if eos not in new and all(len(set(row.tolist())) > 2 for row in new):
             return ids
     raise AssertionError("every sampled prompt generates EOS or repeats one token")
@@ -100,7 +101,7 @@ def test_logits_and_greedy_generation_match_the_workbench(tmp_path, tokenizer, m
         ref = model(ids)
         got = hf(ids).logits
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    greedy = model.generate(ids, 14)
+    greedy = _greedy(model, ids, 14)
     assert torch.equal(hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14), greedy)
     assert torch.equal(
         hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14, use_cache=False), greedy
@@ -109,7 +110,7 @@ def test_logits_and_greedy_generation_match_the_workbench(tmp_path, tokenizer, m
 
 def test_untied_head_and_padded_batches(tmp_path, tokenizer):
     """An untied head round-trips; a right-padded forward and a left-padded generate give each row's own result."""
-    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-all", "post", tie=False)
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_full", "post", tie=False)
     hf = _load_hf(export(ckpt, tmp_path / "hf"))
     assert not torch.equal(hf.model.lm_head.weight, hf.model.tok_emb.weight)
     torch.testing.assert_close(hf.model.lm_head.weight, model.lm_head.weight, rtol=0, atol=0)
@@ -128,8 +129,8 @@ def test_untied_head_and_padded_batches(tmp_path, tokenizer):
     left = torch.stack([torch.cat([pad, short]), full])
     mask = torch.stack([torch.cat([zeros, ones]), torch.ones(6, dtype=torch.long)])
     out = hf.generate(left, attention_mask=mask, max_new_tokens=10)
-    assert torch.equal(out[1], model.generate(full[None], 10)[0])
-    row = model.generate(short[None], 10)[0]
+    assert torch.equal(out[1], _greedy(model, full[None], 10)[0])
+    row = _greedy(model, short[None], 10)[0]
     stop = (row[3:] == eos).nonzero()
     n = 3 + (int(stop[0]) + 1 if len(stop) else 10)  # generate() pads a row after its EOS
     assert torch.equal(out[0, 3 : 3 + n], row[:n])
@@ -144,7 +145,7 @@ def test_untied_head_and_padded_batches(tmp_path, tokenizer):
 
 
 def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
-    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-depth_kv", "reordered")
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_depth_kv", "reordered")
     folder = export(ckpt, tmp_path / "hf")
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
@@ -185,7 +186,7 @@ def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
 
 
 def test_bf16_export_within_bf16_tolerance(tmp_path, tokenizer):
-    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda-all", "pre")
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_full", "pre")
     hf = _load_hf(export(ckpt, tmp_path / "hf", dtype="bfloat16"))
     assert hf.dtype == torch.bfloat16
     ids = _prompts(model, tokenizer.token_to_id(EOS))

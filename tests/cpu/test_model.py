@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from moda_kernels.moda.naive import naive_moda_attn
-from moda_lab.model import GPT, MIXER_NAMES, NORM_NAMES, MixerConfig, ModelConfig
+from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig
 from moda_lab.model.depth import DepthStream, new_stream_buffers
+from variants import VARIANTS
 
-MIXERS = {
-    "residual": MixerConfig("residual"),
-    "dense": MixerConfig("dense"),
-    "depth_attn": MixerConfig("depth_attn"),
-    "moda": MixerConfig("moda", depth_kv=True, ffn_kv=True),
-    "moda_depth_kv": MixerConfig("moda", depth_kv=True),
-    "moda_full": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
-}
-CASES = [(m, n) for m in MIXERS for n in NORM_NAMES]
+CASES = [(m, n) for m in VARIANTS for n in NORM_PLACEMENTS]
 
 
 def tiny(mixer: str, norm: str, **kw) -> ModelConfig:
     base = dict(vocab_size=64, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=32, attn_backend="naive")
-    return ModelConfig(mixer=MIXERS[mixer], norm=norm, **{**base, **kw})
+    return ModelConfig(mixer=VARIANTS[mixer], norm=norm, **{**base, **kw})
 
 
-def test_registries_cover_config_choices():
-    from moda_lab.model import DEPTH_MIXERS, NORM_PLACEMENTS
+def test_variants_cover_every_registered_mixer():
+    assert {m.name for m in VARIANTS.values()} == set(DEPTH_MIXERS)
 
-    assert set(DEPTH_MIXERS) == set(MIXER_NAMES)
-    assert set(NORM_PLACEMENTS) == set(NORM_NAMES)
+
+def test_config_choices_are_the_registries():
+    for key, registry, bad in (
+        ("model.mixer.name", DEPTH_MIXERS, lambda: MixerConfig("no_such")),
+        ("model.norm", NORM_PLACEMENTS, lambda: ModelConfig(norm="no_such")),
+    ):
+        with pytest.raises(ValueError, match=rf"^{key}='no_such' is not allowed; choose one of {re.escape(str(list(registry)))}$"):
+            bad()
 
 
 @pytest.mark.parametrize("mixer,norm", CASES, ids=[f"{m}-{n}" for m, n in CASES])
@@ -136,18 +136,18 @@ def test_depth_stream_refuses_a_write_past_its_slots():
         stream.put(k, k)
 
 
-@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("mixer", list(VARIANTS))
 def test_moda_layers_see_exactly_their_depth_slots(mixer):
     model = GPT(tiny(mixer, "pre"))
     maps = model.attention_maps(torch.randint(0, 64, (1, 10)))
-    spl = MIXERS[mixer].slots_per_layer
+    spl = VARIANTS[mixer].slots_per_layer
     assert [m.shape[-1] for m in maps] == [10 + layer * spl for layer in range(3)]
     for m in maps:
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
         assert m[..., :10].triu(1).abs().max() == 0  # no attention to future sequence slots
 
 
-@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("mixer", list(VARIANTS))
 def test_flops_formula_matches_flop_counter(mixer):
     model = GPT(tiny(mixer, "pre", tie_embeddings=False))
     T = 16
@@ -166,7 +166,7 @@ def test_flops_formula_matches_flop_counter(mixer):
 
 
 def test_params_reported_per_variant_follow_table3_pattern():
-    sizes = {m: GPT(tiny(m, "pre")).num_params() for m in MIXERS}
+    sizes = {m: GPT(tiny(m, "pre")).num_params() for m in VARIANTS}
     assert sizes["moda_depth_kv"] == sizes["residual"]  # depth K/V reuse the attention's K/V: no parameters
     per_layer_kv = 2 * 32 * 2 * 8 + 8  # K/V projection (D x 2*Hk*d) + its k-norm gain
     # One extra K/V projection per switch in every layer but the last (whose writes nobody reads).

@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moda_lab.model import GPT, MixerConfig, ModelConfig
-
-MIXERS = {
-    "residual": MixerConfig("residual"),
-    "dense": MixerConfig("dense"),
-    "depth_attn": MixerConfig("depth_attn"),
-    "moda_full": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
-}
+from moda_lab.model import GPT, ModelConfig
+from variants import PER_MIXER, VARIANTS
 
 
-@pytest.mark.parametrize("mixer", list(MIXERS))
+@pytest.mark.parametrize("mixer", list(PER_MIXER))
 def test_triton_backend_matches_naive_loss_and_grads(mixer):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=32,
-                      mixer=MIXERS[mixer], norm="post", attn_backend="triton")
+                      mixer=PER_MIXER[mixer], norm="post", attn_backend="triton")
     model = GPT(cfg)
     assert model.backend == "triton"
     idx = torch.randint(0, 64, (2, 13))  # T not a multiple of any block size
@@ -36,8 +30,7 @@ def test_triton_backend_matches_naive_loss_and_grads(mixer):
         torch.testing.assert_close(grads[n], p.grad, atol=1e-4, rtol=1e-3, msg=n)
 
 
-@pytest.mark.parametrize("mixer", [MixerConfig("residual"), MixerConfig("moda", depth_kv=True, ffn_kv=True)],
-                         ids=["residual", "moda"])
+@pytest.mark.parametrize("mixer", [VARIANTS["residual"], VARIANTS["moda"]], ids=["residual", "moda"])
 def test_triton_backend_folds_non_power_of_two_groups(mixer, monkeypatch):
     """Table 6's 6 query / 2 KV heads (G=3): the kernel folds G=3 in every mode (no padded query heads), one
     kernel call per layer, and loss and every gradient equal the naive backend's."""

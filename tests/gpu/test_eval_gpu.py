@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moda_lab.model import GPT, MixerConfig, ModelConfig
+from moda_lab.model import GPT, ModelConfig
+from variants import VARIANTS
 
 lm_eval = pytest.importorskip("lm_eval")
 from moda_lab.eval.lm import auto_batch_size, score_continuations  # noqa: E402
@@ -22,7 +23,7 @@ def build(backend: str) -> GPT:
         n_heads=4,
         n_kv_heads=2,
         max_seq_len=512,
-        mixer=MixerConfig("moda", depth_kv=True, ffn_kv=True),
+        mixer=VARIANTS["moda"],
         norm="post",
         attn_backend=backend,
     )

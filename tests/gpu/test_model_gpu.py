@@ -5,17 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moda_lab.model import GPT, MixerConfig, ModelConfig
+from moda_lab.model import GPT, ModelConfig
+from variants import PER_MIXER, VARIANTS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-MIXERS = {
-    "residual": MixerConfig("residual"),
-    "dense": MixerConfig("dense"),
-    "depth_attn": MixerConfig("depth_attn"),
-    "moda": MixerConfig("moda", depth_kv=True, ffn_kv=True),
-    "moda_full": MixerConfig("moda", depth_kv=True, ffn_kv=True, attn_kv=True),
-}
+MIXERS = {**PER_MIXER, "moda": VARIANTS["moda"]}
 
 
 def build(mixer: str, backend: str) -> GPT:

@@ -1,0 +1,269 @@
+"""Run directories and the facts about a run that training, evaluation, checkpoints and analysis share.
+
+``<run_root>/<name>/<run name>/`` holds config.yaml (the resolved config), meta.json (status, wandb id, git
+state, launches, host, world size, attention backend), metrics.jsonl (one JSON row per log call), env/ (git
+diff, pip freeze, nvidia-smi per launch), checkpoints/ and wandb/. Each fact has one owner here: which config
+keys define a run (run dir names and relaunch checks), the run dir name, tokens per optimizer step, the run dir
+of a checkpoint, and the rows of metrics.jsonl. No torch or Lightning here: analysis reads run dirs with this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+# Config keys (and key prefixes, ending in ".") that do not define a run: they never name its run dir, and a
+# relaunch may change them and resume the same run (longer training, logging, checkpointing, workers, paths,
+# evaluation). run_name (the run dirs of conf/config.yaml) and check_resume_compatible both read this list.
+RUN_INDEPENDENT_KEYS = (
+    "experiment",  # a group, not a key: experiment files set `name`, the run's parent dir
+    "name",
+    "run_root",
+    "trainer.max_steps",
+    "trainer.val_every",
+    "trainer.ckpt_every",
+    "trainer.log_every",
+    "trainer.keep_checkpoints",
+    "trainer.threads",
+    "trainer.devices",
+    "trainer.strategy",
+    "data.num_workers",
+    "data.build_default",
+    "data.default_corpus_dir",
+    "data.cache_dir",
+    "logger.",
+    "eval.",
+)
+
+
+def run_independent(key: str) -> bool:
+    """Whether a config key (or a group, such as ``logger``) is one of RUN_INDEPENDENT_KEYS or under a prefix."""
+    return any(key == k or (k.endswith(".") and (key.startswith(k) or key == k[:-1])) for k in RUN_INDEPENDENT_KEYS)
+
+
+def run_name(overrides: Sequence[str], max_len: int = 120) -> str:
+    """Run-dir name from a job's command-line overrides (``hydra.overrides.task``): the run-defining ones, sorted
+    and joined by commas (Hydra's override_dirname); readable, deterministic, short enough for any file system.
+
+    Long names keep their group choices (model=..., norm=...) and replace the rest by a stable hash.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # only config.yaml's resolver needs it
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    dirname = ",".join(sorted(o.input_line for o in parsed if not run_independent(o.key_or_group)))
+    name = dirname.replace("/", "_") or "default"
+    if len(name) <= max_len:
+        return name
+    groups = [p for p in dirname.split(",") if "=" in p and "." not in p.split("=")[0]]
+    digest = hashlib.sha1(dirname.encode()).hexdigest()[:10]
+    return ",".join([*groups, digest]).replace("/", "_")[:max_len]
+
+
+def tokens_per_step(batch_size: int, accumulate: int, seq_len: int, world_size: int) -> int:
+    """Tokens one optimizer step trains on. world_size is the number of training processes (Lightning's
+    trainer.world_size, which resolves trainer.devices=-1), never the -1 of the config."""
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size} is out of range; allowed: >= 1 (the number of processes)")
+    return batch_size * accumulate * seq_len * world_size
+
+
+def upgrade_config(cfg: dict) -> dict:
+    """A resolved config in today's layout. Run dirs and wandb runs written before the norm placement moved into
+    the model config hold it as ``norm: {placement: x}``; that becomes ``model.norm: x``."""
+    legacy = cfg.get("norm")
+    if not (isinstance(legacy, dict) and "placement" in legacy):
+        return cfg
+    cfg = {k: v for k, v in cfg.items() if k != "norm"}
+    cfg["model"] = {**(cfg.get("model") or {}), "norm": legacy["placement"]}
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def check_resume_compatible(old: dict, new: dict, run_dir: Path) -> None:
+    """A relaunch into an existing run dir must describe the same run (old: RunDir.read_config()); raise
+    ConfigError listing the run-defining keys that differ."""
+    from .config import ConfigError  # here, not at the top: moda_lab.config imports the model (torch)
+
+    a, b = _flatten(old), _flatten(new)
+    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not run_independent(k)]
+    if diffs:
+        lines = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])
+        raise ConfigError(
+            f"{run_dir} already holds a run with a different config ({lines}). Its checkpoints and logs are "
+            "kept untouched; launch with another name=... or run_root=, or move that directory away."
+        )
+
+
+class RunDir:
+    """<run_root>/<experiment>/<run name>: config.yaml, meta.json, metrics.jsonl, env/, checkpoints/, wandb/."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.ckpt_dir = self.path / "checkpoints"
+        self.meta_path = self.path / "meta.json"
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> RunDir | None:
+        """The run dir a checkpoint file belongs to (<run dir>/checkpoints/<file>.ckpt), else None."""
+        p = Path(path)
+        return cls(p.parent.parent) if p.is_file() and p.parent.name == "checkpoints" else None
+
+    @property
+    def last_ckpt(self) -> Path | None:
+        last = self.ckpt_dir / "last.ckpt"
+        return last if last.is_file() else None
+
+    def read_config(self) -> dict:
+        """The run's resolved config (today's layout, see upgrade_config); {} when there is none."""
+        if not self.config_path.is_file():
+            return {}
+        return upgrade_config(yaml.safe_load(self.config_path.read_text()) or {})
+
+    def read_meta(self) -> dict:
+        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+
+    def write_meta(self, **updates) -> dict:
+        meta = {**self.read_meta(), **updates}
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(self.meta_path)
+        return meta
+
+    def open(self, resolved: dict) -> dict:
+        """Create or re-open the run dir; returns meta (with a stable wandb id). Never deletes anything."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.config_path.is_file():
+            check_resume_compatible(self.read_config(), resolved, self.path)
+        tmp = self.config_path.with_suffix(".tmp")  # atomic: a relaunch compares against it, a torn one would refuse
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp.replace(self.config_path)
+        meta = self.read_meta()
+        launches = meta.get("launches", 0) + 1
+        self._write_environment(launches)
+        return self.write_meta(
+            run_name=self.path.name,
+            experiment=self.path.parent.name,
+            wandb_id=meta.get("wandb_id") or uuid.uuid4().hex[:12],
+            started=meta.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            launches=launches,
+            status="running",
+            finished=None,
+            git_sha=_git("rev-parse", "HEAD").strip() or None,
+            git_dirty=bool(_git("status", "--porcelain").strip()),
+            host=platform.node(),
+            pid=os.getpid(),
+        )
+
+    def _write_environment(self, launch: int) -> None:
+        env = self.path / "env"
+        env.mkdir(exist_ok=True)
+        (env / f"git-{launch}.diff").write_text(_git("diff", "HEAD"))
+        pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+        (env / f"pip-freeze-{launch}.txt").write_text("\n".join(pkgs) + "\n")
+        if shutil.which("nvidia-smi"):
+            out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+            (env / f"nvidia-smi-{launch}.txt").write_text(out)
+
+    # --- metrics.jsonl: every row of it is written here -----------------------------------------------------
+
+    def log_metrics(self, step: int, tokens: int | None, metrics: dict) -> None:
+        """Append one row {"step", "tokens", "time", <metric>: float, ...}; NaN and inf are kept as strings."""
+        row = {"step": step, "tokens": tokens, "time": time.time()}
+        for k, v in metrics.items():
+            v = float(v)
+            row[k] = v if math.isfinite(v) else str(v)  # visible without breaking JSON
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def metric_rows(self) -> Iterator[dict]:
+        """The rows of metrics.jsonl in order; a torn line (a launch killed while writing it) is skipped."""
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
+        yield from (row for row in map(_row_or_none, lines) if row is not None)
+
+    def drop_metrics_after(self, step: int) -> int:
+        """Keep the rows of steps <= step (and drop a torn last line); returns how many rows were dropped.
+
+        A resumed run logs every step after its checkpoint again, so the rows a killed launch wrote past it go.
+        """
+        if not self.metrics_path.is_file():
+            return 0
+        lines = self.metrics_path.read_text().splitlines()
+        rows = map(_row_or_none, lines)
+        kept = [line for line, row in zip(lines, rows) if row is not None and row.get("step", 0) <= step]
+        dropped = len(lines) - len(kept)
+        if dropped:
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.metrics_path)
+        return dropped
+
+    def tokens_at(self, step: int) -> int | None:
+        """Tokens trained by an optimizer step: from the run's metrics rows, else from its config and world size
+        (meta.json; run dirs from before it was recorded: trainer.devices, None when that is -1)."""
+        for row in self.metric_rows():
+            if row.get("step") == step and isinstance(row.get("tokens"), (int, float)):
+                return int(row["tokens"])
+        cfg = self.read_config()
+        try:
+            t, d = cfg["trainer"], cfg["data"]
+            world = self.read_meta().get("world_size", t.get("devices", 1))
+            return step * tokens_per_step(t["batch_size"], t.get("accumulate", 1), d["seq_len"], world)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _row_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the launch was killed while writing this row
+        return None
+
+
+def remove_stub(path: str | Path) -> bool:
+    """Delete a run dir that holds only what Hydra writes before the task starts (.hydra/, <job>.log).
+
+    A job refused for its config leaves nothing behind; a dir holding anything else is never touched.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    entries = list(p.iterdir())
+    stub = all(e.name == ".hydra" or (e.suffix == ".log" and e.is_file()) for e in entries)
+    if not stub:
+        return False
+    shutil.rmtree(p)
+    for parent in (p.parent, p.parent.parent):  # <run_root>/<name>/ that Hydra made for this job alone
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return True
