@@ -314,6 +314,7 @@ def main() -> None:
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
+            meta["gqa_expanded"] = sorted(hybrid._EXPAND_GQA)  # aten ops that refused GQA here (K/V expanded)
             out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows, tuned=tuned_configs()), indent=1))
             out.with_suffix(".md").write_text(markdown(rows, meta))
             if args.profile:
