@@ -26,7 +26,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from moda_kernels.moda import triton_bwd, triton_fwd  # noqa: E402
+from moda_kernels.moda import shared, triton_bwd, triton_fwd  # noqa: E402
 
 HOPPER_SMEM = 232448
 TARGET = GPUTarget("cuda", 90, 32)
@@ -93,7 +93,7 @@ def _job(args):
     prec = "ieee" if dtype == "fp32" else None
     const = dict(G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=True, PREC=prec, **cfg.kwargs)
     if kname != "dkdv":
-        const.update(GP=triton_fwd.row_group(G, has_depth), SUB_M=triton_fwd.sub_tile_rows(G), HAS_INIT=False)
+        const.update(GP=shared.row_group(G, has_depth), SUB_M=shared.sub_tile_rows(G), HAS_INIT=False)
     if kname == "dq":
         const.update(ACC=has_depth)
     return args, shared_bytes(kname, const, dtype, cfg.num_warps, cfg.num_stages)

@@ -15,7 +15,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 # Query heads per KV head with depth keys: at most 32 (the paper's largest G, Table 2), so that a depth
 # sub-tile of max(16, next power of two >= G) rows fits the smallest row tile (64). Groups that are not powers
-# of two get padding rows in the depth phase only (triton_fwd.row_group). Sequence-only attention folds any G.
+# of two get padding rows in the depth phase only (shared.row_group). Sequence-only attention folds any G.
 MAX_DEPTH_GROUP = 32
 
 

@@ -21,9 +21,9 @@ import os
 import torch
 
 from ._validate import running_in_interpreter
+from .shared import LOG2E
 
 aten = torch.ops.aten
-LOG2E = 1.4426950408889634
 ENV = "MODA_SEQ_IMPL"
 IMPLS = ("fused", "cudnn", "flash", "cpu")
 

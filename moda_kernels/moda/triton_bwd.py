@@ -11,10 +11,9 @@ With P recomputed from the stored log2-sum-exp and delta_i = rowsum(dO_i * O_i):
   once, with no atomics and no extra pass over the depth stream.
 
 Recomputing P and dP in the dQ pass costs 7 matrix products per (query tile, key tile) pair instead of
-FlashAttention-2's 5 (dQ added from the dK/dV kernel with atomics). Both atomic variants were built and
-measured on H100 with Triton 3.6 (element atomics and bulk tensor reduce-adds of an fp32 dQ): each was
-slower than this split from T = 4096 on (16K: 25.0 and 24.3 ms vs 22.7-23.3 ms fwd+bwd), so the
-backward stays deterministic. See experiments/bench/NOTES.md.
+FlashAttention-2's 5 (dQ added from the dK/dV kernel with atomics); the backward stays deterministic because
+both atomic variants measured slower (experiments/bench/NOTES.md, v3a and v3b). On CUDA in 16-bit the hybrid
+schedule (hybrid.py) hands the sequence part to cuDNN instead.
 """
 
 from __future__ import annotations
@@ -24,13 +23,14 @@ import triton
 import triton.language as tl
 
 from ._validate import running_in_interpreter
-from .triton_fwd import (
+from .shared import (
     LOG2E,
     TUNE_KEY,
     dot_precision,
     fused_ok,
     make_prune,
     row_group,
+    seq_bounds,
     sub_tile_rows,
     tagged_configs,
 )
@@ -277,24 +277,13 @@ def _moda_bwd_dq_kernel(
     if HAS_SEQ:
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
-        if CAUSAL:
-            t_first = start_m // GP
-            t_last = tl.minimum((start_m + BLOCK_M - 1) // GP, T - 1)
-            n_full = ((t_first + 1) // BLOCK_N) * BLOCK_N
-            for start_n in range(0, n_full, BLOCK_N):
-                dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                  BLOCK_N, HEAD_D, False, CAUSAL, PREC)
-            for start_n in range(n_full, t_last + 1, BLOCK_N):
-                dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                  BLOCK_N, HEAD_D, True, CAUSAL, PREC)
-        else:
-            n_full = (T // BLOCK_N) * BLOCK_N
-            for start_n in range(0, n_full, BLOCK_N):
-                dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                  BLOCK_N, HEAD_D, False, CAUSAL, PREC)
-            for start_n in range(n_full, T, BLOCK_N):
-                dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                  BLOCK_N, HEAD_D, True, CAUSAL, PREC)
+        n_full, n_end = seq_bounds(start_m, T, GP, BLOCK_M, BLOCK_N, CAUSAL)
+        for start_n in range(0, n_full, BLOCK_N):
+            dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                              BLOCK_N, HEAD_D, False, CAUSAL, PREC)
+        for start_n in range(n_full, n_end, BLOCK_N):
+            dq = _dq_seq_tile(dq, q, do, lse, delta, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                              BLOCK_N, HEAD_D, True, CAUSAL, PREC)
 
     if HAS_DEPTH:
         NSUB: tl.constexpr = BLOCK_M // SUB_M
@@ -398,37 +387,32 @@ def moda_bwd(
             G=G, HEAD_D=d, HAS_SEQ=has_seq, HAS_DEPTH=has_depth, CAUSAL=causal, PREC=prec,
         )
 
-    def grid_q(meta, has_depth):
-        return (triton.cdiv(T * row_group(G, has_depth), meta["BLOCK_M"]), B * Hk)
+    def launch_dq(seq_pass: bool, depth_pass: bool, dq_in: torch.Tensor | None, dq_out: torch.Tensor) -> None:
+        """One dQ launch over the sequence keys, the depth slots or both, adding dq_in (if given) at the store."""
+        GP = row_group(G, depth_pass)
+        _moda_bwd_dq_kernel[lambda meta: (triton.cdiv(T * GP, meta["BLOCK_M"]), B * Hk)](
+            q, k if seq_pass else q, v if seq_pass else q, k_depth if depth_pass else q, v_depth if depth_pass else q,
+            do, lse, delta, dq_out, dkd if depth_pass else q, dvd if depth_pass else q,
+            dq_in if dq_in is not None else dq_out,
+            qk_scale, scale,
+            q.stride(0), q.stride(1), q.stride(2),
+            ks[0], ks[1], ks[2],
+            vs[0], vs[1], vs[2],
+            kds[0], kds[1], kds[2], kds[3],
+            vds[0], vds[1], vds[2], vds[3],
+            do.stride(0), do.stride(1), do.stride(2),
+            dq_out.stride(0), dq_out.stride(1), dq_out.stride(2),
+            dkds[0], dkds[1], dkds[2], dkds[3],
+            T, L, Hk, t_bucket, l_bucket,
+            G=G, GP=GP, HEAD_D=d, SUB_M=sub_tile_rows(G),
+            HAS_SEQ=seq_pass, HAS_DEPTH=depth_pass, HAS_INIT=dq_in is not None, CAUSAL=causal, PREC=prec,
+            ACC=accumulate and depth_pass,
+        )
 
-    passes = [(has_seq, has_depth, dq_init, dq)]
     if has_seq and has_depth and (split or not fused_ok(G)):
         dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
-        passes = [(False, True, None, dq_depth), (True, False, dq_depth, dq)]
-    for seq_pass, depth_pass, dq_init, dq_out in passes:
-        _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq_out, dkd, dvd, dq_init, qk_scale, scale,
-                   ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, seq_pass, depth_pass, causal, prec,
-                   accumulate)
+        launch_dq(False, True, None, dq_depth)
+        launch_dq(True, False, dq_depth, dq)
+    else:
+        launch_dq(has_seq, has_depth, dq_init, dq)
     return (dq, dk, dv, None, None) if accumulate else (dq, dk, dv, dkd, dvd)
-
-
-def _launch_dq(grid_q, q, k, v, k_depth, v_depth, do, lse, delta, dq, dkd, dvd, dq_init, qk_scale, scale,
-               ks, vs, kds, vds, dkds, T, L, Hk, t_bucket, l_bucket, G, d, has_seq, has_depth, causal, prec,
-               accumulate):
-    _moda_bwd_dq_kernel[lambda meta: grid_q(meta, has_depth)](
-        q, k if has_seq else q, v if has_seq else q, k_depth if has_depth else q, v_depth if has_depth else q,
-        do, lse, delta, dq, dkd if has_depth else q, dvd if has_depth else q, dq_init if dq_init is not None else dq,
-        qk_scale, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        ks[0], ks[1], ks[2],
-        vs[0], vs[1], vs[2],
-        kds[0], kds[1], kds[2], kds[3],
-        vds[0], vds[1], vds[2], vds[3],
-        do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        dkds[0], dkds[1], dkds[2], dkds[3],
-        T, L, Hk, t_bucket, l_bucket,
-        G=G, GP=row_group(G, has_depth), HEAD_D=d, SUB_M=sub_tile_rows(G),
-        HAS_SEQ=has_seq, HAS_DEPTH=has_depth, HAS_INIT=dq_init is not None, CAUSAL=causal, PREC=prec,
-        ACC=accumulate and has_depth,
-    )

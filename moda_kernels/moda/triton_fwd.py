@@ -19,28 +19,23 @@ sub-tile only against the (SUB_M / G) * L slots of its own tokens with one batch
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ._validate import running_in_interpreter
-
-LOG2E = 1.4426950408889634
-
-
-def tagged_configs(entries, blocks=("BLOCK_M", "BLOCK_N", "BLOCK_DN")):
-    """Configs and their mode tags from (*block sizes, warps, stages, modes) entries, block sizes in the order
-    of ``blocks``; modes is a comma list of 'seq', 'depth', 'moda' (the launches the config is tuned for) or
-    'fallback'."""
-    n = len(blocks)
-    configs = [triton.Config(dict(zip(blocks, e[:n])), num_warps=e[n], num_stages=e[n + 1]) for e in entries]
-    return configs, [frozenset(e[-1].split(",")) for e in entries]
-
-
-# Hopper (H100/H200): at most 227 KiB of shared memory per block.
-SMEM_LIMIT = 232448
+from .shared import (
+    LOG2E,
+    TUNE_KEY,
+    dot_precision,
+    fused_ok,
+    make_prune,
+    row_group,
+    seq_bounds,
+    softmax_step,
+    sub_tile_rows,
+    tagged_configs,
+)
 
 # The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
 if running_in_interpreter():
@@ -68,64 +63,6 @@ else:
     )
 
 
-def launch_mode(has_seq: bool, has_depth: bool) -> str:
-    """The config tag of a launch: sequence-only, depth-only or both (MoDA, fused)."""
-    return "moda" if has_seq and has_depth else ("seq" if has_seq else "depth")
-
-
-def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
-    """Upper estimate of a config's shared memory (bytes), checked against Triton's sm_90 allocation by
-    experiments/bench/check_smem.py. Pipelined loads get stages - 1 buffers from 3 stages on, and up to
-    `stages` buffers below (seen at 2 stages with fp32); the depth phase loads [BLOCK_M / SUB_M, BLOCK_DN, d]
-    K and V tiles, which is what dominates at d = 128."""
-    kw = cfg.kwargs
-    bm, bn, dn = kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_DN", 0)
-    buf = cfg.num_stages if cfg.num_stages <= 2 else cfg.num_stages - 1
-    nsub = max(bm // sub_tile_rows(G), 1)
-    if kind == "dkdv":  # loops over query tiles: q and dO pipelined, K and V resident, P^T and dS^T staged
-        return elt * (buf * 2 * bm * head_d + 2 * bn * head_d + 2 * bn * bm)
-    rows = 1 if kind == "fwd" else 2  # q (and dO for dQ) staged as dot operands
-    est = 0
-    if has_seq:
-        est = max(est, elt * (buf * 2 * bn * head_d + rows * bm * head_d + rows * bm * bn))
-    if has_depth:
-        est = max(est, elt * (buf * 2 * nsub * dn * head_d + rows * bm * head_d + rows * bm * dn))
-    return est
-
-
-PIN_ENV = "MODA_PIN_CONFIGS"
-
-
-def make_prune(kind, tags):
-    """early_config_prune: keep the configs tagged with the launch's mode whose shared memory fits; if none
-    does, the fitting fallbacks; if still none, the single smallest config (never an empty list).
-    With ``MODA_PIN_CONFIGS=1`` only the first of them is kept: no autotuning (fast GPU tests)."""
-
-    def prune(configs, named_args, **kwargs):
-        kept = _prune(configs, named_args, **kwargs)
-        return kept[:1] if os.environ.get(PIN_ENV) == "1" else kept
-
-    def _prune(configs, named_args, **kwargs):
-        q = named_args.get("Q")
-        elt = q.element_size() if q is not None and hasattr(q, "element_size") else 4
-        has_seq, has_depth = kwargs.get("HAS_SEQ", True), kwargs.get("HAS_DEPTH", False)
-        mode = "seq" if kind == "dkdv" else launch_mode(has_seq, has_depth)
-        est = [smem_estimate(kind, c, kwargs["G"], kwargs["HEAD_D"], elt, has_seq, has_depth) for c in configs]
-        fits = [e <= SMEM_LIMIT for e in est]
-        tuned = [c for c, t, ok in zip(configs, tags, fits) if mode in t and ok]
-        if tuned:
-            return tuned
-        fallback = [c for c, t, ok in zip(configs, tags, fits) if "fallback" in t and ok]
-        return fallback or [configs[min(range(len(configs)), key=est.__getitem__)]]
-
-    return prune
-
-
-# Autotune key: bucketed T and L (powers of two) so that every layer of a deep model (L = 1, 2, ...)
-# or a ragged T does not re-tune, plus every compile-time switch that changes the kernel's cost.
-TUNE_KEY = ["T_BUCKET", "L_BUCKET", "G", "HEAD_D", "HAS_SEQ", "HAS_DEPTH", "HAS_INIT", "CAUSAL"]
-
-
 @triton.jit
 def _seq_tile(
     acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
@@ -148,13 +85,7 @@ def _seq_tile(
         if CAUSAL:
             keep = keep & (row_tok[:, None] >= cols[None, :])
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    if MASK:
-        # A row can still have seen no key at all (padded rows); keep exp2 away from (-inf) - (-inf).
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, l_i, m_new = softmax_step(s, m_i, l_i, MASK)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, l_i, m_new
 
@@ -182,11 +113,7 @@ def _depth_tile(
     # Row r (local token loc_tok[r] of its sub-tile) sees slot j only if j is a slot of that token.
     keep = keep_row[:, None] & (loc_tok[:, None] == (j // L)[None, :]) & (j < span)[None, :]
     s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, l_i, m_new = softmax_step(s, m_i, l_i, True)
     p3 = tl.reshape(p.to(vd.dtype), (NSUB, SUB_M, BLOCK_DN))
     pv = tl.reshape(tl.dot(p3, vd, input_precision=PREC), (BLOCK_M, HEAD_D))
     acc = acc * alpha[:, None] + pv
@@ -245,25 +172,13 @@ def _moda_fwd_kernel(
     if HAS_SEQ:
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
-        if CAUSAL:
-            t_first = start_m // GP
-            t_last = tl.minimum((start_m + BLOCK_M - 1) // GP, T - 1)
-            # Keys s <= t_first are visible to every row of the tile: no mask there.
-            n_full = ((t_first + 1) // BLOCK_N) * BLOCK_N
-            for start_n in range(0, n_full, BLOCK_N):
-                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                          BLOCK_N, HEAD_D, False, CAUSAL, PREC)
-            for start_n in range(n_full, t_last + 1, BLOCK_N):
-                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                          BLOCK_N, HEAD_D, True, CAUSAL, PREC)
-        else:
-            n_full = (T // BLOCK_N) * BLOCK_N
-            for start_n in range(0, n_full, BLOCK_N):
-                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                          BLOCK_N, HEAD_D, False, CAUSAL, PREC)
-            for start_n in range(n_full, T, BLOCK_N):
-                acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
-                                          BLOCK_N, HEAD_D, True, CAUSAL, PREC)
+        n_full, n_end = seq_bounds(start_m, T, GP, BLOCK_M, BLOCK_N, CAUSAL)
+        for start_n in range(0, n_full, BLOCK_N):
+            acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                      BLOCK_N, HEAD_D, False, CAUSAL, PREC)
+        for start_n in range(n_full, n_end, BLOCK_N):
+            acc, l_i, m_i = _seq_tile(acc, l_i, m_i, q, k_base, v_base, skt, svt, start_n, row_tok, T, qk_scale,
+                                      BLOCK_N, HEAD_D, True, CAUSAL, PREC)
 
     if HAS_DEPTH:
         NSUB: tl.constexpr = BLOCK_M // SUB_M
@@ -284,28 +199,6 @@ def _moda_fwd_kernel(
     tl.store(O + o_off, o.to(O.dtype.element_ty), mask=row_ok[:, None])
     # log2-sum-exp of the scaled scores of each row, the softmax normaliser the backward pass recomputes P with.
     tl.store(LSE + lse_row, m_i + tl.math.log2(l_safe), mask=row_ok)
-
-
-def dot_precision(dtype: torch.dtype) -> str | None:
-    """fp32 inputs get exact fp32 products (the test reference); 16-bit inputs keep Triton's default."""
-    return "ieee" if dtype == torch.float32 else None
-
-
-def sub_tile_rows(G: int) -> int:
-    """Rows of a depth sub-tile: whole tokens (a multiple of the row group) and at least a tensor-core M of 16."""
-    return max(16, row_group(G, True))
-
-
-def row_group(G: int, has_depth: bool) -> int:
-    """Rows per token in the folded query. A depth phase needs tiles of whole tokens, so a group that is not a
-    power of two (Table 6's G=3) gets padding rows up to the next power of two there: they are masked, never
-    loaded or stored, and cost (GP - G) / GP of the depth phase's arithmetic. Sequence passes fold any G."""
-    return triton.next_power_of_2(G) if has_depth else G
-
-
-def fused_ok(G: int) -> bool:
-    """Whether one launch can run the sequence and the depth phase: only when both fold the group alike."""
-    return row_group(G, True) == G
 
 
 def moda_fwd(

@@ -185,7 +185,7 @@ def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
     MoDA), fallbacks only when none fits. (Bytes: experiments/bench/NOTES.md.)"""
     import triton
 
-    from moda_kernels.moda.triton_fwd import SMEM_LIMIT, make_prune, smem_estimate
+    from moda_kernels.moda.shared import SMEM_LIMIT, make_prune, smem_estimate
 
     entries = [(128, 64, 64, 8, 3, "seq,moda"), (64, 64, 64, 4, 3, "seq,depth,moda"), (64, 64, 32, 4, 3, "fallback"),
                (64, 32, 16, 4, 1, "fallback")]
