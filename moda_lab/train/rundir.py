@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = (
     "trainer.devices",
     "trainer.strategy",
     "data.num_workers",
+    "data.num_proc",
     "data.build_default",
     "data.default_corpus_dir",
     "data.cache_dir",
