@@ -14,6 +14,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from .data.corpus import HubDataset
+from .data.packing import token_budget
 from .model.config import MixerConfig, ModelConfig
 
 
@@ -45,6 +47,11 @@ class DataConfig:
     val_fraction: float = 0.02
     val_windows: int = 32  # held-out windows per domain per validation
     num_workers: int = 0
+    # A dataset streamed by datasets.load_dataset (a hub id, or a folder of data files): with data.hf.path set it
+    # is the corpus instead of corpus_dir (packed_dir still wins), one validation domain.
+    hf: HubDataset = field(default_factory=HubDataset)
+    max_tokens: int | float | None = None  # training tokens per domain at most (2e9 is fine); null: every document
+    num_proc: int | None = None  # tokenising processes; null: min(cores, 8). The packed bytes do not depend on it
 
     def __post_init__(self) -> None:
         from .data.corpus import SOURCES
@@ -62,10 +69,13 @@ class DataConfig:
         check_range("data.val_fraction", self.val_fraction, "0 < x < 1", 0.0 < self.val_fraction < 1.0)
         check_range("data.val_windows", self.val_windows, ">= 1", self.val_windows >= 1)
         check_range("data.num_workers", self.num_workers, ">= 0", self.num_workers >= 0)
+        object.__setattr__(self, "max_tokens", token_budget(self.max_tokens))  # 2e9 -> 2000000000
+        if self.num_proc is not None:
+            check_range("data.num_proc", self.num_proc, ">= 1, or null (min(cores, 8))", self.num_proc >= 1)
 
     @property
     def uses_default_corpus(self) -> bool:
-        return self.packed_dir is None and _same_path(self.corpus_dir, self.default_corpus_dir)
+        return self.packed_dir is None and self.hf.path is None and _same_path(self.corpus_dir, self.default_corpus_dir)
 
 
 def _same_path(a: str, b: str) -> bool:

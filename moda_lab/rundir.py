@@ -40,6 +40,7 @@ RUN_INDEPENDENT_KEYS = (
     "trainer.devices",
     "trainer.strategy",
     "data.num_workers",
+    "data.num_proc",
     "data.build_default",
     "data.default_corpus_dir",
     "data.cache_dir",

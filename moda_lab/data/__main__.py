@@ -1,21 +1,28 @@
 """Build a corpus and its packed tokens: python -m moda_lab.data out=data/corpus [sources=python-docs,stdlib,linux-docs]
 [vocab_size=8192] [cache_dir=data/cache] [tokenizer=path/to/tokenizer.json], or pack an existing corpus dir
-(text/JSONL/Parquet files, saved datasets) with corpus=DIR instead of building one. Prints the tokens per domain
-and the packed folder (usable as data.packed_dir). The Table 6 corpus (conf/data/table6.yaml) is
+(text/JSONL/Parquet files, saved datasets) with corpus=DIR instead of building one, or a streamed Hugging Face
+dataset with hf.path=ID [hf.name=CONFIG] [hf.split=train] [hf.text_field=text] [hf.revision=SHA]; max_tokens=2e9
+caps each domain's training tokens, num_proc=N sets the tokenising processes (default min(cores, 8)); an
+interrupted packing resumes when the same command is run again. Prints the tokens per domain and the packed folder
+(usable as data.packed_dir). The Table 6 corpus (conf/data/table6.yaml) is
 python -m moda_lab.data out=data/corpus_table6 sources=python-docs,stdlib,linux-docs,manpages,devdocs,site-packages
 vocab_size=50304."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
-from .corpus import DEFAULT_SOURCES, SOURCES, build_default_corpus
-from .packing import prepare
+from .corpus import DEFAULT_SOURCES, SOURCES, HubDataset, build_default_corpus
+from .packing import prepare, token_budget
+
+HF_KEYS = ("path", "name", "split", "text_field", "revision")
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """key=value arguments over the defaults; a bad key or an unknown source exits naming it."""
+    """key=value arguments over the defaults; a bad key, value or unknown source exits naming it."""
+    hub = HubDataset()
     args = {
         "out": "data/corpus",
         "sources": ",".join(DEFAULT_SOURCES),
@@ -24,6 +31,9 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         "val_fraction": "0.02",
         "corpus": "",  # an existing corpus dir to pack (out and sources are then unused)
         "tokenizer": "",  # a pretrained tokenizer.json instead of training a BPE
+        **{f"hf.{k}": getattr(hub, k) or "" for k in HF_KEYS},  # a streamed dataset (then out, sources, corpus unused)
+        "max_tokens": "",  # training tokens per domain at most, e.g. 2e9
+        "num_proc": "",  # tokenising processes (default min(cores, 8))
     }
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -35,15 +45,54 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     unknown = [s for s in args["sources"].split(",") if s not in SOURCES]
     if unknown:
         raise SystemExit(f"sources: unknown corpus source(s) {unknown}; choose from {sorted(SOURCES)}")
+    try:
+        hub_dataset(args)
+        max_tokens(args)
+    except ValueError as err:
+        raise SystemExit(re.sub(r"\bdata\.(hf\.|max_tokens)", r"\1", str(err))) from None  # this CLI's names
+    if args["num_proc"] and not (args["num_proc"].isdigit() and int(args["num_proc"]) >= 1):
+        raise SystemExit(f"num_proc={args['num_proc']!r} is out of range; allowed: a whole number >= 1")
     return args
+
+
+def hub_dataset(args: dict[str, str]) -> HubDataset:
+    """The streamed dataset the hf.* arguments name (hf.path unset: none)."""
+    return HubDataset(
+        path=args["hf.path"] or None,
+        name=args["hf.name"] or None,
+        split=args["hf.split"],
+        text_field=args["hf.text_field"],
+        revision=args["hf.revision"] or None,
+    )
+
+
+def max_tokens(args: dict[str, str]) -> int | None:
+    """max_tokens as a whole number of tokens (2e9 is one), or None."""
+    if not args["max_tokens"]:
+        return None
+    try:
+        value = float(args["max_tokens"])
+    except ValueError:
+        raise ValueError(f"data.max_tokens={args['max_tokens']!r} is not a number (e.g. 2e9)") from None
+    return token_budget(value)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
+    hub = hub_dataset(args)
+    if hub.path is not None:
+        corpus = hub
+    else:
+        corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
     packed = prepare(
-        corpus, args["cache_dir"], int(args["vocab_size"]), float(args["val_fraction"]), args["tokenizer"] or None
+        corpus,
+        args["cache_dir"],
+        int(args["vocab_size"]),
+        float(args["val_fraction"]),
+        args["tokenizer"] or None,
+        max_tokens=max_tokens(args),
+        num_proc=int(args["num_proc"]) if args["num_proc"] else None,
     )
     for domain, st in packed.meta.get("train_domains", {}).items():
         val = packed.meta["val"][domain]

@@ -20,6 +20,11 @@ Any directory works as a corpus: each subdirectory is a named domain, files dire
 ``.parquet`` files one document per row in their ``text`` column, and a folder written by Hugging Face
 ``datasets`` (``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``: every split, in name order) one document
 per row of its ``text`` column. A corpus dir that is itself a saved dataset is domain ``default``.
+
+A dataset that ``datasets.load_dataset(..., streaming=True)`` streams (``HubDataset``, ``data.hf``: a hub id or a
+local folder of data files) is read by the same code as a saved dataset, the IterableDataset coming from the hub
+instead of from disk. Readers yield each document with the position after it (``stream_documents``), from which a
+later call continues: the resumable packing of moda_lab.data.packing.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import subprocess
 import sysconfig
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -269,11 +275,65 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in DATASET_MARKERS)
 
 
-def _column_documents(rows: Iterator[tuple[int, object]], where: str) -> Iterator[str]:
-    for i, text in rows:
-        if not isinstance(text, str):
-            raise ValueError(f"{where}: row {i}: {TEXT_FIELD!r} must be a string, got {type(text).__name__}")
-        yield text
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset that ``datasets.load_dataset(path, name, split=split, streaming=True)`` streams (``data.hf``).
+
+    ``path`` is a hub dataset id (``HuggingFaceFW/fineweb-edu``) or a local folder of data files (load_dataset
+    reads its Parquet/JSONL/CSV files as one dataset). The dataset is one validation domain, named after the
+    last component of ``path``. ``revision`` pins a hub commit: the cache key holds these fields, not the data,
+    so an unpinned dataset that changes upstream keeps its old packed cache.
+    """
+
+    path: str | None = None  # unset: no hub dataset (data.corpus_dir is read instead)
+    name: str | None = None  # the dataset's configuration (subset), e.g. sample-10BT
+    split: str = "train"
+    text_field: str = "text"  # the document column
+    revision: str | None = None  # a commit, tag or branch of the hub repository
+
+    def __post_init__(self) -> None:
+        for key in ("split", "text_field"):
+            if not getattr(self, key):
+                raise ValueError(f"data.hf.{key}={getattr(self, key)!r} is not allowed; allowed: a non-empty name")
+        orphans = [f"data.hf.{k}={getattr(self, k)!r}" for k in ("name", "revision") if getattr(self, k) is not None]
+        if self.path is None and orphans:
+            raise ValueError(f"{' and '.join(orphans)} without data.hf.path; allowed: set data.hf.path too")
+        if self.path is not None and not self.domain:
+            raise ValueError(f"data.hf.path={self.path!r} is not allowed; allowed: a dataset id or a folder")
+
+    @property
+    def domain(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1] if self.path else ""
+
+    def __str__(self) -> str:
+        parts = [f"name={self.name!r}"] if self.name is not None else []
+        parts += [f"split={self.split!r}"] + ([f"revision={self.revision!r}"] if self.revision else [])
+        return f"data.hf.path={self.path!r} ({', '.join(parts)})"
+
+    def load(self):
+        """The streamed split (a datasets.IterableDataset); load_dataset's failure as one line naming the keys."""
+        try:
+            from datasets import load_dataset
+        except ImportError as err:  # pragma: no cover - datasets comes with lm-eval
+            raise ImportError(f"{self}: streaming a dataset needs `datasets` ({err})") from err
+        try:
+            return load_dataset(self.path, self.name, split=self.split, revision=self.revision, streaming=True)
+        except (ValueError, OSError) as err:  # bad name or split, unknown dataset, no network
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"{self}: load_dataset failed: {type(err).__name__}: {first}") from err
+
+
+# A corpus source: a file or saved-dataset folder of a corpus dir, or a streamed dataset.
+Source = Path | HubDataset
+# Where a domain's reading stands: (part, documents read in that part, the datasets iterator's state_dict or
+# None). Parts are a domain's files, a saved DatasetDict's splits and a streamed dataset, in reading order.
+Position = tuple[int, int, dict | None]
+
+
+def _check_text(i: int, text: object, field: str, where: str) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: row {i}: {field!r} must be a string, got {type(text).__name__}")
+    return text
 
 
 def _parquet_documents(path: Path) -> Iterator[str]:
@@ -282,49 +342,14 @@ def _parquet_documents(path: Path) -> Iterator[str]:
     pf = pq.ParquetFile(path)
     if TEXT_FIELD not in pf.schema_arrow.names:
         raise ValueError(f"{path}: no {TEXT_FIELD!r} column (columns: {pf.schema_arrow.names})")
-
-    def rows() -> Iterator[tuple[int, object]]:
-        i = 0
-        for batch in pf.iter_batches(columns=[TEXT_FIELD], batch_size=4096):  # row groups stream, not the file
-            for text in batch.column(0).to_pylist():
-                yield i, text
-                i += 1
-
-    yield from _column_documents(rows(), str(path))
+    i = 0
+    for batch in pf.iter_batches(columns=[TEXT_FIELD], batch_size=4096):  # row groups stream, not the file
+        for text in batch.column(0).to_pylist():
+            yield _check_text(i, text, TEXT_FIELD, str(path))
+            i += 1
 
 
-def _dataset_documents(path: Path) -> Iterator[str]:
-    try:
-        from datasets import DatasetDict, load_from_disk
-    except ImportError as err:  # pragma: no cover - datasets comes with lm-eval
-        raise ImportError(f"{path} is a saved Hugging Face dataset; reading it needs `datasets` ({err})") from err
-    loaded = load_from_disk(str(path))
-    splits = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, DatasetDict) else [loaded]
-    for split in splits:
-        if TEXT_FIELD not in split.column_names:
-            raise ValueError(f"{path}: no {TEXT_FIELD!r} column (columns: {split.column_names})")
-
-        def rows(split=split) -> Iterator[tuple[int, object]]:
-            i = 0
-            for batch in split.iter(batch_size=4096):
-                for text in batch[TEXT_FIELD]:
-                    yield i, text
-                    i += 1
-
-        yield from _column_documents(rows(), f"{path} ({split.split or 'dataset'})")
-
-
-def read_documents(path: Path) -> Iterator[str]:
-    """Documents of one file or saved dataset; a record without a string "text" field is an error naming it."""
-    if path.is_dir():
-        yield from _dataset_documents(path)
-        return
-    if path.suffix == ".parquet":
-        yield from _parquet_documents(path)
-        return
-    if path.suffix != ".jsonl":
-        yield path.read_text(encoding="utf-8", errors="replace")
-        return
+def _jsonl_documents(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -336,3 +361,78 @@ def read_documents(path: Path) -> Iterator[str]:
             if not isinstance(text, str):
                 raise ValueError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
             yield text
+
+
+def _file_documents(path: Path) -> Iterator[str]:
+    if path.suffix == ".parquet":
+        return _parquet_documents(path)
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path)
+    return iter([path.read_text(encoding="utf-8", errors="replace")])
+
+
+def _parts(source: Source) -> Iterator[tuple[Path | HubDataset, object, str]]:
+    """(source, reader, where) per part: a file reads itself; a saved dataset (every split of a DatasetDict, in
+    name order) and a hub dataset read through the same datasets.IterableDataset code, from disk or streamed."""
+    if isinstance(source, HubDataset):
+        yield source, source.load(), str(source)
+        return
+    if not source.is_dir():
+        yield source, source, str(source)
+        return
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError as err:  # pragma: no cover - datasets comes with lm-eval
+        raise ImportError(f"{source} is a saved Hugging Face dataset; reading it needs `datasets` ({err})") from err
+    loaded = load_from_disk(str(source))
+    for split in [loaded[k] for k in sorted(loaded)] if isinstance(loaded, DatasetDict) else [loaded]:
+        yield source, split.to_iterable_dataset(), f"{source} ({split.split or 'dataset'})"
+
+
+def _text_column(ds, field: str, missing: str):
+    """The dataset with only its text column (other columns are never decoded); a missing one is an error."""
+    if ds.column_names is None:  # features unknown until read: checked on the first row
+        return ds
+    if field not in ds.column_names:
+        raise ValueError(missing.format(columns=ds.column_names))
+    return ds.select_columns([field])
+
+
+def stream_documents(sources: list[Source], start: Position | None = None) -> Iterator[tuple[str, Position]]:
+    """(document, position after it) for a domain's sources in order; from ``start``, a position it yielded before,
+    reading continues with the next document. Files skip what was read; datasets resume from their state_dict
+    (a streamed dataset does not download its finished shards again)."""
+    start_part, start_docs, start_state = start if start is not None else (0, 0, None)
+    k = 0
+    for source in sources:
+        for owner, reader, where in _parts(source):
+            if k < start_part:
+                k += 1
+                continue
+            resume = start_docs if k == start_part else 0
+            if isinstance(reader, Path):
+                for j, doc in enumerate(_file_documents(reader), 1):
+                    if j > resume:
+                        yield doc, (k, j, None)
+                k += 1
+                continue
+            if isinstance(owner, HubDataset):
+                field = owner.text_field
+                missing = f"data.hf.text_field={field!r} is not a column of {where}; columns found: {{columns}}"
+            else:
+                field, missing = TEXT_FIELD, f"{owner}: no {TEXT_FIELD!r} column (columns: {{columns}})"
+            ds = _text_column(reader, field, missing)
+            if resume:
+                ds.load_state_dict(start_state)
+            for j, row in enumerate(ds, resume + 1):
+                if field not in row:
+                    raise ValueError(missing.format(columns=list(row)))
+                yield _check_text(j - 1, row[field], field, where), (k, j, ds.state_dict())
+            k += 1
+
+
+def read_documents(source: Source) -> Iterator[str]:
+    """Documents of one file, saved dataset or streamed dataset; a record without a string text field is an error
+    naming it (the file and line, or the dataset and row)."""
+    for doc, _ in stream_documents([source]):
+        yield doc

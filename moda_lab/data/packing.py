@@ -1,16 +1,25 @@
 """Tokenise a corpus once and pack it into flat token files that training memory-maps.
 
-Cache layout (one folder per corpus fingerprint, so a changed corpus, vocabulary or tokenizer never reuses
-stale data):
+Cache layout (one folder per corpus fingerprint, so a changed corpus, vocabulary, tokenizer or token budget never
+reuses stale data):
   <cache_root>/<key>/tokenizer.json
   <cache_root>/<key>/train.bin            all training documents, EOS-separated
   <cache_root>/<key>/val_<domain>.bin     held-out documents of each domain
   <cache_root>/<key>/meta.json            vocab, token dtype, token and byte counts per split (bytes give bits-per-byte)
-Documents, not windows, are split, so no held-out text leaks into training.
+Documents, not windows, are split, so no held-out text leaks into training. The held-out documents are a stable
+coin per document (a CRC of its domain and index in the domain's stream): the same on every machine, and for a
+token budget the held-out documents of a shorter budget are those of a longer one's first documents.
 
 The tokenizer is a byte-level BPE trained on the training documents, or a pretrained ``tokenizer.json``
 (``data.tokenizer``; ``<|endoftext|>`` is added as a special token when it has none). Tokens are uint16 when
 the vocabulary fits (<= 65,536 ids), else uint32.
+
+Packing streams each domain once (``data.num_proc`` worker processes tokenise batches of documents, written in
+stream order, so the files are the same bytes for any num_proc) and can be resumed: while it runs the folder
+holds ``progress.json`` (where each domain's stream stands, committed after every batch) and ``*.bin.partial``
+files; a build that was killed continues from its last commit, and ``train.bin``, ``val_*.bin`` and meta.json
+appear only when the whole build is done. ``data.max_tokens`` stops each domain's stream at the document that
+brings its training tokens to the budget.
 """
 
 from __future__ import annotations
@@ -18,9 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
+import threading
+import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +44,17 @@ from filelock import FileLock
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .corpus import corpus_files, read_documents
+from .corpus import HubDataset, Position, Source, corpus_files, read_documents, stream_documents
 from .tokenizer import EOS, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-ENCODE_BATCH = 1024  # documents per encode_batch call (and per write)
+ENCODE_BATCH = 1024  # documents per batch at most: a worker's unit of work and of committed progress
+BATCH_BYTES = 1 << 20  # and about this much text at most, so large documents still spread over the workers
+PROGRESS = "progress.json"
+PROGRESS_VERSION = 1
+# Test hook: called with the progress dict after every commit (a test raises here to interrupt a build).
+_on_commit: Callable[[dict], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,15 +84,48 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def _fingerprint(files: dict[str, list[Path]], vocab_size: int, val_fraction: float, tokenizer: str | None) -> str:
+def _identity(source: Source) -> str:
+    if isinstance(source, HubDataset):  # its load_dataset arguments (and a local folder's size)
+        local = Path(source.path)
+        size = f"|{_size(local)}" if local.is_dir() else ""
+        return f"hf|{source.path}|{source.name}|{source.split}|{source.text_field}|{source.revision}{size}"
+    return f"{source.name}|{_size(source)}"
+
+
+def _fingerprint(
+    files: dict[str, list[Source]],
+    vocab_size: int,
+    val_fraction: float,
+    tokenizer: str | None,
+    max_tokens: int | None = None,
+) -> str:
     # File names and sizes, not absolute paths or mtimes: a corpus copied to another machine keeps its cache.
+    # Caches built without a token budget or a streamed dataset keep the keys they had before either existed.
     h = hashlib.sha256(f"v2|{vocab_size}|{val_fraction}".encode())
     if tokenizer is not None:  # the pretrained tokenizer's content (caches of trained BPE keep their keys)
         h.update(b"tokenizer|" + hashlib.sha256(tokenizer.encode()).digest())
-    for domain, paths in files.items():
-        for p in paths:
-            h.update(f"{domain}|{p.name}|{_size(p)}".encode())
+    if max_tokens is not None:
+        h.update(f"max_tokens|{max_tokens}".encode())
+    for domain, sources in files.items():
+        for source in sources:
+            h.update(f"{domain}|{_identity(source)}".encode())
     return h.hexdigest()[:16]
+
+
+def token_budget(value: object) -> int | None:
+    """data.max_tokens as an int: a whole number >= 1 (2e9, as a command line gives it, is one), or None."""
+    if value is None:
+        return None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise ValueError(f"data.max_tokens={value!r} is out of range; allowed: a whole number >= 1 (e.g. 2e9), or null")
+    return int(value)
+
+
+def default_num_proc() -> int:
+    """data.num_proc when it is null: min(the cores this process may use, 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
 
 
 def pretrained_tokenizer(path: str | Path) -> Tokenizer:
@@ -100,19 +154,27 @@ def _is_val(domain: str, index: int, val_fraction: float) -> bool:
 
 
 def prepare(
-    corpus_dir: str | Path,
+    corpus_dir: str | Path | HubDataset,
     cache_root: str | Path,
     vocab_size: int,
     val_fraction: float,
     tokenizer: str | Path | None = None,
+    *,
+    max_tokens: int | None = None,
+    num_proc: int | None = None,
 ) -> PackedData:
-    """Build (or reuse) the packed token files of corpus_dir; safe to call from several processes.
+    """Build (or reuse, or finish) the packed token files of a corpus dir or a streamed dataset; safe to call from
+    several processes.
 
     Without ``tokenizer`` a BPE of vocab_size tokens is trained; with one (a tokenizer.json path) that
     tokenizer is used as is and vocab_size only has to hold it (the model's embedding size, padding allowed).
+    ``max_tokens`` caps each domain's training tokens; ``num_proc`` processes tokenise (None: min(cores, 8)).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    max_tokens = token_budget(max_tokens)
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"data.num_proc={num_proc!r} is out of range; allowed: >= 1, or null (min(cores, 8))")
     tok = None
     if tokenizer is not None:
         tok = pretrained_tokenizer(tokenizer)
@@ -123,16 +185,24 @@ def prepare(
             )
     elif not 256 < vocab_size <= 65535:
         raise ValueError(f"data.vocab_size must be in (256, 65535] for byte-level BPE in uint16, got {vocab_size}")
-    files = corpus_files(corpus_dir)
-    root = Path(cache_root) / _fingerprint(files, vocab_size, val_fraction, tok.to_str() if tok else None)
+    extra: dict = {} if max_tokens is None else {"max_tokens": max_tokens}
+    if isinstance(corpus_dir, HubDataset):
+        if corpus_dir.path is None:
+            raise ValueError("data.hf.path is null: there is no dataset to stream")
+        files: dict[str, list[Source]] = {corpus_dir.domain: [corpus_dir]}
+        extra["hf"] = {k: getattr(corpus_dir, k) for k in ("path", "name", "split", "text_field", "revision")}
+    else:
+        files = corpus_files(corpus_dir)
+    key = _fingerprint(files, vocab_size, val_fraction, tok.to_str() if tok else None, max_tokens)
+    root = Path(cache_root) / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".lock")):
         if not (root / "meta.json").is_file():
-            _build(files, root, vocab_size, val_fraction, tok)
+            _build(files, root, vocab_size, val_fraction, tok, max_tokens, num_proc or default_num_proc(), extra)
     return PackedData(root, json.loads((root / "meta.json").read_text()))
 
 
-def iter_split(domain: str, paths: list[Path], val_fraction: float) -> Iterator[tuple[str, bool]]:
+def iter_split(domain: str, paths: list[Source], val_fraction: float) -> Iterator[tuple[str, bool]]:
     """(document, held out?) for each document of one domain, in file order, without holding the domain in memory.
 
     A domain whose coins hold out nothing still gives up its last training document (tiny domains keep a
@@ -158,7 +228,7 @@ def iter_split(domain: str, paths: list[Path], val_fraction: float) -> Iterator[
         raise ValueError(f"domain {domain!r} has a single document: nothing to hold out for validation")
 
 
-def split_documents(domain: str, paths: list[Path], val_fraction: float) -> tuple[list[str], list[str]]:
+def split_documents(domain: str, paths: list[Source], val_fraction: float) -> tuple[list[str], list[str]]:
     """(training, held-out) documents of one domain, in file order; evaluation re-derives the held-out split here."""
     train: list[str] = []
     val: list[str] = []
@@ -167,75 +237,315 @@ def split_documents(domain: str, paths: list[Path], val_fraction: float) -> tupl
     return train, val
 
 
-class _TokenFile:
-    """Appends documents to a flat token file (tokens, then EOS, per document), encoding them in batches."""
+def _bpe_documents(files: dict[str, list[Source]], val_fraction: float, max_tokens: int | None) -> Iterator[str]:
+    """The training documents a BPE learns from: all of them, or under a token budget each domain's first ones up
+    to max_tokens UTF-8 bytes (plus one per document, for its EOS). A byte-level token holds at least one byte, so
+    these are always documents the budget packs: the BPE never sees text that is not trained on."""
+    for domain, sources in files.items():
+        budget = max_tokens
+        for doc, held in iter_split(domain, sources, val_fraction):
+            if held:
+                continue
+            yield doc
+            if budget is not None:
+                budget -= len(doc.encode()) + 1
+                if budget <= 0:
+                    break
 
-    def __init__(self, path: Path, tok: Tokenizer, eos: int, dtype: np.dtype) -> None:
-        self.f, self.tok, self.eos, self.dtype = path.open("wb"), tok, eos, dtype
-        self.batch: list[str] = []
-        self.stats = {"tokens": 0, "bytes": 0, "documents": 0}
 
-    def add(self, doc: str) -> None:
-        self.batch.append(doc)
-        if len(self.batch) >= ENCODE_BATCH:
-            self._flush()
+@dataclass
+class _Batch:
+    """Consecutive documents of one domain's stream, each with its held-out coin and the stream position after it."""
 
-    def _flush(self) -> None:
-        if not self.batch:
+    docs: list[str] = field(default_factory=list)
+    held: list[bool] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    chars: int = 0
+
+
+def _batches(stream: Iterator[tuple[str, Position]], domain: str, first: int, val_fraction: float) -> Iterator[_Batch]:
+    """The stream in batches of ENCODE_BATCH documents or BATCH_BYTES characters; ``first`` is the domain index of
+    the stream's first document (the coin is a function of it)."""
+    batch = _Batch()
+    for index, (doc, position) in enumerate(stream, first):
+        batch.docs.append(doc)
+        batch.held.append(_is_val(domain, index, val_fraction))
+        batch.positions.append(position)
+        batch.chars += len(doc)
+        if len(batch.docs) >= ENCODE_BATCH or batch.chars >= BATCH_BYTES:
+            yield batch
+            batch = _Batch()
+    if batch.docs:
+        yield batch
+
+
+# A tokenising process's tokenizer, EOS id and token dtype (set by _init_worker).
+_worker: tuple[Tokenizer, int, np.dtype] | None = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    # The workers of a killed packer would wait on their task queue forever (they hold its write end themselves,
+    # so it never reaches EOF): each exits once it is re-parented.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(tokenizer_json: str, eos: int, dtype: str, parent: int) -> None:
+    global _worker
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    # One thread per process: num_proc processes use num_proc cores (the library's pool would take them all each).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker = (Tokenizer.from_str(tokenizer_json), eos, np.dtype(dtype))
+
+
+def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(every document's tokens then EOS, concatenated; tokens per document, EOS included; UTF-8 bytes per document)."""
+    tok, eos, dtype = _worker
+    encs = tok.encode_batch(docs)
+    tokens = np.concatenate([np.asarray([*enc.ids, eos], dtype=dtype) for enc in encs])
+    lengths = np.fromiter((len(enc.ids) + 1 for enc in encs), dtype=np.int64, count=len(encs))
+    nbytes = np.fromiter((len(doc.encode()) for doc in docs), dtype=np.int64, count=len(docs))
+    return tokens, lengths, nbytes
+
+
+@contextmanager
+def _single_threaded_tokenizers() -> Iterator[None]:
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read on every encode_batch call
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+Encoded = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@contextmanager
+def _encoder(tok: Tokenizer, eos: int, dtype: np.dtype, num_proc: int):
+    """A function mapping batches to (batch, _encode(batch.docs)) in order: in this process for num_proc=1, else
+    over num_proc worker processes with at most 2 * num_proc batches in flight (memory stays a few batches)."""
+    global _worker
+    with _single_threaded_tokenizers():
+        if num_proc == 1:
+            _worker = (tok, eos, dtype)
+            try:
+                yield lambda batches: ((batch, _encode(batch.docs)) for batch in batches)
+            finally:
+                _worker = None
             return
-        # encode_batch tokenises on every core (the tokenizers library's own thread pool).
-        ids = [np.asarray([*enc.ids, self.eos], dtype=self.dtype) for enc in self.tok.encode_batch(self.batch)]
-        arr = np.concatenate(ids)
-        self.f.write(arr.tobytes())
-        self.stats["tokens"] += int(arr.size)
-        self.stats["bytes"] += sum(len(d.encode()) for d in self.batch)
-        self.stats["documents"] += len(self.batch)
-        self.batch = []
+        # fork, not spawn or forkserver: those re-import the caller's __main__, so a script that calls prepare()
+        # without an `if __name__ == "__main__"` guard would run again in every worker (and wait on the cache lock
+        # its parent holds). The workers only tokenise: no thread of the parent (torch's, a datasets download) is
+        # used in them, and with TOKENIZERS_PARALLELISM set the tokenizers library forks without its warning.
+        context = multiprocessing.get_context("fork")
+        initargs = (tok.to_str(), eos, dtype.str, os.getpid())
+        pool = ProcessPoolExecutor(num_proc, context, initializer=_init_worker, initargs=initargs)
 
-    def flush(self) -> dict:
-        """Encode what is batched; the running totals so far (a copy)."""
-        self._flush()
-        return dict(self.stats)
+        def ordered(batches: Iterator[_Batch]) -> Iterator[tuple[_Batch, Encoded]]:
+            pending: deque = deque()
+            for batch in batches:
+                pending.append((batch, pool.submit(_encode, batch.docs)))
+                if len(pending) > 2 * num_proc:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
 
-    def close(self) -> dict:
-        self._flush()
-        self.f.close()
-        return self.stats
+        try:
+            yield ordered
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _zero() -> dict:
+    return {"tokens": 0, "bytes": 0, "documents": 0}
+
+
+def _file_sizes(progress: dict) -> dict[str, int]:
+    """Bytes each partial file holds at the progress's last commit."""
+    itemsize = np.dtype(progress["dtype"]).itemsize
+    domains = progress["domains"]
+    sizes = {"train.bin": itemsize * sum(st["train"]["tokens"] for st in domains.values())}
+    sizes |= {f"val_{d}.bin": itemsize * st["val"]["tokens"] for d, st in domains.items()}
+    return sizes
+
+
+def _resume(root: Path, domains: list[str]) -> dict | None:
+    """The progress of an interrupted build of this folder, its partial files cut back to their last commit; None
+    when there is none to continue (then the build starts over)."""
+    path = root / PROGRESS
+    if not path.is_file():
+        return None
+    progress = json.loads(path.read_text())
+    if progress.get("version") != PROGRESS_VERSION or list(progress.get("domains", ())) != domains:
+        log.warning("%s: written by another version of the packer; packing starts over", path)
+        return None
+    if not (root / "tokenizer.json").is_file():
+        return None
+    for name, size in _file_sizes(progress).items():
+        partial, final = root / f"{name}.partial", root / name
+        if not partial.exists() and final.exists():  # killed while renaming the finished files
+            final.replace(partial)
+        have = partial.stat().st_size if partial.exists() else 0
+        if have < size:  # lost data that was committed (a machine crash rather than a killed process)
+            log.warning("%s holds %d bytes, fewer than the %d committed; packing starts over", partial, have, size)
+            return None
+        if partial.exists():
+            os.truncate(partial, size)  # what was written after the last commit is written again
+    return progress
+
+
+def _commit(root: Path, progress: dict, *files) -> None:
+    """Record progress after the files it counts: flushed first, then progress.json replaced atomically."""
+    for f in files:
+        f.flush()
+    tmp = root / f"{PROGRESS}.tmp"
+    tmp.write_text(json.dumps(progress))
+    tmp.replace(root / PROGRESS)
+    if _on_commit is not None:
+        _on_commit(progress)
+
+
+def _write_batch(batch: _Batch, encoded: Encoded, st: dict, train_f, val_f, max_tokens: int | None) -> bool:
+    """Append a batch's documents to the training and held-out files and count them; True when the domain's
+    training tokens reached max_tokens (the batch's later documents are left out)."""
+    tokens, lengths, nbytes = encoded
+    held = np.asarray(batch.held, dtype=bool)
+    n = len(held)
+    if max_tokens is not None:
+        cum = st["train"]["tokens"] + np.cumsum(np.where(held, 0, lengths))
+        reached = np.flatnonzero(cum >= max_tokens)
+        if reached.size:
+            n = int(reached[0]) + 1  # the document that reaches the budget is kept whole
+    held, lengths, nbytes = held[:n], lengths[:n], nbytes[:n]
+    per_token = np.repeat(held, lengths)  # [tokens of these n documents]: held out?
+    tokens = tokens[: per_token.size]
+    train_f.write(tokens[~per_token].tobytes())
+    val_f.write(tokens[per_token].tobytes())
+    for split, sel in (("train", ~held), ("val", held)):
+        stats = st[split]
+        stats["tokens"] += int(lengths[sel].sum())
+        stats["bytes"] += int(nbytes[sel].sum())
+        stats["documents"] += int(sel.sum())
+    train_docs = np.flatnonzero(~held)
+    if train_docs.size:
+        st["last_train"] = [int(lengths[train_docs[-1]]), int(nbytes[train_docs[-1]])]
+    st["documents"] += n
+    st["position"] = batch.positions[n - 1]
+    return max_tokens is not None and st["train"]["tokens"] >= max_tokens
+
+
+def _finish_domain(domain: str, st: dict, root: Path, progress: dict, train_f, val_f, itemsize: int) -> None:
+    """Mark a domain done and commit. One whose coins held nothing out first gives up its last training document
+    (iter_split's rule), so tiny domains keep a validation split: its tokens are appended to the held-out file, the
+    counts committed, and only then is the training file cut, so a kill at any point leaves a resumable build."""
+    cut = None
+    if st["val"]["documents"] == 0:
+        if st["documents"] <= 1:
+            what = "no documents" if st["documents"] == 0 else "a single document"
+            raise ValueError(f"domain {domain!r} has {what}: nothing to hold out for validation")
+        n_tokens, n_bytes = st["last_train"]
+        train_f.flush()
+        cut = os.fstat(train_f.fileno()).st_size - n_tokens * itemsize
+        with open(train_f.name, "rb") as f:
+            f.seek(cut)
+            val_f.write(f.read())
+        for split, sign in (("train", -1), ("val", 1)):
+            st[split]["tokens"] += sign * n_tokens
+            st[split]["bytes"] += sign * n_bytes
+            st[split]["documents"] += sign
+    st["done"] = True
+    _commit(root, progress, train_f, val_f)
+    if cut is not None:
+        train_f.truncate(cut)
 
 
 def _build(
-    files: dict[str, list[Path]], root: Path, vocab_size: int, val_fraction: float, tok: Tokenizer | None
+    files: dict[str, list[Source]],
+    root: Path,
+    vocab_size: int,
+    val_fraction: float,
+    tok: Tokenizer | None,
+    max_tokens: int | None,
+    num_proc: int,
+    extra_meta: dict,
 ) -> None:
-    """Stream every domain once (twice when a BPE is trained): memory holds one encode batch, not the corpus.
+    """Stream every domain once (twice when a BPE is trained): memory holds a few batches, not the corpus.
 
-    An interrupted build leaves no meta.json, so the next call rebuilds the folder from the start."""
-    if tok is None:
-        log.info("training a %d-token BPE on the training documents", vocab_size)
-        train_docs = (
-            doc for domain, paths in files.items() for doc, held in iter_split(domain, paths, val_fraction) if not held
-        )
-        tok = train_tokenizer(train_docs, vocab_size)
-    tok.save(str(root / "tokenizer.json"))
-    eos = tok.token_to_id(EOS)
-    dtype = token_dtype(tok.get_vocab_size())
+    A build that was interrupted continues from its last commit (progress.json); one without progress starts over."""
+    progress = _resume(root, list(files))
+    if progress is None:
+        for stale in [*root.glob("*.bin"), *root.glob("*.bin.partial"), root / PROGRESS]:
+            stale.unlink(missing_ok=True)
+        if tok is None:
+            log.info("training a %d-token BPE on the training documents", vocab_size)
+            tok = train_tokenizer(_bpe_documents(files, val_fraction, max_tokens), vocab_size)
+        tmp = root / "tokenizer.json.tmp"
+        tok.save(str(tmp))
+        tmp.replace(root / "tokenizer.json")
+        eos = tok.token_to_id(EOS)
+        domains = {
+            d: {"position": None, "documents": 0, "train": _zero(), "val": _zero(), "last_train": None, "done": False}
+            for d in files
+        }
+        progress = {
+            "version": PROGRESS_VERSION,
+            "vocab_size": tok.get_vocab_size(),
+            "eos_id": eos,
+            "dtype": token_dtype(tok.get_vocab_size()).name,
+            "domains": domains,
+        }
+        _commit(root, progress)
+    else:
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))  # what the committed tokens were encoded with
+        done = sum(st["documents"] for st in progress["domains"].values())
+        log.info("%s: resuming an interrupted packing after %d documents", root, done)
+    dtype = np.dtype(progress["dtype"])
+    domains = progress["domains"]
+    total = None if max_tokens is None else max_tokens * len(files)
+    initial = sum(st["train"]["tokens"] for st in domains.values())
+    log.info("packing %s with %d tokenising process(es)", root, num_proc)
+    with (
+        open(root / "train.bin.partial", "ab") as train_f,
+        tqdm(
+            total=total, initial=initial, desc=f"packing {root.name}", unit="tok", unit_scale=True, disable=None
+        ) as bar,
+        _encoder(tok, progress["eos_id"], dtype, num_proc) as encode,
+    ):  # disable=None: the bar (of training tokens) is only drawn on a TTY
+        for domain, sources in files.items():
+            st = domains[domain]
+            if st["done"]:
+                continue
+            bar.set_postfix_str(domain)
+            with open(root / f"val_{domain}.bin.partial", "ab") as val_f:
+                stream = stream_documents(sources, st["position"])
+                for batch, encoded in encode(_batches(stream, domain, st["documents"], val_fraction)):
+                    before = st["train"]["tokens"]
+                    full = _write_batch(batch, encoded, st, train_f, val_f, max_tokens)
+                    bar.update(st["train"]["tokens"] - before)
+                    _commit(root, progress, train_f, val_f)
+                    if full:
+                        break
+                _finish_domain(domain, st, root, progress, train_f, val_f, dtype.itemsize)
     meta: dict = {
-        "vocab_size": tok.get_vocab_size(), "eos_id": eos, "dtype": dtype.name, "train": {}, "val": {},
-        "train_domains": {},
+        "vocab_size": progress["vocab_size"],
+        "eos_id": progress["eos_id"],
+        "dtype": progress["dtype"],
+        "train": {k: sum(st["train"][k] for st in domains.values()) for k in _zero()},
+        "val": {d: st["val"] for d, st in domains.items()},
+        "train_domains": {d: st["train"] for d, st in domains.items()},
+        **extra_meta,
     }
-    # train.bin: every domain's training documents, EOS-separated, in the corpus's domain order.
-    train = _TokenFile(root / "train.bin", tok, eos, dtype)
-    with tqdm(desc=f"packing {root.name}", unit=" docs", disable=None) as bar:  # disable=None: only on a TTY
-        for domain, paths in files.items():
-            val = _TokenFile(root / f"val_{domain}.bin", tok, eos, dtype)
-            before = train.flush()
-            for doc, held in iter_split(domain, paths, val_fraction):
-                (val if held else train).add(doc)
-                bar.update()
-            meta["val"][domain] = val.close()
-            after = train.flush()
-            meta["train_domains"][domain] = {k: after[k] - before[k] for k in after}
-        meta["train"] = train.close()
-    # Written last and atomically: meta.json marks a complete cache, so a build killed midway is redone.
+    for name in _file_sizes(progress):
+        (root / f"{name}.partial").replace(root / name)
+    # Written last and atomically: meta.json marks a complete cache.
     tmp = root / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(root / "meta.json")
+    (root / PROGRESS).unlink()

@@ -43,6 +43,8 @@ def check_data(run: RunConfig) -> None:
                 f"data.packed_dir={d.packed_dir!r}"
             )
         return
+    if d.hf.path is not None:  # a streamed dataset: load_dataset reports a bad name or split when it is read
+        return
     if Path(d.corpus_dir).is_dir():
         try:
             corpus_files(d.corpus_dir)
@@ -81,13 +83,16 @@ def load_data(run: RunConfig) -> PackedData:
     if d.packed_dir:
         data = load_packed(d.packed_dir)
     else:
-        corpus = Path(d.corpus_dir)
-        if not corpus.is_dir():
+        corpus = d.hf if d.hf.path is not None else Path(d.corpus_dir)
+        if isinstance(corpus, Path) and not corpus.is_dir():
             _build_default_corpus(corpus, d.sources)
         try:
-            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer)
+            packing = {"max_tokens": d.max_tokens, "num_proc": d.num_proc}
+            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer, **packing)
         except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
-            raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
+            if isinstance(corpus, Path):
+                raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
+            raise ConfigError(str(err) if str(err).startswith("data.hf") else f"{corpus}: {err}") from err
     if data.vocab_size > run.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
