@@ -42,7 +42,7 @@ class DataConfig:
     sources: list | tuple = ("python-docs", "stdlib")
     cache_dir: str = "data/cache"
     vocab_size: int = 8192  # BPE size to train; with data.tokenizer, the model's embedding rows (>= its vocab)
-    tokenizer: str | None = None  # a pretrained tokenizer.json (or a folder holding one) instead of training BPE
+    tokenizer: str | None = None  # a pretrained tokenizer.json, a folder holding one, or a hub name (gpt2), not BPE
     seq_len: int = 128
     val_fraction: float = 0.02
     val_windows: int = 32  # held-out windows per domain per validation

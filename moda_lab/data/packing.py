@@ -11,7 +11,8 @@ coin per document (a CRC of its domain and index in the domain's stream): the sa
 token budget the held-out documents of a shorter budget are those of a longer one's first documents.
 
 The tokenizer is a byte-level BPE trained on the training documents, or a pretrained ``tokenizer.json``
-(``data.tokenizer``; ``<|endoftext|>`` is added as a special token when it has none). Tokens are uint16 when
+(``data.tokenizer``: a path, or a hub repository's name such as ``gpt2`` when the hub is reachable;
+``<|endoftext|>`` is added as a special token when it has none). Tokens are uint16 when
 the vocabulary fits (<= 65,536 ids), else uint32.
 
 Packing streams each domain once (``data.num_proc`` worker processes tokenise batches of documents, written in
@@ -128,12 +129,33 @@ def default_num_proc() -> int:
     return max(1, min(cores, 8))
 
 
+def looks_like_hub_name(name: str) -> bool:
+    """'gpt2' or 'org/name': what the Hugging Face hub calls a repository (never an existing local path)."""
+    parts = str(name).split("/")
+    return (not Path(name).exists() and len(parts) <= 2 and all(parts)
+            and all(c.isalnum() or c in "-_." for part in parts for c in part) and not str(name).startswith("."))
+
+
+def hub_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer.json of a Hugging Face hub repository (downloads it; fails offline)."""
+    return Tokenizer.from_pretrained(name)
+
+
 def pretrained_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer.json (or a folder holding one) with the EOS every document ends with (added if missing)."""
+    """A tokenizer.json (or a folder holding one), or the tokenizer.json of a hub repository by name (e.g. 'gpt2',
+    when the hub is reachable), with the EOS every document ends with (added if missing)."""
     try:
         tok = load_tokenizer(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"data.tokenizer={str(path)!r}: no tokenizer.json there") from None
+        if not looks_like_hub_name(str(path)):
+            raise FileNotFoundError(f"data.tokenizer={str(path)!r}: no tokenizer.json there") from None
+        try:
+            tok = hub_tokenizer(str(path))
+        except Exception as err:  # offline, unknown repository, no tokenizer.json in it
+            raise FileNotFoundError(
+                f"data.tokenizer={str(path)!r}: no tokenizer.json at that path, and loading it as a Hugging Face hub "
+                f"tokenizer failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
     if tok.token_to_id(EOS) is None:
         tok.add_special_tokens([EOS])
         log.info("data.tokenizer=%s has no %s token: added it as id %d", path, EOS, tok.token_to_id(EOS))
