@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -80,3 +83,12 @@ def tiny_cfg(corpus: Path, tmp: Path, extra: list[str] = ()) -> dict:
     return compose_cfg(
         [*TINY, f"data.corpus_dir={corpus}", f"data.cache_dir={tmp / 'cache'}", f"run_root={tmp / 'runs'}", *extra]
     )
+
+
+def run_main(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python run.py <args>`` as a user runs it (offline wandb, unbuffered); asserts it exits 0."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, TINY
+from helpers import TINY, run_main
 
 pytestmark = pytest.mark.slow
 
 
 def launch(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        "-m",
-        "model=residual,dense,depth_attn,moda",
-        "norm=pre,post",
-        "trainer=smoke",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return run_main(["-m", "model=residual,dense,depth_attn,moda", "norm=pre,post", "trainer=smoke", *overrides], tmp_path)
 
 
 def test_multirun_trains_eight_logged_checkpointed_runs(tiny_corpus, tmp_path):

@@ -4,24 +4,18 @@ relaunch resumes them (the way several Table 6 runs share one GPU, experiments/g
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, TINY
+from helpers import TINY, run_main
 
 pytestmark = pytest.mark.slow
 
 
 def launch(overrides: list[str], tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-           "model=residual,moda", "trainer=smoke", *overrides]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return run_main(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "model=residual,moda",
+                     "trainer=smoke", *overrides], tmp_path)
 
 
 def test_parallel_jobs_overlap_and_resume(tiny_corpus, tmp_path):
