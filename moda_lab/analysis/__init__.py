@@ -1,5 +1,6 @@
 """Sweep analysis: load runs (run dirs, offline wandb, online wandb), one tidy run x step table, paper-shaped
-tables and figures, kernel benchmark plots, and attention inspection (Figure 5 of arXiv 2603.15619).
+tables and figures, paired seed differences against the baseline (with the paper's Table 6 orderings), kernel
+benchmark plots, and attention inspection (Figure 5 of arXiv 2603.15619).
 
 Command: ``python -m moda_lab.analysis sweep_dir=... out=...`` (see ``moda_lab/analysis/__main__.py``).
 """
@@ -20,21 +21,39 @@ from moda_lab.analysis.attention import (
 )
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
-from moda_lab.analysis.pipeline import SweepAnalysis, analyze, load_runs, run_analysis
-from moda_lab.analysis.plots import plot_cost_vs_loss, plot_curves, plot_downstream, save_figure
+from moda_lab.analysis.paper import PAPER_TABLE6, check_orderings, orderings_markdown, paper_orderings, with_paper_delta
+from moda_lab.analysis.pipeline import SweepAnalysis, add_significance, analyze, load_runs, run_analysis
+from moda_lab.analysis.plots import (
+    plot_cost_vs_loss,
+    plot_curves,
+    plot_downstream,
+    plot_paired_differences,
+    save_figure,
+)
 from moda_lab.analysis.records import RunIssue, RunRecord
+from moda_lab.analysis.significance import (
+    pair_by_seed,
+    paired_differences,
+    paired_markdown,
+    seed_spread,
+    spread_markdown,
+    t_interval,
+)
 from moda_lab.analysis.tables import paper_table, to_markdown, write_table
 from moda_lab.analysis.tidy import complete_runs, curves, run_summary, seed_aggregate, tidy_table
 from moda_lab.analysis.wandb_offline import load_offline_dir, read_offline_run
 from moda_lab.analysis.wandb_online import load_wandb_project
 
 __all__ = [
+    "PAPER_TABLE6",
     "RunIssue",
     "RunRecord",
     "SweepAnalysis",
+    "add_significance",
     "analyze",
     "attention_summary",
     "bench_groups",
+    "check_orderings",
     "complete_runs",
     "curves",
     "inspect_checkpoint",
@@ -46,6 +65,11 @@ __all__ = [
     "load_runs",
     "load_sweep_dir",
     "load_wandb_project",
+    "orderings_markdown",
+    "pair_by_seed",
+    "paired_differences",
+    "paired_markdown",
+    "paper_orderings",
     "paper_table",
     "plot_attention_heatmaps",
     "plot_attention_summary",
@@ -53,16 +77,21 @@ __all__ = [
     "plot_cost_vs_loss",
     "plot_curves",
     "plot_downstream",
+    "plot_paired_differences",
     "read_offline_run",
     "run_analysis",
     "run_summary",
     "save_figure",
     "save_inspection",
     "seed_aggregate",
+    "seed_spread",
+    "spread_markdown",
     "synthetic_attention_maps",
     "synthetic_inspection",
+    "t_interval",
     "tidy_table",
     "to_markdown",
     "validate_maps",
+    "with_paper_delta",
     "write_table",
 ]

@@ -8,6 +8,8 @@ Keys:
   cache=DIR            parquet cache for online runs (default: <out>/wandb_cache)
   refresh=true         re-download cached online runs
   bench=DIR            also plot the kernel benchmark results in DIR (e.g. experiments/bench/results); off by default
+  seed_std_target=X    seed-spread target of a cell's final val loss, nats (default 0.01)
+  min_drop=X           a run whose val loss fell less than X nats over its second half did not train (default 0.05)
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 """
 
@@ -20,6 +22,9 @@ from pathlib import Path
 import matplotlib
 
 KEYS = {"sweep_dir", "out", "wandb", "wandb_offline", "cache", "refresh", "bench", "ckpt", "text", "tokenizer"}
+# Numeric keys, with the range each allows.
+FLOAT_KEYS = {"seed_std_target": (lambda x: x > 0, "> 0"), "min_drop": (lambda x: x >= 0, ">= 0")}
+KEYS |= set(FLOAT_KEYS)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -35,6 +40,14 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         raise ValueError("give at least one of sweep_dir=, wandb=, wandb_offline=, ckpt=")
     if "ckpt" in args and "text" not in args:
         raise ValueError("ckpt= needs text=")
+    for key in FLOAT_KEYS.keys() & args.keys():
+        allowed, text = FLOAT_KEYS[key]
+        try:
+            ok = allowed(float(args[key]))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{key}={args[key]!r} is out of range; allowed: a number {text}")
     return args
 
 
@@ -62,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_dir=bench,
             cache_dir=args.get("cache"),
             refresh=args.get("refresh", "false").lower() in ("1", "true", "yes"),
+            **{key: float(args[key]) for key in FLOAT_KEYS.keys() & args.keys()},
         )
         written += analysis.written
         n_complete = int(analysis.summary["complete"].sum()) if "complete" in analysis.summary else 0

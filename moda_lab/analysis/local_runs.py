@@ -93,19 +93,31 @@ def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def read_eval_results(run_dir: Path, record: RunRecord) -> None:
-    """Issues from the run's eval/<checkpoint>/results.json: paper tasks left out because their data file is missing."""
+def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
+    """The run's eval/<checkpoint>/results.json (written by ``moda_lab.eval``): one metrics row per file that has
+    them (``{"step": <checkpoint step>, "eval/<task>/acc": ..., ...}``), and issues for paper tasks left out
+    because their data file is missing.
+
+    The same rows normally are in metrics.jsonl already (the eval appends them); these fill the gap when it
+    does not have them (e.g. a metrics.jsonl copied before the eval ran); metrics.jsonl wins where both have a key.
+    """
+    rows: list[dict[str, Any]] = []
     for path in sorted(run_dir.glob("eval/*/results.json")):
         try:
-            missing = (json.loads(path.read_text(encoding="utf-8")).get("moda") or {}).get("missing_tasks") or {}
+            moda = json.loads(path.read_text(encoding="utf-8")).get("moda") or {}
+            missing = moda.get("missing_tasks") or {}
+            metrics, step = moda.get("metrics") or {}, moda.get("step")
         except (OSError, json.JSONDecodeError, AttributeError) as err:
             record.add_issue("bad_eval_results", f"{path.relative_to(run_dir)}: {err}")
             continue
+        if isinstance(metrics, dict) and metrics and isinstance(step, int):
+            rows.append({"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         if missing:
             files = ", ".join(f"{task} ({where})" for task, where in missing.items())
             record.add_issue(
                 "missing_eval_tasks", f"{path.relative_to(run_dir)}: not evaluated, data file missing: {files}"
             )
+    return rows
 
 
 def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
@@ -115,13 +127,14 @@ def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
     record.config = _read_yaml(run_dir / "config.yaml", record)
     record.meta = _read_meta(run_dir / "meta.json", record)
     record.status = str(record.meta.get("status", "unknown"))
-    read_eval_results(run_dir, record)
+    eval_rows = read_eval_results(run_dir, record)
     metrics = run_dir / METRICS_FILE
     if metrics.exists():
         rows = read_metrics_jsonl(metrics, record)
         if not rows:
             record.add_issue("empty_metrics", f"{METRICS_FILE} has no readable rows")
-        record.history = history_frame(rows)
+        # history_frame keeps the last value per (step, key): metrics.jsonl's rows, after the eval rows, win.
+        record.history = history_frame([*eval_rows, *rows] if rows else [])
         return record
     offline = find_offline_runs(run_dir)
     if offline:

@@ -1,4 +1,5 @@
-"""Sweep -> tidy table -> every figure, table and a report.md listing missing/partial runs.
+"""Sweep -> tidy table -> every figure, table and a report.md listing missing/partial runs, the paired seed
+differences against the baseline, the paper's Table 6 orderings, the seed spread and the runs that did not train.
 
 ``run_analysis`` is what ``python -m moda_lab.analysis`` calls; notebooks call the same functions step by step.
 """
@@ -14,9 +15,36 @@ import pandas as pd
 from moda_lab.analysis import plots
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
+from moda_lab.analysis.paper import (
+    PAPER_NORMS,
+    PAPER_TABLE6_SOURCE,
+    check_orderings,
+    orderings_markdown,
+    paper_orderings,
+    with_paper_delta,
+)
 from moda_lab.analysis.records import RunIssue, RunRecord
-from moda_lab.analysis.tables import TABLES, paper_table, write_table
-from moda_lab.analysis.tidy import all_issues, complete_runs, incomplete_issues, run_summary, tidy_table
+from moda_lab.analysis.significance import (
+    LEVEL,
+    SEED_STD_TARGET,
+    baseline_variant,
+    level_text,
+    paired_differences,
+    paired_markdown,
+    seed_spread,
+    spread_markdown,
+)
+from moda_lab.analysis.tables import TABLES, paper_table, to_markdown, write_table
+from moda_lab.analysis.tidy import (
+    TRAINED_MIN_DROP,
+    all_issues,
+    complete_runs,
+    eval_issues,
+    incomplete_issues,
+    run_summary,
+    tidy_table,
+    untrained_issues,
+)
 from moda_lab.analysis.wandb_offline import load_offline_dir
 from moda_lab.analysis.wandb_online import load_wandb_project
 
@@ -28,13 +56,20 @@ DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
 
 @dataclass
 class SweepAnalysis:
-    """Everything derived from a set of runs; ``written`` lists the files produced so far."""
+    """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
+    seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
+    ``spread``: the seed spread per cell (filled by ``add_significance``)."""
 
     records: list[RunRecord]
     tidy: pd.DataFrame
     summary: pd.DataFrame
     issues: list[RunIssue]
     written: list[Path] = field(default_factory=list)
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    orderings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    spread: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seed_std_target: float = SEED_STD_TARGET
+    min_drop: float = TRAINED_MIN_DROP
 
 
 def load_runs(
@@ -72,12 +107,28 @@ def unique_run_names(records: list[RunRecord]) -> None:
         seen[base] = seen.get(base, 0) + 1
 
 
-def analyze(records: list[RunRecord]) -> SweepAnalysis:
-    """Tidy table, run summary and every issue (loader issues, content checks, runs left out of tables)."""
+def analyze(records: list[RunRecord], min_drop: float = TRAINED_MIN_DROP) -> SweepAnalysis:
+    """Tidy table, run summary and every issue (loader issues, content checks, runs left out of tables, runs
+    that did not train: val/loss flat by less than ``min_drop`` nats over their second half, evaluations of a
+    checkpoint before the last)."""
     unique_run_names(records)
     tidy = tidy_table(records)
-    summary = run_summary(tidy)
-    return SweepAnalysis(records, tidy, summary, [*all_issues(records), *incomplete_issues(summary)])
+    summary = run_summary(tidy, min_drop=min_drop)
+    issues = [*all_issues(records), *incomplete_issues(summary), *untrained_issues(summary, min_drop)]
+    issues += eval_issues(summary)
+    return SweepAnalysis(records, tidy, summary, issues, min_drop=min_drop)
+
+
+def add_significance(
+    analysis: SweepAnalysis, seed_std_target: float = SEED_STD_TARGET, level: float = LEVEL
+) -> SweepAnalysis:
+    """Fill ``paired`` (every non-baseline cell vs its baseline, per metric, with the paper's Δ), ``orderings``
+    and ``spread`` (against ``seed_std_target`` nats)."""
+    analysis.paired = with_paper_delta(paired_differences(analysis.summary, level=level))
+    analysis.orderings = check_orderings(analysis.summary, level=level)
+    analysis.spread = seed_spread(analysis.summary, seed_std_target)
+    analysis.seed_std_target = seed_std_target
+    return analysis
 
 
 def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
@@ -105,6 +156,25 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     return written
 
 
+def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
+    """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md) and the figure
+    ``paired_val_loss`` when any cell has a baseline to pair with."""
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for stem, frame, markdown in (
+        ("paired_differences", analysis.paired, paired_markdown(analysis.paired)),
+        ("paper_table6_orderings", analysis.orderings, orderings_markdown(analysis.orderings)),
+        ("seed_spread", analysis.spread, spread_markdown(analysis.spread)),
+    ):
+        frame.to_csv(tables_dir / f"{stem}.csv", index=False)
+        (tables_dir / f"{stem}.md").write_text(markdown, encoding="utf-8")
+        written += [tables_dir / f"{stem}.csv", tables_dir / f"{stem}.md"]
+    paired = analysis.paired
+    if not paired.empty and ((paired["metric"] == "val/loss") & (paired["n"] > 0)).any():
+        written += plots.save_figure(plots.plot_paired_differences(paired, "val/loss"), figures_dir, "paired_val_loss")
+    return written
+
+
 def write_bench(bench_dir: str | Path, out_dir: Path) -> list[Path]:
     frame = load_bench_results(bench_dir)
     written: list[Path] = []
@@ -117,19 +187,76 @@ def write_bench(bench_dir: str | Path, out_dir: Path) -> list[Path]:
     return written
 
 
+def _trained_cells(row: pd.Series) -> tuple[str, str]:
+    if pd.isna(row.get("val_drop")):
+        return "–", "–"
+    return f"{row['val_drop']:.3f} (from step {int(row['val_drop_from'])})", "yes" if row["trained"] else "**no**"
+
+
+def significance_markdown(analysis: SweepAnalysis) -> list[str]:
+    """The report's sections on paired differences, the paper's Table 6 orderings, seed spread and zero-shot
+    accuracy."""
+    paired, base = analysis.paired, baseline_variant()
+    gaps = sorted(abs(o.paper_delta) for o in paper_orderings())
+    level = level_text(paired)
+    lines = ["## Paired differences vs the baseline", ""]
+    lines += [
+        f"Each variant minus the baseline (`{base}`) of the same cell otherwise (same config except `model.mixer.*` "
+        "and the seed: same norm, layers, width, lr, data, tokens), paired by seed, on the final val loss (nats/token; "
+        f"Δ < 0: the variant is lower). {level} CI: mean ± t·s/√n with Student's t at n − 1 degrees of freedom "
+        "(paired t-interval over seeds); one pair gives no interval (n=1). Seeds run for one side only are listed "
+        "as unpaired and left out. Complete runs only. Per-domain losses and average accuracy: "
+        "`tables/paired_differences.md`.",
+        "",
+    ]
+    lines += paired_markdown(paired, metrics=["val/loss"]).splitlines()
+    lines += ["", "### The paper's Table 6 orderings", ""]
+    lines += [
+        f"Paper: {PAPER_TABLE6_SOURCE}, at the paper's token budget. Ours: the cells with the same layers, width, "
+        "heads and norm (our corpus and token budget differ, so compare signs, not sizes). The paper's `post` is "
+        f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. Δ = loss of the first minus the "
+        f"second; *reproduced* = our {level} CI lies below 0.",
+        "",
+    ]
+    lines += orderings_markdown(analysis.orderings).splitlines()
+    lines += ["", f"### Seed spread (target: std ≤ {analysis.seed_std_target:g} nats)", ""]
+    lines += [
+        "Std over seeds of the final val loss per cell; above the target, a few seeds cannot resolve gaps of the "
+        f"paper's size ({gaps[0]:.3f}-{gaps[-1]:.3f} nats in Table 6). A run did not train when its val loss fell "
+        "by less than "
+        f"{analysis.min_drop:g} nats over its second half (Runs table: val drop).",
+        "",
+    ]
+    lines += spread_markdown(analysis.spread).splitlines()
+    downstream = paper_table(analysis.summary, "downstream")
+    lines += ["", "### Zero-shot accuracy (final checkpoints)", ""]
+    if downstream.empty or "avg acc" not in downstream:
+        lines += ["_No downstream evaluation of a final checkpoint in these runs._"]
+    else:
+        lines += to_markdown(downstream).splitlines()
+        lines += ["", "Average accuracy (percentage points), variant minus baseline, paired by seed:", ""]
+        lines += paired_markdown(paired, metrics=["avg acc"]).splitlines()
+    return lines + [""]
+
+
 def report_markdown(analysis: SweepAnalysis, out_dir: Path) -> str:
-    """Run list with status and steps, then every issue, then the files written."""
+    """Run list with status, steps and the training check, the paired differences and paper orderings, then every
+    issue, then the files written."""
     lines = ["# Sweep analysis report", "", f"{len(analysis.records)} runs loaded.", "", "## Runs", ""]
     lines += [
-        "| run | source | status | model | norm | seed | last step | complete |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | source | status | model | norm | seed | last step | complete | val drop, 2nd half | trained |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in analysis.summary.iterrows():
         step = "–" if pd.isna(row["last_step"]) else int(row["last_step"])
+        drop, trained = _trained_cells(row)
         lines.append(
-            f"| {row['run']} | {row['source']} | {row['status']} | {row['variant']} | {row['norm']} | {row['seed']} | {step} | {'yes' if row['complete'] else 'no'} |"
+            f"| {row['run']} | {row['source']} | {row['status']} | {row['variant']} | {row['norm']} | {row['seed']} | {step} | {'yes' if row['complete'] else 'no'} | {drop} | {trained} |"
         )
-    lines += ["", f"## Issues ({len(analysis.issues)})", ""]
+    lines += [""]
+    if analysis.records:
+        lines += significance_markdown(analysis)
+    lines += [f"## Issues ({len(analysis.issues)})", ""]
     lines += [f"- {i.as_line()}" for i in analysis.issues] or ["- none"]
     lines += ["", "## Files", ""]
     lines += [f"- {p.relative_to(out_dir) if p.is_relative_to(out_dir) else p}" for p in analysis.written]
@@ -144,13 +271,18 @@ def run_analysis(
     bench_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     refresh: bool = False,
+    seed_std_target: float = SEED_STD_TARGET,
+    min_drop: float = TRAINED_MIN_DROP,
 ) -> SweepAnalysis:
-    """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``."""
+    """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``.
+
+    ``seed_std_target``: the seed-spread target (nats); ``min_drop``: a run whose val loss fell by less over its
+    second half did not train (tidy.TRAINED_MIN_DROP)."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir if cache_dir is not None else out_dir / "wandb_cache"
     records = load_runs(sweep_dir, wandb_project, wandb_offline, cache, refresh)
-    analysis = analyze(records)
+    analysis = add_significance(analyze(records, min_drop), seed_std_target)
     if not records:
         where = ", ".join(str(x) for x in (sweep_dir, wandb_project, wandb_offline) if x)
         analysis.issues.append(RunIssue(where, "no_runs", "no run dirs or wandb runs found"))
@@ -160,6 +292,7 @@ def run_analysis(
     if records:
         analysis.written += write_figures(analysis, out_dir / "figures")
         analysis.written += write_tables(analysis, out_dir / "tables")
+        analysis.written += write_significance(analysis, out_dir / "tables", out_dir / "figures")
     if bench_dir is not None and Path(bench_dir).exists():
         analysis.written += write_bench(bench_dir, out_dir / "figures")
     report = out_dir / "report.md"

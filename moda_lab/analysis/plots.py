@@ -1,4 +1,5 @@
-"""Sweep figures: loss curves (vs tokens / FLOPs), downstream accuracy bars, params/FLOPs vs loss.
+"""Sweep figures: loss curves (vs tokens / FLOPs), downstream accuracy bars, params/FLOPs vs loss, and the paired
+seed differences against the baseline (``significance.paired_differences``).
 
 Every function takes the tidy table (or the run summary) and returns a matplotlib Figure; ``save_figure`` writes
 PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band. The encoding is the same in every
@@ -19,7 +20,7 @@ from matplotlib.ticker import EngFormatter
 
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
-from moda_lab.analysis.tidy import curves, registry_order, seed_aggregate, sort_cells
+from moda_lab.analysis.tidy import curves, final_eval_only, registry_order, seed_aggregate, sort_cells
 
 X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs (tokens x FLOPs/token)"}
 METRIC_LABELS = {"val/loss": "validation loss", "train/loss": "training loss"}
@@ -194,6 +195,7 @@ def has_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm",
 
 def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> Figure:
     """Grouped bars: downstream accuracy per task (and the average), one bar per sweep cell, +/- std over seeds."""
+    summary = final_eval_only(summary)  # final checkpoints only, as in the tables
     tasks = [t for t in eval_tasks(summary) if task_metric(summary, t, prefer)]
     cols = [task_metric(summary, t, prefer) for t in tasks]
     frame = summary.copy()
@@ -283,5 +285,47 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
+    """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
+    confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it.
+    Rows with a run that did not train say so in their label."""
+    rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
+    fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
+    if rows.empty:
+        ax.text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    colors = variant_colors(rows)
+    extra = [c for c in ("layers", "width", "norm", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
+    short = {"layers": "L", "width": "D"}
+    labels, paper_drawn = [], False
+    for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
+        color = colors[r["variant"]]
+        parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
+        label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
+        label += f"\nn={int(r['n'])}" + ("; not trained: " + r["not_trained"] if r["not_trained"] else "")
+        labels.append(label)
+        if int(r["n"]) >= 2:
+            err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
+            ax.errorbar(r["mean"], y, xerr=err, fmt="o", color=color, capsize=4, markersize=7)
+        else:
+            ax.plot(r["mean"], y, "o", color=color, markerfacecolor="white", markeredgewidth=1.5, markersize=7)
+        if "paper Δ" in r and pd.notna(r["paper Δ"]):
+            ax.plot(r["paper Δ"], y, "x", color="black", markersize=8, label=None if paper_drawn else "paper (Table 6)")
+            paper_drawn = True
+    ax.axvline(0.0, color="#999999", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    unit = LOSS_UNIT if metric.endswith("loss") else "points"
+    ax.set_xlabel(f"Δ final {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
+    ci = f" with {rows['level'].iloc[0]:.0%} CI (Student's t)" if rows["t"].notna().any() else ""
+    ax.set_title(f"Paired by seed, variant − baseline: mean{ci}\nhollow marker: one pair, no interval", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    if paper_drawn:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig

@@ -144,6 +144,18 @@ def cell_id(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+# The config keys of the depth-mixing variant (mixer name and its switches): runs whose cell configs are equal
+# without them differ only in the variant, so their seeds can be paired (see significance.paired_differences).
+VARIANT_KEY_PREFIX = "model.mixer."
+
+
+def pair_group_id(cfg: dict[str, Any]) -> str:
+    """Short stable fingerprint of cell_config(cfg) without the variant's keys (VARIANT_KEY_PREFIX): equal for a
+    MoDA run and the baseline run of the same cell otherwise (norm, sizes, lr, data, tokens, ...)."""
+    rest = {k: v for k, v in cell_config(cfg).items() if not k.startswith(VARIANT_KEY_PREFIX)}
+    return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 # Keys shown by the config columns themselves (variant, norm, sizes, experiment): never repeated in a cell label.
 _SHOWN_KEYS = {key for col, key in CONFIG_KEYS.items() if col != "seed"}
 

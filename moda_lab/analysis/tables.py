@@ -1,5 +1,6 @@
 """Tables in the shape of the paper's (arXiv 2603.15619): Table 3 (main), Tables 4-5 (per-domain val ppl,
-per-task downstream accuracy) and Table 6 (norm placement x depth, validation loss).
+per-task downstream accuracy) and Table 6 (norm placement x depth, validation loss), plus the per-domain
+validation losses behind Table 4 (what the paired differences of ``significance`` compare).
 
 Each table is built from the run summary (complete runs only, see ``tidy.run_summary``) as a numeric frame with
 ``<col>`` (mean), ``<col> std`` and ``seeds`` columns (for CSV) and rendered to Markdown as ``mean ± std``.
@@ -15,15 +16,19 @@ import pandas as pd
 
 from moda_lab.analysis.history import eval_tasks, val_domains
 from moda_lab.analysis.plots import task_metric
-from moda_lab.analysis.tidy import seed_aggregate, sort_cells
+from moda_lab.analysis.tidy import final_eval_only, seed_aggregate, sort_cells
 
 # Identity columns shown in every table, in order, when present.
 ID_COLUMNS = ["model", "norm", "depth_kv", "ffn_kv", "attn_kv", "layers", "width"]
 
 
-def _with_derived(summary: pd.DataFrame, prefer: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Add display-scale columns (params in M, ppl from loss) and return the column -> source mapping."""
+def with_derived(
+    summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Complete runs with display-scale columns (params in M, ppl from loss, per-domain ``<domain> loss``, accuracy
+    in % per task and ``avg acc``, final checkpoints' evaluations only) and the column -> source mapping."""
     frame = summary[summary["complete"]].copy() if "complete" in summary else summary.copy()
+    frame = final_eval_only(frame)
     cols: dict[str, str] = {}
     if "model/params" in frame:
         frame["params M"] = frame["model/params"] / 1e6
@@ -41,7 +46,8 @@ def _with_derived(summary: pd.DataFrame, prefer: tuple[str, ...]) -> tuple[pd.Da
         cols["val loss"] = cols["val ppl"] = "val/loss"
     for dom in val_domains(frame):
         frame[f"{dom} ppl"] = np.exp(frame[f"val/{dom}/loss"])
-        cols[f"{dom} ppl"] = f"val/{dom}/loss"
+        frame[f"{dom} loss"] = frame[f"val/{dom}/loss"]
+        cols[f"{dom} ppl"] = cols[f"{dom} loss"] = f"val/{dom}/loss"
     accs = []
     for task in eval_tasks(frame):
         src = task_metric(frame, task, prefer)
@@ -62,15 +68,18 @@ def paper_table(
 
     - ``main`` (Table 3): params M, GFLOPs/token, train ppl, val ppl, per-domain ppl, avg acc
     - ``domains`` (Table 4): val ppl per domain
+    - ``domain_loss`` (Table 4 in nats): val loss overall and per domain
     - ``downstream`` (Table 5): accuracy (%) per task and average
     - ``norm`` (Table 6): layers, norm, model, params M, val loss
     """
-    frame, cols = _with_derived(summary, prefer)
+    frame, cols = with_derived(summary, prefer)
     domains = [c for c in cols if c.endswith(" ppl") and c not in ("train ppl", "val ppl")]
+    domain_losses = [c for c in cols if c.endswith(" loss") and c != "val loss"]
     tasks = [c for c in cols if cols[c].startswith("eval/")]
     values = {
         "main": ["params M", "GFLOPs/token", "train ppl", "val ppl", *domains, "avg acc"],
         "domains": ["val ppl", *domains],
+        "domain_loss": ["val loss", *domain_losses],
         "downstream": [*tasks, "avg acc"],
         "norm": ["params M", "val loss"],
     }[kind]
@@ -90,17 +99,18 @@ def paper_table(
         table[v] = agg[v]
         # Static per-cell quantities (size, cost) have no seed spread worth printing.
         table[f"{v} std"] = np.nan if v in STATIC else agg[f"{v}:std"]
+    table = table[table["seeds"] > 0]  # a cell with none of the values (e.g. never evaluated) has no row
     return sort_cells(table, first=["layers", "norm"] if kind == "norm" else ["norm"])
 
 
 STATIC = {"params M", "GFLOPs/token"}
-FORMATS = {"params M": "{:.2f}", "GFLOPs/token": "{:#.4g}", "val loss": "{:.4f}"}
+FORMATS = {"params M": "{:.2f}", "GFLOPs/token": "{:#.4g}"}
 
 
 def _fmt(column: str, mean: float, std: float) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    fmt = FORMATS.get(column, "{:.2f}")
+    fmt = FORMATS.get(column, "{:.4f}" if column.endswith(" loss") else "{:.2f}")
     if column == "params M" and abs(mean) < 1:
         fmt = "{:.4f}"  # tiny test models
     text = fmt.format(mean)
@@ -140,6 +150,7 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, title: str)
 TABLES = {
     "table3_main": ("main", "Main results (shape of the paper's Table 3)"),
     "table4_domains": ("domains", "Validation perplexity per domain (shape of Table 4)"),
+    "table4_domain_loss": ("domain_loss", "Validation loss per domain, nats/token (Table 4's domains)"),
     "table5_downstream": ("downstream", "Downstream accuracy % per task (shape of Table 5)"),
     "table6_norm": ("norm", "Norm placement x depth, validation loss (shape of Table 6)"),
 }

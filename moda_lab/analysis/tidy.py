@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from moda_lab.analysis.history import metric_columns
 from moda_lab.analysis.records import (
     CELL_COLUMNS,
     CONFIG_COLUMNS,
@@ -16,8 +17,13 @@ from moda_lab.analysis.records import (
     cell_id,
     cell_labels,
     config_columns,
+    pair_group_id,
     variant_label,
 )
+
+# Identity columns of the tidy table and the run summary; ``pair_group`` is equal for runs that differ only in the
+# depth-mixing variant and the seed (records.pair_group_id), the runs whose seeds are paired against the baseline.
+RUN_ID_COLUMNS: list[str] = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "pair_group"]
 
 
 def check_record(record: RunRecord) -> list[RunIssue]:
@@ -54,6 +60,7 @@ def _run_columns(record: RunRecord) -> dict[str, object]:
     cols.update(config_columns(record.config))
     cols["variant"] = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
     cols["cell"] = cell_id(record.config)
+    cols["pair_group"] = pair_group_id(record.config)
     return cols
 
 
@@ -73,8 +80,31 @@ def tidy_table(records: Iterable[RunRecord]) -> pd.DataFrame:
             hist.insert(0, col, val)
         frames.append(hist)
     if not frames:
-        return pd.DataFrame(columns=[*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "step"])
+        return pd.DataFrame(columns=[*RUN_ID_COLUMNS, "step"])
     return pd.concat(frames, ignore_index=True, sort=False)
+
+
+# Did a run train? metrics.jsonl holds the validation loss at every evaluation (step 0 included: the loss of the
+# initialisation, about ln V), not the unigram entropy of the training data, so the rule looks for a plateau: a
+# run did not train when its val/loss fell by less than TRAINED_MIN_DROP nats over the second half of the run,
+# from the last evaluation at or before half its last step (step 0 left out) to its final one. A drop from the
+# first evaluation would not do: a run stuck at the unigram level still falls ~2 nats from ln V (table6_24l,
+# post-norm residual: 9.26 at step 0, 7.17 at step 50, then 7.137 -> 7.140 over steps 100-200), and ln V minus the
+# unigram entropy depends on the vocabulary. Every run of that sweep that trained fell 0.69-0.77 nats over the
+# same half. A run with no evaluation in its first half (after step 0) is not judged (``trained`` is None).
+TRAINED_MIN_DROP = 0.05
+
+
+def training_progress(val: pd.Series, last_step: float, min_drop: float = TRAINED_MIN_DROP) -> dict[str, object]:
+    """``val``: val/loss indexed by step. Returns ``val_drop_from`` (the half-run evaluation's step), ``val_drop``
+    (its loss minus the final one, nats) and ``trained`` (``val_drop >= min_drop``; None when not judged)."""
+    val = val.dropna()
+    val = val[val.index > 0]
+    first_half = val[val.index <= last_step / 2] if pd.notna(last_step) else val.iloc[0:0]
+    if first_half.empty or first_half.index[-1] == val.index[-1]:
+        return {"val_drop_from": np.nan, "val_drop": np.nan, "trained": None}
+    drop = float(first_half.iloc[-1] - val.iloc[-1])
+    return {"val_drop_from": int(first_half.index[-1]), "val_drop": drop, "trained": bool(drop >= min_drop)}
 
 
 def _final(values: pd.Series) -> float:
@@ -82,18 +112,33 @@ def _final(values: pd.Series) -> float:
     return float(values.iloc[-1]) if len(values) else np.nan
 
 
-def run_summary(tidy: pd.DataFrame, train_window: int = 10) -> pd.DataFrame:
-    """One row per run: config columns, last step/tokens, final metrics.
+def accuracy_columns(frame: pd.DataFrame) -> list[str]:
+    """The downstream accuracy columns, ``eval/<task>/acc`` and ``eval/<task>/acc_norm``."""
+    return [c for c in metric_columns(frame, "eval/") if c.endswith(("/acc", "/acc_norm"))]
+
+
+def _eval_step(run: pd.DataFrame) -> float:
+    """Last step with a downstream accuracy logged; NaN without any."""
+    cols = accuracy_columns(run)
+    logged = run[cols].notna().any(axis=1) if cols else pd.Series(False, index=run.index)
+    return float(run.loc[logged, "step"].max()) if logged.any() else np.nan
+
+
+def run_summary(tidy: pd.DataFrame, train_window: int = 10, min_drop: float = TRAINED_MIN_DROP) -> pd.DataFrame:
+    """One row per run: config columns, last step/tokens, final metrics, whether it trained.
 
     Final value of a metric = last logged value; train loss = mean of the last ``train_window`` logged values
-    (single train-loss points are noisy). FLOPs = tokens at the last step x FLOPs per token.
+    (single train-loss points are noisy). FLOPs = tokens at the last step x FLOPs per token. ``eval_step`` = the
+    step of the last downstream evaluation (the final checkpoint's when it equals ``last_step``). ``trained``: see
+    TRAINED_MIN_DROP.
     """
-    id_cols = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label"]
-    metric_cols = [c for c in tidy.columns if isinstance(c, str) and "/" in c and c not in id_cols]
+    if not min_drop >= 0:
+        raise ValueError(f"min_drop={min_drop!r} is out of range; allowed: >= 0 (nats)")
+    metric_cols = [c for c in tidy.columns if isinstance(c, str) and "/" in c and c not in RUN_ID_COLUMNS]
     rows = []
     for _, run in tidy.groupby("run", sort=False):
         run = run.sort_values("step")
-        row = {c: run[c].iloc[0] for c in id_cols if c in run}
+        row = {c: run[c].iloc[0] for c in RUN_ID_COLUMNS if c in run}
         row["last_step"] = run["step"].max()
         row["tokens"] = run["tokens"].max() if "tokens" in run else np.nan
         for col in metric_cols:
@@ -102,6 +147,9 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10) -> pd.DataFrame:
             row["train/loss"] = float(run["train/loss"].dropna().tail(train_window).mean())
         fpt = row.get("model/flops_per_token", np.nan)
         row["train_flops"] = row["tokens"] * fpt if pd.notna(fpt) else np.nan
+        row["eval_step"] = _eval_step(run)
+        val = run.set_index("step")["val/loss"] if "val/loss" in run else pd.Series(dtype=float)
+        row.update(training_progress(val, row["last_step"], min_drop))
         rows.append(row)
     summary = pd.DataFrame(rows)
     if summary.empty:
@@ -140,6 +188,52 @@ def incomplete_issues(summary: pd.DataFrame) -> list[RunIssue]:
                 detail = f"reached step {int(row['last_step'])} of {top:.0f}; in curves, not in tables"
             out.append(RunIssue(row["run"], "excluded_from_tables", detail))
     return out
+
+
+def untrained_issues(summary: pd.DataFrame, min_drop: float = TRAINED_MIN_DROP) -> list[RunIssue]:
+    """One issue per run whose validation loss was flat over its second half (``trained`` is False)."""
+    if "trained" not in summary:
+        return []
+    out = []
+    for _, row in summary[summary["trained"].eq(False)].iterrows():
+        detail = (
+            f"val/loss fell {row['val_drop']:.3f} nats from step {int(row['val_drop_from'])} to step "
+            f"{int(row['last_step'])} (< {min_drop:g}): flat over the second half, did not train (plateau)"
+        )
+        out.append(RunIssue(row["run"], "not_trained", detail))
+    return out
+
+
+def _early_eval(summary: pd.DataFrame) -> pd.Series:
+    """Runs whose last downstream evaluation is of a checkpoint before their last step."""
+    if "eval_step" not in summary:
+        return pd.Series(False, index=summary.index)
+    return summary["eval_step"].notna() & (summary["eval_step"] != summary["last_step"])
+
+
+def final_eval_only(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with the downstream accuracies of runs evaluated before their last step set to NaN: accuracy
+    tables compare final checkpoints only (eval_issues reports the runs left out)."""
+    early, cols = _early_eval(summary), accuracy_columns(summary)
+    if not early.any() or not cols:
+        return summary
+    out = summary.copy()
+    out.loc[early, cols] = np.nan
+    return out
+
+
+def eval_issues(summary: pd.DataFrame) -> list[RunIssue]:
+    """One issue per run whose last downstream evaluation is not of its final checkpoint."""
+    early = _early_eval(summary)
+    return [
+        RunIssue(
+            row["run"],
+            "eval_not_final",
+            f"downstream eval is of step {int(row['eval_step'])}, the run's last step is {int(row['last_step'])}: "
+            "not the final checkpoint; left out of the accuracy tables",
+        )
+        for _, row in summary[early].iterrows()
+    ]
 
 
 def seed_aggregate(

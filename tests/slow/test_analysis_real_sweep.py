@@ -42,9 +42,12 @@ def real_sweep(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_cli_on_real_sweep(real_sweep: Path, tmp_path: Path, capsys):
     from moda_lab.analysis.__main__ import main
 
-    assert main([f"sweep_dir={real_sweep}", f"out={tmp_path}"]) == 0
+    # 8 steps of a tiny model move the val loss by ~0.005 nats: the default training check (min_drop=0.05 over the
+    # second half) calls that not trained, rightly; this test is about loading, so any fall counts here.
+    assert main([f"sweep_dir={real_sweep}", f"out={tmp_path}", "min_drop=0"]) == 0
     assert "2 runs loaded, 2 complete; 0 issues" in capsys.readouterr().out
     runs = pd.read_csv(tmp_path / "runs.csv").set_index("model")
+    assert runs["trained"].all() and (runs["val_drop"] > 0).all() and (runs["val_drop_from"] == 4).all()
     assert set(runs.index) == {"moda", "dense"} and (runs["last_step"] == 8).all()
     assert runs.loc["moda", "model/params"] > runs.loc["dense", "model/params"]  # MoDA's extra K/V projections
     tidy = pd.read_csv(tmp_path / "tidy.csv")

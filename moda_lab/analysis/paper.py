@@ -1,0 +1,187 @@
+"""The paper's Table 6 (arXiv 2603.15619) and whether its orderings reproduce in our paired seed differences.
+
+The numbers are copied here (not read from ../shared) so the analysis runs anywhere the package does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from moda_lab.analysis.records import variant_label
+from moda_lab.analysis.significance import (
+    LEVEL,
+    compare_cells,
+    format_delta,
+    format_interval,
+    level_text,
+    markdown_table,
+)
+from moda_lab.analysis.tables import with_derived
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    layers: int
+    norm: str  # the paper's label: "pre" or "post"
+    variant: str  # our variant label (records.variant_label)
+    params_m: float
+    val_loss: float
+
+
+OLMO2 = variant_label("residual")  # the paper's OLMo2 baseline: the deep residual stream
+MODA_DEPTH_KV = variant_label("moda", depth_kv=True)  # "MoDA depth KV": model=moda_depth_kv
+MODA_FFN_KV = variant_label("moda", depth_kv=True, ffn_kv=True)  # "MoDA + FFN KV": model=moda (the default)
+PAPER_VARIANT_NAMES = {OLMO2: "OLMo2", MODA_DEPTH_KV: "MoDA depth KV", MODA_FFN_KV: "MoDA + FFN KV"}
+
+# arXiv 2603.15619, Table 6: norm placement x depth at width 384, 6 query / 2 KV heads; validation loss on
+# FineWeb-Edu (nats/token) after the paper's own token budget.
+PAPER_TABLE6_SOURCE = "arXiv 2603.15619, Table 6 (width 384, 6 query / 2 KV heads, FineWeb-Edu validation loss)"
+PAPER_TABLE6_SHAPE = {"width": 384, "n_heads": 6, "n_kv_heads": 2}
+PAPER_TABLE6: tuple[PaperRow, ...] = (
+    PaperRow(48, "pre", OLMO2, 123.38, 3.3800),
+    PaperRow(48, "post", OLMO2, 123.38, 3.4062),
+    PaperRow(48, "pre", MODA_DEPTH_KV, 123.38, 3.3759),
+    PaperRow(48, "post", MODA_DEPTH_KV, 123.38, 3.3653),
+    PaperRow(48, "pre", MODA_FFN_KV, 128.11, 3.3656),
+    PaperRow(48, "post", MODA_FFN_KV, 128.11, 3.3484),
+    PaperRow(24, "post", OLMO2, 71.35, 3.4740),
+    PaperRow(24, "post", MODA_DEPTH_KV, 71.35, 3.4537),
+    PaperRow(24, "post", MODA_FFN_KV, 73.72, 3.4338),
+)
+# The paper's "post" does not say whether it is classic norm(x + f(x)) or OLMo2's reordered x + norm(f(x)):
+# both of our placements are checked against its post rows.
+PAPER_NORMS: dict[str, tuple[str, ...]] = {"pre": ("pre",), "post": ("post", "reordered")}
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """The paper's claim ``better < worse`` in val loss at one (layers, norm); ``paper_delta`` = better - worse."""
+
+    layers: int
+    norm: str
+    better: str
+    worse: str
+    paper_delta: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.better} < {self.worse}"
+
+
+def paper_orderings() -> list[Ordering]:
+    """Every pair of Table 6 rows at the same (layers, norm), lower loss first, in the paper's row order."""
+    out = []
+    blocks: dict[tuple[int, str], list[PaperRow]] = {}
+    for row in PAPER_TABLE6:
+        blocks.setdefault((row.layers, row.norm), []).append(row)
+    for (layers, norm), rows in blocks.items():
+        for a, b in itertools.combinations(rows, 2):
+            better, worse = (a, b) if a.val_loss < b.val_loss else (b, a)
+            out.append(
+                Ordering(layers, norm, better.variant, worse.variant, round(better.val_loss - worse.val_loss, 6))
+            )
+    return out
+
+
+def paper_norm(norm: str) -> str | None:
+    """The paper's label for one of our norm placements (None when the paper has none)."""
+    return next((paper for paper, ours in PAPER_NORMS.items() if norm in ours), None)
+
+
+def paper_row(layers: object, norm: object, variant: object) -> PaperRow | None:
+    label = paper_norm(str(norm))
+    return next((r for r in PAPER_TABLE6 if (r.layers, r.norm, r.variant) == (layers, label, variant)), None)
+
+
+def matches_paper_shape(row: pd.Series | dict) -> bool:
+    """Whether a cell has Table 6's width and heads (layers and norm are matched per row)."""
+    return all(k in row and row[k] == v for k, v in PAPER_TABLE6_SHAPE.items())
+
+
+def with_paper_delta(paired: pd.DataFrame) -> pd.DataFrame:
+    """``paired`` (significance.paired_differences) with ``paper Δ``: the paper's val loss of the row's variant minus
+    its baseline's, on the val/loss rows of cells in Table 6's shape (NaN elsewhere)."""
+    out = paired.copy()
+    deltas = []
+    for _, row in out.iterrows():
+        a = paper_row(row.get("layers"), row.get("norm"), row.get("variant"))
+        b = paper_row(row.get("layers"), row.get("norm"), row.get("baseline"))
+        ok = row.get("metric") == "val/loss" and a and b and matches_paper_shape(row)
+        deltas.append(round(a.val_loss - b.val_loss, 6) if ok else math.nan)
+    out["paper Δ"] = deltas
+    return out
+
+
+def verdict(stats: dict) -> str:
+    """Whether a paired ``better - worse`` difference reproduces the paper's ``better < worse``."""
+    n, mean = int(stats["n"]), stats["mean"]
+    if n == 0:
+        return "no paired seeds"
+    sign = "same sign" if mean < 0 else "opposite sign"
+    if n == 1:
+        return f"{sign}, n=1 (no interval)"
+    if stats["ci_high"] < 0:
+        return "reproduced (CI below 0)"
+    if stats["ci_low"] > 0:
+        return "reversed (CI above 0)"
+    return f"{sign}, CI includes 0"
+
+
+def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """One row per paper ordering and matching pair group of ours (same layers, Table 6's width and heads, a norm of
+    PAPER_NORMS): the paired val-loss difference better - worse, the paper's, and the verdict. An ordering no cell
+    of ours matches gets one row with the verdict "not run"."""
+    frame, _ = with_derived(summary)
+    columns = ["layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean", "std", "level"]
+    columns += ["ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "verdict"]
+    shape = frame.apply(matches_paper_shape, axis=1) if not frame.empty else pd.Series(dtype=bool)
+    frame = frame[shape] if not frame.empty else frame
+    rows = []
+    for order in paper_orderings():
+        ids = {"layers": order.layers, "paper norm": order.norm, "ordering": order.text, "paper Δ": order.paper_delta}
+        found = False
+        for norm in PAPER_NORMS[order.norm]:
+            cells = frame[(frame["layers"] == order.layers) & (frame["norm"] == norm)] if not frame.empty else frame
+            for _, group in cells.groupby("pair_group", sort=False) if not cells.empty else []:
+                better, worse = group[group["variant"] == order.better], group[group["variant"] == order.worse]
+                if better.empty or worse.empty:
+                    continue
+                stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
+                config = group["cell_label"].iloc[0] or ""
+                # A run stuck on a plateau makes any gap an optimisation failure, not the paper's effect.
+                caveat = "; a run did not train" if stats["not_trained"] else ""
+                rows.append({**ids, "norm": norm, "config": config, **stats, "verdict": verdict(stats) + caveat})
+                found = True
+        if not found:
+            rows.append({**ids, "norm": "–", "config": "", "n": 0, "verdict": "not run"})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def orderings_markdown(orderings: pd.DataFrame) -> str:
+    """The ordering check in Markdown: paper Δ next to ours, with the verdict."""
+    show_config = orderings["config"].fillna("").astype(bool).any()
+    header = ["layers", "paper norm", "our norm", *(["config"] if show_config else [])]
+    header += [
+        "paper ordering",
+        "paper Δ",
+        "our Δ mean",
+        "pairs",
+        f"{level_text(orderings)} CI",
+        "verdict",
+        "unpaired seeds",
+    ]
+    header.append("not trained")
+    body = []
+    for _, r in orderings.iterrows():
+        run = r["verdict"] != "not run"
+        cells = [r["layers"], r["paper norm"], r["norm"], *([r["config"]] if show_config else [])]
+        cells += [r["ordering"], format_delta(r["paper Δ"], "val/loss")]
+        cells += [format_delta(r["mean"], "val/loss") if run else "–", int(r["n"]) if run else "–"]
+        cells += [format_interval(r, "val/loss") if run else "–", r["verdict"]]
+        cells += [r["unpaired"] if run and r["unpaired"] else "", r["not_trained"] if run and r["not_trained"] else ""]
+        body.append(cells)
+    return "\n".join(markdown_table(header, body)) + "\n"

@@ -1,0 +1,317 @@
+"""Paired seed differences against the baseline with Student-t intervals, and the seed spread of each cell.
+
+Pairing: a variant's run and a baseline run pair when their configs are equal except for the depth-mixing variant
+(``model.mixer.*``: the mixer and its switches) and the seed, and they share a seed. ``pair_group`` of the run
+summary fingerprints that config (records.pair_group_id), so the variant and the baseline of one group differ in
+the variant only: same norm, layers, width, lr, data, tokens, ... . Per shared seed s the difference is
+d_s = metric(variant, s) - metric(baseline, s); the report gives the mean, the std (ddof 1), the number of pairs and
+a two-sided interval mean +/- t_{(1+level)/2, n-1} * std / sqrt(n) (Student's t: the seeds' differences are the
+sample; pairing removes what the seed shares between the two runs, e.g. the data order). With one pair there is
+no interval ("n=1"). Seeds run for one side only are listed as unpaired and left out, never paired with another
+seed; a seed present twice in a cell (e.g. the same run from two sources) is left out as well.
+
+Only complete runs enter (``tidy.run_summary``), the same runs as the tables; downstream accuracies only from
+final checkpoints (``tidy.final_eval_only``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from moda_lab.analysis.history import val_domains
+from moda_lab.analysis.records import variant_label
+from moda_lab.analysis.tables import with_derived
+from moda_lab.analysis.tidy import sort_cells
+
+LEVEL = 0.95
+# A cell's seed std of the final val loss should stay below this (nats/token): the gaps between the rows of the
+# paper's Table 6 are 0.004-0.058 nats (arXiv 2603.15619; paper.PAPER_TABLE6), so with 3 seeds a spread above
+# 0.01 cannot resolve most of them (the 95% half-width is 2.48 std at n=3).
+SEED_STD_TARGET = 0.01
+# Identity columns of the paired and spread tables, in order, when present; ``config`` = the cell label.
+GROUP_COLUMNS = ["layers", "width", "n_heads", "n_kv_heads", "norm", "config"]
+VARIANT_COLUMNS = ["model", "depth_kv", "ffn_kv", "attn_kv", "variant"]
+
+
+def baseline_variant() -> str:
+    """The baseline's variant label: the first name of DEPTH_MIXERS (the registry lists baseline -> MoDA), no
+    switches on (``residual``)."""
+    from moda_lab.model import DEPTH_MIXERS  # on first use: importing the model imports torch
+
+    return variant_label(next(iter(DEPTH_MIXERS)))
+
+
+def t_quantile(level: float, df: int) -> float:
+    """Two-sided Student-t quantile t_{(1+level)/2, df}, e.g. ``t_quantile(0.95, 2) == 4.3027``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} is out of range; allowed: 0 < level < 1")
+    if df < 1:
+        raise ValueError(f"df={df!r} is out of range; allowed: >= 1")
+    try:
+        from scipy import stats
+    except ImportError as err:  # scipy comes with lm-eval (scikit-learn) and is pinned in constraints.txt
+        raise ImportError("paired confidence intervals need scipy: pip install scipy") from err
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float]:
+    """``n``, ``mean``, ``std`` (ddof 1), ``t`` and the interval ``ci_low``/``ci_high`` of the mean of ``values``;
+    std, t and the interval are NaN with fewer than 2 values (mean too with none)."""
+    xs = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    n = len(xs)
+    out = {"n": n, "mean": float(xs.mean()) if n else np.nan, "std": np.nan, "t": np.nan}
+    out |= {"ci_low": np.nan, "ci_high": np.nan}
+    if n >= 2:
+        std, t = float(xs.std(ddof=1)), t_quantile(level, n - 1)
+        half = t * std / math.sqrt(n)
+        out |= {"std": std, "t": t, "ci_low": out["mean"] - half, "ci_high": out["mean"] + half}
+    return out
+
+
+@dataclass
+class Pairing:
+    """The seeds of two cells, paired: differences ``a - b`` per shared seed, and the seeds left out."""
+
+    seeds: list[int] = field(default_factory=list)
+    diffs: list[float] = field(default_factory=list)
+    only_a: list[int] = field(default_factory=list)
+    only_b: list[int] = field(default_factory=list)
+    twice: list[tuple[str, int]] = field(default_factory=list)  # (side, seed) present more than once: left out
+
+    def unpaired_text(self, a: str = "variant", b: str = "baseline") -> str:
+        """``variant only: 3; baseline only: 2; seed 1 twice in baseline`` (empty when every seed paired)."""
+        parts = [
+            f"{name} only: {', '.join(map(str, seeds))}"
+            for name, seeds in ((a, self.only_a), (b, self.only_b))
+            if seeds
+        ]
+        parts += [f"seed {s} twice in {a if side == 'a' else b}" for side, s in self.twice]
+        return "; ".join(parts)
+
+
+def _seed_values(runs: pd.DataFrame, metric: str) -> tuple[dict[int, float], list[int]]:
+    """seed -> metric of the runs that logged it, and the seeds present more than once."""
+    rows = runs[runs[metric].notna() & runs["seed"].notna()] if metric in runs else runs.iloc[0:0]
+    seeds = rows["seed"].astype(int)
+    twice = sorted(set(seeds[seeds.duplicated()]))
+    return {s: float(v) for s, v in zip(seeds, rows[metric]) if s not in twice}, twice
+
+
+def pair_by_seed(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Pairing:
+    """Pair the runs of two cells by seed on ``metric`` (runs without it count as absent)."""
+    va, twice_a = _seed_values(a, metric)
+    vb, twice_b = _seed_values(b, metric)
+    shared = sorted(set(va) & set(vb))
+    return Pairing(
+        seeds=shared,
+        diffs=[va[s] - vb[s] for s in shared],
+        only_a=sorted(set(va) - set(vb) - set(twice_b)),
+        only_b=sorted(set(vb) - set(va) - set(twice_a)),
+        twice=[("a", s) for s in twice_a] + [("b", s) for s in twice_b],
+    )
+
+
+def _untrained_text(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> str:
+    parts = []
+    for name, runs in zip(names, (a, b)):
+        if "trained" in runs:
+            seeds = sorted(runs.loc[runs["trained"].eq(False), "seed"].dropna().astype(int))
+            if seeds:
+                parts.append(f"{name} seed {', '.join(map(str, seeds))}")
+    return "; ".join(parts)
+
+
+def compare_cells(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    metric: str,
+    level: float = LEVEL,
+    names: tuple[str, str] = ("variant", "baseline"),
+) -> dict[str, object]:
+    """Paired statistics of ``metric`` (a - b) between the runs of two cells: t_interval's keys plus ``seeds``,
+    ``excludes_0`` (None without an interval), ``unpaired``, ``not_trained`` and ``note``."""
+    pairing = pair_by_seed(a, b, metric)
+    stats = t_interval(pairing.diffs, level)
+    excludes = None if math.isnan(stats["ci_low"]) else bool(stats["ci_low"] > 0 or stats["ci_high"] < 0)
+    note = {0: "no common seed", 1: "n=1: no interval"}.get(stats["n"], "")
+    return {
+        **stats,
+        "level": level,
+        "seeds": ", ".join(map(str, pairing.seeds)),
+        "excludes_0": excludes,
+        "unpaired": pairing.unpaired_text(*names),
+        "not_trained": _untrained_text(a, b, names),
+        "note": note,
+    }
+
+
+def _group_ids(runs: pd.DataFrame) -> dict[str, object]:
+    first = runs.iloc[0]
+    ids = {c: first[c] for c in GROUP_COLUMNS if c in runs}
+    ids["config"] = first.get("cell_label") or ""
+    return ids
+
+
+def default_metrics(frame: pd.DataFrame) -> list[str]:
+    """val/loss, each val/<domain>/loss, and the average downstream accuracy (%) when any run has one."""
+    metrics = ["val/loss", *(f"val/{d}/loss" for d in val_domains(frame))]
+    if "avg acc" in frame and frame["avg acc"].notna().any():
+        metrics.append("avg acc")
+    return [m for m in metrics if m in frame]
+
+
+def paired_differences(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    baseline: str | None = None,
+    level: float = LEVEL,
+    prefer: tuple[str, ...] = ("acc_norm", "acc"),
+) -> pd.DataFrame:
+    """One row per (non-baseline cell, metric): the cell's variant minus the baseline of its pair group, paired by
+    seed. ``metrics`` default to default_metrics (``avg acc``: the average task accuracy in %, as in Table 5);
+    ``baseline`` is a variant label (default: baseline_variant()). A cell whose group has no baseline run gets
+    rows with ``n`` = 0 and the note "no baseline run in this cell"."""
+    frame, _ = with_derived(summary, prefer)
+    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "n", "seeds", "mean", "std", "level", "t"]
+    columns += ["ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "note"]
+    if frame.empty or "pair_group" not in frame:
+        return pd.DataFrame(columns=columns)
+    metrics = list(metrics) if metrics is not None else default_metrics(frame)
+    base = baseline or baseline_variant()
+    rows = []
+    for _, group in frame.groupby("pair_group", sort=False):
+        cells = {cid: runs for cid, runs in group.groupby("cell", sort=False)}
+        bases = [runs for runs in cells.values() if runs["variant"].iloc[0] == base]
+        for runs in cells.values():
+            if runs["variant"].iloc[0] == base:
+                continue
+            ids = {**_group_ids(runs), **{c: runs[c].iloc[0] for c in VARIANT_COLUMNS if c in runs}}
+            for metric in metrics:
+                if not bases:  # every seed of the cell is unpaired
+                    alone = {
+                        **compare_cells(runs, runs.iloc[0:0], metric, level),
+                        "note": "no baseline run in this cell",
+                    }
+                    rows.append({**ids, "baseline": base, "metric": metric, **alone})
+                for base_runs in bases:
+                    rows.append(
+                        {**ids, "baseline": base, "metric": metric, **compare_cells(runs, base_runs, metric, level)}
+                    )
+    out = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    return sort_cells(out, first=["layers", "norm"]) if not out.empty else out
+
+
+def seed_spread(summary: pd.DataFrame, target: float = SEED_STD_TARGET, metric: str = "val/loss") -> pd.DataFrame:
+    """Per cell: seeds, mean and std of the final ``metric`` and whether the std is within ``target`` (None with
+    one seed), with the seeds whose run did not train (``tidy.TRAINED_MIN_DROP``)."""
+    if target <= 0:
+        raise ValueError(f"target={target!r} is out of range; allowed: > 0 (nats)")
+    frame, _ = with_derived(summary)
+    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "seeds", "mean", "std", "target", "within_target", "not_trained"]
+    if frame.empty or metric not in frame:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, runs in frame.groupby("cell", sort=False):
+        values = runs[metric].dropna()
+        std = float(values.std(ddof=1)) if len(values) >= 2 else np.nan
+        untrained = runs.loc[runs["trained"].eq(False), "seed"] if "trained" in runs else pd.Series(dtype=float)
+        rows.append(
+            {
+                **_group_ids(runs),
+                **{c: runs[c].iloc[0] for c in VARIANT_COLUMNS if c in runs},
+                "seeds": len(values),
+                "mean": float(values.mean()) if len(values) else np.nan,
+                "std": std,
+                "target": target,
+                "within_target": None if math.isnan(std) else bool(std <= target),
+                "not_trained": ", ".join(str(int(s)) for s in sorted(untrained.dropna())),
+            }
+        )
+    return sort_cells(pd.DataFrame(rows, columns=columns), first=["layers", "norm"])
+
+
+def format_delta(value: float, metric: str) -> str:
+    """Signed difference: 4 decimals for losses (nats), 2 for accuracies (percentage points)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.4f}" if metric.endswith("loss") else f"{value:+.2f}"
+
+
+def format_interval(row: pd.Series | dict, metric: str) -> str:
+    """``[-0.0746, +0.0013]``, or why there is none (``n=1``, ``no pairs``)."""
+    n = int(row["n"])
+    if n == 0:
+        return "no pairs"
+    if n == 1:
+        return "n=1"
+    return f"[{format_delta(row['ci_low'], metric)}, {format_delta(row['ci_high'], metric)}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Lines of a Markdown table (cells rendered with str; None and NaN as '–')."""
+
+    def cell(v: object) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return "yes" if v is True else "no" if v is False else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def _shown_group_columns(frame: pd.DataFrame) -> list[str]:
+    # Heads only when they vary; the config label only when any row has one.
+    cols = [c for c in ("layers", "width", "norm") if c in frame]
+    cols += [c for c in ("n_heads", "n_kv_heads") if c in frame and frame[c].nunique(dropna=False) > 1]
+    if "config" in frame and frame["config"].fillna("").astype(bool).any():
+        cols.append("config")
+    return cols
+
+
+def level_text(frame: pd.DataFrame) -> str:
+    """``95%``: the interval level of a paired frame (its ``level`` column; LEVEL when it has none)."""
+    levels = frame["level"].dropna() if "level" in frame else pd.Series(dtype=float)
+    return f"{levels.iloc[0] if len(levels) else LEVEL:.0%}"
+
+
+def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
+    """The paired table in Markdown, one row per cell and metric (a ``paper Δ`` column when present)."""
+    rows_frame = paired if metrics is None else paired[paired["metric"].isin(metrics)]
+    if rows_frame.empty:
+        return "_No non-baseline cell among the complete runs._\n"
+    ids = _shown_group_columns(rows_frame)
+    header = [*ids, "variant − baseline", "metric", "pairs", "seeds", "Δ mean", "Δ std", f"{level_text(paired)} CI"]
+    has_paper = "paper Δ" in rows_frame and rows_frame["paper Δ"].notna().any()
+    header += [*(["paper Δ"] if has_paper else []), "unpaired seeds", "not trained", "note"]
+    body = []
+    for _, r in rows_frame.iterrows():
+        metric = r["metric"]
+        std = "–" if pd.isna(r["std"]) else f"{r['std']:.4f}" if metric.endswith("loss") else f"{r['std']:.2f}"
+        cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", metric, int(r["n"]), r["seeds"] or "–"]
+        cells += [format_delta(r["mean"], metric), std, format_interval(r, metric)]
+        if has_paper:
+            cells.append(format_delta(r["paper Δ"], metric))
+        cells += [r["unpaired"] or "", r["not_trained"] or "", r["note"] or ""]
+        body.append(cells)
+    return "\n".join(markdown_table(header, body)) + "\n"
+
+
+def spread_markdown(spread: pd.DataFrame) -> str:
+    """The seed-spread table in Markdown."""
+    if spread.empty:
+        return "_No complete run with a validation loss._\n"
+    ids = _shown_group_columns(spread)
+    target = float(spread["target"].iloc[0])
+    header = [*ids, "variant", "seeds", "val loss", "std", f"std ≤ {target:g}", "not trained (seeds)"]
+    body = []
+    for _, r in spread.iterrows():
+        within = "n=1" if pd.isna(r["within_target"]) else bool(r["within_target"])
+        std = "–" if pd.isna(r["std"]) else f"{r['std']:.4f}"
+        mean = "–" if pd.isna(r["mean"]) else f"{r['mean']:.4f}"
+        body.append([*(r[c] for c in ids), r["variant"], int(r["seeds"]), mean, std, within, r["not_trained"] or ""])
+    return "\n".join(markdown_table(header, body)) + "\n"

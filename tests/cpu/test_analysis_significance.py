@@ -1,0 +1,322 @@
+"""Paired seed differences vs the baseline, the paper's Table 6 orderings, seed spread, the training check and the
+zero-shot accuracy tables, on run dirs written here with known per-seed final losses and accuracies."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+import analysis_sweep as fx  # noqa: E402
+
+from moda_lab.analysis import (  # noqa: E402
+    PAPER_TABLE6,
+    add_significance,
+    analyze,
+    load_sweep_dir,
+    pair_by_seed,
+    paired_differences,
+    paper_orderings,
+    paper_table,
+    plot_paired_differences,
+    run_analysis,
+    seed_spread,
+    t_interval,
+)
+from moda_lab.analysis.__main__ import main, parse_args  # noqa: E402
+
+T_975_2 = 4.303  # Student's t, 97.5% quantile, 2 degrees of freedom (printed tables)
+T_975_1 = 12.706
+TABLE6_SHAPE = {"model.n_heads": 6}  # with fx's width 64 -> 384 below and 2 KV heads: Table 6's shape
+TASKS = ("piqa", "sciq")
+
+# (layers, norm, model, ffn_kv) -> {seed: final val/loss}. Post-norm: seed 0 of MoDA has no baseline (unpaired),
+# the baseline seeds are 1-3; pre-norm (48 layers): one pair plus an unpaired MoDA seed 5; reordered: the
+# baseline's seed 1 is flat over its second half (did not train).
+FINAL = {
+    (24, "post", "residual", False): {1: 3.50, 2: 3.52, 3: 3.49},
+    (24, "post", "moda", False): {0: 3.40, 1: 3.46, 2: 3.47, 3: 3.47},
+    (24, "post", "moda", True): {1: 3.40, 2: 3.41, 3: 3.40},
+    (48, "pre", "residual", False): {0: 3.45},
+    (48, "pre", "moda", False): {0: 3.44, 5: 3.30},
+    (24, "reordered", "residual", False): {0: 3.50, 1: 3.50},
+    (24, "reordered", "moda", False): {0: 3.55, 1: 3.56},
+}
+FLAT = {(24, "reordered", "residual", False, 1)}
+# Downstream accuracy gain over the baseline per seed (fraction); eval of the final checkpoint unless noted.
+ACC_GAIN = {("residual", False): lambda s: 0.0, ("moda", True): lambda s: 0.02 + 0.005 * (s - 1)}
+ACC_GAIN[("moda", False)] = lambda s: 0.01
+EVAL_AT_STEP_100 = {(24, "post", "moda", False, 1)}  # not the final checkpoint: left out of accuracy tables
+EVAL_IN_RESULTS_JSON_ONLY = {(24, "post", "moda", True, 1)}
+NO_EVAL = {(24, "post", "moda", False, 0)}
+STEPS = 200
+
+
+def spec_of(layers: int, norm: str, model: str, ffn: bool, seed: int, extra: dict | None = None) -> fx.RunSpec:
+    return fx.RunSpec(model, norm, seed, ffn_kv=ffn, layers=layers, width=384, steps=STEPS, extra=extra or TABLE6_SHAPE)
+
+
+def val_at(final: float, step: int, flat: bool) -> float:
+    """Falls 0.5 nats from step 50 to the end (0.33 over the second half); a flat run falls 0.01."""
+    return final + (0.01 if flat else 0.5) * (STEPS - step) / 150
+
+
+def acc_of(model: str, ffn: bool, seed: int, task_index: int) -> float:
+    return 0.4 + 0.1 * task_index + ACC_GAIN[(model, ffn)](seed)
+
+
+def rows_of(key: tuple, seed: int, final: float) -> tuple[list[dict], dict]:
+    """metrics.jsonl rows (step-0 eval at 9.0, val every 50 steps, train every 10) and the eval metrics."""
+    layers, norm, model, ffn = key
+    spec = spec_of(layers, norm, model, ffn, seed)
+    params, emb, fpt = fx.params_and_flops(spec)
+    flat = (*key, seed) in FLAT
+    rows: list[dict] = [{"step": 0, "tokens": 0, "model/params": params, "model/flops_per_token": fpt}]
+    rows.append({"step": 0, "tokens": 0, "val/loss": 9.0, "val/c4/loss": 9.1, "val/wiki/loss": 9.2})
+    for step in range(10, STEPS + 1, 10):
+        rows.append({"step": step, "tokens": step * fx.TOKENS_PER_STEP, "train/loss": val_at(final, step, flat) + 0.05})
+        if step % 50 == 0:
+            val = val_at(final, step, flat)
+            rows.append(
+                {"step": step, "val/loss": val, "val/c4/loss": val + 0.1 + 0.002 * seed, "val/wiki/loss": val + 0.2}
+            )
+    metrics = {}
+    if (model, ffn) in ACC_GAIN:
+        for i, task in enumerate(TASKS):
+            metrics |= {f"eval/{task}/acc_norm": acc_of(model, ffn, seed, i), f"eval/{task}/acc": 0.3}
+    return rows, metrics
+
+
+def build_paired_sweep(root: Path) -> Path:
+    for key, seeds in FINAL.items():
+        layers, norm, model, ffn = key
+        for seed, final in seeds.items():
+            rows, metrics = rows_of(key, seed, final)
+            where = (*key, seed)
+            step = 100 if where in EVAL_AT_STEP_100 else STEPS
+            if metrics and where not in NO_EVAL and where not in EVAL_IN_RESULTS_JSON_ONLY:
+                rows.append({"step": step, **metrics})
+            run_dir = fx.write_run_dir(root, spec_of(*key, seed), rows)
+            if where in EVAL_IN_RESULTS_JSON_ONLY:  # as moda_lab.eval writes it; metrics.jsonl lacks the rows
+                (run_dir / "eval" / "last").mkdir(parents=True)
+                results = {"results": {}, "moda": {"step": STEPS, "metrics": metrics, "missing_tasks": {}}}
+                (run_dir / "eval" / "last" / "results.json").write_text(json.dumps(results))
+    # A cell at another lr: its group has no baseline run, so nothing is paired with the default-lr baseline.
+    other = spec_of(24, "post", "dense", False, 1, extra={**TABLE6_SHAPE, "trainer.lr": 1e-3})
+    fx.write_run_dir(root, other, rows_of((24, "post", "residual", False), 1, 3.48)[0])
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_paired_sweep(tmp_path_factory.mktemp("paired") / "table6_small")
+
+
+@pytest.fixture(scope="module")
+def result(sweep: Path):
+    return add_significance(analyze(load_sweep_dir(sweep)))
+
+
+def diffs(a: dict, b: dict) -> list[float]:
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def row_of(paired: pd.DataFrame, layers: int, norm: str, variant: str, metric: str = "val/loss") -> pd.Series:
+    sel = paired[(paired["layers"] == layers) & (paired["norm"] == norm) & (paired["variant"] == variant)]
+    sel = sel[sel["metric"] == metric]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def test_t_interval_matches_a_hand_computation():
+    stats = t_interval([-0.04, -0.05, -0.02])
+    mean = -0.11 / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in (-0.04, -0.05, -0.02)) / 2)
+    assert (stats["n"], stats["mean"], stats["std"]) == (3, pytest.approx(mean), pytest.approx(std))
+    assert stats["t"] == pytest.approx(T_975_2, abs=5e-4)
+    half = T_975_2 * std / math.sqrt(3)
+    assert stats["ci_low"] == pytest.approx(mean - half, abs=1e-5) and stats["ci_high"] == pytest.approx(
+        mean + half, abs=1e-5
+    )
+    one = t_interval([-0.01])
+    assert one["n"] == 1 and one["mean"] == -0.01 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    with pytest.raises(ValueError, match="level"):
+        t_interval([1.0, 2.0], level=95)
+
+
+def test_pairing_is_by_seed_and_lists_unpaired_and_duplicate_seeds():
+    a = pd.DataFrame({"seed": [0, 1, 2, 2, 4], "val/loss": [1.0, 2.0, 3.0, 3.1, 5.0]})
+    b = pd.DataFrame({"seed": [4, 1, 3, 0], "val/loss": [4.0, 1.5, 9.0, float("nan")]})
+    pairing = pair_by_seed(a, b, "val/loss")
+    assert pairing.seeds == [1, 4] and pairing.diffs == pytest.approx([0.5, 1.0])  # by seed, not by row order
+    assert pairing.only_a == [0] and pairing.only_b == [3]  # b's seed 0 has no value: absent
+    assert pairing.twice == [("a", 2)]
+    assert pairing.unpaired_text() == "variant only: 0; baseline only: 3; seed 2 twice in variant"
+
+
+def test_paired_means_and_intervals_against_the_baseline(result):
+    paired = result.paired
+    moda = row_of(paired, 24, "post", "moda")
+    base, variant = FINAL[(24, "post", "residual", False)], FINAL[(24, "post", "moda", False)]
+    d = diffs(variant, base)
+    mean, std = sum(d) / 3, pd.Series(d).std()
+    assert (moda["baseline"], moda["n"], moda["seeds"]) == ("residual", 3, "1, 2, 3")
+    assert moda["mean"] == pytest.approx(mean) and moda["std"] == pytest.approx(std)
+    half = T_975_2 * std / math.sqrt(3)
+    assert (moda["ci_low"], moda["ci_high"]) == (
+        pytest.approx(mean - half, abs=1e-5),
+        pytest.approx(mean + half, abs=1e-5),
+    )
+    assert moda["excludes_0"] in (False,) and moda["unpaired"] == "variant only: 0"  # seed 0: never paired
+    assert moda["paper Δ"] == pytest.approx(3.4537 - 3.4740)
+    ffn = row_of(paired, 24, "post", "moda +ffn_kv")
+    assert ffn["mean"] == pytest.approx(-0.10) and ffn["excludes_0"] in (True,) and ffn["unpaired"] == ""
+    # Per-domain losses pair the same way (c4's seed term cancels within a pair).
+    c4 = row_of(paired, 24, "post", "moda", "val/c4/loss")
+    assert c4["mean"] == pytest.approx(mean) and c4["n"] == 3
+    assert set(paired["metric"]) == {"val/loss", "val/c4/loss", "val/wiki/loss", "avg acc"}
+
+
+def test_one_pair_has_no_interval_and_a_cell_without_baseline_is_listed(result):
+    pre = row_of(result.paired, 48, "pre", "moda")
+    assert pre["n"] == 1 and pre["mean"] == pytest.approx(3.44 - 3.45) and math.isnan(pre["ci_low"])
+    assert pre["note"] == "n=1: no interval" and pre["unpaired"] == "variant only: 5" and pd.isna(pre["excludes_0"])
+    dense = row_of(result.paired, 24, "post", "dense")
+    assert dense["n"] == 0 and dense["note"] == "no baseline run in this cell" and dense["config"] == "lr=0.001"
+    assert dense["unpaired"] == "variant only: 1"
+
+
+def test_training_check_flags_the_flat_run_only(result):
+    summary = result.summary.set_index("run")
+    flat = spec_of(24, "reordered", "residual", False, 1).name
+    assert summary.loc[flat, "trained"] in (False,)  # step 0 (9.0) left out: it fell 5.5 nats from there
+    assert (
+        summary.loc[flat, "val_drop"] == pytest.approx(0.01 * 100 / 150) and summary.loc[flat, "val_drop_from"] == 100
+    )
+    others = summary.drop(index=flat)
+    assert others["trained"].eq(True).all() and others["val_drop"].min() == pytest.approx(0.5 * 100 / 150)
+    assert [i.run for i in result.issues if i.kind == "not_trained"] == [flat]
+    reordered = row_of(result.paired, 24, "reordered", "moda")
+    assert reordered["not_trained"] == "baseline seed 1"
+
+
+def test_seed_spread_against_the_target(result):
+    spread = result.spread.set_index(["layers", "norm", "variant"])
+    base = spread.loc[(24, "post", "residual")]
+    assert base["seeds"] == 3 and base["std"] == pytest.approx(pd.Series([3.50, 3.52, 3.49]).std())
+    assert base["within_target"] in (False,)  # 0.015 > 0.01
+    assert spread.loc[(24, "post", "moda +ffn_kv"), "within_target"] in (True,)
+    assert pd.isna(spread.loc[(48, "pre", "residual"), "within_target"])
+    assert spread.loc[(24, "reordered", "residual"), "not_trained"] == "1"
+    loose = seed_spread(result.summary, target=0.02).set_index(["layers", "norm", "variant"])
+    assert loose.loc[(24, "post", "residual"), "within_target"] in (True,)
+    with pytest.raises(ValueError, match="target"):
+        seed_spread(result.summary, target=0)
+
+
+def test_paper_orderings_are_checked_with_sign_and_interval(result):
+    assert len(PAPER_TABLE6) == 9 and len(paper_orderings()) == 9
+    orders = result.orderings
+    by = {(r["layers"], r["norm"], r["ordering"]): r for _, r in orders.iterrows()}
+    assert by[(24, "post", "moda < residual")]["verdict"] == "same sign, CI includes 0"
+    assert by[(24, "post", "moda +ffn_kv < residual")]["verdict"] == "reproduced (CI below 0)"
+    moda_vs_ffn = by[(24, "post", "moda +ffn_kv < moda")]
+    ffn, moda = FINAL[(24, "post", "moda", True)], FINAL[(24, "post", "moda", False)]
+    assert moda_vs_ffn["mean"] == pytest.approx(sum(diffs(ffn, moda)) / 3)
+    assert moda_vs_ffn["paper Δ"] == pytest.approx(3.4338 - 3.4537)
+    assert by[(48, "pre", "moda < residual")]["verdict"] == "same sign, n=1 (no interval)"
+    # The paper's post is matched by our reordered too; here MoDA is worse, and the baseline had a flat seed.
+    reordered = by[(24, "reordered", "moda < residual")]
+    assert reordered["paper norm"] == "post" and reordered["mean"] == pytest.approx(0.055)
+    half = T_975_1 * pd.Series([0.05, 0.06]).std() / math.sqrt(2)
+    assert reordered["ci_high"] == pytest.approx(0.055 + half, abs=1e-5)
+    assert reordered["verdict"] == "opposite sign, CI includes 0; a run did not train"
+    not_run = orders[orders["verdict"] == "not run"]
+    assert set(zip(not_run["layers"], not_run["paper norm"])) == {(48, "pre"), (48, "post")}
+    assert len(not_run) == 5  # 48 post: 3, 48 pre without MoDA + FFN KV: 2
+
+
+def test_zero_shot_table_uses_final_checkpoints_and_pairs_the_average(result):
+    table = paper_table(result.summary, "downstream").set_index(["layers", "norm", "model", "ffn_kv"])
+    ffn = table.loc[(24, "post", "moda", True)]
+    expected = [100 * sum(acc_of("moda", True, s, i) for i in range(2)) / 2 for s in (1, 2, 3)]
+    assert ffn["seeds"] == 3 and ffn["avg acc"] == pytest.approx(sum(expected) / 3)  # seed 1 from results.json
+    assert table.loc[(24, "post", "moda", False), "seeds"] == 2  # seed 1 evaluated at step 100, seed 0 not at all
+    assert "dense" not in set(table.index.get_level_values("model"))  # never evaluated: no row
+    assert [i.run for i in result.issues if i.kind == "eval_not_final"] == [spec_of(24, "post", "moda", False, 1).name]
+    acc = row_of(result.paired, 24, "post", "moda +ffn_kv", "avg acc")
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(2.5) and acc["std"] == pytest.approx(0.5)
+    assert acc["ci_high"] - acc["mean"] == pytest.approx(T_975_2 * 0.5 / math.sqrt(3), rel=1e-3)
+    moda = row_of(result.paired, 24, "post", "moda", "avg acc")
+    assert (moda["n"], moda["seeds"], moda["unpaired"]) == (2, "2, 3", "baseline only: 1")
+
+
+def test_report_section_and_files(sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert main([f"sweep_dir={sweep}", f"out={out}", "seed_std_target=0.02"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Paired differences vs the baseline" in report and "### The paper's Table 6 orderings" in report
+    assert "### Seed spread (target: std ≤ 0.02 nats)" in report and "### Zero-shot accuracy" in report
+    lines = report.splitlines()
+
+    def line(*parts: str) -> str:
+        found = [ln for ln in lines if all(p in ln for p in parts)]
+        assert len(found) == 1, (parts, found)
+        return found[0]
+
+    ffn = line("| 24 | post | post |", "| moda +ffn_kv < residual |")
+    assert "| -0.0402 | -0.1000 | 3 | [-0.1248, -0.0752] | reproduced (CI below 0) |" in ffn
+    assert "| n=1 | same sign, n=1 (no interval) |" in line("| 48 | pre | pre |", "| moda < residual |")
+    moda = line("| moda − residual | val/loss | 3 | 1, 2, 3 |", "| 24 | 384 | post |")
+    assert "| -0.0203 | variant only: 0 |" in moda  # the paper's Δ, then the unpaired seed
+    assert "| variant only: 5 |" in line("| moda − residual | val/loss | 1 | 0 |")
+    flat = spec_of(24, "reordered", "residual", False, 1).name
+    assert line(f"| {flat} |").endswith("| 0.007 (from step 100) | **no** |")
+    assert "[not_trained]" in report and "[eval_not_final]" in report
+    for stem in ("paired_differences", "paper_table6_orderings", "seed_spread", "table4_domain_loss"):
+        assert (out / "tables" / f"{stem}.md").exists() and (out / "tables" / f"{stem}.csv").exists()
+    assert {"paired_val_loss.png", "paired_val_loss.pdf"} <= {p.name for p in (out / "figures").iterdir()}
+    csv = pd.read_csv(out / "tables" / "paired_differences.csv")
+    assert len(csv) == 4 * 5  # 5 non-baseline cells x (val, c4, wiki, avg acc)
+
+
+def test_paired_figure_rows_and_intervals(result):
+    fig = plot_paired_differences(result.paired)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 4  # the dense cell has no pairs
+    assert any(lab.startswith("moda − residual") and "n=1" in lab for lab in labels)
+    assert any("not trained: baseline seed 1" in lab for lab in labels)
+    assert "95% CI" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
+
+
+def test_no_baseline_anywhere_and_cli_values(tmp_path: Path):
+    res = add_significance(analyze(load_sweep_dir(fx.build_fixture_sweep(tmp_path / "fixture"))))
+    assert (res.paired["n"] == 0).all() and set(res.paired["note"]) == {"no baseline run in this cell"}
+    assert paired_differences(res.summary.iloc[0:0]).empty
+    run_analysis(tmp_path / "fixture", tmp_path / "out")
+    assert "paired_val_loss.png" not in {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    assert parse_args(["sweep_dir=a", "min_drop=0.1"])["min_drop"] == "0.1"
+    for bad in ("seed_std_target=0", "min_drop=x"):
+        with pytest.raises(ValueError, match="out of range"):
+            parse_args(["sweep_dir=a", bad])
+
+
+def test_training_check_and_pairing_on_the_committed_table6_runs():
+    """The 24-layer GPU runs (experiments/results/table6_24l): the post-norm residual runs sat at the unigram loss."""
+    sweep = Path(__file__).resolve().parents[2] / "experiments" / "results" / "table6_24l" / "sweep"
+    res = add_significance(analyze(load_sweep_dir(sweep)))
+    untrained = set(res.summary.loc[res.summary["trained"].eq(False), "run"])
+    assert untrained == {"model=residual,seed=0,b79f05ee57", "model=residual,seed=1,b0f3e0ee46"}
+    assert res.summary["trained"].eq(True).sum() == len(res.summary) - 2
+    post = row_of(res.paired, 24, "post", "moda")
+    assert (post["n"], post["seeds"], post["not_trained"]) == (2, "0, 1", "baseline seed 0, 1")
+    assert post["paper Δ"] == pytest.approx(3.4537 - 3.4740)
