@@ -91,14 +91,15 @@ def upgrade_config(cfg: dict) -> dict:
     return cfg
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_config(cfg: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (flat input keys pass through)."""
     out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+    for key, val in cfg.items():
+        full = f"{prefix}{key}"
+        if isinstance(val, dict):
+            out.update(flatten_config(val, full + "."))
         else:
-            out[key] = v
+            out[full] = val
     return out
 
 
@@ -114,7 +115,7 @@ def check_resume_compatible(old: dict, new: dict, run_dir: Path) -> None:
     ConfigError listing the run-defining keys that differ."""
     from .config import ConfigError  # here, not at the top: moda_lab.config imports the model (torch)
 
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_config(old), flatten_config(new)
     diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not run_independent(k)]
     if diffs:
         lines = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])

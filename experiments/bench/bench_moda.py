@@ -16,13 +16,13 @@ run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -73,19 +73,9 @@ def attn_flops(B, T, Hq, d, L, seq: bool, depth: bool) -> float:
     return 4.0 * B * Hq * d * pairs
 
 
-@contextlib.contextmanager
 def seq_impl(impl):
     """Run moda_attn with the given sequence implementation (fused / cudnn / flash; None = its own choice)."""
-    old = os.environ.get(hybrid.ENV)
-    if impl is not None:
-        os.environ[hybrid.ENV] = impl
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(hybrid.ENV, None)
-        else:
-            os.environ[hybrid.ENV] = old
+    return mock.patch.dict(os.environ, {hybrid.ENV: impl} if impl else {})
 
 
 def copy_bandwidth() -> float:
@@ -157,19 +147,17 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules, flas
             moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
             row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
         try:
-            stack = contextlib.ExitStack()
-            stack.enter_context(seq_impl(impl))
-            row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
-            row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
-            if T <= GRAPH_MAX_T and mode in ("seq", "moda", "hmoda"):
-                row[f"{mode}_fwdbwd_graph_ms"] = graph_ms(fwd_bwd(f, ins, do), budget_ms)
+            with seq_impl(impl):
+                row[f"{mode}_fwd_ms"] = time_ms(lambda: f(), budget_ms)
+                row[f"{mode}_fwdbwd_ms"] = time_ms(fwd_bwd(f, ins, do), budget_ms)
+                if T <= GRAPH_MAX_T and mode in ("seq", "moda", "hmoda"):
+                    row[f"{mode}_fwdbwd_graph_ms"] = graph_ms(fwd_bwd(f, ins, do), budget_ms)
         except Exception as err:  # keep the other modes' numbers if one mode fails to compile or run
             row[f"{mode}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
             print(row[f"{mode}_error"], flush=True)
             continue
         finally:
             moda_function.SPLIT_MIN_T = split_min_t
-            stack.close()
         flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode not in ("seq", "hseq"))  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:

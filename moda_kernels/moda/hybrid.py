@@ -52,19 +52,19 @@ def seq_impl(q: torch.Tensor, has_seq: bool, has_depth: bool = False) -> str:
     forces one for every call that has sequence keys.
     """
     forced = os.environ.get(ENV, "auto")
+    if forced not in IMPLS + ("auto",):
+        raise ValueError(f"{ENV}={forced!r} is not one of {('auto',) + IMPLS}")
     if not has_seq:
         return "fused"
     if forced != "auto":
-        if forced not in IMPLS:
-            raise ValueError(f"{ENV}={forced!r} is not one of {('auto',) + IMPLS}")
         return forced
-    if q.device.type != "cuda" or q.dtype == torch.float32 or q.shape[-1] % 8 or q.shape[-1] > 128:
+    if q.device.type != "cuda" or running_in_interpreter() or q.dtype == torch.float32:
         return "fused"
-    if has_depth and q.shape[1] < HYBRID_MIN_T:
+    if q.shape[-1] % 8 or q.shape[-1] > 128 or (has_depth and q.shape[1] < HYBRID_MIN_T):
         return "fused"
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     if index not in _CAPABLE:
-        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 8 and not running_in_interpreter()
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 8
     if not _CAPABLE[index]:
         return "fused"
     return "cudnn" if torch.backends.cudnn.is_available() else "flash"
@@ -76,8 +76,7 @@ def _bhtd(x: torch.Tensor) -> torch.Tensor:
 
 def _btgd(x: torch.Tensor) -> torch.Tensor:
     """[B, H, T, d] from an aten op -> [B, T, H, d] contiguous (the kernels' layout, same strides as theirs)."""
-    x = x.transpose(1, 2)
-    return x if x.is_contiguous() else x.contiguous()
+    return x.transpose(1, 2).contiguous()
 
 
 def fold_lse(lse: torch.Tensor, Hk: int) -> torch.Tensor:
@@ -126,8 +125,8 @@ def seq_forward(impl: str, q, k, v, causal: bool, scale: float) -> tuple[torch.T
     kt, vt = _kv(impl, k, v, G)
     try:
         out, lse, aux = _seq_forward_op(impl, _bhtd(q), kt, vt, causal, scale)
-    except RuntimeError:
-        if G == 1 or impl in _EXPAND_GQA:
+    except RuntimeError as err:
+        if G == 1 or impl in _EXPAND_GQA or isinstance(err, torch.OutOfMemoryError):
             raise
         _EXPAND_GQA.add(impl)  # this op wants as many KV as query heads here: expand from now on
         return seq_forward(impl, q, k, v, causal, scale)
@@ -163,7 +162,7 @@ def seq_backward(impl: str, do, q, k, v, o, lse_nat, causal: bool, scale: float)
     if dk.shape[1] != Hk:  # expanded K/V: each KV head's gradient is the sum over its G query heads
         dk = dk.unflatten(1, (Hk, G)).sum(2)
         dv = dv.unflatten(1, (Hk, G)).sum(2)
-    return _btgd(dq), _btgd(dk).to(q.dtype), _btgd(dv).to(q.dtype)
+    return _btgd(dq), _btgd(dk), _btgd(dv)
 
 
 def hybrid_forward(impl, q, k, v, k_depth, v_depth, causal, scale):
@@ -182,11 +181,10 @@ def hybrid_backward(impl, do, q, k, v, k_depth, v_depth, o, lse, causal, scale, 
     from .triton_bwd import moda_bwd
 
     B, T, Hq, _ = q.shape
-    if do.stride(-1) != 1 or not do.is_contiguous():
-        do = do.contiguous()
+    do = do.contiguous()
     dq_s, dk, dv = seq_backward(impl, do, q, k, v, o, unfold_lse(lse, B, Hq, T), causal, scale)
     if k_depth is None:
-        return dq_s.to(q.dtype), dk, dv, None, None
+        return dq_s, dk, dv, None, None
     dq, _, _, dkd, dvd = moda_bwd(do, q, None, None, k_depth, v_depth, o, lse, causal, scale,
                                   dkd_acc=dkd_acc, dvd_acc=dvd_acc, dq_init=dq_s)
     return dq, dk, dv, dkd, dvd

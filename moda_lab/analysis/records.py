@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from moda_lab.rundir import RUN_INDEPENDENT_KEYS, upgrade_config
+from moda_lab.rundir import RUN_INDEPENDENT_KEYS, flatten_config, upgrade_config
 
 # Config columns of the tidy table, in display order, with the dotted config key each comes from.
 CONFIG_KEYS: dict[str, str] = {
@@ -114,18 +114,6 @@ def config_columns(cfg: dict[str, Any]) -> dict[str, Any]:
         # Switches are false where not applicable (contract); a missing key means the same thing.
         cols[col] = bool(cols[col]) if cols[col] is not None else False
     return cols
-
-
-def flatten_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}`` (flat input keys pass through)."""
-    out: dict[str, Any] = {}
-    for key, val in cfg.items():
-        full = f"{prefix}{key}"
-        if isinstance(val, dict):
-            out.update(flatten_config(val, full + "."))
-        else:
-            out[full] = val
-    return out
 
 
 def cell_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -10,21 +10,15 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from moda_inputs import moda_inputs  # noqa: E402
 from moda_kernels.moda import hybrid, moda_attn, moda_attn_backward, moda_attn_forward, naive_moda_attn  # noqa: E402
 
 ATOL = 2e-5
 
 
 def _inputs(B, T, Hq, Hk, d, L, seed, lmax=None):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, Hq, d, generator=gen)
-    k, v = torch.randn(B, T, Hk, d, generator=gen), torch.randn(B, T, Hk, d, generator=gen)
-    kd = vd = None
-    if L:
-        lmax = lmax or L
-        kd = torch.randn(B, T, lmax, Hk, d, generator=gen)[:, :, :L]
-        vd = torch.randn(B, T, lmax, Hk, d, generator=gen)[:, :, :L]
-    return [t.requires_grad_() if t is not None else None for t in (q, k, v, kd, vd)]
+    """MoDA inputs with L depth slots (prefix views of lmax), or sequence-only inputs when L is 0."""
+    return moda_inputs(B, T, Hq, Hk, d, L, "moda" if L else "seq", seed, depth_prefix_of=lmax)
 
 
 CASES = [  # (B, T, Hq, Hk, d, L, causal): G in {1, 3, 4, 8}, T off every tile size, prefix views

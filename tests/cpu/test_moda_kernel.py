@@ -16,25 +16,10 @@ import itertools  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from moda_inputs import moda_inputs  # noqa: E402
 from moda_kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
 
 ATOL = 2e-5
-
-
-def _make(B, T, Hq, Hk, d, L, mode, seed, depth_prefix_of=None, split_depth=True):
-    """Random fp32 inputs; depth tensors optionally prefix views of a [B, T, Lmax, Hk, d] buffer."""
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, Hq, d, generator=gen)
-    k = v = kd = vd = None
-    if mode in ("seq", "moda"):
-        k = torch.randn(B, T, Hk, d, generator=gen)
-        v = torch.randn(B, T, Hk, d, generator=gen)
-    if mode in ("depth", "moda"):
-        lmax = depth_prefix_of or L
-        kbuf = torch.randn(B, T, lmax, Hk, d, generator=gen)
-        vbuf = torch.randn(B, T, lmax, Hk, d, generator=gen) if split_depth else kbuf.flip(2).contiguous()
-        kd, vd = kbuf[:, :, :L], vbuf[:, :, :L]
-    return [t.requires_grad_() if t is not None else None for t in (q, k, v, kd, vd)]
 
 
 def _check(inputs, causal, scale=None, seed=0):
@@ -70,7 +55,7 @@ def _case_id(case):
 @pytest.mark.parametrize("case", GRID, ids=[_case_id(c) for c in GRID])
 def test_matches_reference(case):
     mode, B, T, Hq, Hk, d, L, causal = case
-    _check(_make(B, T, Hq, Hk, d, max(L, 1), mode, seed=hash(_case_id(case)) % 1000), causal)
+    _check(moda_inputs(B, T, Hq, Hk, d, max(L, 1), mode, seed=hash(_case_id(case)) % 1000), causal)
 
 
 EXTRA = [
@@ -89,7 +74,7 @@ EXTRA = [
 @pytest.mark.parametrize("case", EXTRA, ids=[_case_id(c[:8]) + "-" + "-".join(f"{k}{v}" for k, v in c[8].items()) for c in EXTRA])
 def test_layouts_and_groups(case):
     mode, B, T, Hq, Hk, d, L, causal, kw = case
-    _check(_make(B, T, Hq, Hk, d, L, mode, seed=7, **kw), causal)
+    _check(moda_inputs(B, T, Hq, Hk, d, L, mode, seed=7, **kw), causal)
 
 
 def test_custom_scale_and_strided_qkv():
@@ -106,7 +91,7 @@ def test_custom_scale_and_strided_qkv():
 
 def test_torch_compile_traces_custom_op():
     """The custom ops have fake implementations, so torch.compile traces them without a graph break."""
-    inputs = _make(1, 12, 4, 2, 16, 3, "moda", seed=11)
+    inputs = moda_inputs(1, 12, 4, 2, 16, 3, "moda", seed=11)
 
     def f(q, k, v, kd, vd):
         return moda_attn(q, k, v, kd, vd, causal=True).sum()
@@ -117,7 +102,7 @@ def test_torch_compile_traces_custom_op():
 
 def test_depth_only_ignores_causal_flag():
     """Depth slots are never causally masked: depth-only output does not depend on `causal`."""
-    inputs = _make(1, 11, 2, 1, 16, 3, "depth", seed=5)
+    inputs = moda_inputs(1, 11, 2, 1, 16, 3, "depth", seed=5)
     torch.testing.assert_close(moda_attn(*inputs, causal=True), moda_attn(*inputs, causal=False))
 
 
@@ -176,7 +161,7 @@ def test_split_schedule_matches_reference(monkeypatch, causal):
     import moda_kernels.moda.function as function
 
     monkeypatch.setattr(function, "SPLIT_MIN_T", 0)
-    _check(_make(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)
+    _check(moda_inputs(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)
 
 
 def test_smem_pruner_drops_configs_that_overflow_hopper_and_never_empties():
@@ -209,7 +194,7 @@ def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, caus
     reference, and repeats bit for bit (a stride-0 dO too)."""
     torch.use_deterministic_algorithms(True)
     try:
-        inputs = _make(2, 23, 4, 2, 16, 3, mode, seed=5)
+        inputs = moda_inputs(2, 23, 4, 2, 16, 3, mode, seed=5)
         _check(inputs, causal)
         present = [t for t in inputs if t is not None]
         do = torch.randn(23, 4, 16).expand(2, 23, 4, 16)  # a stride-0 dO too
@@ -225,7 +210,7 @@ def test_deterministic_backward_matches_reference_and_repeats_bitwise(mode, caus
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_sequence_only_folds_any_group(G, causal):
     """Sequence-only attention folds non-power-of-two groups (Table 6's 6 query / 2 KV heads: G=3) in one call."""
-    _check(_make(2, 19, G * 2, 2, 16, 1, "seq", seed=G), causal)
+    _check(moda_inputs(2, 19, G * 2, 2, 16, 1, "seq", seed=G), causal)
 
 
 @pytest.mark.parametrize("mode,G,causal", [("moda", 3, True), ("moda", 3, False), ("depth", 3, True),
@@ -233,7 +218,7 @@ def test_sequence_only_folds_any_group(G, causal):
 def test_depth_modes_fold_any_group(mode, G, causal):
     """Groups that are not powers of two with depth keys: the depth phase folds with padding rows (masked, never
     loaded or stored) in its own launch, the sequence phase folds densely; output and every gradient exact."""
-    _check(_make(2, 21, G * 2 if G < 12 else G, 2 if G < 12 else 1, 16, 3, mode, seed=G), causal)
+    _check(moda_inputs(2, 21, G * 2 if G < 12 else G, 2 if G < 12 else 1, 16, 3, mode, seed=G), causal)
 
 
 @pytest.mark.parametrize("mode,split", [("moda", False), ("moda", True), ("depth", False)],

@@ -13,8 +13,8 @@ from moda_lab.config import ConfigError
 from moda_lab.rundir import (
     RUN_INDEPENDENT_KEYS,
     RunDir,
-    _flatten,
     check_resume_compatible,
+    flatten_config,
     run_independent,
     run_name,
     tokens_per_step,
@@ -35,7 +35,7 @@ def _changed(value: object) -> str:
 
 def _run_independent_leaves() -> list[str]:
     """Every config key RUN_INDEPENDENT_KEYS covers in the composed config (prefixes expanded)."""
-    flat = _flatten(compose_cfg(BASE))
+    flat = flatten_config(compose_cfg(BASE))
     return sorted(k for k in flat if run_independent(k))
 
 
@@ -44,13 +44,13 @@ def test_run_independent_keys_neither_name_the_run_dir_nor_block_a_relaunch(key)
     """The two uses of the list cannot drift apart: a key changed on a relaunch lands in the same run dir (up to
     the run root and sweep name, which are its parents) and resumes there."""
     old = compose_cfg(BASE)
-    override = f"{key}={_changed(_flatten(old)[key])}"
+    override = f"{key}={_changed(flatten_config(old)[key])}"
     assert job_run_dir([*BASE, override]).name == job_run_dir(BASE).name
     check_resume_compatible(old, compose_cfg([*BASE, override]), CONF)
 
 
 def test_every_run_independent_key_exists():
-    flat = _flatten(compose_cfg(BASE))
+    flat = flatten_config(compose_cfg(BASE))
     for key in RUN_INDEPENDENT_KEYS:
         if key == "experiment":  # a group: its files set keys (name above all), it is no key itself
             continue
