@@ -49,10 +49,15 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         hub_dataset(args)
         max_tokens(args)
     except ValueError as err:
-        raise SystemExit(re.sub(r"\bdata\.(hf\.|max_tokens)", r"\1", str(err))) from None  # this CLI's names
+        raise SystemExit(cli_names(err)) from None
     if args["num_proc"] and not (args["num_proc"].isdigit() and int(args["num_proc"]) >= 1):
         raise SystemExit(f"num_proc={args['num_proc']!r} is out of range; allowed: a whole number >= 1")
     return args
+
+
+def cli_names(err: Exception) -> str:
+    """An error of the data pipeline in this CLI's key names (``tokenizer=``, not ``data.tokenizer=``)."""
+    return re.sub(r"\bdata\.(hf\.|max_tokens|tokenizer|vocab_size|num_proc|val_fraction)", r"\1", str(err))
 
 
 def hub_dataset(args: dict[str, str]) -> HubDataset:
@@ -85,15 +90,18 @@ def main(argv: list[str]) -> None:
         corpus = hub
     else:
         corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
-    packed = prepare(
-        corpus,
-        args["cache_dir"],
-        int(args["vocab_size"]),
-        float(args["val_fraction"]),
-        args["tokenizer"] or None,
-        max_tokens=max_tokens(args),
-        num_proc=int(args["num_proc"]) if args["num_proc"] else None,
-    )
+    try:
+        packed = prepare(
+            corpus,
+            args["cache_dir"],
+            int(args["vocab_size"]),
+            float(args["val_fraction"]),
+            args["tokenizer"] or None,
+            max_tokens=max_tokens(args),
+            num_proc=int(args["num_proc"]) if args["num_proc"] else None,
+        )
+    except (ValueError, FileNotFoundError) as err:  # bad input (a tokenizer, a column, a file): one line, no trace
+        raise SystemExit(cli_names(err)) from None
     for domain, st in packed.meta.get("train_domains", {}).items():
         val = packed.meta["val"][domain]
         print(

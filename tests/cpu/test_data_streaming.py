@@ -251,6 +251,12 @@ def test_data_cli_packs_a_hub_dataset(hub_dir, tok_path, tmp_path, capsys):
     assert "webtext: train" in out and "packed data:" in out
     with pytest.raises(SystemExit, match=r"^max_tokens=0.5 is out of range"):
         main([f"hf.path={hub_dir}", "max_tokens=0.5"])
+    # What prepare() refuses (a missing tokenizer, a column that is not there) ends the CLI in one line, in its names.
+    with pytest.raises(SystemExit, match=r"^tokenizer='[^']*absent.json': no tokenizer.json there$"):
+        main([f"hf.path={hub_dir}", f"tokenizer={tmp_path / 'absent.json'}", f"cache_dir={cache}"])
+    with pytest.raises(SystemExit, match=r"^hf.text_field='content' is not a column"):
+        main([f"hf.path={hub_dir}", "hf.text_field=content", f"tokenizer={tok_path}", "vocab_size=512",
+              f"cache_dir={cache}", "max_tokens=2e3"])
 
 
 # --- multi-process tokenisation and resumable packing -------------------------------------------------------
