@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..rundir import RunDir
-from .evaluate import eval_config_from_dict, evaluate_checkpoint
+from .evaluate import eval_config_from_dict, evaluate_checkpoint, results_dir
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
-    """Evaluate <run_dir>/checkpoints/last.ckpt; results land in <run_dir>/eval/last/ and metrics.jsonl."""
+    """Evaluate <run_dir>/checkpoints/last.ckpt; results land in <run_dir>/eval/last/ and metrics.jsonl.
+
+    A relaunch of a finished run does not evaluate again: results.json of the run's final step with the same
+    eval config are returned as they are (metrics.jsonl keeps one row of them).
+    """
     cfg = eval_config_from_dict(eval_cfg)
     rundir = RunDir(run_dir)
     if rundir.last_ckpt is None:
         raise CheckpointError(
             f"eval.after_fit: {rundir.ckpt_dir / 'last.ckpt'} does not exist (did training save a checkpoint?)"
         )
+    done = _existing_results(rundir, dataclasses.asdict(cfg))
+    if done is not None:
+        log.info("%s: evaluated at step %s already with this eval config; not evaluated again", rundir.path,
+                 done["moda"]["step"])
+        return done
     return evaluate_checkpoint(rundir.last_ckpt, cfg)
+
+
+def _existing_results(rundir: RunDir, eval_cfg: dict) -> dict | None:
+    """results.json of last.ckpt when it scored the run's final step (meta.json) with this eval config."""
+    path = results_dir(rundir.last_ckpt) / "results.json"
+    step = rundir.read_meta().get("global_step")
+    if step is None or not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError:  # torn by a killed launch: evaluate again
+        return None
+    moda = results.get("moda") or {}
+    same = moda.get("step") == step and moda.get("eval_config") == json.loads(json.dumps(eval_cfg))
+    return results if same else None

@@ -354,6 +354,18 @@ def test_after_fit_hook_through_run_py(tiny_run):
     assert row["step"] == 4 and row["eval/boolq/acc"] == results["results"]["moda_boolq"]["acc,none"]
     assert "eval/sciq/acc_norm" in row
 
+    def eval_rows() -> int:
+        return sum('"eval/' in line for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+    # Relaunched, the finished run is neither trained nor evaluated again; another eval config is evaluated.
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert eval_rows() == 1 and "not evaluated again" in again.stdout + again.stderr
+    other = subprocess.run([*cmd, "eval.limit=3"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert eval_rows() == 2
+    assert json.loads((run_dir / "eval" / "last" / "results.json").read_text())["moda"]["eval_config"]["limit"] == 3
+
 
 # --- errors --------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,282 @@
+"""Issue 12's Table 6 runs on one GPU machine: the lr sweep per norm on the residual baseline, then the rows with the
+chosen lr, several runs at once, resumable across calls.
+
+    python3 experiments/gpu/table6.py --budget-s 540 --parallel 3 --extra data.packed_dir=data/packed/<fingerprint>
+
+Each call does what is left, in order, until its time budget: a run that finished (meta.json, and its eval when
+the rows evaluate) is skipped; an unfinished one resumes from its checkpoint when the machine still holds it.
+Jobs are plain ``python3 run.py <overrides>`` processes (the run dir is the one `-m` gives the same overrides);
+up to --parallel of them share the GPU, the longest first. A norm's rows start as soon as its sweep is complete,
+while the other norm's sweep jobs may still run.
+
+The lr rule (experiments/results/README.md): per norm, the lowest final val/loss of the grid on the residual
+baseline; when the best is at an edge of what was tried, the next value beyond it (a factor of 2) is added, at most
+--max-extend times per side. The choice, with every loss, is written to <run_root>/<name>_lr/lr_choice.json, its
+one writer. A norm whose best sweep run did not train (analysis' training check) gets no rows: status says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from moda_lab.analysis.tidy import training_progress  # noqa: E402
+from moda_lab.rundir import RunDir, run_name  # noqa: E402
+
+MODELS = ("moda", "moda_depth_kv", "residual")  # longest first
+BASELINE = "residual"
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str  # "sweep" or "row"
+    norm: str
+    lr: float
+    model: str = BASELINE
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    """What the driver runs: the names, grids and overrides, from the command line."""
+
+    name: str
+    experiment: str | None
+    norms: tuple[str, ...]
+    seeds: tuple[int, ...]
+    models: tuple[str, ...] = MODELS
+    grid: tuple[float, ...] = (7.5e-4, 1.5e-3, 3e-3)
+    sweep_steps: int = 400
+    max_extend: int = 2
+    run_root: Path = Path("runs_gpu")
+    extra: tuple[str, ...] = ()  # every job (data.packed_dir, small shapes in tests)
+    sweep_extra: tuple[str, ...] = ()
+    row_extra: tuple[str, ...] = ()  # the rows (eval.after_fit=true ...)
+    evaluate: bool = False  # a row counts as done only with eval/last/results.json
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def sweep_name(self) -> str:
+        return f"{self.name}_lr"
+
+    def overrides(self, job: Job) -> list[str]:
+        exp = [f"experiment={self.experiment}"] if self.experiment else []
+        base = [*exp, f"model={job.model}", f"norm={job.norm}", f"trainer.lr={fmt_lr(job.lr)}"]
+        if job.stage == "sweep":
+            steps = self.sweep_steps
+            every = max(1, steps // 4)
+            own = [f"name={self.sweep_name}", f"trainer.max_steps={steps}", f"trainer.val_every={every}",
+                   f"trainer.ckpt_every={every}", *self.sweep_extra]
+        else:
+            own = [f"name={self.name}", f"seed={job.seed}", *self.row_extra]
+        return [*base, *self.extra, f"run_root={self.run_root}", *own]
+
+    def run_dir(self, job: Job) -> Path:
+        name = self.sweep_name if job.stage == "sweep" else self.name
+        return self.run_root / name / run_name(self.overrides(job))
+
+    def max_steps(self, job: Job) -> int | None:
+        return self.sweep_steps if job.stage == "sweep" else None  # rows: the experiment's own
+
+
+def final_val(rundir: RunDir) -> tuple[float | None, dict]:
+    """The last val/loss of a run and analysis' training check of its val curve."""
+    import pandas as pd
+
+    vals = {r["step"]: r["val/loss"] for r in rundir.metric_rows() if isinstance(r.get("val/loss"), (int, float))}
+    if not vals:
+        return None, {}
+    series = pd.Series(vals).sort_index()
+    return float(series.iloc[-1]), training_progress(series, float(series.index[-1]))
+
+
+def is_done(plan: Plan, job: Job) -> bool:
+    rundir = RunDir(plan.run_dir(job))
+    meta = rundir.read_meta()
+    if meta.get("status") != "finished":
+        return False
+    want = plan.max_steps(job) or (rundir.read_config().get("trainer") or {}).get("max_steps")
+    if want is not None and meta.get("global_step", -1) < want:
+        return False
+    return not (job.stage == "row" and plan.evaluate) or (rundir.path / "eval" / "last" / "results.json").is_file()
+
+
+def choose_lr(plan: Plan, norm: str) -> tuple[list[Job], dict | None]:
+    """(sweep jobs still to run, the choice once every needed sweep run is done)."""
+    tried = sorted(plan.grid)
+    while True:
+        jobs = [Job("sweep", norm, lr) for lr in tried]
+        pending = [j for j in jobs if not is_done(plan, j)]
+        if pending:
+            return pending, None
+        results = {}
+        for j in jobs:
+            loss, progress = final_val(RunDir(plan.run_dir(j)))
+            results[j.lr] = {"val_loss": loss, "trained": progress.get("trained"), "run_dir": str(plan.run_dir(j))}
+        scored = [lr for lr in tried if results[lr]["val_loss"] is not None]
+        if not scored:
+            return [], {"norm": norm, "lr": None, "why": "no sweep run logged a val/loss", "runs": results}
+        best = min(scored, key=lambda lr: results[lr]["val_loss"])
+        low, high = best == tried[0], best == tried[-1]
+        extend_low = sum(lr < min(plan.grid) for lr in tried) < plan.max_extend
+        extend_high = sum(lr > max(plan.grid) for lr in tried) < plan.max_extend
+        if low and extend_low:
+            tried = [best / 2, *tried]
+        elif high and extend_high:
+            tried = [*tried, best * 2]
+        else:
+            trained = results[best]["trained"] is not False
+            choice = {"norm": norm, "lr": best if trained else None, "trained": trained,
+                      "at_edge": low or high, "runs": {fmt_lr(k): v for k, v in sorted(results.items())}}
+            if not trained:
+                choice["why"] = "the best sweep run did not train (val/loss flat over its second half)"
+            return [], choice
+
+
+def plan_jobs(plan: Plan) -> tuple[list[Job], dict[str, dict]]:
+    """Every job not yet done, in launch order, and the lr choices made so far."""
+    sweep: list[Job] = []
+    choices: dict[str, dict] = {}
+    for norm in plan.norms:
+        pending, choice = choose_lr(plan, norm)
+        sweep += pending
+        if choice is not None:
+            choices[norm] = choice
+    rows = [
+        Job("row", norm, choices[norm]["lr"], model, seed)
+        for seed in plan.seeds
+        for norm in plan.norms
+        if norm in choices and choices[norm]["lr"] is not None
+        for model in plan.models
+    ]
+    return [*sweep, *(j for j in rows if not is_done(plan, j))], choices
+
+
+def write_choices(plan: Plan, choices: dict[str, dict]) -> None:
+    if not choices:
+        return
+    path = plan.run_root / plan.sweep_name / "lr_choice.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**old, **choices}, indent=2))
+    tmp.replace(path)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM the job's whole process group (its compile workers and data loaders too), SIGKILL after grace_s."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def drive(plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0) -> dict:
+    """Run what is left until done or budget_s; returns the status (also written to log_dir/status.json)."""
+    deadline = time.monotonic() + budget_s
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running: dict[Job, tuple[subprocess.Popen, float]] = {}
+    failed: dict[str, int] = {}
+    history: list[dict] = []
+    choices: dict[str, dict] = {}
+    while True:
+        for job, (proc, t0) in list(running.items()):
+            if proc.poll() is not None:
+                del running[job]
+                history.append({"run_dir": str(plan.run_dir(job)), "rc": proc.returncode, "s": time.monotonic() - t0})
+                if proc.returncode != 0:
+                    failed[str(plan.run_dir(job))] = proc.returncode
+        todo, choices = plan_jobs(plan)
+        write_choices(plan, choices)
+        ready = [j for j in todo if j not in running and str(plan.run_dir(j)) not in failed]
+        if time.monotonic() >= deadline:
+            break
+        while ready and len(running) < parallel:
+            job = ready.pop(0)
+            log = (log_dir / plan.run_dir(job).name).with_suffix(".log")
+            cmd = [sys.executable, str(ROOT / "run.py"), *plan.overrides(job)]
+            print(f"[table6] start {plan.run_dir(job)}", flush=True)
+            with log.open("a") as f:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            running[job] = (proc, time.monotonic())
+        if not running:
+            break
+        time.sleep(poll_s)
+    for job, (proc, _) in running.items():
+        print(f"[table6] budget spent: stopping {plan.run_dir(job)}", flush=True)
+        stop(proc)
+    todo, choices = plan_jobs(plan)
+    status = {
+        "lr_choice": choices,
+        "finished_this_call": [h for h in history if h["rc"] == 0],
+        "failed": failed,
+        "left": [str(plan.run_dir(j)) for j in todo],
+        "stopped_at_budget": [str(plan.run_dir(j)) for j in running],
+    }
+    (log_dir / "status.json").write_text(json.dumps(status, indent=2))
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", default="table6_24l")
+    p.add_argument("--name", default=None, help="the rows' sweep name (default: the experiment's name)")
+    p.add_argument("--norms", default="post,pre")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--grid", default="7.5e-4,1.5e-3,3e-3")
+    p.add_argument("--sweep-steps", type=int, default=400)
+    p.add_argument("--parallel", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
+    p.add_argument("--run-root", type=Path, default=Path("runs_gpu"))
+    p.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")) / "table6")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides for every job")
+    p.add_argument("--sweep-extra", nargs="*", default=[], help="overrides for the lr sweep's jobs")
+    p.add_argument("--row-extra", nargs="*", default=[], help="overrides for the rows (eval.after_fit=true ...)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    row_extra = tuple(args.row_extra)
+    plan = Plan(
+        name=args.name or args.experiment,
+        experiment=args.experiment or None,
+        norms=tuple(args.norms.split(",")),
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        models=tuple(args.models.split(",")),
+        grid=tuple(float(x) for x in args.grid.split(",")),
+        sweep_steps=args.sweep_steps,
+        run_root=args.run_root,
+        extra=tuple(args.extra),
+        sweep_extra=tuple(args.sweep_extra),
+        row_extra=row_extra,
+        evaluate="eval.after_fit=true" in row_extra,
+    )
+    status = drive(plan, args.parallel, args.budget_s, args.log_dir)
+    print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget")}, indent=1))
+    return status
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# GPU call (issue 12): what is left of the Table 6 lr sweep and rows (experiments/gpu/table6.py), then each run's
+# small files as one tarball. Relaunch the same call on the warm machine to go on where it stopped.
+#   device run: bash experiments/gpu/table6.sh [table6.py args]
+#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz
+#   KERNEL_TESTS="<pytest -k expression>" also runs those kernel GPU tests once per machine, while jobs compile.
+source experiments/gpu/env.sh
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+[ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
+[ -d data/eval ] || { [ -f data/eval.tar.xz ] && mkdir -p data/eval && tar -xJf data/eval.tar.xz -C data/eval; }
+PACKED=$(ls -d data/packed/*/ | head -1)
+mkdir -p runs_gpu
+if [ -n "${KERNEL_TESTS:-}" ] && [ ! -f runs_gpu/kernel_tests.txt ]; then
+  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 tests/gpu/test_moda_kernel_gpu.py \
+    -k "$KERNEL_TESTS" > runs_gpu/kernel_tests.part 2>&1; mv runs_gpu/kernel_tests.part runs_gpu/kernel_tests.txt) &
+fi
+python3 experiments/gpu/table6.py --budget-s "${BUDGET_S:-530}" --parallel "${PARALLEL:-3}" \
+  --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false \
+  --row-extra eval.after_fit=true eval.batch_size=32 eval.data_dir=data/eval trainer.ckpt_every=100 "$@" 2>&1 \
+  | tee "$OUT/table6.log"
+wait
+nvidia-smi --query-gpu=memory.used --format=csv >> "$OUT/nvidia-smi.txt"
+tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='wandb' runs_gpu
+true

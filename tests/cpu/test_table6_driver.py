@@ -1,0 +1,117 @@
+"""experiments/gpu/table6.py: the lr rule (best of the grid, extended past an edge), the job order, and a real
+tiny drive on CPU that sweeps, picks, trains the rows, and does nothing when relaunched."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, TINY
+
+spec = importlib.util.spec_from_file_location("table6", ROOT / "experiments" / "gpu" / "table6.py")
+table6 = importlib.util.module_from_spec(spec)
+sys.modules["table6"] = table6
+spec.loader.exec_module(table6)
+
+
+def fake_run(plan, job, val: dict[int, float], status: str = "finished") -> None:
+    """A run dir as train() leaves it: meta.json (status, global_step) and val/loss rows."""
+    d = plan.run_dir(job)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "meta.json").write_text(json.dumps({"status": status, "global_step": max(val)}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/loss": v}) + "\n" for s, v in val.items()))
+
+
+def curve(final: float) -> dict[int, float]:
+    return {0: 10.0, 2: final + 1.0, 4: final}
+
+
+@pytest.fixture
+def plan(tmp_path):
+    return table6.Plan(name="t6", experiment=None, norms=("post", "pre"), seeds=(0, 1), models=("moda", "residual"),
+                       grid=(1e-3, 2e-3, 4e-3), sweep_steps=4, run_root=tmp_path / "runs")
+
+
+def test_best_in_the_grid_is_chosen_and_unlocks_that_norms_rows(plan):
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+        fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
+    todo, choices = table6.plan_jobs(plan)
+    assert choices["post"]["lr"] == 2e-3 and not choices["post"]["at_edge"]
+    assert "pre" not in choices
+    # pre's sweep first, then post's rows seed-major, longest model first
+    assert [(j.stage, j.norm) for j in todo[:3]] == [("sweep", "pre")] * 3
+    assert [(j.model, j.seed, j.lr) for j in todo[3:]] == [("moda", 0, 2e-3), ("residual", 0, 2e-3),
+                                                            ("moda", 1, 2e-3), ("residual", 1, 2e-3)]
+
+
+def test_an_edge_best_adds_the_next_lr_until_the_limit(plan):
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.5), (4e-3, 4.0)):
+        fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
+    pending, choice = table6.choose_lr(plan, "post")
+    assert choice is None and [j.lr for j in pending] == [8e-3]
+    fake_run(plan, table6.Job("sweep", "post", 8e-3), curve(3.9))
+    pending, choice = table6.choose_lr(plan, "post")
+    assert [j.lr for j in pending] == [1.6e-2]
+    fake_run(plan, table6.Job("sweep", "post", 1.6e-2), curve(3.8))
+    pending, choice = table6.choose_lr(plan, "post")  # max_extend=2: stops at the edge and says so
+    assert pending == [] and choice["lr"] == 1.6e-2 and choice["at_edge"]
+    assert set(choice["runs"]) == {"0.001", "0.002", "0.004", "0.008", "0.016"}
+
+
+def test_unfinished_or_untrained_runs(plan):
+    fake_run(plan, table6.Job("sweep", "post", 1e-3), curve(5.0), status="running")
+    pending, _ = table6.choose_lr(plan, "post")
+    assert [j.lr for j in pending] == [1e-3, 2e-3, 4e-3]
+    flat = {0: 10.0, 2: 7.01, 4: 7.0}  # fell 0.01 over its second half: did not train
+    for lr in plan.grid:
+        fake_run(plan, table6.Job("sweep", "post", lr), flat if lr == 2e-3 else curve(7.5))
+    pending, choice = table6.choose_lr(plan, "post")
+    assert pending == [] and choice["lr"] is None and not choice["trained"] and "did not train" in choice["why"]
+    todo, _ = table6.plan_jobs(plan)
+    assert not [j for j in todo if j.stage == "row" and j.norm == "post"]
+
+
+@pytest.mark.slow
+def test_drive_sweeps_picks_trains_and_resumes(tmp_path, tiny_corpus):
+    extra = [*TINY, f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}", "trainer=smoke",
+             "trainer.threads=1"]
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), models=("moda", "residual"),
+                       grid=(1e-3, 3e-3), sweep_steps=12, max_extend=0, run_root=tmp_path / "runs", extra=tuple(extra),
+                       row_extra=("trainer.max_steps=6",))
+    status = table6.drive(plan, parallel=2, budget_s=600, log_dir=tmp_path / "logs", poll_s=0.5)
+    assert status["failed"] == {} and status["left"] == [] and len(status["finished_this_call"]) == 4
+    choice = json.loads((plan.run_root / "t6_lr" / "lr_choice.json").read_text())["pre"]
+    losses = {lr: r["val_loss"] for lr, r in choice["runs"].items()}
+    assert choice["lr"] == float(min(losses, key=losses.get))
+    rows = sorted((plan.run_root / "t6").iterdir())
+    assert len(rows) == 2 and all(json.loads((r / "meta.json").read_text())["global_step"] == 6 for r in rows)
+    import yaml
+
+    assert all(yaml.safe_load((r / "config.yaml").read_text())["trainer"]["lr"] == choice["lr"] for r in rows)
+    again = table6.drive(plan, parallel=2, budget_s=600, log_dir=tmp_path / "logs2", poll_s=0.5)
+    assert again["finished_this_call"] == [] and again["left"] == []
+    assert json.loads((tmp_path / "logs2" / "status.json").read_text())["lr_choice"]["pre"]["lr"] == choice["lr"]
+
+
+def test_budget_stops_the_jobs_whole_process_group(tmp_path, monkeypatch):
+    """A job still running at the budget is stopped with its children (compile workers, data loaders)."""
+    fake_root = tmp_path / "repo"
+    fake_root.mkdir()
+    child_pid = tmp_path / "child.pid"
+    (fake_root / "run.py").write_text(
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen(['sleep', '300'])\nopen({str(child_pid)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    monkeypatch.setattr(table6, "ROOT", fake_root)
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3,), sweep_steps=4,
+                       max_extend=0, run_root=tmp_path / "runs")
+    status = table6.drive(plan, parallel=1, budget_s=3, log_dir=tmp_path / "logs", poll_s=0.2)
+    assert status["stopped_at_budget"] == [str(plan.run_dir(table6.Job("sweep", "pre", 1e-3)))]
+    assert status["failed"] == {} and len(status["left"]) == 1
+    stat = Path(f"/proc/{int(child_pid.read_text())}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or a zombie nobody reaped yet
