@@ -28,13 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
 sys.path.insert(0, str(ROOT))
 
 from moda_lab.analysis.tidy import training_progress  # noqa: E402
+from moda_lab.config import ConfigError  # noqa: E402
 from moda_lab.rundir import RunDir, run_name  # noqa: E402
+from moda_lab.train.preflight import check_command_line  # noqa: E402
 
 MODELS = ("moda", "moda_depth_kv", "residual")  # longest first
 BASELINE = "residual"
+# The rows: evaluate each final checkpoint on the GPU (checkpoints do not come back from a call), checkpoint every
+# 100 steps so a call's budget loses little (a checkpoint is taken after a validation: val_every divides it).
+ROW_EXTRA = (
+    "eval.after_fit=true",
+    "eval.batch_size=32",
+    "eval.data_dir=data/eval",
+    "trainer.val_every=100",
+    "trainer.ckpt_every=100",
+)
 
 
 def fmt_lr(lr: float) -> str:
@@ -191,12 +203,20 @@ def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
-def drive(plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0) -> dict:
-    """Run what is left until done or budget_s; returns the status (also written to log_dir/status.json)."""
-    deadline = time.monotonic() + budget_s
+def drive(
+    plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0, start_until_s: float | None = None
+) -> dict:
+    """Run what is left until done or budget_s; returns the status (also written to log_dir/status.json).
+
+    start_until_s: no job starts later than this into the call (the last call of a lease: a run that cannot
+    finish before the machine goes back would only cost device time; the running ones go on until budget_s).
+    """
+    t_start = time.monotonic()
+    deadline = t_start + budget_s
+    last_start = t_start + (budget_s if start_until_s is None else start_until_s)
     log_dir.mkdir(parents=True, exist_ok=True)
     running: dict[Job, tuple[subprocess.Popen, float]] = {}
-    failed: dict[str, int] = {}
+    failed: dict[str, int | str] = {}  # run dir -> exit status, or the config error that refused it
     history: list[dict] = []
     choices: dict[str, dict] = {}
     while True:
@@ -211,9 +231,16 @@ def drive(plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: flo
         ready = [j for j in todo if j not in running and str(plan.run_dir(j)) not in failed]
         if time.monotonic() >= deadline:
             break
-        while ready and len(running) < parallel:
+        while ready and len(running) < parallel and time.monotonic() < last_start:
             job = ready.pop(0)
-            log = (log_dir / plan.run_dir(job).name).with_suffix(".log")
+            try:  # a config error ends the job before it starts, with the message in status.json
+                check_command_line(plan.overrides(job), CONF)
+            except ConfigError as err:
+                failed[str(plan.run_dir(job))] = f"config error: {err}"
+                print(f"[table6] refused {plan.run_dir(job)}: {err}", flush=True)
+                continue
+            log = plan.run_dir(job) / "driver.log"  # comes back with the run dir; run names hold '=' and ','
+            log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, str(ROOT / "run.py"), *plan.overrides(job)]
             print(f"[table6] start {plan.run_dir(job)}", flush=True)
             with log.open("a") as f:
@@ -248,18 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-steps", type=int, default=400)
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
+    p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--run-root", type=Path, default=Path("runs_gpu"))
     p.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")) / "table6")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every job")
     p.add_argument("--sweep-extra", nargs="*", default=[], help="overrides for the lr sweep's jobs")
-    p.add_argument("--row-extra", nargs="*", default=[], help="overrides for the rows (eval.after_fit=true ...)")
+    p.add_argument("--row-extra", nargs="*", default=[], help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    row_extra = tuple(args.row_extra)
-    plan = Plan(
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    row_extra = (*ROW_EXTRA, *args.row_extra)
+    return Plan(
         name=args.name or args.experiment,
         experiment=args.experiment or None,
         norms=tuple(args.norms.split(",")),
@@ -271,9 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
         extra=tuple(args.extra),
         sweep_extra=tuple(args.sweep_extra),
         row_extra=row_extra,
-        evaluate="eval.after_fit=true" in row_extra,
+        evaluate="eval.after_fit=true" in row_extra and "eval.after_fit=false" not in row_extra,
     )
-    status = drive(plan, args.parallel, args.budget_s, args.log_dir)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s)
     print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget")}, indent=1))
     return status
 

@@ -143,6 +143,8 @@ def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     # No empty figures: a plot whose data nobody logged is left out (report.md lists what was written).
     if plots.has_downstream(complete):
         written += plots.save_figure(plots.plot_downstream(complete), out_dir, "downstream_acc")
+    if not plots.lr_sweep_points(complete).empty:
+        written += plots.save_figure(plots.plot_lr_sweep(complete), out_dir, "lr_sweep_val_loss")
     for x, stem in (("model/params", "params_vs_val_loss"), ("train_flops", "flops_vs_val_loss")):
         if plots.has_cost_and_loss(complete, x):
             written += plots.save_figure(plots.plot_cost_vs_loss(complete, x), out_dir, stem)

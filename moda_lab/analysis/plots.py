@@ -4,17 +4,21 @@ seed differences against the baseline (``significance.paired_differences``).
 Every function takes the tidy table (or the run summary) and returns a matplotlib Figure; ``save_figure`` writes
 PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band. The encoding is the same in every
 figure: one colour per depth-mixing variant (``variant_colors``), one line style (curves), marker fill (scatter)
-or hatch (bars) per norm placement, and one marker shape per further config difference (``cell_label``). The seed count
-is stated once per figure when all lines share it, else per legend entry.
+or hatch (bars) per norm placement, and one marker shape per further config difference (``cell_label``). In the
+curves, a variant drawn under several configs (an lr sweep) takes one shade of its colour per config, light to
+dark in the configs' numeric order (``config_shades``). The seed count is stated once per figure when all lines
+share it, else per legend entry.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
@@ -67,6 +71,36 @@ def variant_colors(frame: pd.DataFrame) -> dict[str, str]:
     variants = sort_cells(frame[cols].drop_duplicates())["variant"].tolist()
     spare = iter(_SPARE_COLORS * (1 + len(variants) // len(_SPARE_COLORS)))
     return {v: VARIANT_COLORS.get(v) or next(spare) for v in dict.fromkeys(variants)}
+
+
+def _numeric_key(label: str) -> tuple:
+    """Sort key reading the numbers in a config label: lr=0.0001875 < lr=0.000375 < lr=0.003, seed-independent."""
+    return tuple(float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", label)), label
+
+
+def config_shades(frame: pd.DataFrame, colors: dict[str, str]) -> dict[tuple[str, str], tuple]:
+    """(variant, cell_label) -> colour: the variant's own colour when it has one config; else, in the configs'
+    numeric order, viridis when the figure holds that variant alone (an lr sweep of the baseline), one shade of the
+    variant's colour per config (a light tint to a dark one) when other variants share the figure."""
+    if frame.empty or "cell_label" not in frame:
+        return {}
+    shades = {}
+    alone = frame["variant"].nunique() == 1
+    for variant, rows in frame.groupby("variant", sort=False):
+        labels = sorted(rows["cell_label"].fillna("").unique(), key=_numeric_key)
+        base = np.array(to_rgb(colors[variant]))
+        if len(labels) == 1:
+            shades[(variant, labels[0])] = tuple(base)
+            continue
+        if alone:
+            cmap = plt.get_cmap("viridis")
+            shades.update({(variant, lab): cmap(0.9 * i / (len(labels) - 1))[:3] for i, lab in enumerate(labels)})
+            continue
+        for i, label in enumerate(labels):
+            t = i / (len(labels) - 1)  # 0: 55% tint towards white, 1: 45% shade towards black
+            mix = base + (1 - base) * 0.55 * (1 - 2 * t) if t <= 0.5 else base * (1 - 0.45 * (2 * t - 1))
+            shades[(variant, label)] = tuple(np.clip(mix, 0, 1))
+    return shades
 
 
 def seeds_text(n_min: int, n_max: int) -> str:
@@ -130,6 +164,7 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
     fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(5.5 * max(1, len(norms)), 4.4), sharey=True)
     axes = np.atleast_1d(axes)
     colors = variant_colors(agg)
+    shades = config_shades(agg, colors)
     markers = _label_markers(agg)
     extra = _label_columns(agg, exclude=["norm"])
     keys = [c for c in [*CELL_COLUMNS, "variant"] if c in agg]
@@ -149,7 +184,8 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
             first = cell.iloc[0]
             name = cell_name(first, extra)
             label = f"{name} ({seeds_text(*n)})" if per_line else name
-            color = colors[first["variant"]]
+            label_key = first.get("cell_label")
+            color = shades.get((first["variant"], "" if pd.isna(label_key) else label_key), colors[first["variant"]])
             # Wider lines first: a curve drawn over an identical one still shows the one below as its outline.
             ax.plot(
                 xs,
@@ -283,6 +319,67 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     ax.set_ylabel(f"final {axis_label(y)}")
     what = "parameters" if x == "model/params" else "training FLOPs"
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# Runs of one variant and norm at this many peak learning rates make an lr sweep worth its own figure.
+LR_SWEEP_MIN_POINTS = 3
+_SWEEP_GROUP = ["variant", "norm", "layers", "width"]
+
+
+def lr_sweep_points(summary: pd.DataFrame, y: str = "val/loss") -> pd.DataFrame:
+    """Final ``y`` (mean over seeds) per variant, norm, shape and peak lr, for the groups swept over at least
+    LR_SWEEP_MIN_POINTS learning rates; ``trained`` is False when any seed of the point did not train."""
+    need = [*_SWEEP_GROUP, "peak_lr", y]
+    if summary.empty or any(c not in summary for c in need):
+        return pd.DataFrame(columns=[*need, "seeds", "trained"])
+    rows = summary.dropna(subset=["peak_lr", y])
+    trained = rows["trained"] if "trained" in rows else pd.Series(True, index=rows.index)
+    rows = rows.assign(_untrained=trained.eq(False))
+    agg = rows.groupby([*_SWEEP_GROUP, "peak_lr"], dropna=False, sort=False).agg(
+        **{y: (y, "mean"), "seeds": (y, "size"), "_untrained": ("_untrained", "any")}
+    )
+    agg = agg.reset_index().rename(columns={"_untrained": "untrained"})
+    agg["trained"] = ~agg.pop("untrained")
+    sizes = agg.groupby(_SWEEP_GROUP, dropna=False)["peak_lr"].transform("nunique")
+    return agg[sizes >= LR_SWEEP_MIN_POINTS].sort_values([*_SWEEP_GROUP, "peak_lr"]).reset_index(drop=True)
+
+
+def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
+    """Final ``y`` vs the peak learning rate (log scale), one line per variant and norm (the norm's line style);
+    hollow markers: a run that did not train; a star on each line's lowest point."""
+    points = lr_sweep_points(summary, y)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if points.empty:
+        ax.text(0.5, 0.5, "no lr sweep in these runs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    colors = variant_colors(points)
+    multi_shape = points.groupby(["layers", "width"]).ngroups > 1
+    for key, line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
+        variant, norm, layers, width = key
+        color = colors[variant]
+        name = f"{variant}, {norm}" + (f", L={layers}, D={width}" if multi_shape else "")
+        ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color, label=name)
+        for _, pt in line.iterrows():
+            face = color if pt["trained"] else "white"
+            ax.plot(pt["peak_lr"], pt[y], "o", color=color, markerfacecolor=face, markeredgewidth=1.5, markersize=7)
+        best = line.loc[line[y].idxmin()]
+        ax.plot(best["peak_lr"], best[y], "*", color="black", markersize=12, zorder=5)
+        ax.annotate(f"{best['peak_lr']:.3g}", (best["peak_lr"], best[y]), textcoords="offset points",
+                    xytext=(7, 5), fontsize=8)
+    ax.set_xscale("log")
+    ticks = sorted(points["peak_lr"].unique())  # the learning rates tried, nothing in between
+    ax.set_xticks(ticks, [f"{v:.2g}" for v in ticks], rotation=30)
+    ax.minorticks_off()
+    ax.set_xlabel("peak learning rate (log scale)")
+    ax.set_ylabel(f"final {axis_label(y)}")
+    seeds = sorted(points["seeds"].unique())
+    seed_note = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "mean over seeds"
+    ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
+                 "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

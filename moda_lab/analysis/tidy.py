@@ -17,13 +17,16 @@ from moda_lab.analysis.records import (
     cell_id,
     cell_labels,
     config_columns,
+    get_dotted,
     pair_group_id,
     variant_label,
 )
 
 # Identity columns of the tidy table and the run summary; ``pair_group`` is equal for runs that differ only in the
 # depth-mixing variant and the seed (records.pair_group_id), the runs whose seeds are paired against the baseline.
-RUN_ID_COLUMNS: list[str] = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "pair_group"]
+# ``peak_lr`` (trainer.lr) is descriptive, not identity: the cell fingerprint already holds it; it is the x axis of
+# the lr-sweep figure (plots.plot_lr_sweep).
+RUN_ID_COLUMNS: list[str] = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "pair_group", "peak_lr"]
 
 
 def check_record(record: RunRecord) -> list[RunIssue]:
@@ -61,6 +64,8 @@ def _run_columns(record: RunRecord) -> dict[str, object]:
     cols["variant"] = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
     cols["cell"] = cell_id(record.config)
     cols["pair_group"] = pair_group_id(record.config)
+    lr = get_dotted(record.config, "trainer.lr")
+    cols["peak_lr"] = float(lr) if isinstance(lr, (int, float)) else np.nan
     return cols
 
 
@@ -87,7 +92,9 @@ def tidy_table(records: Iterable[RunRecord]) -> pd.DataFrame:
 # Did a run train? metrics.jsonl holds the validation loss at every evaluation (step 0 included: the loss of the
 # initialisation, about ln V), not the unigram entropy of the training data, so the rule looks for a plateau: a
 # run did not train when its val/loss fell by less than TRAINED_MIN_DROP nats over the second half of the run,
-# from the last evaluation at or before half its last step (step 0 left out) to its final one. A drop from the
+# from the lowest evaluation at or before half its last step (step 0 left out) to its final one. The lowest, not
+# the last: a stuck run's plateau wobbles (table6_24l lr sweep, post-norm residual at lr 3e-3: 7.389, 7.418, 7.378,
+# 7.357 at steps 100-400 would "fall" 0.061 from step 200, but only 0.032 from its first-half best). A drop from the
 # first evaluation would not do: a run stuck at the unigram level still falls ~2 nats from ln V (table6_24l,
 # post-norm residual: 9.26 at step 0, 7.17 at step 50, then 7.137 -> 7.140 over steps 100-200), and ln V minus the
 # unigram entropy depends on the vocabulary. Every run of that sweep that trained fell 0.69-0.77 nats over the
@@ -96,15 +103,17 @@ TRAINED_MIN_DROP = 0.05
 
 
 def training_progress(val: pd.Series, last_step: float, min_drop: float = TRAINED_MIN_DROP) -> dict[str, object]:
-    """``val``: val/loss indexed by step. Returns ``val_drop_from`` (the half-run evaluation's step), ``val_drop``
-    (its loss minus the final one, nats) and ``trained`` (``val_drop >= min_drop``; None when not judged)."""
+    """``val``: val/loss indexed by step. Returns ``val_drop_from`` (the step of the lowest first-half evaluation),
+    ``val_drop`` (its loss minus the final one, nats) and ``trained`` (``val_drop >= min_drop``; None when not
+    judged)."""
     val = val.dropna()
     val = val[val.index > 0]
     first_half = val[val.index <= last_step / 2] if pd.notna(last_step) else val.iloc[0:0]
     if first_half.empty or first_half.index[-1] == val.index[-1]:
         return {"val_drop_from": np.nan, "val_drop": np.nan, "trained": None}
-    drop = float(first_half.iloc[-1] - val.iloc[-1])
-    return {"val_drop_from": int(first_half.index[-1]), "val_drop": drop, "trained": bool(drop >= min_drop)}
+    best = first_half.idxmin()
+    drop = float(first_half[best] - val.iloc[-1])
+    return {"val_drop_from": int(best), "val_drop": drop, "trained": bool(drop >= min_drop)}
 
 
 def _final(values: pd.Series) -> float:

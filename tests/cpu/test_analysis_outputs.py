@@ -116,9 +116,12 @@ def test_runs_differing_beyond_the_seed_are_separate_cells_labelled_by_the_diffe
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert "dense, seq_len=128, lr=0.001" in lines and not any("seed" in k for k in lines)
     assert "1 seed per line" in fig._suptitle.get_text()
-    # One colour per variant in every figure.
+    # One colour per variant; in the curves, one shade of it per config (the middle config: the colour itself).
     colors = variant_colors(res.summary)
-    assert {lab.split(",")[0]: line.get_color() for lab, line in lines.items()} == colors
+    for variant, color in colors.items():
+        shades = [matplotlib.colors.to_hex(lines[f"{variant}, {c}"].get_color()) for c in res.summary["cell_label"]
+                  .drop_duplicates().sort_values()]
+        assert len(set(shades)) == 3 and shades[1] == color
     scatter = plot_cost_vs_loss(res.summary)
     assert {c.get_label().split(",")[0]: c.lines[0].get_color() for c in scatter.axes[0].containers} == colors
     bars = plot_downstream(res.summary)
@@ -194,3 +197,50 @@ def test_cli_rejects_bad_arguments(capsys):
     assert parse_args(["sweep_dir=a", "wandb=e/p"]) == {"sweep_dir": "a", "wandb": "e/p"}
     with pytest.raises(ValueError, match="text="):
         parse_args(["ckpt=x.ckpt"])
+
+
+def test_config_shades_order_configs_numerically_and_keep_single_configs_in_the_variant_colour():
+    from matplotlib.colors import to_rgb
+
+    from moda_lab.analysis.plots import VARIANT_COLORS, config_shades
+
+    lrs = ["lr=0.003", "lr=0.000375", "lr=0.0001875", "lr=0.0015"]
+    sweep = pd.DataFrame({"variant": ["residual"] * 4, "cell_label": lrs})
+    shades = config_shades(sweep, VARIANT_COLORS)
+    order = sorted(lrs, key=lambda s: float(s.split("=")[1]))
+    assert len({shades[("residual", lab)] for lab in lrs}) == 4
+    # viridis, alone: its green channel rises with the lr (numeric order, not the strings' order)
+    greens = [shades[("residual", lab)][1] for lab in order]
+    assert greens == sorted(greens)
+    both = pd.DataFrame({"variant": ["residual", "residual", "moda"], "cell_label": ["lr=0.001", "lr=0.002", ""]})
+    shades = config_shades(both, VARIANT_COLORS)
+    assert shades[("moda", "")] == to_rgb(VARIANT_COLORS["moda"])
+    light, dark = shades[("residual", "lr=0.001")], shades[("residual", "lr=0.002")]
+    assert sum(light) > sum(to_rgb(VARIANT_COLORS["residual"])) > sum(dark)  # tint and shade of its own grey
+
+
+def test_lr_sweep_points_and_figure(tmp_path: Path):
+    """Three peak lrs of one variant and norm make an lr sweep: one point per lr (mean over seeds), the figure is
+    written; two lrs do not."""
+    from moda_lab.analysis.pipeline import write_figures
+    from moda_lab.analysis.plots import lr_sweep_points, plot_lr_sweep
+
+    root = tmp_path / "lrs"
+    for lr in (1e-3, 2e-3, 4e-3):
+        for seed in (0, 1):
+            spec = fx.RunSpec("residual", "pre", seed, extra={"trainer.lr": lr})
+            fx.write_run_dir(root, spec, fx.metrics_rows(spec))
+    spec = fx.RunSpec("moda", "pre", 0, extra={"trainer.lr": 1e-3})
+    fx.write_run_dir(root, spec, fx.metrics_rows(spec))
+    res = analyze(load_sweep_dir(root))
+    points = lr_sweep_points(res.summary)
+    assert points["peak_lr"].tolist() == [1e-3, 2e-3, 4e-3] and (points["variant"] == "residual").all()
+    assert (points["seeds"] == 2).all() and points["trained"].all()
+    means = res.summary[res.summary["variant"] == "residual"].groupby("peak_lr")["val/loss"].mean()
+    assert points["val/loss"].tolist() == pytest.approx(means.tolist())
+    fig = plot_lr_sweep(res.summary)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.001", "0.002", "0.004"]
+    names = [p.name for p in write_figures(res, tmp_path / "figs")]
+    assert "lr_sweep_val_loss.png" in names
+    two = res.summary[res.summary["peak_lr"] < 4e-3]
+    assert lr_sweep_points(two).empty

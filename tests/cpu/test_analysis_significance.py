@@ -320,3 +320,14 @@ def test_training_check_and_pairing_on_the_committed_table6_runs():
     post = row_of(res.paired, 24, "post", "moda")
     assert (post["n"], post["seeds"], post["not_trained"]) == (2, "0, 1", "baseline seed 0, 1")
     assert post["paper Δ"] == pytest.approx(3.4537 - 3.4740)
+
+
+def test_a_wobbling_plateau_is_not_trained_a_falling_curve_is():
+    from moda_lab.analysis.tidy import training_progress
+
+    # table6_24l lr sweep, post-norm residual at lr 3e-3 (stuck at the unigram loss), and at lr 3.75e-4 (trained)
+    stuck = pd.Series({0: 10.879, 100: 7.389, 200: 7.418, 300: 7.378, 400: 7.357})
+    got = training_progress(stuck, 400)
+    assert got["trained"] is False and got["val_drop_from"] == 100 and got["val_drop"] == pytest.approx(0.032)
+    falling = pd.Series({0: 10.879, 100: 7.43, 200: 5.715, 300: 5.012, 400: 4.826})
+    assert training_progress(falling, 400) == {"val_drop_from": 200, "val_drop": pytest.approx(0.889), "trained": True}

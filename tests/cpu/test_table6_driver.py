@@ -26,8 +26,8 @@ def fake_run(plan, job, val: dict[int, float], status: str = "finished") -> None
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/loss": v}) + "\n" for s, v in val.items()))
 
 
-def curve(final: float) -> dict[int, float]:
-    return {0: 10.0, 2: final + 1.0, 4: final}
+def curve(final: float, last: int = 4) -> dict[int, float]:
+    return {0: 10.0, last // 2: final + 1.0, last: final}
 
 
 @pytest.fixture
@@ -115,3 +115,37 @@ def test_budget_stops_the_jobs_whole_process_group(tmp_path, monkeypatch):
     assert status["failed"] == {} and len(status["left"]) == 1
     stat = Path(f"/proc/{int(child_pid.read_text())}/stat")
     assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or a zombie nobody reaped yet
+
+
+def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
+    """The jobs experiments/gpu/table6.sh launches (its default arguments), sweep and rows, pass the run config's
+    checks here, where a config error costs no device time (a call once lost its rows to ckpt_every=100 with
+    val_every=200)."""
+    from helpers import compose_cfg
+    from moda_lab.config import run_config_from_dict
+
+    args = table6.build_parser().parse_args(
+        ["--run-root", str(tmp_path / "runs"), "--extra", "logger.wandb.enabled=false"]
+    )
+    plan = table6.plan_from_args(args)
+    assert plan.evaluate and plan.experiment == "table6_24l"
+    for norm in plan.norms:
+        for lr in plan.grid:
+            fake_run(plan, table6.Job("sweep", norm, lr), curve(5.0 + abs(lr - 1.5e-3), last=400))  # the middle wins
+    todo, choices = table6.plan_jobs(plan)
+    assert {n: c["lr"] for n, c in choices.items()} == {"post": 1.5e-3, "pre": 1.5e-3}
+    jobs = [*(table6.Job("sweep", n, lr) for n in plan.norms for lr in plan.grid), *todo]
+    assert len(todo) == len(plan.norms) * len(plan.seeds) * len(plan.models) == 18
+    for job in jobs:
+        run = run_config_from_dict(compose_cfg(plan.overrides(job)))
+        assert run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len == 65536
+        assert run.trainer.max_steps == (400 if job.stage == "sweep" else 1600)
+        assert (job.stage == "row") == bool(run.extra["eval"]["after_fit"])
+
+
+def test_no_job_starts_after_start_until_s(tmp_path):
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3, 2e-3), sweep_steps=4,
+                       max_extend=0, run_root=tmp_path / "runs")
+    status = table6.drive(plan, parallel=2, budget_s=60, log_dir=tmp_path / "logs", poll_s=0.1, start_until_s=0)
+    assert status["finished_this_call"] == [] and status["stopped_at_budget"] == [] and len(status["left"]) == 2
+    assert not (tmp_path / "runs").exists()
