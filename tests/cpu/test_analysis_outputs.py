@@ -244,3 +244,20 @@ def test_lr_sweep_points_and_figure(tmp_path: Path):
     assert "lr_sweep_val_loss.png" in names
     two = res.summary[res.summary["peak_lr"] < 4e-3]
     assert lr_sweep_points(two).empty
+
+
+def test_long_legend_names_go_under_the_panel(tmp_path: Path):
+    """Cells that differ in several keys get long names; their legend leaves the axes instead of covering curves."""
+    root = tmp_path / "many"
+    for extra in ({}, {"trainer.lr": 1e-3, "trainer.warmup_steps": 7, "trainer.weight_decay": 0.0}):
+        spec = fx.RunSpec("residual", "post", 0, extra=extra)
+        fx.write_run_dir(root, spec, fx.metrics_rows(spec))
+    res = analyze(load_sweep_dir(root))
+    fig = plot_curves(res.tidy, "val/loss")
+    legend = fig.axes[0].get_legend()
+    assert max(len(t.get_text()) for t in legend.get_texts()) > 40
+    fig.canvas.draw()
+    legend_box = legend.get_window_extent()
+    axes_box = fig.axes[0].get_window_extent()
+    assert legend_box.y1 <= axes_box.y0  # entirely below the panel
+    assert fig.get_figheight() > 4.4
