@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,6 @@ class Plan:
     sweep_extra: tuple[str, ...] = ()
     row_extra: tuple[str, ...] = ()  # the rows (eval.after_fit=true ...)
     evaluate: bool = False  # a row counts as done only with eval/last/results.json
-    notes: dict = field(default_factory=dict)
 
     @property
     def sweep_name(self) -> str:
@@ -226,8 +225,10 @@ def drive(
                 history.append({"run_dir": str(plan.run_dir(job)), "rc": proc.returncode, "s": time.monotonic() - t0})
                 if proc.returncode != 0:
                     failed[str(plan.run_dir(job))] = proc.returncode
-        todo, choices = plan_jobs(plan)
-        write_choices(plan, choices)
+        todo, new_choices = plan_jobs(plan)
+        if new_choices != choices:  # written when a choice is made or changes, not on every poll
+            write_choices(plan, new_choices)
+            choices = new_choices
         ready = [j for j in todo if j not in running and str(plan.run_dir(j)) not in failed]
         if time.monotonic() >= deadline:
             break

@@ -26,7 +26,6 @@ python3 experiments/gpu/table6.py --budget-s "${BUDGET_S:-530}" --parallel "${PA
   --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false "$@" 2>&1 \
   | tee "$OUT/table6.log"
 wait
-nvidia-smi --query-gpu=memory.used --format=csv >> "$OUT/nvidia-smi.txt"
 tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='wandb' runs_gpu
 # The compile caches back in pieces under the 16 MiB a file may have (carry them in data/compile_cache/,
 # within the 64 MiB a call carries: left out when over 24 MiB).

@@ -172,7 +172,7 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
     cells = list(agg.groupby(keys, dropna=False, sort=False)) if not agg.empty else []  # seed_aggregate's order
     counts = [(int(c[f"{metric}:n"].min()), int(c[f"{metric}:n"].max())) for _, c in cells]
     note, per_line = _seed_note(counts)
-    below = 0  # legend lines drawn under a panel (0: every legend fits inside its panel)
+    below = longest = 0  # legend lines drawn under a panel (0: every legend fits inside it), their longest name
     for ax, norm in zip(axes, norms):
         drawn = 0
         for (_, cell), n in zip(cells, counts):
@@ -212,14 +212,13 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
         if handles and max(map(len, labels)) > LEGEND_INSIDE_MAX_CHARS:
             # Long names (cells differing in several keys) would cover the curves: the legend goes under the panel.
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
-            below = max(below, len(labels))
+            below, longest = max(below, len(labels)), max(longest, *map(len, labels))
         elif handles:
             ax.legend(fontsize=8)
     axes[0].set_ylabel(axis_label(metric))
     title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
     fig.suptitle(f"{title} ({note})" if note else title)
     if below:
-        longest = max(len(t.get_text()) for ax in axes if ax.get_legend() for t in ax.get_legend().get_texts())
         fig.set_size_inches(max(fig.get_figwidth(), 0.062 * longest * len(norms)), 4.4 + 0.16 * below)
         fig.tight_layout()
         fig.subplots_adjust(bottom=(0.16 * below + 0.75) / fig.get_figheight())
