@@ -337,32 +337,42 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     return fig
 
 
-# Runs of one variant and norm at this many peak learning rates make an lr sweep worth its own figure.
+# Runs of one cell (all but the peak lr equal) at this many peak learning rates make an lr sweep worth a figure.
 LR_SWEEP_MIN_POINTS = 3
-_SWEEP_GROUP = ["variant", "norm", "layers", "width"]
+_SWEEP_GROUP = ["variant", "norm", "layers", "width", "lr_group"]
+
+
+def _without_lr(label: str) -> str:
+    """A cell label without its learning-rate part (``lr=0.003, warmup_steps=200`` -> ``warmup_steps=200``)."""
+    return ", ".join(p for p in str(label).split(", ") if p and not p.startswith(("lr=", "trainer.lr=")))
 
 
 def lr_sweep_points(summary: pd.DataFrame, y: str = "val/loss") -> pd.DataFrame:
-    """Final ``y`` (mean over seeds) per variant, norm, shape and peak lr, for the groups swept over at least
-    LR_SWEEP_MIN_POINTS learning rates; ``trained`` is False when any seed of the point did not train."""
+    """Final ``y`` (mean over seeds) per lr sweep (``lr_group``: runs of one cell but for the peak lr) and peak lr,
+    for the sweeps over at least LR_SWEEP_MIN_POINTS learning rates; ``trained`` is False when any seed of the
+    point did not train; ``sweep_label`` says what sets a sweep apart (its cell label without the lr)."""
     need = [*_SWEEP_GROUP, "peak_lr", y]
+    out = [*need, "seeds", "trained", "sweep_label"]
     if summary.empty or any(c not in summary for c in need):
-        return pd.DataFrame(columns=[*need, "seeds", "trained"])
+        return pd.DataFrame(columns=out)
     rows = summary.dropna(subset=["peak_lr", y])
     trained = rows["trained"] if "trained" in rows else pd.Series(True, index=rows.index)
-    rows = rows.assign(_untrained=trained.eq(False))
+    labels = rows["cell_label"] if "cell_label" in rows else pd.Series("", index=rows.index)
+    rows = rows.assign(_untrained=trained.eq(False), sweep_label=labels.fillna("").map(_without_lr))
     agg = rows.groupby([*_SWEEP_GROUP, "peak_lr"], dropna=False, sort=False).agg(
-        **{y: (y, "mean"), "seeds": (y, "size"), "_untrained": ("_untrained", "any")}
+        **{y: (y, "mean"), "seeds": (y, "size"), "_untrained": ("_untrained", "any"), "sweep_label": ("sweep_label", "first")}
     )
-    agg = agg.reset_index().rename(columns={"_untrained": "untrained"})
-    agg["trained"] = ~agg.pop("untrained")
+    agg = agg.reset_index()
+    agg["trained"] = ~agg.pop("_untrained")
     sizes = agg.groupby(_SWEEP_GROUP, dropna=False)["peak_lr"].transform("nunique")
-    return agg[sizes >= LR_SWEEP_MIN_POINTS].sort_values([*_SWEEP_GROUP, "peak_lr"]).reset_index(drop=True)
+    agg = agg[sizes >= LR_SWEEP_MIN_POINTS].sort_values([*_SWEEP_GROUP, "peak_lr"]).reset_index(drop=True)
+    return agg[out]
 
 
 def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
-    """Final ``y`` vs the peak learning rate (log scale), one line per variant and norm (the norm's line style);
-    hollow markers: a run that did not train; a star on each line's lowest point."""
+    """Final ``y`` vs the peak learning rate (log scale), one line per lr sweep in its variant's colour and its
+    norm's line style, one marker shape per further config difference; hollow markers: a run that did not train;
+    a star on each line's lowest point."""
     points = lr_sweep_points(summary, y)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if points.empty:
@@ -370,17 +380,20 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
         return fig
     colors = variant_colors(points)
     multi_shape = points.groupby(["layers", "width"]).ngroups > 1
-    for key, line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
-        variant, norm, layers, width = key
-        color = colors[variant]
-        name = f"{variant}, {norm}" + (f", L={layers}, D={width}" if multi_shape else "")
-        ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color, label=name)
-        for _, pt in line.iterrows():
-            face = color if pt["trained"] else "white"
-            ax.plot(pt["peak_lr"], pt[y], "o", color=color, markerfacecolor=face, markeredgewidth=1.5, markersize=7)
+    several = points["lr_group"].nunique() > 1  # name what sets each sweep apart only when there is more than one
+    shapes = {lab: LABEL_MARKERS[i % len(LABEL_MARKERS)] for i, lab in enumerate(sorted(points["sweep_label"].unique()))}
+    for (variant, norm, layers, width, _), line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
+        color, label = colors[variant], line["sweep_label"].iloc[0]
+        parts = [variant, norm, *([f"L={layers}, D={width}"] if multi_shape else []), *([label] if label and several else [])]
+        ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color,
+                marker=shapes[label], markersize=7, markeredgewidth=1.5, markerfacecolor=color, label=", ".join(parts))
+        untrained = line[~line["trained"]]
+        ax.plot(untrained["peak_lr"], untrained[y], shapes[label], color=color, markerfacecolor="white",
+                markeredgewidth=1.5, markersize=7, linestyle="none")
         best = line.loc[line[y].idxmin()]
         ax.plot(best["peak_lr"], best[y], "*", color="black", markersize=12, zorder=5)
-        ax.annotate(f"{best['peak_lr']:.3g}", (best["peak_lr"], best[y]), textcoords="offset points",
+        note = "" if best["trained"] else " (did not train)"  # the star covers its hollow marker
+        ax.annotate(f"{best['peak_lr']:.3g}{note}", (best["peak_lr"], best[y]), textcoords="offset points",
                     xytext=(7, 5), fontsize=8)
     ax.set_xscale("log")
     ticks = sorted(points["peak_lr"].unique())  # the learning rates tried, nothing in between
@@ -393,7 +406,7 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
                  "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if max(map(len, ax.get_legend_handles_labels()[1])) > LEGEND_INSIDE_MAX_CHARS else 8)
     fig.tight_layout()
     return fig
 

@@ -126,10 +126,13 @@ def cell_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fingerprint(flat: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def cell_id(cfg: dict[str, Any]) -> str:
     """Short stable fingerprint of cell_config(cfg)."""
-    text = json.dumps(cell_config(cfg), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
+    return _fingerprint(cell_config(cfg))
 
 
 # The config keys of the depth-mixing variant (mixer name and its switches): runs whose cell configs are equal
@@ -140,8 +143,17 @@ VARIANT_KEY_PREFIX = "model.mixer."
 def pair_group_id(cfg: dict[str, Any]) -> str:
     """Short stable fingerprint of cell_config(cfg) without the variant's keys (VARIANT_KEY_PREFIX): equal for a
     MoDA run and the baseline run of the same cell otherwise (norm, sizes, lr, data, tokens, ...)."""
-    rest = {k: v for k, v in cell_config(cfg).items() if not k.startswith(VARIANT_KEY_PREFIX)}
-    return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return _fingerprint({k: v for k, v in cell_config(cfg).items() if not k.startswith(VARIANT_KEY_PREFIX)})
+
+
+# The peak learning rate: cells equal without it are one lr sweep (plots.plot_lr_sweep).
+LR_KEY = "trainer.lr"
+
+
+def lr_group_id(cfg: dict[str, Any]) -> str:
+    """Short stable fingerprint of cell_config(cfg) without LR_KEY: equal for the runs of one variant and cell
+    otherwise at different peak learning rates."""
+    return _fingerprint({k: v for k, v in cell_config(cfg).items() if k != LR_KEY})
 
 
 # Keys shown by the config columns themselves (variant, norm, sizes, experiment): never repeated in a cell label.

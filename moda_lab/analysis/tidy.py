@@ -11,6 +11,7 @@ from moda_lab.analysis.history import metric_columns
 from moda_lab.analysis.records import (
     CELL_COLUMNS,
     CONFIG_COLUMNS,
+    LR_KEY,
     RUN_COLUMNS,
     RunIssue,
     RunRecord,
@@ -18,15 +19,18 @@ from moda_lab.analysis.records import (
     cell_labels,
     config_columns,
     get_dotted,
+    lr_group_id,
     pair_group_id,
     variant_label,
 )
 
 # Identity columns of the tidy table and the run summary; ``pair_group`` is equal for runs that differ only in the
 # depth-mixing variant and the seed (records.pair_group_id), the runs whose seeds are paired against the baseline.
-# ``peak_lr`` (trainer.lr) is descriptive, not identity: the cell fingerprint already holds it; it is the x axis of
-# the lr-sweep figure (plots.plot_lr_sweep).
-RUN_ID_COLUMNS: list[str] = [*RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "pair_group", "peak_lr"]
+# ``peak_lr`` (trainer.lr; the cell fingerprint already holds it) and ``lr_group`` (the cell without it,
+# records.lr_group_id) are the x axis and the lines of the lr-sweep figure (plots.plot_lr_sweep).
+RUN_ID_COLUMNS: list[str] = [
+    *RUN_COLUMNS, *CONFIG_COLUMNS, "variant", "cell", "cell_label", "pair_group", "lr_group", "peak_lr"
+]
 
 
 def check_record(record: RunRecord) -> list[RunIssue]:
@@ -64,7 +68,8 @@ def _run_columns(record: RunRecord) -> dict[str, object]:
     cols["variant"] = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
     cols["cell"] = cell_id(record.config)
     cols["pair_group"] = pair_group_id(record.config)
-    lr = get_dotted(record.config, "trainer.lr")
+    cols["lr_group"] = lr_group_id(record.config)
+    lr = get_dotted(record.config, LR_KEY)
     cols["peak_lr"] = float(lr) if isinstance(lr, (int, float)) else np.nan
     return cols
 

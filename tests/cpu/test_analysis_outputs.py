@@ -232,14 +232,23 @@ def test_lr_sweep_points_and_figure(tmp_path: Path):
             fx.write_run_dir(root, spec, fx.metrics_rows(spec))
     spec = fx.RunSpec("moda", "pre", 0, extra={"trainer.lr": 1e-3})
     fx.write_run_dir(root, spec, fx.metrics_rows(spec))
+    # The same variant and norm with another warm-up: a sweep of its own, never averaged with the first.
+    for lr in (1e-3, 2e-3, 4e-3):
+        spec = fx.RunSpec("residual", "pre", 0, extra={"trainer.lr": lr, "trainer.warmup_steps": 7})
+        fx.write_run_dir(root, spec, fx.metrics_rows(spec))
     res = analyze(load_sweep_dir(root))
     points = lr_sweep_points(res.summary)
-    assert points["peak_lr"].tolist() == [1e-3, 2e-3, 4e-3] and (points["variant"] == "residual").all()
-    assert (points["seeds"] == 2).all() and points["trained"].all()
-    means = res.summary[res.summary["variant"] == "residual"].groupby("peak_lr")["val/loss"].mean()
-    assert points["val/loss"].tolist() == pytest.approx(means.tolist())
+    assert (points["variant"] == "residual").all() and points["lr_group"].nunique() == 2 and points["trained"].all()
+    for group, line in points.groupby("lr_group"):
+        assert line["peak_lr"].tolist() == [1e-3, 2e-3, 4e-3]
+        runs = res.summary[res.summary["lr_group"] == group]
+        assert line["seeds"].tolist() == [len(runs) // 3] * 3
+        assert line["val/loss"].tolist() == pytest.approx(runs.groupby("peak_lr")["val/loss"].mean().tolist())
+        assert not any(part.startswith("lr=") for part in line["sweep_label"].iloc[0].split(", "))
+    assert sorted(points.groupby("lr_group")["seeds"].first()) == [1, 2]
     fig = plot_lr_sweep(res.summary)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.001", "0.002", "0.004"]
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
     names = [p.name for p in write_figures(res, tmp_path / "figs")]
     assert "lr_sweep_val_loss.png" in names
     two = res.summary[res.summary["peak_lr"] < 4e-3]
