@@ -157,6 +157,30 @@ def axis_label(metric: str) -> str:
     return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
 
 
+def _legend(ax, fontsize: int = 8) -> tuple[int, int]:
+    """The panel's legend: inside when its names are short, else under the panel (long names, cells differing in
+    several keys, would cover the data). Returns (lines under the panel, their longest name), (0, 0) inside."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return 0, 0
+    if max(map(len, labels)) <= LEGEND_INSIDE_MAX_CHARS:
+        ax.legend(fontsize=fontsize)
+        return 0, 0
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
+    return len(labels), max(map(len, labels))
+
+
+def _layout(fig: Figure, below: int, longest: int, panels: int = 1) -> None:
+    """tight_layout, with room under the panels for ``below`` legend lines of up to ``longest`` characters."""
+    if not below:
+        fig.tight_layout()
+        return
+    height = fig.get_figheight()
+    fig.set_size_inches(max(fig.get_figwidth(), 0.062 * longest * panels), height + 0.16 * below)
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=(0.16 * below + 0.75) / fig.get_figheight())
+
+
 def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens") -> Figure:
     """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds."""
     agg = curves(tidy, metric)
@@ -208,22 +232,12 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
             ax.set_xscale("log")
         else:
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        handles, labels = ax.get_legend_handles_labels()
-        if handles and max(map(len, labels)) > LEGEND_INSIDE_MAX_CHARS:
-            # Long names (cells differing in several keys) would cover the curves: the legend goes under the panel.
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
-            below, longest = max(below, len(labels)), max(longest, *map(len, labels))
-        elif handles:
-            ax.legend(fontsize=8)
+        lines, width = _legend(ax)
+        below, longest = max(below, lines), max(longest, width)
     axes[0].set_ylabel(axis_label(metric))
     title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
     fig.suptitle(f"{title} ({note})" if note else title)
-    if below:
-        fig.set_size_inches(max(fig.get_figwidth(), 0.062 * longest * len(norms)), 4.4 + 0.16 * below)
-        fig.tight_layout()
-        fig.subplots_adjust(bottom=(0.16 * below + 0.75) / fig.get_figheight())
-    else:
-        fig.tight_layout()
+    _layout(fig, below, longest, len(norms))
     return fig
 
 
@@ -327,13 +341,15 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
         )
     ax.set_xlabel({"model/params": "parameters (M)", "train_flops": "total training FLOPs"}.get(x, x))
     if x == "train_flops":
-        ax.set_xscale("log")
+        if agg[x].max() >= 10 * agg[x].min():
+            ax.set_xscale("log")
+        else:  # within one decade a log axis labels only its crowded minor ticks
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_ylabel(f"final {axis_label(y)}")
     what = "parameters" if x == "model/params" else "training FLOPs"
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    _layout(fig, *_legend(ax))
     return fig
 
 
@@ -406,8 +422,7 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
                  "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7 if max(map(len, ax.get_legend_handles_labels()[1])) > LEGEND_INSIDE_MAX_CHARS else 8)
-    fig.tight_layout()
+    _layout(fig, *_legend(ax))
     return fig
 
 

@@ -270,3 +270,11 @@ def test_long_legend_names_go_under_the_panel(tmp_path: Path):
     axes_box = fig.axes[0].get_window_extent()
     assert legend_box.y1 <= axes_box.y0  # entirely below the panel
     assert fig.get_figheight() > 4.4
+    # The cost scatter places its legend the same way; FLOPs within one decade stay on a linear axis.
+    from moda_lab.analysis.plots import plot_cost_vs_loss
+
+    scatter = plot_cost_vs_loss(res.summary, "train_flops")
+    scatter.canvas.draw()
+    ax = scatter.axes[0]
+    assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
+    assert ax.get_xscale() == "linear"
