@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
@@ -340,6 +340,9 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
             label=f"{name} ({seeds_text(*n)})" if per_point else name,
         )
     ax.set_xlabel({"model/params": "parameters (M)", "train_flops": "total training FLOPs"}.get(x, x))
+    if x == "model/params":
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # 71.2428 M, not 0.0028 + 7.124e1
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few ticks: plain labels of close counts are long
     if x == "train_flops":
         if agg[x].max() >= 10 * agg[x].min():
             ax.set_xscale("log")
