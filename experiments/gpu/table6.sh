@@ -10,7 +10,12 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvid
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
 [ -d data/eval ] || { [ -f data/eval.tar.xz ] && mkdir -p data/eval && tar -xJf data/eval.tar.xz -C data/eval; }
 PACKED=$(ls -d data/packed/*/ | head -1)
-mkdir -p runs_gpu
+# The rows evaluate after fit: say at once whether lm-eval imports here (datasets wants pyarrow >= 24 from the image).
+python3 -c "import pyarrow, datasets, lm_eval.evaluator; print('eval imports: pyarrow', pyarrow.__version__, \
+  'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$OUT/eval_imports.txt"
+# The runs of earlier sessions (committed under experiments/results/runs_gpu: the lr sweep, finished rows) count as
+# done: copied in without overwriting what this machine already holds, so a fresh machine does not redo them.
+mkdir -p runs_gpu && cp -rn experiments/results/runs_gpu/. runs_gpu/
 # Compile caches (inductor's and Triton's) of an earlier call, when carried: a cold compile of the three variants
 # at once took ~210 s to the first logged step, a warm one ~30 s. data/compile_cache/ holds the pieces an earlier
 # call left in $OUT.
