@@ -33,10 +33,17 @@ class TokenWindows(Dataset):
 
 class ResumableSampler(Sampler[int]):
     """A seeded permutation per epoch, sharded over ranks, that can start mid-epoch, so a resumed run sees the
-    data it has not. Every rank gets the same number of samples (n // world), so ranks run equally many batches."""
+    data it has not. Every rank gets the same number of samples (n // world), so ranks run equally many batches.
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+    multiple: each epoch holds a multiple of this many samples per rank (the loader's batch size times the
+    gradient accumulation), so no optimizer step spans two epochs. Lightning ends an epoch with a step on its
+    last batch and counts validation in batches: an epoch of an odd number of batches at accumulate=2 put every
+    later validation and checkpoint in the middle of an optimizer step, shifted a resumed run's steps by one,
+    and left no validation at the final step.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, multiple: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world, self.multiple = n, seed, rank, world, multiple
         self.epoch, self.start = 0, 0
 
     def __iter__(self):
@@ -47,7 +54,7 @@ class ResumableSampler(Sampler[int]):
         return iter(order[start:])
 
     def __len__(self) -> int:
-        return self.n // self.world
+        return self.n // self.world // self.multiple * self.multiple
 
     def seek(self, samples_seen: int, batch_size: int) -> None:
         """Position after samples_seen samples of this rank, in batches of batch_size that drop the last partial
@@ -76,9 +83,18 @@ class ResumableLoader(DataLoader):
 
 
 class PackedDataModule(L.LightningDataModule):
-    def __init__(self, data: PackedData, seq_len: int, batch_size: int, val_windows: int, seed: int, num_workers: int):
+    def __init__(
+        self,
+        data: PackedData,
+        seq_len: int,
+        batch_size: int,
+        val_windows: int,
+        seed: int,
+        num_workers: int,
+        accumulate: int = 1,
+    ):
         super().__init__()
-        self.data, self.seq_len, self.batch_size = data, seq_len, batch_size
+        self.data, self.seq_len, self.batch_size, self.accumulate = data, seq_len, batch_size, accumulate
         self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
         self.sampler: ResumableSampler | None = None
         self._samples_seen = 0
@@ -90,7 +106,12 @@ class PackedDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = TokenWindows(self.data.tokens("train"), self.seq_len)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        self.sampler = ResumableSampler(len(ds), self.seed, rank, world)
+        self.sampler = ResumableSampler(len(ds), self.seed, rank, world, multiple=self.batch_size * self.accumulate)
+        if len(self.sampler) == 0:
+            raise ValueError(
+                f"{len(ds)} training windows hold no optimizer step of trainer.batch_size={self.batch_size} x "
+                f"trainer.accumulate={self.accumulate} windows per rank ({world} ranks)"
+            )
         self.sampler.seek(self._samples_seen, self.batch_size)
         return ResumableLoader(
             ds,

@@ -190,8 +190,9 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         )
         if run.trainer.compile:
             module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
+        t = run.trainer
         dm = PackedDataModule(
-            data, run.data.seq_len, run.trainer.batch_size, run.data.val_windows, run.seed, run.data.num_workers
+            data, run.data.seq_len, t.batch_size, run.data.val_windows, run.seed, run.data.num_workers, t.accumulate
         )
         loggers = [JSONLLogger(rundir)]
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
@@ -213,7 +214,6 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             logger=loggers,
             default_root_dir=str(rundir.path),
         )
-        t = run.trainer
         module.tokens_per_step = tokens_per_step(t.batch_size, t.accumulate, run.data.seq_len, trainer.world_size)
         loggers[0].bind(trainer, module.tokens_per_step)
         if rank0:

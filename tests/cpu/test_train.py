@@ -96,6 +96,43 @@ def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp
     assert not [w for w in recwarn if "not resumable" in str(w.message)]  # the loader's position is in the state
 
 
+ACCUM = ["trainer.accumulate=2", "trainer.batch_size=300", "trainer.max_steps=16", "trainer.val_every=4",
+         "trainer.ckpt_every=4", *FAST]  # the tiny corpus's 4,758 windows: 15 batches of 300 a rank, epochs cut to 14
+
+
+def test_accumulated_steps_never_span_epochs_and_resume_exactly(tiny_corpus, tmp_path, monkeypatch):
+    """At accumulate=2, an epoch of an odd number of batches made Lightning step on its lone last batch: every later
+    validation fell mid-step, the final one (step 16) never ran, and a run resumed there drifted by a batch (the
+    Table 6 rows validated at 1101, 1201, ... 1501 of 1600). Epochs now hold whole steps: validations at every
+    val_every, the last at max_steps, and a crash-resume across two epoch ends matches the uninterrupted run."""
+    import moda_lab.train.task as task
+
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", *ACCUM])
+    train(cfg, tmp_path / "straight")
+    val = [r["step"] for r in rows(tmp_path / "straight") if "val/loss" in r]
+    assert val == [0, 4, 8, 12, 16]
+    assert [r["tokens"] for r in rows(tmp_path / "straight") if "val/loss" in r][-1] == 16 * 2 * 300 * 32
+
+    original = task._StepMetric.on_train_batch_end
+
+    def crash_at_10(self, trainer, *args):  # after the step-8 checkpoint, in the second epoch (steps 8-14)
+        if trainer.global_step == 10:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, *args)
+
+    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_10)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", original)
+    train(cfg, tmp_path / "resumed")
+    assert comparable_rows(tmp_path / "resumed") == comparable_rows(tmp_path / "straight")
+    state, _, step = weights(tmp_path / "resumed")
+    ref_state, _, ref_step = weights(tmp_path / "straight")
+    assert step == ref_step == 16
+    for k in ref_state:
+        torch.testing.assert_close(state[k], ref_state[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_resume_falls_back_to_newest_intact_checkpoint(straight, tmp_path, caplog):
     import shutil
 
