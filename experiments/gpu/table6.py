@@ -4,9 +4,12 @@ chosen lr, several runs at once, resumable across calls.
     python3 experiments/gpu/table6.py --budget-s 540 --parallel 3 --extra data.packed_dir=data/packed/<fingerprint>
 
 Each call does what is left, in order, until its time budget: a run that finished (meta.json, and its eval when
-the rows evaluate) is skipped; an unfinished one resumes from its checkpoint when the machine still holds it.
+the rows evaluate) is skipped; an unfinished one resumes from its checkpoint when the machine still holds it. A row
+that finished training but not its eval, on a machine that no longer holds its checkpoint (the lease ended during
+the eval), is not trained again: status.json lists it under eval_lost.
 Jobs are plain ``python3 run.py <overrides>`` processes (the run dir is the one `-m` gives the same overrides);
-up to --parallel of them share the GPU, the longest first. A norm's rows start as soon as its sweep is complete,
+up to --parallel of them share the GPU, the longest first. Rows go norm by norm (every seed of the first norm, so
+its paired differences come first), seed by seed within it. A norm's rows start as soon as its sweep is complete,
 while the other norm's sweep jobs may still run.
 
 The lr rule (experiments/results/README.md): per norm, the lowest final val/loss of the grid on the residual
@@ -40,6 +43,8 @@ MODELS = ("moda", "moda_depth_kv", "residual")  # longest first
 BASELINE = "residual"
 # The rows: evaluate each final checkpoint on the GPU (checkpoints do not come back from a call), checkpoint every
 # 100 steps so a call's budget loses little (a checkpoint is taken after a validation: val_every divides it).
+# Progress bars (lm-eval's over 2.8k batches, the training bar) redraw in a job's log file every 0.1 s by default.
+JOB_ENV = {**os.environ, "TQDM_MININTERVAL": "30"}
 ROW_EXTRA = (
     "eval.after_fit=true",
     "eval.batch_size=32",
@@ -123,7 +128,16 @@ def is_done(plan: Plan, job: Job) -> bool:
     want = plan.max_steps(job) or (rundir.read_config().get("trainer") or {}).get("max_steps")
     if want is not None and meta.get("global_step", -1) < want:
         return False
-    return not (job.stage == "row" and plan.evaluate) or (rundir.path / "eval" / "last" / "results.json").is_file()
+    return not (job.stage == "row" and plan.evaluate) or has_eval(rundir) or eval_lost(rundir)
+
+
+def has_eval(rundir: RunDir) -> bool:
+    return (rundir.path / "eval" / "last" / "results.json").is_file()
+
+
+def eval_lost(rundir: RunDir) -> bool:
+    """Trained, not evaluated, and its checkpoint is gone (a fresh machine): a relaunch would train it again."""
+    return not has_eval(rundir) and rundir.last_ckpt is None
 
 
 def choose_lr(plan: Plan, norm: str) -> tuple[list[Job], dict | None]:
@@ -167,14 +181,18 @@ def plan_jobs(plan: Plan) -> tuple[list[Job], dict[str, dict]]:
         sweep += pending
         if choice is not None:
             choices[norm] = choice
-    rows = [
+    return [*sweep, *(j for j in _rows(plan, choices) if not is_done(plan, j))], choices
+
+
+def _rows(plan: Plan, choices: dict[str, dict]) -> list[Job]:
+    """Every row of the norms whose lr is chosen, norm-major, then seed, then model (longest first)."""
+    return [
         Job("row", norm, choices[norm]["lr"], model, seed)
-        for seed in plan.seeds
         for norm in plan.norms
         if norm in choices and choices[norm]["lr"] is not None
+        for seed in plan.seeds
         for model in plan.models
     ]
-    return [*sweep, *(j for j in rows if not is_done(plan, j))], choices
 
 
 def write_choices(plan: Plan, choices: dict[str, dict]) -> None:
@@ -186,6 +204,10 @@ def write_choices(plan: Plan, choices: dict[str, dict]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({**old, **choices}, indent=2))
     tmp.replace(path)
+
+
+def _clock(t_start: float) -> str:
+    return f"+{time.monotonic() - t_start:4.0f}s"
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
@@ -223,6 +245,8 @@ def drive(
             if proc.poll() is not None:
                 del running[job]
                 history.append({"run_dir": str(plan.run_dir(job)), "rc": proc.returncode, "s": time.monotonic() - t0})
+                print(f"[table6] {_clock(t_start)} done rc={proc.returncode} in {time.monotonic() - t0:.0f} s: "
+                      f"{plan.run_dir(job)}", flush=True)
                 if proc.returncode != 0:
                     failed[str(plan.run_dir(job))] = proc.returncode
         todo, new_choices = plan_jobs(plan)
@@ -243,15 +267,16 @@ def drive(
             log = plan.run_dir(job) / "driver.log"  # comes back with the run dir; run names hold '=' and ','
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, str(ROOT / "run.py"), *plan.overrides(job)]
-            print(f"[table6] start {plan.run_dir(job)}", flush=True)
+            print(f"[table6] {_clock(t_start)} start {plan.run_dir(job)}", flush=True)
             with log.open("a") as f:
-                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=JOB_ENV)
             running[job] = (proc, time.monotonic())
         if not running:
             break
         time.sleep(poll_s)
     for job, (proc, _) in running.items():
-        print(f"[table6] budget spent: stopping {plan.run_dir(job)}", flush=True)
+        print(f"[table6] {_clock(t_start)} budget spent: stopping {plan.run_dir(job)}", flush=True)
         stop(proc)
     todo, choices = plan_jobs(plan)
     status = {
@@ -260,6 +285,8 @@ def drive(
         "failed": failed,
         "left": [str(plan.run_dir(j)) for j in todo],
         "stopped_at_budget": [str(plan.run_dir(j)) for j in running],
+        "eval_lost": [str(plan.run_dir(j)) for j in _rows(plan, choices) if is_done(plan, j) and plan.evaluate
+                      and eval_lost(RunDir(plan.run_dir(j)))],
     }
     (log_dir / "status.json").write_text(json.dumps(status, indent=2))
     return status
@@ -306,7 +333,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s)
-    print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget")}, indent=1))
+    print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget", "eval_lost")},
+                     indent=1))
     return status
 
 

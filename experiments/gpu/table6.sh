@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# GPU call (issue 12): what is left of the Table 6 lr sweep and rows (experiments/gpu/table6.py), then each run's
-# small files as one tarball. Relaunch the same call on the warm machine to go on where it stopped.
-#   device run: bash experiments/gpu/table6.sh [table6.py args]
-#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz and, when an
-#   earlier call brought them back, data/compile_cache/
-#   KERNEL_TESTS="<pytest -k expression>" also runs those kernel GPU tests once per machine, while jobs compile.
+# GPU call (issue 12): the Table 6 lr sweep and rows (experiments/gpu/table6.py) in a driver that outlives the call,
+# then each run's small files as one tarball.
+#   device run: [DRIVER_BUDGET_S=1650] [WAIT_S=560] bash experiments/gpu/table6.sh [table6.py args]
+#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz
+#
+# The first call of a lease starts the driver in its own process session (setsid): on the lent machine it runs on
+# between calls, until the machine goes back, so a row trains without a restart (a relaunch from a checkpoint cost
+# 190-380 s of each run: the steps since the checkpoint, the gap and the compile). Every call, the first too, then
+# waits up to WAIT_S for the driver to end and brings back what the runs wrote so far (runs.tar.gz, the driver's
+# log and status.json). Issue the next call at once: the machine goes back after ~30 s idle.
+#   DRIVER_BUDGET_S: the driver stops every job this many seconds after it started (the lease's device time, less
+#     the start and the last call's collection); give --start-until-s too, so no row starts that cannot finish.
+#   A later call finds the driver running and only waits and collects; once the driver has ended, a call on the
+#     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
+#     of earlier sessions are copied in, so finished runs are not repeated.
+#   KERNEL_TESTS="<pytest -k expression>" also runs those kernel GPU tests once per machine, beside the driver.
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
@@ -14,30 +24,44 @@ PACKED=$(ls -d data/packed/*/ | head -1)
 python3 -c "import pyarrow, datasets, lm_eval.evaluator; print('eval imports: pyarrow', pyarrow.__version__, \
   'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$OUT/eval_imports.txt"
 # The runs of earlier sessions (committed under experiments/results/runs_gpu: the lr sweep, finished rows) count as
-# done: copied in without overwriting what this machine already holds, so a fresh machine does not redo them.
-mkdir -p runs_gpu && cp -rn experiments/results/runs_gpu/. runs_gpu/
-# Compile caches (inductor's and Triton's) of an earlier call, when carried: a cold compile of the three variants
-# at once took ~210 s to the first logged step, a warm one ~30 s. data/compile_cache/ holds the pieces an earlier
-# call left in $OUT.
-CACHES=(/tmp/torchinductor_$(id -un) "$HOME/.triton/cache")
-if compgen -G "data/compile_cache/compile_cache.tar.gz.*" >/dev/null && [ ! -d "${CACHES[0]}" ]; then
-  cat data/compile_cache/compile_cache.tar.gz.* | tar xzf - -C / && echo "compile caches restored: $(du -sh "${CACHES[0]}" | cut -f1)"
+# done: copied in without overwriting what this machine already holds.
+mkdir -p runs_gpu && cp -r --update=none experiments/results/runs_gpu/. runs_gpu/
+# The driver's own files live outside runs_gpu (which is copied in from the repo) and outside $OUT (emptied per call).
+DRIVER=/tmp/table6_driver
+mkdir -p "$DRIVER"
+alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }
+if alive; then
+  echo "[table6.sh] driver $(cat "$DRIVER/pid") running since $(cat "$DRIVER/started")"
+elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
+  echo "[table6.sh] the driver ended at $(cat "$DRIVER/ended"); collecting only (RELAUNCH=1 starts another)"
+else
+  rm -f "$DRIVER/ended"
+  date -u +%FT%TZ > "$DRIVER/started"
+  setsid bash -c 'python3 experiments/gpu/table6.py "$@"; date -u +%FT%TZ > '"$DRIVER/ended" _ \
+    --budget-s "${DRIVER_BUDGET_S:-1650}" --parallel "${PARALLEL:-3}" --log-dir "$DRIVER" \
+    --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false "$@" \
+    > "$DRIVER/driver.log" 2>&1 < /dev/null &
+  echo $! > "$DRIVER/pid"
+  echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1650} s, args: $*"
 fi
 if [ -n "${KERNEL_TESTS:-}" ] && [ ! -f runs_gpu/kernel_tests.txt ]; then
   (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 tests/gpu/test_moda_kernel_gpu.py \
     -k "$KERNEL_TESTS" > runs_gpu/kernel_tests.part 2>&1; mv runs_gpu/kernel_tests.part runs_gpu/kernel_tests.txt) &
+  KERNEL_PID=$!
 fi
-python3 experiments/gpu/table6.py --budget-s "${BUDGET_S:-530}" --parallel "${PARALLEL:-3}" \
-  --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false "$@" 2>&1 \
-  | tee "$OUT/table6.log"
-wait
+# Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens.
+t_end=$((SECONDS + ${WAIT_S:-560}))
+seen=0
+while alive && [ $SECONDS -lt $t_end ]; do
+  sleep 10
+  lines=$(grep -c '' "$DRIVER/driver.log" 2>/dev/null || echo 0)
+  [ "$lines" -gt "$seen" ] && sed -n "$((seen + 1)),${lines}p" "$DRIVER/driver.log" && seen=$lines
+done
+sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
+alive && echo "[table6.sh] driver still running after ${WAIT_S:-560} s of this call"
+[ -n "${KERNEL_PID:-}" ] && wait "$KERNEL_PID"
+cp "$DRIVER/driver.log" "$OUT/table6.log"
+[ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"
 tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='wandb' runs_gpu
-# The compile caches back in pieces under the 16 MiB a file may have (carry them in data/compile_cache/,
-# within the 64 MiB a call carries: left out when over 24 MiB).
-tar czf /tmp/compile_cache.tar.gz -P "${CACHES[@]}" 2>/dev/null
-size=$(stat -c %s /tmp/compile_cache.tar.gz 2>/dev/null || echo 0)
-echo "compile caches: $size bytes compressed" | tee -a "$OUT/nvidia-smi.txt"
-if [ "$size" -gt 0 ] && [ "$size" -le $((24 * 1024 * 1024)) ]; then
-  split -b 15M -d /tmp/compile_cache.tar.gz "$OUT/compile_cache.tar.gz."
-fi
 true

@@ -42,6 +42,7 @@ from moda_lab.analysis.tidy import (
     eval_issues,
     incomplete_issues,
     run_summary,
+    stale_val_issues,
     tidy_table,
     untrained_issues,
 )
@@ -114,7 +115,9 @@ def analyze(records: list[RunRecord], min_drop: float = TRAINED_MIN_DROP) -> Swe
     unique_run_names(records)
     tidy = tidy_table(records)
     summary = run_summary(tidy, min_drop=min_drop)
-    issues = [*all_issues(records), *incomplete_issues(summary), *untrained_issues(summary, min_drop)]
+    issues = [
+        *all_issues(records), *incomplete_issues(summary), *stale_val_issues(summary), *untrained_issues(summary, min_drop)
+    ]
     issues += eval_issues(summary)
     return SweepAnalysis(records, tidy, summary, issues, min_drop=min_drop)
 

@@ -163,6 +163,7 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10, min_drop: float = TR
         row["train_flops"] = row["tokens"] * fpt if pd.notna(fpt) else np.nan
         row["eval_step"] = _eval_step(run)
         val = run.set_index("step")["val/loss"] if "val/loss" in run else pd.Series(dtype=float)
+        row["val_step"] = float(val.dropna().index.max()) if val.notna().any() else np.nan
         row.update(training_progress(val, row["last_step"], min_drop))
         rows.append(row)
     summary = pd.DataFrame(rows)
@@ -202,6 +203,20 @@ def incomplete_issues(summary: pd.DataFrame) -> list[RunIssue]:
                 detail = f"reached step {int(row['last_step'])} of {top:.0f}; in curves, not in tables"
             out.append(RunIssue(row["run"], "excluded_from_tables", detail))
     return out
+
+
+def stale_val_issues(summary: pd.DataFrame) -> list[RunIssue]:
+    """One issue per run whose last val/loss was logged before its last step: its "final" val loss is not the
+    final model's (a run that ended between validations, or validated off its steps)."""
+    if "val_step" not in summary:
+        return []
+    stale = summary[summary["val_step"].notna() & (summary["val_step"] < summary["last_step"])]
+    return [
+        RunIssue(row["run"], "val_before_last_step",
+                 f"last val/loss at step {int(row['val_step'])} of {int(row['last_step'])}: the tables' final val "
+                 "loss is that step's")
+        for _, row in stale.iterrows()
+    ]
 
 
 def untrained_issues(summary: pd.DataFrame, min_drop: float = TRAINED_MIN_DROP) -> list[RunIssue]:

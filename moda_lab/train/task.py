@@ -237,6 +237,8 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
                 lg.log_metrics(model_stats, step=0)
             trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
+        if trainer.global_step % t.val_every:  # the loop validates every val_every steps: the final step too
+            trainer.validate(module, datamodule=dm, verbose=False)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
             rundir.write_meta(

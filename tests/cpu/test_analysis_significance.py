@@ -331,3 +331,20 @@ def test_a_wobbling_plateau_is_not_trained_a_falling_curve_is():
     assert got["trained"] is False and got["val_drop_from"] == 100 and got["val_drop"] == pytest.approx(0.032)
     falling = pd.Series({0: 10.879, 100: 7.43, 200: 5.715, 300: 5.012, 400: 4.826})
     assert training_progress(falling, 400) == {"val_drop_from": 200, "val_drop": pytest.approx(0.889), "trained": True}
+
+
+def test_a_run_whose_last_validation_came_before_its_last_step_is_reported(tmp_path: Path):
+    """The Table 6 rows of 2026-12-01 validated last at step 1501 of 1600 (the accumulate/epoch bug) and the
+    tables called 1501's loss final: the summary now says which step its val loss is from, and an issue names it."""
+    spec = fx.RunSpec("residual", "pre", 0)
+    rows = fx.metrics_rows(spec)
+    last_val = max(r["step"] for r in rows if "val/loss" in r)
+    stale = [r for r in rows if not ("val/loss" in r and r["step"] == last_val)]
+    fx.write_run_dir(tmp_path / "sweep", spec, stale)
+    fx.write_run_dir(tmp_path / "sweep", fx.RunSpec("moda", "pre", 0), None)
+    res = analyze(load_sweep_dir(tmp_path / "sweep"))
+    row = res.summary.set_index("run").loc[spec.name]
+    assert row["val_step"] < row["last_step"] == last_val
+    stale_issues = [i for i in res.issues if i.kind == "val_before_last_step"]
+    assert [i.run for i in stale_issues] == [spec.name]
+    assert f"of {last_val}" in stale_issues[0].detail

@@ -149,3 +149,29 @@ def test_no_job_starts_after_start_until_s(tmp_path):
     status = table6.drive(plan, parallel=2, budget_s=60, log_dir=tmp_path / "logs", poll_s=0.1, start_until_s=0)
     assert status["finished_this_call"] == [] and status["stopped_at_budget"] == [] and len(status["left"]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again(plan):
+    """Both norms chosen: every seed of the first norm before the second. A row that finished training but not its
+    eval, with its checkpoint gone (a fresh machine), counts as done and is listed; with the checkpoint there, its
+    eval is still to run."""
+    evaluating = table6.Plan(**{**plan.__dict__, "evaluate": True})
+    for norm in evaluating.norms:
+        for lr in evaluating.grid:
+            fake_run(evaluating, table6.Job("sweep", norm, lr), curve(5.0 + abs(lr - 2e-3)))
+    todo, choices = table6.plan_jobs(evaluating)
+    assert [(j.norm, j.seed, j.model) for j in todo] == [
+        (n, s, m) for n in ("post", "pre") for s in (0, 1) for m in ("moda", "residual")
+    ]
+    lost = table6.Job("row", "post", 2e-3, "moda", 0)
+    fake_run(evaluating, lost, curve(4.0))
+    assert table6.is_done(evaluating, lost)
+    ckpt = evaluating.run_dir(lost) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    assert not table6.is_done(evaluating, lost)  # the eval can still run from it
+    ckpt.unlink()
+    status = table6.drive(evaluating, parallel=1, budget_s=30, log_dir=evaluating.run_root / "logs", poll_s=0.1,
+                          start_until_s=0)
+    assert status["eval_lost"] == [str(evaluating.run_dir(lost))]
+    assert str(evaluating.run_dir(lost)) not in status["left"]

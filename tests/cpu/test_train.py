@@ -133,6 +133,12 @@ def test_accumulated_steps_never_span_epochs_and_resume_exactly(tiny_corpus, tmp
         torch.testing.assert_close(state[k], ref_state[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_final_step_is_validated_when_val_every_does_not_divide_it(tiny_corpus, tmp_path):
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["trainer.max_steps=10", "trainer.val_every=4", *FAST])
+    train(cfg, tmp_path / "run")
+    assert [r["step"] for r in rows(tmp_path / "run") if "val/loss" in r] == [0, 4, 8, 10]
+
+
 def test_resume_falls_back_to_newest_intact_checkpoint(straight, tmp_path, caplog):
     import shutil
 
