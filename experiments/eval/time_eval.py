@@ -6,7 +6,8 @@ Without --checkpoint the model is a randomly initialised one of a Table 6 shape 
 with model=moda: 24 layers, width 384, context 1024), with a BPE tokenizer of its vocabulary trained on the eval
 data's own text; random weights cost the same time as trained ones. The batch size is chosen automatically
 (ModaLM batch_size=auto: the largest power of two of full-context sequences that fits on the GPU).
-Prints and writes the timing (load, tasks, total), the batch size, the device and each task's example count.
+Prints and writes the timing (load, tasks, total), the batch size, the device, the scoring precision and each
+task's example count.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch_size", default="auto", help="auto (GPU) or a positive integer")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:1, cpu")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, else fp32), fp32 or bf16 (eval.precision)")
     p.add_argument("--limit", type=int, default=None, help="examples per task (a quick check); default: all")
     p.add_argument("--out", type=Path, default=None, help="write the timing JSON here")
     return p
@@ -83,7 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or random_export(args.experiment, args.model, args.data_dir, Path(tmp) / "table6")
-        cfg = {"tasks": "all", "batch_size": batch_size, "device": args.device, "limit": args.limit}
+        cfg = {
+            "tasks": "all",
+            "batch_size": batch_size,
+            "device": args.device,
+            "precision": args.precision,
+            "limit": args.limit,
+        }
         if args.data_dir:
             cfg["data_dir"] = args.data_dir
         results = evaluate_checkpoint(ckpt, cfg)
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": moda["device"],
         "device_name": torch.cuda.get_device_name() if moda["device"].startswith("cuda") else "cpu",
         "batch_size": moda["batch_size"],
+        "precision": moda["precision"],
         "limit": args.limit,
         "tasks": {name.removeprefix("moda_"): n["effective"] for name, n in results.get("n-samples", {}).items()},
         "missing_tasks": moda["missing_tasks"],

@@ -25,9 +25,10 @@ python3 -c "import pyarrow, datasets, lm_eval.evaluator; print('eval imports: py
   'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$OUT/eval_imports.txt"
 # The runs of earlier sessions (committed under experiments/results/runs_gpu: the lr sweep, finished rows) count as
 # done: copied in without overwriting what this machine already holds.
-mkdir -p runs_gpu && cp -r --update=none experiments/results/runs_gpu/. runs_gpu/
+python3 -c "import os, shutil; shutil.copytree('experiments/results/runs_gpu', 'runs_gpu', dirs_exist_ok=True,
+  copy_function=lambda src, dst: os.path.exists(dst) or shutil.copy2(src, dst))"
 # The driver's own files live outside runs_gpu (which is copied in from the repo) and outside $OUT (emptied per call).
-DRIVER=/tmp/table6_driver
+DRIVER=${TABLE6_DRIVER_DIR:-/tmp/table6_driver}
 mkdir -p "$DRIVER"
 alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }
 if alive; then
@@ -53,7 +54,7 @@ fi
 t_end=$((SECONDS + ${WAIT_S:-560}))
 seen=0
 while alive && [ $SECONDS -lt $t_end ]; do
-  sleep 10
+  sleep 2
   lines=$(grep -c '' "$DRIVER/driver.log" 2>/dev/null || echo 0)
   [ "$lines" -gt "$seen" ] && sed -n "$((seen + 1)),${lines}p" "$DRIVER/driver.log" && seen=$lines
 done

@@ -33,6 +33,7 @@ class EvalConfigError(ValueError):
 
 
 PPL_SPLITS = ("heldout", "all")
+PRECISIONS = ("auto", "fp32", "bf16")  # eval.precision, the scoring forward's autocast (see lm.resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class EvalConfig:
     data_dir: str | None = None  # holds <task>.jsonl; None: $MODA_EVAL_DATA or <repo>/../shared/data/eval
     batch_size: int | str = 8  # or "auto": the largest power of two that fits on the GPU (ModaLM)
     device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # fp32, bf16, or auto: bf16 autocast on CUDA (as the models trained), else fp32
     limit: int | None = None  # examples per task (quick checks); None: all
     max_length: int | None = None  # context for scoring; None: model.max_seq_len
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
@@ -113,6 +115,9 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     vf = ppl.get("val_fraction")
     if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
         raise EvalConfigError(f"eval.perplexity.val_fraction must be in (0, 1) or null, got {vf!r}")
+    precision = d.get("precision", "auto")
+    if precision not in PRECISIONS:
+        raise EvalConfigError(f"eval.precision={precision!r} is not allowed; choose one of {list(PRECISIONS)}")
     device = d.get("device", "auto")
     if device != "auto":
         try:
@@ -263,7 +268,13 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         val_fraction = ppl_cfg.val_fraction
         if val_fraction is None:
             val_fraction = run_val_fraction(src, ppl_cfg.domains)
-    lm = ModaLM(checkpoint=src, batch_size=cfg.batch_size, device=resolve_device(cfg.device), max_length=cfg.max_length)
+    lm = ModaLM(
+        checkpoint=src,
+        batch_size=cfg.batch_size,
+        device=resolve_device(cfg.device),
+        max_length=cfg.max_length,
+        precision=cfg.precision,
+    )
     t_load = time.time() - t0
     results: dict = {"results": {}}
     if cfg.tasks:
@@ -301,6 +312,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "missing_tasks": dict(cfg.missing_tasks),
         "batch_size": lm.batch_size,
         "device": str(lm.device),
+        "precision": lm.precision,
         "metrics": row,
         "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
     }

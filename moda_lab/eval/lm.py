@@ -1,7 +1,8 @@
 """The moda-lab decoder as an lm-eval model (``--model moda``).
 
 Scoring uses the model's batched full-sequence forward (right-padded: the causal mask keeps padding out of
-every scored position); generation (greedy_tokens, the workbench's one decoding loop) uses the depth-aware KV
+every scored position), under bf16 autocast or in fp32 (``precision``), with the head applied to the scored
+positions only; generation (greedy_tokens, the workbench's one decoding loop) uses the depth-aware KV
 cache (``GPT.forward(..., cache=KVCache())``): each step feeds only the new token, reads the cached sequence K/V
 of every layer, and rebuilds the depth K/V of that token layer by layer inside the forward (arXiv 2603.15619,
 section 3).
@@ -23,6 +24,7 @@ from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
 from ..model import GPT
 from ..model.attention import KVCache
+from .evaluate import PRECISIONS
 
 try:
     # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;
@@ -35,6 +37,25 @@ except ImportError as err:  # pragma: no cover - lm_eval is a declared dependenc
     raise ImportError(f"moda_lab.eval needs lm-eval (pip install 'lm-eval==0.4.13'): {err}") from err
 
 log = logging.getLogger(__name__)
+
+# Scoring batches are padded to a multiple of this width (at most max_length): the fused Triton attention
+# autotunes once per distinct sequence length, so a handful of widths instead of one per batch.
+WIDTH_BUCKET = 64
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """fp32 or bf16; auto is bf16 on CUDA (the models train under bf16-mixed there) and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported by the moda model; choose one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The forward's precision: bf16 autocast as in training, or no autocast (fp32)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 
 def parse_batch_size(value: int | str) -> int | str:
@@ -56,10 +77,13 @@ def parse_batch_size(value: int | str) -> int | str:
 
 
 @torch.no_grad()
-def auto_batch_size(model: GPT, max_length: int, device: torch.device | str, cap: int = 1024) -> int:
+def auto_batch_size(
+    model: GPT, max_length: int, device: torch.device | str, cap: int = 1024, precision: str = "fp32"
+) -> int:
     """The largest power of two (<= cap) whose full-context scoring forward fits in GPU memory.
 
-    Probes with batches of max_length tokens, the widest a scoring batch gets, so every later batch fits.
+    Probes with batches of max_length tokens, every position scored (a perplexity window), the largest a
+    scoring batch gets, so every later batch fits.
     """
     device = torch.device(device)
     if device.type != "cuda":
@@ -69,7 +93,9 @@ def auto_batch_size(model: GPT, max_length: int, device: torch.device | str, cap
     while size <= cap:
         try:
             idx = torch.zeros(size, max_length, dtype=torch.long, device=device)
-            F.log_softmax(model(idx).float(), dim=-1)  # the scoring path holds the fp32 log-probs too
+            with autocast(device, precision):
+                logits = model(idx)
+            F.log_softmax(logits.float(), dim=-1)  # the scoring path holds the fp32 log-probs too
             best = size
             size *= 2
         except torch.OutOfMemoryError:
@@ -90,13 +116,15 @@ def score_continuations(
     max_length: int | None = None,
     progress: bool = False,
     desc: str = "loglikelihood",
+    precision: str = "fp32",
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) and whether the continuation is the greedy one, per pair.
 
     As lm-eval's HF model does, each sequence context+continuation keeps its last max_length + 1 tokens
     (the input is those minus the final one): a long context is left-truncated, and a continuation longer
     than max_length is scored on its last max_length tokens only (its first ones fall out of the window).
-    Pairs are scored longest first in right-padded batches; results come back in input order.
+    Pairs are scored longest first in right-padded batches (widths rounded up to WIDTH_BUCKET); results come
+    back in input order. precision (see resolve_precision) sets the forward's autocast; the log-softmax is fp32.
     """
     max_length = max_length or model.cfg.max_seq_len
     prepared = []
@@ -111,22 +139,28 @@ def score_continuations(
     results: list[tuple[float, bool] | None] = [None] * len(prepared)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
-        width = len(prepared[batch[0]][0])
+        longest = len(prepared[batch[0]][0])
+        width = min(-(-longest // WIDTH_BUCKET) * WIDTH_BUCKET, max_length)
         idx = torch.zeros(len(batch), width, dtype=torch.long)
-        target = torch.zeros(len(batch), width, dtype=torch.long)
-        scored = torch.zeros(len(batch), width, dtype=torch.bool)
+        scored = []  # (row, position, target) per continuation token
         for row, i in enumerate(batch):
             inp, cont = prepared[i]
             idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
             # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
-            target[row, len(inp) - len(cont) : len(inp)] = torch.tensor(cont, dtype=torch.long)
-            scored[row, len(inp) - len(cont) : len(inp)] = True
-        idx, target, scored = idx.to(device), target.to(device), scored.to(device)
-        # Reduce on the device: only [B] sums and flags cross to the host, never the [B, T, V] log-probs.
-        logprobs = F.log_softmax(model(idx).float(), dim=-1)  # [B, T, V]
-        token_lp = logprobs.gather(-1, target[..., None])[..., 0]  # [B, T]
-        sums = torch.where(scored, token_lp, 0.0).double().sum(-1).tolist()
-        greedy = ((logprobs.argmax(-1) == target) | ~scored).all(-1).tolist()
+            start = len(inp) - len(cont)
+            scored += [(row, start + j, tok) for j, tok in enumerate(cont)]
+        idx = idx.to(device)
+        rows, cols, target = torch.tensor(scored, dtype=torch.long).T.contiguous().to(device)
+        # The head and the fp32 log-softmax see the scored positions only ([N, V], a few rows per request, not
+        # [B, T, V]); the per-request reduction stays on the device, so only [B] sums and flags reach the host.
+        with autocast(device, precision):
+            logits = model.lm_head(model.hidden_states(idx)[rows, cols])
+        logprobs = F.log_softmax(logits.float(), dim=-1)  # [N, V]
+        token_lp = logprobs.gather(-1, target[:, None])[:, 0].double()
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
+        misses = torch.zeros(len(batch), dtype=torch.long, device=device)
+        misses.index_add_(0, rows, (logprobs.argmax(-1) != target).long())
+        sums, greedy = sums.tolist(), (misses == 0).tolist()
         for row, i in enumerate(batch):
             results[i] = (sums[row], bool(greedy[row]))
     return results  # type: ignore[return-value]
@@ -165,6 +199,7 @@ class ModaLM(TemplateLM):
         max_length: int | None = None,
         max_gen_toks: int = 256,
         backend: str | None = None,
+        precision: str = "auto",
         model: GPT | None = None,
         tokenizer: Tokenizer | None = None,
         **unused,
@@ -176,8 +211,8 @@ class ModaLM(TemplateLM):
             if unknown:
                 raise ValueError(
                     f"unknown model_args for the moda model: {unknown}; known: checkpoint, batch_size, device, "
-                    "max_length, max_gen_toks, backend. A checkpoint path with commas (Hydra run dirs) must be "
-                    """given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
+                    "max_length, max_gen_toks, backend, precision. A checkpoint path with commas (Hydra run dirs) "
+                    """must be given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
                 )
         self.step = None
         if model is None:
@@ -192,6 +227,7 @@ class ModaLM(TemplateLM):
         auto = device in (None, "auto")
         self._device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
         self.tok = tokenizer
         eos = tokenizer.token_to_id(EOS)
         if eos is None:
@@ -204,7 +240,7 @@ class ModaLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         self.batch_size = parse_batch_size(batch_size)
         if self.batch_size == "auto":
-            self.batch_size = auto_batch_size(self.model, self.max_length, self.device)
+            self.batch_size = auto_batch_size(self.model, self.max_length, self.device, precision=self.precision)
             log.info(
                 "batch_size=auto: %d sequences of %d tokens fit on %s", self.batch_size, self.max_length, self.device
             )
@@ -230,7 +266,7 @@ class ModaLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(ctx, cont) for _, ctx, cont in requests]
         out = score_continuations(
-            self.model, pairs, self.batch_size, self.device, self.max_length, progress=not disable_tqdm
+            self.model, pairs, self.batch_size, self.device, self.max_length, not disable_tqdm, precision=self.precision
         )
         for (key, _, _), res in zip(requests, out):
             if key is not None:
@@ -252,7 +288,14 @@ class ModaLM(TemplateLM):
                 windows.append(w)
                 owner.append(i)
         scores = score_continuations(
-            self.model, windows, self.batch_size, self.device, self.max_length, not disable_tqdm, "rolling"
+            self.model,
+            windows,
+            self.batch_size,
+            self.device,
+            self.max_length,
+            not disable_tqdm,
+            "rolling",
+            self.precision,
         )
         totals = [0.0] * len(requests)
         for i, (lp, _) in zip(owner, scores):

@@ -63,7 +63,9 @@ def domain_perplexity(lm: ModaLM, files: list[Path], max_documents: int | None =
             n_docs += 1
     if not n_docs:
         raise ValueError(f"no documents in {[str(f) for f in files]}")
-    scores = score_continuations(lm.model, windows, lm.batch_size, lm.device, lm.max_length, progress, "perplexity")
+    scores = score_continuations(
+        lm.model, windows, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
+    )
     nats = -sum(lp for lp, _ in scores)
     tokens = sum(len(cont) for _, cont in windows)
     return _stats(nats, tokens, n_bytes, n_docs)
@@ -105,7 +107,9 @@ def heldout_perplexity(
     for i in range(len(windows)):
         x, y = windows[i]  # inputs chunk[:-1], targets chunk[1:]
         pairs.append((x[:1].tolist(), y.tolist()))  # context + continuation = the whole chunk
-    scores = score_continuations(lm.model, pairs, lm.batch_size, lm.device, lm.max_length, progress, "perplexity")
+    scores = score_continuations(
+        lm.model, pairs, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
+    )
     nats = -sum(lp for lp, _ in scores)
     tokens = len(pairs) * lm.max_length
     bytes_per_token = sum(len(d.encode("utf-8")) for d in docs) / len(stream)

@@ -104,25 +104,41 @@ class GPT(nn.Module):
         With a KVCache, idx holds only the new tokens; the cache grows in place (decoding uses the reference
         attention, whose causal mask handles more keys than queries).
         """
-        spec = DEPTH_MIXERS[self.cfg.mixer.name].stream_spec(self.cfg)
-        stream = ()
-        if spec is not None:
-            device = idx.device
-            dtype = self.tok_emb.weight.dtype
-            if spec.activations and torch.is_autocast_enabled(device.type):
-                dtype = torch.get_autocast_dtype(device.type)  # what the projections produce under autocast
-            stream = new_stream_buffers(spec.parts, spec.slots, *idx.shape, spec.feature, device, dtype)
+        stream = self._stream_buffers(idx)
         if cache is not None or probs is not None:
             return self._forward(idx, targets, stream, cache, probs)  # inference paths stay eager
         return self._run(idx, targets, stream)
 
-    def _forward(self, idx, targets, stream, cache=None, probs=None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx [B, T] -> the final normed hidden states [B, T, D], lm_head's input (eager).
+
+        For callers that need the logits of a few positions only (scoring continuations): they apply lm_head to
+        those rows instead of materialising [B, T, V].
+        """
+        return self._hidden(idx, self._stream_buffers(idx))
+
+    def _stream_buffers(self, idx: torch.Tensor) -> tuple:
+        """The depth stream's buffers for one forward over idx (empty for mixers without a stream), in the dtype
+        the stream's writers produce: the autocast dtype for activations under autocast."""
+        spec = DEPTH_MIXERS[self.cfg.mixer.name].stream_spec(self.cfg)
+        if spec is None:
+            return ()
+        device = idx.device
+        dtype = self.tok_emb.weight.dtype
+        if spec.activations and torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)  # what the projections produce under autocast
+        return new_stream_buffers(spec.parts, spec.slots, *idx.shape, spec.feature, device, dtype)
+
+    def _hidden(self, idx, stream, cache=None, probs=None) -> torch.Tensor:
         offset = cache.length if cache is not None else 0
         ctx = ForwardCtx(self.rope, self.attn_backend, offset, DepthStream(*stream) if stream else None, cache, probs)
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, ctx)
-        logits = self.lm_head(self.norm(x))
+        return self.norm(x)
+
+    def _forward(self, idx, targets, stream, cache=None, probs=None) -> torch.Tensor:
+        logits = self.lm_head(self._hidden(idx, stream, cache, probs))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -300,6 +300,7 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
         and row["eval/prose/bpb"] > 0
     )
     assert results["moda"]["timing"]["total_s"] > 0 and results["moda"]["eval_config"]["tasks"] == ["piqa", "copa"]
+    assert results["moda"]["eval_config"]["precision"] == "auto" and results["moda"]["precision"] == "fp32"
     assert sorted(results["results"]) == ["moda_copa", "moda_piqa"]
 
 

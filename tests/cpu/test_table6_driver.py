@@ -175,3 +175,76 @@ def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again
                           start_until_s=0)
     assert status["eval_lost"] == [str(evaluating.run_dir(lost))]
     assert str(evaluating.run_dir(lost)) not in status["left"]
+
+
+FAKE_DRIVER = """import json, os, sys, time
+args = sys.argv[1:]
+print("driver up", os.getpid(), flush=True)
+time.sleep(float(os.environ["FAKE_DRIVER_S"]))
+log_dir = args[args.index("--log-dir") + 1]
+json.dump({"args": args}, open(os.path.join(log_dir, "status.json"), "w"))
+print("driver done", flush=True)
+"""
+
+
+def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
+    """table6.sh on a stand-in repo (the real script, a fake table6.py): the driver survives the end of the call
+    that started it (the device tool kills the call's process group), the next call waits for it and brings back
+    its status and the run dirs, a call after its end starts no other, and committed runs never overwrite what the
+    machine holds."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tarfile
+    import time
+
+    repo = tmp_path / "repo"
+    (repo / "experiments" / "gpu").mkdir(parents=True)
+    for name in ("table6.sh", "env.sh"):
+        shutil.copy(ROOT / "experiments" / "gpu" / name, repo / "experiments" / "gpu" / name)
+    (repo / "experiments" / "gpu" / "table6.py").write_text(FAKE_DRIVER)
+    (repo / "data" / "packed" / "abc").mkdir(parents=True)
+    (repo / "data" / "eval").mkdir()
+    for root, text in ((repo / "experiments" / "results" / "runs_gpu", "committed"), (repo / "runs_gpu", "on machine")):
+        for run in ("a", "b") if root.parent.name == "results" else ("a",):
+            (root / "t6" / run).mkdir(parents=True)
+            (root / "t6" / run / "meta.json").write_text(text)
+    driver_dir = tmp_path / "driver"
+    env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": ""}
+
+    def call(out: str, wait_s: int, new_session: bool = False) -> subprocess.Popen:
+        (tmp_path / out).mkdir()
+        return subprocess.Popen(["bash", "experiments/gpu/table6.sh", "--norms", "post"], cwd=repo,
+                                env={**env, "OUT": str(tmp_path / out), "WAIT_S": str(wait_s)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=new_session)
+
+    first = call("out1", 1, new_session=True)
+    assert "driver" in first.communicate(timeout=60)[0]
+    os.killpg(first.pid, signal.SIGKILL) if _group_alive(first.pid) else None
+    pid = int((driver_dir / "pid").read_text())
+    os.kill(pid, 0)  # still running after its call ended
+    second = call("out2", 60)
+    log = second.communicate(timeout=90)[0]
+    assert "running since" in log and "driver done" in log
+    assert json.loads((tmp_path / "out2" / "status.json").read_text())["args"][-2:] == ["--norms", "post"]
+    with tarfile.open(tmp_path / "out2" / "runs.tar.gz") as tar:
+        names = set(tar.getnames())
+        meta_a = tar.extractfile("runs_gpu/t6/a/meta.json").read().decode()
+    assert {"runs_gpu/t6/a/meta.json", "runs_gpu/t6/b/meta.json"} <= names and meta_a == "on machine"
+    time.sleep(0.5)
+    third = call("out3", 5)
+    log = third.communicate(timeout=60)[0]
+    assert "collecting only" in log and log.count("driver up") == 1  # the first driver's log, brought back again
+    assert int((driver_dir / "pid").read_text()) == pid  # no second driver
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
