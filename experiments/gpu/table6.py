@@ -210,18 +210,24 @@ def _clock(t_start: float) -> str:
     return f"+{time.monotonic() - t_start:4.0f}s"
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the job's whole process group (its compile workers and data loaders too), SIGKILL after grace_s."""
+def stop(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
+    """SIGTERM every job's whole process group (its compile workers and data loaders too) at once, SIGKILL what
+    is left after grace_s: the last call of a lease waits for this."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        t_end = time.monotonic() + wait
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, t_end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        procs = [p for p in procs if p.poll() is None]
+        if not procs:
             return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def drive(
@@ -236,6 +242,7 @@ def drive(
     deadline = t_start + budget_s
     last_start = t_start + (budget_s if start_until_s is None else start_until_s)
     log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "deadline").write_text(f"{time.time() + budget_s:.0f}\n")  # epoch seconds: table6.sh waits for it
     running: dict[Job, tuple[subprocess.Popen, float]] = {}
     failed: dict[str, int | str] = {}  # run dir -> exit status, or the config error that refused it
     history: list[dict] = []
@@ -275,9 +282,9 @@ def drive(
         if not running:
             break
         time.sleep(poll_s)
-    for job, (proc, _) in running.items():
+    for job in running:
         print(f"[table6] {_clock(t_start)} budget spent: stopping {plan.run_dir(job)}", flush=True)
-        stop(proc)
+    stop([proc for proc, _ in running.values()])
     todo, choices = plan_jobs(plan)
     status = {
         "lr_choice": choices,

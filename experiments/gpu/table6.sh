@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU call (issue 12): the Table 6 lr sweep and rows (experiments/gpu/table6.py) in a driver that outlives the call,
 # then each run's small files as one tarball.
-#   device run: [DRIVER_BUDGET_S=1650] [WAIT_S=560] bash experiments/gpu/table6.sh [table6.py args]
+#   device run: [DRIVER_BUDGET_S=1600] [WAIT_S=560] bash experiments/gpu/table6.sh [table6.py args]
 #   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz
 #
 # The first call of a lease starts the driver in its own process session (setsid): on the lent machine it runs on
@@ -36,22 +36,29 @@ if alive; then
 elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
   echo "[table6.sh] the driver ended at $(cat "$DRIVER/ended"); collecting only (RELAUNCH=1 starts another)"
 else
-  rm -f "$DRIVER/ended"
+  rm -f "$DRIVER/ended" "$DRIVER/deadline"
   date -u +%FT%TZ > "$DRIVER/started"
   setsid bash -c 'python3 experiments/gpu/table6.py "$@"; date -u +%FT%TZ > '"$DRIVER/ended" _ \
-    --budget-s "${DRIVER_BUDGET_S:-1650}" --parallel "${PARALLEL:-3}" --log-dir "$DRIVER" \
+    --budget-s "${DRIVER_BUDGET_S:-1600}" --parallel "${PARALLEL:-3}" --log-dir "$DRIVER" \
     --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false "$@" \
     > "$DRIVER/driver.log" 2>&1 < /dev/null &
   echo $! > "$DRIVER/pid"
-  echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1650} s, args: $*"
+  echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
 fi
 if [ -n "${KERNEL_TESTS:-}" ] && [ ! -f runs_gpu/kernel_tests.txt ]; then
   (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 tests/gpu/test_moda_kernel_gpu.py \
     -k "$KERNEL_TESTS" > runs_gpu/kernel_tests.part 2>&1; mv runs_gpu/kernel_tests.part runs_gpu/kernel_tests.txt) &
   KERNEL_PID=$!
 fi
-# Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens.
-t_end=$((SECONDS + ${WAIT_S:-560}))
+# Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens. The wait never
+# outlasts the driver's deadline by more than its 30 s of stopping jobs, so the lease's last call ends with it.
+wait_s=${WAIT_S:-560}
+sleep 2  # a driver just started writes its deadline within seconds; until then the wait is WAIT_S
+if [ -f "$DRIVER/deadline" ]; then
+  left=$(( $(cat "$DRIVER/deadline") - $(date +%s) + 40 ))
+  [ "$left" -lt "$wait_s" ] && wait_s=$(( left > 0 ? left : 0 ))
+fi
+t_end=$((SECONDS + wait_s))
 seen=0
 while alive && [ $SECONDS -lt $t_end ]; do
   sleep 2
@@ -59,7 +66,7 @@ while alive && [ $SECONDS -lt $t_end ]; do
   [ "$lines" -gt "$seen" ] && sed -n "$((seen + 1)),${lines}p" "$DRIVER/driver.log" && seen=$lines
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
-alive && echo "[table6.sh] driver still running after ${WAIT_S:-560} s of this call"
+alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
 [ -n "${KERNEL_PID:-}" ] && wait "$KERNEL_PID"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"

@@ -248,3 +248,35 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_unpack_brings_in_finished_runs_only_and_keeps_committed_ones(tmp_path):
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("unpack_runs", ROOT / "experiments" / "gpu" / "unpack_runs.py")
+    unpack_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack_runs)
+
+    def run_dir(root: Path, name: str, status: str, step: int, text: str = "new") -> None:
+        d = root / "runs_gpu" / "t6" / name
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "checkpoints" / "last.ckpt").write_text("weights")
+        (d / "meta.json").write_text(json.dumps({"status": status, "global_step": step}))
+        (d / "config.yaml").write_text("trainer:\n  max_steps: 8\n")
+        (d / "metrics.jsonl").write_text(text)
+
+    machine = tmp_path / "machine"
+    run_dir(machine, "done", "finished", 8)
+    run_dir(machine, "cut", "running", 5)
+    run_dir(machine, "committed", "finished", 8)
+    (machine / "runs_gpu" / "t6" / "lr_choice.json").write_text("{}")
+    with tarfile.open(tmp_path / "runs.tar.gz", "w:gz") as tar:
+        tar.add(machine / "runs_gpu", "runs_gpu")
+    into = tmp_path / "results"
+    run_dir(into, "committed", "finished", 8, text="old")
+    report = unpack_runs.main([str(tmp_path / "runs.tar.gz"), "--into", str(into)])
+    assert report["copied"] == ["runs_gpu/t6/done"] and report["kept"] == ["runs_gpu/t6/committed"]
+    assert report["unfinished"] == ["runs_gpu/t6/cut (step 5)"] and report["files"] == ["runs_gpu/t6/lr_choice.json"]
+    assert (into / "runs_gpu" / "t6" / "committed" / "metrics.jsonl").read_text() == "old"
+    assert not (into / "runs_gpu" / "t6" / "cut").exists()
+    assert not (into / "runs_gpu" / "t6" / "done" / "checkpoints").exists()
