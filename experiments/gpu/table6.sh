@@ -14,7 +14,8 @@
 #   A later call finds the driver running and only waits and collects; once the driver has ended, a call on the
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
 #     of earlier sessions are copied in, so finished runs are not repeated.
-#   KERNEL_TESTS="<pytest -k expression>" also runs those kernel GPU tests once per machine, beside the driver.
+#   GPU_TESTS="<pytest arguments>" also runs those GPU tests once per machine, beside the driver, and waits for
+#   them (e.g. GPU_TESTS="tests/gpu/test_eval_gpu.py": the scoring path the rows' evals take, ready in ~1 min).
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
@@ -45,10 +46,11 @@ else
   echo $! > "$DRIVER/pid"
   echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
 fi
-if [ -n "${KERNEL_TESTS:-}" ] && [ ! -f runs_gpu/kernel_tests.txt ]; then
-  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 tests/gpu/test_moda_kernel_gpu.py \
-    -k "$KERNEL_TESTS" > runs_gpu/kernel_tests.part 2>&1; mv runs_gpu/kernel_tests.part runs_gpu/kernel_tests.txt) &
-  KERNEL_PID=$!
+if [ -n "${GPU_TESTS:-}" ] && [ ! -f runs_gpu/gpu_tests.txt ]; then
+  # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
+  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
+    > runs_gpu/gpu_tests.part 2>&1; mv runs_gpu/gpu_tests.part runs_gpu/gpu_tests.txt) &
+  TESTS_PID=$!
 fi
 # Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens. The wait never
 # outlasts the driver's deadline by more than its 30 s of stopping jobs, so the lease's last call ends with it.
@@ -67,7 +69,7 @@ while alive && [ $SECONDS -lt $t_end ]; do
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
-[ -n "${KERNEL_PID:-}" ] && wait "$KERNEL_PID"
+[ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID" && tail -3 runs_gpu/gpu_tests.txt
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"

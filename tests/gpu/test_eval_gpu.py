@@ -51,3 +51,20 @@ def test_triton_scores_match_the_cpu_reference():
     got = score_continuations(build("triton").cuda(), pairs, batch_size=2, device="cuda")
     for (r, _), (s, _) in zip(ref, got):
         assert s == pytest.approx(r, rel=1e-4, abs=1e-2)
+
+
+def test_bf16_scoring_is_close_to_the_fp32_cpu_reference():
+    """The rows' after-fit eval path on the GPU: eval.precision=auto is bf16 autocast there, widths bucketed to 64
+    (several widths, so several autotuned kernel shapes), the head on the scored positions only."""
+    from moda_lab.eval.lm import resolve_precision
+
+    assert resolve_precision("auto", "cuda") == "bf16"
+    g = torch.Generator().manual_seed(1)
+    pairs = [
+        (torch.randint(0, 8192, (n_ctx,), generator=g).tolist(), torch.randint(0, 8192, (n_cont,), generator=g).tolist())
+        for n_ctx, n_cont in [(5, 3), (63, 1), (64, 2), (130, 7), (300, 40), (511, 1)]
+    ]
+    ref = score_continuations(build("naive"), pairs, batch_size=2, device="cpu")
+    got = score_continuations(build("triton").cuda(), pairs, batch_size=2, device="cuda", precision="bf16")
+    for (r, _), (s, _) in zip(ref, got):
+        assert s == pytest.approx(r, rel=5e-3, abs=0.2)  # bf16 autocast on CPU is within 1e-4 of fp32 here
