@@ -313,9 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--run-root", type=Path, default=Path("runs_gpu"))
     p.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")) / "table6")
-    p.add_argument("--extra", nargs="*", default=[], help="overrides for every job")
-    p.add_argument("--sweep-extra", nargs="*", default=[], help="overrides for the lr sweep's jobs")
-    p.add_argument("--row-extra", nargs="*", default=[], help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
+    p.add_argument("--extra", nargs="*", action="extend", default=[], help="overrides for every job (repeatable)")
+    p.add_argument("--sweep-extra", nargs="*", action="extend", default=[], help="overrides for the lr sweep's jobs")
+    p.add_argument("--row-extra", nargs="*", action="extend", default=[],
+                   help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
     return p
 
 
