@@ -280,3 +280,11 @@ def test_unpack_brings_in_finished_runs_only_and_keeps_committed_ones(tmp_path):
     assert (into / "runs_gpu" / "t6" / "committed" / "metrics.jsonl").read_text() == "old"
     assert not (into / "runs_gpu" / "t6" / "cut").exists()
     assert not (into / "runs_gpu" / "t6" / "done" / "checkpoints").exists()
+
+
+def test_repeated_override_options_accumulate():
+    """table6.sh passes data.packed_dir in its own --extra before the caller's arguments."""
+    args = table6.build_parser().parse_args(["--extra", "data.packed_dir=p", "--norms", "post", "--extra", "a.b=1",
+                                             "--row-extra", "x=1", "--row-extra", "y=2"])
+    plan = table6.plan_from_args(args)
+    assert plan.extra == ("data.packed_dir=p", "a.b=1") and plan.row_extra[-2:] == ("x=1", "y=2")
