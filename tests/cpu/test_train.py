@@ -51,6 +51,23 @@ def test_run_dir_is_self_describing(straight):
     assert all(k in train_rows[-1] for k in ("train/lr", "train/grad_norm", "perf/tokens_per_s"))
 
 
+def train_until_crash(cfg: dict, run_dir, step: int, monkeypatch) -> None:
+    """Train run_dir until a simulated crash at optimizer step `step`; the next train() call resumes it."""
+    import moda_lab.train.task as task
+
+    original = task._StepMetric.on_train_batch_end
+
+    def crash(self, trainer, *args):
+        if trainer.global_step == step:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(task._StepMetric, "on_train_batch_end", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(cfg, run_dir)
+
+
 def comparable_rows(run_dir):
     """metrics.jsonl without its wall-clock measurements (time, throughput), the only fields that may differ."""
     return [{k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")} for r in rows(run_dir)]
@@ -59,27 +76,15 @@ def comparable_rows(run_dir):
 def test_resume_after_crash_matches_uninterrupted_run(straight, tiny_corpus, tmp_path, monkeypatch, recwarn):
     """Crash after the step-6 checkpoint (rows up to step 8 written), relaunch: weights, optimizer moments, lr
     schedule, data order and metrics.jsonl must continue exactly, as in the run that was never interrupted."""
-    import moda_lab.train.task as task
-
     cfg = tiny_cfg(
         tiny_corpus,
         tmp_path,
         ["model=moda", "trainer.max_steps=12", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST],
     )
-    original = task._StepMetric.on_train_batch_end
-
-    def crash_at_9(self, trainer, *args):
-        if trainer.global_step == 9:
-            raise RuntimeError("simulated crash")
-        original(self, trainer, *args)
-
-    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_9)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, tmp_path / "run")
+    train_until_crash(cfg, tmp_path / "run", 9, monkeypatch)
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "failed"
     assert weights(tmp_path / "run")[2] == 6
     assert max(r["step"] for r in rows(tmp_path / "run")) == 8
-    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", original)
     train(cfg, tmp_path / "run")
     state, opt, step = weights(tmp_path / "run")
     ref_state, ref_opt, ref_step = weights(straight)
@@ -105,25 +110,13 @@ def test_accumulated_steps_never_span_epochs_and_resume_exactly(tiny_corpus, tmp
     validation fell mid-step, the final one (step 16) never ran, and a run resumed there drifted by a batch (the
     Table 6 rows validated at 1101, 1201, ... 1501 of 1600). Epochs now hold whole steps: validations at every
     val_every, the last at max_steps, and a crash-resume across two epoch ends matches the uninterrupted run."""
-    import moda_lab.train.task as task
-
     cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", *ACCUM])
     train(cfg, tmp_path / "straight")
     val = [r["step"] for r in rows(tmp_path / "straight") if "val/loss" in r]
     assert val == [0, 4, 8, 12, 16]
     assert [r["tokens"] for r in rows(tmp_path / "straight") if "val/loss" in r][-1] == 16 * 2 * 300 * 32
 
-    original = task._StepMetric.on_train_batch_end
-
-    def crash_at_10(self, trainer, *args):  # after the step-8 checkpoint, in the second epoch (steps 8-14)
-        if trainer.global_step == 10:
-            raise RuntimeError("simulated crash")
-        original(self, trainer, *args)
-
-    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", crash_at_10)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(task._StepMetric, "on_train_batch_end", original)
+    train_until_crash(cfg, tmp_path / "resumed", 10, monkeypatch)  # after the step-8 checkpoint, in epoch 2
     train(cfg, tmp_path / "resumed")
     assert comparable_rows(tmp_path / "resumed") == comparable_rows(tmp_path / "straight")
     state, _, step = weights(tmp_path / "resumed")
