@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU call (issue 12): the Table 6 lr sweep and rows (experiments/gpu/table6.py) in a driver that outlives the call,
 # then each run's small files as one tarball.
-#   device run: [DRIVER_BUDGET_S=1600] [WAIT_S=560] bash experiments/gpu/table6.sh [table6.py args]
+#   device run: [DRIVER_BUDGET_S=1600] [WAIT_S=520] bash experiments/gpu/table6.sh [table6.py args]
 #   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz
 #
 # The first call of a lease starts the driver in its own process session (setsid): on the lent machine it runs on
@@ -54,7 +54,7 @@ if [ -n "${GPU_TESTS:-}" ] && [ ! -f runs_gpu/gpu_tests.txt ]; then
 fi
 # Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens. The wait never
 # outlasts the driver's deadline by more than its 30 s of stopping jobs, so the lease's last call ends with it.
-wait_s=${WAIT_S:-560}
+wait_s=${WAIT_S:-520}
 sleep 2  # a driver just started writes its deadline within seconds; until then the wait is WAIT_S
 if [ -f "$DRIVER/deadline" ]; then
   left=$(( $(cat "$DRIVER/deadline") - $(date +%s) + 40 ))
