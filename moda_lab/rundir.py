@@ -155,6 +155,13 @@ class RunDir:
     def read_meta(self) -> dict:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
 
+    def trained(self, max_steps: int | None = None) -> bool:
+        """meta.json says finished at max_steps or later (default: the config's trainer.max_steps; without one,
+        finished is enough)."""
+        meta = self.read_meta()
+        want = max_steps if max_steps is not None else (self.read_config().get("trainer") or {}).get("max_steps")
+        return meta.get("status") == "finished" and (want is None or meta.get("global_step", -1) >= want)
+
     def write_meta(self, **updates) -> dict:
         meta = {**self.read_meta(), **updates}
         tmp = self.meta_path.with_suffix(".tmp")

@@ -122,11 +122,7 @@ def final_val(rundir: RunDir) -> tuple[float | None, dict]:
 
 def is_done(plan: Plan, job: Job) -> bool:
     rundir = RunDir(plan.run_dir(job))
-    meta = rundir.read_meta()
-    if meta.get("status") != "finished":
-        return False
-    want = plan.max_steps(job) or (rundir.read_config().get("trainer") or {}).get("max_steps")
-    if want is not None and meta.get("global_step", -1) < want:
+    if not rundir.trained(plan.max_steps(job)):
         return False
     return not (job.stage == "row" and plan.evaluate) or has_eval(rundir) or eval_lost(rundir)
 

@@ -23,12 +23,6 @@ sys.path.insert(0, str(ROOT))
 from moda_lab.rundir import RunDir  # noqa: E402
 
 
-def finished(run: RunDir) -> bool:
-    meta = run.read_meta()
-    want = (run.read_config().get("trainer") or {}).get("max_steps")
-    return meta.get("status") == "finished" and (want is None or meta.get("global_step", -1) >= want)
-
-
 def unpack(tarball: Path, into: Path) -> dict[str, list[str]]:
     """Copy what is finished; returns {"copied", "kept", "unfinished", "files"} lists of paths under runs_gpu."""
     report: dict[str, list[str]] = {"copied": [], "kept": [], "unfinished": [], "files": []}
@@ -42,10 +36,10 @@ def unpack(tarball: Path, into: Path) -> dict[str, list[str]]:
             src = meta.parent
             rel = src.relative_to(src_root.parent)
             dst = into / rel
-            if not finished(RunDir(src)):
+            if not RunDir(src).trained():
                 step = RunDir(src).read_meta().get("global_step")
                 report["unfinished"].append(f"{rel} (step {step})")
-            elif dst.is_dir() and finished(RunDir(dst)):
+            elif RunDir(dst).trained():
                 report["kept"].append(str(rel))
             else:
                 if dst.exists():
