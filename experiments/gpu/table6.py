@@ -44,7 +44,8 @@ BASELINE = "residual"
 # The rows: evaluate each final checkpoint on the GPU (checkpoints do not come back from a call), checkpoint every
 # 100 steps so a call's budget loses little (a checkpoint is taken after a validation: val_every divides it).
 # Progress bars (lm-eval's over 2.8k batches, the training bar) redraw in a job's log file every 0.1 s by default.
-JOB_ENV = {**os.environ, "TQDM_MININTERVAL": "30"}
+# Several runs share the GPU: expandable segments keep what each reserves close to what it uses.
+JOB_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **os.environ, "TQDM_MININTERVAL": "30"}
 ROW_EXTRA = (
     "eval.after_fit=true",
     "eval.batch_size=32",

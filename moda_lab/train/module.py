@@ -83,6 +83,9 @@ class LMModule(L.LightningModule):
             if peak:
                 world = self.trainer.world_size
                 self.log("perf/mfu", tok_s * self.flops_per_token / (peak * world), on_step=True, on_epoch=False)
+            if self.device.type == "cuda":  # what this run holds of the GPU: sizes several runs sharing one
+                self.log("perf/max_reserved_gib", torch.cuda.max_memory_reserved(self.device) / 2**30,
+                         on_step=True, on_epoch=False)
         self._t_last, self._step_last = now, step
         self.log("train/tokens", float(step * self.tokens_per_step), on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
