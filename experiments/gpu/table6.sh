@@ -64,7 +64,7 @@ t_end=$((SECONDS + wait_s))
 seen=0
 while alive && [ $SECONDS -lt $t_end ]; do
   sleep 2
-  lines=$(grep -c '' "$DRIVER/driver.log" 2>/dev/null || echo 0)
+  lines=$(grep -c '' "$DRIVER/driver.log" 2>/dev/null); lines=${lines:-0}  # grep -c prints 0 and fails on no lines
   [ "$lines" -gt "$seen" ] && sed -n "$((seen + 1)),${lines}p" "$DRIVER/driver.log" && seen=$lines
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"

@@ -261,6 +261,36 @@ class ModaLM(TemplateLM):
     def tok_decode(self, tokens: Iterable[int]) -> str:
         return self.tok.decode(list(tokens), skip_special_tokens=False)
 
+    def encode_requests(self, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """(context tokens, continuation tokens) per (context, continuation), as lm-eval's TemplateLM.loglikelihood
+        makes them (trailing context spaces move to the continuation; the continuation is what encoding the
+        whole adds after the context; an empty context becomes EOS), but every distinct string is encoded once,
+        in one batched call: the nine tasks' 89k requests took 41 s one by one on the GPU machine."""
+        texts: dict[str, int] = {}
+        plan = []
+        for context, continuation in args:
+            if context == "":
+                plan.append((None, texts.setdefault(continuation, len(texts))))
+                continue
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            plan.append((texts.setdefault(context, len(texts)), texts.setdefault(context + continuation, len(texts))))
+        ids = [enc.ids for enc in self.tok.encode_batch(list(texts))]
+        out = []
+        for ctx_i, whole_i in plan:
+            whole = ids[whole_i]
+            if ctx_i is None:  # lm-eval: EOS as the context, unless the continuation already starts with it
+                out.append(([self._eos], whole) if whole[:1] != [self._eos] else (whole[:1], whole[1:]))
+            else:
+                out.append((ids[ctx_i], whole[len(ids[ctx_i]) :]))
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        args = [req.args for req in requests]
+        encoded = self.encode_requests(args)
+        return self._loglikelihood_tokens([(a, c, x) for a, (c, x) in zip(args, encoded)], disable_tqdm=disable_tqdm)
+
     # --- scoring ------------------------------------------------------------------------------------------
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:

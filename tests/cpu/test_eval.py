@@ -68,6 +68,34 @@ def test_loglikelihood_equals_forward_log_softmax(lm):
         assert math.isclose(score, _ref_logprob(lm.model, c, whole[len(c) :]), abs_tol=1e-4)
 
 
+def test_batched_request_encoding_equals_lm_evals_one_by_one(lm, monkeypatch):
+    """ModaLM.loglikelihood encodes every distinct string once, in one batch; the pairs it scores are exactly the
+    ones lm-eval's own TemplateLM.loglikelihood builds request by request."""
+    from lm_eval.api.model import TemplateLM
+
+    from moda_lab.data.tokenizer import EOS
+
+    ctx = "Question: How do you dry water?\nAnswer:"
+    pairs = [
+        (ctx, " Put the water in the sun."),
+        (ctx, " Put the water in the fridge."),  # the same context again (encoded once)
+        ("The stone is ", "next to the glass."),  # trailing space: it moves to the continuation
+        ("Ends in two spaces  ", "x"),
+        ("", "The first words of a document."),  # empty context: EOS is the context
+        ("", EOS + " after an EOS"),  # ... unless the continuation starts with EOS itself
+        ("Umlaut: \u00fc\u00f6", " und \u00df."),
+    ]
+    reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    seen = {}
+    monkeypatch.setattr(type(lm), "_loglikelihood_tokens", lambda self, new, **kw: seen.setdefault("x", new) and [])
+    TemplateLM.loglikelihood(lm, reqs, disable_tqdm=True)
+    expected = [(ctx_enc, cont_enc) for _, ctx_enc, cont_enc in seen.pop("x")]
+    assert lm.encode_requests(pairs) == expected
+    lm.loglikelihood(reqs, disable_tqdm=True)
+    assert [(args, c, x) for args, c, x in seen["x"]] == [(p, c, x) for p, (c, x) in zip(pairs, expected)]
+    assert expected[4][0] == expected[5][0] == [lm.eot_token_id] and expected[5][1][:1] != [lm.eot_token_id]
+
+
 def test_continuation_longer_than_the_context_scores_its_last_window(lm):
     """lm-eval's HF rule: keep the last max_length + 1 tokens of context + continuation (no error)."""
     L = lm.model.cfg.max_seq_len
