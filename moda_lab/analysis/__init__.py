@@ -27,12 +27,14 @@ from moda_lab.analysis.plots import (
     plot_cost_vs_loss,
     plot_curves,
     plot_downstream,
+    plot_paired_curves,
     plot_paired_differences,
     save_figure,
 )
 from moda_lab.analysis.records import RunIssue, RunRecord
 from moda_lab.analysis.significance import (
     pair_by_seed,
+    paired_curves,
     paired_differences,
     paired_markdown,
     seed_spread,
@@ -67,6 +69,7 @@ __all__ = [
     "load_wandb_project",
     "orderings_markdown",
     "pair_by_seed",
+    "paired_curves",
     "paired_differences",
     "paired_markdown",
     "paper_orderings",
@@ -77,6 +80,7 @@ __all__ = [
     "plot_cost_vs_loss",
     "plot_curves",
     "plot_downstream",
+    "plot_paired_curves",
     "plot_paired_differences",
     "read_offline_run",
     "run_analysis",

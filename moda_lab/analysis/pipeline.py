@@ -29,6 +29,7 @@ from moda_lab.analysis.significance import (
     SEED_STD_TARGET,
     baseline_variant,
     level_text,
+    paired_curves,
     paired_differences,
     paired_markdown,
     seed_spread,
@@ -59,7 +60,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
 class SweepAnalysis:
     """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
     seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
-    ``spread``: the seed spread per cell (filled by ``add_significance``)."""
+    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation
+    (filled by ``add_significance``)."""
 
     records: list[RunRecord]
     tidy: pd.DataFrame
@@ -69,6 +71,7 @@ class SweepAnalysis:
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)
     orderings: pd.DataFrame = field(default_factory=pd.DataFrame)
     spread: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
 
@@ -130,6 +133,8 @@ def add_significance(
     analysis.paired = with_paper_delta(paired_differences(analysis.summary, level=level))
     analysis.orderings = check_orderings(analysis.summary, level=level)
     analysis.spread = seed_spread(analysis.summary, seed_std_target)
+    complete = analysis.summary.loc[analysis.summary["complete"], "run"] if "complete" in analysis.summary else None
+    analysis.curves = with_paper_delta(paired_curves(analysis.tidy, complete, level=level))
     analysis.seed_std_target = seed_std_target
     return analysis
 
@@ -162,8 +167,9 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
 
 
 def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
-    """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md) and the figure
-    ``paired_val_loss`` when any cell has a baseline to pair with."""
+    """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md), ``paired_curves``
+    (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when any cell has a baseline to
+    pair with."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for stem, frame, markdown in (
@@ -177,6 +183,11 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
     paired = analysis.paired
     if not paired.empty and ((paired["metric"] == "val/loss") & (paired["n"] > 0)).any():
         written += plots.save_figure(plots.plot_paired_differences(paired, "val/loss"), figures_dir, "paired_val_loss")
+    if not analysis.curves.empty:
+        analysis.curves.to_csv(tables_dir / "paired_curves.csv", index=False)
+        written.append(tables_dir / "paired_curves.csv")
+        figure = plots.plot_paired_curves(analysis.curves, "val/loss")
+        written += plots.save_figure(figure, figures_dir, "paired_val_loss_vs_tokens")
     return written
 
 

@@ -241,8 +241,23 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
     return fig
 
 
-def task_metric(summary: pd.DataFrame, task: str, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> str | None:
-    """The column reported for ``task``: the first of ``prefer`` that was logged."""
+# The accuracy each task reports: acc_norm (normalised by the choice's byte length) where lm-eval's own task of
+# that name defines it, else acc. Our BoolQ and COPA YAMLs log acc_norm too, but it is not theirs to report: BoolQ's
+# choices are "no"/"yes", and dividing by byte length moves a model that always answers "no" (acc 37.8%, the
+# share of "no" labels) to "yes" on a part of the questions (acc_norm 39-61% over two seeds of one model).
+REPORTED_METRIC = {
+    "piqa": "acc_norm", "hellaswag": "acc_norm", "openbookqa": "acc_norm", "sciq": "acc_norm",
+    "arc_easy": "acc_norm", "arc_challenge": "acc_norm",
+    "boolq": "acc", "copa": "acc", "winogrande": "acc", "mmlu": "acc",
+}
+
+
+def task_metric(summary: pd.DataFrame, task: str, prefer: tuple[str, ...] | None = None) -> str | None:
+    """The column reported for ``task``: the first of ``prefer`` that was logged (default: the task's
+    REPORTED_METRIC, then the other one; a task not listed there: acc_norm, then acc)."""
+    if prefer is None:
+        first = REPORTED_METRIC.get(task, "acc_norm")
+        prefer = (first, "acc" if first == "acc_norm" else "acc_norm")
     for name in prefer:
         col = f"eval/{task}/{name}"
         if col in summary and summary[col].notna().any():
@@ -250,12 +265,12 @@ def task_metric(summary: pd.DataFrame, task: str, prefer: tuple[str, ...] = ("ac
     return None
 
 
-def has_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> bool:
+def has_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None) -> bool:
     """Whether any run logged a downstream accuracy (else there is no downstream figure to draw)."""
     return any(task_metric(summary, t, prefer) for t in eval_tasks(summary))
 
 
-def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")) -> Figure:
+def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None) -> Figure:
     """Grouped bars: downstream accuracy per task (and the average), one bar per sweep cell, +/- std over seeds."""
     summary = final_eval_only(summary)  # final checkpoints only, as in the tables
     tasks = [t for t in eval_tasks(summary) if task_metric(summary, t, prefer)]
@@ -468,4 +483,54 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     if paper_drawn:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure:
+    """Variant minus baseline of ``metric`` over training tokens (significance.paired_curves), one line per
+    non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
+    paper's final difference (``paper Δ``, paper.with_paper_delta) as a cross at the last point."""
+    rows = curves[curves["metric"] == metric] if not curves.empty else curves
+    rank = registry_order("norm")
+    norms = sorted(rows["norm"].unique(), key=lambda n: rank.get(n, len(rank))) if not rows.empty else [None]
+    fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.4), squeeze=False, sharey=True)
+    axes = axes[0]
+    if rows.empty:
+        axes[0].text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center", transform=axes[0].transAxes)
+        return fig
+    colors = variant_colors(rows)
+    extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
+    below = longest = 0
+    paper_drawn = False
+    for ax, norm in zip(axes, norms):
+        for _, line in rows[rows["norm"] == norm].groupby(["variant", *extra], sort=False, dropna=False):
+            line = line.sort_values("tokens")
+            r = line.iloc[-1]
+            parts = [f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
+            n_min, n_max = int(line["n"].min()), int(line["n"].max())
+            label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
+            color = colors[r["variant"]]
+            ax.plot(line["tokens"], line["mean"], "o-", color=color, markersize=3, label=label)
+            band = line[line["n"] >= 2]
+            if not band.empty:
+                ax.fill_between(band["tokens"], band["ci_low"], band["ci_high"], color=color, alpha=0.18, linewidth=0)
+            if "paper Δ" in line and pd.notna(r["paper Δ"]):
+                ax.plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
+                paper_drawn = True
+        if paper_drawn:  # one legend entry for the crosses of every line
+            ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label="paper's final Δ (Table 6)")
+            paper_drawn = False
+        ax.axhline(0.0, color="#999999", linewidth=1)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_xlabel(X_LABELS.get("tokens", "tokens"))
+        ax.set_title(f"norm = {norm}")
+        ax.grid(alpha=0.3)
+        lines, width = _legend(ax)
+        below, longest = max(below, lines), max(longest, width)
+    unit = LOSS_UNIT if metric.endswith("loss") else "points"
+    axes[0].set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
+    level = rows["level"].iloc[0]
+    fig.suptitle(f"Paired by seed, variant − baseline over training\nmean; band: {level:.0%} CI (Student's t) "
+                 "where n ≥ 2", fontsize=10)
+    _layout(fig, below, longest, len(norms))
     return fig

@@ -170,7 +170,7 @@ def paired_differences(
     metrics: Sequence[str] | None = None,
     baseline: str | None = None,
     level: float = LEVEL,
-    prefer: tuple[str, ...] = ("acc_norm", "acc"),
+    prefer: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per (non-baseline cell, metric): the cell's variant minus the baseline of its pair group, paired by
     seed. ``metrics`` default to default_metrics (``avg acc``: the average task accuracy in %, as in Table 5);
@@ -204,6 +204,49 @@ def paired_differences(
                     )
     out = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
     return sort_cells(out, first=["layers", "norm"]) if not out.empty else out
+
+
+def paired_curves(
+    tidy: pd.DataFrame,
+    runs: Sequence[str] | None = None,
+    metric: str = "val/loss",
+    baseline: str | None = None,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """The paired difference over training: per non-baseline cell and logged step, variant minus baseline of
+    ``metric`` over the seeds both sides logged at that step, with t_interval's keys (``n``, ``mean``, ``ci_low``,
+    ...). ``runs``: the run names to use (the complete ones, as in the tables); default every run of ``tidy``.
+    A seed present twice in a cell is left out, as in paired_differences."""
+    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "step", "tokens", "seeds", "n", "mean", "std"]
+    columns += ["level", "t", "ci_low", "ci_high"]
+    if tidy.empty or metric not in tidy or "pair_group" not in tidy:
+        return pd.DataFrame(columns=columns)
+    rows = tidy[tidy[metric].notna() & tidy["seed"].notna()]
+    if runs is not None:
+        rows = rows[rows["run"].isin(set(runs))]
+    base = baseline or baseline_variant()
+    out = []
+    for _, group in rows.groupby("pair_group", sort=False):
+        base_values = _by_seed_and_step(group[group["variant"] == base], metric)
+        if base_values.empty:
+            continue
+        for _, cell in group[group["variant"] != base].groupby("cell", sort=False):
+            ids = {**_group_ids(cell), **{c: cell[c].iloc[0] for c in VARIANT_COLUMNS if c in cell}}
+            tokens = cell.groupby("step")["tokens"].first() if "tokens" in cell else pd.Series(dtype=float)
+            both = pd.concat({"v": _by_seed_and_step(cell, metric), "b": base_values}, axis=1, join="inner")
+            for step, at in both.groupby(level="step"):
+                seeds = sorted(int(s) for s in at.index.get_level_values("seed"))
+                stats = t_interval((at["v"] - at["b"]).tolist(), level)
+                out.append({**ids, "baseline": base, "metric": metric, "step": step, "tokens": tokens.get(step),
+                            "seeds": ", ".join(map(str, seeds)), "level": level, **stats})
+    frame = pd.DataFrame(out, columns=columns) if out else pd.DataFrame(columns=columns)
+    return sort_cells(frame, first=["layers", "norm"]) if not frame.empty else frame
+
+
+def _by_seed_and_step(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` indexed by (seed, step); a (seed, step) logged by more than one run is dropped."""
+    values = runs.assign(seed=runs["seed"].astype(int)).set_index(["seed", "step"])[metric]
+    return values[~values.index.duplicated(keep=False)]
 
 
 def seed_spread(summary: pd.DataFrame, target: float = SEED_STD_TARGET, metric: str = "val/loss") -> pd.DataFrame:

@@ -23,7 +23,7 @@ ID_COLUMNS = ["model", "norm", "depth_kv", "ffn_kv", "attn_kv", "layers", "width
 
 
 def with_derived(
-    summary: pd.DataFrame, prefer: tuple[str, ...] = ("acc_norm", "acc")
+    summary: pd.DataFrame, prefer: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Complete runs with display-scale columns (params in M, ppl from loss, per-domain ``<domain> loss``, accuracy
     in % per task and ``avg acc``, final checkpoints' evaluations only) and the column -> source mapping."""
@@ -62,7 +62,7 @@ def with_derived(
 
 
 def paper_table(
-    summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ...] = ("acc_norm", "acc")
+    summary: pd.DataFrame, kind: str = "main", prefer: tuple[str, ...] | None = None
 ) -> pd.DataFrame:
     """Numeric table, one row per sweep cell. ``kind``:
 

@@ -68,6 +68,24 @@ def test_downstream_table_uses_acc_norm_and_average(result):
     assert row["avg acc"] == pytest.approx(sum(sum(v) / 3 for v in accs.values()) / len(fx.TASKS))
 
 
+def test_each_task_reports_the_metric_lm_evals_own_task_does():
+    from moda_lab.analysis.plots import REPORTED_METRIC, task_metric
+    from moda_lab.eval.tasks import TASK_DIR, TASK_FIELDS
+
+    # The first GPU rows: BoolQ's acc_norm moved with the seed (39 vs 60%) while acc stayed at the "no" share.
+    summary = pd.DataFrame({"eval/boolq/acc": [0.378, 0.378], "eval/boolq/acc_norm": [0.389, 0.604],
+                            "eval/piqa/acc": [0.534, 0.545], "eval/piqa/acc_norm": [0.532, 0.536],
+                            "seed": [0, 1], "complete": [True, True]})
+    assert task_metric(summary, "boolq") == "eval/boolq/acc"
+    assert task_metric(summary, "piqa") == "eval/piqa/acc_norm"
+    assert task_metric(summary, "piqa", ("acc",)) == "eval/piqa/acc"
+    assert task_metric(summary.drop(columns=["eval/piqa/acc_norm"]), "piqa") == "eval/piqa/acc"
+    assert task_metric(summary, "unknown_task") is None
+    assert set(REPORTED_METRIC) == set(TASK_FIELDS)
+    for task, metric in REPORTED_METRIC.items():  # every reported metric is one the task's YAML logs
+        assert f"metric: {metric}\n" in (TASK_DIR / f"{task}.yaml").read_text(), task
+
+
 def test_norm_table_shape_and_markdown(result):
     table = paper_table(result.summary, "norm")
     assert list(table.columns[:3]) == ["layers", "norm", "model"]

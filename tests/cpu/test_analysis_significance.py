@@ -23,9 +23,11 @@ from moda_lab.analysis import (  # noqa: E402
     analyze,
     load_sweep_dir,
     pair_by_seed,
+    paired_curves,
     paired_differences,
     paper_orderings,
     paper_table,
+    plot_paired_curves,
     plot_paired_differences,
     run_analysis,
     seed_spread,
@@ -283,7 +285,9 @@ def test_report_section_and_files(sweep: Path, tmp_path: Path):
     assert "[not_trained]" in report and "[eval_not_final]" in report
     for stem in ("paired_differences", "paper_table6_orderings", "seed_spread", "table4_domain_loss"):
         assert (out / "tables" / f"{stem}.md").exists() and (out / "tables" / f"{stem}.csv").exists()
-    assert {"paired_val_loss.png", "paired_val_loss.pdf"} <= {p.name for p in (out / "figures").iterdir()}
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"paired_val_loss.png", "paired_val_loss.pdf", "paired_val_loss_vs_tokens.png"} <= figures
+    assert len(pd.read_csv(out / "tables" / "paired_curves.csv")) == len(add_significance(analyze(load_sweep_dir(sweep))).curves)
     csv = pd.read_csv(out / "tables" / "paired_differences.csv")
     assert len(csv) == 4 * 5  # 5 non-baseline cells x (val, c4, wiki, avg acc)
 
@@ -298,12 +302,42 @@ def test_paired_figure_rows_and_intervals(result):
     assert "95% CI" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
 
 
+def test_paired_curves_pair_each_validation_by_seed(result):
+    curves = result.curves
+    assert set(curves["metric"]) == {"val/loss"}
+    post = curves[(curves["layers"] == 24) & (curves["norm"] == "post") & (curves["variant"] == "moda")]
+    d = diffs(FINAL[(24, "post", "moda", False)], FINAL[(24, "post", "residual", False)])
+    assert post["step"].tolist() == [0, 50, 100, 150, 200] and post["tokens"].iloc[-1] == 200 * fx.TOKENS_PER_STEP
+    assert post.iloc[0]["mean"] == pytest.approx(0.0)  # step 0: every run logs 9.0
+    for _, r in post.iloc[1:].iterrows():  # the fixture's curves fall alike, so every later step has the final Δ
+        assert (r["n"], r["seeds"]) == (3, "1, 2, 3") and r["mean"] == pytest.approx(sum(d) / 3)
+    final = row_of(result.paired, 24, "post", "moda")
+    assert (post.iloc[-1]["ci_low"], post.iloc[-1]["ci_high"]) == (pytest.approx(final["ci_low"]),
+                                                                  pytest.approx(final["ci_high"]))
+    assert post["paper Δ"].iloc[-1] == pytest.approx(3.4537 - 3.4740)
+    pre = curves[(curves["layers"] == 48) & (curves["variant"] == "moda")]
+    assert set(pre["n"]) == {1} and set(pre["seeds"]) == {"0"} and pre["ci_low"].isna().all()  # seed 5: no baseline
+    # The baseline's flat seed 1 of the reordered cell: its Δ changes along the curve.
+    reord = curves[curves["norm"] == "reordered"].set_index("step")["mean"]
+    assert reord[50] != pytest.approx(reord[200])
+    assert "dense" not in set(curves["model"])  # its group has no baseline run
+    only_complete = paired_curves(result.tidy, runs=[])
+    assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-1])  # no paper Δ yet
+    fig = plot_paired_curves(curves)
+    assert [ax.get_title() for ax in fig.axes] == ["norm = pre", "norm = post", "norm = reordered"]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "moda − residual (layers=24; n=3 seeds)" in legend and "paper's final Δ (Table 6)" in legend
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "moda − residual (layers=48; 1 seed)", "paper's final Δ (Table 6)"]  # 48 layers, pre: in Table 6
+
+
 def test_no_baseline_anywhere_and_cli_values(tmp_path: Path):
     res = add_significance(analyze(load_sweep_dir(fx.build_fixture_sweep(tmp_path / "fixture"))))
     assert (res.paired["n"] == 0).all() and set(res.paired["note"]) == {"no baseline run in this cell"}
     assert paired_differences(res.summary.iloc[0:0]).empty
     run_analysis(tmp_path / "fixture", tmp_path / "out")
-    assert "paired_val_loss.png" not in {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    figures = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    assert not {"paired_val_loss.png", "paired_val_loss_vs_tokens.png"} & figures and res.curves.empty
     assert parse_args(["sweep_dir=a", "min_drop=0.1"])["min_drop"] == "0.1"
     for bad in ("seed_std_target=0", "min_drop=x"):
         with pytest.raises(ValueError, match="out of range"):
