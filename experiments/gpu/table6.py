@@ -50,6 +50,7 @@ ROW_EXTRA = (
     "eval.after_fit=true",
     "eval.batch_size=128",  # 2.8k batches of 32 took 152 s beside the trainings (2026-12-01); 4x fewer launches
     "eval.data_dir=data/eval",
+    "eval.attention_windows=4",  # per domain: where each variant's attention mass goes, kept after the checkpoint
     "trainer.val_every=100",
     "trainer.ckpt_every=100",
 )

@@ -19,6 +19,7 @@ from moda_lab.analysis.attention import (
     synthetic_inspection,
     validate_maps,
 )
+from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
 from moda_lab.analysis.paper import PAPER_TABLE6, check_orderings, orderings_markdown, paper_orderings, with_paper_delta
@@ -53,6 +54,7 @@ __all__ = [
     "SweepAnalysis",
     "add_significance",
     "analyze",
+    "attention_by_variant",
     "attention_summary",
     "bench_groups",
     "check_orderings",
@@ -63,6 +65,7 @@ __all__ = [
     "layer_summary",
     "load_bench_results",
     "load_offline_dir",
+    "load_run_attention",
     "load_run_dir",
     "load_runs",
     "load_sweep_dir",
@@ -74,6 +77,7 @@ __all__ = [
     "paired_markdown",
     "paper_orderings",
     "paper_table",
+    "plot_attention_by_variant",
     "plot_attention_heatmaps",
     "plot_attention_summary",
     "plot_bench_group",

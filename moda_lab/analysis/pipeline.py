@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from moda_lab.analysis import plots
+from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
 from moda_lab.analysis.paper import (
@@ -156,6 +157,13 @@ def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     for x, stem in (("model/params", "params_vs_val_loss"), ("train_flops", "flops_vs_val_loss")):
         if plots.has_cost_and_loss(complete, x):
             written += plots.save_figure(plots.plot_cost_vs_loss(complete, x), out_dir, stem)
+    attention = load_run_attention(complete)  # runs evaluated with eval.attention_windows > 0
+    if not attention.empty:
+        written += plots.save_figure(plot_attention_by_variant(attention), out_dir, "attention_by_layer")
+        csv = out_dir.parent / "tables" / "attention_by_layer.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        attention_by_variant(attention).to_csv(csv, index=False)
+        written.append(csv)
     return written
 
 

@@ -157,7 +157,7 @@ def axis_label(metric: str) -> str:
     return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
 
 
-def _legend(ax, fontsize: int = 8) -> tuple[int, int]:
+def place_legend(ax, fontsize: int = 8) -> tuple[int, int]:
     """The panel's legend: inside when its names are short, else under the panel (long names, cells differing in
     several keys, would cover the data). Returns (lines under the panel, their longest name), (0, 0) inside."""
     handles, labels = ax.get_legend_handles_labels()
@@ -170,7 +170,7 @@ def _legend(ax, fontsize: int = 8) -> tuple[int, int]:
     return len(labels), max(map(len, labels))
 
 
-def _layout(fig: Figure, below: int, longest: int, panels: int = 1) -> None:
+def layout_with_legend(fig: Figure, below: int, longest: int, panels: int = 1) -> None:
     """tight_layout, with room under the panels for ``below`` legend lines of up to ``longest`` characters."""
     if not below:
         fig.tight_layout()
@@ -232,12 +232,12 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
             ax.set_xscale("log")
         else:
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        lines, width = _legend(ax)
+        lines, width = place_legend(ax)
         below, longest = max(below, lines), max(longest, width)
     axes[0].set_ylabel(axis_label(metric))
     title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
     fig.suptitle(f"{title} ({note})" if note else title)
-    _layout(fig, below, longest, len(norms))
+    layout_with_legend(fig, below, longest, len(norms))
     return fig
 
 
@@ -367,7 +367,7 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     what = "parameters" if x == "model/params" else "training FLOPs"
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
     ax.grid(alpha=0.3)
-    _layout(fig, *_legend(ax))
+    layout_with_legend(fig, *place_legend(ax))
     return fig
 
 
@@ -440,7 +440,7 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
                  "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
-    _layout(fig, *_legend(ax))
+    layout_with_legend(fig, *place_legend(ax))
     return fig
 
 
@@ -525,12 +525,12 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
         ax.set_xlabel(X_LABELS.get("tokens", "tokens"))
         ax.set_title(f"norm = {norm}")
         ax.grid(alpha=0.3)
-        lines, width = _legend(ax)
+        lines, width = place_legend(ax)
         below, longest = max(below, lines), max(longest, width)
     unit = LOSS_UNIT if metric.endswith("loss") else "points"
     axes[0].set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
     level = rows["level"].iloc[0]
     fig.suptitle(f"Paired by seed, variant − baseline over training\nmean; band: {level:.0%} CI (Student's t) "
                  "where n ≥ 2", fontsize=10)
-    _layout(fig, below, longest, len(norms))
+    layout_with_legend(fig, below, longest, len(norms))
     return fig

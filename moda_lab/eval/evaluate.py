@@ -55,6 +55,9 @@ class EvalConfig:
     limit: int | None = None  # examples per task (quick checks); None: all
     max_length: int | None = None  # context for scoring; None: model.max_seq_len
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    # After fit: the attention mass on depth slots and on the first token per layer and head, over this many
+    # validation windows per domain (attention_stats.py; 0: off). Not part of the task results.
+    attention_windows: int = 0
     # Set by eval_config_from_dict for tasks=all: {task: missing file} of the paper tasks left out.
     missing_tasks: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +94,9 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
         if d["missing_tasks"]:
             log.warning(missing_tasks_message(d["missing_tasks"]))
     d["tasks"] = tasks
+    windows = d.get("attention_windows", 0)
+    if not isinstance(windows, int) or isinstance(windows, bool) or windows < 0:
+        raise EvalConfigError(f"eval.attention_windows must be an integer >= 0 (0: off), got {windows!r}")
     for key in ("batch_size", "limit", "max_length"):
         v = d.get(key)
         if key == "batch_size" and v == "auto":

@@ -30,8 +30,12 @@ def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
     if done is not None:
         log.info("%s: evaluated at step %s already with this eval config; not evaluated again", rundir.path,
                  done["moda"]["step"])
-        return done
-    return evaluate_checkpoint(rundir.last_ckpt, cfg)
+    results = done if done is not None else evaluate_checkpoint(rundir.last_ckpt, cfg)
+    if cfg.attention_windows:
+        from .attention_stats import write_run_attention
+
+        write_run_attention(rundir.path, cfg.attention_windows, cfg.device)
+    return results
 
 
 def _existing_results(rundir: RunDir, eval_cfg: dict) -> dict | None:
@@ -45,5 +49,9 @@ def _existing_results(rundir: RunDir, eval_cfg: dict) -> dict | None:
     except json.JSONDecodeError:  # torn by a killed launch: evaluate again
         return None
     moda = results.get("moda") or {}
-    same = moda.get("step") == step and moda.get("eval_config") == json.loads(json.dumps(eval_cfg))
+    # attention_windows does not change the task results (attention_stats.py writes its own file).
+    def tasks_part(c: dict) -> dict:
+        return {k: v for k, v in json.loads(json.dumps(c)).items() if k != "attention_windows"}
+
+    same = moda.get("step") == step and tasks_part(moda.get("eval_config") or {}) == tasks_part(eval_cfg)
     return results if same else None

@@ -331,6 +331,45 @@ def test_paired_curves_pair_each_validation_by_seed(result):
         "moda − residual (layers=48; 1 seed)", "paper's final Δ (Table 6)"]  # 48 layers, pre: in Table 6
 
 
+def test_after_fit_attention_statistics_per_variant(tmp_path: Path):
+    """eval/last/attention.csv (moda_lab.eval.attention_stats) of each run: averaged over heads and domains per
+    layer, then over seeds per variant; a run without the file, or incomplete, is left out."""
+    from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
+
+    sweep = build_paired_sweep(tmp_path / "sweep")
+    summary = analyze(load_sweep_dir(sweep)).summary
+    post = summary[(summary["norm"] == "post") & (summary["layers"] == 24)]
+    written = []
+    for _, run in post[post["model"].isin(["residual", "moda"]) & post["complete"]].iterrows():
+        moda = run["model"] == "moda"
+        rows = [{"step": STEPS, "asked": 2, "domain": dom, "windows": 2, "layer": layer, "head": head,
+                 "depth_slots": layer * moda, "depth_mass": 0.1 * layer * moda + 0.01 * head + 0.001 * run["seed"],
+                 "sink_mass": 0.5 + (0.1 if dom == "c4" else 0.0), "sequence_mass": 0.0}
+                for dom in ("c4", "wiki") for layer in range(3) for head in range(2)]
+        out = Path(run["path"]) / "eval" / "last"
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(out / "attention.csv", index=False)
+        written.append(run["run"])
+    frame = load_run_attention(summary)
+    assert set(frame["run"]) == set(written) and len(frame) == 3 * len(written)
+    by = attention_by_variant(frame).set_index(["variant", "layer"])
+    ffn = post[(post["model"] == "moda") & post["ffn_kv"] & post["complete"]]
+    plain = post[(post["model"] == "moda") & ~post["ffn_kv"] & post["complete"]]
+    seeds = sorted(plain["seed"].astype(int))
+    assert by.loc[("moda", 2), "seeds"] == len(seeds)
+    expect = 0.2 + 0.005 + 0.001 * sum(seeds) / len(seeds)  # heads 0, 1 averaged; seeds averaged
+    assert by.loc[("moda", 2), "depth_mass:mean"] == pytest.approx(expect)
+    assert by.loc[("residual", 1), "depth_mass:mean"] == pytest.approx(0.005 + 0.002)  # seeds 1-3
+    assert by.loc[("moda +ffn_kv", 1), "sink_mass:mean"] == pytest.approx(0.55) and len(ffn) == 3
+    fig = plot_attention_by_variant(frame)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "norm = post: mass on depth slots"
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any(lab.startswith("moda (") for lab in labels) and any(lab.startswith("residual (") for lab in labels)
+    run_analysis(sweep, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "attention_by_layer.png").is_file()
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "attention_by_layer.csv")) == 3 * 3  # 3 variants x 3 layers
+
+
 def test_no_baseline_anywhere_and_cli_values(tmp_path: Path):
     res = add_significance(analyze(load_sweep_dir(fx.build_fixture_sweep(tmp_path / "fixture"))))
     assert (res.paired["n"] == 0).all() and set(res.paired["note"]) == {"no baseline run in this cell"}

@@ -390,10 +390,59 @@ def test_after_fit_hook_through_run_py(tiny_run):
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
     assert again.returncode == 0, again.stderr[-3000:]
     assert eval_rows() == 1 and "not evaluated again" in again.stdout + again.stderr
+    # Attention statistics asked for later: written beside the results, which are not evaluated again.
+    attn = subprocess.run([*cmd, "eval.attention_windows=1"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=150)
+    assert attn.returncode == 0, attn.stderr[-3000:]
+    assert eval_rows() == 1 and (run_dir / "eval" / "last" / "attention.csv").is_file()
     other = subprocess.run([*cmd, "eval.limit=3"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
     assert other.returncode == 0, other.stderr[-3000:]
     assert eval_rows() == 2
     assert json.loads((run_dir / "eval" / "last" / "results.json").read_text())["moda"]["eval_config"]["limit"] == 3
+
+
+def test_attention_statistics_are_the_models_maps_on_its_validation_windows(tiny_run):
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from moda_lab.analysis.attention import attention_summary
+    from moda_lab.config import run_config_from_dict
+    from moda_lab.eval.attention_stats import validation_windows, write_run_attention
+    from moda_lab.train.datamodule import TokenWindows
+    from moda_lab.train.task import load_data
+
+    run = _copy_run(tiny_run, "attention")
+    csv = write_run_attention(run, 2, "cpu")
+    stats = pd.read_csv(csv)
+    windows = validation_windows(run, 2)
+    model, cfg, _ = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert set(stats["domain"]) == set(windows) and len(stats) == len(windows) * cfg["n_layers"] * cfg["n_heads"]
+    assert (stats["step"] == 10).all() and (stats["asked"] == 2).all()
+    assert stats.groupby("domain")["windows"].first().to_dict() == {d: len(w) for d, w in windows.items()}
+    # The windows are the inputs of training's validation batches.
+    runcfg = run_config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    domain = max(sorted(windows), key=lambda d: len(windows[d]))
+    assert len(windows[domain]) == 2
+    val = TokenWindows(load_data(runcfg).tokens(f"val_{domain}"), runcfg.data.seq_len)
+    assert np.array_equal(windows[domain][1], val[1][0].numpy())
+    with torch.no_grad():
+        ref = pd.concat([attention_summary(model.eval().attention_maps(torch.tensor(w)[None])) for w in windows[domain]])
+    ref = ref.groupby(["layer", "head"]).mean()
+    got = stats[stats["domain"] == domain].set_index(["layer", "head"])
+    for col in ("depth_mass", "sink_mass", "sequence_mass"):
+        assert np.allclose(got[col], ref[col], atol=1e-6), col
+    assert (got.loc[0, "depth_slots"] == 0).all() and (got["depth_slots"] > 0).any()  # MoDA: later layers read depth
+    assert ((got["depth_mass"] > 0) == (got["depth_slots"] > 0)).all()
+    assert (csv.parent / "attention.png").is_file()
+    # Done for this step and window count: not computed again; another count is.
+    mtime = csv.stat().st_mtime_ns
+    write_run_attention(run, 2, "cpu")
+    assert csv.stat().st_mtime_ns == mtime
+    write_run_attention(run, 1, "cpu")
+    assert set(pd.read_csv(csv)["asked"]) == {1} and set(pd.read_csv(csv)["windows"]) == {1}
+    with pytest.raises(EvalConfigError, match="eval.attention_windows must be an integer >= 0"):
+        eval_config_from_dict({"tasks": [], "attention_windows": -1})
 
 
 # --- errors --------------------------------------------------------------------------------------------------

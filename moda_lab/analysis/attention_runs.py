@@ -1,0 +1,77 @@
+"""The after-fit attention statistics of a sweep's runs side by side (``eval.attention_windows``, written by
+moda_lab.eval.attention_stats to ``<run>/eval/last/attention.csv``): per norm and variant, the softmax mass on the
+depth slots and on the first token (the sink) per layer, as the mean over heads, validation domains and seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from moda_lab.analysis.plots import layout_with_legend, place_legend, seeds_text, variant_colors
+from moda_lab.analysis.tidy import complete_runs, registry_order, sort_cells
+
+ATTENTION_FILE = Path("eval") / "last" / "attention.csv"
+RUN_IDS = ["run", "model", "depth_kv", "ffn_kv", "attn_kv", "variant", "norm", "layers", "width", "seed"]
+MASSES = {"depth_mass": "mass on depth slots", "sink_mass": "mass on the first token (sink)"}
+
+
+def load_run_attention(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (complete local run, layer): depth_slots and the masses, averaged over heads and domains."""
+    frames = []
+    for _, run in complete_runs(summary).iterrows():
+        path = Path(str(run.get("path", ""))) / ATTENTION_FILE
+        if run.get("source") != "local" or not path.is_file():
+            continue
+        per_layer = pd.read_csv(path).groupby("layer", as_index=False)[["depth_slots", *MASSES]].mean()
+        frames.append(per_layer.assign(**{c: run[c] for c in RUN_IDS if c in run}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RUN_IDS, "layer", *MASSES])
+
+
+def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (layers, norm, variant, layer): mean and std over seeds of each mass, and the number of seeds."""
+    keys = [c for c in ("layers", "width", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "variant") if c in frame]
+    grouped = frame.groupby([*keys, "layer"], dropna=False, sort=False)
+    out = grouped[list(MASSES)].agg(["mean", "std"])
+    out.columns = [f"{m}:{stat}" for m, stat in out.columns]
+    out["seeds"] = grouped["seed"].nunique()
+    return sort_cells(out.reset_index(), first=["layers", "norm"])
+
+
+def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
+    """Two rows of panels (depth mass, sink mass) x one column per norm: one line per variant (and depth), the
+    mean over seeds, +/- their std as a band."""
+    agg = attention_by_variant(frame)
+    rank = registry_order("norm")
+    norms = sorted(agg["norm"].unique(), key=lambda n: rank.get(n, len(rank))) if not agg.empty else [None]
+    fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
+    colors = variant_colors(agg)
+    several_depths = agg["layers"].nunique() > 1 if not agg.empty else False
+    below = longest = 0
+    for col, norm in enumerate(norms):
+        for row, (mass, label) in enumerate(MASSES.items()):
+            ax = axes[row, col]
+            for (layers, variant), line in agg[agg["norm"] == norm].groupby(["layers", "variant"], sort=False):
+                n = int(line["seeds"].max())
+                name = f"{variant} ({f'{layers} layers; ' if several_depths else ''}{seeds_text(n, n)})"
+                mean, std = line[f"{mass}:mean"], line[f"{mass}:std"].fillna(0.0)
+                ax.plot(line["layer"], mean, "o-", markersize=3, color=colors[variant], label=name)
+                ax.fill_between(line["layer"], mean - std, mean + std, color=colors[variant], alpha=0.18, linewidth=0)
+            ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.set_title(f"norm = {norm}: {label}", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 1:
+                ax.set_xlabel("layer")
+                lines, width = place_legend(ax)
+                below, longest = max(below, lines), max(longest, width)
+    fig.suptitle("Attention mass per layer after training\n(mean over heads, validation domains and seeds; "
+                 "band: std over seeds)", fontsize=10)
+    layout_with_legend(fig, below, longest, len(norms))
+    return fig
