@@ -18,7 +18,8 @@ def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
     """Evaluate <run_dir>/checkpoints/last.ckpt; results land in <run_dir>/eval/last/ and metrics.jsonl.
 
     A relaunch of a finished run does not evaluate again: results.json of the run's final step with the same
-    eval config are returned as they are (metrics.jsonl keeps one row of them).
+    eval config are returned as they are (metrics.jsonl keeps one row of them). With eval.attention_windows > 0
+    the attention statistics follow (attention_stats.write_run_attention), also for results that were there.
     """
     cfg = eval_config_from_dict(eval_cfg)
     rundir = RunDir(run_dir)
@@ -49,9 +50,11 @@ def _existing_results(rundir: RunDir, eval_cfg: dict) -> dict | None:
     except json.JSONDecodeError:  # torn by a killed launch: evaluate again
         return None
     moda = results.get("moda") or {}
-    # attention_windows does not change the task results (attention_stats.py writes its own file).
-    def tasks_part(c: dict) -> dict:
-        return {k: v for k, v in json.loads(json.dumps(c)).items() if k != "attention_windows"}
-
-    same = moda.get("step") == step and tasks_part(moda.get("eval_config") or {}) == tasks_part(eval_cfg)
+    same = moda.get("step") == step and _task_config(moda.get("eval_config") or {}) == _task_config(eval_cfg)
     return results if same else None
+
+
+def _task_config(eval_cfg: dict) -> dict:
+    """The eval config as results.json stores it, less attention_windows: it does not change the task results
+    (attention_stats.py writes its own file)."""
+    return {k: v for k, v in json.loads(json.dumps(eval_cfg)).items() if k != "attention_windows"}
