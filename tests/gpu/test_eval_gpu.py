@@ -68,3 +68,19 @@ def test_bf16_scoring_is_close_to_the_fp32_cpu_reference():
     got = score_continuations(build("triton").cuda(), pairs, batch_size=2, device="cuda", precision="bf16")
     for (r, _), (s, _) in zip(ref, got):
         assert s == pytest.approx(r, rel=5e-3, abs=0.2)  # bf16 autocast on CPU is within 1e-4 of fp32 here
+
+
+def test_attention_statistics_on_the_gpu_match_the_cpu():
+    """The rows' after-fit attention step (eval.attention_windows) on CUDA: the same masses as on the CPU."""
+    import numpy as np
+
+    from moda_lab.eval.attention_stats import attention_stats
+
+    g = np.random.default_rng(0)
+    windows = {"a": [g.integers(0, 8192, 512) for _ in range(2)], "b": [g.integers(0, 8192, 300)]}
+    ref = attention_stats(build("naive"), windows)
+    got = attention_stats(build("triton").cuda(), windows)
+    assert got[["domain", "layer", "head"]].equals(ref[["domain", "layer", "head"]])
+    for col in ("depth_mass", "sink_mass"):
+        assert np.allclose(got[col], ref[col], atol=1e-4), col
+    assert (got.loc[got["layer"] > 0, "depth_mass"] > 0).all()
