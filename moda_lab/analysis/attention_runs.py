@@ -12,8 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from moda_lab.analysis.plots import layout_with_legend, place_legend, seeds_text, variant_colors
-from moda_lab.analysis.tidy import complete_runs, registry_order, sort_cells
+from moda_lab.analysis.plots import layout_with_legend, ordered_norms, place_legend, seeds_text, variant_colors
+from moda_lab.analysis.tidy import complete_runs, sort_cells
 
 ATTENTION_FILE = Path("eval") / "last" / "attention.csv"
 RUN_IDS = ["run", "model", "depth_kv", "ffn_kv", "attn_kv", "variant", "norm", "layers", "width", "seed"]
@@ -46,8 +46,7 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
     """Two rows of panels (depth mass, sink mass) x one column per norm: one line per variant (and depth), the
     mean over seeds, +/- their std as a band."""
     agg = attention_by_variant(frame)
-    rank = registry_order("norm")
-    norms = sorted(agg["norm"].unique(), key=lambda n: rank.get(n, len(rank))) if not agg.empty else [None]
+    norms = ordered_norms(agg) or [None]
     fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
     colors = variant_colors(agg)
     several_depths = agg["layers"].nunique() > 1 if not agg.empty else False

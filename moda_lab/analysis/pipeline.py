@@ -134,7 +134,7 @@ def add_significance(
     analysis.paired = with_paper_delta(paired_differences(analysis.summary, level=level))
     analysis.orderings = check_orderings(analysis.summary, level=level)
     analysis.spread = seed_spread(analysis.summary, seed_std_target)
-    complete = analysis.summary.loc[analysis.summary["complete"], "run"] if "complete" in analysis.summary else None
+    complete = complete_runs(analysis.summary).get("run")  # None without runs
     analysis.curves = with_paper_delta(paired_curves(analysis.tidy, complete, level=level))
     analysis.seed_std_target = seed_std_target
     return analysis
@@ -157,14 +157,19 @@ def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
     for x, stem in (("model/params", "params_vs_val_loss"), ("train_flops", "flops_vs_val_loss")):
         if plots.has_cost_and_loss(complete, x):
             written += plots.save_figure(plots.plot_cost_vs_loss(complete, x), out_dir, stem)
-    attention = load_run_attention(complete)  # runs evaluated with eval.attention_windows > 0
-    if not attention.empty:
-        written += plots.save_figure(plot_attention_by_variant(attention), out_dir, "attention_by_layer")
-        csv = out_dir.parent / "tables" / "attention_by_layer.csv"
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        attention_by_variant(attention).to_csv(csv, index=False)
-        written.append(csv)
     return written
+
+
+def write_attention(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
+    """``tables/attention_by_layer.csv`` and ``figures/attention_by_layer`` when any complete run was evaluated
+    with eval.attention_windows > 0 (its eval/last/attention.csv)."""
+    attention = load_run_attention(complete_runs(analysis.summary))
+    if attention.empty:
+        return []
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    csv = tables_dir / "attention_by_layer.csv"
+    attention_by_variant(attention).to_csv(csv, index=False)
+    return [csv, *plots.save_figure(plot_attention_by_variant(attention), figures_dir, "attention_by_layer")]
 
 
 def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
@@ -317,6 +322,7 @@ def run_analysis(
         analysis.written += write_figures(analysis, out_dir / "figures")
         analysis.written += write_tables(analysis, out_dir / "tables")
         analysis.written += write_significance(analysis, out_dir / "tables", out_dir / "figures")
+        analysis.written += write_attention(analysis, out_dir / "tables", out_dir / "figures")
     if bench_dir is not None and Path(bench_dir).exists():
         analysis.written += write_bench(bench_dir, out_dir / "figures")
     report = out_dir / "report.md"

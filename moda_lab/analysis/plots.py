@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
@@ -49,6 +49,7 @@ NORM_FILLS = {"pre": "full", "post": "white", "reordered": "left"}
 NORM_HATCHES = {"pre": "", "post": "//", "reordered": ".."}
 LABEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LEGEND_INSIDE_MAX_CHARS = 40  # longer legend names go under the panel
+SUPTITLE_CHARS_PER_INCH = 11.5  # a 12 pt figure title longer than this per inch of figure width is cut off
 
 
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
@@ -181,11 +182,17 @@ def layout_with_legend(fig: Figure, below: int, longest: int, panels: int = 1) -
     fig.subplots_adjust(bottom=(0.16 * below + 0.75) / fig.get_figheight())
 
 
+def ordered_norms(frame: pd.DataFrame) -> list[str]:
+    """The norm placements of ``frame``, in the registry's order (pre -> post -> reordered): one panel each."""
+    rank = registry_order("norm")
+    names = frame["norm"].dropna().unique() if "norm" in frame else []
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
 def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens") -> Figure:
     """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds."""
     agg = curves(tidy, metric)
-    rank = registry_order("norm")
-    norms = sorted(agg["norm"].dropna().unique(), key=lambda n: rank.get(n, len(rank))) if not agg.empty else []
+    norms = ordered_norms(agg)
     fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(5.5 * max(1, len(norms)), 4.4), sharey=True)
     axes = np.atleast_1d(axes)
     colors = variant_colors(agg)
@@ -229,14 +236,21 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.grid(alpha=0.3)
         if x == "flops":
+            # Labels at 1, 2 and 5 per decade in engineering units: matplotlib's labelled minor ticks of a
+            # ~1.3-decade axis ran into each other (3x10^16 over 4x10^16).
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         lines, width = place_legend(ax)
         below, longest = max(below, lines), max(longest, width)
     axes[0].set_ylabel(axis_label(metric))
     title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
-    fig.suptitle(f"{title} ({note})" if note else title)
+    text = f"{title} ({note})" if note else title
+    wrap = note and len(text) > SUPTITLE_CHARS_PER_INCH * fig.get_figwidth()  # one narrow panel: the note below
+    fig.suptitle(f"{title}\n({note})" if wrap else text)
     layout_with_legend(fig, below, longest, len(norms))
     return fig
 
@@ -491,8 +505,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
     non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
     paper's final difference (``paper Δ``, paper.with_paper_delta) as a cross at the last point."""
     rows = curves[curves["metric"] == metric] if not curves.empty else curves
-    rank = registry_order("norm")
-    norms = sorted(rows["norm"].unique(), key=lambda n: rank.get(n, len(rank))) if not rows.empty else [None]
+    norms = ordered_norms(rows) or [None]
     fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.4), squeeze=False, sharey=True)
     axes = axes[0]
     if rows.empty:
@@ -501,8 +514,8 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
     colors = variant_colors(rows)
     extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     below = longest = 0
-    paper_drawn = False
     for ax, norm in zip(axes, norms):
+        paper_drawn = False
         for _, line in rows[rows["norm"] == norm].groupby(["variant", *extra], sort=False, dropna=False):
             line = line.sort_values("tokens")
             r = line.iloc[-1]
@@ -519,7 +532,6 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
                 paper_drawn = True
         if paper_drawn:  # one legend entry for the crosses of every line
             ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label="paper's final Δ (Table 6)")
-            paper_drawn = False
         ax.axhline(0.0, color="#999999", linewidth=1)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlabel(X_LABELS.get("tokens", "tokens"))

@@ -47,16 +47,16 @@ def attention_stats(model, windows_by_domain: dict[str, list[np.ndarray]]) -> pd
 def validation_windows(run_dir: str | Path, n: int) -> dict[str, list[np.ndarray]]:
     """The first ``n`` validation windows (data.seq_len tokens, the inputs of training's validation batches) of
     each domain of the run's data (its config.yaml)."""
+    from moda_lab.train.datamodule import TokenWindows
     from moda_lab.train.task import load_data  # the run's own data path: packed folder, corpus or dataset
 
     run = run_config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
-    data, seq_len = load_data(run), run.data.seq_len
+    data = load_data(run)
     out = {}
     for domain in data.domains:
-        tokens = data.tokens(f"val_{domain}")
-        count = min(n, (len(tokens) - 1) // seq_len)
-        out[domain] = [np.asarray(tokens[i * seq_len : (i + 1) * seq_len], dtype=np.int64) for i in range(count)]
-    return {d: w for d, w in out.items() if w}
+        windows = TokenWindows(data.tokens(f"val_{domain}"), run.data.seq_len, n)
+        out[domain] = [windows[i][0].numpy() for i in range(len(windows))]
+    return out
 
 
 def write_run_attention(run_dir: str | Path, windows: int, device: str = "auto") -> Path | None:

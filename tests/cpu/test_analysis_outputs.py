@@ -110,6 +110,14 @@ def test_curves_aggregate_over_seeds_with_counts(result):
     assert "moda (n=2-3 seeds)" in labels and "dense (n=3 seeds)" in labels
     assert [ax.get_title() for ax in fig.axes] == ["norm = pre (solid)", "norm = post (dashed)"]
     assert fig.axes[0].get_ylabel() == "validation loss (nats/token)"
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    assert isinstance(fig.axes[0].xaxis.get_major_formatter(), EngFormatter)  # 2P, 5P, 10P: no crowded minor labels
+    assert isinstance(fig.axes[0].xaxis.get_minor_formatter(), NullFormatter)
+    one = plot_curves(result.tidy[result.tidy["norm"] == "post"], "val/loss", "flops")  # one narrow panel
+    title, note = one._suptitle.get_text().split("\n")  # too long for one line over one panel: the note wraps
+    assert title == "Validation loss vs training FLOPs (tokens x FLOPs/token)" and note.startswith("(mean ± std")
+    assert "\n" not in fig._suptitle.get_text()  # two panels hold it on one line
 
 
 def test_runs_differing_beyond_the_seed_are_separate_cells_labelled_by_the_difference(tmp_path: Path):
