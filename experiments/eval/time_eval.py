@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import sys
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks": {name.removeprefix("moda_"): n["effective"] for name, n in results.get("n-samples", {}).items()},
         "missing_tasks": moda["missing_tasks"],
         "timing": moda["timing"],
+        "versions": {name: importlib.metadata.version(name) for name in ("torch", "triton", "lm_eval")},
     }
     print(json.dumps(report, indent=2))
     if args.out:
