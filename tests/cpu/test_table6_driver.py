@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -149,6 +150,35 @@ def test_no_job_starts_after_start_until_s(tmp_path):
     status = table6.drive(plan, parallel=2, budget_s=60, log_dir=tmp_path / "logs", poll_s=0.1, start_until_s=0)
     assert status["finished_this_call"] == [] and status["stopped_at_budget"] == [] and len(status["left"]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_no_job_starts_with_less_time_left_than_a_finished_one_took(tmp_path, monkeypatch, capsys):
+    """After a job finishes, one of its stage starts only if the time left is at least what the finished one took;
+    a job that exits 0 without finishing (stopped from outside) is logged as unfinished, not done."""
+    fake_root = tmp_path / "repo"
+    fake_root.mkdir()
+    # A fake job sleeps SLEEP seconds, then marks itself done unless UNFINISHED is set.
+    (fake_root / "run.py").write_text(
+        "import os, sys, time\n"
+        "lr = next(a.split('=')[1] for a in sys.argv if a.startswith('trainer.lr='))\n"
+        "time.sleep(float(os.environ['SLEEP']))\n"
+        "os.environ.get('UNFINISHED') or open(f'done_{lr}', 'w').close()\n"
+    )
+    monkeypatch.setattr(table6, "ROOT", fake_root)
+    monkeypatch.setattr(table6, "JOB_ENV", {**os.environ, "SLEEP": "8"})
+    monkeypatch.setattr(table6, "is_done", lambda plan, job: (fake_root / f"done_{table6.fmt_lr(job.lr)}").exists())
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3, 2e-3), sweep_steps=4,
+                       max_extend=0, run_root=tmp_path / "runs")
+    # The first job takes 8 s: it ends with less than 14 - 8 = 6 s left, so the second does not start.
+    status = table6.drive(plan, parallel=1, budget_s=14.0, log_dir=tmp_path / "logs", poll_s=0.1)
+    out = capsys.readouterr().out
+    assert (fake_root / "done_0.001").exists() and not (fake_root / "done_0.002").exists()
+    assert "done rc=0 in 8 s" in out and "not starting" in out and "the shortest sweep of this drive took 8 s" in out
+    assert status["stopped_at_budget"] == [] and len(status["left"]) == 1
+
+    monkeypatch.setattr(table6, "JOB_ENV", {**os.environ, "SLEEP": "0", "UNFINISHED": "1"})
+    table6.drive(plan, parallel=1, budget_s=20.0, log_dir=tmp_path / "logs2", poll_s=0.1, start_until_s=1.0)
+    assert "ended unfinished rc=0" in capsys.readouterr().out
 
 
 def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again(plan):
