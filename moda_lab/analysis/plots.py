@@ -158,16 +158,18 @@ def axis_label(metric: str) -> str:
     return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
 
 
-def place_legend(ax, fontsize: int = 8) -> tuple[int, int]:
+def place_legend(ax, fontsize: int = 8, under=None) -> tuple[int, int]:
     """The panel's legend: inside when its names are short, else under the panel (long names, cells differing in
-    several keys, would cover the data). Returns (lines under the panel, their longest name), (0, 0) inside."""
+    several keys, would cover the data), or under ``under`` (the bottom panel of its column). Returns (lines under
+    the panel, their longest name), (0, 0) inside."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return 0, 0
     if max(map(len, labels)) <= LEGEND_INSIDE_MAX_CHARS:
         ax.legend(fontsize=fontsize)
         return 0, 0
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, frameon=False)
+    (under or ax).legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7,
+                         frameon=False)
     return len(labels), max(map(len, labels))
 
 
@@ -189,12 +191,22 @@ def ordered_norms(frame: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
-def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens") -> Figure:
-    """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds."""
+def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens", tail: float | None = 0.5) -> Figure:
+    """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds.
+
+    tail: under each panel, the same lines over the last ``tail`` of its x range (by value), zoomed to their
+    y range: the variants' gaps (hundredths of a nat) are invisible on the axis that holds the first steps.
+    None: no zoomed row.
+    """
     agg = curves(tidy, metric)
     norms = ordered_norms(agg)
-    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(5.5 * max(1, len(norms)), 4.4), sharey=True)
-    axes = np.atleast_1d(axes)
+    n_cols = max(1, len(norms))
+    rows = 2 if tail else 1
+    fig, grid = plt.subplots(rows, n_cols, figsize=(5.5 * n_cols, 4.4 + 3.2 * (rows - 1)), squeeze=False,
+                             height_ratios=[4.4, 3.2][:rows])
+    for ax in grid[0, 1:]:
+        ax.sharey(grid[0, 0])  # the full curves share an axis; each zoom takes its own panel's range
+        ax.tick_params(labelleft=False)
     colors = variant_colors(agg)
     shades = config_shades(agg, colors)
     markers = _label_markers(agg)
@@ -204,8 +216,11 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
     counts = [(int(c[f"{metric}:n"].min()), int(c[f"{metric}:n"].max())) for _, c in cells]
     note, per_line = _seed_note(counts)
     below = longest = 0  # legend lines drawn under a panel (0: every legend fits inside it), their longest name
-    for ax, norm in zip(axes, norms):
+    for col, norm in enumerate(norms):
+        ax = grid[0, col]
         drawn = 0
+        tail_lows, tail_highs = [], []
+        x_max = max((c[x].max() for _, c in cells if c["norm"].iloc[0] == norm), default=0.0)
         for (_, cell), n in zip(cells, counts):
             if cell["norm"].iloc[0] != norm:
                 continue
@@ -219,40 +234,59 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens")
             label = f"{name} ({seeds_text(*n)})" if per_line else name
             label_key = first.get("cell_label")
             color = shades.get((first["variant"], "" if pd.isna(label_key) else label_key), colors[first["variant"]])
-            # Wider lines first: a curve drawn over an identical one still shows the one below as its outline.
-            ax.plot(
-                xs,
-                ys,
-                linestyle=NORM_LINESTYLES.get(norm, "-."),
-                marker=markers.get(first.get("cell_label"), "o"),
-                markersize=3.5,
-                linewidth=max(1.0, 2.6 - 0.35 * drawn),
-                color=color,
-                label=label,
-            )
-            ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15, linewidth=0)
+            style = {
+                "linestyle": NORM_LINESTYLES.get(norm, "-."),
+                "marker": markers.get(first.get("cell_label"), "o"),
+                "markersize": 3.5,
+                # Wider lines first: a curve drawn over an identical one still shows the one below as its outline.
+                "linewidth": max(1.0, 2.6 - 0.35 * drawn),
+                "color": color,
+            }
+            for row in range(rows):
+                grid[row, col].plot(xs, ys, label=label if row == 0 else None, **style)
+                grid[row, col].fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15, linewidth=0)
+            if tail:
+                last = xs >= (1 - tail) * x_max
+                if last.any():
+                    tail_lows.append(float(np.min(ys[last] - sd[last])))
+                    tail_highs.append(float(np.max(ys[last] + sd[last])))
             drawn += 1
         ax.set_title(f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})")
-        ax.set_xlabel(X_LABELS.get(x, x))
-        ax.grid(alpha=0.3)
-        if x == "flops":
-            # Labels at 1, 2 and 5 per decade in engineering units: matplotlib's labelled minor ticks of a
-            # ~1.3-decade axis ran into each other (3x10^16 over 4x10^16).
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        lines, width = place_legend(ax)
+        if tail:
+            zoom = grid[1, col]
+            zoom.set_xlim((1 - tail) * x_max, x_max * 1.02)
+            zoom.set_title(f"last {tail:.0%} of {X_LABELS.get(x, x).removeprefix('training ')}, zoomed",
+                           fontsize=10)
+            if tail_lows:
+                lo, hi = min(tail_lows), max(tail_highs)
+                pad = 0.06 * (hi - lo) or 0.01
+                zoom.set_ylim(lo - pad, hi + pad)
+        for row in range(rows):
+            _curve_axis(grid[row, col], x)
+        grid[-1, col].set_xlabel(X_LABELS.get(x, x))
+        lines, width = place_legend(ax, under=grid[-1, col])  # a long legend goes under the zoom
         below, longest = max(below, lines), max(longest, width)
-    axes[0].set_ylabel(axis_label(metric))
+    for row in range(rows):
+        grid[row, 0].set_ylabel(axis_label(metric))
     title = f"{METRIC_LABELS.get(metric, metric).capitalize()} vs {X_LABELS.get(x, x)}"
     text = f"{title} ({note})" if note else title
     wrap = note and len(text) > SUPTITLE_CHARS_PER_INCH * fig.get_figwidth()  # one narrow panel: the note below
     fig.suptitle(f"{title}\n({note})" if wrap else text)
     layout_with_legend(fig, below, longest, len(norms))
     return fig
+
+
+def _curve_axis(ax, x: str) -> None:
+    ax.grid(alpha=0.3)
+    if x == "flops":
+        # Labels at 1, 2 and 5 per decade in engineering units: matplotlib's labelled minor ticks of a
+        # ~1.3-decade axis ran into each other (3x10^16 over 4x10^16).
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
 
 
 # The accuracy each task reports: acc_norm (normalised by the choice's byte length) where lm-eval's own task of

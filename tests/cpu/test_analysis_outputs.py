@@ -106,10 +106,19 @@ def test_curves_aggregate_over_seeds_with_counts(result):
     assert cell.loc[100, "val/loss"] == pytest.approx(sum(vals) / 3)
     assert cell.loc[100, "val/loss:std"] == pytest.approx(pd.Series(vals).std())
     fig = plot_curves(result.tidy, "val/loss", "flops")
-    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    top, zoom = fig.axes[:2], fig.axes[2:]  # a panel per norm, and under each its last half, zoomed
+    labels = [t.get_text() for ax in top for t in ax.get_legend().get_texts()]
     assert "moda (n=2-3 seeds)" in labels and "dense (n=3 seeds)" in labels
-    assert [ax.get_title() for ax in fig.axes] == ["norm = pre (solid)", "norm = post (dashed)"]
-    assert fig.axes[0].get_ylabel() == "validation loss (nats/token)"
+    assert [ax.get_title() for ax in top] == ["norm = pre (solid)", "norm = post (dashed)"]
+    assert [ax.get_title() for ax in zoom] == ["last 50% of FLOPs (tokens x FLOPs/token), zoomed"] * 2
+    assert fig.axes[0].get_ylabel() == zoom[0].get_ylabel() == "validation loss (nats/token)"
+    # The zoom holds the last half of the x range and the lines' y range there: narrower than the full axis.
+    x_max = max(line.get_xdata().max() for line in top[0].get_lines())
+    assert zoom[0].get_xlim()[0] == pytest.approx(x_max / 2)
+    tail_ys = [y for line in top[0].get_lines() for xv, y in zip(line.get_xdata(), line.get_ydata()) if xv >= x_max / 2]
+    lo, hi = zoom[0].get_ylim()
+    assert lo <= min(tail_ys) and max(tail_ys) <= hi and hi - lo < 0.5 * (top[0].get_ylim()[1] - top[0].get_ylim()[0])
+    assert len(plot_curves(result.tidy, "val/loss", "flops", tail=None).axes) == 2
     from matplotlib.ticker import EngFormatter, NullFormatter
 
     assert isinstance(fig.axes[0].xaxis.get_major_formatter(), EngFormatter)  # 2P, 5P, 10P: no crowded minor labels
@@ -289,13 +298,17 @@ def test_long_legend_names_go_under_the_panel(tmp_path: Path):
         fx.write_run_dir(root, spec, fx.metrics_rows(spec))
     res = analyze(load_sweep_dir(root))
     fig = plot_curves(res.tidy, "val/loss")
-    legend = fig.axes[0].get_legend()
+    full, zoom = fig.axes  # the legend of the full curves goes under the zoom beneath them
+    assert full.get_legend() is None
+    legend = zoom.get_legend()
     assert max(len(t.get_text()) for t in legend.get_texts()) > 40
     fig.canvas.draw()
     legend_box = legend.get_window_extent()
-    axes_box = fig.axes[0].get_window_extent()
-    assert legend_box.y1 <= axes_box.y0  # entirely below the panel
-    assert fig.get_figheight() > 4.4
+    assert legend_box.y1 <= zoom.get_window_extent().y0  # entirely below both panels
+    assert fig.get_figheight() > 4.4 + 3.2
+    one_row = plot_curves(res.tidy, "val/loss", tail=None)
+    one_row.canvas.draw()
+    assert one_row.axes[0].get_legend().get_window_extent().y1 <= one_row.axes[0].get_window_extent().y0
     # The cost scatter places its legend the same way; FLOPs within one decade stay on a linear axis.
     from moda_lab.analysis.plots import plot_cost_vs_loss
 
