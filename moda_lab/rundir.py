@@ -82,12 +82,15 @@ def tokens_per_step(batch_size: int, accumulate: int, seq_len: int, world_size: 
 
 def upgrade_config(cfg: dict) -> dict:
     """A resolved config in today's layout. Run dirs and wandb runs written before the norm placement moved into
-    the model config hold it as ``norm: {placement: x}``; that becomes ``model.norm: x``."""
+    the model config hold it as ``norm: {placement: x}``; that becomes ``model.norm: x``. A model config from
+    before ``model.init_rng`` existed was initialised the one way there was: ``sequential``."""
     legacy = cfg.get("norm")
-    if not (isinstance(legacy, dict) and "placement" in legacy):
-        return cfg
-    cfg = {k: v for k, v in cfg.items() if k != "norm"}
-    cfg["model"] = {**(cfg.get("model") or {}), "norm": legacy["placement"]}
+    if isinstance(legacy, dict) and "placement" in legacy:
+        cfg = {k: v for k, v in cfg.items() if k != "norm"}
+        cfg["model"] = {**(cfg.get("model") or {}), "norm": legacy["placement"]}
+    model = cfg.get("model")
+    if isinstance(model, dict) and "d_model" in model and "init_rng" not in model:
+        cfg = {**cfg, "model": {**model, "init_rng": "sequential"}}
     return cfg
 
 

@@ -53,6 +53,7 @@ class MoDAConfig(PretrainedConfig):
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    init_rng: str = "sequential"
     attn_backend: str = "auto"
     mixer: dict | None = None  # MixerConfig as a dict: name, depth_kv, ffn_kv, attn_kv
     norm: str = "pre"

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from .norms import NORM_PLACEMENTS
 
 BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
+# How GPT.init_weights draws the initial weights: "sequential", every weight in turn from the global RNG (a
+# variant with extra modules, such as MoDA's FFN K/V projections, shifts the draws of every weight after them);
+# "per_parameter", each weight from its own generator keyed by the seed and the weight's name, so two variants of
+# one seed start from the same values in every weight they share (paired comparisons: common random numbers).
+INIT_RNGS = ("sequential", "per_parameter")
 
 
 def _mixer_names() -> list[str]:
@@ -77,6 +82,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    init_rng: str = "sequential"  # one of INIT_RNGS
     attn_backend: str = "auto"
     mixer: MixerConfig = field(default_factory=MixerConfig)
     norm: str = "pre"  # a key of NORM_PLACEMENTS (the norm group: norm=pre|post|reordered)
@@ -86,6 +92,7 @@ class ModelConfig:
             object.__setattr__(self, "mixer", MixerConfig(**self.mixer))
         _check_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _check_choice("model.attn_backend", self.attn_backend, BACKEND_NAMES)
+        _check_choice("model.init_rng", self.init_rng, INIT_RNGS)
         for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")

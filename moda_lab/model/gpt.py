@@ -7,6 +7,7 @@ orthogonal registries; nothing else differs between variants.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +48,30 @@ class Block(nn.Module):
         return self.ffn(h)
 
 
+def _weight_generators(mode: str):
+    """name, module -> the generator its weight is drawn from (config.INIT_RNGS): None (the global RNG, in module
+    order) for "sequential"; for "per_parameter", one seeded by the CRC-32 of the module's name started from a
+    number drawn once from the global RNG (so the run's seed decides it). 32 bits: the CPU generator keeps only
+    the low 32 bits of a seed."""
+    if mode == "sequential":
+        return lambda name, mod: None
+    base = int(torch.randint(0, 2**32, (), dtype=torch.int64))
+
+    def generator(name: str, mod: nn.Module) -> torch.Generator | None:
+        device = mod.weight.device
+        if device.type == "meta":  # transformers builds the model on the meta device, then loads the weights
+            return None
+        return torch.Generator(device).manual_seed(zlib.crc32(name.encode(), base))
+
+    return generator
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # Drawn before any module exists: building a variant's extra modules consumes the global RNG too.
+        rng = _weight_generators(cfg.init_rng)
         self.attn_backend = resolve_backend(cfg.attn_backend)
         self._run = self._forward
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -61,9 +82,11 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rope = Rotary(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
-        self.init_weights()
+        self.init_weights(rng)
 
-    def init_weights(self) -> None:
+    def init_weights(self, rng) -> None:
+        """Every Linear and the embedding from N(0, init_std) (zero-init and depth-scaled ones aside), each drawn
+        from the generator ``rng(name, module)`` gives (``_weight_generators``)."""
         std = self.cfg.init_std
         for name, mod in self.named_modules():
             if isinstance(mod, nn.Linear):
@@ -71,10 +94,10 @@ class GPT(nn.Module):
                     nn.init.zeros_(mod.weight)
                 elif name.endswith(("attn.wo", "ffn.w2")):
                     # GPT-2 style: residual-branch outputs scaled by depth so the stream's variance stays O(1).
-                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+                    nn.init.normal_(mod.weight, std=std / math.sqrt(2 * self.cfg.n_layers), generator=rng(name, mod))
                 else:
-                    nn.init.normal_(mod.weight, std=std)
-        nn.init.normal_(self.tok_emb.weight, std=std)
+                    nn.init.normal_(mod.weight, std=std, generator=rng(name, mod))
+        nn.init.normal_(self.tok_emb.weight, std=std, generator=rng("tok_emb", self.tok_emb))
 
     @property
     def backend(self) -> str:
