@@ -329,6 +329,14 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     assert "moda − residual (layers=24; n=3 seeds)" in legend and "paper's final Δ (Table 6)" in legend
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
         "moda − residual (layers=48; 1 seed)", "paper's final Δ (Table 6)"]  # 48 layers, pre: in Table 6
+    # One variant paired under two configs: two lines, one shade each (both took the variant's colour before).
+    from matplotlib.colors import to_hex
+
+    two = plot_paired_curves(pd.concat([post.assign(config="lr=0.001"), post.assign(config="lr=0.002")]))
+    lines = {line.get_label(): to_hex(line.get_color()) for line in two.axes[0].get_lines()
+             if line.get_label().startswith("moda")}
+    assert sorted(lines) == ["moda − residual (config=lr=0.001; n=3 seeds)", "moda − residual (config=lr=0.002; n=3 seeds)"]
+    assert len(set(lines.values())) == 2
 
 
 def test_after_fit_attention_statistics_per_variant(tmp_path: Path):

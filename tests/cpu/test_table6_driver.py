@@ -142,6 +142,13 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
         assert run.trainer.batch_size * run.trainer.accumulate * run.data.seq_len == 65536
         assert run.trainer.max_steps == (400 if job.stage == "sweep" else 1600)
         assert (job.stage == "row") == bool(run.extra["eval"]["after_fit"])
+        assert run.model.init_rng == "sequential"  # every row of the table initialised as the first ones were
+    # The committed rows keep their names under today's code, so they count as done.
+    committed = ROOT / "experiments" / "results" / "runs_gpu" / "table6_24l"
+    post = table6.Job("row", "post", 3.75e-4, "residual", 0)
+    post_plan = table6.plan_from_args(table6.build_parser().parse_args(
+        ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false"]))
+    assert (committed / post_plan.run_dir(post).name / "meta.json").is_file()
 
 
 def test_no_job_starts_after_start_until_s(tmp_path):
