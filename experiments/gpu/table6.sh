@@ -15,7 +15,8 @@
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
 #     of earlier sessions are copied in, so finished runs are not repeated.
 #   GPU_TESTS="<pytest arguments>" also runs those GPU tests once per machine, beside the driver, and waits for
-#   them (e.g. GPU_TESTS="tests/gpu/test_eval_gpu.py": the scoring path the rows' evals take, ready in ~1 min).
+#   them (e.g. GPU_TESTS="tests/gpu/test_eval_gpu.py": the scoring path the rows' evals take, ready in ~1 min);
+#   their output comes back with every call as gpu_tests.txt.
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
@@ -46,10 +47,12 @@ else
   echo $! > "$DRIVER/pid"
   echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
 fi
-if [ -n "${GPU_TESTS:-}" ] && [ ! -f runs_gpu/gpu_tests.txt ]; then
+# The tests' output stays beside the driver's files (machine-local: once per machine) and comes back as
+# $OUT/gpu_tests.txt; under runs_gpu, a committed copy would be copied in and skip the next machine's tests.
+if [ -n "${GPU_TESTS:-}" ] && [ ! -f "$DRIVER/gpu_tests.txt" ]; then
   # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
   (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
-    > runs_gpu/gpu_tests.part 2>&1; mv runs_gpu/gpu_tests.part runs_gpu/gpu_tests.txt) &
+    > "$DRIVER/gpu_tests.part" 2>&1; mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt") &
   TESTS_PID=$!
 fi
 # Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens. The wait never
@@ -69,7 +72,8 @@ while alive && [ $SECONDS -lt $t_end ]; do
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
-[ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID" && tail -3 runs_gpu/gpu_tests.txt
+[ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID" && tail -3 "$DRIVER/gpu_tests.txt"
+[ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$OUT/gpu_tests.txt"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"

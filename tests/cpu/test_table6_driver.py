@@ -247,8 +247,13 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
         for run in ("a", "b") if root.parent.name == "results" else ("a",):
             (root / "t6" / run).mkdir(parents=True)
             (root / "t6" / run / "meta.json").write_text(text)
+    # A committed record of an earlier machine's GPU tests must not stop this machine's (it once would have).
+    (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
+    (repo / "tests" / "gpu").mkdir(parents=True)
+    (repo / "tests" / "gpu" / "test_stand_in.py").write_text("def test_ok():\n    pass\n")
     driver_dir = tmp_path / "driver"
-    env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": ""}
+    env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": "",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py"}
 
     def call(out: str, wait_s: int, new_session: bool = False) -> subprocess.Popen:
         (tmp_path / out).mkdir()
@@ -259,6 +264,7 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
 
     first = call("out1", 1, new_session=True)
     assert "driver" in first.communicate(timeout=60)[0]
+    assert "1 passed" in (tmp_path / "out1" / "gpu_tests.txt").read_text()  # ran once on this machine, came back
     if _group_alive(first.pid):  # what the device tool does to a finished call
         os.killpg(first.pid, signal.SIGKILL)
     pid = int((driver_dir / "pid").read_text())
@@ -275,6 +281,8 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     third = call("out3", 5)
     log = third.communicate(timeout=60)[0]
     assert "collecting only" in log and log.count("driver up") == 1  # the first driver's log, brought back again
+    assert "1 passed" in (tmp_path / "out3" / "gpu_tests.txt").read_text()  # every call brings the record back
+    assert (driver_dir / "gpu_tests.txt").read_text().count("passed") == 1  # and the tests ran once
     assert int((driver_dir / "pid").read_text()) == pid  # no second driver
 
 
