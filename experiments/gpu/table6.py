@@ -273,7 +273,7 @@ def drive(
         while ready and len(running) < parallel and time.monotonic() < last_start:
             job = ready.pop(0)
             left_s = deadline - time.monotonic()
-            if left_s < took.get(job.stage, 0.0):
+            if job.stage in took and left_s < took[job.stage]:  # (no finished job yet: nothing to go by)
                 if job not in held_back:
                     held_back.add(job)
                     print(f"[table6] {_clock(t_start)} not starting {plan.run_dir(job)}: {left_s:.0f} s left, the "

@@ -547,8 +547,8 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
         return fig
     colors = variant_colors(rows)
     # A variant paired under several configs: one shade of its colour per config, as in the loss curves.
-    configs = rows["config"].fillna("") if "config" in rows else pd.Series("", index=rows.index)
-    shades = config_shades(rows.assign(cell_label=configs), colors)
+    rows = rows.assign(config=rows["config"].fillna("") if "config" in rows else "")
+    shades = config_shades(rows.assign(cell_label=rows["config"]), colors)
     extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     below = longest = 0
     for ax, norm in zip(axes, norms):
@@ -559,8 +559,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
             parts = [f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
             n_min, n_max = int(line["n"].min()), int(line["n"].max())
             label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
-            config = r["config"] if "config" in r and isinstance(r["config"], str) else ""
-            color = shades.get((r["variant"], config), colors[r["variant"]])
+            color = shades.get((r["variant"], r["config"]), colors[r["variant"]])
             ax.plot(line["tokens"], line["mean"], "o-", color=color, markersize=3, label=label)
             band = line[line["n"] >= 2]
             if not band.empty:
