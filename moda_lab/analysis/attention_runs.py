@@ -39,12 +39,14 @@ def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
     out = grouped[list(MASSES)].agg(["mean", "std"])
     out.columns = [f"{m}:{stat}" for m, stat in out.columns]
     out["seeds"] = grouped["seed"].nunique()
+    out["depth_slots"] = grouped["depth_slots"].max() if "depth_slots" in frame else float("nan")
     return sort_cells(out.reset_index(), first=["layers", "norm"])
 
 
 def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
     """Two rows of panels (depth mass, sink mass) x one column per norm: one line per variant (and depth), the
-    mean over seeds, +/- their std as a band."""
+    mean over seeds, +/- their std as a band. A variant without depth slots (the residual) has no depth-mass line:
+    its zero is not a measurement."""
     agg = attention_by_variant(frame)
     norms = ordered_norms(agg) or [None]
     fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
@@ -55,6 +57,8 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
         for row, (mass, label) in enumerate(MASSES.items()):
             ax = axes[row, col]
             for (layers, variant), line in agg[agg["norm"] == norm].groupby(["layers", "variant"], sort=False):
+                if mass == "depth_mass" and not line["depth_slots"].max() > 0:
+                    continue
                 n = int(line["seeds"].max())
                 name = f"{variant} ({f'{layers} layers; ' if several_depths else ''}{seeds_text(n, n)})"
                 mean, std = line[f"{mass}:mean"], line[f"{mass}:std"].fillna(0.0)

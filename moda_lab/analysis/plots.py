@@ -340,13 +340,13 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None
     positions = np.arange(len(tasks) + 1)
     for i, ((_, row), n) in enumerate(zip(agg.iterrows(), counts)):
         means = [row[c] for c in [*cols, "avg"]]
-        sds = [0.0 if pd.isna(row[f"{c}:std"]) else row[f"{c}:std"] for c in [*cols, "avg"]]
+        sds = [row[f"{c}:std"] for c in [*cols, "avg"]]  # NaN (one seed): no error bar drawn
         name = cell_name(row, extra)
         ax.bar(
             positions + i * width,
             means,
             width,
-            yerr=sds,
+            yerr=None if all(pd.isna(s) for s in sds) else [0.0 if pd.isna(s) else s for s in sds],
             capsize=3,
             color=colors[row["variant"]],
             hatch=NORM_HATCHES.get(row.get("norm"), "xx"),
@@ -357,7 +357,7 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None
     ax.set_xticks(positions + width * (len(agg) - 1) / 2, names)
     ax.set_ylabel("accuracy")
     ax.set_title(f"Downstream accuracy per task ({note})")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: never on a bar
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -373,6 +373,8 @@ def test_after_fit_attention_statistics_per_variant(tmp_path: Path):
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "norm = post: mass on depth slots"
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert any(lab.startswith("moda (") for lab in labels) and any(lab.startswith("residual (") for lab in labels)
+    depth_lines = [line.get_label() for line in fig.axes[0].get_lines()]  # no depth slots, no depth-mass line
+    assert depth_lines and not any(lab.startswith("residual (") for lab in depth_lines)
     run_analysis(sweep, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "attention_by_layer.png").is_file()
     assert len(pd.read_csv(tmp_path / "out" / "tables" / "attention_by_layer.csv")) == 3 * 3  # 3 variants x 3 layers
