@@ -44,9 +44,10 @@ SHAPES = {
 
 
 def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
-              backend="auto", profile_to: Path | None = None):
+              backend="auto", profile_to: Path | None = None, vocab=8192, ffn_hidden=None):
     cfg = ModelConfig(
-        vocab_size=8192,
+        vocab_size=vocab,
+        ffn_hidden=ffn_hidden,
         n_layers=layers,
         d_model=width,
         n_heads=hq,
@@ -63,7 +64,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         model.compile(fullgraph=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     B = max(1, tokens_per_step // T)
-    data = torch.randint(0, 8192, (B, T + 1), device="cuda")
+    data = torch.randint(0, vocab, (B, T + 1), device="cuda")
     x, y = data[:, :-1], data[:, 1:]
 
     def step():
@@ -109,6 +110,8 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "seq_impl": hybrid.seq_impl(x.new_empty((1, T, 1, width // hq), dtype=torch.bfloat16), True,
                                     mixer.name in ("moda", "depth_attn")) if model.backend == "triton" else None,
         "compiled": compile_model,
+        "vocab": vocab,
+        "ffn_hidden": cfg.ffn_dim,
         "params_M": model.num_params() / 1e6,
         "gflops_per_token": fpt / 1e9,
         "step_ms": ms,
@@ -149,6 +152,9 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
     ap.add_argument("--seq-impl", default=None, choices=hybrid.IMPLS,
                     help="force the triton backend's sequence attention (default: its own rule, hybrid.seq_impl)")
+    ap.add_argument("--vocab", type=int, default=8192,
+                    help="vocabulary size (experiment=table6_24l: 50304, with --ffn-hidden 1536)")
+    ap.add_argument("--ffn-hidden", type=int, default=None, help="SwiGLU hidden size (default: the model's 8/3 x width)")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler summary per row to <out>.profile.txt")
     ap.add_argument("--out", default="experiments/bench/results/train_throughput.md")
     args = ap.parse_args()
@@ -165,6 +171,8 @@ def main() -> None:
         "backend": args.backend,
         "seq_impl": args.seq_impl or "auto",
         "tokens_per_step": args.tokens_per_step,
+        "vocab": args.vocab,
+        "ffn_hidden": args.ffn_hidden,
     }
     try:
         import triton
@@ -185,7 +193,8 @@ def main() -> None:
                 try:
                     row = bench_one(
                         VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
-                        args.backend, out.with_suffix(".profile.txt") if args.profile else None,
+                        args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
+                        args.ffn_hidden,
                     )
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
