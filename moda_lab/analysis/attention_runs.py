@@ -29,7 +29,9 @@ def load_run_attention(summary: pd.DataFrame) -> pd.DataFrame:
             continue
         per_layer = pd.read_csv(path).groupby("layer", as_index=False)[["depth_slots", *MASSES]].mean()
         frames.append(per_layer.assign(**{c: run[c] for c in RUN_IDS if c in run}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*RUN_IDS, "layer", *MASSES])
+    if not frames:
+        return pd.DataFrame(columns=[*RUN_IDS, "layer", "depth_slots", *MASSES])
+    return pd.concat(frames, ignore_index=True)
 
 
 def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,7 +41,7 @@ def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
     out = grouped[list(MASSES)].agg(["mean", "std"])
     out.columns = [f"{m}:{stat}" for m, stat in out.columns]
     out["seeds"] = grouped["seed"].nunique()
-    out["depth_slots"] = grouped["depth_slots"].max() if "depth_slots" in frame else float("nan")
+    out["depth_slots"] = grouped["depth_slots"].max()
     return sort_cells(out.reset_index(), first=["layers", "norm"])
 
 

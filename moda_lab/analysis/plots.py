@@ -340,13 +340,13 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None
     positions = np.arange(len(tasks) + 1)
     for i, ((_, row), n) in enumerate(zip(agg.iterrows(), counts)):
         means = [row[c] for c in [*cols, "avg"]]
-        sds = [row[f"{c}:std"] for c in [*cols, "avg"]]  # NaN (one seed): no error bar drawn
+        sds = np.array([row[f"{c}:std"] for c in [*cols, "avg"]], dtype=float)  # NaN with one seed
         name = cell_name(row, extra)
         ax.bar(
             positions + i * width,
             means,
             width,
-            yerr=None if all(pd.isna(s) for s in sds) else [0.0 if pd.isna(s) else s for s in sds],
+            yerr=None if np.isnan(sds).all() else np.nan_to_num(sds),  # one seed: no error bar at all
             capsize=3,
             color=colors[row["variant"]],
             hatch=NORM_HATCHES.get(row.get("norm"), "xx"),
