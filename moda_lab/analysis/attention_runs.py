@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -54,6 +55,9 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
     colors = variant_colors(agg)
     several_depths = agg["layers"].nunique() > 1 if not agg.empty else False
+    # The sink row's axis: its own top (at least 0.05), not 0-1; sink masses of a few hundredths read as 0 there.
+    sink = (agg["sink_mass:mean"] + agg["sink_mass:std"].fillna(0.0)).max() if not agg.empty else np.nan
+    sink_top = min(1.0, max(0.05, 1.15 * sink)) if np.isfinite(sink) else 1.0
     below = longest = 0
     for col, norm in enumerate(norms):
         for row, (mass, label) in enumerate(MASSES.items()):
@@ -66,7 +70,7 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
                 mean, std = line[f"{mass}:mean"], line[f"{mass}:std"].fillna(0.0)
                 ax.plot(line["layer"], mean, "o-", markersize=3, color=colors[variant], label=name)
                 ax.fill_between(line["layer"], mean - std, mean + std, color=colors[variant], alpha=0.18, linewidth=0)
-            ax.set_ylim(0, 1)
+            ax.set_ylim(0, 1 if mass == "depth_mass" else sink_top)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.set_title(f"norm = {norm}: {label}", fontsize=10)

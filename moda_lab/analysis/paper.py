@@ -134,37 +134,58 @@ def verdict(stats: dict) -> str:
 def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """One row per paper ordering and matching pair group of ours (same layers, Table 6's width and heads, a norm of
     PAPER_NORMS): the paired val-loss difference better - worse, the paper's, and the verdict. An ordering no cell
-    of ours matches gets one row with the verdict "not run"."""
+    of ours matches gets one row with the verdict "not run".
+
+    A depth of ours that the paper did not run under that norm (24-layer pre-norm: the paper has 48 only) is checked
+    against the orderings of the paper's nearest depth under the same norm; ``paper layers`` says which."""
     frame, _ = with_derived(summary)
-    columns = ["layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean", "std", "level"]
-    columns += ["ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "verdict"]
+    columns = ["layers", "paper layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean"]
+    columns += ["std", "level", "ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "verdict"]
     shape = frame.apply(matches_paper_shape, axis=1) if not frame.empty else pd.Series(dtype=bool)
     frame = frame[shape] if not frame.empty else frame
     rows = []
-    for order in paper_orderings():
-        ids = {"layers": order.layers, "paper norm": order.norm, "ordering": order.text, "paper Δ": order.paper_delta}
+
+    def check(order: Ordering, layers: int, norm: str) -> bool:
+        ids = {"layers": layers, "paper layers": order.layers, "paper norm": order.norm, "ordering": order.text,
+               "paper Δ": order.paper_delta}
+        cells = frame[(frame["layers"] == layers) & (frame["norm"] == norm)] if not frame.empty else frame
         found = False
-        for norm in PAPER_NORMS[order.norm]:
-            cells = frame[(frame["layers"] == order.layers) & (frame["norm"] == norm)] if not frame.empty else frame
-            for _, group in cells.groupby("pair_group", sort=False) if not cells.empty else []:
-                better, worse = group[group["variant"] == order.better], group[group["variant"] == order.worse]
-                if better.empty or worse.empty:
-                    continue
-                stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
-                config = group["cell_label"].iloc[0] or ""
-                # A run stuck on a plateau makes any gap an optimisation failure, not the paper's effect.
-                caveat = "; a run did not train" if stats["not_trained"] else ""
-                rows.append({**ids, "norm": norm, "config": config, **stats, "verdict": verdict(stats) + caveat})
-                found = True
-        if not found:
-            rows.append({**ids, "norm": "–", "config": "", "n": 0, "verdict": "not run"})
+        for _, group in cells.groupby("pair_group", sort=False) if not cells.empty else []:
+            better, worse = group[group["variant"] == order.better], group[group["variant"] == order.worse]
+            if better.empty or worse.empty:
+                continue
+            stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
+            config = group["cell_label"].iloc[0] or ""
+            # A run stuck on a plateau makes any gap an optimisation failure, not the paper's effect.
+            caveat = "; a run did not train" if stats["not_trained"] else ""
+            rows.append({**ids, "norm": norm, "config": config, **stats, "verdict": verdict(stats) + caveat})
+            found = True
+        return found
+
+    orderings = paper_orderings()
+    for order in orderings:
+        if not any([check(order, order.layers, norm) for norm in PAPER_NORMS[order.norm]]):
+            rows.append({"layers": order.layers, "paper layers": order.layers, "paper norm": order.norm,
+                         "ordering": order.text, "paper Δ": order.paper_delta, "norm": "–", "config": "", "n": 0,
+                         "verdict": "not run"})
+    paper_depths = {(o.norm, o.layers) for o in orderings}
+    ours = frame[["layers", "norm"]].drop_duplicates().itertuples(index=False) if not frame.empty else []
+    for layers, norm in sorted(ours, key=lambda t: (-t[0], str(t[1]))):
+        label = paper_norm(str(norm))
+        depths = sorted({d for n, d in paper_depths if n == label}, key=lambda d: (abs(d - layers), d))
+        if label is None or not depths or (label, layers) in paper_depths:
+            continue
+        for order in (o for o in orderings if (o.norm, o.layers) == (label, depths[0])):
+            check(order, int(layers), str(norm))
     return pd.DataFrame(rows, columns=columns)
 
 
 def orderings_markdown(orderings: pd.DataFrame) -> str:
     """The ordering check in Markdown: paper Δ next to ours, with the verdict."""
     show_config = orderings["config"].fillna("").astype(bool).any()
-    header = ["layers", "paper norm", "our norm", *(["config"] if show_config else [])]
+    show_depth = (orderings["paper layers"] != orderings["layers"]).any()  # a depth the paper did not run
+    header = ["layers", *(["paper layers"] if show_depth else []), "paper norm", "our norm"]
+    header += ["config"] if show_config else []
     header += [
         "paper ordering",
         "paper Δ",
@@ -178,7 +199,8 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
     body = []
     for _, r in orderings.iterrows():
         run = r["verdict"] != "not run"
-        cells = [r["layers"], r["paper norm"], r["norm"], *([r["config"]] if show_config else [])]
+        cells = [r["layers"], *([r["paper layers"]] if show_depth else []), r["paper norm"], r["norm"]]
+        cells += [r["config"]] if show_config else []
         cells += [r["ordering"], format_delta(r["paper Δ"], "val/loss")]
         cells += [format_delta(r["mean"], "val/loss") if run else "–", int(r["n"]) if run else "–"]
         cells += [format_interval(r, "val/loss") if run else "–", r["verdict"]]

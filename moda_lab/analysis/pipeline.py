@@ -243,8 +243,9 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
     lines += [
         f"Paper: {PAPER_TABLE6_SOURCE}, at the paper's token budget. Ours: the cells with the same layers, width, "
         "heads and norm (our corpus and token budget differ, so compare signs, not sizes). The paper's `post` is "
-        f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. Δ = loss of the first minus the "
-        f"second; *reproduced* = our {level} CI lies below 0.",
+        f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. A depth the paper did not run under "
+        "a norm is checked against the paper's nearest depth under it (`paper layers`). Δ = loss of the first minus "
+        f"the second; *reproduced* = our {level} CI lies below 0.",
         "",
     ]
     lines += orderings_markdown(analysis.orderings).splitlines()

@@ -534,16 +534,26 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     return fig
 
 
-def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure:
+def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: float | None = 0.5) -> Figure:
     """Variant minus baseline of ``metric`` over training tokens (significance.paired_curves), one line per
     non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
-    paper's final difference (``paper Δ``, paper.with_paper_delta) as a cross at the last point."""
+    paper's final difference (``paper Δ``, paper.with_paper_delta) as a cross at the last point.
+
+    tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, bands, crosses and zero there: with
+    two seeds the t-band of the early steps (t = 12.7, loss spikes of a nat) spans +-3 nats and flattens the final
+    hundredths. None: no zoomed row.
+    """
     rows = curves[curves["metric"] == metric] if not curves.empty else curves
     norms = ordered_norms(rows) or [None]
-    fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.4), squeeze=False, sharey=True)
-    axes = axes[0]
+    n_rows = 2 if tail else 1
+    fig, grid = plt.subplots(n_rows, len(norms), figsize=(6.4 * len(norms), 4.4 + 3.2 * (n_rows - 1)), squeeze=False,
+                             height_ratios=[4.4, 3.2][:n_rows])
+    for ax in grid[0, 1:]:
+        ax.sharey(grid[0, 0])  # the full range is shared; each zoom takes its own panel's range
+        ax.tick_params(labelleft=False)
     if rows.empty:
-        axes[0].text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center", transform=axes[0].transAxes)
+        grid[0, 0].text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center",
+                        transform=grid[0, 0].transAxes)
         return fig
     colors = variant_colors(rows)
     # A variant paired under several configs: one shade of its colour per config, as in the loss curves.
@@ -551,33 +561,54 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss") -> Figure
     shades = config_shades(rows.assign(cell_label=rows["config"]), colors)
     extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     below = longest = 0
-    for ax, norm in zip(axes, norms):
+    for col, norm in enumerate(norms):
+        ax = grid[0, col]
         paper_drawn = False
-        for _, line in rows[rows["norm"] == norm].groupby(["variant", *extra], sort=False, dropna=False):
+        in_norm = rows[rows["norm"] == norm]
+        x_max = float(in_norm["tokens"].max())
+        tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
+        for _, line in in_norm.groupby(["variant", *extra], sort=False, dropna=False):
             line = line.sort_values("tokens")
             r = line.iloc[-1]
             parts = [f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
             n_min, n_max = int(line["n"].min()), int(line["n"].max())
             label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
             color = shades.get((r["variant"], r["config"]), colors[r["variant"]])
-            ax.plot(line["tokens"], line["mean"], "o-", color=color, markersize=3, label=label)
             band = line[line["n"] >= 2]
-            if not band.empty:
-                ax.fill_between(band["tokens"], band["ci_low"], band["ci_high"], color=color, alpha=0.18, linewidth=0)
-            if "paper Δ" in line and pd.notna(r["paper Δ"]):
-                ax.plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
-                paper_drawn = True
+            has_paper = "paper Δ" in line and pd.notna(r["paper Δ"])
+            for row in range(n_rows):
+                grid[row, col].plot(line["tokens"], line["mean"], "o-", color=color, markersize=3,
+                                    label=label if row == 0 else None)
+                if not band.empty:
+                    grid[row, col].fill_between(band["tokens"], band["ci_low"], band["ci_high"], color=color,
+                                                alpha=0.18, linewidth=0)
+                if has_paper:
+                    grid[row, col].plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
+            paper_drawn |= has_paper
+            if tail:
+                last = line[line["tokens"] >= (1 - tail) * x_max]
+                tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
+                if has_paper:
+                    tail_values.append(float(r["paper Δ"]))
         if paper_drawn:  # one legend entry for the crosses of every line
             ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label="paper's final Δ (Table 6)")
-        ax.axhline(0.0, color="#999999", linewidth=1)
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_xlabel(X_LABELS.get("tokens", "tokens"))
+        for row in range(n_rows):
+            grid[row, col].axhline(0.0, color="#999999", linewidth=1)
+            grid[row, col].xaxis.set_major_formatter(EngFormatter(sep=""))
+            grid[row, col].grid(alpha=0.3)
+        if tail:
+            zoom = grid[1, col]
+            zoom.set_xlim((1 - tail) * x_max, x_max * 1.02)
+            lo, hi = min(tail_values), max(tail_values)
+            pad = 0.08 * (hi - lo) or 0.01
+            zoom.set_ylim(lo - pad, hi + pad)
+            zoom.set_title(f"last {tail:.0%} of tokens, zoomed", fontsize=10)
+        grid[-1, col].set_xlabel(X_LABELS.get("tokens", "tokens"))
         ax.set_title(f"norm = {norm}")
-        ax.grid(alpha=0.3)
-        lines, width = place_legend(ax)
+        lines, width = place_legend(ax, under=grid[-1, col])
         below, longest = max(below, lines), max(longest, width)
     unit = LOSS_UNIT if metric.endswith("loss") else "points"
-    axes[0].set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
+    fig.supylabel(f"Δ {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower", fontsize=10)
     level = rows["level"].iloc[0]
     fig.suptitle(f"Paired by seed, variant − baseline over training\nmean; band: {level:.0%} CI (Student's t) "
                  "where n ≥ 2", fontsize=10)

@@ -244,6 +244,35 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     not_run = orders[orders["verdict"] == "not run"]
     assert set(zip(not_run["layers"], not_run["paper norm"])) == {(48, "pre"), (48, "post")}
     assert len(not_run) == 5  # 48 post: 3, 48 pre without MoDA + FFN KV: 2
+    assert (orders["paper layers"] == orders["layers"]).all()  # every depth of ours is one the paper ran
+    from moda_lab.analysis.paper import orderings_markdown
+
+    assert "paper layers" not in orderings_markdown(orders)
+
+
+def test_a_depth_the_paper_did_not_run_is_checked_against_its_nearest(tmp_path: Path):
+    """24-layer pre-norm (the paper ran pre-norm at 48 layers only): the three 48-layer pre-norm orderings, with
+    our 24-layer pairs and ``paper layers`` 48; its markdown names the paper's depth."""
+    from moda_lab.analysis.paper import check_orderings, orderings_markdown
+
+    final = {(24, "pre", "residual", False): {0: 3.50, 1: 3.52}, (24, "pre", "moda", False): {0: 3.46, 1: 3.47},
+             (24, "pre", "moda", True): {0: 3.45, 1: 3.47}}
+    for key, seeds in final.items():
+        for seed, loss in seeds.items():
+            fx.write_run_dir(tmp_path / "pre24", spec_of(*key, seed), rows_of(key, seed, loss)[0])
+    orders = check_orderings(analyze(load_sweep_dir(tmp_path / "pre24")).summary)
+    ours = orders[orders["norm"] == "pre"].set_index("ordering")
+    assert list(ours.index) == ["moda < residual", "moda +ffn_kv < residual", "moda +ffn_kv < moda"]
+    assert set(ours["paper layers"]) == {48} and set(ours["paper norm"]) == {"pre"} and set(ours["n"]) == {2}
+    assert ours.loc["moda < residual", "mean"] == pytest.approx(-0.045)
+    assert ours.loc["moda < residual", "paper Δ"] == pytest.approx(3.3759 - 3.3800)
+    assert ours.loc["moda +ffn_kv < moda", "mean"] == pytest.approx((-0.01 + 0.0) / 2)
+    assert ours.loc["moda +ffn_kv < residual", "verdict"] == "reproduced (CI below 0)"  # -0.05 in both seeds
+    # The paper's own rows (48 pre and post, 24 post) stay, not run; no post-norm ordering is checked on pre-norm.
+    assert set(orders[orders["norm"] != "pre"]["verdict"]) == {"not run"} and len(orders) == 9 + 3
+    table = orderings_markdown(orders)
+    assert table.splitlines()[0].startswith("| layers | paper layers | paper norm | our norm |")
+    assert "| 24 | 48 | pre | pre |" in table
 
 
 def test_zero_shot_table_uses_final_checkpoints_and_pairs_the_average(result):
@@ -324,8 +353,17 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     only_complete = paired_curves(result.tidy, runs=[])
     assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-1])  # no paper Δ yet
     fig = plot_paired_curves(curves)
-    assert [ax.get_title() for ax in fig.axes] == ["norm = pre", "norm = post", "norm = reordered"]
-    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert [ax.get_title() for ax in fig.axes] == ["norm = pre", "norm = post", "norm = reordered",
+                                                   *["last 50% of tokens, zoomed"] * 3]
+    # The zoom under each panel: its last half of tokens, with the final means, intervals, crosses and zero in view.
+    zoom = fig.axes[4]
+    final = post.iloc[-1]
+    lo, hi = zoom.get_ylim()
+    assert lo < min(final["ci_low"], final["paper Δ"], 0.0) and hi > max(final["ci_high"], 0.0)
+    assert zoom.get_xlim()[0] == pytest.approx(0.5 * curves[curves["norm"] == "post"]["tokens"].max())
+    assert len(plot_paired_curves(curves, tail=None).axes) == 3
+    legend = [t.get_text() for t in fig.axes[4].get_legend().get_texts()]  # long names: under the zoom
+    assert fig.axes[1].get_legend() is None
     assert "moda − residual (layers=24; n=3 seeds)" in legend and "paper's final Δ (Table 6)" in legend
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
         "moda − residual (layers=48; 1 seed)", "paper's final Δ (Table 6)"]  # 48 layers, pre: in Table 6
@@ -375,6 +413,10 @@ def test_after_fit_attention_statistics_per_variant(tmp_path: Path):
     assert any(lab.startswith("moda (") for lab in labels) and any(lab.startswith("residual (") for lab in labels)
     depth_lines = [line.get_label() for line in fig.axes[0].get_lines()]  # no depth slots, no depth-mass line
     assert depth_lines and not any(lab.startswith("residual (") for lab in depth_lines)
+    # The sink row takes its own top (a mean of 0.55 over domains here, so 0.63), at least 0.05; the depth row stays 0-1.
+    assert fig.axes[0].get_ylim() == (0, 1) and fig.axes[1].get_ylim()[1] == pytest.approx(1.15 * 0.55)
+    small = plot_attention_by_variant(frame.assign(sink_mass=frame["sink_mass"] * 0.01))
+    assert small.axes[1].get_ylim()[1] == pytest.approx(0.05)
     run_analysis(sweep, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "attention_by_layer.png").is_file()
     assert len(pd.read_csv(tmp_path / "out" / "tables" / "attention_by_layer.csv")) == 3 * 3  # 3 variants x 3 layers
