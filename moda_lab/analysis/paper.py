@@ -14,6 +14,7 @@ import pandas as pd
 from moda_lab.analysis.records import variant_label
 from moda_lab.analysis.significance import (
     LEVEL,
+    PAIRS_CAP,
     compare_cells,
     format_delta,
     format_interval,
@@ -140,7 +141,8 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
     against the orderings of the paper's nearest depth under the same norm; ``paper layers`` says which."""
     frame, _ = with_derived(summary)
     columns = ["layers", "paper layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean"]
-    columns += ["std", "level", "ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "verdict"]
+    columns += ["std", "level", "ci_low", "ci_high", "excludes_0", "pairs_needed", "unpaired", "not_trained"]
+    columns += ["verdict"]
     shape = frame.apply(matches_paper_shape, axis=1) if not frame.empty else pd.Series(dtype=bool)
     frame = frame[shape] if not frame.empty else frame
     rows = []
@@ -193,6 +195,7 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
         "pairs",
         f"{level_text(orderings)} CI",
         "verdict",
+        "pairs to resolve",
         "unpaired seeds",
     ]
     header.append("not trained")
@@ -203,7 +206,15 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
         cells += [r["config"]] if show_config else []
         cells += [r["ordering"], format_delta(r["paper Δ"], "val/loss")]
         cells += [format_delta(r["mean"], "val/loss") if run else "–", int(r["n"]) if run else "–"]
-        cells += [format_interval(r, "val/loss") if run else "–", r["verdict"]]
+        cells += [format_interval(r, "val/loss") if run else "–", r["verdict"], _pairs_text(r) if run else "–"]
         cells += [r["unpaired"] if run and r["unpaired"] else "", r["not_trained"] if run and r["not_trained"] else ""]
         body.append(cells)
     return "\n".join(markdown_table(header, body)) + "\n"
+
+
+def _pairs_text(row: pd.Series) -> str:
+    """pairs_to_resolve of an ordering's row: the count, ``> cap`` past it, ``–`` without an interval yet."""
+    if int(row["n"]) < 2:
+        return "–"
+    needed = row.get("pairs_needed")
+    return f"> {PAIRS_CAP}" if needed is None or pd.isna(needed) else str(int(needed))

@@ -245,7 +245,9 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         "heads and norm (our corpus and token budget differ, so compare signs, not sizes). The paper's `post` is "
         f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. A depth the paper did not run under "
         "a norm is checked against the paper's nearest depth under it (`paper layers`). Δ = loss of the first minus "
-        f"the second; *reproduced* = our {level} CI lies below 0.",
+        f"the second; *reproduced* = our {level} CI lies below 0. *Pairs to resolve*: the fewest seed pairs at which "
+        "the interval would exclude 0 (either side) if more seeds kept the measured mean and std of Δ: a planning "
+        "estimate, not a prediction.",
         "",
     ]
     lines += orderings_markdown(analysis.orderings).splitlines()

@@ -73,6 +73,22 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float
     return out
 
 
+# pairs_to_resolve looks this far: beyond it a difference is too small for its spread to plan seeds for.
+PAIRS_CAP = 50
+
+
+def pairs_to_resolve(mean: float, std: float, level: float = LEVEL, cap: int = PAIRS_CAP) -> int | None:
+    """The fewest pairs n >= 2 at which the interval mean +/- t_{n-1} * std / sqrt(n) would exclude 0, if more seeds
+    kept the measured mean and std: a planning estimate for how many seeds an ablation needs, not a prediction
+    (the next seeds move both). None when the mean is 0 or unknown, the std unknown, or n would exceed ``cap``."""
+    if any(v is None or math.isnan(v) for v in (mean, std)) or mean == 0:
+        return None
+    for n in range(2, cap + 1):
+        if t_quantile(level, n - 1) * std / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
 @dataclass
 class Pairing:
     """The seeds of two cells, paired: differences ``a - b`` per shared seed, and the seeds left out."""
@@ -134,7 +150,8 @@ def compare_cells(
     names: tuple[str, str] = ("variant", "baseline"),
 ) -> dict[str, object]:
     """Paired statistics of ``metric`` (a - b) between the runs of two cells: t_interval's keys plus ``seeds``,
-    ``excludes_0`` (None without an interval), ``unpaired``, ``not_trained`` and ``note``."""
+    ``excludes_0`` (None without an interval), ``pairs_needed`` (pairs_to_resolve at the measured mean and std),
+    ``unpaired``, ``not_trained`` and ``note``."""
     pairing = pair_by_seed(a, b, metric)
     stats = t_interval(pairing.diffs, level)
     excludes = None if math.isnan(stats["ci_low"]) else bool(stats["ci_low"] > 0 or stats["ci_high"] < 0)
@@ -144,6 +161,7 @@ def compare_cells(
         "level": level,
         "seeds": ", ".join(map(str, pairing.seeds)),
         "excludes_0": excludes,
+        "pairs_needed": pairs_to_resolve(stats["mean"], stats["std"], level),
         "unpaired": pairing.unpaired_text(*names),
         "not_trained": _untrained_text(a, b, names),
         "note": note,
@@ -178,7 +196,7 @@ def paired_differences(
     rows with ``n`` = 0 and the note "no baseline run in this cell"."""
     frame, _ = with_derived(summary, prefer)
     columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "n", "seeds", "mean", "std", "level", "t"]
-    columns += ["ci_low", "ci_high", "excludes_0", "unpaired", "not_trained", "note"]
+    columns += ["ci_low", "ci_high", "excludes_0", "pairs_needed", "unpaired", "not_trained", "note"]
     if frame.empty or "pair_group" not in frame:
         return pd.DataFrame(columns=columns)
     metrics = list(metrics) if metrics is not None else default_metrics(frame)

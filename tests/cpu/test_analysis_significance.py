@@ -224,6 +224,21 @@ def test_seed_spread_against_the_target(result):
         seed_spread(result.summary, target=0)
 
 
+def test_pairs_to_resolve_is_the_first_n_whose_interval_excludes_zero():
+    from moda_lab.analysis.significance import PAIRS_CAP, pairs_to_resolve
+
+    # Pre-norm depth KV - residual of the GPU table: -0.0549, -0.0235 (mean -0.0392, std 0.0222).
+    mean, std = -0.0392, 0.0222
+    n = pairs_to_resolve(mean, std)
+    assert n == 4
+    assert T_975_2 * std / math.sqrt(3) > abs(mean) > 3.182 * std / math.sqrt(4)  # n=3 is not enough, n=4 is
+    assert pairs_to_resolve(+0.0392, std) == 4  # either sign: a reversal is resolved alike
+    assert pairs_to_resolve(-0.01, 0.0) == 2  # no spread: the first interval there is
+    assert pairs_to_resolve(0.0, 0.01) is None and pairs_to_resolve(float("nan"), 0.01) is None
+    assert pairs_to_resolve(-0.001, 0.5) is None  # past the cap
+    assert pairs_to_resolve(-0.001, 0.5, cap=10**6) > PAIRS_CAP
+
+
 def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert len(PAPER_TABLE6) == 9 and len(paper_orderings()) == 9
     orders = result.orderings
@@ -235,6 +250,9 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert moda_vs_ffn["mean"] == pytest.approx(sum(diffs(ffn, moda)) / 3)
     assert moda_vs_ffn["paper Δ"] == pytest.approx(3.4338 - 3.4537)
     assert by[(48, "pre", "moda < residual")]["verdict"] == "same sign, n=1 (no interval)"
+    from moda_lab.analysis.significance import pairs_to_resolve
+
+    assert moda_vs_ffn["pairs_needed"] == pairs_to_resolve(moda_vs_ffn["mean"], moda_vs_ffn["std"])
     # The paper's post is matched by our reordered too; here MoDA is worse, and the baseline had a flat seed.
     reordered = by[(24, "reordered", "moda < residual")]
     assert reordered["paper norm"] == "post" and reordered["mean"] == pytest.approx(0.055)
@@ -272,6 +290,9 @@ def test_a_depth_the_paper_did_not_run_is_checked_against_its_nearest(tmp_path: 
     assert set(orders[orders["norm"] != "pre"]["verdict"]) == {"not run"} and len(orders) == 9 + 3
     table = orderings_markdown(orders)
     assert table.splitlines()[0].startswith("| layers | paper layers | paper norm | our norm |")
+    assert "| verdict | pairs to resolve |" in table.splitlines()[0]
+    assert ours.loc["moda +ffn_kv < residual", "pairs_needed"] == 2  # no spread
+    assert "| reproduced (CI below 0) | 2 |" in table
     assert "| 24 | 48 | pre | pre |" in table
 
 
