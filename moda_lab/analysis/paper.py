@@ -147,9 +147,12 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
     frame = frame[shape] if not frame.empty else frame
     rows = []
 
+    def ids(order: Ordering, layers: int) -> dict[str, object]:
+        return {"layers": layers, "paper layers": order.layers, "paper norm": order.norm, "ordering": order.text,
+                "paper Δ": order.paper_delta}
+
     def check(order: Ordering, layers: int, norm: str) -> bool:
-        ids = {"layers": layers, "paper layers": order.layers, "paper norm": order.norm, "ordering": order.text,
-               "paper Δ": order.paper_delta}
+        """Append a row per pair group of our (layers, norm) cells that has both variants; whether any had."""
         cells = frame[(frame["layers"] == layers) & (frame["norm"] == norm)] if not frame.empty else frame
         found = False
         for _, group in cells.groupby("pair_group", sort=False) if not cells.empty else []:
@@ -160,16 +163,16 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
             config = group["cell_label"].iloc[0] or ""
             # A run stuck on a plateau makes any gap an optimisation failure, not the paper's effect.
             caveat = "; a run did not train" if stats["not_trained"] else ""
-            rows.append({**ids, "norm": norm, "config": config, **stats, "verdict": verdict(stats) + caveat})
+            rows.append({**ids(order, layers), "norm": norm, "config": config, **stats,
+                         "verdict": verdict(stats) + caveat})
             found = True
         return found
 
     orderings = paper_orderings()
     for order in orderings:
+        # A list, not a generator: every norm matching the paper's label is checked (post and reordered).
         if not any([check(order, order.layers, norm) for norm in PAPER_NORMS[order.norm]]):
-            rows.append({"layers": order.layers, "paper layers": order.layers, "paper norm": order.norm,
-                         "ordering": order.text, "paper Δ": order.paper_delta, "norm": "–", "config": "", "n": 0,
-                         "verdict": "not run"})
+            rows.append({**ids(order, order.layers), "norm": "–", "config": "", "n": 0, "verdict": "not run"})
     paper_depths = {(o.norm, o.layers) for o in orderings}
     ours = frame[["layers", "norm"]].drop_duplicates().itertuples(index=False) if not frame.empty else []
     for layers, norm in sorted(ours, key=lambda t: (-t[0], str(t[1]))):

@@ -13,6 +13,7 @@ share it, else per legend entry.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -191,6 +192,29 @@ def ordered_norms(frame: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
+def tail_grid(n_cols: int, col_width: float, tail: float | None) -> tuple[Figure, np.ndarray]:
+    """The panels of a figure with a zoomed row: one column per norm, the full range on top (one y axis shared
+    along the row), and with ``tail`` a row under it for each panel's last ``tail`` of x (zoom_tail)."""
+    rows = 2 if tail else 1
+    fig, grid = plt.subplots(rows, n_cols, figsize=(col_width * n_cols, 4.4 + 3.2 * (rows - 1)), squeeze=False,
+                             height_ratios=[4.4, 3.2][:rows])
+    for ax in grid[0, 1:]:
+        ax.sharey(grid[0, 0])  # the full range is shared; each zoom takes its own panel's range
+        ax.tick_params(labelleft=False)
+    return fig, grid
+
+
+def zoom_tail(zoom, tail: float, x_max: float, x: str, values: Sequence[float], pad: float) -> None:
+    """A zoomed panel of tail_grid: x from (1 - tail) * x_max to the end, y around ``values`` (the lines' values
+    there) with ``pad`` of their range on each side (0.01 when they are equal; no y limits without values)."""
+    zoom.set_xlim((1 - tail) * x_max, x_max * 1.02)
+    zoom.set_title(f"last {tail:.0%} of {X_LABELS.get(x, x).removeprefix('training ')}, zoomed", fontsize=10)
+    if len(values):
+        lo, hi = min(values), max(values)
+        margin = pad * (hi - lo) or 0.01
+        zoom.set_ylim(lo - margin, hi + margin)
+
+
 def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens", tail: float | None = 0.5) -> Figure:
     """``metric`` vs tokens or FLOPs: one panel per norm placement, one line per cell, mean +/- std over seeds.
 
@@ -202,11 +226,7 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
     norms = ordered_norms(agg)
     n_cols = max(1, len(norms))
     rows = 2 if tail else 1
-    fig, grid = plt.subplots(rows, n_cols, figsize=(5.5 * n_cols, 4.4 + 3.2 * (rows - 1)), squeeze=False,
-                             height_ratios=[4.4, 3.2][:rows])
-    for ax in grid[0, 1:]:
-        ax.sharey(grid[0, 0])  # the full curves share an axis; each zoom takes its own panel's range
-        ax.tick_params(labelleft=False)
+    fig, grid = tail_grid(n_cols, 5.5, tail)
     colors = variant_colors(agg)
     shades = config_shades(agg, colors)
     markers = _label_markers(agg)
@@ -219,7 +239,7 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
     for col, norm in enumerate(norms):
         ax = grid[0, col]
         drawn = 0
-        tail_lows, tail_highs = [], []
+        tail_values = []  # each line's lowest and highest mean -/+ std over the tail
         x_max = max((c[x].max() for _, c in cells if c["norm"].iloc[0] == norm), default=0.0)
         for (_, cell), n in zip(cells, counts):
             if cell["norm"].iloc[0] != norm:
@@ -248,19 +268,11 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
             if tail:
                 last = xs >= (1 - tail) * x_max
                 if last.any():
-                    tail_lows.append(float(np.min(ys[last] - sd[last])))
-                    tail_highs.append(float(np.max(ys[last] + sd[last])))
+                    tail_values += [float(np.min(ys[last] - sd[last])), float(np.max(ys[last] + sd[last]))]
             drawn += 1
         ax.set_title(f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})")
         if tail:
-            zoom = grid[1, col]
-            zoom.set_xlim((1 - tail) * x_max, x_max * 1.02)
-            zoom.set_title(f"last {tail:.0%} of {X_LABELS.get(x, x).removeprefix('training ')}, zoomed",
-                           fontsize=10)
-            if tail_lows:
-                lo, hi = min(tail_lows), max(tail_highs)
-                pad = 0.06 * (hi - lo) or 0.01
-                zoom.set_ylim(lo - pad, hi + pad)
+            zoom_tail(grid[1, col], tail, x_max, x, tail_values, pad=0.06)
         for row in range(rows):
             _curve_axis(grid[row, col], x)
         grid[-1, col].set_xlabel(X_LABELS.get(x, x))
@@ -546,11 +558,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
     rows = curves[curves["metric"] == metric] if not curves.empty else curves
     norms = ordered_norms(rows) or [None]
     n_rows = 2 if tail else 1
-    fig, grid = plt.subplots(n_rows, len(norms), figsize=(6.4 * len(norms), 4.4 + 3.2 * (n_rows - 1)), squeeze=False,
-                             height_ratios=[4.4, 3.2][:n_rows])
-    for ax in grid[0, 1:]:
-        ax.sharey(grid[0, 0])  # the full range is shared; each zoom takes its own panel's range
-        ax.tick_params(labelleft=False)
+    fig, grid = tail_grid(len(norms), 6.4, tail)
     if rows.empty:
         grid[0, 0].text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center",
                         transform=grid[0, 0].transAxes)
@@ -597,12 +605,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
             grid[row, col].xaxis.set_major_formatter(EngFormatter(sep=""))
             grid[row, col].grid(alpha=0.3)
         if tail:
-            zoom = grid[1, col]
-            zoom.set_xlim((1 - tail) * x_max, x_max * 1.02)
-            lo, hi = min(tail_values), max(tail_values)
-            pad = 0.08 * (hi - lo) or 0.01
-            zoom.set_ylim(lo - pad, hi + pad)
-            zoom.set_title(f"last {tail:.0%} of tokens, zoomed", fontsize=10)
+            zoom_tail(grid[1, col], tail, x_max, "tokens", tail_values, pad=0.08)
         grid[-1, col].set_xlabel(X_LABELS.get("tokens", "tokens"))
         ax.set_title(f"norm = {norm}")
         lines, width = place_legend(ax, under=grid[-1, col])
