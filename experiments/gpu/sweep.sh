@@ -11,4 +11,4 @@ LAUNCH=()
 if [ -n "${PARALLEL:-}" ]; then LAUNCH=(hydra/launcher=parallel "hydra.launcher.n_jobs=$PARALLEL"); fi
 timeout "${SWEEP_TIMEOUT:-540}" python3 run.py -m "${LAUNCH[@]}" "data.packed_dir=$PACKED" logger.wandb.enabled=false run_root=runs_gpu "$@" 2>&1 \
   | grep -vE "^(Epoch|Validation|Training)|it/s\]" | tee "$OUT/sweep.log" || true
-tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='wandb' runs_gpu
+tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu

@@ -77,5 +77,5 @@ alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"
-tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='wandb' runs_gpu
+tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu
 true
