@@ -98,6 +98,16 @@ def paper_row(layers: object, norm: object, variant: object) -> PaperRow | None:
     return next((r for r in PAPER_TABLE6 if (r.layers, r.norm, r.variant) == (layers, label, variant)), None)
 
 
+def paper_depth(layers: object, norm: object) -> int | None:
+    """The paper's depth our (layers, norm) is compared with: ``layers`` when Table 6 has rows of that depth under
+    the norm, else its nearest depth there (a tie: the shallower); None when the paper has no row under the norm."""
+    label = paper_norm(str(norm))
+    depths = {r.layers for r in PAPER_TABLE6 if r.norm == label}
+    if not depths or layers is None or pd.isna(layers):
+        return None
+    return min(depths, key=lambda d: (abs(d - int(layers)), d))
+
+
 def matches_paper_shape(row: pd.Series | dict) -> bool:
     """Whether a cell has Table 6's width and heads (layers and norm are matched per row)."""
     return all(k in row and row[k] == v for k, v in PAPER_TABLE6_SHAPE.items())
@@ -105,16 +115,21 @@ def matches_paper_shape(row: pd.Series | dict) -> bool:
 
 def with_paper_delta(paired: pd.DataFrame) -> pd.DataFrame:
     """``paired`` (significance.paired_differences) with ``paper Δ``: the paper's val loss of the row's variant minus
-    its baseline's, on the val/loss rows of cells in Table 6's shape (NaN elsewhere)."""
+    its baseline's, on the val/loss rows of cells in Table 6's shape (NaN elsewhere), at ``paper layers``
+    (paper_depth: our depth, or the paper's nearest under that norm, as check_orderings compares them)."""
     out = paired.copy()
-    deltas = []
+    deltas, depths = [], []
     for _, row in out.iterrows():
-        a = paper_row(row.get("layers"), row.get("norm"), row.get("variant"))
-        b = paper_row(row.get("layers"), row.get("norm"), row.get("baseline"))
+        depth = paper_depth(row.get("layers"), row.get("norm"))
+        a = paper_row(depth, row.get("norm"), row.get("variant"))
+        b = paper_row(depth, row.get("norm"), row.get("baseline"))
         ok = row.get("metric") == "val/loss" and a and b and matches_paper_shape(row)
         deltas.append(round(a.val_loss - b.val_loss, 6) if ok else math.nan)
+        depths.append(depth if ok else math.nan)
     out["paper Δ"] = deltas
+    out["paper layers"] = depths
     return out
+
 
 
 def verdict(stats: dict) -> str:
@@ -173,14 +188,12 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
         # A list, not a generator: every norm matching the paper's label is checked (post and reordered).
         if not any([check(order, order.layers, norm) for norm in PAPER_NORMS[order.norm]]):
             rows.append({**ids(order, order.layers), "norm": "–", "config": "", "n": 0, "verdict": "not run"})
-    paper_depths = {(o.norm, o.layers) for o in orderings}
     ours = frame[["layers", "norm"]].drop_duplicates().itertuples(index=False) if not frame.empty else []
     for layers, norm in sorted(ours, key=lambda t: (-t[0], str(t[1]))):
-        label = paper_norm(str(norm))
-        depths = sorted({d for n, d in paper_depths if n == label}, key=lambda d: (abs(d - layers), d))
-        if label is None or not depths or (label, layers) in paper_depths:
+        depth = paper_depth(layers, norm)
+        if depth is None or depth == layers:  # no paper row under the norm, or checked above at our own depth
             continue
-        for order in (o for o in orderings if (o.norm, o.layers) == (label, depths[0])):
+        for order in (o for o in orderings if (o.norm, o.layers) == (paper_norm(str(norm)), depth)):
             check(order, int(layers), str(norm))
     return pd.DataFrame(rows, columns=columns)
 

@@ -12,6 +12,7 @@ share it, else per legend entry.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -504,10 +505,22 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     return fig
 
 
+PAPER_LABEL = "paper (Table 6)"
+
+
+def paper_label(row: pd.Series) -> str:
+    """The legend entry of a row's paper Δ: Table 6, or its nearest depth where it did not run ours (paper.py's
+    with_paper_delta, ``paper layers``)."""
+    depth = row.get("paper layers", math.nan)
+    if pd.isna(depth) or depth == row.get("layers"):
+        return PAPER_LABEL
+    return f"paper at {int(depth)} layers (its nearest depth)"
+
+
 def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
     """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
-    confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it.
-    Rows with a run that did not train say so in their label."""
+    confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it
+    (grey: at the paper's nearest depth). Rows with a run that did not train say so in their label."""
     rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
     fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
     if rows.empty:
@@ -517,7 +530,7 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     colors = variant_colors(rows)
     extra = [c for c in ("layers", "width", "norm", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     short = {"layers": "L", "width": "D"}
-    labels, paper_drawn = [], False
+    labels, paper_drawn = [], set()
     for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
         color = colors[r["variant"]]
         parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
@@ -530,8 +543,10 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
         else:
             ax.plot(r["mean"], y, "o", color=color, markerfacecolor="white", markeredgewidth=1.5, markersize=7)
         if "paper Δ" in r and pd.notna(r["paper Δ"]):
-            ax.plot(r["paper Δ"], y, "x", color="black", markersize=8, label=None if paper_drawn else "paper (Table 6)")
-            paper_drawn = True
+            label = paper_label(r)
+            ax.plot(r["paper Δ"], y, "x", color="black" if label == PAPER_LABEL else "#888888", markersize=8,
+                    label=None if label in paper_drawn else label)
+            paper_drawn.add(label)
     ax.axvline(0.0, color="#999999", linewidth=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -549,7 +564,8 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
 def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: float | None = 0.5) -> Figure:
     """Variant minus baseline of ``metric`` over training tokens (significance.paired_curves), one line per
     non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
-    paper's final difference (``paper Δ``, paper.with_paper_delta) as a cross at the last point.
+    paper's final difference (``paper Δ``, paper.with_paper_delta; at its nearest depth where it did not run ours,
+    the legend says which) as a cross at the last point.
 
     tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, bands, crosses and zero there: with
     two seeds the t-band of the early steps (t = 12.7, loss spikes of a nat) spans +-3 nats and flattens the final
@@ -571,7 +587,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
     below = longest = 0
     for col, norm in enumerate(norms):
         ax = grid[0, col]
-        paper_drawn = False
+        paper_depths: set[str] = set()
         in_norm = rows[rows["norm"] == norm]
         x_max = float(in_norm["tokens"].max())
         tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
@@ -592,14 +608,16 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
                                                 alpha=0.18, linewidth=0)
                 if has_paper:
                     grid[row, col].plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
-            paper_drawn |= has_paper
+            if has_paper:
+                paper_depths.add(paper_label(r))
             if tail:
                 last = line[line["tokens"] >= (1 - tail) * x_max]
                 tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
                 if has_paper:
                     tail_values.append(float(r["paper Δ"]))
-        if paper_drawn:  # one legend entry for the crosses of every line
-            ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label="paper's final Δ (Table 6)")
+        for text in sorted(paper_depths):  # one legend entry for the crosses of every line (per paper depth)
+            text = "paper's final Δ (Table 6)" if text == PAPER_LABEL else text.replace("paper", "paper's final Δ", 1)
+            ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label=text)
         for row in range(n_rows):
             grid[row, col].axhline(0.0, color="#999999", linewidth=1)
             grid[row, col].xaxis.set_major_formatter(EngFormatter(sep=""))

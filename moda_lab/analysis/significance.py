@@ -356,10 +356,18 @@ def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) 
         cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", metric, int(r["n"]), r["seeds"] or "–"]
         cells += [format_delta(r["mean"], metric), std, format_interval(r, metric)]
         if has_paper:
-            cells.append(format_delta(r["paper Δ"], metric))
+            cells.append(_paper_delta_text(r, metric))
         cells += [r["unpaired"] or "", r["not_trained"] or "", r["note"] or ""]
         body.append(cells)
     return "\n".join(markdown_table(header, body)) + "\n"
+
+
+def _paper_delta_text(row: pd.Series, metric: str) -> str:
+    """A row's ``paper Δ``, naming the paper's depth where it is not the row's (``-0.0041 at 48 L``: paper.py's
+    with_paper_delta takes the paper's nearest depth for one it did not run)."""
+    text = format_delta(row["paper Δ"], metric)
+    depth = row.get("paper layers", math.nan)
+    return f"{text} at {int(depth)} L" if pd.notna(depth) and depth != row.get("layers") else text
 
 
 def spread_markdown(spread: pd.DataFrame) -> str:

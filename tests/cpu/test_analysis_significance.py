@@ -295,6 +295,35 @@ def test_a_depth_the_paper_did_not_run_is_checked_against_its_nearest(tmp_path: 
     assert "| 24 | 48 | pre | pre |" in table
 
 
+def test_the_paired_tables_and_figures_give_the_nearest_depths_paper_delta(tmp_path: Path):
+    """24-layer pre-norm pairs carry the paper's 48-layer pre-norm Δ with ``paper layers`` 48, in the paired
+    table (``at 48 L``), the final-Δ figure (its own, grey legend entry) and the over-training figure; a depth the
+    paper ran keeps its own depth's Δ and plain label."""
+    from moda_lab.analysis.significance import paired_markdown
+
+    final = {(24, "pre", "residual", False): {0: 3.50, 1: 3.52}, (24, "pre", "moda", False): {0: 3.46, 1: 3.47},
+             (24, "post", "residual", False): {0: 3.40, 1: 3.42}, (24, "post", "moda", False): {0: 3.39, 1: 3.40}}
+    for key, seeds in final.items():
+        for seed, loss in seeds.items():
+            fx.write_run_dir(tmp_path / "mixed", spec_of(*key, seed), rows_of(key, seed, loss)[0])
+    result = add_significance(analyze(load_sweep_dir(tmp_path / "mixed")))
+    loss = result.paired[result.paired["metric"] == "val/loss"].set_index("norm")
+    assert loss.loc["pre", "paper layers"] == 48 and loss.loc["pre", "paper Δ"] == pytest.approx(3.3759 - 3.3800)
+    assert loss.loc["post", "paper layers"] == 24 and loss.loc["post", "paper Δ"] == pytest.approx(3.4537 - 3.4740)
+    domain = result.paired[result.paired["metric"] != "val/loss"]
+    assert domain["paper Δ"].isna().all() and domain["paper layers"].isna().all()  # val/loss rows only
+    table = paired_markdown(result.paired, metrics=["val/loss"])
+    assert "| -0.0041 at 48 L |" in table and "| -0.0203 |" in table
+    fig = plot_paired_differences(result.paired)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(legend) == ["paper (Table 6)", "paper at 48 layers (its nearest depth)"]
+    curves = plot_paired_curves(result.curves)
+    texts = {ax.get_title(): [t.get_label() for t in ax.get_lines() if t.get_label().startswith("paper")]
+             for ax in curves.axes if ax.get_title().startswith("norm")}
+    assert texts == {"norm = pre": ["paper's final Δ at 48 layers (its nearest depth)"],
+                     "norm = post": ["paper's final Δ (Table 6)"]}
+
+
 def test_zero_shot_table_uses_final_checkpoints_and_pairs_the_average(result):
     table = paper_table(result.summary, "downstream").set_index(["layers", "norm", "model", "ffn_kv"])
     ffn = table.loc[(24, "post", "moda", True)]
@@ -371,7 +400,7 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     assert reord[50] != pytest.approx(reord[200])
     assert "dense" not in set(curves["model"])  # its group has no baseline run
     only_complete = paired_curves(result.tidy, runs=[])
-    assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-1])  # no paper Δ yet
+    assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-2])  # no paper Δ, layers yet
     fig = plot_paired_curves(curves)
     assert [ax.get_title() for ax in fig.axes] == ["norm = pre", "norm = post", "norm = reordered",
                                                    *["last 50% of tokens, zoomed"] * 3]
