@@ -22,16 +22,10 @@ from moda_lab.analysis.attention import (
 from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
+from moda_lab.analysis.paired_plots import plot_paired_curves, plot_paired_differences
 from moda_lab.analysis.paper import PAPER_TABLE6, check_orderings, orderings_markdown, paper_orderings, with_paper_delta
 from moda_lab.analysis.pipeline import SweepAnalysis, add_significance, analyze, load_runs, run_analysis
-from moda_lab.analysis.plots import (
-    plot_cost_vs_loss,
-    plot_curves,
-    plot_downstream,
-    plot_paired_curves,
-    plot_paired_differences,
-    save_figure,
-)
+from moda_lab.analysis.plots import plot_cost_vs_loss, plot_curves, plot_downstream, save_figure
 from moda_lab.analysis.records import RunIssue, RunRecord
 from moda_lab.analysis.significance import (
     pair_by_seed,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moda_lab.analysis import plots
+from moda_lab.analysis import paired_plots, plots
 from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
@@ -195,11 +195,11 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
         written += [tables_dir / f"{stem}.csv", tables_dir / f"{stem}.md"]
     paired = analysis.paired
     if not paired.empty and ((paired["metric"] == "val/loss") & (paired["n"] > 0)).any():
-        written += plots.save_figure(plots.plot_paired_differences(paired, "val/loss"), figures_dir, "paired_val_loss")
+        written += plots.save_figure(paired_plots.plot_paired_differences(paired, "val/loss"), figures_dir, "paired_val_loss")
     if not analysis.curves.empty:
         analysis.curves.to_csv(tables_dir / "paired_curves.csv", index=False)
         written.append(tables_dir / "paired_curves.csv")
-        figure = plots.plot_paired_curves(analysis.curves, "val/loss")
+        figure = paired_plots.plot_paired_curves(analysis.curves, "val/loss")
         written += plots.save_figure(figure, figures_dir, "paired_val_loss_vs_tokens")
     return written
 

@@ -1,0 +1,158 @@
+"""The paired seed differences against the baseline as figures: the final Δ per cell with its interval
+(``significance.paired_differences``) and Δ over training (``significance.paired_curves``), each with the paper's
+Δ where Table 6 has one (``paper.with_paper_delta``). Colours, legends and the zoomed last-half row are plots.py's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from moda_lab.analysis.plots import (
+    LOSS_UNIT,
+    METRIC_LABELS,
+    X_LABELS,
+    config_shades,
+    layout_with_legend,
+    ordered_norms,
+    place_legend,
+    seeds_text,
+    tail_grid,
+    variant_colors,
+    zoom_tail,
+)
+
+PAPER_LABEL = "paper (Table 6)"
+
+
+def paper_label(row: pd.Series) -> str:
+    """The legend entry of a row's paper Δ: Table 6, or its nearest depth where it did not run ours (paper.py's
+    with_paper_delta, ``paper layers``)."""
+    depth = row.get("paper layers", math.nan)
+    if pd.isna(depth) or depth == row.get("layers"):
+        return PAPER_LABEL
+    return f"paper at {int(depth)} layers (its nearest depth)"
+
+
+def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
+    """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
+    confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it
+    (grey: at the paper's nearest depth). Rows with a run that did not train say so in their label."""
+    rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
+    fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
+    if rows.empty:
+        ax.text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    colors = variant_colors(rows)
+    extra = [c for c in ("layers", "width", "norm", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
+    short = {"layers": "L", "width": "D"}
+    labels, paper_drawn = [], set()
+    for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
+        color = colors[r["variant"]]
+        parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
+        label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
+        label += f"\nn={int(r['n'])}" + ("; not trained: " + r["not_trained"] if r["not_trained"] else "")
+        labels.append(label)
+        if int(r["n"]) >= 2:
+            err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
+            ax.errorbar(r["mean"], y, xerr=err, fmt="o", color=color, capsize=4, markersize=7)
+        else:
+            ax.plot(r["mean"], y, "o", color=color, markerfacecolor="white", markeredgewidth=1.5, markersize=7)
+        if "paper Δ" in r and pd.notna(r["paper Δ"]):
+            label = paper_label(r)
+            ax.plot(r["paper Δ"], y, "x", color="black" if label == PAPER_LABEL else "#888888", markersize=8,
+                    label=None if label in paper_drawn else label)
+            paper_drawn.add(label)
+    ax.axvline(0.0, color="#999999", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    unit = LOSS_UNIT if metric.endswith("loss") else "points"
+    ax.set_xlabel(f"Δ final {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
+    ci = f" with {rows['level'].iloc[0]:.0%} CI (Student's t)" if rows["t"].notna().any() else ""
+    ax.set_title(f"Paired by seed, variant − baseline: mean{ci}\nhollow marker: one pair, no interval", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    if paper_drawn:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: float | None = 0.5) -> Figure:
+    """Variant minus baseline of ``metric`` over training tokens (significance.paired_curves), one line per
+    non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
+    paper's final difference (``paper Δ``, paper.with_paper_delta; at its nearest depth where it did not run ours,
+    the legend says which) as a cross at the last point.
+
+    tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, bands, crosses and zero there: with
+    two seeds the t-band of the early steps (t = 12.7, loss spikes of a nat) spans +-3 nats and flattens the final
+    hundredths. None: no zoomed row.
+    """
+    rows = curves[curves["metric"] == metric] if not curves.empty else curves
+    norms = ordered_norms(rows) or [None]
+    n_rows = 2 if tail else 1
+    fig, grid = tail_grid(len(norms), 6.4, tail)
+    if rows.empty:
+        grid[0, 0].text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center",
+                        transform=grid[0, 0].transAxes)
+        return fig
+    colors = variant_colors(rows)
+    # A variant paired under several configs: one shade of its colour per config, as in the loss curves.
+    rows = rows.assign(config=rows["config"].fillna("") if "config" in rows else "")
+    shades = config_shades(rows.assign(cell_label=rows["config"]), colors)
+    extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
+    below = longest = 0
+    for col, norm in enumerate(norms):
+        ax = grid[0, col]
+        paper_depths: set[str] = set()
+        in_norm = rows[rows["norm"] == norm]
+        x_max = float(in_norm["tokens"].max())
+        tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
+        for _, line in in_norm.groupby(["variant", *extra], sort=False, dropna=False):
+            line = line.sort_values("tokens")
+            r = line.iloc[-1]
+            parts = [f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
+            n_min, n_max = int(line["n"].min()), int(line["n"].max())
+            label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
+            color = shades.get((r["variant"], r["config"]), colors[r["variant"]])
+            band = line[line["n"] >= 2]
+            has_paper = "paper Δ" in line and pd.notna(r["paper Δ"])
+            for row in range(n_rows):
+                grid[row, col].plot(line["tokens"], line["mean"], "o-", color=color, markersize=3,
+                                    label=label if row == 0 else None)
+                if not band.empty:
+                    grid[row, col].fill_between(band["tokens"], band["ci_low"], band["ci_high"], color=color,
+                                                alpha=0.18, linewidth=0)
+                if has_paper:
+                    grid[row, col].plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
+            if has_paper:
+                paper_depths.add(paper_label(r))
+            if tail:
+                last = line[line["tokens"] >= (1 - tail) * x_max]
+                tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
+                if has_paper:
+                    tail_values.append(float(r["paper Δ"]))
+        for text in sorted(paper_depths):  # one legend entry for the crosses of every line (per paper depth)
+            text = "paper's final Δ (Table 6)" if text == PAPER_LABEL else text.replace("paper", "paper's final Δ", 1)
+            ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label=text)
+        for row in range(n_rows):
+            grid[row, col].axhline(0.0, color="#999999", linewidth=1)
+            grid[row, col].xaxis.set_major_formatter(EngFormatter(sep=""))
+            grid[row, col].grid(alpha=0.3)
+        if tail:
+            zoom_tail(grid[1, col], tail, x_max, "tokens", tail_values, pad=0.08)
+        grid[-1, col].set_xlabel(X_LABELS.get("tokens", "tokens"))
+        ax.set_title(f"norm = {norm}")
+        lines, width = place_legend(ax, under=grid[-1, col])
+        below, longest = max(below, lines), max(longest, width)
+    unit = LOSS_UNIT if metric.endswith("loss") else "points"
+    fig.supylabel(f"Δ {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower", fontsize=10)
+    level = rows["level"].iloc[0]
+    fig.suptitle(f"Paired by seed, variant − baseline over training\nmean; band: {level:.0%} CI (Student's t) "
+                 "where n ≥ 2", fontsize=10)
+    layout_with_legend(fig, below, longest, len(norms))
+    return fig
