@@ -131,7 +131,6 @@ def with_paper_delta(paired: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-
 def verdict(stats: dict) -> str:
     """Whether a paired ``better - worse`` difference reproduces the paper's ``better < worse``."""
     n, mean = int(stats["n"]), stats["mean"]
