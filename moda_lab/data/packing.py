@@ -28,15 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import threading
-import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +40,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from .corpus import HubDataset, Position, Source, corpus_files, read_documents, stream_documents
-from .tokenizer import EOS, load_tokenizer, train_tokenizer
+from .encode import Encoded, encoder
+from .tokenizer import EOS, pretrained_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -127,39 +122,6 @@ def default_num_proc() -> int:
     """data.num_proc when it is null: min(the cores this process may use, 8)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, 8))
-
-
-def looks_like_hub_name(name: str) -> bool:
-    """'gpt2' or 'org/name': what the Hugging Face hub calls a repository (never an existing local path)."""
-    parts = str(name).split("/")
-    return (not Path(name).exists() and len(parts) <= 2 and all(parts)
-            and all(c.isalnum() or c in "-_." for part in parts for c in part) and not str(name).startswith("."))
-
-
-def hub_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer.json of a Hugging Face hub repository (downloads it; fails offline)."""
-    return Tokenizer.from_pretrained(name)
-
-
-def pretrained_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer.json (or a folder holding one), or the tokenizer.json of a hub repository by name (e.g. 'gpt2',
-    when the hub is reachable), with the EOS every document ends with (added if missing)."""
-    try:
-        tok = load_tokenizer(path)
-    except FileNotFoundError:
-        if not looks_like_hub_name(str(path)):
-            raise FileNotFoundError(f"data.tokenizer={str(path)!r}: no tokenizer.json there") from None
-        try:
-            tok = hub_tokenizer(str(path))
-        except Exception as err:  # offline, unknown repository, no tokenizer.json in it
-            raise FileNotFoundError(
-                f"data.tokenizer={str(path)!r}: no tokenizer.json at that path, and loading it as a Hugging Face hub "
-                f"tokenizer failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            ) from None
-    if tok.token_to_id(EOS) is None:
-        tok.add_special_tokens([EOS])
-        log.info("data.tokenizer=%s has no %s token: added it as id %d", path, EOS, tok.token_to_id(EOS))
-    return tok
 
 
 def load_packed(root: str | Path) -> PackedData:
@@ -299,90 +261,6 @@ def _batches(stream: Iterator[tuple[str, Position]], domain: str, first: int, va
             batch = _Batch()
     if batch.docs:
         yield batch
-
-
-# A tokenising process's tokenizer, EOS id and token dtype (set by _init_worker).
-_worker: tuple[Tokenizer, int, np.dtype] | None = None
-
-
-def _exit_with_parent(parent: int) -> None:
-    # The workers of a killed packer would wait on their task queue forever (they hold its write end themselves,
-    # so it never reaches EOF): each exits once it is re-parented.
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _init_worker(tokenizer_json: str, eos: int, dtype: str, parent: int) -> None:
-    global _worker
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    # One thread per process: num_proc processes use num_proc cores (the library's pool would take them all each).
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker = (Tokenizer.from_str(tokenizer_json), eos, np.dtype(dtype))
-
-
-def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(every document's tokens then EOS, concatenated; tokens per document, EOS included; UTF-8 bytes per document)."""
-    tok, eos, dtype = _worker
-    encs = tok.encode_batch(docs)
-    tokens = np.concatenate([np.asarray([*enc.ids, eos], dtype=dtype) for enc in encs])
-    lengths = np.fromiter((len(enc.ids) + 1 for enc in encs), dtype=np.int64, count=len(encs))
-    nbytes = np.fromiter((len(doc.encode()) for doc in docs), dtype=np.int64, count=len(docs))
-    return tokens, lengths, nbytes
-
-
-@contextmanager
-def _single_threaded_tokenizers() -> Iterator[None]:
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read on every encode_batch call
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
-
-
-Encoded = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@contextmanager
-def _encoder(tok: Tokenizer, eos: int, dtype: np.dtype, num_proc: int):
-    """A function mapping batches to (batch, _encode(batch.docs)) in order: in this process for num_proc=1, else
-    over num_proc worker processes with at most 2 * num_proc batches in flight (memory stays a few batches)."""
-    global _worker
-    with _single_threaded_tokenizers():
-        if num_proc == 1:
-            _worker = (tok, eos, dtype)
-            try:
-                yield lambda batches: ((batch, _encode(batch.docs)) for batch in batches)
-            finally:
-                _worker = None
-            return
-        # fork, not spawn or forkserver: those re-import the caller's __main__, so a script that calls prepare()
-        # without an `if __name__ == "__main__"` guard would run again in every worker (and wait on the cache lock
-        # its parent holds). The workers only tokenise: no thread of the parent (torch's, a datasets download) is
-        # used in them, and with TOKENIZERS_PARALLELISM set the tokenizers library forks without its warning.
-        context = multiprocessing.get_context("fork")
-        initargs = (tok.to_str(), eos, dtype.str, os.getpid())
-        pool = ProcessPoolExecutor(num_proc, context, initializer=_init_worker, initargs=initargs)
-
-        def ordered(batches: Iterator[_Batch]) -> Iterator[tuple[_Batch, Encoded]]:
-            pending: deque = deque()
-            for batch in batches:
-                pending.append((batch, pool.submit(_encode, batch.docs)))
-                if len(pending) > 2 * num_proc:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-
-        try:
-            yield ordered
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _zero() -> dict:
@@ -538,7 +416,7 @@ def _build(
         tqdm(
             total=total, initial=initial, desc=f"packing {root.name}", unit="tok", unit_scale=True, disable=None
         ) as bar,
-        _encoder(tok, progress["eos_id"], dtype, num_proc) as encode,
+        encoder(tok, progress["eos_id"], dtype, num_proc) as encode,
     ):  # disable=None: the bar (of training tokens) is only drawn on a TTY
         for domain, sources in files.items():
             st = domains[domain]

@@ -107,24 +107,24 @@ def test_pretrained_tokenizer_is_used_as_is(tmp_path):
 def test_tokenizer_by_hub_name(tmp_path, monkeypatch):
     """data.tokenizer=gpt2 (no such path) loads the hub repository's tokenizer.json; offline, the error names the
     key and says both what was looked for and why the hub failed."""
-    from moda_lab.data import packing
+    from moda_lab.data import tokenizer as tok_module
 
     corpus = tmp_path / "corpus"
     _parquet(corpus / "web" / "docs.parquet", DOCS)
     hub = train_tokenizer(DOCS * 3, 350)
     asked = []
-    monkeypatch.setattr(packing, "hub_tokenizer", lambda name: asked.append(name) or hub)
+    monkeypatch.setattr(tok_module, "hub_tokenizer", lambda name: asked.append(name) or hub)
     monkeypatch.chdir(tmp_path)
     packed = prepare(corpus, tmp_path / "cache", 512, 0.2, tokenizer="openai-community/gpt2")
     assert asked == ["openai-community/gpt2"]
     assert Tokenizer.from_file(str(packed.root / "tokenizer.json")).to_str() == hub.to_str()
-    assert packing.looks_like_hub_name("gpt2") and not packing.looks_like_hub_name("a/b/c")
-    assert not packing.looks_like_hub_name("./tok.json") and not packing.looks_like_hub_name(str(tmp_path / "x"))
+    assert tok_module.looks_like_hub_name("gpt2") and not tok_module.looks_like_hub_name("a/b/c")
+    assert not tok_module.looks_like_hub_name("./tok.json") and not tok_module.looks_like_hub_name(str(tmp_path / "x"))
 
     def offline(name):
         raise OSError("could not reach huggingface.co")
 
-    monkeypatch.setattr(packing, "hub_tokenizer", offline)
+    monkeypatch.setattr(tok_module, "hub_tokenizer", offline)
     with pytest.raises(FileNotFoundError, match=r"data.tokenizer='gpt2': no tokenizer.json .* hub .*OSError: could not"):
         prepare(corpus, tmp_path / "cache", 512, 0.2, tokenizer="gpt2")
 
