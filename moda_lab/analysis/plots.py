@@ -5,7 +5,7 @@ Every function takes the tidy table (or the run summary) and returns a matplotli
 PNG and PDF. Curves and bars show the mean over seeds with a +/- 1 std band. The encoding is the same in every
 figure: one colour per depth-mixing variant (``variant_colors``), one line style (curves), marker fill (scatter)
 or hatch (bars) per norm placement, and one marker shape per further config difference (``cell_label``). In the
-curves, a variant drawn under several configs (an lr sweep) takes one shade of its colour per config, light to
+curves, a variant drawn under several configs in one panel (an lr sweep) takes one shade of its colour per config, light to
 dark in the configs' numeric order (``config_shades``). The seed count is stated once per figure when all lines
 share it, else per legend entry.
 """
@@ -82,9 +82,10 @@ def _numeric_key(label: str) -> tuple:
 
 
 def config_shades(frame: pd.DataFrame, colors: dict[str, str]) -> dict[tuple[str, str], tuple]:
-    """(variant, cell_label) -> colour: the variant's own colour when it has one config; else, in the configs'
-    numeric order, viridis when the figure holds that variant alone (an lr sweep of the baseline), one shade of the
-    variant's colour per config (a light tint to a dark one) when other variants share the figure."""
+    """(variant, cell_label) -> colour: the variant's own colour when no panel (norm) holds two of its configs (one
+    config, or one per norm, as when each norm has its own lr); else, in the configs' numeric order, viridis when the
+    figure holds that variant alone (an lr sweep of the baseline), one shade of the variant's colour per config (a
+    light tint to a dark one) when other variants share the figure."""
     if frame.empty or "cell_label" not in frame:
         return {}
     shades = {}
@@ -92,8 +93,9 @@ def config_shades(frame: pd.DataFrame, colors: dict[str, str]) -> dict[tuple[str
     for variant, rows in frame.groupby("variant", sort=False):
         labels = sorted(rows["cell_label"].fillna("").unique(), key=_numeric_key)
         base = np.array(to_rgb(colors[variant]))
-        if len(labels) == 1:
-            shades[(variant, labels[0])] = tuple(base)
+        per_panel = rows.groupby("norm", dropna=False)["cell_label"].nunique(dropna=False) if "norm" in rows else None
+        if len(labels) == 1 or (per_panel is not None and per_panel.max() == 1):
+            shades.update({(variant, label): tuple(base) for label in labels})
             continue
         if alone:
             cmap = plt.get_cmap("viridis")

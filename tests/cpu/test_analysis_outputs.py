@@ -257,6 +257,16 @@ def test_config_shades_order_configs_numerically_and_keep_single_configs_in_the_
     assert shades[("moda", "")] == to_rgb(VARIANT_COLORS["moda"])
     light, dark = shades[("residual", "lr=0.001")], shades[("residual", "lr=0.002")]
     assert sum(light) > sum(to_rgb(VARIANT_COLORS["residual"])) > sum(dark)  # tint and shade of its own grey
+    # One lr per norm (each norm's own best, as in Table 6): no panel holds two configs, so every line of the
+    # variant keeps its colour; two lrs under one norm shade both norms' lines, one colour per config throughout.
+    per_norm = pd.DataFrame({"variant": ["moda", "moda", "residual"], "norm": ["pre", "post", "pre"],
+                             "cell_label": ["lr=0.006", "lr=0.000375", "lr=0.006"]})
+    shades = config_shades(per_norm, VARIANT_COLORS)
+    assert shades[("moda", "lr=0.006")] == shades[("moda", "lr=0.000375")] == to_rgb(VARIANT_COLORS["moda"])
+    shared = pd.concat([per_norm, pd.DataFrame({"variant": ["moda"], "norm": ["pre"], "cell_label": ["lr=0.000375"]})])
+    shades = config_shades(shared, VARIANT_COLORS)
+    assert shades[("moda", "lr=0.006")] != shades[("moda", "lr=0.000375")]
+    assert sum(shades[("moda", "lr=0.000375")]) > sum(to_rgb(VARIANT_COLORS["moda"])) > sum(shades[("moda", "lr=0.006")])
 
 
 def test_lr_sweep_points_and_figure(tmp_path: Path):
