@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
@@ -25,17 +23,14 @@ from moda_lab.analysis.plots import (
     variant_colors,
     zoom_tail,
 )
+from moda_lab.analysis.significance import paper_depth_shown
 
-PAPER_LABEL = "paper (Table 6)"
 
-
-def paper_label(row: pd.Series) -> str:
-    """The legend entry of a row's paper Δ: Table 6, or its nearest depth where it did not run ours (paper.py's
-    with_paper_delta, ``paper layers``)."""
-    depth = row.get("paper layers", math.nan)
-    if pd.isna(depth) or depth == row.get("layers"):
-        return PAPER_LABEL
-    return f"paper at {int(depth)} layers (its nearest depth)"
+def paper_label(row: pd.Series, what: str = "paper") -> str:
+    """The legend entry of a row's paper Δ (``what``: how the entry names it): Table 6, or the paper's nearest depth
+    where it did not run ours (significance.paper_depth_shown)."""
+    depth = paper_depth_shown(row)
+    return f"{what} (Table 6)" if depth is None else f"{what} at {depth} layers (its nearest depth)"
 
 
 def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
@@ -65,7 +60,7 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
             ax.plot(r["mean"], y, "o", color=color, markerfacecolor="white", markeredgewidth=1.5, markersize=7)
         if "paper Δ" in r and pd.notna(r["paper Δ"]):
             label = paper_label(r)
-            ax.plot(r["paper Δ"], y, "x", color="black" if label == PAPER_LABEL else "#888888", markersize=8,
+            ax.plot(r["paper Δ"], y, "x", color="black" if paper_depth_shown(r) is None else "#888888", markersize=8,
                     label=None if label in paper_drawn else label)
             paper_drawn.add(label)
     ax.axvline(0.0, color="#999999", linewidth=1)
@@ -108,7 +103,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
     below = longest = 0
     for col, norm in enumerate(norms):
         ax = grid[0, col]
-        paper_depths: set[str] = set()
+        paper_labels: set[str] = set()
         in_norm = rows[rows["norm"] == norm]
         x_max = float(in_norm["tokens"].max())
         tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
@@ -130,14 +125,13 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
                 if has_paper:
                     grid[row, col].plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
             if has_paper:
-                paper_depths.add(paper_label(r))
+                paper_labels.add(paper_label(r, "paper's final Δ"))
             if tail:
                 last = line[line["tokens"] >= (1 - tail) * x_max]
                 tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
                 if has_paper:
                     tail_values.append(float(r["paper Δ"]))
-        for text in sorted(paper_depths):  # one legend entry for the crosses of every line (per paper depth)
-            text = "paper's final Δ (Table 6)" if text == PAPER_LABEL else text.replace("paper", "paper's final Δ", 1)
+        for text in sorted(paper_labels):  # one legend entry for the crosses of every line (per paper depth)
             ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label=text)
         for row in range(n_rows):
             grid[row, col].axhline(0.0, color="#999999", linewidth=1)

@@ -362,12 +362,19 @@ def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) 
     return "\n".join(markdown_table(header, body)) + "\n"
 
 
-def _paper_delta_text(row: pd.Series, metric: str) -> str:
-    """A row's ``paper Δ``, naming the paper's depth where it is not the row's (``-0.0041 at 48 L``: paper.py's
-    with_paper_delta takes the paper's nearest depth for one it did not run)."""
-    text = format_delta(row["paper Δ"], metric)
+def paper_depth_shown(row: pd.Series) -> int | None:
+    """The paper's depth behind a row's ``paper Δ`` where it is not the row's own depth (paper.py's with_paper_delta
+    takes the paper's nearest depth, ``paper layers``, for one it did not run), else None: what the paired table and
+    figures name beside the paper's Δ."""
     depth = row.get("paper layers", math.nan)
-    return f"{text} at {int(depth)} L" if pd.notna(depth) and depth != row.get("layers") else text
+    return int(depth) if pd.notna(depth) and depth != row.get("layers") else None
+
+
+def _paper_delta_text(row: pd.Series, metric: str) -> str:
+    """A row's ``paper Δ``, naming the paper's depth where it is not the row's (``-0.0041 at 48 L``)."""
+    text = format_delta(row["paper Δ"], metric)
+    depth = paper_depth_shown(row)
+    return text if depth is None else f"{text} at {depth} L"
 
 
 def spread_markdown(spread: pd.DataFrame) -> str:
