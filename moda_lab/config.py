@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from .data.corpus import HubDataset
 from .data.packing import token_budget
+from .errors import UsageError
 from .model.config import MixerConfig, ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value or key is invalid; the message names the key."""
 
 

@@ -21,6 +21,8 @@ import pandas as pd
 from moda_lab.analysis.history import history_frame, normalise_wandb_row
 from moda_lab.analysis.records import RunIssue, RunRecord, unwrap_wandb_config
 
+from ..errors import UsageError
+
 _FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 _FILE_IDENT, _FILE_MAGIC = b":W&B", 0xBEE1
 _CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
@@ -28,7 +30,7 @@ _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-class WandbFileError(ValueError):
+class WandbFileError(UsageError):
     """The file is not a readable ``.wandb`` log."""
 
 

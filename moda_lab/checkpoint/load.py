@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..errors import UsageError
 from ..model import GPT, ModelConfig
 from ..rundir import RunDir
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint is missing, unreadable, not from moda-lab, or does not fit its config."""
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import resolve_checkpoint
 from ..config import ConfigError, WandbConfig, from_dict
+from ..errors import UsageError
 from ..rundir import RunDir
 from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file
 
@@ -28,7 +29,7 @@ TASKS = tuple(TASK_FIELDS)
 REPORTED_METRICS = ("acc", "acc_norm")
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(UsageError):
     """An eval.* setting is invalid; the message names the key."""
 
 
