@@ -95,6 +95,12 @@ class TrainerConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # The optimizer and schedule (moda_lab.train.optim; the optim group sets them): adamw | muon, cosine | wsd.
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    decay_frac: float = 0.2  # wsd: the last fraction of max_steps decays linearly to lr * min_lr_ratio
+    embed_lr_scale: float = 1.0  # the embedding table's (and an untied head's) lr, as a multiple of lr
+    embed_weight_decay: float | None = None  # the table's weight decay; null: weight_decay
     val_every: int = 50
     ckpt_every: int = 100
     keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (-1: all)
@@ -111,6 +117,8 @@ class TrainerConfig:
             "precision": ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
             "strategy": ("auto", "ddp", "fsdp"),
             "accelerator": ("auto", "cpu", "gpu", "cuda"),
+            "optimizer": ("adamw", "muon"),
+            "schedule": ("cosine", "wsd"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -130,6 +138,11 @@ class TrainerConfig:
         check_range("trainer.beta1", self.beta1, "0 <= x < 1", 0.0 <= self.beta1 < 1.0)
         check_range("trainer.beta2", self.beta2, "0 <= x < 1", 0.0 <= self.beta2 < 1.0)
         check_range("trainer.grad_clip", self.grad_clip, ">= 0 (0: no clipping)", self.grad_clip >= 0)
+        check_range("trainer.decay_frac", self.decay_frac, "0 < x <= 1", 0.0 < self.decay_frac <= 1.0)
+        check_range("trainer.embed_lr_scale", self.embed_lr_scale, "> 0", self.embed_lr_scale > 0)
+        if self.embed_weight_decay is not None:
+            check_range("trainer.embed_weight_decay", self.embed_weight_decay, ">= 0, or null (trainer.weight_decay)",
+                        self.embed_weight_decay >= 0)
         check_range(
             "trainer.keep_checkpoints", self.keep_checkpoints, ">= 0, or -1 for all", self.keep_checkpoints >= -1
         )

@@ -80,6 +80,17 @@ def tokens_per_step(batch_size: int, accumulate: int, seq_len: int, world_size: 
     return batch_size * accumulate * seq_len * world_size
 
 
+# Keys added to the config after runs had been written, with the value every earlier run trained with: a config at
+# these values defines the same run as one without the keys (analysis cells omit them: records.cell_config).
+LATER_DEFAULTS: dict[str, object] = {
+    "trainer.optimizer": "adamw",
+    "trainer.schedule": "cosine",
+    "trainer.decay_frac": 0.2,
+    "trainer.embed_lr_scale": 1.0,
+    "trainer.embed_weight_decay": None,
+}
+
+
 def upgrade_config(cfg: dict) -> dict:
     """A resolved config in today's layout. Run dirs and wandb runs written before the norm placement moved into
     the model config hold it as ``norm: {placement: x}``; that becomes ``model.norm: x``. A model config from

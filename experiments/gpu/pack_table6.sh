@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
+mkdir -p data  # tee below writes there before the build makes it
 $PY -m moda_lab.data out=data/corpus_table6 sources=python-docs,stdlib,linux-docs,manpages,devdocs,site-packages \
   vocab_size=50304 | tee data/table6_build.txt
 PACKED=$(tail -1 data/table6_build.txt | awk '{print $3}')

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +67,33 @@ class Job:
     lr: float
     model: str = BASELINE
     seed: int = 0
+    recipe: str = ""  # a name of Plan.recipes: its overrides join the job's
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Named overrides (an optimizer, untied embeddings, a norm's variant ...) swept over their own lr grid, for
+    each of their norms and models: one lr choice per (norm, model, recipe) cell."""
+
+    overrides: tuple[str, ...] = ()
+    grid: tuple[float, ...] | None = None  # None: the plan's grid
+    norms: tuple[str, ...] | None = None  # None: the plan's norms
+    models: tuple[str, ...] = (BASELINE,)
+    max_extend: int | None = None  # None: the plan's
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One lr sweep: a norm, a variant and a recipe. The plan's own cells (the baseline, no recipe) keep the
+    norm alone as their key in lr_choice.json, as every earlier sweep wrote it."""
+
+    norm: str
+    model: str = BASELINE
+    recipe: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.norm if self.model == BASELINE and not self.recipe else f"{self.norm}/{self.model}/{self.recipe}"
 
 
 @dataclass
@@ -86,14 +113,33 @@ class Plan:
     sweep_extra: tuple[str, ...] = ()
     row_extra: tuple[str, ...] = ()  # the rows (eval.after_fit=true ...)
     evaluate: bool = False  # a row counts as done only with eval/last/results.json
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    baseline_sweep: bool = True  # the plain residual sweep per norm (the rows' lr when no recipe cell has one)
+    sweep_models: tuple[str, ...] = ()  # variants swept per norm besides the baseline: rows then take their own lr
 
     @property
     def sweep_name(self) -> str:
         return f"{self.name}_lr"
 
+    def cells(self) -> list[Cell]:
+        """Every lr sweep of the plan, in launch order."""
+        own = [Cell(n, m) for n in self.norms for m in (BASELINE, *self.sweep_models)] if self.baseline_sweep else []
+        named = [Cell(n, m, name) for name, r in self.recipes.items() for n in (r.norms or self.norms)
+                 for m in r.models]
+        return [*own, *named]
+
+    def grid_of(self, cell: Cell) -> tuple[float, ...]:
+        r = self.recipes.get(cell.recipe)
+        return r.grid if r is not None and r.grid else self.grid
+
+    def max_extend_of(self, cell: Cell) -> int:
+        r = self.recipes.get(cell.recipe)
+        return r.max_extend if r is not None and r.max_extend is not None else self.max_extend
+
     def overrides(self, job: Job) -> list[str]:
         exp = [f"experiment={self.experiment}"] if self.experiment else []
-        base = [*exp, f"model={job.model}", f"norm={job.norm}", f"trainer.lr={fmt_lr(job.lr)}"]
+        recipe = self.recipes[job.recipe].overrides if job.recipe else ()
+        base = [*exp, f"model={job.model}", f"norm={job.norm}", f"trainer.lr={fmt_lr(job.lr)}", *recipe]
         if job.stage == "sweep":
             steps = self.sweep_steps
             every = max(1, steps // 4)
@@ -138,11 +184,15 @@ def eval_lost(rundir: RunDir) -> bool:
     return not has_eval(rundir) and rundir.last_ckpt is None
 
 
-def choose_lr(plan: Plan, norm: str) -> tuple[list[Job], dict | None]:
-    """(sweep jobs still to run, the choice once every needed sweep run is done)."""
-    tried = sorted(plan.grid)
+def choose_lr(plan: Plan, cell: Cell | str) -> tuple[list[Job], dict | None]:
+    """(sweep jobs still to run, the choice once every needed sweep run is done) for one cell (a bare norm: the
+    baseline's cell of that norm)."""
+    cell = Cell(cell) if isinstance(cell, str) else cell
+    grid = plan.grid_of(cell)
+    max_extend = plan.max_extend_of(cell)
+    tried = sorted(grid)
     while True:
-        jobs = [Job("sweep", norm, lr) for lr in tried]
+        jobs = [Job("sweep", cell.norm, lr, cell.model, recipe=cell.recipe) for lr in tried]
         pending = [j for j in jobs if not is_done(plan, j)]
         if pending:
             return pending, None
@@ -151,19 +201,20 @@ def choose_lr(plan: Plan, norm: str) -> tuple[list[Job], dict | None]:
             loss, progress = final_val(RunDir(plan.run_dir(j)))
             results[j.lr] = {"val_loss": loss, "trained": progress.get("trained"), "run_dir": str(plan.run_dir(j))}
         scored = [lr for lr in tried if results[lr]["val_loss"] is not None]
+        head = {"norm": cell.norm, **({"model": cell.model, "recipe": cell.recipe} if cell.key != cell.norm else {})}
         if not scored:
-            return [], {"norm": norm, "lr": None, "why": "no sweep run logged a val/loss", "runs": results}
+            return [], {**head, "lr": None, "why": "no sweep run logged a val/loss", "runs": results}
         best = min(scored, key=lambda lr: results[lr]["val_loss"])
         low, high = best == tried[0], best == tried[-1]
-        extend_low = sum(lr < min(plan.grid) for lr in tried) < plan.max_extend
-        extend_high = sum(lr > max(plan.grid) for lr in tried) < plan.max_extend
+        extend_low = sum(lr < min(grid) for lr in tried) < max_extend
+        extend_high = sum(lr > max(grid) for lr in tried) < max_extend
         if low and extend_low:
             tried = [best / 2, *tried]
         elif high and extend_high:
             tried = [*tried, best * 2]
         else:
             trained = results[best]["trained"] is not False
-            choice = {"norm": norm, "lr": best if trained else None, "trained": trained,
+            choice = {**head, "lr": best if trained else None, "trained": trained,
                       "at_edge": low or high, "runs": {fmt_lr(k): v for k, v in sorted(results.items())}}
             if not trained:
                 choice["why"] = "the best sweep run did not train (val/loss flat over its second half)"
@@ -171,26 +222,34 @@ def choose_lr(plan: Plan, norm: str) -> tuple[list[Job], dict | None]:
 
 
 def plan_jobs(plan: Plan) -> tuple[list[Job], dict[str, dict]]:
-    """Every job not yet done, in launch order, and the lr choices made so far."""
+    """Every job not yet done, in launch order, and the lr choices made so far (keyed by Cell.key)."""
     sweep: list[Job] = []
     choices: dict[str, dict] = {}
-    for norm in plan.norms:
-        pending, choice = choose_lr(plan, norm)
+    for cell in plan.cells():
+        pending, choice = choose_lr(plan, cell)
         sweep += pending
         if choice is not None:
-            choices[norm] = choice
+            choices[cell.key] = choice
     return [*sweep, *(j for j in _rows(plan, choices) if not is_done(plan, j))], choices
 
 
+def row_lr(plan: Plan, choices: dict[str, dict], norm: str, model: str) -> float | None:
+    """A row's lr: its own variant's choice where the plan sweeps that variant (None until it is made), else the
+    baseline's."""
+    key = Cell(norm, model).key if model in plan.sweep_models else Cell(norm).key
+    return choices[key]["lr"] if key in choices else None
+
+
 def _rows(plan: Plan, choices: dict[str, dict]) -> list[Job]:
-    """Every row of the norms whose lr is chosen, norm-major, then seed, then model (longest first)."""
-    return [
-        Job("row", norm, choices[norm]["lr"], model, seed)
-        for norm in plan.norms
-        if norm in choices and choices[norm]["lr"] is not None
-        for seed in plan.seeds
-        for model in plan.models
-    ]
+    """Every row whose lr is chosen, norm-major, then seed, then model (longest first)."""
+    rows = []
+    for norm in plan.norms:
+        for seed in plan.seeds:
+            for model in plan.models:
+                lr = row_lr(plan, choices, norm, model)
+                if lr is not None:
+                    rows.append(Job("row", norm, lr, model, seed))
+    return rows
 
 
 def write_choices(plan: Plan, choices: dict[str, dict]) -> None:
@@ -318,10 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="table6_24l")
     p.add_argument("--name", default=None, help="the rows' sweep name (default: the experiment's name)")
     p.add_argument("--norms", default="post,pre")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="the rows' seeds ('' for none: sweeps only)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--grid", default="7.5e-4,1.5e-3,3e-3")
     p.add_argument("--sweep-steps", type=int, default=400)
+    p.add_argument("--sweep-models", default="", help="variants swept per norm besides the baseline; their rows "
+                   "take their own lr (per-variant lr)")
+    p.add_argument("--recipes", type=Path, default=None, help="a JSON file of named recipes: {name: {overrides, "
+                   "grid, norms, models, max_extend}}, each swept per (norm, model) cell")
+    p.add_argument("--no-baseline-sweep", action="store_true", help="sweep only the recipes' cells")
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
     p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
@@ -340,7 +404,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         name=args.name or args.experiment,
         experiment=args.experiment or None,
         norms=tuple(args.norms.split(",")),
-        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s),
         models=tuple(args.models.split(",")),
         grid=tuple(float(x) for x in args.grid.split(",")),
         sweep_steps=args.sweep_steps,
@@ -349,7 +413,23 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         sweep_extra=tuple(args.sweep_extra),
         row_extra=row_extra,
         evaluate="eval.after_fit=true" in row_extra and "eval.after_fit=false" not in row_extra,
+        recipes=load_recipes(args.recipes) if args.recipes else {},
+        baseline_sweep=not args.no_baseline_sweep,
+        sweep_models=tuple(m for m in args.sweep_models.split(",") if m),
     )
+
+
+def load_recipes(path: Path) -> dict[str, Recipe]:
+    """{name: {"overrides": [...], "grid": [...], "norms": [...], "models": [...], "max_extend": n}} -> Recipes."""
+    raw = json.loads(path.read_text())
+    known = {f for f in Recipe.__dataclass_fields__}
+    out = {}
+    for name, spec in raw.items():
+        unknown = set(spec) - known
+        if unknown:
+            raise SystemExit(f"{path}: recipe {name!r} has unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        out[name] = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

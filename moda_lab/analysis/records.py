@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from moda_lab.rundir import RUN_INDEPENDENT_KEYS, flatten_config, upgrade_config
+from moda_lab.rundir import LATER_DEFAULTS, RUN_INDEPENDENT_KEYS, flatten_config, upgrade_config
 
 # Config columns of the tidy table, in display order, with the dotted config key each comes from.
 CONFIG_KEYS: dict[str, str] = {
@@ -117,12 +117,14 @@ def config_columns(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def cell_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config that defines a run's cell: every key except the seed and NON_DEFINING_KEYS."""
+    """The flattened config that defines a run's cell: every key except the seed and NON_DEFINING_KEYS, and the
+    keys added later (LATER_DEFAULTS) where they hold the value earlier runs had."""
     flat = flatten_config(cfg)
     return {
         k: v
         for k, v in sorted(flat.items())
         if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NON_DEFINING_KEYS)
+        and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
     }
 
 

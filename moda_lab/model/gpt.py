@@ -29,8 +29,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim)
         place = NORM_PLACEMENTS[cfg.norm]
-        self.attn_norm = place(cfg.d_model, cfg.norm_eps)
-        self.ffn_norm = place(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = place(cfg.d_model, cfg.norm_eps, cfg.n_layers)
+        self.ffn_norm = place(cfg.d_model, cfg.norm_eps, cfg.n_layers)
 
     def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
         x = self.mixer.read(x, ctx)
@@ -88,10 +88,16 @@ class GPT(nn.Module):
         """Every Linear and the embedding from N(0, init_std) (zero-init and depth-scaled ones aside), each drawn
         from the generator ``rng(name, module)`` gives (``_weight_generators``)."""
         std = self.cfg.init_std
+        gain = NORM_PLACEMENTS[self.cfg.norm].init_gain(self.cfg.n_layers)  # DeepNorm's beta, else None
         for name, mod in self.named_modules():
             if isinstance(mod, nn.Linear):
                 if getattr(mod, "zero_init", False):
                     nn.init.zeros_(mod.weight)
+                elif gain is not None and name.endswith(("attn.wo", "ffn.w2", "ffn.w13", "attn.kv.wkv")):
+                    nn.init.normal_(mod.weight, std=std, generator=rng(name, mod))
+                    with torch.no_grad():  # DeepNet scales the value projection, not the key: wkv's second half
+                        scaled = mod.weight[mod.weight.shape[0] // 2 :] if name.endswith("wkv") else mod.weight
+                        scaled.mul_(gain)
                 elif name.endswith(("attn.wo", "ffn.w2")):
                     # GPT-2 style: residual-branch outputs scaled by depth so the stream's variance stays O(1).
                     nn.init.normal_(mod.weight, std=std / math.sqrt(2 * self.cfg.n_layers), generator=rng(name, mod))

@@ -5,6 +5,10 @@
 * pre       - x + f(norm(x))         (GPT-2 / LLaMA)
 * post      - norm(x + f(x))         (original Transformer; the paper's post-norm rows of Table 6)
 * reordered - x + norm(f(x))         (OLMo2's reordered norm)
+* deepnorm  - norm(alpha x + f(x))  (DeepNet's DeepNorm: post-norm with the stream up-weighted by
+              alpha = (2N)^(1/4) for N layers, and the value, output and FFN weights initialised x (8N)^(-1/4))
+
+A placement may scale some weights' initialisation: ``init_gain(n_layers)`` (None: the default init).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ Sublayer = Callable[[torch.Tensor], torch.Tensor]
 class PreNorm(nn.Module):
     final_norm = True  # the stream is never normalised inside blocks, so the head needs a norm
 
-    def __init__(self, d_model: int, eps: float) -> None:
+    def __init__(self, d_model: int, eps: float, n_layers: int = 1) -> None:
         super().__init__()
         self.norm = RMSNorm(d_model, eps=eps)
+
+    @staticmethod
+    def init_gain(n_layers: int) -> float | None:
+        return None
 
     def forward(self, x: torch.Tensor, f: Sublayer) -> torch.Tensor:
         return x + f(self.norm(x))
@@ -42,4 +50,22 @@ class ReorderedNorm(PreNorm):
         return x + self.norm(f(x))
 
 
-NORM_PLACEMENTS: dict[str, type[PreNorm]] = {"pre": PreNorm, "post": PostNorm, "reordered": ReorderedNorm}
+class DeepNorm(PostNorm):
+    def __init__(self, d_model: int, eps: float, n_layers: int = 1) -> None:
+        super().__init__(d_model, eps)
+        self.alpha = (2.0 * n_layers) ** 0.25
+
+    def forward(self, x: torch.Tensor, f: Sublayer) -> torch.Tensor:
+        return self.norm(self.alpha * x + f(x))
+
+    @staticmethod
+    def init_gain(n_layers: int) -> float | None:
+        return (8.0 * n_layers) ** -0.25
+
+
+NORM_PLACEMENTS: dict[str, type[PreNorm]] = {
+    "pre": PreNorm,
+    "post": PostNorm,
+    "reordered": ReorderedNorm,
+    "deepnorm": DeepNorm,
+}

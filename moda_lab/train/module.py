@@ -1,4 +1,4 @@
-"""LightningModule: next-token loss, AdamW with linear warm-up and cosine decay, throughput and MFU logging."""
+"""LightningModule: next-token loss, the optimizer and schedule of optim.py, throughput and MFU logging."""
 
 from __future__ import annotations
 
@@ -11,17 +11,10 @@ import torch
 
 from ..config import TrainerConfig
 from ..model import GPT, ModelConfig
+from .optim import build_optimizer, build_schedule
 from .perf import peak_flops
 
 LN2 = math.log(2.0)
-
-
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr: linear warm-up over `warmup` steps, then cosine to min_ratio at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LMModule(L.LightningModule):
@@ -117,17 +110,5 @@ class LMModule(L.LightningModule):
         self.log("val/ppl", torch.exp(mean))
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            # Matrices decay; norms' gains, DWA weights and other vectors do not.
-            (decay if p.ndim >= 2 else no_decay).append(p)
-        t = self.tcfg
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr,
-            betas=(t.beta1, t.beta2),  # not fused: Lightning's AMP gradient clipping needs unscaled grads
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_lambda(s, t.warmup_steps, t.max_steps, t.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(self.model, self.tcfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": build_schedule(opt, self.tcfg), "interval": "step"}}
