@@ -93,7 +93,9 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return self.norm if self.model == BASELINE and not self.recipe else f"{self.norm}/{self.model}/{self.recipe}"
+        if self.model == BASELINE and not self.recipe:
+            return self.norm
+        return "/".join(p for p in (self.norm, self.model, self.recipe) if p)
 
 
 @dataclass

@@ -76,6 +76,48 @@ def test_unfinished_or_untrained_runs(plan):
     assert not [j for j in todo if j.stage == "row" and j.norm == "post"]
 
 
+def test_recipe_cells_sweep_their_own_grid_and_keep_apart(plan, tmp_path):
+    recipes = {"muon": table6.Recipe(overrides=("optim=muon_wsd",), grid=(1e-3, 2e-3), norms=("post",),
+                                     max_extend=0)}
+    plan = table6.Plan(**{**plan.__dict__, "recipes": recipes, "seeds": ()})
+    cell = table6.Cell("post", "residual", "muon")
+    assert cell.key == "post/residual/muon" and table6.Cell("post").key == "post"
+    jobs = [table6.Job("sweep", "post", lr, recipe="muon") for lr in (1e-3, 2e-3)]
+    assert "optim=muon_wsd" in plan.overrides(jobs[0])
+    assert plan.run_dir(jobs[0]) != plan.run_dir(table6.Job("sweep", "post", 1e-3))  # its own run dirs
+    for job, loss in zip(jobs, (4.0, 4.2)):
+        fake_run(plan, job, curve(loss))
+    todo, choices = table6.plan_jobs(plan)
+    assert choices["post/residual/muon"]["lr"] == 1e-3 and choices["post/residual/muon"]["recipe"] == "muon"
+    assert choices["post/residual/muon"]["at_edge"]  # max_extend=0: no lr beyond the grid
+    assert "post" not in choices and {j.recipe for j in todo} == {""}  # the baseline's own sweep is still to run
+
+
+def test_swept_variants_take_their_own_lr_and_wait_for_it(plan):
+    plan = table6.Plan(**{**plan.__dict__, "norms": ("post",), "seeds": (0,), "sweep_models": ("moda",)})
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+        fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
+    todo, choices = table6.plan_jobs(plan)
+    assert [(j.stage, j.model) for j in todo] == [("sweep", "moda")] * 3 + [("row", "residual")]  # moda waits
+    for lr, loss in ((1e-3, 3.9), (2e-3, 4.1), (4e-3, 4.6)):
+        fake_run(plan, table6.Job("sweep", "post", lr, "moda"), curve(loss))
+    pending, _ = table6.choose_lr(plan, table6.Cell("post", "moda"))
+    assert [j.lr for j in pending] == [5e-4]  # best at the low edge: extended
+    fake_run(plan, table6.Job("sweep", "post", 5e-4, "moda"), curve(4.0))
+    todo, choices = table6.plan_jobs(plan)
+    assert choices["post/moda"]["lr"] == 1e-3
+    assert [(j.model, j.lr) for j in todo] == [("moda", 1e-3), ("residual", 2e-3)]
+
+
+def test_recipes_file_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"x": {"overrides": ["a=b"], "gird": [1e-3]}}))
+    with pytest.raises(SystemExit, match="gird"):
+        table6.load_recipes(path)
+    path.write_text(json.dumps({"x": {"overrides": ["a=b"], "grid": [1e-3], "norms": ["post"]}}))
+    assert table6.load_recipes(path)["x"] == table6.Recipe(("a=b",), (1e-3,), ("post",))
+
+
 @pytest.mark.slow
 def test_drive_sweeps_picks_trains_and_resumes(tmp_path, tiny_corpus):
     extra = [*TINY, f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}", "trainer=smoke",
