@@ -16,6 +16,7 @@ from moda_lab.analysis import paired_plots, plots
 from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
+from moda_lab.analysis.mcnemar import mcnemar_markdown, mcnemar_table
 from moda_lab.analysis.paper import (
     ALPHA,
     PAPER_NORMS,
@@ -64,7 +65,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
 class SweepAnalysis:
     """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
     seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
-    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation
+    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
+    ``mcnemar``: per-question tests per task against the baseline of the same seed, where runs have samples files
     (filled by ``add_significance``)."""
 
     records: list[RunRecord]
@@ -76,6 +78,7 @@ class SweepAnalysis:
     orderings: pd.DataFrame = field(default_factory=pd.DataFrame)
     spread: pd.DataFrame = field(default_factory=pd.DataFrame)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
 
@@ -143,6 +146,7 @@ def add_significance(
     analysis.spread = seed_spread(analysis.summary, seed_std_target)
     complete = complete_runs(analysis.summary).get("run")  # None without runs
     analysis.curves = with_paper_delta(paired_curves(analysis.tidy, complete, level=level))
+    analysis.mcnemar = mcnemar_table(analysis.summary, issues=analysis.issues)
     analysis.seed_std_target = seed_std_target
     return analysis
 
@@ -189,7 +193,7 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
 def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
     """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md), ``paired_curves``
     (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when any cell has a baseline to
-    pair with."""
+    pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for stem, frame, markdown in (
@@ -208,6 +212,10 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
         written.append(tables_dir / "paired_curves.csv")
         figure = paired_plots.plot_paired_curves(analysis.curves, "val/loss")
         written += plots.save_figure(figure, figures_dir, "paired_val_loss_vs_tokens")
+    if not analysis.mcnemar.empty:
+        analysis.mcnemar.to_csv(tables_dir / "mcnemar.csv", index=False)
+        (tables_dir / "mcnemar.md").write_text(mcnemar_markdown(analysis.mcnemar), encoding="utf-8")
+        written += [tables_dir / "mcnemar.csv", tables_dir / "mcnemar.md"]
     return written
 
 
@@ -282,6 +290,17 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         lines += to_markdown(downstream).splitlines()
         lines += ["", "Average accuracy (percentage points), variant minus baseline, paired by seed:", ""]
         lines += paired_markdown(paired, metrics=["avg acc"]).splitlines()
+    if not analysis.mcnemar.empty:
+        lines += ["", "### Per-question tests per task (McNemar, final checkpoints)", ""]
+        lines += [
+            "Each variant's run against the baseline's run of the same seed (same cell otherwise), on the questions "
+            "both scored (`samples_<task>.jsonl` of each run's final-checkpoint evaluation): b = questions only the "
+            "variant got right, c = only the baseline; Δ acc = (b − c) / questions. p: McNemar's exact test "
+            "(binomial, two-sided); Holm p: corrected over the tasks of one pair; *exceeds noise* where that is "
+            f"< {ALPHA:g}. Seeds are not pooled here: the paired table above averages over them.",
+            "",
+        ]
+        lines += mcnemar_markdown(analysis.mcnemar).splitlines()
     return lines + [""]
 
 
