@@ -30,6 +30,7 @@ from moda_lab.analysis.significance import (
     params_text,
 )
 from moda_lab.analysis.tables import with_derived
+from moda_lab.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,14 @@ class UntestedArm:
 
     @classmethod
     def parse(cls, text: str) -> UntestedArm:
-        """``post`` or ``post/moda +ffn_kv``; ValueError naming the allowed norms or variants."""
+        """``post`` or ``post/moda +ffn_kv``; UsageError (a ValueError) naming the allowed norms or variants."""
         norm, _, variant = (part.strip() for part in text.partition("/"))
         norms = sorted({n for ours in PAPER_NORMS.values() for n in ours})
         if norm not in norms:
-            raise ValueError(f"untested={text!r}: norm {norm!r} is not allowed; allowed: {', '.join(norms)}")
+            raise UsageError(f"untested={text!r}: norm {norm!r} is not allowed; allowed: {', '.join(norms)}")
         if variant and variant not in PAPER_VARIANT_NAMES:
             allowed = ", ".join(PAPER_VARIANT_NAMES)
-            raise ValueError(f"untested={text!r}: variant {variant!r} is not allowed; allowed: {allowed}")
+            raise UsageError(f"untested={text!r}: variant {variant!r} is not allowed; allowed: {allowed}")
         return cls(norm, variant or None)
 
     @property

@@ -443,7 +443,12 @@ def test_paired_figure_rows_and_intervals(result):
     assert len(labels) == 4  # the dense cell has no pairs
     assert any(lab.startswith("moda − residual") and "n=1" in lab for lab in labels)
     assert any("not trained: baseline seed 1" in lab for lab in labels)
-    assert "95% CI" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
+    ffn = [lab for lab in labels if lab.startswith("moda +ffn_kv − residual")]
+    assert len(ffn) == 1 and ffn[0].endswith("n=3; +8.3% params")  # depth KV: same params, nothing said
+    assert not any("params" in lab for lab in labels if lab.startswith("moda − residual"))
+    title = fig.get_suptitle()
+    assert "uncorrected" in title
+    assert "95% CI" in title and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
 
 
 def test_paired_curves_pair_each_validation_by_seed(result):
