@@ -22,6 +22,7 @@ from moda_lab.analysis.attention import (
 from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
+from moda_lab.analysis.mcnemar import compare_samples, mcnemar_table
 from moda_lab.analysis.paired_plots import plot_paired_curves, plot_paired_differences
 from moda_lab.analysis.paper import PAPER_TABLE6, check_orderings, orderings_markdown, paper_orderings, with_paper_delta
 from moda_lab.analysis.pipeline import SweepAnalysis, add_significance, analyze, load_runs, run_analysis
@@ -52,6 +53,7 @@ __all__ = [
     "attention_summary",
     "bench_groups",
     "check_orderings",
+    "compare_samples",
     "complete_runs",
     "curves",
     "inspect_checkpoint",
@@ -64,6 +66,7 @@ __all__ = [
     "load_runs",
     "load_sweep_dir",
     "load_wandb_project",
+    "mcnemar_table",
     "orderings_markdown",
     "pair_by_seed",
     "paired_curves",

@@ -10,6 +10,8 @@ Keys:
   bench=DIR            also plot the kernel benchmark results in DIR (e.g. experiments/bench/results); off by default
   seed_std_target=X    seed-spread target of a cell's final val loss, nats (default 0.01)
   min_drop=X           a run whose val loss fell less than X nats over its second half did not train (default 0.05)
+  untested=ARMS        arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
+                       NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested"
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 """
 
@@ -18,10 +20,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
+if TYPE_CHECKING:
+    from moda_lab.analysis.paper import UntestedArm
+
 KEYS = {"sweep_dir", "out", "wandb", "wandb_offline", "cache", "refresh", "bench", "ckpt", "text", "tokenizer"}
+KEYS |= {"untested"}
 # Numeric keys, with the range each allows.
 FLOAT_KEYS = {"seed_std_target": (lambda x: x > 0, "> 0"), "min_drop": (lambda x: x >= 0, ">= 0")}
 KEYS |= set(FLOAT_KEYS)
@@ -48,7 +55,16 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             ok = False
         if not ok:
             raise ValueError(f"{key}={args[key]!r} is out of range; allowed: a number {text}")
+    if "untested" in args:
+        untested_arms(args["untested"])  # ValueError naming the norm or variant
     return args
+
+
+def untested_arms(text: str) -> tuple[UntestedArm, ...]:
+    """``untested=``'s comma-separated arms (paper.UntestedArm.parse)."""
+    from moda_lab.analysis.paper import UntestedArm
+
+    return tuple(UntestedArm.parse(part) for part in text.split(",") if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_dir=bench,
             cache_dir=args.get("cache"),
             refresh=args.get("refresh", "false").lower() in ("1", "true", "yes"),
+            untested=untested_arms(args.get("untested", "")),
             **{key: float(args[key]) for key in FLOAT_KEYS.keys() & args.keys()},
         )
         written += analysis.written

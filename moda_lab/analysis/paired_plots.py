@@ -23,7 +23,7 @@ from moda_lab.analysis.plots import (
     variant_colors,
     zoom_tail,
 )
-from moda_lab.analysis.significance import paper_depth_shown
+from moda_lab.analysis.significance import paper_depth_shown, params_text
 
 
 def paper_label(row: pd.Series, what: str = "paper") -> str:
@@ -36,7 +36,8 @@ def paper_label(row: pd.Series, what: str = "paper") -> str:
 def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
     """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
     confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it
-    (grey: at the paper's nearest depth). Rows with a run that did not train say so in their label."""
+    (grey: at the paper's nearest depth). Rows with a run that did not train say so in their label, and so do rows
+    whose variant has more (or fewer) parameters than the baseline (``+3.2% params``)."""
     rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
     fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
     if rows.empty:
@@ -52,6 +53,9 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
         parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
         label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
         label += f"\nn={int(r['n'])}" + ("; not trained: " + r["not_trained"] if r["not_trained"] else "")
+        change = r.get("params_change")
+        if pd.notna(change) and change != 0:  # a variant with more weights: say so beside its difference
+            label += f"; {params_text(change)}"
         labels.append(label)
         if int(r["n"]) >= 2:
             err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
@@ -68,8 +72,13 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     ax.set_ylim(-0.7, len(rows) - 0.3)
     unit = LOSS_UNIT if metric.endswith("loss") else "points"
     ax.set_xlabel(f"Δ final {METRIC_LABELS.get(metric, metric)} ({unit}); < 0: variant lower")
-    ci = f" with {rows['level'].iloc[0]:.0%} CI (Student's t)" if rows["t"].notna().any() else ""
-    ax.set_title(f"Paired by seed, variant − baseline: mean{ci}\nhollow marker: one pair, no interval", fontsize=10)
+    has_ci = rows["t"].notna().any()
+    ci = f" with {rows['level'].iloc[0]:.0%} CI (Student's t)" if has_ci else ""
+    # Each interval is one row's own: not corrected for the other rows (the report's orderings give Holm's p).
+    note = "interval uncorrected for the other rows; " if has_ci else ""
+    # Over the figure, not the axes: long row labels narrow the axes, and a title centred on them was cut off.
+    fig.suptitle(f"Paired by seed, variant − baseline: mean{ci}\n{note}hollow marker: one pair, no interval",
+                 fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if paper_drawn:
         ax.legend(fontsize=8, loc="best")

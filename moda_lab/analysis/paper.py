@@ -1,4 +1,9 @@
-"""The paper's Table 6 (arXiv 2603.15619) and whether its orderings reproduce in our paired seed differences.
+"""The paper's Table 6 (arXiv 2603.15619) and a verdict per ordering of it from our paired seed differences.
+
+Each ordering "better < worse" at one (layers, norm) is a paired t-test over seeds; the orderings one analysis
+tests form one family, Holm-corrected (significance.holm). A verdict uses only the words of VERDICTS: "resolved"
+needs the Holm-corrected p below ALPHA; "untested" is an ordering the setup could not test (not run, fewer than 2
+pairs, a run that did not train, or an arm marked untested: UntestedArm) and is left out of the family.
 
 The numbers are copied here (not read from ../shared) so the analysis runs anywhere the package does.
 """
@@ -18,10 +23,14 @@ from moda_lab.analysis.significance import (
     compare_cells,
     format_delta,
     format_interval,
+    format_p,
+    holm,
     level_text,
     markdown_table,
+    params_text,
 )
 from moda_lab.analysis.tables import with_derived
+from moda_lab.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -131,32 +140,82 @@ def with_paper_delta(paired: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def verdict(stats: dict) -> str:
-    """Whether a paired ``better - worse`` difference reproduces the paper's ``better < worse``."""
-    n, mean = int(stats["n"]), stats["mean"]
-    if n == 0:
-        return "no paired seeds"
-    sign = "same sign" if mean < 0 else "opposite sign"
-    if n == 1:
-        return f"{sign}, n=1 (no interval)"
-    if stats["ci_high"] < 0:
-        return "reproduced (CI below 0)"
-    if stats["ci_low"] > 0:
-        return "reversed (CI above 0)"
-    return f"{sign}, CI includes 0"
+# A verdict is one of these and nothing else. "resolved": the Holm-corrected p of the ordering's paired t-test is
+# below ALPHA; the sign is our mean's against the paper's (better - worse < 0 is the paper's sign).
+ALPHA = 0.05
+RESOLVED_PAPER_SIGN = "resolved, paper's sign"
+RESOLVED_OPPOSITE_SIGN = "resolved, opposite sign"
+SAME_SIGN_NOT_RESOLVED = "same sign, not resolved"
+OPPOSITE_SIGN_NOT_RESOLVED = "opposite sign, not resolved"
+UNTESTED = "untested"
+VERDICTS = (RESOLVED_PAPER_SIGN, RESOLVED_OPPOSITE_SIGN, SAME_SIGN_NOT_RESOLVED, OPPOSITE_SIGN_NOT_RESOLVED, UNTESTED)
 
 
-def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+@dataclass(frozen=True)
+class UntestedArm:
+    """An arm the setup could not test, e.g. a variant whose lr is known to be under-tuned under a norm: every
+    ordering with ``variant`` (every variant when None) under our ``norm`` is "untested". Written ``NORM`` or
+    ``NORM/VARIANT`` (``post/moda +ffn_kv``; the analysis command's ``untested=``, comma-separated)."""
+
+    norm: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> UntestedArm:
+        """``post`` or ``post/moda +ffn_kv``; UsageError (a ValueError) naming the allowed norms or variants."""
+        norm, _, variant = (part.strip() for part in text.partition("/"))
+        norms = sorted({n for ours in PAPER_NORMS.values() for n in ours})
+        if norm not in norms:
+            raise UsageError(f"untested={text!r}: norm {norm!r} is not allowed; allowed: {', '.join(norms)}")
+        if variant and variant not in PAPER_VARIANT_NAMES:
+            allowed = ", ".join(PAPER_VARIANT_NAMES)
+            raise UsageError(f"untested={text!r}: variant {variant!r} is not allowed; allowed: {allowed}")
+        return cls(norm, variant or None)
+
+    @property
+    def text(self) -> str:
+        return self.norm if self.variant is None else f"{self.norm}/{self.variant}"
+
+    def covers(self, norm: str, order: Ordering) -> bool:
+        return norm == self.norm and (self.variant is None or self.variant in (order.better, order.worse))
+
+
+def untested_because(stats: dict, norm: str, order: Ordering, untested: tuple[UntestedArm, ...]) -> str:
+    """Why the setup could not test an ordering on a pair group of ours (empty: it could)."""
+    marked = [arm.text for arm in untested if arm.covers(norm, order)]
+    if marked:
+        return f"marked untested ({', '.join(marked)})"
+    if stats["not_trained"]:  # a run stuck on a plateau makes any gap an optimisation failure, not the effect
+        return "a run did not train"
+    n = int(stats["n"])
+    return "no paired seeds" if n == 0 else "1 pair: no test" if n == 1 else ""
+
+
+def verdict(mean: float, p_holm: float, why_untested: str = "", alpha: float = ALPHA) -> str:
+    """One of VERDICTS for a paired ``better - worse`` difference with its Holm-corrected p-value."""
+    if why_untested or math.isnan(p_holm):
+        return UNTESTED
+    same = mean < 0
+    if p_holm < alpha:
+        return RESOLVED_PAPER_SIGN if same else RESOLVED_OPPOSITE_SIGN
+    return SAME_SIGN_NOT_RESOLVED if same else OPPOSITE_SIGN_NOT_RESOLVED
+
+
+def check_orderings(
+    summary: pd.DataFrame, level: float = LEVEL, untested: tuple[UntestedArm, ...] = ()
+) -> pd.DataFrame:
     """One row per paper ordering and matching pair group of ours (same layers, Table 6's width and heads, a norm of
-    PAPER_NORMS): the paired val-loss difference better - worse, the paper's, and the verdict. An ordering no cell
-    of ours matches gets one row with the verdict "not run".
+    PAPER_NORMS): the paired val-loss difference better - worse with its interval and t-test ``p``, ``p_holm``
+    (Holm over every row tested here: ``family`` rows), the paper's Δ, the parameter change of better against
+    worse, and the verdict (VERDICTS; ``untested_because`` says why where untested). An ordering no cell of ours
+    matches gets one row, untested because "not run".
 
     A depth of ours that the paper did not run under that norm (24-layer pre-norm: the paper has 48 only) is checked
     against the orderings of the paper's nearest depth under the same norm; ``paper layers`` says which."""
     frame, _ = with_derived(summary)
     columns = ["layers", "paper layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean"]
-    columns += ["std", "level", "ci_low", "ci_high", "excludes_0", "pairs_needed", "unpaired", "not_trained"]
-    columns += ["verdict"]
+    columns += ["std", "level", "ci_low", "ci_high", "p", "p_holm", "family", "excludes_0", "pairs_needed"]
+    columns += ["params_change", "unpaired", "not_trained", "verdict", "untested_because"]
     shape = frame.apply(matches_paper_shape, axis=1) if not frame.empty else pd.Series(dtype=bool)
     frame = frame[shape] if not frame.empty else frame
     rows = []
@@ -175,10 +234,8 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
                 continue
             stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
             config = group["cell_label"].iloc[0] or ""
-            # A run stuck on a plateau makes any gap an optimisation failure, not the paper's effect.
-            caveat = "; a run did not train" if stats["not_trained"] else ""
             rows.append({**ids(order, layers), "norm": norm, "config": config, **stats,
-                         "verdict": verdict(stats) + caveat})
+                         "untested_because": untested_because(stats, norm, order, tuple(untested))})
             found = True
         return found
 
@@ -186,7 +243,8 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
     for order in orderings:
         # A list, not a generator: every norm matching the paper's label is checked (post and reordered).
         if not any([check(order, order.layers, norm) for norm in PAPER_NORMS[order.norm]]):
-            rows.append({**ids(order, order.layers), "norm": "–", "config": "", "n": 0, "verdict": "not run"})
+            rows.append({**ids(order, order.layers), "norm": "–", "config": "", "n": 0, "p": math.nan,
+                         "untested_because": "not run"})
     ours = frame[["layers", "norm"]].drop_duplicates().itertuples(index=False) if not frame.empty else []
     for layers, norm in sorted(ours, key=lambda t: (-t[0], str(t[1]))):
         depth = paper_depth(layers, norm)
@@ -194,34 +252,35 @@ def check_orderings(summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame
             continue
         for order in (o for o in orderings if (o.norm, o.layers) == (paper_norm(str(norm)), depth)):
             check(order, int(layers), str(norm))
-    return pd.DataFrame(rows, columns=columns)
+    out = pd.DataFrame(rows, columns=columns)
+    # The family: every ordering tested in this analysis (an untested one has no p in it).
+    tested = out["untested_because"].eq("") & out["p"].notna()
+    out["p_holm"] = holm(out["p"].where(tested, math.nan).astype(float).tolist())
+    out["family"] = int(tested.sum())
+    out["verdict"] = [verdict(m, p, why) for m, p, why in zip(out["mean"], out["p_holm"], out["untested_because"])]
+    return out
 
 
 def orderings_markdown(orderings: pd.DataFrame) -> str:
-    """The ordering check in Markdown: paper Δ next to ours, with the verdict."""
+    """The ordering check in Markdown: paper Δ next to ours, the interval, p before and after Holm, the verdict."""
     show_config = orderings["config"].fillna("").astype(bool).any()
     show_depth = (orderings["paper layers"] != orderings["layers"]).any()  # a depth the paper did not run
+    family = int(orderings["family"].max()) if len(orderings) else 0
     header = ["layers", *(["paper layers"] if show_depth else []), "paper norm", "our norm"]
     header += ["config"] if show_config else []
-    header += [
-        "paper ordering",
-        "paper Δ",
-        "our Δ mean",
-        "pairs",
-        f"{level_text(orderings)} CI",
-        "verdict",
-        "pairs to resolve",
-        "unpaired seeds",
-    ]
+    header += ["paper ordering", "paper Δ", "our Δ mean", "params", "pairs", f"{level_text(orderings)} CI"]
+    header += ["p", f"Holm p ({family} tested)", "verdict", "untested because", "pairs to resolve", "unpaired seeds"]
     header.append("not trained")
     body = []
     for _, r in orderings.iterrows():
-        run = r["verdict"] != "not run"
+        run = r["untested_because"] != "not run"
         cells = [r["layers"], *([r["paper layers"]] if show_depth else []), r["paper norm"], r["norm"]]
         cells += [r["config"]] if show_config else []
         cells += [r["ordering"], format_delta(r["paper Δ"], "val/loss")]
-        cells += [format_delta(r["mean"], "val/loss") if run else "–", int(r["n"]) if run else "–"]
-        cells += [format_interval(r, "val/loss") if run else "–", r["verdict"], _pairs_text(r) if run else "–"]
+        cells += [format_delta(r["mean"], "val/loss") if run else "–", params_text(r["params_change"]) if run else "–"]
+        cells += [int(r["n"]) if run else "–", format_interval(r, "val/loss") if run else "–"]
+        cells += [format_p(r["p"]), format_p(r["p_holm"]), r["verdict"], r["untested_because"]]
+        cells += [_pairs_text(r) if run else "–"]
         cells += [r["unpaired"] if run and r["unpaired"] else "", r["not_trained"] if run and r["not_trained"] else ""]
         body.append(cells)
     return "\n".join(markdown_table(header, body)) + "\n"

@@ -16,9 +16,13 @@ from moda_lab.analysis import paired_plots, plots
 from moda_lab.analysis.attention_runs import attention_by_variant, load_run_attention, plot_attention_by_variant
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
+from moda_lab.analysis.mcnemar import mcnemar_markdown, mcnemar_table
 from moda_lab.analysis.paper import (
+    ALPHA,
     PAPER_NORMS,
     PAPER_TABLE6_SOURCE,
+    VERDICTS,
+    UntestedArm,
     check_orderings,
     orderings_markdown,
     paper_orderings,
@@ -61,7 +65,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
 class SweepAnalysis:
     """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
     seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
-    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation
+    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
+    ``mcnemar``: per-question tests per task against the baseline of the same seed, where runs have samples files
     (filled by ``add_significance``)."""
 
     records: list[RunRecord]
@@ -73,6 +78,7 @@ class SweepAnalysis:
     orderings: pd.DataFrame = field(default_factory=pd.DataFrame)
     spread: pd.DataFrame = field(default_factory=pd.DataFrame)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
 
@@ -127,15 +133,20 @@ def analyze(records: list[RunRecord], min_drop: float = TRAINED_MIN_DROP) -> Swe
 
 
 def add_significance(
-    analysis: SweepAnalysis, seed_std_target: float = SEED_STD_TARGET, level: float = LEVEL
+    analysis: SweepAnalysis,
+    seed_std_target: float = SEED_STD_TARGET,
+    level: float = LEVEL,
+    untested: tuple[UntestedArm, ...] = (),
 ) -> SweepAnalysis:
     """Fill ``paired`` (every non-baseline cell vs its baseline, per metric, with the paper's Δ), ``orderings``
-    and ``spread`` (against ``seed_std_target`` nats)."""
+    (``untested``: arms the setup could not test, see paper.UntestedArm) and ``spread`` (against
+    ``seed_std_target`` nats)."""
     analysis.paired = with_paper_delta(paired_differences(analysis.summary, level=level))
-    analysis.orderings = check_orderings(analysis.summary, level=level)
+    analysis.orderings = check_orderings(analysis.summary, level=level, untested=untested)
     analysis.spread = seed_spread(analysis.summary, seed_std_target)
     complete = complete_runs(analysis.summary).get("run")  # None without runs
     analysis.curves = with_paper_delta(paired_curves(analysis.tidy, complete, level=level))
+    analysis.mcnemar = mcnemar_table(analysis.summary, issues=analysis.issues)
     analysis.seed_std_target = seed_std_target
     return analysis
 
@@ -182,7 +193,7 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
 def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
     """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md), ``paired_curves``
     (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when any cell has a baseline to
-    pair with."""
+    pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for stem, frame, markdown in (
@@ -201,6 +212,10 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
         written.append(tables_dir / "paired_curves.csv")
         figure = paired_plots.plot_paired_curves(analysis.curves, "val/loss")
         written += plots.save_figure(figure, figures_dir, "paired_val_loss_vs_tokens")
+    if not analysis.mcnemar.empty:
+        analysis.mcnemar.to_csv(tables_dir / "mcnemar.csv", index=False)
+        (tables_dir / "mcnemar.md").write_text(mcnemar_markdown(analysis.mcnemar), encoding="utf-8")
+        written += [tables_dir / "mcnemar.csv", tables_dir / "mcnemar.md"]
     return written
 
 
@@ -233,7 +248,9 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         f"Each variant minus the baseline (`{base}`) of the same cell otherwise (same config except `model.mixer.*` "
         "and the seed: same norm, layers, width, lr, data, tokens), paired by seed, on the final val loss (nats/token; "
         f"Δ < 0: the variant is lower). {level} CI: mean ± t·s/√n with Student's t at n − 1 degrees of freedom "
-        "(paired t-interval over seeds); one pair gives no interval (n=1). Seeds run for one side only are listed "
+        "(paired t-interval over seeds); p: the paired t-test's two-sided p-value of Δ = 0, uncorrected for the "
+        "other rows (the orderings below give Holm-corrected ones). One pair gives no interval and no test (n=1). "
+        "Params: the variant's parameter count against the baseline's. Seeds run for one side only are listed "
         "as unpaired and left out. Complete runs only. Per-domain losses and average accuracy: "
         "`tables/paired_differences.md`.",
         "",
@@ -245,9 +262,14 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         "heads and norm (our corpus and token budget differ, so compare signs, not sizes). The paper's `post` is "
         f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. A depth the paper did not run under "
         "a norm is checked against the paper's nearest depth under it (`paper layers`). Δ = loss of the first minus "
-        f"the second; *reproduced* = our {level} CI lies below 0. *Pairs to resolve*: the fewest seed pairs at which "
-        "the interval would exclude 0 (either side) if more seeds kept the measured mean and std of Δ: a planning "
-        "estimate, not a prediction.",
+        f"the second, with its {level} CI (uncorrected), the paired t-test's p and the Holm-corrected p over every "
+        "ordering tested in this analysis (one family). Verdicts: "
+        f"{', '.join(f'*{v}*' for v in VERDICTS)}; *resolved* needs the Holm-corrected p < {ALPHA:g}, the sign is "
+        "ours against the paper's, and *untested* is an ordering the setup could not test (not run, fewer than 2 "
+        "pairs, a run that did not train, or an arm marked untested), left out of the family. Params: the first "
+        "variant's parameter count against the second's. *Pairs to resolve*: the fewest seed pairs at which the "
+        "uncorrected interval would exclude 0 (either side) if more seeds kept the measured mean and std of Δ: a "
+        "planning estimate, not a prediction.",
         "",
     ]
     lines += orderings_markdown(analysis.orderings).splitlines()
@@ -268,6 +290,17 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         lines += to_markdown(downstream).splitlines()
         lines += ["", "Average accuracy (percentage points), variant minus baseline, paired by seed:", ""]
         lines += paired_markdown(paired, metrics=["avg acc"]).splitlines()
+    if not analysis.mcnemar.empty:
+        lines += ["", "### Per-question tests per task (McNemar, final checkpoints)", ""]
+        lines += [
+            "Each variant's run against the baseline's run of the same seed (same cell otherwise), on the questions "
+            "both scored (`samples_<task>.jsonl` of each run's final-checkpoint evaluation): b = questions only the "
+            "variant got right, c = only the baseline; Δ acc = (b − c) / questions. p: McNemar's exact test "
+            "(binomial, two-sided); Holm p: corrected over the tasks of one pair; *exceeds noise* where that is "
+            f"< {ALPHA:g}. Seeds are not pooled here: the paired table above averages over them.",
+            "",
+        ]
+        lines += mcnemar_markdown(analysis.mcnemar).splitlines()
     return lines + [""]
 
 
@@ -305,16 +338,18 @@ def run_analysis(
     refresh: bool = False,
     seed_std_target: float = SEED_STD_TARGET,
     min_drop: float = TRAINED_MIN_DROP,
+    untested: tuple[UntestedArm, ...] = (),
 ) -> SweepAnalysis:
     """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``.
 
     ``seed_std_target``: the seed-spread target (nats); ``min_drop``: a run whose val loss fell by less over its
-    second half did not train (tidy.TRAINED_MIN_DROP)."""
+    second half did not train (tidy.TRAINED_MIN_DROP); ``untested``: arms whose orderings the setup could not test
+    (paper.UntestedArm)."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir if cache_dir is not None else out_dir / "wandb_cache"
     records = load_runs(sweep_dir, wandb_project, wandb_offline, cache, refresh)
-    analysis = add_significance(analyze(records, min_drop), seed_std_target)
+    analysis = add_significance(analyze(records, min_drop), seed_std_target, untested=untested)
     if not records:
         where = ", ".join(str(x) for x in (sweep_dir, wandb_project, wandb_offline) if x)
         analysis.issues.append(RunIssue(where, "no_runs", "no run dirs or wandb runs found"))

@@ -6,8 +6,9 @@ summary fingerprints that config (records.pair_group_id), so the variant and the
 the variant only: same norm, layers, width, lr, data, tokens, ... . Per shared seed s the difference is
 d_s = metric(variant, s) - metric(baseline, s); the report gives the mean, the std (ddof 1), the number of pairs and
 a two-sided interval mean +/- t_{(1+level)/2, n-1} * std / sqrt(n) (Student's t: the seeds' differences are the
-sample; pairing removes what the seed shares between the two runs, e.g. the data order). With one pair there is
-no interval ("n=1"). Seeds run for one side only are listed as unpaired and left out, never paired with another
+sample; pairing removes what the seed shares between the two runs, e.g. the data order), and the paired t-test's
+two-sided p-value of "mean 0" (uncorrected; ``holm`` corrects a family of them). With one pair there is no
+interval and no test ("n=1"). Seeds run for one side only are listed as unpaired and left out, never paired with another
 seed; a seed present twice in a cell (e.g. the same run from two sources) is left out as well.
 
 Only complete runs enter (``tidy.run_summary``), the same runs as the tables; downstream accuracies only from
@@ -46,30 +47,60 @@ def baseline_variant() -> str:
     return variant_label(next(iter(DEPTH_MIXERS)))
 
 
+def _student_t():
+    try:
+        from scipy import stats
+    except ImportError as err:  # scipy comes with lm-eval (scikit-learn) and is pinned in constraints.txt
+        raise ImportError("paired confidence intervals and tests need scipy: pip install scipy") from err
+    return stats.t
+
+
 def t_quantile(level: float, df: int) -> float:
     """Two-sided Student-t quantile t_{(1+level)/2, df}, e.g. ``t_quantile(0.95, 2) == 4.3027``."""
     if not 0 < level < 1:
         raise ValueError(f"level={level!r} is out of range; allowed: 0 < level < 1")
     if df < 1:
         raise ValueError(f"df={df!r} is out of range; allowed: >= 1")
-    try:
-        from scipy import stats
-    except ImportError as err:  # scipy comes with lm-eval (scikit-learn) and is pinned in constraints.txt
-        raise ImportError("paired confidence intervals need scipy: pip install scipy") from err
-    return float(stats.t.ppf(0.5 + level / 2, df))
+    return float(_student_t().ppf(0.5 + level / 2, df))
+
+
+def t_pvalue(mean: float, std: float, n: int) -> float:
+    """Two-sided p-value of the paired t-test of "the mean difference is 0": P(|T_{n-1}| >= |mean| / (std/sqrt(n))).
+    NaN with fewer than 2 values; with no spread (std 0) 0 for a nonzero mean, 1 for a zero one."""
+    if n < 2 or any(v is None or math.isnan(v) for v in (mean, std)):
+        return math.nan
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * _student_t().sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of one family, in the input order: the i-th smallest of the k values
+    becomes max over j <= i of min(1, (k - j + 1) * p_(j)). Rejecting where the adjusted p < alpha keeps the chance
+    of any false rejection in the family at or below alpha (Holm 1979). NaN entries are not in the family and stay
+    NaN."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out = [math.nan] * len(pvalues)
+    k, running = len(tested), 0.0
+    for j, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (k - j) * p))
+        out[i] = running
+    return out
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float]:
-    """``n``, ``mean``, ``std`` (ddof 1), ``t`` and the interval ``ci_low``/``ci_high`` of the mean of ``values``;
-    std, t and the interval are NaN with fewer than 2 values (mean too with none)."""
+    """``n``, ``mean``, ``std`` (ddof 1), ``t``, the interval ``ci_low``/``ci_high`` of the mean of ``values`` and
+    the t-test's two-sided ``p`` (t_pvalue, uncorrected); std, t, the interval and p are NaN with fewer than 2
+    values (mean too with none)."""
     xs = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     n = len(xs)
     out = {"n": n, "mean": float(xs.mean()) if n else np.nan, "std": np.nan, "t": np.nan}
-    out |= {"ci_low": np.nan, "ci_high": np.nan}
+    out |= {"ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
     if n >= 2:
         std, t = float(xs.std(ddof=1)), t_quantile(level, n - 1)
         half = t * std / math.sqrt(n)
         out |= {"std": std, "t": t, "ci_low": out["mean"] - half, "ci_high": out["mean"] + half}
+        out["p"] = t_pvalue(out["mean"], std, n)
     return out
 
 
@@ -142,6 +173,23 @@ def _untrained_text(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) ->
     return "; ".join(parts)
 
 
+def params_change(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """The relative parameter count of cell ``a`` against cell ``b``: params(a) / params(b) - 1, from the runs'
+    ``model/params`` (logged at step 0); NaN where either cell lacks it."""
+    counts = [runs["model/params"].dropna() if "model/params" in runs else pd.Series(dtype=float) for runs in (a, b)]
+    if any(c.empty for c in counts):
+        return math.nan
+    return float(counts[0].iloc[0] / counts[1].iloc[0] - 1)
+
+
+def params_text(change: float) -> str:
+    """``+3.2% params``, ``same params`` (equal counts), or ``–`` (unknown): beside a difference, whether the first
+    side had more weights to spend."""
+    if change is None or math.isnan(change):
+        return "–"
+    return "same params" if change == 0 else f"{change:+.1%} params"
+
+
 def compare_cells(
     a: pd.DataFrame,
     b: pd.DataFrame,
@@ -149,9 +197,10 @@ def compare_cells(
     level: float = LEVEL,
     names: tuple[str, str] = ("variant", "baseline"),
 ) -> dict[str, object]:
-    """Paired statistics of ``metric`` (a - b) between the runs of two cells: t_interval's keys plus ``seeds``,
-    ``excludes_0`` (None without an interval), ``pairs_needed`` (pairs_to_resolve at the measured mean and std),
-    ``unpaired``, ``not_trained`` and ``note``."""
+    """Paired statistics of ``metric`` (a - b) between the runs of two cells: t_interval's keys (``p``: the paired
+    t-test, uncorrected) plus ``seeds``, ``excludes_0`` (None without an interval), ``pairs_needed``
+    (pairs_to_resolve at the measured mean and std), ``params_change`` (a's params over b's, minus 1), ``unpaired``,
+    ``not_trained`` and ``note``."""
     pairing = pair_by_seed(a, b, metric)
     stats = t_interval(pairing.diffs, level)
     excludes = None if math.isnan(stats["ci_low"]) else bool(stats["ci_low"] > 0 or stats["ci_high"] < 0)
@@ -162,6 +211,7 @@ def compare_cells(
         "seeds": ", ".join(map(str, pairing.seeds)),
         "excludes_0": excludes,
         "pairs_needed": pairs_to_resolve(stats["mean"], stats["std"], level),
+        "params_change": params_change(a, b),
         "unpaired": pairing.unpaired_text(*names),
         "not_trained": _untrained_text(a, b, names),
         "note": note,
@@ -196,7 +246,8 @@ def paired_differences(
     rows with ``n`` = 0 and the note "no baseline run in this cell"."""
     frame, _ = with_derived(summary, prefer)
     columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "n", "seeds", "mean", "std", "level", "t"]
-    columns += ["ci_low", "ci_high", "excludes_0", "pairs_needed", "unpaired", "not_trained", "note"]
+    columns += ["ci_low", "ci_high", "p", "excludes_0", "pairs_needed", "params_change", "unpaired", "not_trained"]
+    columns += ["note"]
     if frame.empty or "pair_group" not in frame:
         return pd.DataFrame(columns=columns)
     metrics = list(metrics) if metrics is not None else default_metrics(frame)
@@ -303,6 +354,13 @@ def format_delta(value: float, metric: str) -> str:
     return f"{value:+.4f}" if metric.endswith("loss") else f"{value:+.2f}"
 
 
+def format_p(p: float) -> str:
+    """A p-value to 2 significant digits (``0.010``, ``0.41``, ``3.2e-05``); ``–`` without a test."""
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.2g}" if p < 1e-3 else f"{p:.2f}" if p >= 0.1 else f"{p:.3f}"
+
+
 def format_interval(row: pd.Series | dict, metric: str) -> str:
     """``[-0.0746, +0.0013]``, or why there is none (``n=1``, ``no pairs``)."""
     n = int(row["n"])
@@ -346,15 +404,17 @@ def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) 
     if rows_frame.empty:
         return "_No non-baseline cell among the complete runs._\n"
     ids = _shown_group_columns(rows_frame)
-    header = [*ids, "variant − baseline", "metric", "pairs", "seeds", "Δ mean", "Δ std", f"{level_text(paired)} CI"]
+    header = [*ids, "variant − baseline", "params", "metric", "pairs", "seeds", "Δ mean", "Δ std"]
+    header += [f"{level_text(paired)} CI", "p (uncorrected)"]
     has_paper = "paper Δ" in rows_frame and rows_frame["paper Δ"].notna().any()
     header += [*(["paper Δ"] if has_paper else []), "unpaired seeds", "not trained", "note"]
     body = []
     for _, r in rows_frame.iterrows():
         metric = r["metric"]
         std = "–" if pd.isna(r["std"]) else f"{r['std']:.4f}" if metric.endswith("loss") else f"{r['std']:.2f}"
-        cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", metric, int(r["n"]), r["seeds"] or "–"]
-        cells += [format_delta(r["mean"], metric), std, format_interval(r, metric)]
+        cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", params_text(r.get("params_change"))]
+        cells += [metric, int(r["n"]), r["seeds"] or "–"]
+        cells += [format_delta(r["mean"], metric), std, format_interval(r, metric), format_p(r.get("p"))]
         if has_paper:
             cells.append(_paper_delta_text(r, metric))
         cells += [r["unpaired"] or "", r["not_trained"] or "", r["note"] or ""]

@@ -34,6 +34,7 @@ from moda_lab.analysis import (  # noqa: E402
     t_interval,
 )
 from moda_lab.analysis.__main__ import main, parse_args  # noqa: E402
+from moda_lab.analysis.paper import VERDICTS  # noqa: E402
 
 T_975_2 = 4.303  # Student's t, 97.5% quantile, 2 degrees of freedom (printed tables)
 T_975_1 = 12.706
@@ -154,6 +155,49 @@ def test_t_interval_matches_a_hand_computation():
         t_interval([1.0, 2.0], level=95)
 
 
+def test_t_test_p_value_and_holm_against_hand_values():
+    from moda_lab.analysis.significance import holm, t_pvalue
+
+    # Student's t with 2 degrees of freedom has a closed-form CDF: P(|T| >= t) = 1 - t / sqrt(2 + t^2).
+    t = 0.1 / (0.01 / math.sqrt(3))
+    assert t_pvalue(-0.1, 0.01, 3) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert t_interval([-0.09, -0.10, -0.11])["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    # One degree of freedom (Cauchy): P(|T| >= 1) = 1/2.
+    assert t_pvalue(0.5, 0.5 * math.sqrt(2), 2) == pytest.approx(0.5)
+    assert math.isnan(t_pvalue(-0.1, float("nan"), 1)) and t_pvalue(-0.1, 0.0, 3) == 0.0 and t_pvalue(0, 0, 3) == 1
+    # Sorted 0.01, 0.03, 0.04 of k=3: 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04); NaN: not in the family.
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def test_verdict_words_and_untested_arms(sweep: Path, tmp_path: Path, capsys):
+    from moda_lab.analysis.paper import UntestedArm, check_orderings, verdict
+
+    assert verdict(-0.05, 0.049) == "resolved, paper's sign" and verdict(0.05, 0.01) == "resolved, opposite sign"
+    assert verdict(-0.05, 0.05) == "same sign, not resolved" and verdict(0.05, 0.2) == "opposite sign, not resolved"
+    assert verdict(-0.05, 0.001, "a run did not train") == "untested" and verdict(-0.05, float("nan")) == "untested"
+    # Marking post-norm MoDA + FFN KV untested leaves moda < residual alone in the family: its Holm p is its p.
+    summary = analyze(load_sweep_dir(sweep)).summary
+    orders = check_orderings(summary, untested=(UntestedArm.parse("post/moda +ffn_kv"),))
+    post = orders[orders["norm"] == "post"].set_index("ordering")
+    assert set(orders["family"]) == {1}
+    assert post.loc["moda < residual", "p_holm"] == pytest.approx(post.loc["moda < residual", "p"])
+    for o in ("moda +ffn_kv < residual", "moda +ffn_kv < moda"):
+        assert (post.loc[o, "verdict"], post.loc[o, "untested_because"]) == ("untested", "marked untested (post/moda +ffn_kv)")
+    every = check_orderings(summary, untested=(UntestedArm.parse("post"),))
+    assert set(every.loc[every["norm"] == "post", "verdict"]) == {"untested"} and set(every["family"]) == {0}
+    with pytest.raises(ValueError, match="norm 'prenorm' is not allowed; allowed: post, pre, reordered"):
+        UntestedArm.parse("prenorm")
+    with pytest.raises(ValueError, match="variant 'dense' is not allowed"):
+        UntestedArm.parse("post/dense")
+    # The command: bad arm -> exit 2 naming it, nothing written; a good one reaches the report.
+    assert main([f"sweep_dir={sweep}", f"out={tmp_path / 'bad'}", "untested=post/dense"]) == 2
+    assert "untested='post/dense': variant 'dense'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([f"sweep_dir={sweep}", f"out={tmp_path / 'ok'}", "untested=post/moda +ffn_kv"]) == 0
+    assert "| marked untested (post/moda +ffn_kv) |" in (tmp_path / "ok" / "report.md").read_text()
+
+
 def test_pairing_is_by_seed_and_lists_unpaired_and_duplicate_seeds():
     a = pd.DataFrame({"seed": [0, 1, 2, 2, 4], "val/loss": [1.0, 2.0, 3.0, 3.1, 5.0]})
     b = pd.DataFrame({"seed": [4, 1, 3, 0], "val/loss": [4.0, 1.5, 9.0, float("nan")]})
@@ -243,13 +287,28 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert len(PAPER_TABLE6) == 9 and len(paper_orderings()) == 9
     orders = result.orderings
     by = {(r["layers"], r["norm"], r["ordering"]): r for _, r in orders.iterrows()}
-    assert by[(24, "post", "moda < residual")]["verdict"] == "same sign, CI includes 0"
-    assert by[(24, "post", "moda +ffn_kv < residual")]["verdict"] == "reproduced (CI below 0)"
+    # The family: the three 24-layer post-norm orderings (the rest are untested); Holm by hand on their p-values.
+    tested = orders[orders["untested_because"] == ""]
+    assert len(tested) == 3 and set(orders["family"]) == {3}
+    p = {o: by[(24, "post", o)]["p"] for o in ("moda < residual", "moda +ffn_kv < residual", "moda +ffn_kv < moda")}
+    low, mid, high = sorted(p.values())
+    assert high > 0.05 > mid  # moda < residual: -0.037 [-0.075, +0.001], p 0.053
+    assert by[(24, "post", "moda +ffn_kv < moda")]["p_holm"] == pytest.approx(max(3 * low, 2 * mid))
+    assert by[(24, "post", "moda +ffn_kv < residual")]["p_holm"] == pytest.approx(max(3 * low, 2 * mid))
+    assert by[(24, "post", "moda < residual")]["p_holm"] == pytest.approx(high)
+    assert by[(24, "post", "moda < residual")]["verdict"] == "same sign, not resolved"
+    assert by[(24, "post", "moda +ffn_kv < residual")]["verdict"] == "resolved, paper's sign"
+    assert by[(24, "post", "moda +ffn_kv < residual")]["params_change"] == pytest.approx(
+        fx.params_and_flops(spec_of(24, "post", "moda", True, 1))[0]
+        / fx.params_and_flops(spec_of(24, "post", "residual", False, 1))[0] - 1
+    )
+    assert by[(24, "post", "moda < residual")]["params_change"] == 0  # depth KV adds no weights
     moda_vs_ffn = by[(24, "post", "moda +ffn_kv < moda")]
     ffn, moda = FINAL[(24, "post", "moda", True)], FINAL[(24, "post", "moda", False)]
     assert moda_vs_ffn["mean"] == pytest.approx(sum(diffs(ffn, moda)) / 3)
     assert moda_vs_ffn["paper Δ"] == pytest.approx(3.4338 - 3.4537)
-    assert by[(48, "pre", "moda < residual")]["verdict"] == "same sign, n=1 (no interval)"
+    one = by[(48, "pre", "moda < residual")]
+    assert (one["verdict"], one["untested_because"]) == ("untested", "1 pair: no test") and pd.isna(one["p_holm"])
     # -0.06, -0.06, -0.07: at n=2 the half-width 12.7 * 0.0058 / sqrt(2) = 0.052 is already under 0.063.
     assert moda_vs_ffn["pairs_needed"] == 2
     # The paper's post is matched by our reordered too; here MoDA is worse, and the baseline had a flat seed.
@@ -257,8 +316,11 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert reordered["paper norm"] == "post" and reordered["mean"] == pytest.approx(0.055)
     half = T_975_1 * pd.Series([0.05, 0.06]).std() / math.sqrt(2)
     assert reordered["ci_high"] == pytest.approx(0.055 + half, abs=1e-5)
-    assert reordered["verdict"] == "opposite sign, CI includes 0; a run did not train"
-    not_run = orders[orders["verdict"] == "not run"]
+    assert (reordered["verdict"], reordered["untested_because"]) == ("untested", "a run did not train")
+    assert pd.notna(reordered["p"]) and pd.isna(reordered["p_holm"])  # tested by t, but not in the family
+    assert set(orders["verdict"]) <= set(VERDICTS)
+    not_run = orders[orders["untested_because"] == "not run"]
+    assert set(not_run["verdict"]) == {"untested"}
     assert set(zip(not_run["layers"], not_run["paper norm"])) == {(48, "pre"), (48, "post")}
     assert len(not_run) == 5  # 48 post: 3, 48 pre without MoDA + FFN KV: 2
     assert (orders["paper layers"] == orders["layers"]).all()  # every depth of ours is one the paper ran
@@ -284,14 +346,17 @@ def test_a_depth_the_paper_did_not_run_is_checked_against_its_nearest(tmp_path: 
     assert ours.loc["moda < residual", "mean"] == pytest.approx(-0.045)
     assert ours.loc["moda < residual", "paper Δ"] == pytest.approx(3.3759 - 3.3800)
     assert ours.loc["moda +ffn_kv < moda", "mean"] == pytest.approx((-0.01 + 0.0) / 2)
-    assert ours.loc["moda +ffn_kv < residual", "verdict"] == "reproduced (CI below 0)"  # -0.05 in both seeds
+    # -0.05 in both seeds: no spread, p 0, so resolved in a family of three
+    assert ours.loc["moda +ffn_kv < residual", "verdict"] == "resolved, paper's sign"
     # The paper's own rows (48 pre and post, 24 post) stay, not run; no post-norm ordering is checked on pre-norm.
-    assert set(orders[orders["norm"] != "pre"]["verdict"]) == {"not run"} and len(orders) == 9 + 3
+    others = orders[orders["norm"] != "pre"]
+    assert set(others["untested_because"]) == {"not run"} and set(others["verdict"]) == {"untested"}
+    assert len(orders) == 9 + 3
     table = orderings_markdown(orders)
     assert table.splitlines()[0].startswith("| layers | paper layers | paper norm | our norm |")
-    assert "| verdict | pairs to resolve |" in table.splitlines()[0]
+    assert "| p | Holm p (3 tested) | verdict | untested because | pairs to resolve |" in table.splitlines()[0]
     assert ours.loc["moda +ffn_kv < residual", "pairs_needed"] == 2  # no spread
-    assert "| reproduced (CI below 0) | 2 |" in table
+    assert "| 0 | 0 | resolved, paper's sign |  | 2 |" in table
     assert "| 24 | 48 | pre | pre |" in table
 
 
@@ -353,11 +418,12 @@ def test_report_section_and_files(sweep: Path, tmp_path: Path):
         return found[0]
 
     ffn = line("| 24 | post | post |", "| moda +ffn_kv < residual |")
-    assert "| -0.0402 | -0.1000 | 3 | [-0.1248, -0.0752] | reproduced (CI below 0) |" in ffn
-    assert "| n=1 | same sign, n=1 (no interval) |" in line("| 48 | pre | pre |", "| moda < residual |")
-    moda = line("| moda − residual | val/loss | 3 | 1, 2, 3 |", "| 24 | 384 | post |")
+    assert "| -0.0402 | -0.1000 | +8.3% params | 3 | [-0.1248, -0.0752] | 0.003 | 0.008 | resolved, paper's sign |" in ffn
+    assert "| n=1 | – | – | untested | 1 pair: no test |" in line("| 48 | pre | pre |", "| moda < residual |")
+    assert "reproduc" not in report.lower()
+    moda = line("| moda − residual | same params | val/loss | 3 | 1, 2, 3 |", "| 24 | 384 | post |")
     assert "| -0.0203 | variant only: 0 |" in moda  # the paper's Δ, then the unpaired seed
-    assert "| variant only: 5 |" in line("| moda − residual | val/loss | 1 | 0 |")
+    assert "| n=1 | – | -0.0041 | variant only: 5 |" in line("| moda − residual | same params | val/loss | 1 | 0 |")
     flat = spec_of(24, "reordered", "residual", False, 1).name
     assert line(f"| {flat} |").endswith("| 0.007 (from step 100) | **no** |")
     assert "[not_trained]" in report and "[eval_not_final]" in report
@@ -377,7 +443,12 @@ def test_paired_figure_rows_and_intervals(result):
     assert len(labels) == 4  # the dense cell has no pairs
     assert any(lab.startswith("moda − residual") and "n=1" in lab for lab in labels)
     assert any("not trained: baseline seed 1" in lab for lab in labels)
-    assert "95% CI" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
+    ffn = [lab for lab in labels if lab.startswith("moda +ffn_kv − residual")]
+    assert len(ffn) == 1 and ffn[0].endswith("n=3; +8.3% params")  # depth KV: same params, nothing said
+    assert not any("params" in lab for lab in labels if lab.startswith("moda − residual"))
+    title = fig.get_suptitle()
+    assert "uncorrected" in title
+    assert "95% CI" in title and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
 
 
 def test_paired_curves_pair_each_validation_by_seed(result):

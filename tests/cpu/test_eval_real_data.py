@@ -2,8 +2,12 @@
 
 Every example of every file present: the choices lm-eval scores and the gold index agree with the raw fields
 (ARC's numeric answer keys "1".."4" and its 3- and 5-choice items, COPA's cause/effect connective, MMLU's 57
-subjects). Then the tiny checkpoint is evaluated on limit=5 real examples of each file, chosen to include
-those formats, and every scored request is checked against its example.
+subjects, HellaSwag's HF layout: string labels "0".."3" and WikiHow's bracket markers, cleaned as lm-eval's own
+hellaswag task does). Then the tiny checkpoint is evaluated on limit=5 real examples of each file, chosen to
+include those formats, and every scored request is checked against its example.
+
+The data dir is the eval's own (moda_lab.eval.tasks.data_dir: $MODA_EVAL_DATA, else ../shared/data/eval); every
+test here skips where it holds no task file.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval")
 
 from moda_lab.eval import eval_config_from_dict  # noqa: E402
-from moda_lab.eval.tasks import DEFAULT_DATA_DIR, TASK_DIR, TASK_FIELDS, lm_eval_name  # noqa: E402
+from moda_lab.eval.tasks import TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name  # noqa: E402
 
-REAL = DEFAULT_DATA_DIR
+REAL = data_dir()
 PRESENT = [t for t in TASK_FIELDS if (REAL / f"{t}.jsonl").is_file()]
 pytestmark = pytest.mark.skipif(
     not PRESENT, reason=f"no real eval data: {REAL} (the read-only ../shared/data/eval) is absent or holds no task file"
 )
 MMLU_SUBJECTS = 57
+HELLASWAG_VALIDATION = 10042  # rows of HellaSwag's validation split (MANIFEST.md)
 
 
 def _rows(task: str, root: Path = REAL) -> list[dict]:
@@ -55,7 +60,20 @@ def expected(task: str, row: dict) -> tuple[list[str], int]:
         return [_lower_first(row["choice1"]), _lower_first(row["choice2"])], row["label"]
     if task == "mmlu":
         return ["A", "B", "C", "D"], row["answer"]
+    if task == "hellaswag":  # the endings as lm-eval's own hellaswag task cleans them; label is a string
+        return [hellaswag_preprocess(e) for e in row["endings"]], int(row["label"])
     raise KeyError(task)
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's own HellaSwag cleaning (WikiHow's ``[title]``/``[step]`` markers), the reference our YAML follows."""
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    return preprocess(text)
+
+
+def hellaswag_query(row: dict) -> str:
+    return hellaswag_preprocess(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
 
 
 def _tasks(data: Path) -> dict:
@@ -72,6 +90,7 @@ def _gold(task_obj, doc: dict) -> tuple[list[str], int]:
     return choices, int(gold)
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: every row of all ten files, MMLU's 14,042 and HellaSwag's 10,042 among them
 def test_every_real_example_scores_its_gold_choice():
     tasks = _tasks(REAL)
     for task in PRESENT:
@@ -96,6 +115,10 @@ def test_every_real_example_scores_its_gold_choice():
         if task.startswith("arc_"):  # the formats the YAML must handle are really in the file
             labels = {tuple(r["choices"]["label"]) for r in rows}
             assert any(lab[0] == "1" for lab in labels) and {len(lab) for lab in labels} >= {4, 5}
+        if task == "hellaswag":
+            assert len(rows) == HELLASWAG_VALIDATION and {r["label"] for r in rows} == {"0", "1", "2", "3"}
+            for doc, row in zip(docs, rows):
+                assert obj.doc_to_text(doc) == hellaswag_query(row)
 
 
 def _five(task: str) -> list[dict]:
@@ -114,9 +137,44 @@ def _five(task: str) -> list[dict]:
         for r in rows:
             by_subject.setdefault(r["subject"], r)
         picks = list(by_subject.values())[:5]
+    elif task == "hellaswag":
+        picks = [_hellaswag_activitynet(rows), _hellaswag_wikihow(rows)]
     else:
         picks = []
     return (picks + [r for r in rows if r not in picks])[:5]
+
+
+def _hellaswag_activitynet(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["source_id"].startswith("activitynet") and r["ctx_b"])
+
+
+def _hellaswag_wikihow(rows: list[dict]) -> dict:
+    """A WikiHow row: its context and endings carry the bracket markers, its ctx_b is empty."""
+    return next(r for r in rows if r["source_id"].startswith("wikihow") and "[title]" in r["ctx_a"] and not r["ctx_b"])
+
+
+@pytest.mark.skipif("hellaswag" not in PRESENT, reason=f"no {REAL / 'hellaswag.jsonl'}")
+def test_hellaswag_hf_layout_on_real_rows(tmp_path):
+    """A few real HellaSwag rows, as the HF layout stores them (extra fields ind, ctx, source_id, split, split_type;
+    label a string): the task loads them, and prompt, endings and gold are the ones lm-eval's hellaswag scores."""
+    rows = _rows("hellaswag")
+    picks = [rows[0], _hellaswag_activitynet(rows), _hellaswag_wikihow(rows)]
+    data = tmp_path / "eval"
+    data.mkdir()
+    (data / "hellaswag.jsonl").write_text("".join(json.dumps(r) + "\n" for r in picks), encoding="utf-8")
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(data)})
+    obj = get_task_dict([lm_eval_name("hellaswag")], tm)[lm_eval_name("hellaswag")]
+    docs = list(obj.test_docs())
+    assert len(docs) == 3
+    # Row 0 of the split (MANIFEST.md): no markers, so the raw fields are what is scored.
+    assert obj.doc_to_text(docs[0]) == "Roof shingle removal: A man is sitting on a roof. He"
+    assert _gold(obj, docs[0]) == (rows[0]["endings"], 3)
+    wikihow = docs[2]
+    assert "[" not in obj.doc_to_text(wikihow) and not any("[" in c for c in obj.doc_to_choice(wikihow))
+    for doc, row in zip(docs, picks):
+        assert _gold(obj, doc) == expected("hellaswag", row) and obj.doc_to_text(doc) == hellaswag_query(row)
 
 
 def test_tiny_checkpoint_on_five_real_examples_per_task(lm, tmp_path):
