@@ -254,21 +254,20 @@ def _status_after(err: BaseException, guard: GracefulInterrupt) -> str:
 def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, rank0: bool) -> dict:
     done = rundir.read_meta()
     meta = rundir.open(resolved) if rank0 else done
-    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
-    max_steps = run.trainer.max_steps
-    if done.get("status") == "finished" and done.get("global_step", -1) >= max_steps:
-        if resume and resume[1] >= done["global_step"]:
-            log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
-            rundir.write_meta(status="finished", finished=done.get("finished"))
-            return {}
-        at = f"step {resume[1]} ({resume[0].name})" if resume else "no intact checkpoint"
-        log.warning(
-            "%s: meta.json says finished at step %d, but the newest intact checkpoint is %s; training the "
-            "missing steps again", rundir.path, done["global_step"], at,
-        )
     wandb_logger = None
     interrupt = GracefulInterrupt()
     try:
+        resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
+        if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps:
+            if resume and resume[1] >= done["global_step"]:
+                log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
+                rundir.write_meta(status="finished", finished=done.get("finished"))
+                return {}
+            at = f"step {resume[1]} ({resume[0].name})" if resume else "no intact checkpoint"
+            log.warning(
+                "%s: meta.json says finished at step %d, but the newest intact checkpoint is %s; training the "
+                "missing steps again", rundir.path, done["global_step"], at,
+            )
         module = LMModule(
             run.model,
             run.trainer,

@@ -317,3 +317,17 @@ def test_run_outputs_are_ignored_by_git():
     paths = ["exports/model/config.json", "out/x.png", "runs/default/x/meta.json", "lightning_logs/v0/x"]
     proc = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.split() == paths
+
+
+@pytest.mark.slow
+def test_run_py_with_a_huge_lr_exits_2_as_diverged(tiny_corpus, tmp_path):
+    from helpers import TINY
+
+    args = [*TINY, f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_root={tmp_path / 'runs'}", *SHORT, "trainer.lr=1e6", "trainer.max_skipped_steps=1"]
+    proc = run_py(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged at step ") and "trainer.max_skipped_steps=1" in last
+    (run_dir,) = (tmp_path / "runs" / "default").iterdir()
+    assert meta(run_dir)["status"] == "diverged" and not list((run_dir / "checkpoints").glob("*.ckpt"))
