@@ -60,7 +60,10 @@ class DivergenceGuard(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         loss, self._loss = float(self._loss), 0.0
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        # fp16's GradScaler skips steps with inf gradients itself and lowers its scale from them: dropping those
+        # gradients here would hide them from it, so under 16-mixed only the loss is checked.
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads and not scaled else 0.0
         why = self._why_bad(loss, grad_norm)
         # Every rank decides alike (DDP): one bad rank skips the step everywhere.
         bad = trainer.strategy.reduce_boolean_decision(bool(why), all=False)

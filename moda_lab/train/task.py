@@ -152,7 +152,7 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
         return wandb_logger
     try:
         wandb_logger.experiment  # noqa: B018 - wandb.init now: a rejected key is known before training, not mid-run
-    except wandb.errors.CommError as err:  # AuthenticationError (a bad WANDB_API_KEY) and unreachable servers
+    except wandb.errors.Error as err:  # AuthenticationError (a bad WANDB_API_KEY), unreachable servers, no key
         why = " ".join(str(err).split())[:200]
         log.warning(
             "logger.wandb: W&B refused the online run (%s: %s); logging offline to %s/wandb instead "
