@@ -331,3 +331,34 @@ def test_run_py_with_a_huge_lr_exits_2_as_diverged(tiny_corpus, tmp_path):
     assert last.startswith("error: training diverged at step ") and "trainer.max_skipped_steps=1" in last
     (run_dir,) = (tmp_path / "runs" / "default").iterdir()
     assert meta(run_dir)["status"] == "diverged" and not list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_run_py_ctrl_c_exits_130_after_saving_the_step(tiny_corpus, tmp_path):
+    import time
+
+    from helpers import TINY
+
+    args = [*TINY, f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_root={tmp_path / 'runs'}", *FAST, "trainer.max_steps=100000", "trainer.val_every=1000",
+            "trainer.ckpt_every=1000"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "default"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        rows = [line for p in metrics.glob("*/metrics.jsonl") for line in p.read_text().splitlines()]
+        if any('"train/loss"' in line for line in rows):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-2000:]
+    (run_dir,) = metrics.iterdir()
+    step = ckpt_step(run_dir / "checkpoints" / "last.ckpt")
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {step}; relaunching the same command "
+        "resumes there"
+    )
+    assert meta(run_dir)["status"] == "interrupted" and step >= 2 and not (run_dir / ".lock").exists()
