@@ -337,7 +337,7 @@ class RunLock:
         try:
             for _ in range(3):
                 try:
-                    os.link(tmp, self.path)  # atomic and exclusive: fails when a lock exists
+                    self._create(tmp)
                     return
                 except FileExistsError:
                     self.check()
@@ -352,6 +352,17 @@ class RunLock:
             raise RunDirLocked(f"{self.path}: could not take the run dir's lock; another launch is taking it")
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _create(self, tmp: Path) -> None:
+        """Put the complete file tmp in place as the lock; FileExistsError when one exists."""
+        try:
+            os.link(tmp, self.path)  # atomic and exclusive, content included
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then the content
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(tmp.read_text())
 
     def release(self) -> None:
         held = self.holder()

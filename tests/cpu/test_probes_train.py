@@ -362,3 +362,16 @@ def test_run_py_ctrl_c_exits_130_after_saving_the_step(tiny_corpus, tmp_path):
         "resumes there"
     )
     assert meta(run_dir)["status"] == "interrupted" and step >= 2 and not (run_dir / ".lock").exists()
+
+
+def test_lock_works_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # the temp file is gone
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
