@@ -27,8 +27,7 @@ def _pin_argv_to_this_job() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from moda_lab.config import ConfigError
-    from moda_lab.eval.evaluate import EvalConfigError
+    from moda_lab.errors import UsageError
     from moda_lab.rundir import remove_stub
     from moda_lab.train.preflight import exit_on_config_error
     from moda_lab.train.task import train  # after Hydra parsed the command line: --help stays fast
@@ -42,9 +41,12 @@ def main(cfg: DictConfig) -> float | None:
 
             eval_config_from_dict(resolved["eval"])  # fail on bad tasks/data before hours of training, not after
         metrics = train(resolved, run_dir)
-    except (ConfigError, EvalConfigError) as err:  # found only now (e.g. the tokenizer's size): one line, no stub
-        remove_stub(run_dir)
+    except UsageError as err:  # a config found bad only now (the tokenizer's size), a busy or full run dir, a
+        remove_stub(run_dir)  # diverged run: one line, and no stub left by Hydra
         exit_on_config_error(err)
+    except KeyboardInterrupt as err:  # Ctrl-C: train() saved a checkpoint at the step it stopped after
+        sys.stderr.write(f"interrupted: {err or 'stopped before training'}\n")
+        raise SystemExit(130) from None
     if cfg.eval.after_fit:
         from moda_lab.eval.hook import evaluate_run
 
@@ -53,11 +55,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from moda_lab.config import ConfigError
+    from moda_lab.errors import UsageError
     from moda_lab.train.preflight import check_command_line, exit_on_config_error
 
     try:
         check_command_line(sys.argv[1:], CONF)  # every job, before Hydra makes a run dir
-    except ConfigError as err:
+    except UsageError as err:
         exit_on_config_error(err)
     main()

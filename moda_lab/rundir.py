@@ -9,8 +9,10 @@ of a checkpoint, and the rows of metrics.jsonl. No torch or Lightning here: anal
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -23,6 +25,10 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
 
 # Config keys (and key prefixes, ending in ".") that do not define a run: they never name its run dir, and a
 # relaunch may change them and resume the same run (longer training, logging, checkpointing, workers, paths,
@@ -39,6 +45,10 @@ RUN_INDEPENDENT_KEYS = (
     "trainer.threads",
     "trainer.devices",
     "trainer.strategy",
+    "trainer.accelerator",  # where it runs (trainer=gpu sets gpu; runs from before that say auto)
+    "trainer.max_skipped_steps",  # the divergence guard's settings (added after runs existed)
+    "trainer.divergence_factor",
+    "data.val_windows",  # how much validation measures, not what trains (its default grew)
     "data.num_workers",
     "data.num_proc",
     "data.build_default",
@@ -178,9 +188,20 @@ class RunDir:
 
     def write_meta(self, **updates) -> dict:
         meta = {**self.read_meta(), **updates}
+        text = json.dumps(meta, indent=2)
         tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(self.meta_path)
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.meta_path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.meta_path.is_file():
+                raise
+            # A full disk: rewrite meta.json in place, in the blocks it already holds, so that a run stopped by
+            # the full disk is not left saying "running".
+            with self.meta_path.open("r+") as f:
+                f.write(text)
+                f.truncate()
         return meta
 
     def open(self, resolved: dict) -> dict:
@@ -264,6 +285,100 @@ class RunDir:
             return step * tokens_per_step(t["batch_size"], t.get("accumulate", 1), d["seq_len"], world)
         except (KeyError, TypeError, ValueError):
             return None
+
+
+class RunDirLocked(UsageError):
+    """Another live launch holds the run dir's lock."""
+
+
+class RunLock:
+    """``<run dir>/.lock``: the pid and host of the launch training in that run dir, so a second launch of the
+    same command refuses instead of writing the same files. It is created atomically (a complete file linked into
+    place, which fails when one exists) and removed when the launch ends. A lock whose holder is gone (a dead pid
+    on this host: a kill -9, a power cut) is taken over with a warning; a holder on another host cannot be checked
+    from here and is refused, naming the file to delete once that launch is known to be gone."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self.me = {"pid": os.getpid(), "host": platform.node()}
+
+    def holder(self) -> dict | None:
+        """{"pid", "host", "since"} of the lock file, {} for an unreadable one, None when there is none."""
+        try:
+            held = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return held if isinstance(held, dict) and isinstance(held.get("pid"), int) else {}
+
+    def _live(self, held: dict) -> bool:
+        """Whether the holder may still be running (always, for a holder on another host)."""
+        if not held:
+            return False
+        if held.get("host") != self.me["host"]:
+            return True
+        if held["pid"] == self.me["pid"]:
+            return False  # this process: a lock left by an earlier job of the same multirun
+        try:
+            os.kill(held["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, owned by another user
+            return True
+        return True
+
+    def check(self) -> None:
+        """Raise RunDirLocked when a live launch holds the lock (writes nothing)."""
+        held = self.holder()
+        if held is not None and self._live(held):
+            raise RunDirLocked(
+                f"{self.path.parent} is in use by pid {held['pid']} on host {held.get('host')!r} (since "
+                f"{held.get('since')}); wait for it to end, or delete {self.path} if that launch is gone"
+            )
+
+    def acquire(self) -> None:
+        """Take the lock, or raise RunDirLocked; a stale lock is taken over with a warning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {**self.me, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = self.path.with_name(f"{self.NAME}.{self.me['pid']}.tmp")
+        tmp.write_text(json.dumps(me))
+        try:
+            for _ in range(3):
+                try:
+                    self._create(tmp)
+                    return
+                except FileExistsError:
+                    self.check()
+                    held = self.holder() or {}
+                    if held.get("pid") != self.me["pid"] or held.get("host") != self.me["host"]:
+                        log.warning(
+                            "%s: taking over the lock of pid %s on host %r, which is no longer running",
+                            self.path.parent, held.get("pid"), held.get("host"),
+                        )
+                    self.path.unlink(missing_ok=True)
+            self.check()
+            raise RunDirLocked(f"{self.path}: could not take the run dir's lock; another launch is taking it")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create(self, tmp: Path) -> None:
+        """Put the complete file tmp in place as the lock; FileExistsError when one exists."""
+        try:
+            os.link(tmp, self.path)  # atomic and exclusive, content included
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then the content
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(tmp.read_text())
+
+    def release(self) -> None:
+        held = self.holder()
+        if held and held.get("pid") == self.me["pid"] and held.get("host") == self.me["host"]:
+            self.path.unlink(missing_ok=True)
 
 
 def _row_or_none(line: str) -> dict | None:

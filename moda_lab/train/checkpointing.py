@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,10 @@ class StepCheckpoint(ModelCheckpoint):
     that validation again.
     """
 
-    def __init__(self, every: int, **kwargs: Any) -> None:
+    def __init__(self, every: int, healthy: Callable[[Any, Any], bool] | None = None, **kwargs: Any) -> None:
         super().__init__(every_n_train_steps=0, every_n_epochs=0, enable_version_counter=False, **kwargs)
         self.every = every
+        self.healthy = healthy  # (trainer, module) -> whether the weights may be saved (DivergenceGuard.healthy)
 
     @property
     def state_key(self) -> str:
@@ -99,6 +101,9 @@ class StepCheckpoint(ModelCheckpoint):
     def _save_step(self, trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer):
             return
+        if self.healthy is not None and not self.healthy(trainer, trainer.lightning_module):
+            log.warning("step %d not checkpointed: the weights diverged; the last good checkpoint stays", trainer.global_step)
+            return
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
@@ -109,7 +114,7 @@ def _step_of(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _readable(path: Path) -> tuple[int | None, str]:
+def checkpoint_step(path: Path) -> tuple[int | None, str]:
     """(global_step, '') when the checkpoint loads, else (None, why)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
@@ -137,12 +142,12 @@ def resume_checkpoint(ckpt_dir: str | Path, set_aside: bool = True) -> tuple[Pat
         for tmp in d.glob(f"*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
     last = d / "last.ckpt"
-    last_step, why = _readable(last) if last.is_file() else (None, "")
+    last_step, why = checkpoint_step(last) if last.is_file() else (None, "")
     if last.is_file() and last_step is None:
         _set_aside(last, why, set_aside)
     steps = sorted((p for p in d.glob("step_*.ckpt") if _step_of(p) > (last_step or -1)), key=_step_of, reverse=True)
     for path in steps:  # newer than last.ckpt: a kill between the step file and last.ckpt, or last.ckpt is torn
-        step, why = _readable(path)
+        step, why = checkpoint_step(path)
         if step is None:
             _set_aside(path, why, set_aside)
             continue

@@ -88,7 +88,7 @@ class PackedDataModule(L.LightningDataModule):
         data: PackedData,
         seq_len: int,
         batch_size: int,
-        val_windows: int,
+        val_windows: int | None,
         seed: int,
         num_workers: int,
         accumulate: int = 1,

@@ -86,6 +86,8 @@ class LMModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.global_step % self.tcfg.log_every == 0:
             norms = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+            if not norms:  # a step the divergence guard skipped (moda_lab.train.divergence)
+                return
             self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):

@@ -2,8 +2,10 @@
 
 Hydra makes each job's output dir (with .hydra/ and run.log) before the task function runs, so errors found
 inside the task leave stub run dirs behind. ``check_command_line`` composes each job the way Hydra will (the same
-config dir and overrides, sweeps expanded like Hydra's basic sweeper) and validates it: the RunConfig, the data
-paths, the eval section, and a relaunch into an existing run dir. Nothing here writes a file.
+config dir and overrides, sweeps expanded like Hydra's basic sweeper) and validates it: every group choice
+(``experiment=`` too, which Hydra skips silently as an optional default), the RunConfig, the device, the data
+paths, the eval section, a run_root that cannot be written, a run dir another launch is training in, and a
+relaunch into an existing run dir. Nothing here writes a file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, run_config_from_dict
-from ..rundir import RunDir, check_resume_compatible
+from ..errors import UsageError
+from ..rundir import RunDir, RunLock, check_resume_compatible
 
 # Flags after which Hydra prints or composes something else than this app's jobs: nothing to check.
 _OTHER_MODES = ("help", "hydra_help", "version", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -66,11 +69,12 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
     """Validate one composed job config (with its hydra section); raise ConfigError. Data settings already in
     data_checked (jobs of one sweep mostly share them) are not walked again."""
     from ..eval import eval_config_from_dict
-    from .task import check_data
+    from .task import check_accelerator, check_data
 
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task_cfg, resolve=True)
     run = run_config_from_dict(resolved)
+    check_accelerator(run.trainer.accelerator)
     data_key = (run.data, run.model.vocab_size)
     if data_checked is None or data_key not in data_checked:
         check_data(run)
@@ -82,8 +86,45 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     run_dir = _run_dir(cfg, multirun)
-    if run_dir is not None and RunDir(run_dir).config_path.is_file():
+    if run_dir is None:
+        return
+    _check_writable(run_dir, run.run_root)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run this command inside the parent's lock
+        RunLock(run_dir).check()
+    if RunDir(run_dir).config_path.is_file():
         check_resume_compatible(RunDir(run_dir).read_config(), resolved, run_dir)
+
+
+def _check_writable(run_dir: Path, run_root: str) -> None:
+    """The run dir, or the nearest existing folder above it, must be a writable directory."""
+    from .task import RunDirWriteError
+
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run_root={run_root!r}: {existing} is not a directory; allowed: a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirWriteError(
+            f"cannot write {run_dir}: {existing} is read-only for this user; nothing was written; "
+            f"set run_root= to a writable directory (now run_root={run_root!r})"
+        )
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """A config group's choice must name one of its files. Hydra reports a missing one for required groups, but
+    not for optional defaults such as ``experiment``: experiment=depth_flw would train the default model."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for o in OverridesParser.create().parse_overrides(overrides):
+        value = o.value()
+        if o.is_delete() or not isinstance(value, str):
+            continue
+        group = o.key_or_group
+        options = [x for x in loader.get_group_options(group) if not x.startswith("_")]
+        if options and value not in options:
+            raise ConfigError(f"{group}={value} is not allowed; choose one of {options}")
 
 
 def check_command_line(argv: list[str], config_dir: str | Path, config_name: str = "config") -> None:
@@ -110,6 +151,11 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
     data_checked: set = set()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         for job, label in jobs:
+            where = f" (job {label})" if label else ""
+            try:
+                _check_group_choices(job)
+            except ConfigError as err:
+                raise ConfigError(f"{err}{where}") from None
             try:
                 cfg = compose(config_name=config_name, overrides=job, return_hydra_config=True)
             except MissingConfigException as err:  # model=moda_typo: the options of that group, on one line
@@ -122,14 +168,16 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
                 return
             try:
                 check_job(cfg, args.multirun, data_checked)
-            except ConfigError as err:
-                where = f" (job {label})" if label else ""
-                raise ConfigError(f"{err}{where}") from None
+            except UsageError as err:
+                raise type(err)(f"{err}{where}") from None
 
 
 def exit_on_config_error(err: Exception) -> None:
-    """One line on stderr, exit status 2: the message names the key, the value and what is allowed."""
-    import sys
+    """One line on stderr, exit status 2: the message names the key (or file), the value and what is allowed.
+    Config errors say "config error:"; faults of the run dir or of training (moda_lab.errors.UsageError) "error:"."""
+    from ..errors import exit_usage
+    from ..rundir import RunDirLocked
+    from .divergence import DivergedError
+    from .task import RunDirWriteError
 
-    sys.stderr.write(f"config error: {err}{os.linesep}")
-    raise SystemExit(2)
+    exit_usage(err, "error" if isinstance(err, (RunDirLocked, RunDirWriteError, DivergedError)) else "config error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -16,10 +17,13 @@ from filelock import FileLock
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, corpus_files, prepare
 from ..data.packing import load_packed
-from ..rundir import RunDir, tokens_per_step
-from .checkpointing import AtomicCheckpointIO, StepCheckpoint, resume_checkpoint
+from ..errors import UsageError
+from ..rundir import RunDir, RunLock, tokens_per_step
+from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
 from .console import StepProgressBar, quiet_console
 from .datamodule import PackedDataModule
+from .divergence import DivergedError, DivergenceGuard
+from .interrupt import GracefulInterrupt
 from .jsonl_logger import JSONLLogger
 from .module import LMModule
 
@@ -60,6 +64,16 @@ def check_data(run: RunConfig) -> None:
         raise ConfigError(
             f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false); "
             "allowed: an existing directory of text/JSONL files, or data.build_default=true"
+        )
+
+
+def check_accelerator(accelerator: str) -> None:
+    """trainer.accelerator=gpu|cuda (trainer=gpu and trainer=ddp set it) needs a visible CUDA GPU: without one,
+    fail before any work instead of training on the CPU at a fraction of the speed."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} needs a CUDA GPU and this machine shows none "
+            "(torch.cuda.is_available() is False); allowed here: trainer=cpu or trainer.accelerator=cpu"
         )
 
 
@@ -113,21 +127,39 @@ def _wandb_logger(run: RunConfig, rundir: RunDir, meta: dict, resolved: dict):
     if mode is None:
         return None
     try:
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:
         raise RuntimeError(f"logger.wandb.enabled=true needs wandb installed ({err}); or set it to false") from err
-    wandb_logger = WandbLogger(
-        project=w.project,
-        entity=w.entity,
-        name=f"{rundir.path.parent.name}/{rundir.path.name}",
-        id=meta["wandb_id"],
-        save_dir=str(rundir.path),
-        mode=mode,
-        resume="allow",
-        config=resolved,
-    )
-    # Lightning passes anonymous=None, which wandb 0.31 reports as a deprecated setting on every run.
-    wandb_logger._wandb_init.pop("anonymous", None)
+
+    def make(mode: str) -> WandbLogger:
+        wandb_logger = WandbLogger(
+            project=w.project,
+            entity=w.entity,
+            name=f"{rundir.path.parent.name}/{rundir.path.name}",
+            id=meta["wandb_id"],
+            save_dir=str(rundir.path),
+            mode=mode,
+            resume="allow",
+            config=resolved,
+        )
+        # Lightning passes anonymous=None, which wandb 0.31 reports as a deprecated setting on every run.
+        wandb_logger._wandb_init.pop("anonymous", None)
+        return wandb_logger
+
+    wandb_logger = make(mode)
+    if mode != "online":
+        return wandb_logger
+    try:
+        wandb_logger.experiment  # noqa: B018 - wandb.init now: a rejected key is known before training, not mid-run
+    except wandb.errors.Error as err:  # AuthenticationError (a bad WANDB_API_KEY), unreachable servers, no key
+        why = " ".join(str(err).split())[:200]
+        log.warning(
+            "logger.wandb: W&B refused the online run (%s: %s); logging offline to %s/wandb instead "
+            "(`wandb sync` uploads it later)", type(err).__name__, why, rundir.path,
+        )
+        wandb.finish()
+        wandb_logger = make("offline")
     return wandb_logger
 
 
@@ -161,26 +193,81 @@ def _trainer_kwargs(run: RunConfig) -> dict:
     }
 
 
+# Environment faults that end a run with one line instead of a traceback: nothing in the config is wrong, the
+# machine cannot take the run's files.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class RunDirWriteError(UsageError):
+    """The run dir cannot be written (full disk, read-only or foreign file system)."""
+
+
+def _write_fault(err: OSError, rundir: RunDir) -> RunDirWriteError:
+    path = err.filename or rundir.path
+    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=False) if rundir.ckpt_dir.is_dir() else None
+    kept = (
+        f"kept {resume[0]} (step {resume[1]}); relaunching the same command resumes there"
+        if resume
+        else "no checkpoint was written"
+    )
+    return RunDirWriteError(f"cannot write {path}: {os.strerror(err.errno)}; {kept}")
+
+
 def train(resolved: dict, run_dir: str | Path) -> dict:
-    """Train (or resume) the run described by the resolved config dict in run_dir; returns final metrics."""
+    """Train (or resume) the run described by the resolved config dict in run_dir; returns final metrics.
+
+    Holds the run dir's lock (RunLock) throughout. meta.json's status ends as finished (final checkpoint intact),
+    diverged (DivergedError), interrupted (Ctrl-C: KeyboardInterrupt, after a checkpoint at the step it stopped)
+    or failed; never running. A full or read-only disk raises RunDirWriteError naming the path and what was kept.
+    """
     run = run_config_from_dict(resolved)
     quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
+    check_accelerator(run.trainer.accelerator)
     data = load_data(run)  # data errors surface before anything else is printed or written
     L.seed_everything(run.seed, workers=True)
     rundir = RunDir(run_dir)
-    done = rundir.read_meta()
     # DDP children (LOCAL_RANK > 0) re-enter here: only the launching process writes the run dir.
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    meta = rundir.open(resolved) if rank0 else done
-    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
-    if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps and resume:
-        log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
-        rundir.write_meta(status="finished", finished=done.get("finished"))
-        return {}
-    wandb_logger = None
+    lock = RunLock(rundir.path) if rank0 else None
     try:
+        if lock is not None:
+            lock.acquire()  # a second launch of this run dir stops here, having written nothing
+        try:
+            return _train(run, resolved, rundir, data, rank0)
+        finally:
+            if lock is not None:
+                lock.release()
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_fault(err, rundir) from err
+
+
+def _status_after(err: BaseException, guard: GracefulInterrupt) -> str:
+    if isinstance(err, KeyboardInterrupt) or guard.requested or guard.hard:
+        return "interrupted"
+    return "failed"
+
+
+def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, rank0: bool) -> dict:
+    done = rundir.read_meta()
+    meta = rundir.open(resolved) if rank0 else done
+    wandb_logger = None
+    interrupt = GracefulInterrupt()
+    try:
+        resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
+        if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps:
+            if resume and resume[1] >= done["global_step"]:
+                log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
+                rundir.write_meta(status="finished", finished=done.get("finished"))
+                return {}
+            at = f"step {resume[1]} ({resume[0].name})" if resume else "no intact checkpoint"
+            log.warning(
+                "%s: meta.json says finished at step %d, but the newest intact checkpoint is %s; training the "
+                "missing steps again", rundir.path, done["global_step"], at,
+            )
         module = LMModule(
             run.model,
             run.trainer,
@@ -198,8 +285,10 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         wandb_logger = _wandb_logger(run, rundir, meta, resolved)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
+        guard = DivergenceGuard(t.max_skipped_steps, t.divergence_factor)
         ckpt = StepCheckpoint(
             run.trainer.ckpt_every,
+            healthy=guard.healthy,
             dirpath=rundir.ckpt_dir,
             filename="step_{train/step:06.0f}",
             auto_insert_metric_name=False,
@@ -210,7 +299,13 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
         )
         trainer = L.Trainer(
             **_trainer_kwargs(run),
-            callbacks=[_StepMetric(), ckpt, StepProgressBar(refresh_rate=max(1, run.trainer.log_every // 2))],
+            callbacks=[
+                _StepMetric(),
+                guard,
+                interrupt,
+                ckpt,
+                StepProgressBar(refresh_rate=max(1, run.trainer.log_every // 2)),
+            ],
             logger=loggers,
             default_root_dir=str(rundir.path),
         )
@@ -236,18 +331,28 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
             for lg in loggers:
                 lg.log_metrics(model_stats, step=0)
             trainer.validate(module, datamodule=dm, verbose=False)  # val loss at step 0: the curve's start
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
+        with interrupt.catching():
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None)
+        if guard.diverged_at is not None:
+            raise _diverged(guard, rundir)
+        if interrupt.requested:
+            raise KeyboardInterrupt(_interrupted(rundir))
         if trainer.global_step % t.val_every:  # the loop validates every val_every steps: the final step too
             trainer.validate(module, datamodule=dm, verbose=False)
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:
+            _check_final_checkpoint(rundir, trainer.global_step)
             rundir.write_meta(
                 status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), global_step=trainer.global_step
             )
         return final
-    except BaseException:
+    except DivergedError:
         if rank0:
-            rundir.write_meta(status="failed")
+            rundir.write_meta(status="diverged", global_step=guard.diverged_at)
+        raise
+    except BaseException as err:
+        if rank0:
+            rundir.write_meta(status=_status_after(err, interrupt))
         raise
     finally:
         if wandb_logger is not None:
@@ -255,6 +360,31 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
 
             wandb.finish()  # multirun jobs share a process: never let one run's wandb state bleed into the next
         _end_distributed()
+
+
+def _diverged(guard: DivergenceGuard, rundir: RunDir) -> DivergedError:
+    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=False)
+    kept = f"kept the last good checkpoint {resume[0]} (step {resume[1]})" if resume else "no checkpoint was kept"
+    return DivergedError(
+        f"training diverged at step {guard.diverged_at}: {guard.last_bad} on more than "
+        f"trainer.max_skipped_steps={guard.max_skipped} steps in a row; {kept}; lower trainer.lr or raise "
+        "trainer.warmup_steps"
+    )
+
+
+def _interrupted(rundir: RunDir) -> str:
+    resume = resume_checkpoint(rundir.ckpt_dir, set_aside=False)
+    if resume is None:
+        return f"{rundir.path}: stopped before any checkpoint; relaunching the same command starts afresh"
+    return f"saved {resume[0]} at step {resume[1]}; relaunching the same command resumes there"
+
+
+def _check_final_checkpoint(rundir: RunDir, step: int) -> None:
+    """`finished` only with an intact last.ckpt at the final step (a save that failed silently leaves none)."""
+    last = rundir.ckpt_dir / "last.ckpt"
+    got, why = checkpoint_step(last) if last.is_file() else (None, "missing")
+    if got != step:
+        raise RuntimeError(f"{last} does not hold the final step {step} ({why or f'step {got}'})")
 
 
 def _end_distributed() -> None:
