@@ -19,6 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+
+from moda_lab.errors import exit_on_usage_error  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -45,12 +48,23 @@ def quote_checkpoint(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval_cli")
 def main(cfg: DictConfig) -> None:
-    from moda_lab.eval.evaluate import evaluate_checkpoint
+    # Inside the task: Hydra would wrap a UsageError raised out of it into its own traceback.
+    with exit_on_usage_error("eval error"):
+        evaluate(cfg)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+def evaluate(cfg: DictConfig) -> None:
+    from moda_lab.eval.evaluate import EvalConfigError, evaluate_checkpoint
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise EvalConfigError("checkpoint= is required: a .ckpt file, a run dir or an exported model folder")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # e.g. ${oc.env:...} or a value that does not resolve
+        raise EvalConfigError(f"{err.full_key}: {err.msg}") from None
     checkpoint = resolved.pop("checkpoint")
     resolved.pop("after_fit", None)  # a run.py switch: meaningless when evaluating a checkpoint directly
-    evaluate_checkpoint(checkpoint, resolved)
+    evaluate_checkpoint(str(checkpoint), resolved)
 
 
 if __name__ == "__main__":
