@@ -85,7 +85,7 @@ class Plan:
     extra: tuple[str, ...] = ()  # every job (data.packed_dir, small shapes in tests)
     sweep_extra: tuple[str, ...] = ()
     row_extra: tuple[str, ...] = ()  # the rows (eval.after_fit=true ...)
-    evaluate: bool = False  # a row counts as done only with eval/last/results.json
+    evaluate: bool = False  # a row counts as done only with an evaluation of eval/last (has_eval)
 
     @property
     def sweep_name(self) -> str:
@@ -130,7 +130,9 @@ def is_done(plan: Plan, job: Job) -> bool:
 
 
 def has_eval(rundir: RunDir) -> bool:
-    return (rundir.path / "eval" / "last" / "results.json").is_file()
+    """An evaluation of last.ckpt: eval/last/<evaluation>/results.json, or eval/last/results.json (older layout)."""
+    last = rundir.path / "eval" / "last"
+    return (last / "results.json").is_file() or any(last.glob("*/results.json"))
 
 
 def eval_lost(rundir: RunDir) -> bool:

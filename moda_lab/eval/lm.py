@@ -227,7 +227,10 @@ class ModaLM(TemplateLM):
             raise CheckpointError(f"the checkpoint's tokenizer has no {EOS!r} token")
         self._eos = eos
         limit = self.model.cfg.max_seq_len
-        self.max_length = int(max_length) if max_length is not None else limit
+        try:
+            self.max_length = int(max_length) if max_length is not None else limit
+        except (TypeError, ValueError):
+            raise EvalConfigError(f"max_length={max_length!r} must be an integer in [1, {limit}]") from None
         if not 1 <= self.max_length <= limit:
             raise EvalConfigError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
         self.max_gen_toks = int(max_gen_toks)
