@@ -104,10 +104,11 @@ def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
 
     Read: ``eval/<checkpoint>/<evaluation>/results.json`` (one folder per evaluation) and
     ``eval/<checkpoint>/results.json`` (the layout before those folders). At one step, full evaluations win over
-    partial ones (``eval.limit``), later files over earlier ones; ``eval/limit`` says which a row holds: 0, or the
-    smallest limit of the partial evaluations merged into it. The accuracies normally are in metrics.jsonl
-    already (a full eval appends them); these rows fill the gap when it does not have them (a partial evaluation,
-    a metrics.jsonl copied before the eval ran); metrics.jsonl wins where both have a key.
+    partial ones (``eval.limit``), later files over earlier ones. When the run has a partial evaluation,
+    ``eval/limit`` says what each row holds: 0 (all examples), or the smallest limit of the partial evaluations
+    merged into it. The accuracies normally are in metrics.jsonl already (a full eval appends them); these rows
+    fill the gap when it does not have them (a partial evaluation, a metrics.jsonl copied before the eval ran);
+    metrics.jsonl wins where both have a key.
     """
     found: dict[int, list[tuple[int, float, dict]]] = {}  # step -> (limit, mtime, metrics) per evaluation
     for path in sorted([*run_dir.glob("eval/*/results.json"), *run_dir.glob("eval/*/*/results.json")]):
@@ -128,13 +129,15 @@ def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
                 "missing_eval_tasks", f"{path.relative_to(run_dir)}: not evaluated, data file missing: {files}"
             )
     rows = []
+    any_partial = any(limit for evals in found.values() for limit, _, _ in evals)
     for step, evals in sorted(found.items()):
         full = [e for e in evals if e[0] == 0]
         chosen = sorted(full or evals, key=lambda e: e[1])
         row: dict[str, Any] = {"step": step}
         for _, _, values in chosen:
             row.update(values)
-        row[EVAL_LIMIT] = 0 if full else min(e[0] for e in evals)
+        if any_partial:  # runs evaluated in full only keep their columns as they were (NaN in eval/limit: full)
+            row[EVAL_LIMIT] = 0 if full else min(e[0] for e in evals)
         rows.append(row)
     return rows
 

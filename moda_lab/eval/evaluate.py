@@ -214,10 +214,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 # --- where an evaluation's files go ---------------------------------------------------------------------------
 # <results_dir>/<evaluation name>/results.json and samples_<task>.jsonl: one folder per evaluation, named by the
-# checkpoint's step and the settings that change its numbers, so no evaluation overwrites another. Folders
-# evaluated before this layout hold <results_dir>/results.json (LEGACY_RESULTS), read as well.
+# checkpoint's step and the settings that change its numbers, so no evaluation overwrites another. Checkpoints
+# evaluated before this layout hold <results_dir>/results.json, read as well (hook.py, analysis/local_runs.py).
 RESULTS_FILE = "results.json"
-LEGACY_RESULTS = RESULTS_FILE
 
 
 def samples_file(task: str) -> str:
@@ -375,12 +374,11 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
     out_dir = results_dir(src) / evaluation_name(cfg, lm.step, lm.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in samples.items():
-        _write_atomic(out_dir / samples_file(name.removeprefix("moda_")), "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in samples_records(records)
-        ))
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in samples_records(records)]
+        _write_atomic(out_dir / samples_file(name.removeprefix("moda_")), "".join(lines))
     # Last: a results.json means the evaluation is complete (the hook's check), its samples beside it.
-    _write_atomic(out_dir / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable,
-                                                     ensure_ascii=False))
+    text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    _write_atomic(out_dir / RESULTS_FILE, text)
     log.info("eval results of %s: %s", src, out_dir / RESULTS_FILE)
     if cfg.missing_tasks:
         log.warning(missing_tasks_message(cfg.missing_tasks))

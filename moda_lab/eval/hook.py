@@ -10,7 +10,6 @@ from pathlib import Path
 from ..checkpoint import run_checkpoint
 from ..rundir import RunDir
 from .evaluate import (
-    LEGACY_RESULTS,
     RESULTS_FILE,
     EvalConfig,
     eval_config_from_dict,
@@ -51,7 +50,7 @@ def existing_results(ckpt: Path, step: int, cfg: EvalConfig) -> dict | None:
     folder's results.json, or a results.json of the layout before evaluation folders with the same task config."""
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     here = results_dir(ckpt)
-    legacy = _read(here / LEGACY_RESULTS)
+    legacy = _read(here / RESULTS_FILE)  # the layout before evaluation folders
     if legacy is not None and _task_config((legacy.get("moda") or {}).get("eval_config") or {}) != _task_config(cfg):
         legacy = None
     for results in (_read(here / evaluation_name(cfg, step, precision) / RESULTS_FILE), legacy):
