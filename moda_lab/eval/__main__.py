@@ -11,6 +11,7 @@ separate the sweep's values). Config: conf/eval_cli.yaml (= conf/eval/default.ya
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -67,6 +68,38 @@ def evaluate(cfg: DictConfig) -> None:
     evaluate_checkpoint(str(checkpoint), resolved)
 
 
-if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *quote_checkpoint(sys.argv[1:])]
+def check_overrides(argv: list[str]) -> None:
+    """A key the eval config does not have (``taks=[piqa]``): one line naming it and the keys there are, instead of
+    Hydra's message and exit status 1. Sweeps (-m) and Hydra's own flags are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    from moda_lab.eval.evaluate import EvalConfigError
+
+    if any(a.startswith("-") for a in argv):
+        return
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        try:
+            cfg = compose(config_name="eval_cli")
+            compose(config_name="eval_cli", overrides=argv)
+        except ConfigCompositionException as err:
+            key = re.match(r"Could not override '([^']+)'", str(err))
+            what = f"unknown key {key.group(1)}" if key else " ".join(str(err).split())
+            raise EvalConfigError(f"{what}; the keys are {sorted(cfg)} (perplexity.*: see docs/EVAL.md)") from None
+        except OverrideParseException as err:  # tasks=[piqa: Hydra's grammar
+            first = str(err).splitlines()[0]
+            raise EvalConfigError(f"cannot parse the command line ({first}); see docs/EVAL.md for the syntax") from None
+        except Exception:  # anything else Hydra reports itself, as it does without this check
+            return
+
+
+def run(argv: list[str]) -> None:
+    """The command line ``python -m moda_lab.eval <argv>``."""
+    sys.argv = [sys.argv[0], *quote_checkpoint(argv)]
+    with exit_on_usage_error("eval error"):
+        check_overrides(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

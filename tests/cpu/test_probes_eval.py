@@ -76,8 +76,8 @@ def _hydra_eval(monkeypatch, *args: str) -> None:
     """``python -m moda_lab.eval <args>``, in-process."""
     from moda_lab.eval import __main__ as entry
 
-    monkeypatch.setattr(sys, "argv", ["moda_lab.eval", *entry.quote_checkpoint(list(args))])
-    entry.main()
+    monkeypatch.setattr(sys, "argv", ["moda_lab.eval"])  # restored after the test
+    entry.run(list(args))
 
 
 def _usage_error(capsys, call) -> str:
@@ -160,6 +160,21 @@ def test_bad_eval_setting_is_one_line(tiny, monkeypatch, capsys, args, expected)
     before = _tree(tiny["tmp"])
     line = _usage_error(capsys, lambda: _hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", "device=cpu", *args))
     assert expected.format(**fill) in line, line
+    assert _tree(tiny["tmp"]) == before
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("taks=[piqa]", "eval error: unknown key taks; the keys are ['after_fit', 'attention_windows', 'batch_size'"),
+        ("tasks=[piqa", "eval error: cannot parse the command line (no viable alternative at input '[piqa')"),
+    ],
+    ids=["unknown-key", "bad-syntax"],
+)
+def test_bad_command_line_is_one_line(tiny, monkeypatch, capsys, arg, expected):
+    before = _tree(tiny["tmp"])
+    line = _usage_error(capsys, lambda: _hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", arg))
+    assert line.startswith(expected), line
     assert _tree(tiny["tmp"]) == before
 
 
