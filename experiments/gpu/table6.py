@@ -85,7 +85,7 @@ class Plan:
     extra: tuple[str, ...] = ()  # every job (data.packed_dir, small shapes in tests)
     sweep_extra: tuple[str, ...] = ()
     row_extra: tuple[str, ...] = ()  # the rows (eval.after_fit=true ...)
-    evaluate: bool = False  # a row counts as done only with an evaluation of eval/last (has_eval)
+    evaluate: bool = False  # a row counts as done only with eval/last/results.json
 
     @property
     def sweep_name(self) -> str:
