@@ -203,15 +203,6 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """fp32 or bf16; auto is bf16 on CUDA (the models train under bf16-mixed there) and fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise EvalConfigError(f"precision={precision!r} is not supported by the moda model; choose one of {PRECISIONS}")
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
-
-
 # --- where an evaluation's files go ---------------------------------------------------------------------------
 # <results_dir>/<evaluation name>/results.json and samples_<task>.jsonl: one folder per evaluation, named by the
 # checkpoint's step and the settings that change its numbers, so no evaluation overwrites another. Checkpoints

@@ -16,7 +16,6 @@ from .evaluate import (
     evaluate_checkpoint,
     evaluation_name,
     resolve_device,
-    resolve_precision,
     results_dir,
 )
 
@@ -48,6 +47,8 @@ def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
 def existing_results(ckpt: Path, step: int, cfg: EvalConfig) -> dict | None:
     """The results of ckpt at this step with cfg's settings, when an earlier launch wrote them: its evaluation
     folder's results.json, or a results.json of the layout before evaluation folders with the same task config."""
+    from .lm import resolve_precision  # here: importing lm imports lm-eval
+
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     here = results_dir(ckpt)
     legacy = _read(here / RESULTS_FILE)  # the layout before evaluation folders

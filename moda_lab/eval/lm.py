@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
+from ..errors import UsageError
 from ..model import GPT
 from ..model.attention import KVCache
-from .evaluate import EvalConfigError, resolve_precision
+from .evaluate import PRECISIONS
 
 try:
     # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 WIDTH_BUCKET = 64
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """fp32 or bf16; auto is bf16 on CUDA (the models train under bf16-mixed there) and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision={precision!r} is not supported by the moda model; choose one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
 def autocast(device: torch.device | str, precision: str) -> torch.autocast:
     """The forward's precision: bf16 autocast as in training, or no autocast (fp32)."""
     device = torch.device(device)
@@ -59,11 +69,11 @@ def parse_batch_size(value: int | str) -> int | str:
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise EvalConfigError(
+        raise UsageError(
             f"batch_size={value!r} is not supported by the moda model; give a positive integer or auto"
         ) from None
     if size < 1:
-        raise EvalConfigError(f"batch_size must be a positive integer or auto, got {size}")
+        raise UsageError(f"batch_size must be a positive integer or auto, got {size}")
     return size
 
 
@@ -78,7 +88,7 @@ def auto_batch_size(
     """
     device = torch.device(device)
     if device.type != "cuda":
-        raise EvalConfigError(f"batch_size=auto probes GPU memory; on {device} give a fixed batch_size")
+        raise UsageError(f"batch_size=auto probes GPU memory; on {device} give a fixed batch_size")
     vocab = model.cfg.vocab_size
     size, best = 1, 0
     while size <= cap:
@@ -200,7 +210,7 @@ class ModaLM(TemplateLM):
             # lm-eval passes max_batch_size (and a few others) to every model; anything else is a typo.
             unknown = sorted(k for k in unused if k not in ("max_batch_size", "trust_remote_code"))
             if unknown:
-                raise EvalConfigError(
+                raise UsageError(
                     f"unknown model_args for the moda model: {unknown}; known: checkpoint, batch_size, device, "
                     "max_length, max_gen_toks, backend, precision. A checkpoint path with commas (Hydra run dirs) "
                     """must be given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
@@ -208,7 +218,7 @@ class ModaLM(TemplateLM):
         self.step = None
         if model is None:
             if checkpoint is None:
-                raise EvalConfigError(
+                raise UsageError(
                     "the moda model needs model_args checkpoint=<.ckpt file, run dir or exported folder>"
                 )
             model, _, extras = load_checkpoint(checkpoint, backend)
@@ -230,9 +240,9 @@ class ModaLM(TemplateLM):
         try:
             self.max_length = int(max_length) if max_length is not None else limit
         except (TypeError, ValueError):
-            raise EvalConfigError(f"max_length={max_length!r} must be an integer in [1, {limit}]") from None
+            raise UsageError(f"max_length={max_length!r} must be an integer in [1, {limit}]") from None
         if not 1 <= self.max_length <= limit:
-            raise EvalConfigError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
+            raise UsageError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
         self.max_gen_toks = int(max_gen_toks)
         self.batch_size = parse_batch_size(batch_size)
         if self.batch_size == "auto":
