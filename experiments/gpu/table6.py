@@ -178,7 +178,9 @@ def is_done(plan: Plan, job: Job) -> bool:
 
 
 def has_eval(rundir: RunDir) -> bool:
-    return (rundir.path / "eval" / "last" / "results.json").is_file()
+    """An evaluation of last.ckpt: eval/last/<evaluation>/results.json, or eval/last/results.json (older layout)."""
+    last = rundir.path / "eval" / "last"
+    return (last / "results.json").is_file() or any(last.glob("*/results.json"))
 
 
 def eval_lost(rundir: RunDir) -> bool:

@@ -93,30 +93,52 @@ def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
-    """The run's eval/<checkpoint>/results.json (written by ``moda_lab.eval``): one metrics row per file that has
-    them (``{"step": <checkpoint step>, "eval/<task>/acc": ..., ...}``), and issues for paper tasks left out
-    because their data file is missing.
+# The examples per task of the evaluation a row's downstream accuracies come from (0: all; eval.limit otherwise).
+EVAL_LIMIT = "eval/limit"
 
-    The same rows normally are in metrics.jsonl already (the eval appends them); these fill the gap when it
-    does not have them (e.g. a metrics.jsonl copied before the eval ran); metrics.jsonl wins where both have a key.
+
+def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
+    """The run's evaluations (written by ``moda_lab.eval``): one metrics row per checkpoint step
+    (``{"step": <checkpoint step>, "eval/<task>/acc": ..., "eval/limit": ...}``), and issues for paper tasks left
+    out because their data file is missing.
+
+    Read: ``eval/<checkpoint>/<evaluation>/results.json`` (one folder per evaluation) and
+    ``eval/<checkpoint>/results.json`` (the layout before those folders). At one step, full evaluations win over
+    partial ones (``eval.limit``), later files over earlier ones. When the run has a partial evaluation,
+    ``eval/limit`` says what each row holds: 0 (all examples), or the smallest limit of the partial evaluations
+    merged into it. The accuracies normally are in metrics.jsonl already (a full eval appends them); these rows
+    fill the gap when it does not have them (a partial evaluation, a metrics.jsonl copied before the eval ran);
+    metrics.jsonl wins where both have a key.
     """
-    rows: list[dict[str, Any]] = []
-    for path in sorted(run_dir.glob("eval/*/results.json")):
+    found: dict[int, list[tuple[int, float, dict]]] = {}  # step -> (limit, mtime, metrics) per evaluation
+    for path in sorted([*run_dir.glob("eval/*/results.json"), *run_dir.glob("eval/*/*/results.json")]):
         try:
             moda = json.loads(path.read_text(encoding="utf-8")).get("moda") or {}
             missing = moda.get("missing_tasks") or {}
             metrics, step = moda.get("metrics") or {}, moda.get("step")
-        except (OSError, json.JSONDecodeError, AttributeError) as err:
+            limit = int((moda.get("eval_config") or {}).get("limit") or 0)
+        except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
             record.add_issue("bad_eval_results", f"{path.relative_to(run_dir)}: {err}")
             continue
         if isinstance(metrics, dict) and metrics and isinstance(step, int):
-            rows.append({"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+            values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            found.setdefault(step, []).append((limit, path.stat().st_mtime, values))
         if missing:
             files = ", ".join(f"{task} ({where})" for task, where in missing.items())
             record.add_issue(
                 "missing_eval_tasks", f"{path.relative_to(run_dir)}: not evaluated, data file missing: {files}"
             )
+    rows = []
+    any_partial = any(limit for evals in found.values() for limit, _, _ in evals)
+    for step, evals in sorted(found.items()):
+        full = [e for e in evals if e[0] == 0]
+        chosen = sorted(full or evals, key=lambda e: e[1])
+        row: dict[str, Any] = {"step": step}
+        for _, _, values in chosen:
+            row.update(values)
+        if any_partial:  # runs evaluated in full only keep their columns as they were (NaN in eval/limit: full)
+            row[EVAL_LIMIT] = 0 if full else min(e[0] for e in evals)
+        rows.append(row)
     return rows
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moda_lab.analysis.history import eval_tasks, val_domains
+from moda_lab.analysis.local_runs import EVAL_LIMIT
 from moda_lab.analysis.plots import task_metric
 from moda_lab.analysis.tidy import final_eval_only, seed_aggregate, sort_cells
 
@@ -86,7 +87,10 @@ def paper_table(
     values = [v for v in values if v in frame]
     if frame.empty or not values:
         return pd.DataFrame(columns=[*ID_COLUMNS, "seeds"])
-    agg = seed_aggregate(frame, values)
+    by = []
+    if kind in ("main", "downstream") and tasks:
+        frame, by = _mark_partial_evals(frame, tasks)
+    agg = seed_aggregate(frame, values, by=by)
     seeds = agg[[f"{v}:n" for v in values]].max(axis=1).astype(int)
     ids = [c for c in ID_COLUMNS if c in agg]
     if kind == "norm":
@@ -94,6 +98,8 @@ def paper_table(
     table = agg[ids].copy()
     if "cell_label" in agg and agg["cell_label"].fillna("").astype(bool).any():
         table["config"] = agg["cell_label"].fillna("")  # what else sets the row's runs apart (lr, seq_len, ...)
+    for col in by:
+        table[col] = agg[col]
     table["seeds"] = seeds
     for v in values:
         table[v] = agg[v]
@@ -101,6 +107,22 @@ def paper_table(
         table[f"{v} std"] = np.nan if v in STATIC else agg[f"{v}:std"]
     table = table[table["seeds"] > 0]  # a cell with none of the values (e.g. never evaluated) has no row
     return sort_cells(table, first=["layers", "norm"] if kind == "norm" else ["norm"])
+
+
+EVAL_EXAMPLES = "eval examples"  # the column marking partial (eval.limit) evaluations in accuracy tables
+
+
+def _mark_partial_evals(frame: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """With a partial evaluation (eval.limit) among the runs' accuracies, an ``eval examples`` column ("all" or
+    "first N per task") to group by, so partial accuracies get rows of their own, marked; else no change."""
+    limit = frame[EVAL_LIMIT] if EVAL_LIMIT in frame else pd.Series(np.nan, index=frame.index)
+    partial = (limit > 0) & frame[tasks].notna().any(axis=1)
+    if not partial.any():
+        return frame, []
+    frame = frame.copy()
+    frame[EVAL_EXAMPLES] = "all"
+    frame.loc[partial, EVAL_EXAMPLES] = [f"first {int(n)} per task" for n in limit[partial]]
+    return frame, [EVAL_EXAMPLES]
 
 
 STATIC = {"params M", "GFLOPs/token"}

@@ -12,6 +12,7 @@ from .load import (
     load_model,
     read_folder_config,
     resolve_checkpoint,
+    run_checkpoint,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "load_model",
     "read_folder_config",
     "resolve_checkpoint",
+    "run_checkpoint",
 ]

@@ -1,6 +1,7 @@
-"""CLI: ``python -m moda_lab.checkpoint.export <checkpoint or run dir> <out folder> [--dtype bfloat16]``.
+"""CLI: ``python -m moda_lab.checkpoint.export <checkpoint or run dir> <out folder> [--dtype bfloat16] [--overwrite]``.
 
-Writes a Hugging Face folder (see folder.py) and prints its path. Load it with
+Writes a Hugging Face folder (see folder.py) and prints its path; a non-empty out folder is refused (exit 2)
+unless --overwrite. Load it with
 ``transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` (moda-lab installed).
 """
 
@@ -10,6 +11,7 @@ import argparse
 import sys
 import types
 
+from ..errors import exit_on_usage_error
 from .folder import DTYPES, export
 
 
@@ -21,12 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="a .ckpt file, a run dir (its checkpoints/last.ckpt) or an exported folder")
     parser.add_argument("out", help="the folder to write")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weight dtype (default float32)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder, replacing its files of the same names"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    print(export(args.checkpoint, args.out, dtype=args.dtype))
+    with exit_on_usage_error("export error"):
+        print(export(args.checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite))
 
 
 class _CallableModule(types.ModuleType):

@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..data.tokenizer import EOS
+from ..errors import UsageError
 from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
 
 CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
@@ -61,15 +62,25 @@ def _tokenizer_files(max_len: int) -> dict[str, dict]:
     return {"tokenizer_config.json": config, "special_tokens_map.json": specials}
 
 
-def export(path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Write the Hugging Face folder of a checkpoint (.ckpt, run dir or exported folder) into out_dir."""
+def export(path: str | Path, out_dir: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write the Hugging Face folder of a checkpoint (.ckpt, run dir or exported folder) into out_dir.
+
+    out_dir must not exist or be empty, unless overwrite (its files of the same names are then replaced).
+    """
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
+        raise UsageError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
+    out = Path(out_dir)
     src = resolve_checkpoint(path)
-    if src.is_dir() and src.resolve() == Path(out_dir).resolve():
+    if src.is_dir() and src.resolve() == out.resolve():
         raise CheckpointError(f"{src} is the exported folder itself; export it into another folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"export folder {out} is a file; give a folder that does not exist or is empty")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(
+            f"export folder {out} is not empty; give a new or empty folder, or --overwrite to replace its files"
+        )
     model, cfg, extras = load_checkpoint(src)
     if not extras["tokenizer"]:
         raise CheckpointError(f"{path} carries no tokenizer; a Hugging Face folder needs one")
@@ -77,7 +88,6 @@ def export(path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Pat
     eos = tok.token_to_id(EOS)
     if eos is None:
         raise CheckpointError(f"the tokenizer of {path} has no {EOS!r} token")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {WEIGHT_PREFIX + k: v.to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:

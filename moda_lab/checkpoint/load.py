@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -19,33 +20,70 @@ from ..errors import UsageError
 from ..model import GPT, ModelConfig
 from ..rundir import RunDir
 
+log = logging.getLogger(__name__)
+
 
 class CheckpointError(UsageError):
     """A checkpoint is missing, unreadable, not from moda-lab, or does not fit its config."""
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file, an exported folder (config.json), or a run dir (-> checkpoints/last.ckpt)."""
+    """A .ckpt file, an exported folder (config.json), or a run dir: its newest intact checkpoint (run_checkpoint)."""
     p = Path(path)
     if p.is_dir():
-        if (p / "config.json").is_file():
-            return p
-        last = RunDir(p).last_ckpt
-        if last is not None:
-            return last
-        raise CheckpointError(
-            f"{p} is neither an exported model folder (config.json) nor a run dir with checkpoints/last.ckpt"
-        )
+        return p if (p / "config.json").is_file() else run_checkpoint(p)[0]
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
+        raise CheckpointError(
+            f"checkpoint {p} does not exist; give a .ckpt file, a run dir or an exported folder (config.json)"
+        )
     return p
+
+
+def run_checkpoint(run_dir: str | Path) -> tuple[Path, int]:
+    """(path, global step) of the checkpoint a run dir's training would resume from: last.ckpt, or, when that is
+    missing, unreadable or older, the newest step_*.ckpt that loads, with one warning saying why.
+
+    train.checkpointing.resume_checkpoint decides, read-only here (nothing is renamed or copied); its own
+    warnings, worded for resuming, are held back.
+    """
+    rundir = RunDir(run_dir)
+    if not rundir.ckpt_dir.is_dir():
+        raise CheckpointError(
+            f"{rundir.path} is neither an exported model folder (config.json) nor a run dir (checkpoints/)"
+        )
+    from ..train import checkpointing  # here: it imports Lightning
+
+    train_log = logging.getLogger(checkpointing.__name__)
+    disabled, train_log.disabled = train_log.disabled, True
+    try:
+        found = checkpointing.resume_checkpoint(rundir.ckpt_dir, set_aside=False)
+    finally:
+        train_log.disabled = disabled
+    if found is None:
+        files = sorted(p.name for p in rundir.ckpt_dir.glob("*.ckpt"))
+        held = f"none of {', '.join(files)} loads" if files else "no .ckpt file in it"
+        raise CheckpointError(f"{rundir.ckpt_dir} holds no intact checkpoint ({held}); train the run first")
+    ckpt, step = found
+    last = rundir.ckpt_dir / "last.ckpt"
+    if ckpt != last:
+        last_step, why = checkpointing._readable(last) if last.is_file() else (None, "missing")
+        why = why if last_step is None else f"step {last_step}, older"
+        log.warning("using %s (step %d), the newest intact checkpoint: %s is passed over (%s)", ckpt, step, last, why)
+    return ckpt, step
 
 
 def _read_ckpt(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated zip, pickle garbage, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        first = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # torch's advice paragraph is dropped
+        hint = ""
+        if RunDir.of_checkpoint(path) is not None:
+            hint = f"; give the run dir {path.parent.parent} to use its newest intact checkpoint"
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a complete torch checkpoint, truncated or another file "
+            f"({type(err).__name__}: {first}){hint}"
+        ) from err
     if not isinstance(ckpt, dict) or "model_cfg" not in ckpt.get("hyper_parameters", {}):
         raise CheckpointError(f"{path} is not a moda-lab training checkpoint (no hyper_parameters.model_cfg)")
     return ckpt

@@ -8,16 +8,28 @@ cheap.
 
 from __future__ import annotations
 
-from .evaluate import EvalConfig, EvalConfigError, eval_config_from_dict, evaluate_checkpoint, results_dir
+from .evaluate import (
+    RESULTS_FILE,
+    EvalConfig,
+    EvalConfigError,
+    eval_config_from_dict,
+    evaluate_checkpoint,
+    evaluation_name,
+    results_dir,
+    samples_file,
+)
 from .hook import evaluate_run
 from .tasks import TASK_FIELDS
 
 __all__ = [
+    "RESULTS_FILE",
     "TASK_FIELDS",
     "EvalConfig",
     "EvalConfigError",
     "eval_config_from_dict",
     "evaluate_checkpoint",
     "evaluate_run",
+    "evaluation_name",
     "results_dir",
+    "samples_file",
 ]

@@ -1,16 +1,19 @@
 """Evaluate one checkpoint the way the paper does: downstream tasks (lm-eval) and per-domain perplexity.
 
-Outputs: ``<run dir or checkpoint folder>/eval/<checkpoint stem>/results.json`` (lm-eval's results dict plus
-the eval config, perplexity and timing); for checkpoints inside a run dir, rows appended to the run's
-metrics.jsonl (``eval/<task>/acc``, ``eval/<task>/acc_norm``, ``eval/<domain>/ppl``, ``eval/<domain>/bpb``)
-and, when the run logged to wandb, the same keys logged into that wandb run (resumed by id). No Hydra here.
-"""
+Outputs, one folder per evaluation (evaluation_name: the checkpoint's step and the settings that change the
+numbers): ``<run dir or exported folder>/eval/<checkpoint stem>/<evaluation name>/results.json`` (lm-eval's
+results dict plus the eval config, perplexity and timing) and ``samples_<task>.jsonl`` (one line per example);
+for checkpoints inside a run dir and full evaluations (no eval.limit), rows appended to the run's metrics.jsonl
+(``eval/<task>/acc``, ``eval/<task>/acc_norm``, ``eval/<domain>/ppl``, ``eval/<domain>/bpb``) and, when the run
+logged to wandb, the same keys logged into that wandb run (resumed by id). No Hydra here."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +203,42 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+# --- where an evaluation's files go ---------------------------------------------------------------------------
+# <results_dir>/<evaluation name>/results.json and samples_<task>.jsonl: one folder per evaluation, named by the
+# checkpoint's step and the settings that change its numbers, so no evaluation overwrites another. Checkpoints
+# evaluated before this layout hold <results_dir>/results.json, read as well (hook.py, analysis/local_runs.py).
+RESULTS_FILE = "results.json"
+
+
+def samples_file(task: str) -> str:
+    """samples_<task>.jsonl: one line per scored example (samples_records), beside the evaluation's results."""
+    return f"samples_{task}.jsonl"
+
+
+def result_settings(cfg: EvalConfig, precision: str) -> dict:
+    """What changes an evaluation's numbers: the tasks and their data dir, limit, scoring context, precision
+    (resolved: fp32 or bf16) and the perplexity settings. Batch size, device and attention_windows do not."""
+    return {
+        "tasks": list(cfg.tasks),
+        "data_dir": str(data_dir(cfg.data_dir).resolve()),
+        "limit": cfg.limit,
+        "max_length": cfg.max_length,
+        "precision": precision,
+        "perplexity": dataclasses.asdict(cfg.perplexity),
+    }
+
+
+def evaluation_name(cfg: EvalConfig, step: int | None, precision: str) -> str:
+    """``step<N>_<k>tasks_<hash of result_settings>[_limit<L>]`` (``ppl`` for perplexity alone), e.g.
+    ``step4000_9tasks_1c0e5b2a`` and ``step4000_2tasks_7f3d9e10_limit100``."""
+    settings = json.dumps(result_settings(cfg, precision), sort_keys=True, default=str)
+    parts = [f"step{step}"] if step is not None else []
+    parts += [f"{len(cfg.tasks)}tasks" if cfg.tasks else "ppl", hashlib.sha1(settings.encode()).hexdigest()[:8]]
+    if cfg.limit:
+        parts.append(f"limit{cfg.limit}")
+    return "_".join(parts)
+
+
 def results_dir(checkpoint: str | Path) -> Path:
     """<run dir>/eval/<ckpt stem> for run checkpoints, <folder>/eval/<folder name> for exported ones."""
     src = resolve_checkpoint(checkpoint)
@@ -294,7 +333,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             task_manager=manager,
             limit=cfg.limit,
             num_fewshot=0,
-            log_samples=False,
+            log_samples=True,
         ) or {"results": {}}
         log.info("lm-eval results of %s:\n%s", src, make_table(results))
         if results.get("groups"):
@@ -310,7 +349,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             )
     t_ppl = time.time() - t0 - t_load - t_tasks
     row = metric_row(results, ppl)
-    results.pop("samples", None)
+    samples = results.pop("samples", None) or {}
     results["moda"] = {
         "checkpoint": str(src),
         "step": lm.step,
@@ -323,17 +362,50 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "metrics": row,
         "timing": {"load_s": t_load, "tasks_s": t_tasks, "perplexity_s": t_ppl, "total_s": time.time() - t0},
     }
-    out_dir = results_dir(src)
+    out_dir = results_dir(src) / evaluation_name(cfg, lm.step, lm.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "results.json"
-    out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    log.info("eval results of %s: %s", src, out)
+    for name, records in samples.items():
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in samples_records(records)]
+        _write_atomic(out_dir / samples_file(name.removeprefix("moda_")), "".join(lines))
+    # Last: a results.json means the evaluation is complete (the hook's check), its samples beside it.
+    text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    _write_atomic(out_dir / RESULTS_FILE, text)
+    log.info("eval results of %s: %s", src, out_dir / RESULTS_FILE)
     if cfg.missing_tasks:
         log.warning(missing_tasks_message(cfg.missing_tasks))
 
     rundir = RunDir.of_checkpoint(src)
     if rundir is not None and row:
-        step = int(lm.step or 0)
-        rundir.log_metrics(step, rundir.tokens_at(step), row)
-        _log_to_wandb(rundir, row, step)
+        if cfg.limit:
+            log.warning(
+                "eval.limit=%d: a partial evaluation (the first %d examples per task), kept in %s only; the run's "
+                "metrics.jsonl and wandb get full evaluations alone", cfg.limit, cfg.limit, out_dir
+            )
+        else:
+            step = int(lm.step or 0)
+            rundir.log_metrics(step, rundir.tokens_at(step), row)
+            _log_to_wandb(rundir, row, step)
     return results
+
+
+def samples_records(records: list[dict]) -> list[dict]:
+    """lm-eval's logged samples of one task, one small record per example in doc_id order: ``doc_id``, ``target``
+    (the gold choice's index), ``acc`` and ``acc_norm`` (0/1 where the task reports it), ``loglikelihoods`` (one
+    per choice) and ``doc_hash`` (lm-eval's hash of the example): what paired tests between checkpoints read."""
+    out = []
+    for r in sorted(records, key=lambda r: r["doc_id"]):
+        rec = {"doc_id": r["doc_id"], "target": r.get("target")}
+        rec.update({m: r[m] for m in REPORTED_METRICS if m in r})
+        resps = r.get("filtered_resps") or []
+        if all(isinstance(x, (list, tuple)) and x for x in resps):  # multiple choice: (loglikelihood, is_greedy)
+            rec["loglikelihoods"] = [float(x[0]) for x in resps]
+        rec["doc_hash"] = r.get("doc_hash")
+        out.append(rec)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A temp file beside path renamed over it: a killed evaluation leaves no torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -7,31 +7,36 @@ import json
 import logging
 from pathlib import Path
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import run_checkpoint
 from ..rundir import RunDir
-from .evaluate import eval_config_from_dict, evaluate_checkpoint, results_dir
+from .evaluate import (
+    RESULTS_FILE,
+    EvalConfig,
+    eval_config_from_dict,
+    evaluate_checkpoint,
+    evaluation_name,
+    resolve_device,
+    results_dir,
+)
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
-    """Evaluate <run_dir>/checkpoints/last.ckpt; results land in <run_dir>/eval/last/ and metrics.jsonl.
+    """Evaluate the run's newest intact checkpoint (checkpoints/last.ckpt, else the newest step_*.ckpt that loads);
+    results land in <run_dir>/eval/<ckpt stem>/<evaluation name>/ and metrics.jsonl.
 
-    A relaunch of a finished run does not evaluate again: results.json of the run's final step with the same
-    eval config are returned as they are (metrics.jsonl keeps one row of them). With eval.attention_windows > 0
+    A relaunch of a finished run does not evaluate again: the results of that checkpoint's step with the same
+    settings are returned as they are (metrics.jsonl keeps one row of them). With eval.attention_windows > 0
     the attention statistics follow (attention_stats.write_run_attention), also for results that were there.
     """
     cfg = eval_config_from_dict(eval_cfg)
     rundir = RunDir(run_dir)
-    if rundir.last_ckpt is None:
-        raise CheckpointError(
-            f"eval.after_fit: {rundir.ckpt_dir / 'last.ckpt'} does not exist (did training save a checkpoint?)"
-        )
-    done = _existing_results(rundir, dataclasses.asdict(cfg))
+    ckpt, step = run_checkpoint(rundir.path)
+    done = existing_results(ckpt, step, cfg)
     if done is not None:
-        log.info("%s: evaluated at step %s already with this eval config; not evaluated again", rundir.path,
-                 done["moda"]["step"])
-    results = done if done is not None else evaluate_checkpoint(rundir.last_ckpt, cfg)
+        log.info("%s: evaluated at step %s already with this eval config; not evaluated again", rundir.path, step)
+    results = done if done is not None else evaluate_checkpoint(ckpt, cfg)
     if cfg.attention_windows:
         from .attention_stats import write_run_attention
 
@@ -39,22 +44,35 @@ def evaluate_run(run_dir: str | Path, eval_cfg: dict) -> dict:
     return results
 
 
-def _existing_results(rundir: RunDir, eval_cfg: dict) -> dict | None:
-    """results.json of last.ckpt when it scored the run's final step (meta.json) with this eval config."""
-    path = results_dir(rundir.last_ckpt) / "results.json"
-    step = rundir.read_meta().get("global_step")
-    if step is None or not path.is_file():
+def existing_results(ckpt: Path, step: int, cfg: EvalConfig) -> dict | None:
+    """The results of ckpt at this step with cfg's settings, when an earlier launch wrote them: its evaluation
+    folder's results.json, or a results.json of the layout before evaluation folders with the same task config."""
+    from .lm import resolve_precision  # here: importing lm imports lm-eval
+
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    here = results_dir(ckpt)
+    legacy = _read(here / RESULTS_FILE)  # the layout before evaluation folders
+    if legacy is not None and _task_config((legacy.get("moda") or {}).get("eval_config") or {}) != _task_config(cfg):
+        legacy = None
+    for results in (_read(here / evaluation_name(cfg, step, precision) / RESULTS_FILE), legacy):
+        if results is not None and (results.get("moda") or {}).get("step") == step:
+            return results
+    return None
+
+
+def _read(path: Path) -> dict | None:
+    if not path.is_file():
         return None
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError:  # torn by a killed launch: evaluate again
+    except json.JSONDecodeError:  # torn by a killed launch of the old layout: evaluate again
         return None
-    moda = results.get("moda") or {}
-    same = moda.get("step") == step and _task_config(moda.get("eval_config") or {}) == _task_config(eval_cfg)
-    return results if same else None
+    return results if isinstance(results, dict) else None
 
 
-def _task_config(eval_cfg: dict) -> dict:
+def _task_config(eval_cfg: dict | EvalConfig) -> dict:
     """The eval config as results.json stores it, less attention_windows: it does not change the task results
     (attention_stats.py writes its own file)."""
+    if isinstance(eval_cfg, EvalConfig):
+        eval_cfg = dataclasses.asdict(eval_cfg)
     return {k: v for k, v in json.loads(json.dumps(eval_cfg)).items() if k != "attention_windows"}

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
+from ..errors import UsageError
 from ..model import GPT
 from ..model.attention import KVCache
 from .evaluate import PRECISIONS
@@ -46,7 +47,7 @@ WIDTH_BUCKET = 64
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """fp32 or bf16; auto is bf16 on CUDA (the models train under bf16-mixed there) and fp32 elsewhere."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported by the moda model; choose one of {PRECISIONS}")
+        raise UsageError(f"precision={precision!r} is not supported by the moda model; choose one of {PRECISIONS}")
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
@@ -68,11 +69,11 @@ def parse_batch_size(value: int | str) -> int | str:
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise UsageError(
             f"batch_size={value!r} is not supported by the moda model; give a positive integer or auto"
         ) from None
     if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
+        raise UsageError(f"batch_size must be a positive integer or auto, got {size}")
     return size
 
 
@@ -87,7 +88,7 @@ def auto_batch_size(
     """
     device = torch.device(device)
     if device.type != "cuda":
-        raise ValueError(f"batch_size=auto probes GPU memory; on {device} give a fixed batch_size")
+        raise UsageError(f"batch_size=auto probes GPU memory; on {device} give a fixed batch_size")
     vocab = model.cfg.vocab_size
     size, best = 1, 0
     while size <= cap:
@@ -209,7 +210,7 @@ class ModaLM(TemplateLM):
             # lm-eval passes max_batch_size (and a few others) to every model; anything else is a typo.
             unknown = sorted(k for k in unused if k not in ("max_batch_size", "trust_remote_code"))
             if unknown:
-                raise ValueError(
+                raise UsageError(
                     f"unknown model_args for the moda model: {unknown}; known: checkpoint, batch_size, device, "
                     "max_length, max_gen_toks, backend, precision. A checkpoint path with commas (Hydra run dirs) "
                     """must be given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
@@ -217,7 +218,9 @@ class ModaLM(TemplateLM):
         self.step = None
         if model is None:
             if checkpoint is None:
-                raise ValueError("the moda model needs model_args checkpoint=<.ckpt file, run dir or exported folder>")
+                raise UsageError(
+                    "the moda model needs model_args checkpoint=<.ckpt file, run dir or exported folder>"
+                )
             model, _, extras = load_checkpoint(checkpoint, backend)
             tokenizer = checkpoint_tokenizer(extras, checkpoint)
             self.step = extras["step"]
@@ -234,9 +237,12 @@ class ModaLM(TemplateLM):
             raise CheckpointError(f"the checkpoint's tokenizer has no {EOS!r} token")
         self._eos = eos
         limit = self.model.cfg.max_seq_len
-        self.max_length = int(max_length) if max_length is not None else limit
+        try:
+            self.max_length = int(max_length) if max_length is not None else limit
+        except (TypeError, ValueError):
+            raise UsageError(f"max_length={max_length!r} must be an integer in [1, {limit}]") from None
         if not 1 <= self.max_length <= limit:
-            raise ValueError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
+            raise UsageError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
         self.max_gen_toks = int(max_gen_toks)
         self.batch_size = parse_batch_size(batch_size)
         if self.batch_size == "auto":

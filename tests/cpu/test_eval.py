@@ -307,7 +307,12 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
     ]
     out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((run_dir / "eval" / "last" / "results.json").read_text())
+    (path,) = (run_dir / "eval" / "last").glob("*/results.json")
+    assert path.parent.name.startswith("step10_2tasks_")
+    results = json.loads(path.read_text())
+    samples = [json.loads(x) for x in (path.parent / "samples_piqa.jsonl").read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == list(range(6))
+    assert sum(s["acc"] for s in samples) / 6 == pytest.approx(results["results"]["moda_piqa"]["acc,none"])
     assert sorted(results["moda"]["missing_tasks"]) == sorted(set(TASK_FIELDS) - {"piqa", "copa"})
     assert results["moda"]["missing_tasks"]["hellaswag"] == str(data / "hellaswag.jsonl")
     assert "NOT EVALUATED (data file missing): hellaswag, winogrande" in out.stdout + out.stderr
@@ -378,7 +383,8 @@ def test_after_fit_hook_through_run_py(tiny_run):
     out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = [p for p in (tiny_run["tmp"] / "runs" / "hook").iterdir() if p.is_dir()]
-    results = json.loads((run_dir / "eval" / "last" / "results.json").read_text())
+    (path,) = (run_dir / "eval" / "last").glob("*/results.json")
+    results = json.loads(path.read_text())
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 4 and row["eval/boolq/acc"] == results["results"]["moda_boolq"]["acc,none"]
     assert "eval/sciq/acc_norm" in row
@@ -397,8 +403,11 @@ def test_after_fit_hook_through_run_py(tiny_run):
     assert eval_rows() == 1 and (run_dir / "eval" / "last" / "attention.csv").is_file()
     other = subprocess.run([*cmd, "eval.limit=3"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150)
     assert other.returncode == 0, other.stderr[-3000:]
-    assert eval_rows() == 2
-    assert json.loads((run_dir / "eval" / "last" / "results.json").read_text())["moda"]["eval_config"]["limit"] == 3
+    # A partial evaluation goes beside the full one, into its own folder, and not into metrics.jsonl.
+    assert eval_rows() == 1 and json.loads(path.read_text()) == results
+    (partial,) = [p for p in (run_dir / "eval" / "last").glob("*/results.json") if p != path]
+    assert partial.parent.name.endswith("_limit3") and (partial.parent / "samples_boolq.jsonl").is_file()
+    assert json.loads(partial.read_text())["moda"]["eval_config"]["limit"] == 3
 
 
 def test_attention_statistics_are_the_models_maps_on_its_validation_windows(tiny_run):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...errors import UsageError
+
 TASK_DIR = Path(__file__).resolve().parent
 DATA_ENV = "MODA_EVAL_DATA"
 DEFAULT_DATA_DIR = TASK_DIR.parents[2].parent / "shared" / "data" / "eval"
@@ -31,6 +33,10 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
 }
 TASK_PREFIX = "moda_"
 PAPER_TAG = "moda_paper"
+
+
+class TaskDataError(UsageError):
+    """A task's <task>.jsonl is missing, holds a line that is not JSON, lacks a field the task reads, or is empty."""
 
 
 def lm_eval_name(task: str) -> str:

@@ -11,14 +11,14 @@ import re
 
 import datasets
 
-from moda_lab.eval.tasks import DATA_ENV, TASK_FIELDS, task_file
+from moda_lab.eval.tasks import DATA_ENV, TASK_FIELDS, TaskDataError, task_file
 
 
 def load_local(task: str, data_dir: str | None = None, **metadata) -> datasets.DatasetDict:
     """custom_dataset hook: <data_dir>/<task>.jsonl as the 'test' split; every line checked for its fields."""
     path = task_file(task, data_dir)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise TaskDataError(
             f"eval data for task {task!r} not found: {path} does not exist. Put {task}.jsonl there, or point "
             f"eval.data_dir (Hydra), --data_dir (CLI) or ${DATA_ENV} at the directory holding it"
         )
@@ -31,13 +31,13 @@ def load_local(task: str, data_dir: str | None = None, **metadata) -> datasets.D
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
+                raise TaskDataError(f"{path}:{lineno}: not valid JSON ({err})") from None
             missing = [k for k in need if not isinstance(row, dict) or k not in row]
             if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; task {task!r} needs {list(need)}")
+                raise TaskDataError(f"{path}:{lineno}: missing field(s) {missing}; task {task!r} needs {list(need)}")
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path} holds no examples")
+        raise TaskDataError(f"{path} holds no examples; task {task!r} needs one JSON object per line")
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
