@@ -187,8 +187,9 @@ def check_packed(root: Path, meta: dict) -> str | None:
     not the size of the tokens meta.json counts, or not the CRC recorded at build time (older folders: size only)."""
     try:
         sizes = _token_files(meta)
+        int(meta["vocab_size"])
     except (KeyError, TypeError, AttributeError, ValueError):
-        return f"{root / 'meta.json'} lacks the token counts of a packed folder"
+        return f"{root / 'meta.json'} lacks the vocabulary size or token counts of a packed folder"
     recorded = meta.get("files", {})
     for name in ["tokenizer.json", *sizes]:
         if not (root / name).is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,7 +35,10 @@ def check_data(run: RunConfig) -> None:
                 f"data.packed_dir={d.packed_dir!r} is not a packed data folder (no meta.json); "
                 "allowed: a folder written by `python -m moda_lab.data`, or null"
             )
-        vocab = json.loads(meta.read_text()).get("vocab_size", 0)
+        try:  # a damaged folder (a cut meta.json, a truncated token file) is refused before a run dir is made
+            vocab = load_packed(d.packed_dir).vocab_size
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if vocab > run.model.vocab_size:
             raise ConfigError(
                 f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "

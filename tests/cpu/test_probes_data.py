@@ -108,6 +108,22 @@ def test_damaged_packed_dir_is_one_line_exit_2_and_no_run_dir(packed, tmp_path):
     assert (data.root / "train.bin").stat().st_size == 1001  # the folder is left as it was: not ours to rebuild
 
 
+def test_a_cut_meta_json_in_packed_dir_is_refused_before_a_run_dir(packed, tmp_path):
+    from moda_lab.config import run_config_from_dict
+    from moda_lab.train.task import check_data
+
+    data, _ = packed
+    meta = data.root / "meta.json"
+    meta.write_text(meta.read_text()[:40])
+    run = run_config_from_dict(tiny_cfg(tmp_path / "unused", tmp_path, [f"data.packed_dir={data.root}"]))
+    with pytest.raises(ConfigError) as err:
+        check_data(run)  # the preflight check, before Hydra makes the run dir
+    assert str(err.value) == (
+        f"data.packed_dir='{data.root}' is damaged: {meta} is not a JSON object (a cut write?); it cannot be rebuilt "
+        "without its corpus: pack the corpus again (python -m moda_lab.data corpus=DIR) or copy the folder again"
+    )
+
+
 # --- corpora that cannot train ------------------------------------------------------------------------------
 
 
