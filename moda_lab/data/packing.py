@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -273,12 +274,24 @@ def prepare(
     key = _fingerprint(files, vocab_size, val_fraction, tok.to_str() if tok else None, max_tokens)
     root = Path(cache_root) / key
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        if (root / "meta.json").is_file():
-            _discard_if_damaged(root)
-        if not (root / "meta.json").is_file():
-            _build(files, root, vocab_size, val_fraction, tok, max_tokens, num_proc or default_num_proc(), extra)
+    try:
+        with FileLock(str(root / ".lock")):
+            if (root / "meta.json").is_file():
+                _discard_if_damaged(root)
+            if not (root / "meta.json").is_file():
+                _build(files, root, vocab_size, val_fraction, tok, max_tokens, num_proc or default_num_proc(), extra)
+    except (ValueError, FileNotFoundError):
+        # The corpus cannot be packed as it is (a bad JSONL line, a one-document domain): keep no half-built
+        # folder. An interrupt or a crash keeps it, to resume.
+        _remove_unfinished(root)
+        raise
     return PackedData(root, json.loads((root / "meta.json").read_text()))
+
+
+def _remove_unfinished(root: Path) -> None:
+    """Remove a cache folder whose build failed on its input (never a complete one, one holding meta.json)."""
+    if not (root / "meta.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _discard_if_damaged(root: Path) -> None:

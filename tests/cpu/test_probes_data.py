@@ -178,6 +178,16 @@ def test_too_little_data_for_a_window_is_one_config_error_naming_the_sizes(tiny_
     assert not run_dir.exists()  # refused before the run dir is made
 
 
+def test_a_corpus_that_cannot_be_packed_leaves_no_half_built_cache(tmp_path):
+    corpus = tmp_path / "corpus"
+    for name, text in {"a/only.txt": "a single document", "b/1.txt": "one", "b/2.txt": "two"}.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(text)
+    with pytest.raises(ValueError, match="^domain 'a' has a single document: nothing to hold out for validation$"):
+        prepare(corpus, tmp_path / "cache", 512, 0.2)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 # --- python -m moda_lab.data ----------------------------------------------------------------------------------
 
 
