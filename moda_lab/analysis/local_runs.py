@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,9 @@ def read_metrics_jsonl(path: Path, record: RunRecord) -> list[dict[str, Any]]:
             where = "last line" if lineno == len(lines) else f"line {lineno}"
             record.add_issue("truncated_line", f"{METRICS_FILE} {where} is not valid JSON (cut write?); skipped")
             continue
-        if not isinstance(row, dict) or "step" not in row:
-            record.add_issue("bad_line", f"{METRICS_FILE} line {lineno} has no 'step'; skipped")
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            record.add_issue("bad_line", f"{METRICS_FILE} line {lineno} has no numeric 'step'; skipped")
             continue
         rows.append(row)
     diverged = [(row["step"], non_finite_keys(row)) for row in rows if non_finite_keys(row)]
@@ -81,9 +83,12 @@ def _read_yaml(path: Path, record: RunRecord) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        record.add_issue("bad_config", f"config.yaml unreadable: {err}")
+        record.add_issue("bad_config", f"config.yaml unreadable: {' '.join(str(err).split())}")  # one line
         return {}
-    return upgrade_config(cfg) if isinstance(cfg, dict) else {}
+    if not isinstance(cfg, dict):
+        record.add_issue("bad_config", f"config.yaml holds a {type(cfg).__name__}, not a mapping of config keys")
+        return {}
+    return upgrade_config(cfg)
 
 
 def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:

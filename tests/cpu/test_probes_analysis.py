@@ -184,3 +184,23 @@ def test_a_finished_run_beats_an_unfinished_one_of_as_many_steps(tmp_path):
     _write(tmp_path / "2", fx.RunSpec("moda", "pre", 3), last=200).rename(root / "b-second")
     counted, repeats = split_repeats(load_sweep_dir(root))
     assert [r.run for r in counted] == ["b-second"] and [r.record.run for r in repeats] == ["a-first"]
+
+
+def test_malformed_run_files_are_one_line_issues_not_crashes(tmp_path):
+    from moda_lab.analysis import analyze, load_sweep_dir
+
+    root = tmp_path / "sweep"
+    _write(root, fx.RunSpec("dense", "pre", 0), last=200)
+    bad = _write(root, fx.RunSpec("dense", "pre", 2), last=70)
+    with open(bad / "metrics.jsonl", "a") as f:  # steps that are no step: a string, null, a list, an overflow
+        f.write('{"step": "x", "train/loss": 1}\n{"step": null}\n[1, 2]\n{"step": 1e999}\n')
+    (bad / "meta.json").write_text("{cut")
+    (bad / "config.yaml").write_text(": : [")
+    listed = _write(root, fx.RunSpec("moda", "pre", 0), last=200)
+    (listed / "config.yaml").write_text("- a\n- list\n")
+    analysis = analyze(load_sweep_dir(root))
+    kinds = [(i.run, i.kind) for i in analysis.issues]
+    assert kinds.count(("dense-pre-L4-s2", "bad_line")) == 4
+    assert {("dense-pre-L4-s2", "bad_meta"), ("dense-pre-L4-s2", "bad_config"), ("moda-pre-L4-s0", "bad_config")} <= set(kinds)
+    assert all("\n" not in i.as_line() for i in analysis.issues)
+    assert analysis.summary.set_index("run").loc["dense-pre-L4-s2", "last_step"] == 70
