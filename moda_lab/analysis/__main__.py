@@ -13,6 +13,9 @@ Keys:
   untested=ARMS        arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
                        NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested"
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
+
+A bad argument, a sweep_dir that does not exist or sources without any run print one line and exit with status 2,
+writing nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+
+from moda_lab.errors import UsageError, exit_on_usage_error
 
 if TYPE_CHECKING:
     from moda_lab.analysis.paper import UntestedArm
@@ -35,18 +40,18 @@ KEYS |= set(FLOAT_KEYS)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """``key=value`` pairs; unknown keys and bare words raise ValueError naming them."""
+    """``key=value`` pairs; unknown keys and bare words raise UsageError naming them."""
     args: dict[str, str] = {}
     for item in argv:
         key, sep, value = item.partition("=")
         key = key.lstrip("-")
         if not sep or key not in KEYS:
-            raise ValueError(f"bad argument {item!r}; expected key=value with key in {sorted(KEYS)}")
+            raise UsageError(f"bad argument {item!r}; expected key=value with key in {sorted(KEYS)}")
         args[key] = value
     if "sweep_dir" not in args and "wandb" not in args and "wandb_offline" not in args and "ckpt" not in args:
-        raise ValueError("give at least one of sweep_dir=, wandb=, wandb_offline=, ckpt=")
+        raise UsageError("give at least one of sweep_dir=, wandb=, wandb_offline=, ckpt=")
     if "ckpt" in args and "text" not in args:
-        raise ValueError("ckpt= needs text=")
+        raise UsageError("ckpt= needs text=")
     for key in FLOAT_KEYS.keys() & args.keys():
         allowed, text = FLOAT_KEYS[key]
         try:
@@ -54,9 +59,12 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"{key}={args[key]!r} is out of range; allowed: a number {text}")
+            raise UsageError(f"{key}={args[key]!r} is out of range; allowed: a number {text}")
     if "untested" in args:
-        untested_arms(args["untested"])  # ValueError naming the norm or variant
+        try:
+            untested_arms(args["untested"])
+        except ValueError as err:  # names the norm or variant
+            raise UsageError(str(err)) from None
     return args
 
 
@@ -68,16 +76,18 @@ def untested_arms(text: str) -> tuple[UntestedArm, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the analysis the arguments ask for; returns 0. A usage error prints one line and exits with status 2."""
     matplotlib.use("Agg")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_usage_error("moda_lab.analysis"):
+        return analyse(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+def analyse(args: dict[str, str]) -> int:
+    """Write the sweep analysis and/or the attention inspection the parsed arguments ask for; list what was written."""
     from moda_lab.analysis.attention import inspect_checkpoint, save_inspection
     from moda_lab.analysis.pipeline import run_analysis
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
-        sys.stderr.write(f"{err}\n\n{__doc__}")
-        return 2
     sweep = args.get("sweep_dir")
     out = Path(args.get("out") or (Path(sweep) / "analysis" if sweep else "analysis_out"))
     bench = args.get("bench") or None

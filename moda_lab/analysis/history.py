@@ -18,8 +18,10 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     A resumed run appends to the same metrics file, so a step can appear more than once; train and val metrics of
     one step may also come on separate lines. Taking the last non-null value per (step, key) handles both.
+    Non-finite values (a diverged run's; metrics.jsonl holds them as the strings "nan" and "inf") become NaN: no
+    table, mean or axis can use them (the run dir loader reports them as issues).
     """
-    frame = pd.DataFrame([r for r in rows if r.get("step") is not None])
+    frame = pd.DataFrame([{k: _finite(v) for k, v in r.items()} for r in rows if r.get("step") is not None])
     if frame.empty:
         return pd.DataFrame(columns=INDEX_COLUMNS)
     frame["step"] = frame["step"].astype("int64")
@@ -37,6 +39,25 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame["flops"] = float("nan")
     ordered = INDEX_COLUMNS + ["flops"]
     return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
+
+
+NON_FINITE = ("nan", "inf", "-inf", "infinity", "-infinity")
+
+
+def _number(value: Any) -> Any:
+    """A logged "nan" / "inf" / "-inf" string as its float; any other value as it is."""
+    return float(value) if isinstance(value, str) and value.strip().lower() in NON_FINITE else value
+
+
+def _finite(value: Any) -> Any:
+    """A logged value with every non-finite number (or its string) as NaN."""
+    value = _number(value)
+    return float("nan") if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def non_finite_keys(row: dict[str, Any]) -> list[str]:
+    """Keys of a logged row whose value is not a finite number (NaN, inf, or their strings)."""
+    return [k for k, v in row.items() if isinstance(_number(v), float) and not np.isfinite(_number(v))]
 
 
 def fill_tokens(step: pd.Series, tokens: pd.Series) -> pd.Series:

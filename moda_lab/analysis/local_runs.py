@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from moda_lab.analysis.history import history_frame
+from moda_lab.analysis.history import history_frame, non_finite_keys
 from moda_lab.analysis.records import RunRecord
 from moda_lab.analysis.wandb_offline import find_offline_runs, load_offline_runs
+from moda_lab.errors import UsageError
 from moda_lab.rundir import upgrade_config
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,16 @@ def find_run_dirs(sweep_dir: str | Path) -> list[Path]:
     """
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"sweep dir not found: {root}")
+        raise UsageError(
+            f"sweep_dir={str(root)!r} does not exist or is not a directory; allowed: a run dir, a sweep "
+            "(<run_root>/<name>/) or a run root"
+        )
     if (root / "config.yaml").exists() or (root / METRICS_FILE).exists():
         return [root]
     direct = sorted(p for p in root.iterdir() if is_run_dir(p))
     if direct:
         return direct
-    nested = sorted(p for sub in root.iterdir() if sub.is_dir() for p in sub.iterdir() if is_run_dir(p))
-    if not nested:
-        log.warning("no run dirs under %s", root)
-    return nested
+    return sorted(p for sub in root.iterdir() if sub.is_dir() for p in sub.iterdir() if is_run_dir(p))
 
 
 def read_metrics_jsonl(path: Path, record: RunRecord) -> list[dict[str, Any]]:
@@ -62,10 +64,15 @@ def read_metrics_jsonl(path: Path, record: RunRecord) -> list[dict[str, Any]]:
             where = "last line" if lineno == len(lines) else f"line {lineno}"
             record.add_issue("truncated_line", f"{METRICS_FILE} {where} is not valid JSON (cut write?); skipped")
             continue
-        if not isinstance(row, dict) or "step" not in row:
-            record.add_issue("bad_line", f"{METRICS_FILE} line {lineno} has no 'step'; skipped")
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            record.add_issue("bad_line", f"{METRICS_FILE} line {lineno} has no numeric 'step'; skipped")
             continue
         rows.append(row)
+    diverged = [(row["step"], non_finite_keys(row)) for row in rows if non_finite_keys(row)]
+    if diverged:  # one issue: the metrics that stopped being numbers, from the first step one did
+        keys = sorted({k for _, ks in diverged for k in ks})
+        record.add_issue("non_finite", f"{', '.join(keys)} not finite (nan/inf) from step {diverged[0][0]} on")
     return rows
 
 
@@ -76,9 +83,12 @@ def _read_yaml(path: Path, record: RunRecord) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        record.add_issue("bad_config", f"config.yaml unreadable: {err}")
+        record.add_issue("bad_config", f"config.yaml unreadable: {' '.join(str(err).split())}")  # one line
         return {}
-    return upgrade_config(cfg) if isinstance(cfg, dict) else {}
+    if not isinstance(cfg, dict):
+        record.add_issue("bad_config", f"config.yaml holds a {type(cfg).__name__}, not a mapping of config keys")
+        return {}
+    return upgrade_config(cfg)
 
 
 def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from moda_lab.analysis.paper import (
     paper_orderings,
     with_paper_delta,
 )
-from moda_lab.analysis.records import RunIssue, RunRecord
+from moda_lab.analysis.records import RunIssue, RunRecord, config_columns, variant_label
+from moda_lab.analysis.repeats import Repeat, last_step, split_repeats
 from moda_lab.analysis.significance import (
     LEVEL,
     SEED_STD_TARGET,
@@ -54,6 +55,7 @@ from moda_lab.analysis.tidy import (
 )
 from moda_lab.analysis.wandb_offline import load_offline_dir
 from moda_lab.analysis.wandb_online import load_wandb_project
+from moda_lab.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class SweepAnalysis:
     seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
     ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
     ``mcnemar``: per-question tests per task against the baseline of the same seed, where runs have samples files
-    (filled by ``add_significance``)."""
+    (filled by ``add_significance``). ``records`` holds every run loaded; ``repeats`` those not counted because
+    another run is the same (repeats.py), so ``tidy`` and ``summary`` hold the others."""
 
     records: list[RunRecord]
     tidy: pd.DataFrame
@@ -81,6 +84,7 @@ class SweepAnalysis:
     mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
+    repeats: list[Repeat] = field(default_factory=list)
 
 
 def load_runs(
@@ -92,6 +96,8 @@ def load_runs(
 ) -> list[RunRecord]:
     """Runs from any mix of sources; an online/offline wandb run already loaded from a run dir is skipped."""
     records: list[RunRecord] = list(load_sweep_dir(sweep_dir)) if sweep_dir else []
+    if sweep_dir and not records and (wandb_project or wandb_offline):  # alone, run_analysis refuses it
+        log.warning("no run dirs under sweep_dir=%s", sweep_dir)
     known = {str(r.meta.get("wandb_id")) for r in records if r.meta.get("wandb_id")} | {r.run for r in records}
     extra: list[RunRecord] = []
     if wandb_offline:
@@ -123,13 +129,38 @@ def analyze(records: list[RunRecord], min_drop: float = TRAINED_MIN_DROP) -> Swe
     that did not train: val/loss flat by less than ``min_drop`` nats over their second half, evaluations of a
     checkpoint before the last)."""
     unique_run_names(records)
-    tidy = tidy_table(records)
+    counted, repeats = split_repeats(records)
+    tidy = tidy_table(counted)
     summary = run_summary(tidy, min_drop=min_drop)
     issues = [
-        *all_issues(records), *incomplete_issues(summary), *stale_val_issues(summary), *untrained_issues(summary, min_drop)
+        *all_issues(counted), *incomplete_issues(summary), *stale_val_issues(summary), *untrained_issues(summary, min_drop)
     ]
     issues += eval_issues(summary)
-    return SweepAnalysis(records, tidy, summary, issues, min_drop=min_drop)
+    issues += [
+        RunIssue(r.record.run, "repeated_run", f"{r.why} as {r.kept}, which logged as many steps or more: not counted")
+        for r in repeats
+    ]
+    return SweepAnalysis(records, tidy, summary, issues, min_drop=min_drop, repeats=repeats)
+
+
+def repeat_rows(repeats: list[Repeat]) -> pd.DataFrame:
+    """runs.csv rows of the runs not counted: identity, config columns, last step, and the run counted instead."""
+    rows = []
+    for rep in repeats:
+        rec, cols = rep.record, config_columns(rep.record.config)
+        step = last_step(rec)
+        variant = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
+        rows.append({"run": rec.run, "source": rec.source, "status": rec.status, "path": rec.path, **cols,
+                     "variant": variant, "last_step": step if step >= 0 else float("nan"), "complete": False,
+                     "repeat_of": rep.kept})
+    return pd.DataFrame(rows)
+
+
+def runs_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    """Every run loaded, one row each (runs.csv): the run summary, then the repeats that were not counted."""
+    if not analysis.repeats:
+        return analysis.summary
+    return pd.concat([analysis.summary, repeat_rows(analysis.repeats)], ignore_index=True, sort=False)
 
 
 def add_significance(
@@ -318,6 +349,11 @@ def report_markdown(analysis: SweepAnalysis, out_dir: Path) -> str:
         lines.append(
             f"| {row['run']} | {row['source']} | {row['status']} | {row['variant']} | {row['norm']} | {row['seed']} | {step} | {'yes' if row['complete'] else 'no'} | {drop} | {trained} |"
         )
+    for _, row in repeat_rows(analysis.repeats).iterrows():
+        step = "–" if pd.isna(row["last_step"]) else int(row["last_step"])
+        lines.append(
+            f"| {row['run']} | {row['source']} | {row['status']} | {row['variant']} | {row['norm']} | {row['seed']} | {step} | no: repeat of {row['repeat_of']} | – | – |"
+        )
     lines += [""]
     if analysis.records:
         lines += significance_markdown(analysis)
@@ -340,27 +376,31 @@ def run_analysis(
     min_drop: float = TRAINED_MIN_DROP,
     untested: tuple[UntestedArm, ...] = (),
 ) -> SweepAnalysis:
-    """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``.
+    """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``; no
+    runs at all (or a sweep_dir that does not exist) raise UsageError before anything is written.
 
     ``seed_std_target``: the seed-spread target (nats); ``min_drop``: a run whose val loss fell by less over its
     second half did not train (tidy.TRAINED_MIN_DROP); ``untested``: arms whose orderings the setup could not test
     (paper.UntestedArm)."""
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir if cache_dir is not None else out_dir / "wandb_cache"
     records = load_runs(sweep_dir, wandb_project, wandb_offline, cache, refresh)
+    if not records:  # nothing to analyse: one line, and no output folder of empty tables
+        where = [f"{k}={str(v)!r}" for k, v in (("sweep_dir", sweep_dir), ("wandb", wandb_project),
+                                               ("wandb_offline", wandb_offline)) if v]
+        raise UsageError(
+            f"{' and '.join(where) or 'no source'}: no runs found; allowed: a folder of run dirs (each with "
+            "config.yaml, meta.json or metrics.jsonl), offline wandb runs, or a wandb project with runs"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
     analysis = add_significance(analyze(records, min_drop), seed_std_target, untested=untested)
-    if not records:
-        where = ", ".join(str(x) for x in (sweep_dir, wandb_project, wandb_offline) if x)
-        analysis.issues.append(RunIssue(where, "no_runs", "no run dirs or wandb runs found"))
     analysis.tidy.to_csv(out_dir / "tidy.csv", index=False)
-    analysis.summary.to_csv(out_dir / "runs.csv", index=False)
+    runs_table(analysis).to_csv(out_dir / "runs.csv", index=False)
     analysis.written += [out_dir / "tidy.csv", out_dir / "runs.csv"]
-    if records:
-        analysis.written += write_figures(analysis, out_dir / "figures")
-        analysis.written += write_tables(analysis, out_dir / "tables")
-        analysis.written += write_significance(analysis, out_dir / "tables", out_dir / "figures")
-        analysis.written += write_attention(analysis, out_dir / "tables", out_dir / "figures")
+    analysis.written += write_figures(analysis, out_dir / "figures")
+    analysis.written += write_tables(analysis, out_dir / "tables")
+    analysis.written += write_significance(analysis, out_dir / "tables", out_dir / "figures")
+    analysis.written += write_attention(analysis, out_dir / "tables", out_dir / "figures")
     if bench_dir is not None and Path(bench_dir).exists():
         analysis.written += write_bench(bench_dir, out_dir / "figures")
     report = out_dir / "report.md"

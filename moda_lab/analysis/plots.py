@@ -54,15 +54,17 @@ SUPTITLE_CHARS_PER_INCH = 11.5  # a 12 pt figure title longer than this per inch
 
 
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` and close the figure."""
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` and close the figure (also when writing fails)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for path in paths:
-        # Layouts are tight already (bbox_inches="tight" would draw twice); no creation date in the PDF, so
-        # regenerating an unchanged figure leaves its committed file unchanged.
-        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    plt.close(fig)
+    try:
+        for path in paths:
+            # Layouts are tight already (bbox_inches="tight" would draw twice); no creation date in the PDF, so
+            # regenerating an unchanged figure leaves its committed file unchanged.
+            fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    finally:  # closed even when saving fails: pyplot keeps every figure it made until it is closed
+        plt.close(fig)
     return paths
 
 

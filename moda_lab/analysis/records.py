@@ -72,7 +72,7 @@ class RunRecord:
     run: str
     source: str  # "local" | "wandb-offline" | "wandb-online"
     path: str
-    status: str  # "finished" | "running" | "failed" | "unknown" | "missing"
+    status: str  # "finished" | "running" | "failed" | "diverged" | "interrupted" | "unknown" | "missing"
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame = field(default_factory=pd.DataFrame)

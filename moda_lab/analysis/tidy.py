@@ -33,10 +33,16 @@ RUN_ID_COLUMNS: list[str] = [
 ]
 
 
+# meta.json statuses of runs that stopped before their last step (or have not reached it yet): never complete,
+# so left out of the final-metric tables (in the curves up to where they stopped). ``diverged``: the loss became
+# NaN/inf; ``interrupted``: stopped by a signal, resumable.
+UNFINISHED = ("failed", "crashed", "running", "killed", "diverged", "interrupted")
+
+
 def check_record(record: RunRecord) -> list[RunIssue]:
     """Issues that depend on content, not on files: crashed/unfinished runs and runs without a validation loss."""
     found: list[RunIssue] = []
-    if record.status in ("running", "failed"):
+    if record.status in UNFINISHED:
         found.append(RunIssue(record.run, f"status_{record.status}", f"run status is '{record.status}'"))
     hist = record.history
     if not hist.empty:
@@ -178,7 +184,6 @@ def run_summary(tidy: pd.DataFrame, train_window: int = 10, min_drop: float = TR
     return summary
 
 
-UNFINISHED = ("failed", "crashed", "running", "killed")
 
 
 def complete_runs(summary: pd.DataFrame) -> pd.DataFrame:

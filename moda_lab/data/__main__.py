@@ -4,7 +4,9 @@
 dataset with hf.path=ID [hf.name=CONFIG] [hf.split=train] [hf.text_field=text] [hf.revision=SHA]; max_tokens=2e9
 caps each domain's training tokens, num_proc=N sets the tokenising processes (default min(cores, 8)); an
 interrupted packing resumes when the same command is run again. Prints the tokens per domain and the packed folder
-(usable as data.packed_dir). The Table 6 corpus (conf/data/table6.yaml) is
+(usable as data.packed_dir). A bad argument, a missing Debian package or a bad corpus prints one line naming it
+and exits with status 2; the corpus is built beside out (out.partial) and moved into place only when complete.
+The Table 6 corpus (conf/data/table6.yaml) is
 python -m moda_lab.data out=data/corpus_table6 sources=python-docs,stdlib,linux-docs,manpages,devdocs,site-packages
 vocab_size=50304."""
 
@@ -14,6 +16,7 @@ import logging
 import re
 import sys
 
+from ..errors import UsageError, exit_on_usage_error
 from .corpus import DEFAULT_SOURCES, SOURCES, HubDataset, build_default_corpus
 from .packing import prepare, token_budget
 
@@ -38,26 +41,31 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:
-            raise SystemExit(
-                f"usage: python -m moda_lab.data {' '.join(f'{k}=...' for k in args)}; bad argument {arg!r}"
-            )
+            raise UsageError(f"bad argument {arg!r}; allowed: {' '.join(f'{k}=...' for k in args)}")
         args[key] = value
     unknown = [s for s in args["sources"].split(",") if s not in SOURCES]
     if unknown:
-        raise SystemExit(f"sources: unknown corpus source(s) {unknown}; choose from {sorted(SOURCES)}")
+        raise UsageError(f"sources: unknown corpus source(s) {unknown}; choose from {sorted(SOURCES)}")
     try:
         hub_dataset(args)
         max_tokens(args)
     except ValueError as err:
-        raise SystemExit(cli_names(err)) from None
+        raise UsageError(cli_names(err)) from None
+    if not args["vocab_size"].isdigit():
+        raise UsageError(f"vocab_size={args['vocab_size']!r} is out of range; allowed: a whole number")
+    try:
+        float(args["val_fraction"])
+    except ValueError:
+        raise UsageError(f"val_fraction={args['val_fraction']!r} is not a number; allowed: in (0, 1)") from None
     if args["num_proc"] and not (args["num_proc"].isdigit() and int(args["num_proc"]) >= 1):
-        raise SystemExit(f"num_proc={args['num_proc']!r} is out of range; allowed: a whole number >= 1")
+        raise UsageError(f"num_proc={args['num_proc']!r} is out of range; allowed: a whole number >= 1")
     return args
 
 
 def cli_names(err: Exception) -> str:
     """An error of the data pipeline in this CLI's key names (``tokenizer=``, not ``data.tokenizer=``)."""
-    return re.sub(r"\bdata\.(hf\.|max_tokens|tokenizer|vocab_size|num_proc|val_fraction)", r"\1", str(err))
+    named = re.sub(r"\bdata\.(hf\.|max_tokens|tokenizer|vocab_size|num_proc|val_fraction)", r"\1", str(err))
+    return re.sub(r"\bdata\.corpus_dir=", "corpus=", named)
 
 
 def hub_dataset(args: dict[str, str]) -> HubDataset:
@@ -83,14 +91,15 @@ def max_tokens(args: dict[str, str]) -> int | None:
 
 
 def main(argv: list[str]) -> None:
+    """Build or pack as the arguments say; a bad input raises UsageError naming it (the CLI prints one line)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hub = hub_dataset(args)
-    if hub.path is not None:
-        corpus = hub
-    else:
-        corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
-    try:
+    try:  # bad input (a missing package, a tokenizer, a column, a file): one line, no trace
+        if hub.path is not None:
+            corpus = hub
+        else:
+            corpus = args["corpus"] or build_default_corpus(args["out"], args["sources"].split(","))
         packed = prepare(
             corpus,
             args["cache_dir"],
@@ -100,8 +109,8 @@ def main(argv: list[str]) -> None:
             max_tokens=max_tokens(args),
             num_proc=int(args["num_proc"]) if args["num_proc"] else None,
         )
-    except (ValueError, FileNotFoundError) as err:  # bad input (a tokenizer, a column, a file): one line, no trace
-        raise SystemExit(cli_names(err)) from None
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(cli_names(err)) from None
     for domain, st in packed.meta.get("train_domains", {}).items():
         val = packed.meta["val"][domain]
         print(
@@ -114,4 +123,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with exit_on_usage_error("moda_lab.data"):
+        main(sys.argv[1:])

@@ -19,7 +19,8 @@ Any directory works as a corpus: each subdirectory is a named domain, files dire
 ``default``; ``.txt/.md/.rst`` files are one document each, ``.jsonl`` files hold one ``{"text": ...}`` per line,
 ``.parquet`` files one document per row in their ``text`` column, and a folder written by Hugging Face
 ``datasets`` (``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``: every split, in name order) one document
-per row of its ``text`` column. A corpus dir that is itself a saved dataset is domain ``default``.
+per row of its ``text`` column. A corpus dir that is itself a saved dataset is domain ``default``. A text file
+holding NUL bytes in its first 8 KiB (a binary file named like text) is skipped with a warning naming it.
 
 A dataset that ``datasets.load_dataset(..., streaming=True)`` streams (``HubDataset``, ``data.hf``: a hub id or a
 local folder of data files) is read by the same code as a saved dataset, the IterableDataset coming from the hub
@@ -45,6 +46,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".parquet")
+DOCUMENT_SUFFIXES = (".txt", ".md", ".rst")  # a whole file is one document
+BINARY_PROBE = 8192  # bytes read to tell a binary file from text: text holds no NUL byte (git's test too)
 TEXT_FIELD = "text"  # the document column of JSONL, Parquet and datasets sources
 # What `datasets` writes into a saved Dataset / DatasetDict folder.
 DATASET_MARKERS = ("state.json", "dataset_dict.json")
@@ -220,7 +223,11 @@ DEFAULT_SOURCES = ("python-docs", "stdlib")
 
 
 def build_default_corpus(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES) -> Path:
-    """Write <domain>/<domain>.jsonl under out_dir for each source (idempotent); returns out_dir."""
+    """Write <domain>/<domain>.jsonl under out_dir for each source (idempotent); returns out_dir.
+
+    The sources are built into the sibling folder ``<out_dir>.partial`` and moved into out_dir only when every one
+    was built: a failed build (a missing Debian package, an interrupt) leaves no half-written out_dir, and the
+    domains an earlier build wrote there stay as they were."""
     out = Path(out_dir)
     for name in sources:
         if name not in SOURCES:
@@ -228,22 +235,44 @@ def build_default_corpus(out_dir: str | Path, sources: tuple[str, ...] | list[st
     domains = [SOURCES[name][0] for name in sources]
     if len(set(domains)) < len(domains):
         raise ValueError(f"corpus sources {list(sources)} name a source twice")
-    for name in sources:
-        domain, docs = SOURCES[name]
-        try:
-            n, nbytes = _write_jsonl(out / domain / f"{domain}.jsonl", docs())
-        except FileNotFoundError as err:  # a package is missing: name every package these sources need
-            packages = " ".join(p for s in sources for p in DEBIAN_PACKAGES[s])
-            raise FileNotFoundError(
-                f"corpus source {name!r}: {err}. Sources {list(sources)} need, as root: "
-                f"apt-get install -y --no-install-recommends {packages}"
-            ) from err
-        log.info("corpus %s: %d %s documents, %.1f MB (%s)", out, n, domain, nbytes / 1e6, name)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for name in sources:
+            domain, docs = SOURCES[name]
+            try:
+                n, nbytes = _write_jsonl(partial / domain / f"{domain}.jsonl", docs())
+            except FileNotFoundError as err:  # a package is missing: name every package these sources need
+                packages = " ".join(p for s in sources for p in DEBIAN_PACKAGES[s])
+                raise FileNotFoundError(
+                    f"corpus source {name!r}: {err}. Sources {list(sources)} need, as root: "
+                    f"apt-get install -y --no-install-recommends {packages}"
+                ) from err
+            log.info("corpus %s: %d %s documents, %.1f MB (%s)", out, n, domain, nbytes / 1e6, name)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _move_domains(partial, out)
     return out
 
 
+def _move_domains(partial: Path, out: Path) -> None:
+    """Move a finished build's domain folders into out (a fresh out: one rename). A domain out already holds is
+    replaced by renames only: its old folder goes into partial (removed last), never left inside the corpus."""
+    if not out.exists():
+        partial.rename(out)
+        return
+    for built in sorted(p for p in partial.iterdir() if p.suffix != ".old"):
+        target = out / built.name
+        if target.exists():
+            target.rename(partial / f"{built.name}.old")
+        built.rename(target)
+    shutil.rmtree(partial)
+
+
 def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
-    """Domain name -> sorted text files. Raises FileNotFoundError naming the directory when there are none."""
+    """Domain name -> sorted text files (binary files named like text skipped, with a warning naming them). Raises
+    FileNotFoundError naming the directory when there are none."""
     root = Path(corpus_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data.corpus_dir={str(root)!r} does not exist or is not a directory")
@@ -256,6 +285,13 @@ def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
         for p in root.rglob("*")
         if p.is_file() and p.suffix in TEXT_SUFFIXES and not any(d in p.parents for d in datasets)
     ]
+    binary = sorted(p for p in files if p.suffix in DOCUMENT_SUFFIXES and is_binary(p))
+    if binary and root not in _warned_binary:  # once per corpus (a run lists its files in its check and its packing)
+        _warned_binary.add(root)
+        names = ", ".join(str(p.relative_to(root)) for p in binary[:5]) + (", ..." if len(binary) > 5 else "")
+        log.warning("data.corpus_dir=%r: skipping %d binary file(s), not text: %s", str(root), len(binary), names)
+        skipped = set(binary)
+        files = [p for p in files if p not in skipped]
     domains: dict[str, list[Path]] = {}
     for path in sorted([*datasets, *files]):
         rel = path.relative_to(root)
@@ -263,11 +299,21 @@ def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
         domain = rel.parts[0] if len(rel.parts) > 1 or path.is_dir() else "default"
         domains.setdefault(domain, []).append(path)
     if not domains:
+        skipped = f" ({len(binary)} binary file(s) skipped)" if binary else ""
         raise FileNotFoundError(
-            f"data.corpus_dir={str(root)!r} holds no text files ({', '.join(TEXT_SUFFIXES)}) or saved datasets; "
-            "point it at a directory of text/JSONL/Parquet files"
+            f"data.corpus_dir={str(root)!r} holds no text files ({', '.join(TEXT_SUFFIXES)}) or saved datasets"
+            f"{skipped}; point it at a directory of text/JSONL/Parquet files"
         )
     return domains
+
+
+_warned_binary: set[Path] = set()
+
+
+def is_binary(path: Path) -> bool:
+    """A file with a NUL byte in its first BINARY_PROBE bytes: not text, whatever its name says."""
+    with path.open("rb") as f:
+        return b"\0" in f.read(BINARY_PROBE)
 
 
 def is_saved_dataset(path: Path) -> bool:

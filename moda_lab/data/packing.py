@@ -5,7 +5,8 @@ reuses stale data):
   <cache_root>/<key>/tokenizer.json
   <cache_root>/<key>/train.bin            all training documents, EOS-separated
   <cache_root>/<key>/val_<domain>.bin     held-out documents of each domain
-  <cache_root>/<key>/meta.json            vocab, token dtype, token and byte counts per split (bytes give bits-per-byte)
+  <cache_root>/<key>/meta.json            vocab, token dtype, token and byte counts per split (bytes give
+                                          bits-per-byte), and each token file's size and CRC (``files``)
 Documents, not windows, are split, so no held-out text leaks into training. The held-out documents are a stable
 coin per document (a CRC of its domain and index in the domain's stream): the same on every machine, and for a
 token budget the held-out documents of a shorter budget are those of a longer one's first documents.
@@ -21,6 +22,12 @@ holds ``progress.json`` (where each domain's stream stands, committed after ever
 files; a build that was killed continues from its last commit, and ``train.bin``, ``val_*.bin`` and meta.json
 appear only when the whole build is done. ``data.max_tokens`` stops each domain's stream at the document that
 brings its training tokens to the budget.
+
+A folder is checked whenever it is opened (``check_packed``): every token file must hold the bytes of the tokens
+meta.json counts, and the CRC of its first and last MiB must be the one recorded at build time (folders packed
+before the CRC was recorded are checked by size). A damaged cache (a truncated ``train.bin``, a missing
+``val_*.bin``) is named in a warning and rebuilt from the corpus, never read; a damaged ``data.packed_dir``,
+which has no corpus to rebuild from, is an error naming the file.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +47,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from ..errors import UsageError
 from .corpus import HubDataset, Position, Source, corpus_files, read_documents, stream_documents
 from .encode import Encoded, encoder
 from .tokenizer import EOS, pretrained_tokenizer, train_tokenizer
@@ -49,6 +58,7 @@ ENCODE_BATCH = 1024  # documents per batch at most: a worker's unit of work and 
 BATCH_BYTES = 1 << 20  # and about this much text at most, so large documents still spread over the workers
 PROGRESS = "progress.json"
 PROGRESS_VERSION = 1
+CRC_BYTES = 1 << 20  # the first and the last MiB of each token file are checksummed: cheap for files of GBs
 # Test hook: called with the progress dict after every commit (a test raises here to interrupt a build).
 _on_commit: Callable[[dict], None] | None = None
 
@@ -125,11 +135,95 @@ def default_num_proc() -> int:
 
 
 def load_packed(root: str | Path) -> PackedData:
-    """A packed folder written by prepare() (meta.json, tokenizer.json, *.bin), e.g. copied to a cluster."""
+    """A packed folder written by prepare() (meta.json, tokenizer.json, *.bin), e.g. copied to a cluster; a damaged
+    one (check_packed) is an error naming the file: there is no corpus here to rebuild it from."""
     root = Path(root)
     if not (root / "meta.json").is_file():
         raise FileNotFoundError(f"data.packed_dir={str(root)!r} holds no meta.json: not a packed data folder")
+    problem = _damage(root)
+    if problem is not None:
+        raise UsageError(
+            f"data.packed_dir={str(root)!r} is damaged: {problem}; it cannot be rebuilt without its corpus: pack "
+            "the corpus again (python -m moda_lab.data corpus=DIR) or copy the folder again"
+        )
     return PackedData(root, json.loads((root / "meta.json").read_text()))
+
+
+def _damage(root: Path) -> str | None:
+    """check_packed of a folder holding meta.json, which may itself be damaged (not a JSON object: a cut write)."""
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"{root / 'meta.json'} is not a JSON object (a cut write?)"
+    return check_packed(root, meta)
+
+
+def _crc_ends(path: Path) -> int:
+    """CRC-32 of a file's first and last CRC_BYTES (all of it when smaller than twice that)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        crc = zlib.crc32(f.read(CRC_BYTES))
+        if size > CRC_BYTES:
+            f.seek(max(CRC_BYTES, size - CRC_BYTES))
+            crc = zlib.crc32(f.read(), crc)
+    return crc
+
+
+def _token_files(meta: dict) -> dict[str, int]:
+    """The token files of a packed folder and the bytes each holds, from meta.json's token counts."""
+    itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
+    sizes = {"train.bin": itemsize * meta["train"]["tokens"]}
+    return sizes | {f"val_{d}.bin": itemsize * st["tokens"] for d, st in meta["val"].items()}
+
+
+def _file_records(root: Path, meta: dict) -> dict[str, dict]:
+    """What meta.json records of each token file at build time: its bytes and the CRC of its ends."""
+    return {name: {"bytes": size, "crc32": _crc_ends(root / name)} for name, size in _token_files(meta).items()}
+
+
+def check_packed(root: Path, meta: dict) -> str | None:
+    """What is wrong with a complete packed folder, naming the file (None when it is intact): a token file missing,
+    not the size of the tokens meta.json counts, or not the CRC recorded at build time (older folders: size only)."""
+    try:
+        sizes = _token_files(meta)
+        int(meta["vocab_size"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return f"{root / 'meta.json'} lacks the vocabulary size or token counts of a packed folder"
+    recorded = meta.get("files", {})
+    for name in ["tokenizer.json", *sizes]:
+        if not (root / name).is_file():
+            return f"{root / name} is missing"
+    for name, size in sizes.items():
+        path = root / name
+        have = path.stat().st_size
+        if have != size:
+            return f"{path} holds {have:,} bytes, not the {size:,} of the tokens meta.json counts (truncated?)"
+        crc = recorded.get(name, {}).get("crc32")
+        if crc is not None and _crc_ends(path) != crc:
+            return f"{path} does not match the CRC meta.json recorded when it was packed (overwritten or corrupted?)"
+    return None
+
+
+def check_windows(meta: dict, seq_len: int, source: str, batch_windows: int = 1) -> None:
+    """Raise UsageError naming data.seq_len and the sizes unless the training tokens hold batch_windows windows
+    of seq_len + 1 tokens (inputs and shifted targets) and every domain's held-out tokens hold one."""
+    splits = {"training": meta["train"]["tokens"], **{f"{d!r} validation": s["tokens"] for d, s in meta["val"].items()}}
+    name, tokens = min(splits.items(), key=lambda item: item[1])
+    if tokens < seq_len + 1:
+        fits = f"data.seq_len <= {tokens - 1}, or " if tokens > 1 else ""
+        raise UsageError(
+            f"data.seq_len={seq_len} is out of range: {source} holds {tokens:,} {name} tokens, fewer than one window "
+            f"of data.seq_len + 1 = {seq_len + 1:,}; allowed: {fits}a larger corpus"
+        )
+    windows = (meta["train"]["tokens"] - 1) // seq_len
+    if windows < batch_windows:
+        raise UsageError(
+            f"{source} holds {windows:,} training windows of data.seq_len={seq_len}, fewer than the {batch_windows:,} "
+            "of one optimizer step (trainer.batch_size x trainer.accumulate); allowed: a smaller data.seq_len, "
+            "trainer.batch_size or trainer.accumulate, or a larger corpus"
+        )
 
 
 def _is_val(domain: str, index: int, val_fraction: float) -> bool:
@@ -180,10 +274,35 @@ def prepare(
     key = _fingerprint(files, vocab_size, val_fraction, tok.to_str() if tok else None, max_tokens)
     root = Path(cache_root) / key
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        if not (root / "meta.json").is_file():
-            _build(files, root, vocab_size, val_fraction, tok, max_tokens, num_proc or default_num_proc(), extra)
+    try:
+        with FileLock(str(root / ".lock")):
+            if (root / "meta.json").is_file():
+                _discard_if_damaged(root)
+            if not (root / "meta.json").is_file():
+                _build(files, root, vocab_size, val_fraction, tok, max_tokens, num_proc or default_num_proc(), extra)
+    except (ValueError, FileNotFoundError):
+        # The corpus cannot be packed as it is (a bad JSONL line, a one-document domain): keep no half-built
+        # folder. An interrupt or a crash keeps it, to resume.
+        _remove_unfinished(root)
+        raise
     return PackedData(root, json.loads((root / "meta.json").read_text()))
+
+
+def _remove_unfinished(root: Path) -> None:
+    """Remove a cache folder whose build failed on its input (never a complete one, one holding meta.json)."""
+    if not (root / "meta.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _discard_if_damaged(root: Path) -> None:
+    """A complete cache that fails check_packed is named in a warning and marked incomplete (meta.json and any
+    progress removed), so the build starts over from the corpus: damaged tokens are never read."""
+    problem = _damage(root)
+    if problem is None:
+        return
+    log.warning("damaged packed data cache %s: %s; rebuilding it from the corpus", root, problem)
+    (root / "meta.json").unlink()
+    (root / PROGRESS).unlink(missing_ok=True)
 
 
 def iter_split(domain: str, paths: list[Source], val_fraction: float) -> Iterator[tuple[str, bool]]:
@@ -444,6 +563,7 @@ def _build(
     }
     for name in _file_sizes(progress):
         (root / f"{name}.partial").replace(root / name)
+    meta["files"] = _file_records(root, meta)  # what check_packed compares whenever the folder is opened
     # Written last and atomically: meta.json marks a complete cache.
     tmp = root / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))

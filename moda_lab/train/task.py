@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ from filelock import FileLock
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData, build_default_corpus, corpus_files, prepare
-from ..data.packing import load_packed
+from ..data.packing import check_windows, load_packed
 from ..errors import UsageError
 from ..rundir import RunDir, RunLock, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
@@ -40,7 +39,10 @@ def check_data(run: RunConfig) -> None:
                 f"data.packed_dir={d.packed_dir!r} is not a packed data folder (no meta.json); "
                 "allowed: a folder written by `python -m moda_lab.data`, or null"
             )
-        vocab = json.loads(meta.read_text()).get("vocab_size", 0)
+        try:  # a damaged folder (a cut meta.json, a truncated token file) is refused before a run dir is made
+            vocab = load_packed(d.packed_dir).vocab_size
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if vocab > run.model.vocab_size:
             raise ConfigError(
                 f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "
@@ -95,7 +97,10 @@ def load_data(run: RunConfig) -> PackedData:
     check_data(run)
     d = run.data
     if d.packed_dir:
-        data = load_packed(d.packed_dir)
+        try:
+            data = load_packed(d.packed_dir)
+        except ValueError as err:  # a damaged folder (a truncated or missing token file): nothing to rebuild it from
+            raise ConfigError(str(err)) from None
     else:
         corpus = d.hf if d.hf.path is not None else Path(d.corpus_dir)
         if isinstance(corpus, Path) and not corpus.is_dir():
@@ -111,6 +116,15 @@ def load_data(run: RunConfig) -> PackedData:
         raise ConfigError(
             f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
         )
+    source = (
+        f"data.packed_dir={d.packed_dir!r}" if d.packed_dir
+        else str(d.hf) if d.hf.path is not None
+        else f"data.corpus_dir={d.corpus_dir!r}"
+    )
+    try:  # a corpus shorter than one window fails here, in one line, not in the data loader
+        check_windows(data.meta, d.seq_len, source, run.trainer.batch_size * run.trainer.accumulate)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return data
 
 

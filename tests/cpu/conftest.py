@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
 
@@ -35,3 +37,13 @@ def lm(tiny_run):
     from moda_lab.eval.lm import ModaLM
 
     return ModaLM(checkpoint=tiny_run["ckpt"], batch_size=3, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Tests that draw a figure to inspect it (plot_* return it open, as pyplot does) close it afterwards: pyplot
+    keeps every figure until it is closed, and warns past 20."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")

@@ -84,12 +84,13 @@ def test_run_root_with_several_sweeps_and_empty_dirs(sweep: Path, tmp_path: Path
     records = load_sweep_dir(sweep.parent)  # <run_root>/ holding <experiment>/ dirs
     assert len(records) == fx.FIXTURE_RUNS and all(r.run.startswith("fixture/") for r in records)
     from moda_lab.analysis import run_analysis
+    from moda_lab.errors import UsageError
 
     empty = tmp_path / "nothing_here"
     empty.mkdir()
-    result = run_analysis(empty, tmp_path / "out")
-    assert [i.kind for i in result.issues] == ["no_runs"]
-    assert "[no_runs]" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(UsageError, match=r"^sweep_dir='[^']*nothing_here': no runs found"):
+        run_analysis(empty, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_tidy_table_columns_and_values(sweep: Path):

@@ -10,6 +10,8 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from moda_lab.errors import UsageError
+
 matplotlib.use("Agg")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
@@ -231,11 +233,14 @@ def test_cli_writes_everything_and_reports_issues(result, tmp_path: Path, capsys
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    assert main(["sweep_dir"]) == 2
-    assert main(["colour=blue"]) == 2
-    assert "key=value" in capsys.readouterr().err
+    for argv in (["sweep_dir"], ["colour=blue"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"moda_lab.analysis: bad argument {argv[0]!r}; expected key=value")
     assert parse_args(["sweep_dir=a", "wandb=e/p"]) == {"sweep_dir": "a", "wandb": "e/p"}
-    with pytest.raises(ValueError, match="text="):
+    with pytest.raises(UsageError, match="text="):
         parse_args(["ckpt=x.ckpt"])
 
 

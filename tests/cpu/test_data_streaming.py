@@ -244,17 +244,18 @@ def test_training_run_streams_a_hub_dataset(hub_dir, tok_path, tmp_path):
 
 def test_data_cli_packs_a_hub_dataset(hub_dir, tok_path, tmp_path, capsys):
     from moda_lab.data.__main__ import main
+    from moda_lab.errors import UsageError
 
     cache = tmp_path / "cache"
     main([f"hf.path={hub_dir}", f"tokenizer={tok_path}", "vocab_size=512", f"cache_dir={cache}", "max_tokens=2e3"])
     out = capsys.readouterr().out
     assert "webtext: train" in out and "packed data:" in out
-    with pytest.raises(SystemExit, match=r"^max_tokens=0.5 is out of range"):
+    with pytest.raises(UsageError, match=r"^max_tokens=0.5 is out of range"):
         main([f"hf.path={hub_dir}", "max_tokens=0.5"])
     # What prepare() refuses (a missing tokenizer, a column that is not there) ends the CLI in one line, in its names.
-    with pytest.raises(SystemExit, match=r"^tokenizer='[^']*absent.json': no tokenizer.json there$"):
+    with pytest.raises(UsageError, match=r"^tokenizer='[^']*absent.json': no tokenizer.json there$"):
         main([f"hf.path={hub_dir}", f"tokenizer={tmp_path / 'absent.json'}", f"cache_dir={cache}"])
-    with pytest.raises(SystemExit, match=r"^hf.text_field='content' is not a column"):
+    with pytest.raises(UsageError, match=r"^hf.text_field='content' is not a column"):
         main([f"hf.path={hub_dir}", "hf.text_field=content", f"tokenizer={tok_path}", "vocab_size=512",
               f"cache_dir={cache}", "max_tokens=2e3"])
 
@@ -308,7 +309,8 @@ def test_cache_keys_and_meta_of_earlier_builds_are_unchanged(tiny_corpus, tmp_pa
             h.update(f"{domain}|{p.name}|{p.stat().st_size}".encode())
     packed = prepare(tiny_corpus, tmp_path / "cache", 512, 0.2)
     assert packed.root.name == h.hexdigest()[:16]
-    assert list(packed.meta) == ["vocab_size", "eos_id", "dtype", "train", "val", "train_domains"]
+    # The same keys, then each token file's size and CRC (recorded since damaged caches are detected).
+    assert list(packed.meta) == ["vocab_size", "eos_id", "dtype", "train", "val", "train_domains", "files"]
     assert sorted(p.name for p in packed.root.iterdir()) == [
         ".lock",
         "meta.json",
