@@ -192,7 +192,9 @@ def test_verdict_words_and_untested_arms(sweep: Path, tmp_path: Path, capsys):
     with pytest.raises(ValueError, match="variant 'dense' is not allowed"):
         UntestedArm.parse("post/dense")
     # The command: bad arm -> exit 2 naming it, nothing written; a good one reaches the report.
-    assert main([f"sweep_dir={sweep}", f"out={tmp_path / 'bad'}", "untested=post/dense"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main([f"sweep_dir={sweep}", f"out={tmp_path / 'bad'}", "untested=post/dense"])
+    assert exit_.value.code == 2
     assert "untested='post/dense': variant 'dense'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([f"sweep_dir={sweep}", f"out={tmp_path / 'ok'}", "untested=post/moda +ffn_kv"]) == 0
     assert "| marked untested (post/moda +ffn_kv) |" in (tmp_path / "ok" / "report.md").read_text()
