@@ -477,11 +477,16 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
         ax.text(0.5, 0.5, "no lr sweep in these runs", ha="center", va="center", transform=ax.transAxes)
         return fig
     colors = variant_colors(points)
+    labels = sorted(points["sweep_label"].unique())
+    if points["variant"].nunique() == 1 and len(labels) > 1:  # one variant: the configs take the colours
+        palette = plt.get_cmap("tab10").colors
+        colors = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
     multi_shape = points.groupby(["layers", "width"]).ngroups > 1
     several = points["lr_group"].nunique() > 1  # name what sets each sweep apart only when there is more than one
     shapes = {lab: LABEL_MARKERS[i % len(LABEL_MARKERS)] for i, lab in enumerate(sorted(points["sweep_label"].unique()))}
     for (variant, norm, layers, width, _), line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
-        color, label = colors[variant], line["sweep_label"].iloc[0]
+        label = line["sweep_label"].iloc[0]
+        color = colors[label] if label in colors else colors[variant]
         parts = [variant, norm, *([f"L={layers}, D={width}"] if multi_shape else []), *([label] if label and several else [])]
         ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color,
                 marker=shapes[label], markersize=7, markeredgewidth=1.5, markerfacecolor=color, label=", ".join(parts))

@@ -169,6 +169,8 @@ def cell_labels(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """
     flat = {cid: cell_config(cfg) for cid, cfg in configs.items()}
     keys = sorted({k for c in flat.values() for k in c} - _SHOWN_KEYS)
+    # A key added later reads as its earlier value where a config lacks it (cell_config leaves it out there).
+    flat = {cid: {**{k: LATER_DEFAULTS[k] for k in keys if k in LATER_DEFAULTS}, **c} for cid, c in flat.items()}
     differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in flat.values()}) > 1]
     last = [k.rsplit(".", 1)[-1] for k in differing]
     labels = {}
