@@ -66,7 +66,7 @@ def run_checkpoint(run_dir: str | Path) -> tuple[Path, int]:
     ckpt, step = found
     last = rundir.ckpt_dir / "last.ckpt"
     if ckpt != last:
-        last_step, why = checkpointing._readable(last) if last.is_file() else (None, "missing")
+        last_step, why = checkpointing.checkpoint_step(last) if last.is_file() else (None, "missing")
         why = why if last_step is None else f"step {last_step}, older"
         log.warning("using %s (step %d), the newest intact checkpoint: %s is passed over (%s)", ckpt, step, last, why)
     return ckpt, step
