@@ -48,9 +48,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.stderr.write(f"interrupted: {err or 'stopped before training'}\n")
         raise SystemExit(130) from None
     if cfg.eval.after_fit:
+        from moda_lab.errors import exit_on_usage_error
         from moda_lab.eval.hook import evaluate_run
 
-        evaluate_run(run_dir, resolved["eval"])
+        with exit_on_usage_error("eval error"):  # the trained run stays: a relaunch only evaluates
+            evaluate_run(run_dir, resolved["eval"])
     return metrics.get("val/loss")
 
 
