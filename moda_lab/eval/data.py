@@ -3,7 +3,8 @@
 Writes ``OUT/<task>.jsonl`` for the paper's ten tasks from the Hugging Face hub (``datasets.load_dataset``), in
 the layout moda_lab.eval.tasks reads (that of ../shared/data/eval): one JSON object per line, the hub row's
 fields and values unchanged, except BoolQ's ``answer`` (bool) -> ``label`` (int). The datasets are those lm-eval
-0.4.13's own tasks read, all plain data files (no loading script), at the splits lm-eval scores.
+0.4.13's own tasks read (BoolQ: Google's release rather than SuperGLUE's copy), all plain data files (no loading
+script), at the splits lm-eval scores.
 
 Every split is downloaded, converted and counted against its official size before anything is written; a count
 that differs, a row without a field its task reads, or a hub that cannot be reached prints one line and exits 2
