@@ -4,10 +4,10 @@ Per command (one test each, named <file>:<line>): Hydra entry points (run.py, mo
 line parsed by Hydra's override parser (after moda_lab.eval's own checkpoint quoting), every job of a -m sweep
 composed and validated as the entry point does (run_config_from_dict / eval_config_from_dict); lm-eval's CLI is
 parsed by lm-eval's parser with the moda model, its arguments and the task files checked; moda_lab.data,
-moda_lab.analysis and experiment scripts by their own parsers; bash scripts by ``bash -n``. Paths a command
-reads must exist, or be what another documented command writes (run dirs computed from the documented run.py
-commands by Hydra, as run.py names them, the default corpus, output dirs). A program without a checker
-fails, and so does a command in an indented code block (it would escape this test).
+moda_lab.eval.data, moda_lab.analysis and experiment scripts by their own parsers; bash scripts by ``bash -n``.
+Paths a command reads must exist, or be what another documented command writes (run dirs computed from the
+documented run.py commands by Hydra, as run.py names them, the default corpus, output dirs). A program without a
+checker fails, and so does a command in an indented code block (it would escape this test).
 """
 
 from __future__ import annotations
@@ -212,6 +212,12 @@ def check_data(args: list[str], outputs: Outputs) -> None:
     parse_args(args)
 
 
+def check_eval_data(args: list[str], outputs: Outputs) -> None:
+    from moda_lab.eval.data import build_parser, parse_tasks
+
+    parse_tasks(build_parser().parse_args(args).tasks)
+
+
 def check_export(args: list[str], outputs: Outputs) -> None:
     from moda_lab.checkpoint.export import build_parser
 
@@ -278,6 +284,7 @@ MODULES = {
     "moda_lab.eval.cli": check_lm_eval_cli,
     "moda_lab.analysis": check_analysis,
     "moda_lab.data": check_data,
+    "moda_lab.eval.data": check_eval_data,
     "moda_lab.checkpoint.export": check_export,
     "pip": check_pip,
     "venv": check_venv,
@@ -329,6 +336,10 @@ def documented_outputs() -> Outputs:
 
             parsed = parse_args(args[2:])
             out.paths |= {Path(parsed["out"]), Path(parsed["cache_dir"])}
+        elif args[:2] == ["-m", "moda_lab.eval.data"]:
+            from moda_lab.eval.data import build_parser
+
+            out.paths.add(Path(build_parser().parse_args(args[2:]).out))
         elif args[:2] == ["-m", "moda_lab.analysis"]:
             from moda_lab.analysis.__main__ import parse_args
 
