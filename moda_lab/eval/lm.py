@@ -24,7 +24,7 @@ from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
 from ..model import GPT
 from ..model.attention import KVCache
-from .evaluate import PRECISIONS
+from .precision import PRECISIONS
 
 try:
     # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;
