@@ -175,3 +175,12 @@ def test_the_check_finds_a_cycle_and_leaves_out_function_and_type_checking_impor
     (tmp_path / "pkg/sub/c.py").write_text("def g():\n    from ..a import A\n")
     assert find_cycles(import_graph(modules)) == []
     assert find_cycles(import_graph(modules, lazy=True)) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]
+
+
+def test_attention_stats_reads_the_run_data_and_writes_figures_through_lower_modules():
+    """eval/attention_stats.py reads a run's data through moda_lab.rundata and writes its figure through
+    moda_lab.figures, not through the training entry (train.task) or the sweep figures (analysis.plots)."""
+    graph = import_graph(module_files(ROOT, PACKAGES), lazy=True)
+    imported = graph["moda_lab.eval.attention_stats"]
+    assert {"moda_lab.rundata", "moda_lab.figures"} <= imported
+    assert not imported & {"moda_lab.train.task", "moda_lab.analysis.plots"}
