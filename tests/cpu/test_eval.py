@@ -359,6 +359,7 @@ def test_lm_eval_cli_wrapper(tiny_run):
     assert 0.0 <= acc <= 1.0 and "moda_winogrande" in out.stdout
 
 
+@pytest.mark.slow  # four run.py launches
 def test_after_fit_hook_through_run_py(tiny_run):
     cmd = [
         sys.executable,
