@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+# One intra-op thread (before torch is imported; subprocesses inherit it): the tests' tensors are tiny, a second
+# thread adds nothing, and on a shared 2-core machine each op waiting for a descheduled one made a 1 s test take
+# 20-50 s. Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import torch  # noqa: E402 - importing torch does not import triton
 
 # Before anything imports triton: without a GPU, kernels run on CPU through the interpreter (fp32 only there).

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatt
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
 from moda_lab.analysis.tidy import curves, final_eval_only, registry_order, seed_aggregate, sort_cells
+from moda_lab.figures import save_figure as save_figure  # re-exported: plots.save_figure writes the sweep figures
 
 X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs (tokens x FLOPs/token)"}
 METRIC_LABELS = {"val/loss": "validation loss", "train/loss": "training loss"}
@@ -51,21 +51,6 @@ NORM_HATCHES = {"pre": "", "post": "//", "reordered": ".."}
 LABEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LEGEND_INSIDE_MAX_CHARS = 40  # longer legend names go under the panel
 SUPTITLE_CHARS_PER_INCH = 11.5  # a 12 pt figure title longer than this per inch of figure width is cut off
-
-
-def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` and close the figure (also when writing fails)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    try:
-        for path in paths:
-            # Layouts are tight already (bbox_inches="tight" would draw twice); no creation date in the PDF, so
-            # regenerating an unchanged figure leaves its committed file unchanged.
-            fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    finally:  # closed even when saving fails: pyplot keeps every figure it made until it is closed
-        plt.close(fig)
-    return paths
 
 
 def variant_colors(frame: pd.DataFrame) -> dict[str, str]:

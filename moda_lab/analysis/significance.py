@@ -114,10 +114,18 @@ def pairs_to_resolve(mean: float, std: float, level: float = LEVEL, cap: int = P
     (the next seeds move both). None when the mean is 0 or unknown, the std unknown, or n would exceed ``cap``."""
     if any(v is None or math.isnan(v) for v in (mean, std)) or mean == 0:
         return None
-    for n in range(2, cap + 1):
-        if t_quantile(level, n - 1) * std / math.sqrt(n) < abs(mean):
-            return n
-    return None
+
+    def resolved(n: int) -> bool:
+        return t_quantile(level, n - 1) * std / math.sqrt(n) < abs(mean)
+
+    if cap < 2 or not resolved(cap):
+        return None
+    # The half-width falls as n grows (t_{n-1} falls, sqrt(n) rises): bisect for the first n that resolves.
+    lo, hi = 2, cap
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if resolved(mid) else (mid + 1, hi)
+    return lo
 
 
 @dataclass

@@ -47,8 +47,8 @@ def attention_stats(model, windows_by_domain: dict[str, list[np.ndarray]]) -> pd
 def validation_windows(run_dir: str | Path, n: int) -> dict[str, list[np.ndarray]]:
     """The first ``n`` validation windows (data.seq_len tokens, the inputs of training's validation batches) of
     each domain of the run's data (its config.yaml)."""
+    from moda_lab.rundata import load_data  # the run's own data path: packed folder, corpus or dataset
     from moda_lab.train.datamodule import TokenWindows
-    from moda_lab.train.task import load_data  # the run's own data path: packed folder, corpus or dataset
 
     run = run_config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
     data = load_data(run)
@@ -63,7 +63,7 @@ def write_run_attention(run_dir: str | Path, windows: int, device: str = "auto")
     """attention.csv and attention.png of the run's last checkpoint, unless they exist for its final step with
     this many windows. Returns the csv (None when the run has no checkpoint)."""
     from moda_lab.analysis.attention import plot_attention_summary
-    from moda_lab.analysis.plots import save_figure
+    from moda_lab.figures import save_figure
 
     rundir = RunDir(run_dir)
     ckpt = rundir.last_ckpt

@@ -24,6 +24,7 @@ from ..checkpoint import resolve_checkpoint
 from ..config import ConfigError, WandbConfig, from_dict
 from ..errors import UsageError
 from ..rundir import RunDir
+from .precision import PRECISIONS
 from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ class EvalConfigError(UsageError):
 
 
 PPL_SPLITS = ("heldout", "all")
-PRECISIONS = ("auto", "fp32", "bf16")  # eval.precision, the scoring forward's autocast (see lm.resolve_precision)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ..data.tokenizer import EOS
 from ..errors import UsageError
 from ..model import GPT
 from ..model.attention import KVCache
-from .evaluate import PRECISIONS
+from .precision import PRECISIONS
 
 try:
     # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;

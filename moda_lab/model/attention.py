@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from moda_kernels.moda.naive import naive_moda_attn, naive_moda_probs
 
-from .config import ModelConfig
 from .depth import DepthStream
 from .layers import RMSNorm, Rotary
+
+if TYPE_CHECKING:  # annotations only: config.py reads the mixer registry, which builds on this module
+    from .config import ModelConfig
 
 
 @dataclass

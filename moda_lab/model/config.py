@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .mixers import DEPTH_MIXERS
 from .norms import NORM_PLACEMENTS
 
 BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
@@ -19,13 +20,6 @@ BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 # "per_parameter", each weight from its own generator keyed by the seed and the weight's name, so two variants of
 # one seed start from the same values in every weight they share (paired comparisons: common random numbers).
 INIT_RNGS = ("sequential", "per_parameter")
-
-
-def _mixer_names() -> list[str]:
-    """The registered depth mixers, in registry order."""
-    from .mixers import DEPTH_MIXERS  # here, not at the top: mixers.py builds on this module
-
-    return list(DEPTH_MIXERS)
 
 
 def _check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
@@ -47,7 +41,7 @@ class MixerConfig:
     attn_kv: bool = False  # MoDA: an extra K/V projection of each attention input is written
 
     def __post_init__(self) -> None:
-        _check_choice("model.mixer.name", self.name, _mixer_names())
+        _check_choice("model.mixer.name", self.name, DEPTH_MIXERS)
         switches = {"depth_kv": self.depth_kv, "ffn_kv": self.ffn_kv, "attn_kv": self.attn_kv}
         if self.name == "moda" and not any(switches.values()):
             raise ValueError(

@@ -16,6 +16,7 @@ stream (read identity, write add), so a mixer only overrides what it changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,8 +24,10 @@ from torch import nn
 from moda_kernels.moda.naive import naive_moda_attn
 
 from .attention import ForwardCtx, KVProjection
-from .config import ModelConfig
 from .layers import RMSNorm
+
+if TYPE_CHECKING:  # annotations only: config.py reads DEPTH_MIXERS, so this module comes first
+    from .config import ModelConfig
 
 
 @dataclass(frozen=True)

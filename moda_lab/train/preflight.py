@@ -69,7 +69,8 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
     """Validate one composed job config (with its hydra section); raise ConfigError. Data settings already in
     data_checked (jobs of one sweep mostly share them) are not walked again."""
     from ..eval import eval_config_from_dict
-    from .task import check_accelerator, check_data
+    from ..rundata import check_data
+    from .task import check_accelerator
 
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task_cfg, resolve=True)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from filelock import FileLock
 
 from ..config import ConfigError, RunConfig, run_config_from_dict
-from ..data import PackedData, build_default_corpus, corpus_files, prepare
-from ..data.packing import check_windows, load_packed
+from ..data import PackedData
 from ..errors import UsageError
+from ..rundata import load_data
 from ..rundir import RunDir, RunLock, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
 from .console import StepProgressBar, quiet_console
@@ -29,46 +27,6 @@ from .module import LMModule
 log = logging.getLogger(__name__)
 
 
-def check_data(run: RunConfig) -> None:
-    """Fail on missing data paths (naming the key and path) before anything is written or built."""
-    d = run.data
-    if d.packed_dir:
-        meta = Path(d.packed_dir) / "meta.json"
-        if not meta.is_file():
-            raise ConfigError(
-                f"data.packed_dir={d.packed_dir!r} is not a packed data folder (no meta.json); "
-                "allowed: a folder written by `python -m moda_lab.data`, or null"
-            )
-        try:  # a damaged folder (a cut meta.json, a truncated token file) is refused before a run dir is made
-            vocab = load_packed(d.packed_dir).vocab_size
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        if vocab > run.model.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "
-                f"data.packed_dir={d.packed_dir!r}"
-            )
-        return
-    if d.hf.path is not None:  # a streamed dataset: load_dataset reports a bad name or split when it is read
-        return
-    if Path(d.corpus_dir).is_dir():
-        try:
-            corpus_files(d.corpus_dir)
-        except FileNotFoundError as err:  # a directory without text files
-            raise ConfigError(str(err)) from None
-        return
-    if not d.uses_default_corpus:
-        raise ConfigError(
-            f"data.corpus_dir={d.corpus_dir!r} does not exist; allowed: an existing directory of text/JSONL files "
-            f"(the embedded default corpus is built only into data.default_corpus_dir={d.default_corpus_dir!r})"
-        )
-    if not d.build_default:
-        raise ConfigError(
-            f"data.corpus_dir={d.corpus_dir!r} does not exist (data.build_default=false); "
-            "allowed: an existing directory of text/JSONL files, or data.build_default=true"
-        )
-
-
 def check_accelerator(accelerator: str) -> None:
     """trainer.accelerator=gpu|cuda (trainer=gpu and trainer=ddp set it) needs a visible CUDA GPU: without one,
     fail before any work instead of training on the CPU at a fraction of the speed."""
@@ -77,55 +35,6 @@ def check_accelerator(accelerator: str) -> None:
             f"trainer.accelerator={accelerator!r} needs a CUDA GPU and this machine shows none "
             "(torch.cuda.is_available() is False); allowed here: trainer=cpu or trainer.accelerator=cpu"
         )
-
-
-def _build_default_corpus(corpus: Path, sources: tuple[str, ...]) -> None:
-    """Build into a sibling temp dir and rename it into place, under a lock: a build killed midway leaves no
-    partial corpus that later runs would take for the whole one, and concurrent jobs build it once."""
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(corpus) + ".lock"):
-        if corpus.is_dir():  # another job built it while this one waited
-            return
-        log.info("building the default corpus into %s", corpus)
-        partial = corpus.with_name(corpus.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        build_default_corpus(partial, sources)
-        partial.rename(corpus)
-
-
-def load_data(run: RunConfig) -> PackedData:
-    check_data(run)
-    d = run.data
-    if d.packed_dir:
-        try:
-            data = load_packed(d.packed_dir)
-        except ValueError as err:  # a damaged folder (a truncated or missing token file): nothing to rebuild it from
-            raise ConfigError(str(err)) from None
-    else:
-        corpus = d.hf if d.hf.path is not None else Path(d.corpus_dir)
-        if isinstance(corpus, Path) and not corpus.is_dir():
-            _build_default_corpus(corpus, d.sources)
-        try:
-            packing = {"max_tokens": d.max_tokens, "num_proc": d.num_proc}
-            data = prepare(corpus, d.cache_dir, d.vocab_size, d.val_fraction, d.tokenizer, **packing)
-        except (ValueError, FileNotFoundError) as err:  # the files' content: a bad JSONL line, a one-document domain
-            if isinstance(corpus, Path):
-                raise ConfigError(f"data.corpus_dir={d.corpus_dir!r}: {err}") from err
-            raise ConfigError(str(err) if str(err).startswith("data.hf") else f"{corpus}: {err}") from err
-    if data.vocab_size > run.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {data.vocab_size} tokens"
-        )
-    source = (
-        f"data.packed_dir={d.packed_dir!r}" if d.packed_dir
-        else str(d.hf) if d.hf.path is not None
-        else f"data.corpus_dir={d.corpus_dir!r}"
-    )
-    try:  # a corpus shorter than one window fails here, in one line, not in the data loader
-        check_windows(data.meta, d.seq_len, source, run.trainer.batch_size * run.trainer.accumulate)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return data
 
 
 class _StepMetric(L.Callback):

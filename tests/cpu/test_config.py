@@ -157,7 +157,7 @@ def test_missing_corpus_without_default_build_is_clear(tmp_path):
 
 
 def test_mistyped_corpus_dir_is_an_error_not_a_new_default_corpus(tmp_path):
-    from moda_lab.train.task import check_data, load_data
+    from moda_lab.rundata import check_data, load_data
 
     cfg = compose_cfg([f"data.corpus_dir={tmp_path / 'corpsu'}", f"data.default_corpus_dir={tmp_path / 'corpus'}"])
     with pytest.raises(ConfigError, match=r"data.corpus_dir='.*corpsu' does not exist; allowed: an existing dir"):

@@ -206,7 +206,7 @@ def test_bad_data_config_names_the_key(overrides, message):
 
 
 def test_hub_config_reaches_the_data(hub_dir, tmp_path):
-    from moda_lab.train.task import check_data, load_data
+    from moda_lab.rundata import check_data, load_data
 
     run = run_config_from_dict(compose_cfg([f"data.hf.path={hub_dir}", "data.max_tokens=2e3", "data.hf.name=x"]))
     assert run.data.max_tokens == 2000 and isinstance(run.data.max_tokens, int)

@@ -254,11 +254,23 @@ def check_venv(args: list[str], outputs: Outputs) -> None:
 
 
 def check_pytest(args: list[str], outputs: Outputs) -> None:
-    for arg in args:
-        if arg.startswith("-"):
+    rest = iter(args)
+    for arg in rest:
+        if arg in ("-m", "-k"):
+            expr = next(rest, "")
+            names = set(re.findall(r"[A-Za-z_]\w*", expr)) - {"and", "or", "not"}
+            assert expr and (arg == "-k" or names <= pytest_markers()), f"pytest {arg} {expr!r}: not a registered marker"
+        elif arg.startswith("-"):
             assert arg.split("=")[0] in pytest_options(), f"pytest has no option {arg}"
         else:
             assert (ROOT / arg.split("::")[0]).exists(), f"pytest path {arg} does not exist"
+
+
+def pytest_markers() -> set[str]:
+    import tomllib
+
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    return {m.split(":")[0].split("(")[0] for m in ini["markers"]}
 
 
 @functools.cache
@@ -369,6 +381,12 @@ def test_no_command_outside_fenced_blocks(doc: Path):
     text = FENCE.sub("", doc.read_text(encoding="utf-8"))
     hidden = [line for line in text.splitlines() if re.match(r"( {4}|\t)\s*(\.venv/bin/)?python3? ", line)]
     assert not hidden, f"{doc.name}: commands outside fenced shell blocks: {hidden}"
+
+
+def test_pytest_marker_expressions_name_registered_markers():
+    check_pytest(["-q", "-m", "not slow"], Outputs())
+    with pytest.raises(AssertionError, match="not a registered marker"):
+        check_pytest(["-q", "-m", "not sloww"], Outputs())
 
 
 def test_the_readme_eval_command_needed_quoting():

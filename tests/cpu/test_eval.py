@@ -364,6 +364,7 @@ def test_lm_eval_cli_wrapper(tiny_run):
     assert 0.0 <= acc <= 1.0 and "moda_winogrande" in out.stdout
 
 
+@pytest.mark.slow  # four run.py launches
 def test_after_fit_hook_through_run_py(tiny_run):
     cmd = [
         sys.executable,
@@ -419,7 +420,7 @@ def test_attention_statistics_are_the_models_maps_on_its_validation_windows(tiny
     from moda_lab.config import run_config_from_dict
     from moda_lab.eval.attention_stats import validation_windows, write_run_attention
     from moda_lab.train.datamodule import TokenWindows
-    from moda_lab.train.task import load_data
+    from moda_lab.rundata import load_data
 
     run = _copy_run(tiny_run, "attention")
     csv = write_run_attention(run, 2, "cpu")

@@ -25,6 +25,9 @@ transformers = pytest.importorskip("transformers")
 # Every registered mixer, MoDA with each depth K/V source alone and with all of them.
 MIXERS = {**PER_MIXER, "moda_depth_kv": VARIANTS["moda_depth_kv"], **MODA_SINGLE_SOURCES}
 CASES = [(m, n) for m in MIXERS for n in NORM_PLACEMENTS]
+# The fast tier exports each variant under one norm placement, taking the placements in turn (so each is exported
+# too); the full suite (slow marks included) exports every pair.
+FAST_CASES = {(m, list(NORM_PLACEMENTS)[i % len(NORM_PLACEMENTS)]) for i, m in enumerate(MIXERS)}
 TEXT = [
     "The water is next to the stone. Question: How do you dry paper? Answer: in the sun.",
     "def f(x):\n    return x",
@@ -89,7 +92,11 @@ def _prompts(model: GPT, eos: int) -> torch.Tensor:
     raise AssertionError("every sampled prompt generates EOS or repeats one token")
 
 
-@pytest.mark.parametrize(("mixer", "norm"), CASES, ids=[f"L3-D32-H4-G2-{m}-{n}" for m, n in CASES])
+@pytest.mark.parametrize(
+    ("mixer", "norm"),
+    [pytest.param(m, n, marks=() if (m, n) in FAST_CASES else pytest.mark.slow) for m, n in CASES],
+    ids=[f"L3-D32-H4-G2-{m}-{n}" for m, n in CASES],
+)
 def test_logits_and_greedy_generation_match_the_workbench(tmp_path, tokenizer, mixer, norm):
     model, ckpt = _checkpoint(tmp_path, tokenizer, mixer, norm)
     hf = _load_hf(export(ckpt, tmp_path / "hf"))

@@ -105,7 +105,7 @@ def _toy_depth_net(layers, stream_of, x0, ws):
     return x.pow(2).sum()
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_depth_stream_gradients_match_stacking(compiled):
     """The preallocated stream (in-place writes, gradients added in place by each reader's backward, order
     carried by tokens) gives stacking's loss and gradients, eagerly and under torch.compile (one graph)."""

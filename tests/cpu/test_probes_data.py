@@ -110,7 +110,7 @@ def test_damaged_packed_dir_is_one_line_exit_2_and_no_run_dir(packed, tmp_path):
 
 def test_a_cut_meta_json_in_packed_dir_is_refused_before_a_run_dir(packed, tmp_path):
     from moda_lab.config import run_config_from_dict
-    from moda_lab.train.task import check_data
+    from moda_lab.rundata import check_data
 
     data, _ = packed
     meta = data.root / "meta.json"

@@ -266,6 +266,7 @@ print("driver done", flush=True)
 """
 
 
+@pytest.mark.slow  # the real table6.sh over several calls of a stand-in repo
 def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     """table6.sh on a stand-in repo (the real script, a fake table6.py): the driver survives the end of the call
     that started it (the device tool kills the call's process group), the next call waits for it and brings back
