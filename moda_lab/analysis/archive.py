@@ -143,7 +143,10 @@ def verify_members(archive: Path, data: bytes, members: dict[str, str], dest: Pa
                 raise UsageError(f"{archive}: member {info.name!r} is not in {manifest_path(archive).name}")
             blob = tar.extractfile(info).read()
             if sha256_bytes(blob) != expected:
-                raise UsageError(f"{archive}: member {info.name!r} does not match its sha256 in the manifest")
+                raise UsageError(
+                    f"{archive}: member {info.name!r} does not match its sha256 in {manifest_path(archive).name}; "
+                    "allowed: the archive as packed (restore it, or pack the folder again)"
+                )
             tar.extract(info, dest, filter="data")
             seen.add(info.name)
     missing = sorted(set(members) - seen)
