@@ -54,14 +54,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_files(folder: Path) -> list[Path]:
     """Every regular file under ``folder``, path-sorted; a symlink or special file is refused."""
     files = []
@@ -154,6 +146,20 @@ def verify_members(archive: Path, data: bytes, members: dict[str, str], dest: Pa
         raise UsageError(f"{archive}: member {missing[0]!r} of the manifest is missing ({len(missing)} missing)")
 
 
+# Where each archive opened in this process was extracted, by the folder it stands for: a run is named by its
+# stands-for path (tidy.csv's ``path``), and what is read after loading (eval/last/attention.csv) comes from here.
+EXTRACTED: dict[Path, Path] = {}
+
+
+def files_dir(path: str | Path) -> Path:
+    """The dir a run's files are read from: ``path``, or for a run of an archive opened here, its extraction."""
+    path = Path(path)
+    for folder, extracted in EXTRACTED.items():
+        if path == folder or folder in path.parents:
+            return extracted / path.relative_to(folder)
+    return path
+
+
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "moda_lab_archives")
 
@@ -170,7 +176,7 @@ def open_archive(archive: str | Path) -> Path:
     target = cache_root() / sha256_bytes(data)[:16]
     copy = target / MANIFEST_COPY
     if copy.is_file() and copy.read_text(encoding="utf-8") == manifest:
-        return top_folder(archive, target)  # extracted and checked against this very manifest before
+        return remember(archive, top_folder(archive, target))  # extracted and checked against this manifest before
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
@@ -190,7 +196,12 @@ def open_archive(archive: str | Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return top_folder(archive, target)
+    return remember(archive, top_folder(archive, target))
+
+
+def remember(archive: Path, folder: Path) -> Path:
+    EXTRACTED[stands_for(archive, folder)] = folder
+    return folder
 
 
 def top_folder(archive: Path, extracted: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -102,10 +103,15 @@ def test_an_archive_without_its_manifest_is_refused(tmp_path):
 def test_the_cli_on_an_archive_writes_the_tidy_table_of_the_folder(tmp_path, capsys):
     """The archive stands for the folder beside it: its runs' paths are the folder's, so tidy.csv is the same."""
     folder = small_sweep(tmp_path / "results" / "study")
+    attention = folder / "moda-pre-L4-s0" / "eval" / "last" / "attention.csv"  # read after loading, by its path
+    attention.parent.mkdir(parents=True)
+    attention.write_text("domain,windows,layer,head,depth_slots,depth_mass,sink_mass,sequence_mass\n"
+                         "c4,2,0,0,0,0.0,0.5,1.0\nc4,2,1,0,1,0.25,0.25,0.75\n")
     archive = pack(folder, tmp_path / "results" / "study.tar.xz")
     assert main([f"sweep_dir={folder}", f"out={tmp_path / 'from_folder'}"]) == 0
+    shutil.rmtree(folder)  # the archive alone
     assert main([f"sweep_dir={archive}", f"out={tmp_path / 'from_archive'}"]) == 0
-    for name in ("tidy.csv", "runs.csv"):
+    for name in ("tidy.csv", "runs.csv", "tables/attention_by_layer.csv"):
         assert (tmp_path / "from_archive" / name).read_bytes() == (tmp_path / "from_folder" / name).read_bytes()
     assert f"{fx.FIXTURE_RUNS - 12} runs loaded" in capsys.readouterr().out
 
