@@ -13,7 +13,7 @@
 #     the start and the last call's collection); give --start-until-s too, so no row starts that cannot finish.
 #   A later call finds the driver running and only waits and collects; once the driver has ended, a call on the
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
-#     of earlier sessions are copied in, so finished runs are not repeated.
+#     of earlier sessions are extracted from their archives, so finished runs are not repeated.
 #   GPU_TESTS="<pytest arguments>" also runs those GPU tests once per machine, beside the driver, and waits for
 #   them (e.g. GPU_TESTS="tests/gpu/test_eval_gpu.py": the scoring path the rows' evals take, ready in ~1 min);
 #   their output comes back with every call as gpu_tests.txt.
@@ -31,11 +31,19 @@ fi
 # The rows evaluate after fit: say at once whether lm-eval imports here (datasets wants pyarrow >= 24 from the image).
 python3 -c "import pyarrow, datasets, lm_eval.evaluator; print('eval imports: pyarrow', pyarrow.__version__, \
   'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$OUT/eval_imports.txt"
-# The runs of earlier sessions (committed under experiments/results/runs_gpu: the lr sweep, finished rows) count as
-# done: copied in without overwriting what this machine already holds.
-python3 -c "import os, shutil; shutil.copytree('experiments/results/runs_gpu', 'runs_gpu', dirs_exist_ok=True,
-  copy_function=lambda src, dst: os.path.exists(dst) or shutil.copy2(src, dst))"
-# The driver's own files live outside runs_gpu (which is copied in from the repo) and outside $OUT (emptied per call).
+# The runs of earlier sessions (committed as experiments/results/runs_gpu/<sweep>.tar.xz: the lr sweep, finished
+# rows) count as done: each archive, checked against its manifest's sha256, is extracted into runs_gpu/<sweep>/
+# without overwriting what this machine already holds. A dated snapshot (<sweep>.<date>.tar.xz: the runs an earlier
+# analysis read) is a subset of its sweep's archive and is skipped.
+for archive in experiments/results/runs_gpu/*.tar.xz; do
+  [ -f "$archive" ] || continue
+  sweep=$(basename "$archive" .tar.xz)
+  case "$sweep" in *.*) continue ;; esac
+  (cd "$(dirname "$archive")" && grep "  $sweep.tar.xz\$" "$sweep.sha256" | sha256sum --check --quiet --strict -) \
+    || { echo "[table6.sh] $archive does not match its manifest $sweep.sha256; not extracted" >&2; exit 2; }
+  mkdir -p runs_gpu && tar -xJf "$archive" -C runs_gpu --skip-old-files
+done
+# The driver's own files live outside runs_gpu (extracted from the repo's archives) and $OUT (emptied per call).
 DRIVER=${TABLE6_DRIVER_DIR:-/tmp/table6_driver}
 mkdir -p "$DRIVER"
 alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }

@@ -1,8 +1,9 @@
 """``python -m moda_lab.analysis sweep_dir=<dir> out=<dir> [key=value ...]``: write all figures, tables, report.
 
 Keys:
-  sweep_dir=DIR        run dirs of one experiment (<run_root>/<experiment>/)
-  out=DIR              output dir (default: <sweep_dir>/analysis)
+  sweep_dir=DIR        run dirs of one experiment (<run_root>/<experiment>/), or an archive of them
+                       (<name>.tar.xz beside its <name>.sha256: moda_lab.analysis.archive), checked and read as is
+  out=DIR              output dir (default: <sweep_dir>/analysis; for <dir>/<name>.tar.xz, <dir>/<name>_analysis)
   wandb=ENTITY/PROJECT also pull online runs (full histories via scan_history, cached as parquet)
   wandb_offline=DIR    also read offline wandb runs under DIR (offline-run-* folders)
   cache=DIR            parquet cache for online runs (default: <out>/wandb_cache)
@@ -12,6 +13,7 @@ Keys:
   min_drop=X           a run whose val loss fell less than X nats over its second half did not train (default 0.05)
   untested=ARMS        arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
                        NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested"
+  pdf=true             write each figure as PDF too (default: PNG only)
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 
 A bad argument, a sweep_dir that does not exist or sources without any run print one line and exit with status 2,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from moda_lab.analysis.paper import UntestedArm
 
 KEYS = {"sweep_dir", "out", "wandb", "wandb_offline", "cache", "refresh", "bench", "ckpt", "text", "tokenizer"}
-KEYS |= {"untested"}
+KEYS |= {"untested", "pdf"}
 # Numeric keys, with the range each allows.
 FLOAT_KEYS = {"seed_std_target": (lambda x: x > 0, "> 0"), "min_drop": (lambda x: x >= 0, ">= 0")}
 KEYS |= set(FLOAT_KEYS)
@@ -80,7 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_usage_error("moda_lab.analysis"):
-        return analyse(parse_args(sys.argv[1:] if argv is None else argv))
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        from moda_lab.analysis.plots import figure_formats
+
+        with figure_formats(("png", "pdf") if args.get("pdf", "false").lower() in ("1", "true", "yes") else ("png",)):
+            return analyse(args)
+
+
+def default_out(sweep: str) -> Path:
+    """``<sweep_dir>/analysis``; for an archive ``<dir>/<name>.tar.xz``, ``<dir>/<name>_analysis``."""
+    from moda_lab.analysis.archive import archive_name, is_archive
+
+    return Path(sweep).with_name(archive_name(sweep) + "_analysis") if is_archive(sweep) else Path(sweep) / "analysis"
 
 
 def analyse(args: dict[str, str]) -> int:
@@ -89,7 +102,7 @@ def analyse(args: dict[str, str]) -> int:
     from moda_lab.analysis.pipeline import run_analysis
 
     sweep = args.get("sweep_dir")
-    out = Path(args.get("out") or (Path(sweep) / "analysis" if sweep else "analysis_out"))
+    out = Path(args.get("out") or (default_out(sweep) if sweep else "analysis_out"))
     bench = args.get("bench") or None
     written: list[Path] = []
     if sweep or "wandb" in args or "wandb_offline" in args:

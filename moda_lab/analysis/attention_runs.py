@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from moda_lab.analysis.archive import files_dir
 from moda_lab.analysis.plots import layout_with_legend, ordered_norms, place_legend, seeds_text, variant_colors
 from moda_lab.analysis.tidy import complete_runs, sort_cells
 
@@ -25,7 +26,7 @@ def load_run_attention(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (complete local run, layer): depth_slots and the masses, averaged over heads and domains."""
     frames = []
     for _, run in complete_runs(summary).iterrows():
-        path = Path(str(run.get("path", ""))) / ATTENTION_FILE
+        path = files_dir(str(run.get("path", ""))) / ATTENTION_FILE  # an archive's run: from its extraction
         if run.get("source") != "local" or not path.is_file():
             continue
         per_layer = pd.read_csv(path).groupby("layer", as_index=False)[["depth_slots", *MASSES]].mean()

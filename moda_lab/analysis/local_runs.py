@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from moda_lab.analysis.archive import is_archive, open_archive, stands_for
 from moda_lab.analysis.history import history_frame, non_finite_keys
 from moda_lab.analysis.records import RunRecord
 from moda_lab.analysis.wandb_offline import find_offline_runs, load_offline_runs
@@ -188,10 +189,14 @@ def load_run_dir(run_dir: str | Path, name: str | None = None) -> RunRecord:
 def load_sweep_dir(sweep_dir: str | Path) -> list[RunRecord]:
     """Every run dir of a sweep, in name order (broken ones included, with issues).
 
-    Runs are named by their path relative to ``sweep_dir`` (``<experiment>/<run>`` for a run root).
+    Runs are named by their path relative to ``sweep_dir`` (``<experiment>/<run>`` for a run root). A
+    ``<name>.tar.xz`` (moda_lab.analysis.archive) is read as the folder it holds, checked against its manifest.
     """
-    root = Path(sweep_dir)
+    root = open_archive(sweep_dir) if is_archive(sweep_dir) else Path(sweep_dir)
     dirs = find_run_dirs(root)
     records = [load_run_dir(p, name=p.relative_to(root).as_posix() if p != root else p.name) for p in dirs]
+    if root != Path(sweep_dir):  # an archive's run is named by where its folder stands, not the cache it is read from
+        for record, p in zip(records, dirs, strict=True):
+            record.path = str(stands_for(sweep_dir, root) / p.relative_to(root))
     log.info("loaded %d run dirs from %s", len(records), sweep_dir)
     return records

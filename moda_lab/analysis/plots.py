@@ -25,7 +25,8 @@ from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatt
 from moda_lab.analysis.history import eval_tasks
 from moda_lab.analysis.records import CELL_COLUMNS
 from moda_lab.analysis.tidy import curves, final_eval_only, registry_order, seed_aggregate, sort_cells
-from moda_lab.figures import save_figure as save_figure  # re-exported: plots.save_figure writes the sweep figures
+from moda_lab.figures import figure_formats as figure_formats  # re-exported, as save_figure: the sweep figures
+from moda_lab.figures import save_figure as save_figure
 
 X_LABELS = {"tokens": "training tokens", "flops": "training FLOPs (tokens x FLOPs/token)"}
 METRIC_LABELS = {"val/loss": "validation loss", "train/loss": "training loss"}

@@ -64,7 +64,7 @@ def test_heatmap_and_saved_files(tmp_path: Path):
     from moda_lab.analysis.attention import AttentionInspection
 
     written = save_inspection(AttentionInspection(maps, [f"t{i}" for i in range(8)], {}), tmp_path)
-    assert {p.name for p in written} >= {"attention_layer01.png", "attention_summary.pdf", "attention_summary.csv"}
+    assert {p.name for p in written} >= {"attention_layer01.png", "attention_summary.png", "attention_summary.csv"}
 
 
 HAS_MODEL = importlib.util.find_spec("moda_lab.model") is not None

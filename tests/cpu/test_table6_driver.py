@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, TINY
+from moda_lab.analysis.archive import CACHE_ENV, open_archive, pack
 
 spec = importlib.util.spec_from_file_location("table6", ROOT / "experiments" / "gpu" / "table6.py")
 table6 = importlib.util.module_from_spec(spec)
@@ -185,12 +186,13 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
         assert run.trainer.max_steps == (400 if job.stage == "sweep" else 1600)
         assert (job.stage == "row") == bool(run.extra["eval"]["after_fit"])
         assert run.model.init_rng == "sequential"  # every row of the table initialised as the first ones were
-    # The committed rows keep their names under today's code, so they count as done.
-    committed = ROOT / "experiments" / "results" / "runs_gpu" / "table6_24l"
+    # The committed rows keep their names under today's code, so they count as done (their archive's manifest
+    # lists every member; table6.sh extracts it into runs_gpu/table6_24l/).
+    manifest = ROOT / "experiments" / "results" / "runs_gpu" / "table6_24l.sha256"
     post = table6.Job("row", "post", 3.75e-4, "residual", 0)
     post_plan = table6.plan_from_args(table6.build_parser().parse_args(
         ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false"]))
-    assert (committed / post_plan.run_dir(post).name / "meta.json").is_file()
+    assert f"  table6_24l/{post_plan.run_dir(post).name}/meta.json\n" in manifest.read_text()
 
 
 def test_no_job_starts_after_start_until_s(tmp_path):
@@ -286,10 +288,14 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     (repo / "experiments" / "gpu" / "table6.py").write_text(FAKE_DRIVER)
     (repo / "data" / "packed" / "abc").mkdir(parents=True)
     (repo / "data" / "eval").mkdir()
-    for root, text in ((repo / "experiments" / "results" / "runs_gpu", "committed"), (repo / "runs_gpu", "on machine")):
-        for run in ("a", "b") if root.parent.name == "results" else ("a",):
+    # Committed: the sweep's archive (runs a, b) and a dated snapshot of it (run c), which is not extracted.
+    for root, text, runs in ((tmp_path / "committed", "committed", "ab"), (tmp_path / "snapshot", "old", "c"),
+                             (repo / "runs_gpu", "on machine", "a")):
+        for run in runs:
             (root / "t6" / run).mkdir(parents=True)
             (root / "t6" / run / "meta.json").write_text(text)
+    pack(tmp_path / "committed" / "t6", repo / "experiments" / "results" / "runs_gpu" / "t6.tar.xz")
+    pack(tmp_path / "snapshot" / "t6", repo / "experiments" / "results" / "runs_gpu" / "t6.2026-01-01.tar.xz")
     # A committed record of an earlier machine's GPU tests must not stop this machine's (it once would have).
     (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
     (repo / "tests" / "gpu").mkdir(parents=True)
@@ -319,7 +325,9 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     with tarfile.open(tmp_path / "out2" / "runs.tar.gz") as tar:
         names = set(tar.getnames())
         meta_a = tar.extractfile("runs_gpu/t6/a/meta.json").read().decode()
-    assert {"runs_gpu/t6/a/meta.json", "runs_gpu/t6/b/meta.json"} <= names and meta_a == "on machine"
+        meta_b = tar.extractfile("runs_gpu/t6/b/meta.json").read().decode()
+    assert {"runs_gpu/t6/a/meta.json", "runs_gpu/t6/b/meta.json"} <= names and "runs_gpu/t6/c/meta.json" not in names
+    assert (meta_a, meta_b) == ("on machine", "committed")
     time.sleep(0.5)
     third = call("out3", 5)
     log = third.communicate(timeout=60)[0]
@@ -339,9 +347,10 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def test_unpack_brings_in_finished_runs_only_and_keeps_committed_ones(tmp_path):
+def test_unpack_adds_finished_runs_to_the_archive_and_keeps_committed_ones(tmp_path, monkeypatch):
     import tarfile
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     spec = importlib.util.spec_from_file_location("unpack_runs", ROOT / "experiments" / "gpu" / "unpack_runs.py")
     unpack_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(unpack_runs)
@@ -362,13 +371,20 @@ def test_unpack_brings_in_finished_runs_only_and_keeps_committed_ones(tmp_path):
     with tarfile.open(tmp_path / "runs.tar.gz", "w:gz") as tar:
         tar.add(machine / "runs_gpu", "runs_gpu")
     into = tmp_path / "results"
-    run_dir(into, "committed", "finished", 8, text="old")
+    run_dir(tmp_path / "before", "committed", "finished", 8, text="old")
+    archive = into / "runs_gpu" / "t6.tar.xz"
+    pack(tmp_path / "before" / "runs_gpu" / "t6", archive)
     report = unpack_runs.main([str(tmp_path / "runs.tar.gz"), "--into", str(into)])
     assert report["copied"] == ["runs_gpu/t6/done"] and report["kept"] == ["runs_gpu/t6/committed"]
     assert report["unfinished"] == ["runs_gpu/t6/cut (step 5)"] and report["files"] == ["runs_gpu/t6/lr_choice.json"]
-    assert (into / "runs_gpu" / "t6" / "committed" / "metrics.jsonl").read_text() == "old"
-    assert not (into / "runs_gpu" / "t6" / "cut").exists()
-    assert not (into / "runs_gpu" / "t6" / "done" / "checkpoints").exists()
+    runs = open_archive(archive)
+    assert sorted(p.name for p in runs.iterdir()) == ["committed", "done", "lr_choice.json"]
+    assert (runs / "committed" / "metrics.jsonl").read_text() == "old"
+    assert not (runs / "done" / "checkpoints").exists()
+    assert sorted(p.name for p in (into / "runs_gpu").iterdir()) == ["t6.sha256", "t6.tar.xz"]  # no folder left
+    packed = archive.read_bytes()
+    again = unpack_runs.main([str(tmp_path / "runs.tar.gz"), "--into", str(into)])
+    assert again["copied"] == [] and archive.read_bytes() == packed  # nothing new: the archive is unchanged
 
 
 def test_repeated_override_options_accumulate():

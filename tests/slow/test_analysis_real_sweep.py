@@ -55,7 +55,7 @@ def test_cli_on_real_sweep(real_sweep: Path, tmp_path: Path, capsys):
     assert (val["flops"] == val["tokens"] * val["model/flops_per_token"]).all()
     table = pd.read_csv(tmp_path / "tables" / "table3_main.csv")
     assert len(table) == 2 and (table["seeds"] == 1).all()
-    assert (tmp_path / "figures" / "val_loss_vs_flops.pdf").stat().st_size > 0
+    assert (tmp_path / "figures" / "val_loss_vs_flops.png").stat().st_size > 0
 
 
 def test_offline_wandb_of_real_runs_matches_metrics_jsonl(real_sweep: Path):
@@ -93,7 +93,7 @@ def test_cli_attention_inspection(real_sweep: Path, tmp_path: Path, capsys):
     moda_dir = next(p for p in real_sweep.iterdir() if p.name.startswith("model=moda"))
     assert main([f"ckpt={moda_dir}", "text=def main(): return 0", f"out={tmp_path}"]) == 0
     written = {p.name for p in (tmp_path / "attention").iterdir()}
-    assert {"attention_layer02.png", "attention_summary.pdf", "attention_summary.csv"} <= written
+    assert {"attention_layer02.png", "attention_summary.png", "attention_summary.csv"} <= written
     summary = pd.read_csv(tmp_path / "attention" / "attention_summary.csv")
     assert sorted(summary["layer"].unique()) == [0, 1, 2] and summary["sink_mass"].between(0, 1).all()
     assert "attention_summary.csv" in capsys.readouterr().out
