@@ -419,8 +419,8 @@ def test_attention_statistics_are_the_models_maps_on_its_validation_windows(tiny
     from moda_lab.analysis.attention import attention_summary
     from moda_lab.config import run_config_from_dict
     from moda_lab.eval.attention_stats import validation_windows, write_run_attention
-    from moda_lab.train.datamodule import TokenWindows
     from moda_lab.rundata import load_data
+    from moda_lab.train.datamodule import TokenWindows
 
     run = _copy_run(tiny_run, "attention")
     csv = write_run_attention(run, 2, "cpu")
