@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from ..checkpoint import load_checkpoint
+from ..checkpoint.load import CheckpointError, run_checkpoint
 from ..config import run_config_from_dict
 from ..rundir import RunDir
 from .evaluate import resolve_device, results_dir
@@ -60,8 +61,9 @@ def validation_windows(run_dir: str | Path, n: int) -> dict[str, list[np.ndarray
 
 
 def write_run_attention(run_dir: str | Path, windows: int, device: str = "auto") -> Path | None:
-    """attention.csv and attention.png of the run's last checkpoint, unless they exist for its final step with
-    this many windows. Returns the csv (None when the run has no checkpoint)."""
+    """attention.csv and attention.png of the run's last checkpoint (the newest intact one when last.ckpt is damaged;
+    the csv's ``step`` says which), unless they exist for its final step with this many windows. Returns the csv
+    (None when the run has no intact checkpoint)."""
     from moda_lab.analysis.attention import plot_attention_summary
     from moda_lab.figures import save_figure
 
@@ -77,7 +79,12 @@ def write_run_attention(run_dir: str | Path, windows: int, device: str = "auto")
         old = pd.read_csv(csv)
         if not old.empty and old["step"].iloc[0] == step and old["asked"].iloc[0] == windows:
             return csv
-    model, _, extras = load_checkpoint(ckpt)
+    try:  # a damaged last.ckpt: the newest intact checkpoint, as training and evaluation take (one warning)
+        source, _ = run_checkpoint(rundir.path)
+    except CheckpointError as err:
+        log.warning("eval.attention_windows: %s; no attention statistics", err)
+        return None
+    model, _, extras = load_checkpoint(source)
     stats = attention_stats(model.to(resolve_device(device)), validation_windows(run_dir, windows))
     stats = stats.assign(step=extras["step"], asked=windows)[COLUMNS]
     out.mkdir(parents=True, exist_ok=True)

@@ -451,6 +451,11 @@ def test_attention_statistics_are_the_models_maps_on_its_validation_windows(tiny
     assert csv.stat().st_mtime_ns == mtime
     write_run_attention(run, 1, "cpu")
     assert set(pd.read_csv(csv)["asked"]) == {1} and set(pd.read_csv(csv)["windows"]) == {1}
+    # A damaged last.ckpt: the statistics come from the newest intact checkpoint, as evaluation's do.
+    damaged = _copy_run(tiny_run, "attention_damaged")
+    (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    stats = pd.read_csv(write_run_attention(damaged, 1, "cpu"))
+    assert set(stats["step"]) == {10} and not stats.empty
     with pytest.raises(EvalConfigError, match="eval.attention_windows must be an integer >= 0"):
         eval_config_from_dict({"tasks": [], "attention_windows": -1})
 
