@@ -5,7 +5,6 @@ and the after-fit attention statistics (eval/attention_stats.py) read a run's da
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from filelock import FileLock
@@ -17,8 +16,9 @@ from .data.packing import check_windows, load_packed
 log = logging.getLogger(__name__)
 
 
-def check_data(run: RunConfig) -> None:
-    """Fail on missing data paths (naming the key and path) before anything is written or built."""
+def check_data(run: RunConfig) -> PackedData | None:
+    """Fail on missing data paths (naming the key and path) before anything is written or built; returns the
+    folder it opened and verified for data.packed_dir (else None)."""
     d = run.data
     if d.packed_dir:
         meta = Path(d.packed_dir) / "meta.json"
@@ -28,23 +28,23 @@ def check_data(run: RunConfig) -> None:
                 "allowed: a folder written by `python -m moda_lab.data`, or null"
             )
         try:  # a damaged folder (a cut meta.json, a truncated token file) is refused before a run dir is made
-            vocab = load_packed(d.packed_dir).vocab_size
-        except ValueError as err:
+            packed = load_packed(d.packed_dir)
+        except ValueError as err:  # nothing to rebuild it from
             raise ConfigError(str(err)) from None
-        if vocab > run.model.vocab_size:
+        if packed.vocab_size > run.model.vocab_size:
             raise ConfigError(
-                f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {vocab} tokens of "
-                f"data.packed_dir={d.packed_dir!r}"
+                f"model.vocab_size={run.model.vocab_size} is out of range; allowed: >= the {packed.vocab_size} "
+                f"tokens of data.packed_dir={d.packed_dir!r}"
             )
-        return
+        return packed
     if d.hf.path is not None:  # a streamed dataset: load_dataset reports a bad name or split when it is read
-        return
+        return None
     if Path(d.corpus_dir).is_dir():
         try:
             corpus_files(d.corpus_dir)
         except FileNotFoundError as err:  # a directory without text files
             raise ConfigError(str(err)) from None
-        return
+        return None
     if not d.uses_default_corpus:
         raise ConfigError(
             f"data.corpus_dir={d.corpus_dir!r} does not exist; allowed: an existing directory of text/JSONL files "
@@ -58,27 +58,21 @@ def check_data(run: RunConfig) -> None:
 
 
 def _build_default_corpus(corpus: Path, sources: tuple[str, ...]) -> None:
-    """Build into a sibling temp dir and rename it into place, under a lock: a build killed midway leaves no
-    partial corpus that later runs would take for the whole one, and concurrent jobs build it once."""
+    """Build under a lock, so that concurrent jobs build it once; build_default_corpus itself moves the corpus into
+    place only once every source is written, so a build killed midway leaves none for later runs to take."""
     corpus.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(corpus) + ".lock"):
         if corpus.is_dir():  # another job built it while this one waited
             return
         log.info("building the default corpus into %s", corpus)
-        partial = corpus.with_name(corpus.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        build_default_corpus(partial, sources)
-        partial.rename(corpus)
+        build_default_corpus(corpus, sources)
 
 
 def load_data(run: RunConfig) -> PackedData:
-    check_data(run)
+    packed = check_data(run)
     d = run.data
-    if d.packed_dir:
-        try:
-            data = load_packed(d.packed_dir)
-        except ValueError as err:  # a damaged folder (a truncated or missing token file): nothing to rebuild it from
-            raise ConfigError(str(err)) from None
+    if packed is not None:
+        data = packed
     else:
         corpus = d.hf if d.hf.path is not None else Path(d.corpus_dir)
         if isinstance(corpus, Path) and not corpus.is_dir():
