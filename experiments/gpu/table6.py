@@ -76,7 +76,7 @@ class Recipe:
     each of their norms and models: one lr choice per (norm, model, recipe) cell."""
 
     overrides: tuple[str, ...] = ()
-    grid: tuple[float, ...] | None = None  # None: the plan's grid
+    grid: tuple[float, ...] | dict[str, tuple[float, ...]] | None = None  # None: the plan's; a dict: per norm
     norms: tuple[str, ...] | None = None  # None: the plan's norms
     models: tuple[str, ...] = (BASELINE,)
     max_extend: int | None = None  # None: the plan's
@@ -118,6 +118,7 @@ class Plan:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     baseline_sweep: bool = True  # the plain residual sweep per norm (the rows' lr when no recipe cell has one)
     sweep_models: tuple[str, ...] = ()  # variants swept per norm besides the baseline: rows then take their own lr
+    row_recipe: str = ""  # rows train under this recipe's overrides and take its cells' lr (per variant if swept)
 
     @property
     def sweep_name(self) -> str:
@@ -132,7 +133,10 @@ class Plan:
 
     def grid_of(self, cell: Cell) -> tuple[float, ...]:
         r = self.recipes.get(cell.recipe)
-        return r.grid if r is not None and r.grid else self.grid
+        grid = r.grid if r is not None else None
+        if isinstance(grid, dict):
+            grid = grid.get(cell.norm)
+        return tuple(grid) if grid else self.grid
 
     def max_extend_of(self, cell: Cell) -> int:
         r = self.recipes.get(cell.recipe)
@@ -239,8 +243,12 @@ def plan_jobs(plan: Plan) -> tuple[list[Job], dict[str, dict]]:
 
 def row_lr(plan: Plan, choices: dict[str, dict], norm: str, model: str) -> float | None:
     """A row's lr: its own variant's choice where the plan sweeps that variant (None until it is made), else the
-    baseline's."""
-    key = Cell(norm, model).key if model in plan.sweep_models else Cell(norm).key
+    baseline's; under --row-recipe, the choices of that recipe's cells."""
+    if plan.row_recipe:
+        swept = model in plan.recipes[plan.row_recipe].models
+        key = Cell(norm, model if swept else BASELINE, plan.row_recipe).key
+    else:
+        key = Cell(norm, model).key if model in plan.sweep_models else Cell(norm).key
     return choices[key]["lr"] if key in choices else None
 
 
@@ -252,7 +260,7 @@ def _rows(plan: Plan, choices: dict[str, dict]) -> list[Job]:
             for model in plan.models:
                 lr = row_lr(plan, choices, norm, model)
                 if lr is not None:
-                    rows.append(Job("row", norm, lr, model, seed))
+                    rows.append(Job("row", norm, lr, model, seed, recipe=plan.row_recipe))
     return rows
 
 
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", type=Path, default=None, help="a JSON file of named recipes: {name: {overrides, "
                    "grid, norms, models, max_extend}}, each swept per (norm, model) cell")
     p.add_argument("--no-baseline-sweep", action="store_true", help="sweep only the recipes' cells")
+    p.add_argument("--row-recipe", default="", help="a recipe of --recipes: the rows train under its overrides, "
+                   "each at its own variant's chosen lr where the recipe sweeps that variant, else the baseline's")
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
     p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
@@ -404,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     row_extra = (*ROW_EXTRA, *args.row_extra)
+    recipes = load_recipes(args.recipes) if args.recipes else {}
+    if args.row_recipe and args.row_recipe not in recipes:
+        raise SystemExit(f"--row-recipe {args.row_recipe!r} is not a recipe of --recipes (has: {sorted(recipes)})")
     return Plan(
         name=args.name or args.experiment,
         experiment=args.experiment or None,
@@ -417,14 +430,16 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         sweep_extra=tuple(args.sweep_extra),
         row_extra=row_extra,
         evaluate="eval.after_fit=true" in row_extra and "eval.after_fit=false" not in row_extra,
-        recipes=load_recipes(args.recipes) if args.recipes else {},
+        recipes=recipes,
         baseline_sweep=not args.no_baseline_sweep,
         sweep_models=tuple(m for m in args.sweep_models.split(",") if m),
+        row_recipe=args.row_recipe,
     )
 
 
 def load_recipes(path: Path) -> dict[str, Recipe]:
-    """{name: {"overrides": [...], "grid": [...], "norms": [...], "models": [...], "max_extend": n}} -> Recipes."""
+    """{name: {"overrides": [...], "grid": [...] or {norm: [...]}, "norms": [...], "models": [...], "max_extend": n}}
+    -> Recipes."""
     raw = json.loads(path.read_text())
     known = {f for f in Recipe.__dataclass_fields__}
     out = {}
@@ -432,6 +447,9 @@ def load_recipes(path: Path) -> dict[str, Recipe]:
         unknown = set(spec) - known
         if unknown:
             raise SystemExit(f"{path}: recipe {name!r} has unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        grid = spec.get("grid")
+        if isinstance(grid, dict):
+            spec = {**spec, "grid": {norm: tuple(g) for norm, g in grid.items()}}
         out[name] = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
     return out
 

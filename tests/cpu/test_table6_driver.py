@@ -110,6 +110,30 @@ def test_swept_variants_take_their_own_lr_and_wait_for_it(plan):
     assert [(j.model, j.lr) for j in todo] == [("moda", 1e-3), ("residual", 2e-3)]
 
 
+def test_rows_under_a_recipe_take_each_variants_own_per_norm_grid_choice(plan, tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"muon": {"overrides": ["optim=muon_wsd"], "grid": {"post": [1e-3, 2e-3],
+                                "pre": [4e-3, 8e-3]}, "models": ["residual", "moda"], "max_extend": 0}}))
+    recipes = table6.load_recipes(path)
+    plan = table6.Plan(**{**plan.__dict__, "recipes": recipes, "seeds": (0,), "baseline_sweep": False,
+                          "row_recipe": "muon"})
+    assert plan.grid_of(table6.Cell("pre", "moda", "muon")) == (4e-3, 8e-3)
+    losses = {("post", "residual"): (4.0, 4.2), ("post", "moda"): (4.3, 4.1),
+              ("pre", "residual"): (3.9, 3.8), ("pre", "moda"): (3.7, 3.9)}
+    for (norm, model), pair in losses.items():
+        for lr, loss in zip(plan.grid_of(table6.Cell(norm, model, "muon")), pair):
+            fake_run(plan, table6.Job("sweep", norm, lr, model, recipe="muon"), curve(loss))
+    todo, choices = table6.plan_jobs(plan)
+    rows = {(j.norm, j.model): j for j in todo}
+    assert {k: j.lr for k, j in rows.items()} == {("post", "residual"): 1e-3, ("post", "moda"): 2e-3,
+                                                  ("pre", "residual"): 8e-3, ("pre", "moda"): 4e-3}
+    assert all(j.stage == "row" and j.recipe == "muon" for j in todo)
+    assert "optim=muon_wsd" in plan.overrides(rows["pre", "moda"])  # the rows train under the recipe
+    args = table6.build_parser().parse_args(["--recipes", str(path), "--row-recipe", "adamw"])
+    with pytest.raises(SystemExit, match="--row-recipe 'adamw' is not a recipe"):
+        table6.plan_from_args(args)
+
+
 def test_recipes_file_rejects_unknown_keys(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"x": {"overrides": ["a=b"], "gird": [1e-3]}}))
