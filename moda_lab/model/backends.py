@@ -100,16 +100,21 @@ def resolve_backend(name: str) -> AttnBackend:
     return backend
 
 
+# The dtype attention sees under each Lightning precision (mixed precision autocasts the projections).
+PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
+                    "16-true": torch.float16}
+
+
 def dispatch_record(backend: AttnBackend, *, seq_len: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                    dtype: torch.dtype, device: torch.device | str, depth: bool) -> dict:
+                    precision: str, device: torch.device | str) -> dict:
     """What a run's attention calls run, for its record (meta.json): the backend choice and, for the triton
-    backend, the kernel plan of a training call (q [B, seq_len, n_heads, head_dim] in ``dtype`` on ``device``)
-    without and with depth keys."""
+    backend, the kernel plan of a training call (q [B, seq_len, n_heads, head_dim] under ``precision`` on
+    ``device``) without (``seq_only``) and with (``with_depth``) depth keys."""
     record = {"backend": backend.name, "requested": backend.choice.requested, "via_env": backend.choice.via_env}
     if backend.name == "triton":
-        shape = (1, seq_len, n_heads, head_dim)
-        plans = {"seq_only": (True, False), "with_depth": (True, True)} if depth else {"seq_only": (True, False)}
-        for key, (has_seq, has_depth) in plans.items():
-            plan = kernel_plan(shape, dtype, device, kv_heads=n_kv_heads, has_seq=has_seq, has_depth=has_depth)
+        dtype = PRECISION_DTYPES.get(precision, torch.float32)
+        for key, has_depth in (("seq_only", False), ("with_depth", True)):
+            plan = kernel_plan((1, seq_len, n_heads, head_dim), dtype, device, kv_heads=n_kv_heads, has_seq=True,
+                               has_depth=has_depth)
             record[key] = str(plan)
     return record

@@ -168,14 +168,11 @@ def test_every_switch_and_threshold_is_read_only_in_dispatch():
 def test_dispatch_record_names_backend_and_plans():
     from moda_lab.model.backends import dispatch_record, resolve_backend
 
-    triton = resolve_backend("triton")
-    rec = dispatch_record(triton, seq_len=64, n_heads=4, n_kv_heads=2, head_dim=16, dtype=torch.float32,
-                          device="cpu", depth=True)
-    assert rec == {"backend": "triton", "requested": "triton", "via_env": False, "seq_only": "fused",
-                   "with_depth": "fused"}
-    naive = resolve_backend("naive")
-    assert dispatch_record(naive, seq_len=64, n_heads=4, n_kv_heads=2, head_dim=16, dtype=torch.float32,
-                           device="cpu", depth=False) == {"backend": "naive", "requested": "naive", "via_env": False}
+    shape = dict(seq_len=64, n_heads=4, n_kv_heads=2, head_dim=16, device="cpu")
+    assert dispatch_record(resolve_backend("triton"), precision="32-true", **shape) == {
+        "backend": "triton", "requested": "triton", "via_env": False, "seq_only": "fused", "with_depth": "fused"}
+    assert dispatch_record(resolve_backend("naive"), precision="32-true", **shape) == {
+        "backend": "naive", "requested": "naive", "via_env": False}
 
 
 # --- the dispatched paths under the interpreter --------------------------------------------------------------
