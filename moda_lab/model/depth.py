@@ -20,6 +20,9 @@ under another version (a slot not yet visible, or gradient slots still being sum
 AOTAutograd has nothing to version or copy, and torch.compile traces a whole model with them: no graph break,
 one graph for all layers. The buffers are allocated outside the compiled region (GPT.forward), so no
 compiler pass can see them as fresh allocations to recompute or reuse.
+
+``depth_attn`` is the model's one autograd path over the MoDA kernel: without a stream (``kernel_attn``) it is
+plain attention, so every Triton attention call of the model shares one forward/backward pair of ops.
 """
 
 from __future__ import annotations
