@@ -134,7 +134,7 @@ _CAPABILITY: dict[int, tuple[int, int]] = {}  # CUDA device index -> capability 
 
 def machine_of(device: torch.device | str, env: Mapping[str, str] | None = None) -> Machine:
     """This process's Machine for ``device``: the environment switches, and on CUDA the device's capability."""
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     capability = None
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -183,7 +183,7 @@ def kernel_plan(
     Schedule: a fused call with both key sets splits from SPLIT_MIN_T on, and always for a group that is not a
     power of two (only the depth launch then has padding rows).
     """
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     machine = machine_of(device) if machine is None else machine
     _, T, Hq, d = shape
     G = Hq // kv_heads
