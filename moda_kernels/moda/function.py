@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import KernelPlan, plan_of
+from ..dispatch import plan_of
 from .hybrid import hybrid_backward, hybrid_forward
 from .triton_bwd import moda_bwd
 from .triton_fwd import moda_fwd
@@ -21,22 +21,20 @@ def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
     return k.shape[2] if k is not None else k_depth.shape[3]
 
 
-def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float,
-                 plan: KernelPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, LSE) of validated inputs, run as ``plan`` says (default: the call's plan on this machine,
-    moda_kernels/dispatch.py): the hybrid schedule where an aten op does the sequence part, else the fused
-    kernel with the plan's schedule."""
-    plan = plan_of(q, k, k_depth) if plan is None else plan
+def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, LSE) of validated inputs, run as the call's plan says (moda_kernels/dispatch.py): the hybrid schedule
+    where an aten op does the sequence part, else the fused kernel with the plan's schedule."""
+    plan = plan_of(q, k, k_depth)
     if plan.seq_impl != "fused":
         return hybrid_forward(plan.seq_impl, q, k, v, k_depth, v_depth, causal, scale)
     return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=plan.split)
 
 
-def attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal: bool, scale: float, dkd_acc=None, dvd_acc=None,
-                  plan: KernelPlan | None = None):
-    """(dq, dk, dv, dk_depth, dv_depth) of validated inputs; with dkd_acc/dvd_acc the depth gradients are added
-    into those tensors in place and returned as None. Either schedule's backward is exact for any (o, lse)."""
-    plan = plan_of(q, k, k_depth) if plan is None else plan
+def attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal: bool, scale: float, dkd_acc=None, dvd_acc=None):
+    """(dq, dk, dv, dk_depth, dv_depth) of validated inputs under the call's plan (the same as its forward's: a
+    pure function of the same shapes, dtype and device); with dkd_acc/dvd_acc the depth gradients are added into
+    those tensors in place and returned as None. Either schedule's backward is exact for any (o, lse)."""
+    plan = plan_of(q, k, k_depth)
     if plan.seq_impl != "fused":
         return hybrid_backward(plan.seq_impl, do, q, k, v, k_depth, v_depth, o, lse, causal, scale, dkd_acc,
                                dvd_acc)
