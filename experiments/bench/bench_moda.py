@@ -30,8 +30,8 @@ import triton
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import moda_kernels.moda.function as moda_function  # noqa: E402
-from moda_kernels.moda import hybrid, moda_attn, naive_moda_attn  # noqa: E402
+from moda_kernels import dispatch  # noqa: E402
+from moda_kernels.moda import moda_attn, naive_moda_attn  # noqa: E402
 
 # Rows up to this T are also timed replayed from a CUDA graph (no host launch overhead).
 GRAPH_MAX_T = 4096
@@ -75,7 +75,7 @@ def attn_flops(B, T, Hq, d, L, seq: bool, depth: bool) -> float:
 
 def seq_impl(impl):
     """Run moda_attn with the given sequence implementation (fused / cudnn / flash; None = its own choice)."""
-    return mock.patch.dict(os.environ, {hybrid.ENV: impl} if impl else {})
+    return mock.patch.dict(os.environ, {dispatch.SEQ_IMPL_ENV: impl} if impl else {})
 
 
 def copy_bandwidth() -> float:
@@ -141,10 +141,10 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules, flas
     if compare_schedules:
         # MoDA with the other forward depth schedule than the one moda_attn picks at this T (fused vs split).
         modes["moda_alt"] = modes["moda"]
-    split_min_t = moda_function.SPLIT_MIN_T
+    split_min_t = dispatch.SPLIT_MIN_T
     for mode, (ins, f, impl) in modes.items():
         if mode == "moda_alt":
-            moda_function.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
+            dispatch.SPLIT_MIN_T = 1 << 30 if T >= split_min_t else 0
             row["moda_alt_schedule"] = "fused" if T >= split_min_t else "split"
         try:
             with seq_impl(impl):
@@ -157,7 +157,7 @@ def bench_row(name, B, T, G, Hk, d, L, dtype, budget_ms, compare_schedules, flas
             print(row[f"{mode}_error"], flush=True)
             continue
         finally:
-            moda_function.SPLIT_MIN_T = split_min_t
+            dispatch.SPLIT_MIN_T = split_min_t
         flops = 3.5 * attn_flops(B, T, Hq, d, L, mode != "depth", mode not in ("seq", "hseq"))  # bwd ~ 2.5x fwd
         row[f"{mode}_fwdbwd_tflops"] = flops / row[f"{mode}_fwdbwd_ms"] * 1e-9
     if "moda_fwdbwd_ms" in row and "seq_fwdbwd_ms" in row:
@@ -218,7 +218,7 @@ COLS = [
 def markdown(rows, meta) -> str:
     lines = [f"# MoDA kernel benchmark ({meta['device']})", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += [f"- MoDA uses the fused depth schedule below T = {moda_function.SPLIT_MIN_T} and the split one from "
+    lines += [f"- MoDA uses the fused depth schedule below T = {dispatch.SPLIT_MIN_T} and the split one from "
               "there on; 'alt' is the other."]
     lines += ["- times in ms (median of triton.testing.do_bench: back-to-back calls, L2 flushed between them),",
               "  B=1, d=64, causal; f+b = forward + backward; 'graph' = replayed from a CUDA graph (GPU time",
@@ -302,7 +302,6 @@ def main() -> None:
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
-            meta["gqa_expanded"] = sorted(hybrid._EXPAND_GQA)  # aten ops that refused GQA here (K/V expanded)
             out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows, tuned=tuned_configs()), indent=1))
             out.with_suffix(".md").write_text(markdown(rows, meta))
             if args.profile:

@@ -26,7 +26,7 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from moda_kernels.moda import hybrid  # noqa: E402
+from moda_kernels import dispatch  # noqa: E402
 from moda_lab.model import GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
 from variants import VARIANTS  # noqa: E402 - the variants the tests build (tests/variants.py)
@@ -107,8 +107,9 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "norm": norm,
         "backend": model.backend,
         # The sequence part of the triton backend's attention: cudnn / flash (hybrid schedule) or fused.
-        "seq_impl": hybrid.seq_impl(x.new_empty((1, T, 1, width // hq), dtype=torch.bfloat16), True,
-                                    mixer.name in ("moda", "depth_attn")) if model.backend == "triton" else None,
+        "seq_impl": str(dispatch.kernel_plan((1, T, hq, width // hq), torch.bfloat16, x.device, kv_heads=hk,
+                                             has_seq=True, has_depth=mixer.name in ("moda", "depth_attn")))
+        if model.backend == "triton" else None,
         "compiled": compile_model,
         "vocab": vocab,
         "ffn_hidden": cfg.ffn_dim,
@@ -150,8 +151,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the whole model (GPT.compile)")
     ap.add_argument("--norm", default="post", choices=list(NORM_PLACEMENTS))
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
-    ap.add_argument("--seq-impl", default=None, choices=hybrid.IMPLS,
-                    help="force the triton backend's sequence attention (default: its own rule, hybrid.seq_impl)")
+    ap.add_argument("--seq-impl", default=None, choices=dispatch.SEQ_IMPLS,
+                    help="force the triton backend's sequence attention (default: its own rule, dispatch.kernel_plan)")
     ap.add_argument("--vocab", type=int, default=8192,
                     help="vocabulary size (experiment=table6_24l: 50304, with --ffn-hidden 1536)")
     ap.add_argument("--ffn-hidden", type=int, default=None, help="SwiGLU hidden size (default: the model's 8/3 x width)")
@@ -161,7 +162,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
     if args.seq_impl:
-        os.environ[hybrid.ENV] = args.seq_impl
+        os.environ[dispatch.SEQ_IMPL_ENV] = args.seq_impl
     env = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

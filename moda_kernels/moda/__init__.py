@@ -17,7 +17,8 @@ Layout, fixed for the whole project
 ``naive_moda_attn`` is the readable fp32 reference that defines the semantics (``naive_moda_attn_bwd`` its
 written-out backward). ``moda_attn_forward`` / ``moda_attn_backward`` are the two kernel passes without
 autograd, for callers that own their autograd, such as the model's depth stream (moda_lab/model/depth.py),
-which lets the backward add the depth gradients into its gradient buffer in place.
+which lets the backward add the depth gradients into its gradient buffer in place. Every call runs as its plan
+says (fused kernel or hybrid schedule, fused or split depth phase): moda_kernels/dispatch.py, docs/KERNELS.md.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ Everything here runs once per call on the host, never inside a kernel. The check
 from __future__ import annotations
 
 import math
-import os
 
 import torch
+
+from ..dispatch import interpreter
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -17,11 +18,6 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 # sub-tile of max(16, next power of two >= G) rows fits the smallest row tile (64). Groups that are not powers
 # of two get padding rows in the depth phase only (shared.row_group). Sequence-only attention folds any G.
 MAX_DEPTH_GROUP = 32
-
-
-def running_in_interpreter() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _check_last_dim(name: str, t: torch.Tensor) -> None:
@@ -60,7 +56,7 @@ def check_moda_inputs(
             raise ValueError(f"all inputs must share q's dtype {q.dtype}; {name} is {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"all inputs must be on q's device {q.device}; {name} is on {t.device}")
-    if q.device.type == "cpu" and not running_in_interpreter():
+    if q.device.type == "cpu" and not interpreter():
         raise ValueError("moda_attn runs Triton kernels: inputs must be CUDA tensors (CPU works only under TRITON_INTERPRET=1)")
     if q.device.type not in ("cuda", "cpu"):
         raise ValueError(f"moda_attn supports CUDA tensors; got device {q.device}")

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .hybrid import hybrid_backward, hybrid_forward, seq_impl
+from ..dispatch import plan_of
+from .hybrid import hybrid_backward, hybrid_forward
 from .triton_bwd import moda_bwd
 from .triton_fwd import moda_fwd
-
-# Sequence length from which MoDA mode runs its depth phase as a separate launch (the "split"
-# schedule) instead of fused into the sequence pass; measured on H100, see experiments/bench/NOTES.md.
-SPLIT_MIN_T = 8192
 
 
 def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
@@ -25,21 +22,23 @@ def _kv_heads(k: torch.Tensor | None, k_depth: torch.Tensor | None) -> int:
 
 
 def attn_forward(q, k, v, k_depth, v_depth, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, LSE) of validated inputs: the hybrid schedule where ``seq_impl`` picks an aten op for the sequence
-    part, else the fused kernel with the schedule the sequence length calls for."""
-    impl = seq_impl(q, k is not None, k_depth is not None)
-    if impl != "fused":
-        return hybrid_forward(impl, q, k, v, k_depth, v_depth, causal, scale)
-    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=q.shape[1] >= SPLIT_MIN_T)
+    """(O, LSE) of validated inputs, run as the call's plan says (moda_kernels/dispatch.py): the hybrid schedule
+    where an aten op does the sequence part, else the fused kernel with the plan's schedule."""
+    plan = plan_of(q, k, k_depth)
+    if plan.seq_impl != "fused":
+        return hybrid_forward(plan.seq_impl, q, k, v, k_depth, v_depth, causal, scale)
+    return moda_fwd(q, k, v, k_depth, v_depth, causal, scale, split=plan.split)
 
 
 def attn_backward(do, q, k, v, k_depth, v_depth, o, lse, causal: bool, scale: float, dkd_acc=None, dvd_acc=None):
-    """(dq, dk, dv, dk_depth, dv_depth) of validated inputs; with dkd_acc/dvd_acc the depth gradients are added
-    into those tensors in place and returned as None. Either schedule's backward is exact for any (o, lse)."""
-    impl = seq_impl(q, k is not None, k_depth is not None)
-    if impl != "fused":
-        return hybrid_backward(impl, do, q, k, v, k_depth, v_depth, o, lse, causal, scale, dkd_acc, dvd_acc)
-    return moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=q.shape[1] >= SPLIT_MIN_T,
+    """(dq, dk, dv, dk_depth, dv_depth) of validated inputs under the call's plan (the same as its forward's: a
+    pure function of the same shapes, dtype and device); with dkd_acc/dvd_acc the depth gradients are added into
+    those tensors in place and returned as None. Either schedule's backward is exact for any (o, lse)."""
+    plan = plan_of(q, k, k_depth)
+    if plan.seq_impl != "fused":
+        return hybrid_backward(plan.seq_impl, do, q, k, v, k_depth, v_depth, o, lse, causal, scale, dkd_acc,
+                               dvd_acc)
+    return moda_bwd(do, q, k, v, k_depth, v_depth, o, lse, causal, scale, split=plan.split,
                     dkd_acc=dkd_acc, dvd_acc=dvd_acc)
 
 

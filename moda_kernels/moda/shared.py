@@ -1,17 +1,18 @@
 """What the forward and backward launches of the MoDA kernels share (host side and two jit helpers).
 
-Config tagging and pruning (the autotuner's early_config_prune, shared-memory estimates for Hopper, the
-MODA_PIN_CONFIGS switch), the autotune key, the folding of GQA groups into rows (row_group, sub_tile_rows,
-fused_ok), the dot precision per dtype, and in the kernels the online-softmax update and the causal loop bounds.
+Config tagging and pruning (the autotuner's early_config_prune, shared-memory estimates for Hopper, pinning
+one config where dispatch.pin_configs() says so), the autotune key, the folding of GQA groups into rows
+(row_group, sub_tile_rows), the dot precision per dtype, and in the kernels the online-softmax update and the
+causal loop bounds.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ..dispatch import pin_configs
 
 LOG2E = 1.4426950408889634
 
@@ -53,17 +54,15 @@ def smem_estimate(kind, cfg, G, head_d, elt, has_seq, has_depth):
     return est
 
 
-PIN_ENV = "MODA_PIN_CONFIGS"
-
-
 def make_prune(kind, tags):
     """early_config_prune: keep the configs tagged with the launch's mode whose shared memory fits; if none
     does, the fitting fallbacks; if still none, the single smallest config (never an empty list).
-    With ``MODA_PIN_CONFIGS=1`` only the first of them is kept: no autotuning (fast GPU tests)."""
+    With ``MODA_PIN_CONFIGS=1`` (dispatch.pin_configs) only the first of them is kept: no autotuning (fast GPU
+    tests)."""
 
     def prune(configs, named_args, **kwargs):
         kept = _prune(configs, named_args, **kwargs)
-        return kept[:1] if os.environ.get(PIN_ENV) == "1" else kept
+        return kept[:1] if pin_configs() else kept
 
     def _prune(configs, named_args, **kwargs):
         q = named_args.get("Q")
@@ -101,11 +100,6 @@ def row_group(G: int, has_depth: bool) -> int:
     power of two (Table 6's G=3) gets padding rows up to the next power of two there: they are masked, never
     loaded or stored, and cost (GP - G) / GP of the depth phase's arithmetic. Sequence passes fold any G."""
     return triton.next_power_of_2(G) if has_depth else G
-
-
-def fused_ok(G: int) -> bool:
-    """Whether one launch can run the sequence and the depth phase: only when both fold the group alike."""
-    return row_group(G, True) == G
 
 
 @triton.jit

@@ -22,12 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import running_in_interpreter
+from ..dispatch import fusable_group, interpreter
 from .shared import (
     LOG2E,
     TUNE_KEY,
     dot_precision,
-    fused_ok,
     make_prune,
     row_group,
     seq_bounds,
@@ -38,7 +37,7 @@ from .shared import (
 DKDV_BLOCKS = ("BLOCK_M", "BLOCK_N")  # the dK/dV kernel has no depth phase, hence no BLOCK_DN
 
 
-if running_in_interpreter():
+if interpreter():
     DKDV_CONFIGS, DKDV_TAGS = tagged_configs([(16, 16, 4, 1, "seq")], DKDV_BLOCKS)
     DQ_CONFIGS, DQ_TAGS = tagged_configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
 else:
@@ -409,7 +408,9 @@ def moda_bwd(
             ACC=accumulate and depth_pass,
         )
 
-    if has_seq and has_depth and (split or not fused_ok(G)):
+    if has_seq and has_depth and not split and not fusable_group(G):
+        raise ValueError(f"moda_bwd: a group of G={G} cannot run fused; pass split=True")
+    if has_seq and has_depth and split:
         dq_depth = torch.empty(dq.shape, dtype=torch.float32, device=q.device)
         launch_dq(False, True, None, dq_depth)
         launch_dq(True, False, dq_depth, dq)

@@ -23,12 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._validate import running_in_interpreter
+from ..dispatch import fusable_group, interpreter
 from .shared import (
     LOG2E,
     TUNE_KEY,
     dot_precision,
-    fused_ok,
     make_prune,
     row_group,
     seq_bounds,
@@ -38,7 +37,7 @@ from .shared import (
 )
 
 # The interpreter cannot benchmark several configs, and tiny tiles keep CPU tests fast.
-if running_in_interpreter():
+if interpreter():
     FWD_CONFIGS, FWD_TAGS = tagged_configs([(32, 16, 16, 4, 1, "seq,depth,moda")])
 else:
     # Hopper-friendly tiles (BLOCK_M >= 64 keeps SUB_M = max(16, G) <= BLOCK_M for G <= 32). Each launch
@@ -217,7 +216,8 @@ def moda_fwd(
     ``split`` (MoDA mode only) runs the depth phase as its own launch into an fp32 (O, LSE) state and
     resumes that softmax in the sequence launch, instead of one fused pass: measured faster at long T
     (see experiments/bench/NOTES.md), where the fused pass slows the sequence loop down. A group that is not
-    a power of two always splits, so that only the depth launch has padding rows (row_group).
+    a power of two must split, so that only the depth launch has padding rows (row_group). The choice is the
+    call's plan (moda_kernels/dispatch.py).
     ``init`` (depth-only calls): resume the softmax of an earlier sequence pass from its (O [B, T, Hq, d]
     contiguous, LSE in this layout), as the hybrid schedule does (hybrid.py).
     Returns O [B, T, Hq, d] in q.dtype and LSE [B * Hk, T * G] fp32 (log2 units, folded row order).
@@ -226,7 +226,9 @@ def moda_fwd(
         if k is not None:
             raise ValueError("moda_fwd: init resumes a sequence pass, so it takes depth keys only")
         return _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, q.dtype, init)
-    if k is not None and k_depth is not None and (split or not fused_ok(q.shape[2] // k.shape[2])):
+    if k is not None and k_depth is not None and not split and not fusable_group(q.shape[2] // k.shape[2]):
+        raise ValueError(f"moda_fwd: a group of G={q.shape[2] // k.shape[2]} cannot run fused; pass split=True")
+    if k is not None and k_depth is not None and split:
         o_d, lse_d = _launch_fwd(q, None, None, k_depth, v_depth, causal, scale, torch.float32, None)
         return _launch_fwd(q, k, v, None, None, causal, scale, q.dtype, (o_d, lse_d))
     return _launch_fwd(q, k, v, k_depth, v_depth, causal, scale, q.dtype, None)

@@ -4,34 +4,35 @@
 ``sdpa``   torch's scaled_dot_product_attention for sequence-only attention; modes with depth slots use the
            reference, since SDPA cannot put depth slots under the same softmax.
 ``triton`` the fused MoDA kernel (moda_kernels/moda); CUDA, or CPU under TRITON_INTERPRET=1.
-``auto``   triton on CUDA when Triton imports, otherwise naive.
+``auto``   triton on CUDA when Triton is installed, otherwise naive.
 
 A backend answers two calls (the ``AttnBackend`` protocol): plain attention over given tensors, and
 attention over the forward's depth stream (moda_lab/model/depth.py), whose backward adds the depth gradients
-into the stream's gradient buffer. The backend is resolved once when the model is built; it holds no
-parameters, so switching never changes ``state_dict()`` keys. ``MODA_LAB_ATTN_BACKEND`` overrides the
-configured choice (tests, debugging).
+into the stream's gradient buffer. The triton backend runs both through depth.py's one autograd op; what each
+call runs (fused kernel or hybrid schedule) is moda_kernels/dispatch.py's plan. The backend is chosen once when
+the model is built (``dispatch.choose_backend``, where ``MODA_LAB_ATTN_BACKEND`` overrides the configured
+name); it holds no parameters, so switching never changes ``state_dict()`` keys. ``dispatch_record`` is what
+a run records of these choices (meta.json).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from moda_kernels.dispatch import BackendChoice, choose_backend, kernel_plan
 from moda_kernels.moda import naive_moda_attn
 
-from .config import BACKEND_NAMES
-from .depth import DepthStream
+from .depth import DepthStream, kernel_attn
 
-OVERRIDE_ENV = "MODA_LAB_ATTN_BACKEND"
 Tensor = torch.Tensor
 
 
 class AttnBackend(Protocol):
     name: str
+    choice: BackendChoice  # set by resolve_backend: what was asked for and what runs
     fused_kernels: bool  # the depth stream's ops (attention, DWA mix) run their Triton kernels
 
     def __call__(self, q: Tensor, k: Tensor | None, v: Tensor | None, k_depth: Tensor | None = None,
@@ -74,37 +75,46 @@ class SdpaBackend(NaiveBackend):
 
 
 class TritonBackend(_StreamAttention):
-    """The fused kernel; it folds any GQA group (Table 6's 6 query / 2 KV heads, G=3, included)."""
+    """The MoDA Triton kernels; they fold any GQA group (Table 6's 6 query / 2 KV heads, G=3, included)."""
 
     name = "triton"
     fused_kernels = True
 
-    def __init__(self) -> None:
-        try:
-            from moda_kernels.moda import moda_attn
-        except ImportError as err:  # triton missing or broken
-            raise RuntimeError(f"model.attn_backend='triton' needs a working Triton install: {err}") from err
-        self._attn = moda_attn
-
     def __call__(self, q, k, v, k_depth=None, v_depth=None, *, causal=True):
-        return self._attn(q, k, v, k_depth, v_depth, causal=causal)
+        if k_depth is None and k is not None:
+            return kernel_attn(q, k, v, causal=causal)
+        from moda_kernels.moda import moda_attn  # explicit depth tensors: not the model's path (it has a stream)
+
+        return moda_attn(q, k, v, k_depth, v_depth, causal=causal)
 
 
-def triton_usable() -> bool:
-    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-        return False
-    try:
-        TritonBackend()
-    except RuntimeError:
-        return False
-    return True
+BACKENDS = {"naive": NaiveBackend, "sdpa": SdpaBackend, "triton": TritonBackend}
 
 
 def resolve_backend(name: str) -> AttnBackend:
-    """The backend for a name (or ``auto``); its ``name`` is the resolved one."""
-    name = os.environ.get(OVERRIDE_ENV, name)
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"attention backend {name!r} is not allowed; choose one of {list(BACKEND_NAMES)}")
-    if name == "auto":
-        name = "triton" if torch.cuda.is_available() and triton_usable() else "naive"
-    return {"naive": NaiveBackend, "sdpa": SdpaBackend, "triton": TritonBackend}[name]()
+    """The backend for a name (or ``auto``, or ``MODA_LAB_ATTN_BACKEND``): moda_kernels/dispatch.py decides;
+    its ``name`` is the resolved one and ``choice`` the whole decision."""
+    choice = choose_backend(name)
+    backend = BACKENDS[choice.name]()
+    backend.choice = choice
+    return backend
+
+
+# The dtype attention sees under each Lightning precision (mixed precision autocasts the projections).
+PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
+                    "16-true": torch.float16}
+
+
+def dispatch_record(backend: AttnBackend, *, seq_len: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                    precision: str, device: torch.device | str) -> dict:
+    """What a run's attention calls run, for its record (meta.json): the backend choice and, for the triton
+    backend, the kernel plan of a training call (q [B, seq_len, n_heads, head_dim] under ``precision`` on
+    ``device``) without (``seq_only``) and with (``with_depth``) depth keys."""
+    record = {"backend": backend.name, "requested": backend.choice.requested, "via_env": backend.choice.via_env}
+    if backend.name == "triton":
+        dtype = PRECISION_DTYPES.get(precision, torch.float32)
+        for key, has_depth in (("seq_only", False), ("with_depth", True)):
+            plan = kernel_plan((1, seq_len, n_heads, head_dim), dtype, device, kv_heads=n_kv_heads, has_seq=True,
+                               has_depth=has_depth)
+            record[key] = str(plan)
+    return record

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from moda_kernels.dispatch import BACKENDS as BACKEND_NAMES  # the one list: the kernel dispatch
+
 from .mixers import DEPTH_MIXERS
 from .norms import NORM_PLACEMENTS
 
-BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 # How GPT.init_weights draws the initial weights: "sequential", every weight in turn from the global RNG (a
 # variant with extra modules, such as MoDA's FFN K/V projections, shifts the draws of every weight after them);
 # "per_parameter", each weight from its own generator keyed by the seed and the weight's name, so two variants of

@@ -20,6 +20,9 @@ under another version (a slot not yet visible, or gradient slots still being sum
 AOTAutograd has nothing to version or copy, and torch.compile traces a whole model with them: no graph break,
 one graph for all layers. The buffers are allocated outside the compiled region (GPT.forward), so no
 compiler pass can see them as fresh allocations to recompute or reuse.
+
+``depth_attn`` is the model's one autograd path over the MoDA kernel: without a stream (``kernel_attn``) it is
+plain attention, so every Triton attention call of the model shares one forward/backward pair of ops.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def _mix_backward(ctx, g):
 depth_mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 
 
-# --- attention over [sequence | depth slots 0..n-1] -------------------------------------------------------
+# --- attention over [sequence | depth slots 0..n-1]: the model's one autograd path over the MoDA kernel ----
 
 
 def _views(buf: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -138,16 +141,17 @@ def depth_attn(
     q: Tensor,
     k: Tensor | None,
     v: Tensor | None,
-    data: Tensor,
-    grad: Tensor,
+    data: Tensor | None,
+    grad: Tensor | None,
     n: int,
-    after: Tensor,
+    after: Tensor | None,
     causal: bool,
     kernel: bool,
 ) -> tuple[Tensor, Tensor]:
-    """MoDA attention of q over k, v and the first n depth slots; (O, LSE) with ``kernel`` (Triton), else
-    (O, empty) from the fp32 reference."""
-    kd, vd = _views(data, n)
+    """MoDA attention of q over k, v and the first n depth slots of ``data`` (no depth keys without a stream:
+    data, grad and after None); (O, LSE) with ``kernel`` (the Triton kernels, as moda_kernels/dispatch.py
+    plans the call), else (O, empty) from the fp32 reference."""
+    kd, vd = _views(data, n) if data is not None else (None, None)
     if kernel:
         return moda_attn_forward(q, k, v, kd, vd, causal=causal)
     # Outputs must have the strides the fake implementation promises (contiguous).
@@ -159,7 +163,7 @@ def _depth_attn_fake(q, k, v, data, grad, n, after, causal, kernel):
     if not kernel:
         return q.new_empty(q.shape), q.new_empty(0)
     B, T, Hq, _ = q.shape
-    Hk = data.shape[4]
+    Hk = data.shape[4] if data is not None else k.shape[2]
     return q.new_empty(q.shape), q.new_empty((B * Hk, T * (Hq // Hk)), dtype=torch.float32)
 
 
@@ -169,8 +173,8 @@ def depth_attn_bwd(
     q: Tensor,
     k: Tensor | None,
     v: Tensor | None,
-    data: Tensor,
-    grad: Tensor,
+    data: Tensor | None,
+    grad: Tensor | None,
     o: Tensor,
     lse: Tensor,
     n: int,
@@ -179,16 +183,18 @@ def depth_attn_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, token): adds the depth gradients into grad[:, :, :, :n] in place; the token is handed to
     the slots' writers, which read grad after it. Absent k, v get empty gradients (custom ops return no None)."""
-    kd, vd = _views(data, n)
-    gk, gv = _views(grad.data, n)  # .data: the writers saved grad; its version counter must not move
+    kd, vd = _views(data, n) if data is not None else (None, None)
+    # .data: the writers saved grad; its version counter must not move
+    gk, gv = _views(grad.data, n) if data is not None else (None, None)
     if kernel:
         dq, dk, dv, _, _ = moda_attn_backward(
             do, q, k, v, kd, vd, o, lse, causal=causal, dk_depth_acc=gk, dv_depth_acc=gv
         )
     else:
         dq, dk, dv, dkd, dvd = naive_moda_attn_bwd(do, q, k, v, kd, vd, causal=causal)
-        gk.add_(dkd)
-        gv.add_(dvd)
+        if gk is not None:
+            gk.add_(dkd)
+            gv.add_(dvd)
     # Fresh empties: custom ops may not return one tensor twice.
     return tuple(t.contiguous() if t is not None else q.new_empty(0) for t in (dq, dk, dv)) + (q.new_zeros(1),)
 
@@ -202,7 +208,7 @@ def _depth_attn_bwd_fake(do, q, k, v, data, grad, o, lse, n, causal, kernel):
 def _attn_setup(ctx, inputs, output):
     q, k, v, data, grad, n, after, causal, kernel = inputs
     ctx.save_for_backward(q, k, v, data, grad, *output)
-    ctx.n, ctx.causal, ctx.kernel, ctx.has_seq = n, causal, kernel, k is not None
+    ctx.n, ctx.causal, ctx.kernel, ctx.has_seq, ctx.has_after = n, causal, kernel, k is not None, after is not None
 
 
 def _attn_backward(ctx, do, dlse):
@@ -210,10 +216,17 @@ def _attn_backward(ctx, do, dlse):
     dq, dk, dv, dafter = depth_attn_bwd(do, q, k, v, data, grad, o, lse, ctx.n, ctx.causal, ctx.kernel)
     if not ctx.has_seq:
         dk = dv = None
-    return dq, dk, dv, None, None, None, dafter, None, None
+    return dq, dk, dv, None, None, None, dafter if ctx.has_after else None, None, None
 
 
 depth_attn.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+def kernel_attn(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
+    """q [B, T, Hq, d] over k, v [B, T, Hk, d] with the Triton kernels, no depth stream: the same op (and
+    autograd) as stream attention, so that the model has one path over the kernel."""
+    out, _ = depth_attn(q, k, v, None, None, 0, None, causal, True)
+    return out
 
 
 def _attn_flops(q, k, n, backward: bool) -> int:

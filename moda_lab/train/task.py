@@ -14,6 +14,7 @@ import torch
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData
 from ..errors import UsageError
+from ..model.backends import dispatch_record
 from ..rundata import load_data
 from ..rundir import RunDir, RunLock, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
@@ -237,8 +238,15 @@ def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, ran
         if rank0:
             # What actually runs (model.attn_backend=auto resolves per machine; trainer.devices=-1 to a process
             # count, from which RunDir.tokens_at derives tokens), next to what was asked for.
+            kernels = dispatch_record(
+                module.model.attn_backend, seq_len=run.data.seq_len, n_heads=run.model.n_heads,
+                n_kv_heads=run.model.n_kv_heads, head_dim=run.model.hd, precision=str(trainer.precision),
+                device=trainer.strategy.root_device,
+            )
+            log.info("attention dispatch: %s", kernels)
             rundir.write_meta(
-                attn_backend=module.model.backend, compiled=run.trainer.compile, world_size=trainer.world_size
+                attn_backend=module.model.backend, kernel_dispatch=kernels, compiled=run.trainer.compile,
+                world_size=trainer.world_size,
             )
         restored = resume[1] if resume else -1
         dropped = rundir.drop_metrics_after(restored) if rank0 else 0

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from moda_inputs import moda_inputs  # noqa: E402
+from moda_kernels.dispatch import SEQ_IMPL_ENV  # noqa: E402
 from moda_kernels.moda import hybrid, moda_attn, moda_attn_backward, moda_attn_forward, naive_moda_attn  # noqa: E402
 
 ATOL = 2e-5
@@ -33,7 +34,7 @@ CASES = [  # (B, T, Hq, Hk, d, L, causal): G in {1, 3, 4, 8}, T off every tile s
 
 @pytest.mark.parametrize("case", CASES, ids=[f"B{c[0]}-T{c[1]}-G{c[2] // c[3]}-L{c[5]}-{c[6]}" for c in CASES])
 def test_hybrid_matches_reference(monkeypatch, case):
-    monkeypatch.setenv(hybrid.ENV, "cpu")
+    monkeypatch.setenv(SEQ_IMPL_ENV, "cpu")
     B, T, Hq, Hk, d, L, causal = case
     inputs = _inputs(B, T, Hq, Hk, d, L, seed=sum(case[:6]), lmax=L + 2 if L else None)
     present = [t for t in inputs if t is not None]
@@ -51,13 +52,13 @@ def test_hybrid_lse_equals_fused_lse_and_backwards_are_interchangeable(monkeypat
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
     results = {}
     for impl in ("fused", "cpu"):
-        monkeypatch.setenv(hybrid.ENV, impl)
+        monkeypatch.setenv(SEQ_IMPL_ENV, impl)
         results[impl] = moda_attn_forward(q, k, v, kd, vd)
     torch.testing.assert_close(results["cpu"][0], results["fused"][0], atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(results["cpu"][1], results["fused"][1], atol=ATOL, rtol=1e-4)
     grads = {}
     for fwd_impl, bwd_impl in (("fused", "cpu"), ("cpu", "fused"), ("cpu", "cpu")):
-        monkeypatch.setenv(hybrid.ENV, bwd_impl)
+        monkeypatch.setenv(SEQ_IMPL_ENV, bwd_impl)
         o, lse = results[fwd_impl]
         grads[fwd_impl, bwd_impl] = moda_attn_backward(do, q, k, v, kd, vd, o, lse)
     for key in (("fused", "cpu"), ("cpu", "fused")):
@@ -66,7 +67,7 @@ def test_hybrid_lse_equals_fused_lse_and_backwards_are_interchangeable(monkeypat
 
 
 def test_hybrid_backward_adds_depth_gradients_into_given_buffers(monkeypatch):
-    monkeypatch.setenv(hybrid.ENV, "cpu")
+    monkeypatch.setenv(SEQ_IMPL_ENV, "cpu")
     q, k, v, kd, vd = (t.detach() for t in _inputs(1, 19, 6, 2, 16, 3, seed=5, lmax=6))
     o, lse = moda_attn_forward(q, k, v, kd, vd)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
@@ -90,37 +91,62 @@ def test_lse_fold_round_trip_and_layout():
     torch.testing.assert_close(hybrid.fold_lse(lse.unsqueeze(-1), Hk), folded)  # cuDNN's [B, H, T, 1]
 
 
-def test_an_op_that_refuses_gqa_gets_expanded_heads(monkeypatch):
-    monkeypatch.setenv(hybrid.ENV, "cpu")
-    monkeypatch.setattr(hybrid, "_EXPAND_GQA", set())
-    real = hybrid._seq_forward_op
+def test_an_op_that_refuses_gqa_gets_expanded_heads_for_that_call_only(monkeypatch):
+    """An op that refuses fewer KV than query heads gets them expanded in that call, forward and backward; the
+    next call tries the native GQA call again (no process-wide state changes after an error)."""
+    monkeypatch.setenv(SEQ_IMPL_ENV, "cpu")
+    real_fwd, real_bwd = hybrid._seq_forward_op, hybrid._seq_backward_op
     calls = []
 
-    def strict(impl, qt, kt, vt, causal, scale):
-        calls.append(kt.shape[1])
+    def strict_fwd(impl, qt, kt, vt, causal, scale):
+        calls.append(("fwd", kt.shape[1]))
         if kt.shape[1] != qt.shape[1]:
             raise RuntimeError("number of heads in key/value must equal the query's")
-        return real(impl, qt, kt, vt, causal, scale)
+        return real_fwd(impl, qt, kt, vt, causal, scale)
 
-    monkeypatch.setattr(hybrid, "_seq_forward_op", strict)
+    def strict_bwd(impl, aux, dot, qt, kt, vt, ot, lse, causal, scale):
+        calls.append(("bwd", kt.shape[1]))
+        if kt.shape[1] != qt.shape[1]:
+            raise RuntimeError("number of heads in key/value must equal the query's")
+        return real_bwd(impl, aux, dot, qt, kt, vt, ot, lse, causal, scale)
+
+    monkeypatch.setattr(hybrid, "_seq_forward_op", strict_fwd)
+    monkeypatch.setattr(hybrid, "_seq_backward_op", strict_bwd)
     inputs = _inputs(1, 13, 6, 2, 16, 2, seed=9)
-    out = moda_attn(*inputs)
-    torch.testing.assert_close(out, naive_moda_attn(*inputs), atol=ATOL, rtol=1e-4)
-    assert calls == [2, 6] and hybrid._EXPAND_GQA == {"cpu"}
     present = [t for t in inputs if t is not None]
-    g = torch.autograd.grad(out, present, torch.ones_like(out))
-    gr = torch.autograd.grad(naive_moda_attn(*inputs), present, torch.ones_like(out))
-    for a, b in zip(g, gr):  # dk / dv summed back over each KV head's query heads
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+    ref = naive_moda_attn(*inputs)
+    gr = torch.autograd.grad(ref, present, torch.ones_like(ref))
+    for _ in range(2):
+        calls.clear()
+        out = moda_attn(*inputs)
+        torch.testing.assert_close(out, ref, atol=ATOL, rtol=1e-4)
+        g = torch.autograd.grad(out, present, torch.ones_like(out))
+        assert calls == [("fwd", 2), ("fwd", 6), ("bwd", 2), ("bwd", 6)]  # native first in every call
+        for a, b in zip(g, gr):  # dk / dv summed back over each KV head's query heads
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
 
 
-def test_seq_impl_rule(monkeypatch):
-    q = torch.zeros(1, 4, 2, 16)
-    monkeypatch.delenv(hybrid.ENV, raising=False)
-    assert hybrid.seq_impl(q, True) == "fused"  # CPU / interpreter: the Triton kernel does everything
-    monkeypatch.setenv(hybrid.ENV, "cudnn")
-    assert hybrid.seq_impl(q, True) == "cudnn" and hybrid.seq_impl(q, True, True) == "cudnn"
-    assert hybrid.seq_impl(q, False, True) == "fused"  # depth-only: no sequence part to hand over
-    monkeypatch.setenv(hybrid.ENV, "cudnnn")
-    with pytest.raises(ValueError, match="MODA_SEQ_IMPL='cudnnn'"):
-        hybrid.seq_impl(q, True)
+def test_other_errors_of_an_op_are_not_retried(monkeypatch):
+    monkeypatch.setenv(SEQ_IMPL_ENV, "cpu")
+    calls = []
+
+    def broken(impl, qt, kt, vt, causal, scale):
+        calls.append(kt.shape[1])
+        raise RuntimeError("broken op")
+
+    monkeypatch.setattr(hybrid, "_seq_forward_op", broken)
+    q, k, v, _, _ = _inputs(1, 9, 4, 4, 16, 0, seed=2)  # G = 1: nothing to expand
+    with pytest.raises(RuntimeError, match="broken op"):
+        moda_attn(q, k, v)
+    assert calls == [4]
+
+
+def test_backward_without_its_forward_op_is_an_explicit_error(monkeypatch):
+    """cuDNN / flash backwards take their forward's aux outputs: a backward under another plan than its forward
+    names the problem instead of running a throwaway forward."""
+    monkeypatch.setattr(hybrid, "_AUX", {})
+    q, k, v, _, _ = (t.detach() if t is not None else None for t in _inputs(1, 9, 4, 2, 16, 0, seed=4))
+    o = torch.zeros_like(q)
+    lse = torch.zeros(1, 4, 9)
+    with pytest.raises(RuntimeError, match="'flash' on cpu needs a forward of that op first"):
+        hybrid.seq_backward("flash", o, q, k, v, o, lse, True, 0.25)

@@ -158,9 +158,9 @@ def test_cpu_without_interpreter_is_rejected(monkeypatch):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_split_schedule_matches_reference(monkeypatch, causal):
     """The long-T schedule (depth pass, then the sequence pass resuming its softmax) is exact too."""
-    import moda_kernels.moda.function as function
+    from moda_kernels import dispatch
 
-    monkeypatch.setattr(function, "SPLIT_MIN_T", 0)
+    monkeypatch.setattr(dispatch, "SPLIT_MIN_T", 0)
     _check(moda_inputs(1, 27, 8, 2, 16, 3, "moda", seed=13), causal)
 
 
@@ -227,10 +227,10 @@ def test_backward_adds_depth_gradients_into_given_buffers(monkeypatch, mode, spl
     """moda_attn_backward with dk_depth_acc / dv_depth_acc (prefix views of one [2, B, T, S, Hk, d] buffer, the
     model's depth stream layout): the depth gradients are ADDED to what the buffer holds, slots past the
     prefix are untouched, the other gradients are those of the reference."""
-    import moda_kernels.moda.function as function
+    from moda_kernels import dispatch
     from moda_kernels.moda import moda_attn_backward, moda_attn_forward, naive_moda_attn_bwd
 
-    monkeypatch.setattr(function, "SPLIT_MIN_T", 0 if split else 1 << 30)
+    monkeypatch.setattr(dispatch, "SPLIT_MIN_T", 0 if split else 1 << 30)
     B, T, Hq, Hk, d, L, S = 2, 21, 4, 2, 16, 3, 5
     gen = torch.Generator().manual_seed(17)
     q = torch.randn(B, T, Hq, d, generator=gen)

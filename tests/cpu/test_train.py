@@ -39,6 +39,7 @@ def test_run_dir_is_self_describing(straight):
     meta = json.loads((straight / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["wandb_id"] and meta["global_step"] == 12
     assert meta["attn_backend"] == "naive" and meta["compiled"] is False  # the backend that ran, logged once
+    assert meta["kernel_dispatch"] == {"backend": "naive", "requested": "auto", "via_env": False}
     assert (straight / "env" / "pip-freeze-1.txt").read_text().count("torch==") == 1
     r = rows(straight)
     assert r[0]["model/params"] > 0 and r[0]["model/flops_per_token"] > 0

@@ -17,7 +17,8 @@ import zlib
 import pytest
 import torch
 
-from moda_kernels.moda import hybrid, moda_attn, naive_moda_attn
+from moda_kernels.dispatch import PIN_CONFIGS_ENV, SEQ_IMPL_ENV, plan_of
+from moda_kernels.moda import moda_attn, naive_moda_attn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -81,7 +82,7 @@ def case_id(c):
 
 @pytest.fixture(autouse=True)
 def _pinned_configs(monkeypatch):
-    monkeypatch.setenv("MODA_PIN_CONFIGS", "1")
+    monkeypatch.setenv(PIN_CONFIGS_ENV, "1")
 
 
 # Every case under auto and fused; the flash hybrid on the 16-bit cases with sequence keys.
@@ -93,7 +94,7 @@ RUNS = [r for r in RUNS if r[1] != "fused" or r[0][-1] != torch.float32]  # fp32
 @pytest.mark.parametrize("case,impl", RUNS, ids=[f"{case_id(c)}-{i}" for c, i in RUNS])
 def test_matches_reference(case, impl, monkeypatch):
     if impl != "auto":
-        monkeypatch.setenv(hybrid.ENV, impl)
+        monkeypatch.setenv(SEQ_IMPL_ENV, impl)
     mode, B, T, Hq, Hk, d, L, causal, dtype = case
     gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(case_id(case).encode()))
 
@@ -126,7 +127,7 @@ def test_matches_reference(case, impl, monkeypatch):
         assert torch.isfinite(g).all(), name
         e, e_low = rel_err(g, r), rel_err(lo, r)
         report.append((name, e, e_low))
-    line = f"{case_id(case)}-{impl}[{hybrid.seq_impl(q, k is not None, kd is not None)}] " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
+    line = f"{case_id(case)}-{impl}[{plan_of(q, k, kd)}] " + " ".join(f"{n}: {e:.2e} (eager {el:.2e})" for n, e, el in report)
     print(line)
     if os.environ.get("MODA_GPU_TEST_LOG"):  # xdist workers' stdout is not shown: keep a log line per case
         with open(os.environ["MODA_GPU_TEST_LOG"], "a") as f:
