@@ -113,8 +113,13 @@ def check_orderings(
     rows = []
 
     def ids(order: Ordering, layers: int) -> dict[str, object]:
-        return {"layers": layers, "paper layers": order.layers, "paper norm": order.norm, "ordering": order.text,
-                "paper Δ": order.paper_delta}
+        return {
+            "layers": layers,
+            "paper layers": order.layers,
+            "paper norm": order.norm,
+            "ordering": order.text,
+            "paper Δ": order.paper_delta,
+        }
 
     def check(order: Ordering, layers: int, norm: str) -> bool:
         """Append a row per pair group of our (layers, norm) cells that has both variants; whether any had."""
@@ -126,8 +131,15 @@ def check_orderings(
                 continue
             stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
             config = group["cell_label"].iloc[0] or ""
-            rows.append({**ids(order, layers), "norm": norm, "config": config, **stats,
-                         "untested_because": untested_because(stats, norm, order, tuple(untested))})
+            rows.append(
+                {
+                    **ids(order, layers),
+                    "norm": norm,
+                    "config": config,
+                    **stats,
+                    "untested_because": untested_because(stats, norm, order, tuple(untested)),
+                }
+            )
             found = True
         return found
 
@@ -135,8 +147,16 @@ def check_orderings(
     for order in orderings:
         # A list, not a generator: every norm matching the paper's label is checked (post and reordered).
         if not any([check(order, order.layers, norm) for norm in PAPER_NORMS[order.norm]]):
-            rows.append({**ids(order, order.layers), "norm": "–", "config": "", "n": 0, "p": math.nan,
-                         "untested_because": "not run"})
+            rows.append(
+                {
+                    **ids(order, order.layers),
+                    "norm": "–",
+                    "config": "",
+                    "n": 0,
+                    "p": math.nan,
+                    "untested_because": "not run",
+                }
+            )
     ours = frame[["layers", "norm"]].drop_duplicates().itertuples(index=False) if not frame.empty else []
     for layers, norm in sorted(ours, key=lambda t: (-t[0], str(t[1]))):
         depth = paper_depth(layers, norm)

@@ -58,7 +58,9 @@ class Table6Reference:
         """``paper (Table 6)``, ``paper's final Δ at 48 layers (its nearest depth)``, ...; False at a nearest depth."""
         what = "paper's final Δ" if over_training else "paper"
         depth = paper_depth_shown(row)
-        return (f"{what} (Table 6)", True) if depth is None else (f"{what} at {depth} layers (its nearest depth)", False)
+        return (
+            (f"{what} (Table 6)", True) if depth is None else (f"{what} at {depth} layers (its nearest depth)", False)
+        )
 
     def check(self, summary: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
         return check_orderings(summary, level=level, untested=self.untested)

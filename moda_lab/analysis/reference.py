@@ -30,8 +30,13 @@ UNTESTED = "untested"
 
 def verdict_words(expected: str = "expected") -> tuple[str, ...]:
     """The five verdicts, resolved with the expected sign first, untested last."""
-    return (f"resolved, {expected} sign", RESOLVED_OPPOSITE_SIGN, SAME_SIGN_NOT_RESOLVED, OPPOSITE_SIGN_NOT_RESOLVED,
-            UNTESTED)
+    return (
+        f"resolved, {expected} sign",
+        RESOLVED_OPPOSITE_SIGN,
+        SAME_SIGN_NOT_RESOLVED,
+        OPPOSITE_SIGN_NOT_RESOLVED,
+        UNTESTED,
+    )
 
 
 def verdict(
@@ -104,8 +109,12 @@ def load_reference(spec: str) -> Reference | None:
     except ModuleNotFoundError as err:
         if err.name is None or not module_name.startswith(err.name):  # a module it imports is missing: a bug
             raise
-        raise UsageError(f"reference={spec!r}: no module {module_name!r}; allowed: MODULE or MODULE:NAME, or none") from None
+        raise UsageError(
+            f"reference={spec!r}: no module {module_name!r}; allowed: MODULE or MODULE:NAME, or none"
+        ) from None
     found = getattr(module, name or "REFERENCE", None)
     if found is None:
-        raise UsageError(f"reference={spec!r}: {module_name} has no {name or 'REFERENCE'}; allowed: MODULE or MODULE:NAME, or none")
+        raise UsageError(
+            f"reference={spec!r}: {module_name} has no {name or 'REFERENCE'}; allowed: MODULE or MODULE:NAME, or none"
+        )
     return found

@@ -101,7 +101,10 @@ def test_the_command_compares_with_the_paper_by_default_and_with_nothing_on_none
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["reference=moda_nowhere"], "reference='moda_nowhere': no module 'moda_nowhere'; allowed: MODULE or MODULE:NAME"),
+        (
+            ["reference=moda_nowhere"],
+            "reference='moda_nowhere': no module 'moda_nowhere'; allowed: MODULE or MODULE:NAME",
+        ),
         (["reference=moda_paper:NOPE"], "reference='moda_paper:NOPE': moda_paper has no NOPE; allowed:"),
         (["reference=none", "untested=post"], "bad argument 'untested=post'; expected key=value with key in"),
     ],
