@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 
@@ -33,9 +34,11 @@ class Table6Reference:
     """Table 6 of arXiv 2603.15619; ``untested``: arms whose orderings are "untested" (UntestedArm)."""
 
     untested: tuple[UntestedArm, ...] = ()
-    delta_column: str = "paper Δ"
-    corrected_note: str = "the orderings below give Holm-corrected ones"
-    options = {"untested": 'arms the setup could not test, comma-separated NORM or NORM/VARIANT ("post/moda +ffn_kv")'}
+    delta_column: ClassVar[str] = "paper Δ"  # with_paper_delta's column
+    corrected_note: ClassVar[str] = "the orderings below give Holm-corrected ones"
+    options: ClassVar[dict[str, str]] = {
+        "untested": 'arms the setup could not test, comma-separated NORM or NORM/VARIANT ("post/moda +ffn_kv")'
+    }
 
     @property
     def spread_note(self) -> str:
