@@ -1,6 +1,7 @@
 """Sweep analysis: load runs (run dirs, offline wandb, online wandb), one tidy run x step table, paper-shaped
-tables and figures, paired seed differences against the baseline (with the paper's Table 6 orderings), kernel
-benchmark plots, and attention inspection (Figure 5 of arXiv 2603.15619).
+tables and figures, paired seed differences against the baseline (beside a published result's, through
+reference.Reference: moda_paper holds the paper's Table 6), kernel benchmark plots, and attention inspection
+(Figure 5 of arXiv 2603.15619).
 
 Command: ``python -m moda_lab.analysis sweep_dir=... out=...`` (see ``moda_lab/analysis/__main__.py``).
 """
@@ -24,10 +25,10 @@ from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench
 from moda_lab.analysis.local_runs import load_run_dir, load_sweep_dir
 from moda_lab.analysis.mcnemar import compare_samples, mcnemar_table
 from moda_lab.analysis.paired_plots import plot_paired_curves, plot_paired_differences
-from moda_lab.analysis.paper import PAPER_TABLE6, check_orderings, orderings_markdown, paper_orderings, with_paper_delta
 from moda_lab.analysis.pipeline import SweepAnalysis, add_significance, analyze, load_runs, run_analysis
 from moda_lab.analysis.plots import plot_cost_vs_loss, plot_curves, plot_downstream, save_figure
 from moda_lab.analysis.records import RunIssue, RunRecord
+from moda_lab.analysis.reference import Reference, load_reference, verdict, verdict_words
 from moda_lab.analysis.significance import (
     pair_by_seed,
     paired_curves,
@@ -43,7 +44,7 @@ from moda_lab.analysis.wandb_offline import load_offline_dir, read_offline_run
 from moda_lab.analysis.wandb_online import load_wandb_project
 
 __all__ = [
-    "PAPER_TABLE6",
+    "Reference",
     "RunIssue",
     "RunRecord",
     "SweepAnalysis",
@@ -52,7 +53,6 @@ __all__ = [
     "attention_by_variant",
     "attention_summary",
     "bench_groups",
-    "check_orderings",
     "compare_samples",
     "complete_runs",
     "curves",
@@ -60,6 +60,7 @@ __all__ = [
     "inspect_model",
     "layer_summary",
     "load_bench_results",
+    "load_reference",
     "load_offline_dir",
     "load_run_attention",
     "load_run_dir",
@@ -67,12 +68,10 @@ __all__ = [
     "load_sweep_dir",
     "load_wandb_project",
     "mcnemar_table",
-    "orderings_markdown",
     "pair_by_seed",
     "paired_curves",
     "paired_differences",
     "paired_markdown",
-    "paper_orderings",
     "paper_table",
     "plot_attention_by_variant",
     "plot_attention_heatmaps",
@@ -97,6 +96,7 @@ __all__ = [
     "tidy_table",
     "to_markdown",
     "validate_maps",
-    "with_paper_delta",
+    "verdict",
+    "verdict_words",
     "write_table",
 ]

@@ -11,8 +11,11 @@ Keys:
   bench=DIR            also plot the kernel benchmark results in DIR (e.g. experiments/bench/results); off by default
   seed_std_target=X    seed-spread target of a cell's final val loss, nats (default 0.01)
   min_drop=X           a run whose val loss fell less than X nats over its second half did not train (default 0.05)
-  untested=ARMS        arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
-                       NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested"
+  reference=MODULE     the published result the report compares with (moda_lab.analysis.reference): MODULE's
+                       REFERENCE or MODULE:NAME (default moda_paper: the paper's Table 6); none: no comparison
+  untested=ARMS        (moda_paper) arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
+                       NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested";
+                       a reference's own keys are allowed beside these
   pdf=true             write each figure as PDF too (default: PNG only)
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 
@@ -25,30 +28,34 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
+from moda_lab.analysis.reference import Reference, load_reference
 from moda_lab.errors import UsageError, exit_on_usage_error
 
-if TYPE_CHECKING:
-    from moda_lab.analysis.paper import UntestedArm
-
 KEYS = {"sweep_dir", "out", "wandb", "wandb_offline", "cache", "refresh", "bench", "ckpt", "text", "tokenizer"}
-KEYS |= {"untested", "pdf"}
+KEYS |= {"reference", "pdf"}
+# The reference the report compares with unless reference= names another (or none): found by module name, so
+# that this package imports nothing of it.
+DEFAULT_REFERENCE = "moda_paper"
 # Numeric keys, with the range each allows.
 FLOAT_KEYS = {"seed_std_target": (lambda x: x > 0, "> 0"), "min_drop": (lambda x: x >= 0, ">= 0")}
 KEYS |= set(FLOAT_KEYS)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """``key=value`` pairs; unknown keys and bare words raise UsageError naming them."""
+    """``key=value`` pairs; unknown keys (beyond KEYS and the reference's options) and bare words raise
+    UsageError naming them, and so does a value the reference does not allow."""
+    pairs = [(item, *item.partition("=")) for item in argv]
+    named = [value for _, key, sep, value in pairs if sep and key.lstrip("-") == "reference"]
+    reference = load_reference(named[-1] if named else DEFAULT_REFERENCE)
+    keys = KEYS | set(reference.options if reference else ())
     args: dict[str, str] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
+    for item, key, sep, value in pairs:
         key = key.lstrip("-")
-        if not sep or key not in KEYS:
-            raise UsageError(f"bad argument {item!r}; expected key=value with key in {sorted(KEYS)}")
+        if not sep or key not in keys:
+            raise UsageError(f"bad argument {item!r}; expected key=value with key in {sorted(keys)}")
         args[key] = value
     if "sweep_dir" not in args and "wandb" not in args and "wandb_offline" not in args and "ckpt" not in args:
         raise UsageError("give at least one of sweep_dir=, wandb=, wandb_offline=, ckpt=")
@@ -62,19 +69,15 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             ok = False
         if not ok:
             raise UsageError(f"{key}={args[key]!r} is out of range; allowed: a number {text}")
-    if "untested" in args:
-        try:
-            untested_arms(args["untested"])
-        except ValueError as err:  # names the norm or variant
-            raise UsageError(str(err)) from None
+    reference_of(args)  # a value the reference does not allow: its one line, before anything is written
     return args
 
 
-def untested_arms(text: str) -> tuple[UntestedArm, ...]:
-    """``untested=``'s comma-separated arms (paper.UntestedArm.parse)."""
-    from moda_lab.analysis.paper import UntestedArm
-
-    return tuple(UntestedArm.parse(part) for part in text.split(",") if part.strip())
+def reference_of(args: dict[str, str]) -> Reference | None:
+    """The reference ``reference=`` names (DEFAULT_REFERENCE without it), configured with its own keys of ``args``;
+    its UsageError names a value it does not allow."""
+    reference = load_reference(args.get("reference", DEFAULT_REFERENCE))
+    return reference.configure({k: v for k, v in args.items() if k in reference.options}) if reference else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +117,7 @@ def analyse(args: dict[str, str]) -> int:
             bench_dir=bench,
             cache_dir=args.get("cache"),
             refresh=args.get("refresh", "false").lower() in ("1", "true", "yes"),
-            untested=untested_arms(args.get("untested", "")),
+            reference=reference_of(args),
             **{key: float(args[key]) for key in FLOAT_KEYS.keys() & args.keys()},
         )
         written += analysis.written

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from moda_lab.analysis.paper import ALPHA
 from moda_lab.analysis.plots import REPORTED_METRIC
 from moda_lab.analysis.records import RunIssue
-from moda_lab.analysis.significance import GROUP_COLUMNS, baseline_variant, format_p, holm, markdown_table
+from moda_lab.analysis.significance import ALPHA, GROUP_COLUMNS, baseline_variant, format_p, holm, markdown_table
 from moda_lab.analysis.tidy import complete_runs, sort_cells
 from moda_lab.errors import UsageError
 

@@ -1,9 +1,12 @@
 """The paired seed differences against the baseline as figures: the final Δ per cell with its interval
-(``significance.paired_differences``) and Δ over training (``significance.paired_curves``), each with the paper's
-Δ where Table 6 has one (``paper.with_paper_delta``). Colours, legends and the zoomed last-half row are plots.py's.
+(``significance.paired_differences``) and Δ over training (``significance.paired_curves``), each with a reference's
+Δ where it annotated one (reference.Reference, e.g. moda_paper's Table 6). Colours, legends and the zoomed last-half
+row are plots.py's.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -23,20 +26,25 @@ from moda_lab.analysis.plots import (
     variant_colors,
     zoom_tail,
 )
-from moda_lab.analysis.significance import paper_depth_shown, params_text
+from moda_lab.analysis.significance import params_text
+
+if TYPE_CHECKING:
+    from moda_lab.analysis.reference import Reference
 
 
-def paper_label(row: pd.Series, what: str = "paper") -> str:
-    """The legend entry of a row's paper Δ (``what``: how the entry names it): Table 6, or the paper's nearest depth
-    where it did not run ours (significance.paper_depth_shown)."""
-    depth = paper_depth_shown(row)
-    return f"{what} (Table 6)" if depth is None else f"{what} at {depth} layers (its nearest depth)"
+def _reference_delta(row: pd.Series, reference: Reference | None) -> float | None:
+    """The reference's Δ of an annotated row (None without one)."""
+    if reference is None or pd.isna(row.get(reference.delta_column)):
+        return None
+    return float(row[reference.delta_column])
 
 
-def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> Figure:
+def plot_paired_differences(
+    paired: pd.DataFrame, metric: str = "val/loss", reference: Reference | None = None
+) -> Figure:
     """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
-    confidence interval (a hollow marker without one: n=1), and the paper's difference where the table has it
-    (grey: at the paper's nearest depth). Rows with a run that did not train say so in their label, and so do rows
+    confidence interval (a hollow marker without one: n=1), and the ``reference``'s difference where it annotated
+    one (a cross; grey where it is not the reference's for the row's own cell, reference.Reference.marker). Rows with a run that did not train say so in their label, and so do rows
     whose variant has more (or fewer) parameters than the baseline (``+3.2% params``)."""
     rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
     fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
@@ -47,7 +55,7 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     colors = variant_colors(rows)
     extra = [c for c in ("layers", "width", "norm", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     short = {"layers": "L", "width": "D"}
-    labels, paper_drawn = [], set()
+    labels, drawn = [], set()
     for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
         color = colors[r["variant"]]
         parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
@@ -62,11 +70,12 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
             ax.errorbar(r["mean"], y, xerr=err, fmt="o", color=color, capsize=4, markersize=7)
         else:
             ax.plot(r["mean"], y, "o", color=color, markerfacecolor="white", markeredgewidth=1.5, markersize=7)
-        if "paper Δ" in r and pd.notna(r["paper Δ"]):
-            label = paper_label(r)
-            ax.plot(r["paper Δ"], y, "x", color="black" if paper_depth_shown(r) is None else "#888888", markersize=8,
-                    label=None if label in paper_drawn else label)
-            paper_drawn.add(label)
+        theirs = _reference_delta(r, reference)
+        if theirs is not None:
+            label, own_cell = reference.marker(r, over_training=False)
+            ax.plot(theirs, y, "x", color="black" if own_cell else "#888888", markersize=8,
+                    label=None if label in drawn else label)
+            drawn.add(label)
     ax.axvline(0.0, color="#999999", linewidth=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -80,17 +89,19 @@ def plot_paired_differences(paired: pd.DataFrame, metric: str = "val/loss") -> F
     fig.suptitle(f"Paired by seed, variant − baseline: mean{ci}\n{note}hollow marker: one pair, no interval",
                  fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    if paper_drawn:
+    if drawn:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
 
-def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: float | None = 0.5) -> Figure:
+def plot_paired_curves(
+    curves: pd.DataFrame, metric: str = "val/loss", tail: float | None = 0.5, reference: Reference | None = None
+) -> Figure:
     """Variant minus baseline of ``metric`` over training tokens (significance.paired_curves), one line per
     non-baseline cell, one panel per norm: the mean over paired seeds, its confidence band where n >= 2, and the
-    paper's final difference (``paper Δ``, paper.with_paper_delta; at its nearest depth where it did not run ours,
-    the legend says which) as a cross at the last point.
+    ``reference``'s final difference where it annotated one (its legend entry: reference.Reference.marker) as a
+    cross at the last point.
 
     tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, bands, crosses and zero there: with
     two seeds the t-band of the early steps (t = 12.7, loss spikes of a nat) spans +-3 nats and flattens the final
@@ -112,7 +123,7 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
     below = longest = 0
     for col, norm in enumerate(norms):
         ax = grid[0, col]
-        paper_labels: set[str] = set()
+        marker_labels: set[str] = set()
         in_norm = rows[rows["norm"] == norm]
         x_max = float(in_norm["tokens"].max())
         tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
@@ -124,23 +135,23 @@ def plot_paired_curves(curves: pd.DataFrame, metric: str = "val/loss", tail: flo
             label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
             color = shades.get((r["variant"], r["config"]), colors[r["variant"]])
             band = line[line["n"] >= 2]
-            has_paper = "paper Δ" in line and pd.notna(r["paper Δ"])
+            theirs = _reference_delta(r, reference)
             for row in range(n_rows):
                 grid[row, col].plot(line["tokens"], line["mean"], "o-", color=color, markersize=3,
                                     label=label if row == 0 else None)
                 if not band.empty:
                     grid[row, col].fill_between(band["tokens"], band["ci_low"], band["ci_high"], color=color,
                                                 alpha=0.18, linewidth=0)
-                if has_paper:
-                    grid[row, col].plot(r["tokens"], r["paper Δ"], "x", color=color, markersize=9, markeredgewidth=2)
-            if has_paper:
-                paper_labels.add(paper_label(r, "paper's final Δ"))
+                if theirs is not None:
+                    grid[row, col].plot(r["tokens"], theirs, "x", color=color, markersize=9, markeredgewidth=2)
+            if theirs is not None:
+                marker_labels.add(reference.marker(r, over_training=True)[0])
             if tail:
                 last = line[line["tokens"] >= (1 - tail) * x_max]
                 tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
-                if has_paper:
-                    tail_values.append(float(r["paper Δ"]))
-        for text in sorted(paper_labels):  # one legend entry for the crosses of every line (per paper depth)
+                if theirs is not None:
+                    tail_values.append(theirs)
+        for text in sorted(marker_labels):  # one legend entry for the crosses of every line (per reference cell)
             ax.plot([], [], "x", color="black", markersize=8, markeredgewidth=2, label=text)
         for row in range(n_rows):
             grid[row, col].axhline(0.0, color="#999999", linewidth=1)

@@ -1,5 +1,6 @@
 """Sweep -> tidy table -> every figure, table and a report.md listing missing/partial runs, the paired seed
-differences against the baseline, the paper's Table 6 orderings, the seed spread and the runs that did not train.
+differences against the baseline, a reference's claims checked on them (reference.Reference, e.g. moda_paper's
+Table 6 orderings), the seed spread and the runs that did not train.
 
 ``run_analysis`` is what ``python -m moda_lab.analysis`` calls; notebooks call the same functions step by step.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,20 +19,10 @@ from moda_lab.analysis.attention_runs import attention_by_variant, load_run_atte
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
 from moda_lab.analysis.mcnemar import mcnemar_markdown, mcnemar_table
-from moda_lab.analysis.paper import (
-    ALPHA,
-    PAPER_NORMS,
-    PAPER_TABLE6_SOURCE,
-    VERDICTS,
-    UntestedArm,
-    check_orderings,
-    orderings_markdown,
-    paper_orderings,
-    with_paper_delta,
-)
 from moda_lab.analysis.records import RunIssue, RunRecord, config_columns, variant_label
 from moda_lab.analysis.repeats import Repeat, last_step, split_repeats
 from moda_lab.analysis.significance import (
+    ALPHA,
     LEVEL,
     SEED_STD_TARGET,
     baseline_variant,
@@ -57,6 +49,9 @@ from moda_lab.analysis.wandb_offline import load_offline_dir
 from moda_lab.analysis.wandb_online import load_wandb_project
 from moda_lab.errors import UsageError
 
+if TYPE_CHECKING:
+    from moda_lab.analysis.reference import Reference
+
 log = logging.getLogger(__name__)
 
 # Outside the repo, shared by every analysis of the same wandb project.
@@ -66,8 +61,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "moda_lab" / "wandb_history"
 @dataclass
 class SweepAnalysis:
     """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
-    seed differences against the baseline (with the paper's Δ), ``orderings``: the paper's Table 6 orderings,
-    ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
+    seed differences against the baseline (with the ``reference``'s Δ where one is given), ``claims``: the
+    reference's claims checked on them (Reference.check; empty without one), ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
     ``mcnemar``: per-question tests per task against the baseline of the same seed, where runs have samples files
     (filled by ``add_significance``). ``records`` holds every run loaded; ``repeats`` those not counted because
     another run is the same (repeats.py), so ``tidy`` and ``summary`` hold the others."""
@@ -78,13 +73,14 @@ class SweepAnalysis:
     issues: list[RunIssue]
     written: list[Path] = field(default_factory=list)
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)
-    orderings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
     spread: pd.DataFrame = field(default_factory=pd.DataFrame)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
     repeats: list[Repeat] = field(default_factory=list)
+    reference: Reference | None = None
 
 
 def load_runs(
@@ -167,16 +163,19 @@ def add_significance(
     analysis: SweepAnalysis,
     seed_std_target: float = SEED_STD_TARGET,
     level: float = LEVEL,
-    untested: tuple[UntestedArm, ...] = (),
+    reference: Reference | None = None,
 ) -> SweepAnalysis:
-    """Fill ``paired`` (every non-baseline cell vs its baseline, per metric, with the paper's Δ), ``orderings``
-    (``untested``: arms the setup could not test, see paper.UntestedArm) and ``spread`` (against
-    ``seed_std_target`` nats)."""
-    analysis.paired = with_paper_delta(paired_differences(analysis.summary, level=level))
-    analysis.orderings = check_orderings(analysis.summary, level=level, untested=untested)
-    analysis.spread = seed_spread(analysis.summary, seed_std_target)
+    """Fill ``paired`` (every non-baseline cell vs its baseline, per metric), ``curves`` and ``spread`` (against
+    ``seed_std_target`` nats); with a ``reference`` (reference.Reference), its Δ beside ``paired`` and ``curves``
+    and its claims checked in ``claims``."""
+    paired = paired_differences(analysis.summary, level=level)
     complete = complete_runs(analysis.summary).get("run")  # None without runs
-    analysis.curves = with_paper_delta(paired_curves(analysis.tidy, complete, level=level))
+    curves = paired_curves(analysis.tidy, complete, level=level)
+    analysis.reference = reference
+    analysis.paired = reference.annotate(paired) if reference else paired
+    analysis.curves = reference.annotate(curves) if reference else curves
+    analysis.claims = reference.check(analysis.summary, level) if reference else pd.DataFrame()
+    analysis.spread = seed_spread(analysis.summary, seed_std_target)
     analysis.mcnemar = mcnemar_table(analysis.summary, issues=analysis.issues)
     analysis.seed_std_target = seed_std_target
     return analysis
@@ -222,14 +221,15 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
 
 
 def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
-    """``tables/paired_differences``, ``paper_table6_orderings``, ``seed_spread`` (.csv and .md), ``paired_curves``
-    (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when any cell has a baseline to
-    pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples."""
+    """``tables/paired_differences``, the reference's tables (e.g. ``paper_table6_orderings``), ``seed_spread`` (.csv
+    and .md), ``paired_curves`` (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when
+    any cell has a baseline to pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    reference = analysis.reference
     for stem, frame, markdown in (
-        ("paired_differences", analysis.paired, paired_markdown(analysis.paired)),
-        ("paper_table6_orderings", analysis.orderings, orderings_markdown(analysis.orderings)),
+        ("paired_differences", analysis.paired, paired_markdown(analysis.paired, reference=reference)),
+        *(reference.tables(analysis.claims) if reference else []),
         ("seed_spread", analysis.spread, spread_markdown(analysis.spread)),
     ):
         frame.to_csv(tables_dir / f"{stem}.csv", index=False)
@@ -237,11 +237,12 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
         written += [tables_dir / f"{stem}.csv", tables_dir / f"{stem}.md"]
     paired = analysis.paired
     if not paired.empty and ((paired["metric"] == "val/loss") & (paired["n"] > 0)).any():
-        written += plots.save_figure(paired_plots.plot_paired_differences(paired, "val/loss"), figures_dir, "paired_val_loss")
+        figure = paired_plots.plot_paired_differences(paired, "val/loss", reference=reference)
+        written += plots.save_figure(figure, figures_dir, "paired_val_loss")
     if not analysis.curves.empty:
         analysis.curves.to_csv(tables_dir / "paired_curves.csv", index=False)
         written.append(tables_dir / "paired_curves.csv")
-        figure = paired_plots.plot_paired_curves(analysis.curves, "val/loss")
+        figure = paired_plots.plot_paired_curves(analysis.curves, "val/loss", reference=reference)
         written += plots.save_figure(figure, figures_dir, "paired_val_loss_vs_tokens")
     if not analysis.mcnemar.empty:
         analysis.mcnemar.to_csv(tables_dir / "mcnemar.csv", index=False)
@@ -269,47 +270,32 @@ def _trained_cells(row: pd.Series) -> tuple[str, str]:
 
 
 def significance_markdown(analysis: SweepAnalysis) -> list[str]:
-    """The report's sections on paired differences, the paper's Table 6 orderings, seed spread and zero-shot
-    accuracy."""
-    paired, base = analysis.paired, baseline_variant()
-    gaps = sorted(abs(o.paper_delta) for o in paper_orderings())
+    """The report's sections on paired differences, the reference's claims (its own section, when the analysis has
+    a reference), seed spread and zero-shot accuracy."""
+    paired, base, reference = analysis.paired, baseline_variant(), analysis.reference
     level = level_text(paired)
+    corrected = f" ({reference.corrected_note})" if reference else ""
     lines = ["## Paired differences vs the baseline", ""]
     lines += [
         f"Each variant minus the baseline (`{base}`) of the same cell otherwise (same config except `model.mixer.*` "
         "and the seed: same norm, layers, width, lr, data, tokens), paired by seed, on the final val loss (nats/token; "
         f"Δ < 0: the variant is lower). {level} CI: mean ± t·s/√n with Student's t at n − 1 degrees of freedom "
         "(paired t-interval over seeds); p: the paired t-test's two-sided p-value of Δ = 0, uncorrected for the "
-        "other rows (the orderings below give Holm-corrected ones). One pair gives no interval and no test (n=1). "
+        f"other rows{corrected}. One pair gives no interval and no test (n=1). "
         "Params: the variant's parameter count against the baseline's. Seeds run for one side only are listed "
         "as unpaired and left out. Complete runs only. Per-domain losses and average accuracy: "
         "`tables/paired_differences.md`.",
         "",
     ]
-    lines += paired_markdown(paired, metrics=["val/loss"]).splitlines()
-    lines += ["", "### The paper's Table 6 orderings", ""]
-    lines += [
-        f"Paper: {PAPER_TABLE6_SOURCE}, at the paper's token budget. Ours: the cells with the same layers, width, "
-        "heads and norm (our corpus and token budget differ, so compare signs, not sizes). The paper's `post` is "
-        f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. A depth the paper did not run under "
-        "a norm is checked against the paper's nearest depth under it (`paper layers`). Δ = loss of the first minus "
-        f"the second, with its {level} CI (uncorrected), the paired t-test's p and the Holm-corrected p over every "
-        "ordering tested in this analysis (one family). Verdicts: "
-        f"{', '.join(f'*{v}*' for v in VERDICTS)}; *resolved* needs the Holm-corrected p < {ALPHA:g}, the sign is "
-        "ours against the paper's, and *untested* is an ordering the setup could not test (not run, fewer than 2 "
-        "pairs, a run that did not train, or an arm marked untested), left out of the family. Params: the first "
-        "variant's parameter count against the second's. *Pairs to resolve*: the fewest seed pairs at which the "
-        "uncorrected interval would exclude 0 (either side) if more seeds kept the measured mean and std of Δ: a "
-        "planning estimate, not a prediction.",
-        "",
-    ]
-    lines += orderings_markdown(analysis.orderings).splitlines()
+    lines += paired_markdown(paired, metrics=["val/loss"], reference=reference).splitlines()
+    if reference:
+        lines += ["", *reference.report_lines(analysis.claims, level)]
     lines += ["", f"### Seed spread (target: std ≤ {analysis.seed_std_target:g} nats)", ""]
+    gaps = reference.spread_note if reference else "a few hundredths of a nat"
     lines += [
-        "Std over seeds of the final val loss per cell; above the target, a few seeds cannot resolve gaps of the "
-        f"paper's size ({gaps[0]:.3f}-{gaps[-1]:.3f} nats in Table 6). A run did not train when its val loss fell "
-        "by less than "
-        f"{analysis.min_drop:g} nats over its second half (Runs table: val drop).",
+        f"Std over seeds of the final val loss per cell; above the target, a few seeds cannot resolve gaps of {gaps}. "
+        f"A run did not train when its val loss fell by less than {analysis.min_drop:g} nats over its second half "
+        "(Runs table: val drop).",
         "",
     ]
     lines += spread_markdown(analysis.spread).splitlines()
@@ -320,7 +306,7 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
     else:
         lines += to_markdown(downstream).splitlines()
         lines += ["", "Average accuracy (percentage points), variant minus baseline, paired by seed:", ""]
-        lines += paired_markdown(paired, metrics=["avg acc"]).splitlines()
+        lines += paired_markdown(paired, metrics=["avg acc"], reference=reference).splitlines()
     if not analysis.mcnemar.empty:
         lines += ["", "### Per-question tests per task (McNemar, final checkpoints)", ""]
         lines += [
@@ -336,7 +322,7 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
 
 
 def report_markdown(analysis: SweepAnalysis, out_dir: Path) -> str:
-    """Run list with status, steps and the training check, the paired differences and paper orderings, then every
+    """Run list with status, steps and the training check, the paired differences and the reference's claims, then every
     issue, then the files written."""
     lines = ["# Sweep analysis report", "", f"{len(analysis.records)} runs loaded.", "", "## Runs", ""]
     lines += [
@@ -374,14 +360,14 @@ def run_analysis(
     refresh: bool = False,
     seed_std_target: float = SEED_STD_TARGET,
     min_drop: float = TRAINED_MIN_DROP,
-    untested: tuple[UntestedArm, ...] = (),
+    reference: Reference | None = None,
 ) -> SweepAnalysis:
     """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``; no
     runs at all (or a sweep_dir that does not exist) raise UsageError before anything is written.
 
     ``seed_std_target``: the seed-spread target (nats); ``min_drop``: a run whose val loss fell by less over its
-    second half did not train (tidy.TRAINED_MIN_DROP); ``untested``: arms whose orderings the setup could not test
-    (paper.UntestedArm)."""
+    second half did not train (tidy.TRAINED_MIN_DROP); ``reference``: a published result to compare with
+    (reference.Reference; the command's default is moda_paper's Table 6)."""
     out_dir = Path(out)
     cache = cache_dir if cache_dir is not None else out_dir / "wandb_cache"
     records = load_runs(sweep_dir, wandb_project, wandb_offline, cache, refresh)
@@ -393,7 +379,7 @@ def run_analysis(
             "config.yaml, meta.json or metrics.jsonl), offline wandb runs, or a wandb project with runs"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    analysis = add_significance(analyze(records, min_drop), seed_std_target, untested=untested)
+    analysis = add_significance(analyze(records, min_drop), seed_std_target, reference=reference)
     analysis.tidy.to_csv(out_dir / "tidy.csv", index=False)
     runs_table(analysis).to_csv(out_dir / "runs.csv", index=False)
     analysis.written += [out_dir / "tidy.csv", out_dir / "runs.csv"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,10 +30,15 @@ from moda_lab.analysis.records import variant_label
 from moda_lab.analysis.tables import with_derived
 from moda_lab.analysis.tidy import sort_cells
 
+if TYPE_CHECKING:
+    from moda_lab.analysis.reference import Reference
+
 LEVEL = 0.95
-# A cell's seed std of the final val loss should stay below this (nats/token): the gaps between the rows of the
-# paper's Table 6 are 0.004-0.058 nats (arXiv 2603.15619; paper.PAPER_TABLE6), so with 3 seeds a spread above
-# 0.01 cannot resolve most of them (the 95% half-width is 2.48 std at n=3).
+# A family-corrected p below this resolves a difference (reference.verdict) or a task (mcnemar).
+ALPHA = 0.05
+# A cell's seed std of the final val loss should stay below this (nats/token): the gaps worth resolving between
+# depth-mixing variants are a few hundredths of a nat, so with 3 seeds a spread above 0.01 cannot resolve most of
+# them (the 95% half-width is 2.48 std at n=3).
 SEED_STD_TARGET = 0.01
 # Identity columns of the paired and spread tables, in order, when present; ``config`` = the cell label.
 GROUP_COLUMNS = ["layers", "width", "n_heads", "n_kv_heads", "norm", "config"]
@@ -406,16 +412,20 @@ def level_text(frame: pd.DataFrame) -> str:
     return f"{levels.iloc[0] if len(levels) else LEVEL:.0%}"
 
 
-def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
-    """The paired table in Markdown, one row per cell and metric (a ``paper Δ`` column when present)."""
+def paired_markdown(
+    paired: pd.DataFrame, metrics: Sequence[str] | None = None, reference: Reference | None = None
+) -> str:
+    """The paired table in Markdown, one row per cell and metric; with a ``reference`` (reference.Reference) that
+    annotated ``paired``, its Δ as a column where any row has one."""
     rows_frame = paired if metrics is None else paired[paired["metric"].isin(metrics)]
     if rows_frame.empty:
         return "_No non-baseline cell among the complete runs._\n"
     ids = _shown_group_columns(rows_frame)
     header = [*ids, "variant − baseline", "params", "metric", "pairs", "seeds", "Δ mean", "Δ std"]
     header += [f"{level_text(paired)} CI", "p (uncorrected)"]
-    has_paper = "paper Δ" in rows_frame and rows_frame["paper Δ"].notna().any()
-    header += [*(["paper Δ"] if has_paper else []), "unpaired seeds", "not trained", "note"]
+    column = reference.delta_column if reference is not None else None
+    shown = column is not None and column in rows_frame and rows_frame[column].notna().any()
+    header += [*([column] if shown else []), "unpaired seeds", "not trained", "note"]
     body = []
     for _, r in rows_frame.iterrows():
         metric = r["metric"]
@@ -423,26 +433,11 @@ def paired_markdown(paired: pd.DataFrame, metrics: Sequence[str] | None = None) 
         cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", params_text(r.get("params_change"))]
         cells += [metric, int(r["n"]), r["seeds"] or "–"]
         cells += [format_delta(r["mean"], metric), std, format_interval(r, metric), format_p(r.get("p"))]
-        if has_paper:
-            cells.append(_paper_delta_text(r, metric))
+        if shown:
+            cells.append(reference.delta_text(r, metric))
         cells += [r["unpaired"] or "", r["not_trained"] or "", r["note"] or ""]
         body.append(cells)
     return "\n".join(markdown_table(header, body)) + "\n"
-
-
-def paper_depth_shown(row: pd.Series) -> int | None:
-    """The paper's depth behind a row's ``paper Δ`` where it is not the row's own depth (paper.py's with_paper_delta
-    takes the paper's nearest depth, ``paper layers``, for one it did not run), else None: what the paired table and
-    figures name beside the paper's Δ."""
-    depth = row.get("paper layers", math.nan)
-    return int(depth) if pd.notna(depth) and depth != row.get("layers") else None
-
-
-def _paper_delta_text(row: pd.Series, metric: str) -> str:
-    """A row's ``paper Δ``, naming the paper's depth where it is not the row's (``-0.0041 at 48 L``)."""
-    text = format_delta(row["paper Δ"], metric)
-    depth = paper_depth_shown(row)
-    return text if depth is None else f"{text} at {depth} L"
 
 
 def spread_markdown(spread: pd.DataFrame) -> str:

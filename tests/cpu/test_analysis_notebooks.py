@@ -75,7 +75,8 @@ def test_notebooks_only_call_the_analysis_package():
                 continue
             imports = [ln for ln in cell.source.splitlines() if ln.startswith(("import ", "from "))]
             for line in imports:
-                assert line.split()[1] in {"os", "pathlib", "IPython.display", "moda_lab"}, f"{path.name}: {line}"
+                allowed = {"os", "pathlib", "IPython.display", "moda_lab", "moda_paper"}
+                assert line.split()[1] in allowed, f"{path.name}: {line}"
             assert not any(o.get("outputs") for o in [cell]), f"{path.name}: commit notebooks without outputs"
 
 

@@ -1,5 +1,6 @@
-"""Paired seed differences vs the baseline, the paper's Table 6 orderings, seed spread, the training check and the
-zero-shot accuracy tables, on run dirs written here with known per-seed final losses and accuracies."""
+"""Paired seed differences vs the baseline, the paper's Table 6 orderings (moda_paper, the analysis' reference),
+seed spread, the training check and the zero-shot accuracy tables, on run dirs written here with known per-seed
+final losses and accuracies."""
 
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 import analysis_sweep as fx  # noqa: E402
 
 from moda_lab.analysis import (  # noqa: E402
-    PAPER_TABLE6,
     add_significance,
     analyze,
     load_sweep_dir,
     pair_by_seed,
     paired_curves,
     paired_differences,
-    paper_orderings,
     paper_table,
     plot_paired_curves,
     plot_paired_differences,
@@ -34,7 +33,7 @@ from moda_lab.analysis import (  # noqa: E402
     t_interval,
 )
 from moda_lab.analysis.__main__ import main, parse_args  # noqa: E402
-from moda_lab.analysis.paper import VERDICTS  # noqa: E402
+from moda_paper import PAPER_TABLE6, TABLE6, VERDICTS, paper_orderings  # noqa: E402
 
 T_975_2 = 4.303  # Student's t, 97.5% quantile, 2 degrees of freedom (printed tables)
 T_975_1 = 12.706
@@ -123,9 +122,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_paired_sweep(tmp_path_factory.mktemp("paired") / "table6_small")
 
 
+def result_of(sweep: Path):
+    return add_significance(analyze(load_sweep_dir(sweep)), reference=TABLE6)
+
+
 @pytest.fixture(scope="module")
 def result(sweep: Path):
-    return add_significance(analyze(load_sweep_dir(sweep)))
+    return result_of(sweep)
 
 
 def diffs(a: dict, b: dict) -> list[float]:
@@ -172,7 +175,7 @@ def test_t_test_p_value_and_holm_against_hand_values():
 
 
 def test_verdict_words_and_untested_arms(sweep: Path, tmp_path: Path, capsys):
-    from moda_lab.analysis.paper import UntestedArm, check_orderings, verdict
+    from moda_paper import UntestedArm, check_orderings, verdict
 
     assert verdict(-0.05, 0.049) == "resolved, paper's sign" and verdict(0.05, 0.01) == "resolved, opposite sign"
     assert verdict(-0.05, 0.05) == "same sign, not resolved" and verdict(0.05, 0.2) == "opposite sign, not resolved"
@@ -287,7 +290,7 @@ def test_pairs_to_resolve_is_the_first_n_whose_interval_excludes_zero():
 
 def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert len(PAPER_TABLE6) == 9 and len(paper_orderings()) == 9
-    orders = result.orderings
+    orders = result.claims
     by = {(r["layers"], r["norm"], r["ordering"]): r for _, r in orders.iterrows()}
     # The family: the three 24-layer post-norm orderings (the rest are untested); Holm by hand on their p-values.
     tested = orders[orders["untested_because"] == ""]
@@ -326,7 +329,7 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert set(zip(not_run["layers"], not_run["paper norm"])) == {(48, "pre"), (48, "post")}
     assert len(not_run) == 5  # 48 post: 3, 48 pre without MoDA + FFN KV: 2
     assert (orders["paper layers"] == orders["layers"]).all()  # every depth of ours is one the paper ran
-    from moda_lab.analysis.paper import orderings_markdown
+    from moda_paper import orderings_markdown
 
     assert "paper layers" not in orderings_markdown(orders)
 
@@ -334,7 +337,7 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
 def test_a_depth_the_paper_did_not_run_is_checked_against_its_nearest(tmp_path: Path):
     """24-layer pre-norm (the paper ran pre-norm at 48 layers only): the three 48-layer pre-norm orderings, with
     our 24-layer pairs and ``paper layers`` 48; its markdown names the paper's depth."""
-    from moda_lab.analysis.paper import check_orderings, orderings_markdown
+    from moda_paper import check_orderings, orderings_markdown
 
     final = {(24, "pre", "residual", False): {0: 3.50, 1: 3.52}, (24, "pre", "moda", False): {0: 3.46, 1: 3.47},
              (24, "pre", "moda", True): {0: 3.45, 1: 3.47}}
@@ -373,18 +376,19 @@ def test_the_paired_tables_and_figures_give_the_nearest_depths_paper_delta(tmp_p
     for key, seeds in final.items():
         for seed, loss in seeds.items():
             fx.write_run_dir(tmp_path / "mixed", spec_of(*key, seed), rows_of(key, seed, loss)[0])
-    result = add_significance(analyze(load_sweep_dir(tmp_path / "mixed")))
+    result = add_significance(analyze(load_sweep_dir(tmp_path / "mixed")), reference=TABLE6)
     loss = result.paired[result.paired["metric"] == "val/loss"].set_index("norm")
     assert loss.loc["pre", "paper layers"] == 48 and loss.loc["pre", "paper Δ"] == pytest.approx(3.3759 - 3.3800)
     assert loss.loc["post", "paper layers"] == 24 and loss.loc["post", "paper Δ"] == pytest.approx(3.4537 - 3.4740)
     domain = result.paired[result.paired["metric"] != "val/loss"]
     assert domain["paper Δ"].isna().all() and domain["paper layers"].isna().all()  # val/loss rows only
-    table = paired_markdown(result.paired, metrics=["val/loss"])
+    table = paired_markdown(result.paired, metrics=["val/loss"], reference=TABLE6)
     assert "| -0.0041 at 48 L |" in table and "| -0.0203 |" in table
-    fig = plot_paired_differences(result.paired)
+    assert "paper Δ" not in paired_markdown(result.paired, metrics=["val/loss"])  # without the reference: no column
+    fig = plot_paired_differences(result.paired, reference=TABLE6)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sorted(legend) == ["paper (Table 6)", "paper at 48 layers (its nearest depth)"]
-    curves = plot_paired_curves(result.curves)
+    curves = plot_paired_curves(result.curves, reference=TABLE6)
     texts = {ax.get_title(): [t.get_label() for t in ax.get_lines() if t.get_label().startswith("paper")]
              for ax in curves.axes if ax.get_title().startswith("norm")}
     assert texts == {"norm = pre": ["paper's final Δ at 48 layers (its nearest depth)"],
@@ -433,13 +437,13 @@ def test_report_section_and_files(sweep: Path, tmp_path: Path):
         assert (out / "tables" / f"{stem}.md").exists() and (out / "tables" / f"{stem}.csv").exists()
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"paired_val_loss.png", "paired_val_loss_vs_tokens.png"} <= figures
-    assert len(pd.read_csv(out / "tables" / "paired_curves.csv")) == len(add_significance(analyze(load_sweep_dir(sweep))).curves)
+    assert len(pd.read_csv(out / "tables" / "paired_curves.csv")) == len(result_of(sweep).curves)
     csv = pd.read_csv(out / "tables" / "paired_differences.csv")
     assert len(csv) == 4 * 5  # 5 non-baseline cells x (val, c4, wiki, avg acc)
 
 
 def test_paired_figure_rows_and_intervals(result):
-    fig = plot_paired_differences(result.paired)
+    fig = plot_paired_differences(result.paired, reference=TABLE6)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == 4  # the dense cell has no pairs
@@ -451,6 +455,7 @@ def test_paired_figure_rows_and_intervals(result):
     title = fig.get_suptitle()
     assert "uncorrected" in title
     assert "95% CI" in title and [t.get_text() for t in ax.get_legend().get_texts()] == ["paper (Table 6)"]
+    assert plot_paired_differences(result.paired).axes[0].get_legend() is None  # no reference: no crosses
 
 
 def test_paired_curves_pair_each_validation_by_seed(result):
@@ -474,7 +479,7 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     assert "dense" not in set(curves["model"])  # its group has no baseline run
     only_complete = paired_curves(result.tidy, runs=[])
     assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-2])  # no paper Δ, layers yet
-    fig = plot_paired_curves(curves)
+    fig = plot_paired_curves(curves, reference=TABLE6)
     assert [ax.get_title() for ax in fig.axes] == ["norm = pre", "norm = post", "norm = reordered",
                                                    *["last 50% of tokens, zoomed"] * 3]
     # The zoom under each panel: its last half of tokens, with the final means, intervals, crosses and zero in view.
@@ -565,7 +570,7 @@ def test_training_check_and_pairing_when_the_baseline_sat_at_the_unigram_loss(tm
     for key, final in ((residual, 7.14), (moda, 5.79)):
         for seed in (0, 1):
             fx.write_run_dir(tmp_path / "sweep", spec_of(*key, seed), rows_of(key, seed, final + 0.01 * seed)[0])
-    res = add_significance(analyze(load_sweep_dir(tmp_path / "sweep")))
+    res = add_significance(analyze(load_sweep_dir(tmp_path / "sweep")), reference=TABLE6)
     untrained = set(res.summary.loc[res.summary["trained"].eq(False), "run"])
     assert untrained == {spec_of(*residual, seed).name for seed in (0, 1)}
     assert res.summary["trained"].eq(True).sum() == len(res.summary) - 2 == 2

@@ -80,3 +80,16 @@ def test_the_environment_has_the_pinned_versions():
             continue
         if installed.public != str(pins[name]) and installed != pins[name]:
             pytest.fail(f"{req.name} {installed} is installed, constraints.txt / setup.sh pin {pins[name]}")
+
+
+def test_every_package_of_the_repository_is_installed():
+    """pyproject's package discovery finds each top-level package (a folder with __init__.py: moda_lab,
+    moda_kernels, moda_paper) and every package under it, so `pip install .` ships what the repository imports."""
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(find_packages(where=str(ROOT), include=include))
+    top = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert {"moda_lab", "moda_kernels", "moda_paper"} <= top
+    every = {".".join(p.parent.relative_to(ROOT).parts) for t in top for p in (ROOT / t).rglob("__init__.py")}
+    assert every <= found, f"not installed: {sorted(every - found)}"

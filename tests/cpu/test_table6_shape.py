@@ -8,16 +8,12 @@ import torch
 from helpers import compose_cfg
 from moda_lab.config import run_config_from_dict
 from moda_lab.model import GPT
+from moda_paper.table6 import MODA_DEPTH_KV, MODA_FFN_KV, OLMO2, PAPER_TABLE6
 
-# (experiment, model config, paper's params in millions): Table 6 (width 384, 6 query / 2 KV heads).
-PAPER = [
-    ("table6_24l", "residual", 71.35),
-    ("table6_24l", "moda_depth_kv", 71.35),
-    ("table6_24l", "moda", 73.72),
-    ("table6_48l", "residual", 123.38),
-    ("table6_48l", "moda_depth_kv", 123.38),
-    ("table6_48l", "moda", 128.11),
-]
+# The model config of each of Table 6's variants (width 384, 6 query / 2 KV heads).
+MODEL_CONFIG = {OLMO2: "residual", MODA_DEPTH_KV: "moda_depth_kv", MODA_FFN_KV: "moda"}
+# (experiment, model config, paper's params in millions), from moda_paper's copy of Table 6.
+PAPER = sorted({(f"table6_{r.layers}l", MODEL_CONFIG[r.variant], r.params_m) for r in PAPER_TABLE6})
 
 
 @pytest.mark.parametrize("experiment,model,paper_m", PAPER, ids=[f"{e}-{m}" for e, m, _ in PAPER])
