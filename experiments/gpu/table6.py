@@ -8,7 +8,8 @@ the rows evaluate) is skipped; an unfinished one resumes from its checkpoint whe
 that finished training but not its eval, on a machine that no longer holds its checkpoint (the lease ended during
 the eval), is not trained again: status.json lists it under eval_lost.
 Jobs are plain ``python3 run.py <overrides>`` processes (the run dir is the one `-m` gives the same overrides);
-up to --parallel of them share the GPU, the longest first. Rows go norm by norm (every seed of the first norm, so
+up to --parallel of them share the GPU, the longest first (a job that runs out of GPU memory beside others is
+queued again, and from then on fewer run at once). Rows go norm by norm (every seed of the first norm, so
 its paired differences come first), seed by seed within it. A norm's rows start as soon as its sweep is complete,
 while the other norm's sweep jobs may still run.
 
@@ -275,6 +276,22 @@ def write_choices(plan: Plan, choices: dict[str, dict]) -> None:
     tmp.replace(path)
 
 
+OOM_RETRIES = 2  # per job and drive: a job out of GPU memory beside others is queued again, with fewer at once
+OOM_MARKERS = ("torch.OutOfMemoryError", "CUDA out of memory")
+
+
+def out_of_memory(plan: Plan, job: Job, start: int) -> bool:
+    """Whether the job's launch (its driver.log from byte ``start``) ended out of GPU memory. Four Table 6 runs
+    of MoDA at once ask for ~22 GiB each on an 80 GiB H100: the fourth one's first step failed (2026-12-06)."""
+    log = plan.run_dir(job) / "driver.log"
+    if not log.is_file():
+        return False
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode("utf-8", "replace")
+    return any(marker in text for marker in OOM_MARKERS)
+
+
 def _clock(t_start: float) -> str:
     return f"+{time.monotonic() - t_start:4.0f}s"
 
@@ -320,6 +337,8 @@ def drive(
     choices: dict[str, dict] = {}
     took: dict[str, float] = {}  # stage -> the shortest time a job of it took to finish in this drive
     held_back: set[Job] = set()  # said once each
+    log_start: dict[Job, int] = {}  # where this launch's output begins in the job's (appended) driver.log
+    oom_retries: dict[Job, int] = {}
     while True:
         for job, (proc, t0) in list(running.items()):
             if proc.poll() is not None:
@@ -332,6 +351,13 @@ def drive(
                 what = "done" if finished else "ended unfinished"  # a job stopped from outside can exit 0
                 print(f"[table6] {_clock(t_start)} {what} rc={proc.returncode} in {s:.0f} s: {plan.run_dir(job)}",
                       flush=True)
+                if proc.returncode != 0 and not finished and running and out_of_memory(plan, job, log_start[job]):
+                    oom_retries[job] = oom_retries.get(job, 0) + 1
+                    if oom_retries[job] <= OOM_RETRIES:  # it resumes from its checkpoint, if it wrote one
+                        parallel = len(running)
+                        print(f"[table6] {_clock(t_start)} out of GPU memory beside {len(running)} other run(s): "
+                              f"queued again, at most {parallel} at once from now: {plan.run_dir(job)}", flush=True)
+                        continue
                 if proc.returncode != 0:
                     failed[str(plan.run_dir(job))] = proc.returncode
         todo, new_choices = plan_jobs(plan)
@@ -358,6 +384,7 @@ def drive(
                 continue
             log = plan.run_dir(job) / "driver.log"  # comes back with the run dir; run names hold '=' and ','
             log.parent.mkdir(parents=True, exist_ok=True)
+            log_start[job] = log.stat().st_size if log.is_file() else 0
             cmd = [sys.executable, str(ROOT / "run.py"), *plan.overrides(job)]
             print(f"[table6] {_clock(t_start)} start {plan.run_dir(job)}", flush=True)
             with log.open("a") as f:
@@ -373,6 +400,7 @@ def drive(
     todo, choices = plan_jobs(plan)
     status = {
         "lr_choice": choices,
+        "parallel_at_end": parallel,
         "finished_this_call": [h for h in history if h["rc"] == 0],
         "failed": failed,
         "left": [str(plan.run_dir(j)) for j in todo],

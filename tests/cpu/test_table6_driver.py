@@ -256,6 +256,36 @@ def test_no_job_starts_with_less_time_left_than_a_finished_one_took(tmp_path, mo
     assert "ended unfinished rc=0" in capsys.readouterr().out
 
 
+def test_a_job_out_of_gpu_memory_beside_others_is_queued_again_with_fewer_at_once(tmp_path, monkeypatch, capsys):
+    """Four MoDA runs at once overran an 80 GiB H100 (2026-12-06): the run out of memory beside others is run
+    again once fewer share the GPU; one out of memory alone has failed."""
+    fake_root = tmp_path / "repo"
+    fake_root.mkdir()
+    # lr 2e-3 runs out of memory on its first launch; lr 1e-3 takes 2 s. lr 4e-3 always runs out of memory.
+    (fake_root / "run.py").write_text(
+        "import os, sys, time\n"
+        "lr = next(a.split('=')[1] for a in sys.argv if a.startswith('trainer.lr='))\n"
+        "if lr == '0.004' or (lr == '0.002' and not os.path.exists('oom_once')):\n"
+        "    open('oom_once', 'w').close()\n"
+        "    sys.exit('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.07 GiB.')\n"
+        "time.sleep(2 if lr == '0.001' else 0)\n"
+        "open(f'done_{lr}', 'w').close()\n"
+    )
+    monkeypatch.setattr(table6, "ROOT", fake_root)
+    monkeypatch.setattr(table6, "is_done", lambda plan, job: (fake_root / f"done_{table6.fmt_lr(job.lr)}").exists())
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(), grid=(1e-3, 2e-3), sweep_steps=4,
+                       max_extend=0, run_root=tmp_path / "runs")
+    status = table6.drive(plan, parallel=2, budget_s=60.0, log_dir=tmp_path / "logs", poll_s=0.1)
+    out = capsys.readouterr().out
+    assert (fake_root / "done_0.001").exists() and (fake_root / "done_0.002").exists()
+    assert "out of GPU memory beside 1 other run(s): queued again, at most 1 at once from now" in out
+    assert status["failed"] == {} and status["left"] == [] and status["parallel_at_end"] == 1
+
+    alone = table6.Plan(**{**plan.__dict__, "grid": (4e-3,)})
+    status = table6.drive(alone, parallel=2, budget_s=60.0, log_dir=tmp_path / "logs2", poll_s=0.1)
+    assert list(status["failed"].values()) == [1] and "queued again" not in capsys.readouterr().out
+
+
 def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again(plan):
     """Both norms chosen: every seed of the first norm before the second. A row that finished training but not its
     eval, with its checkpoint gone (a fresh machine), counts as done and is listed; with the checkpoint there, its
