@@ -132,6 +132,9 @@ class DepthMixer(nn.Module):
     a variant overrides only what it changes."""
 
     Options: ClassVar[type[MixerConfig]] = MixerConfig
+    # Whether torch.utils.flop_counter sees the work flops_per_token counts (matmuls, ops with a registered FLOP
+    # formula) or not (broadcast multiply-adds): the FLOPs tests add the unseen work to the counter's count.
+    flops_seen_by_counter: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
