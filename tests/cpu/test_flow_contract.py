@@ -127,3 +127,18 @@ def test_the_analysis_labels_variants_from_their_options():
     assert variant_of(cfg(name="value_residual", **{**default, "learnable": False})) == (
         "value_residual learnable=False"
     )
+
+
+@pytest.mark.parametrize("opts", [MixerConfig("dense"), MixerConfig("moda", ffn_kv=True),
+                                  MixerConfig("hyper_connections", expansion=2)], ids=lambda o: o.name)
+def test_options_survive_pickle_copy_and_replace(opts):
+    import copy
+    import dataclasses
+    import pickle
+
+    assert pickle.loads(pickle.dumps(opts)) == opts and copy.deepcopy(opts) == opts
+    cfg = ModelConfig(mixer=opts)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert MixerConfig.from_dict(dataclasses.asdict(opts)) == opts  # as saved in a config and loaded back
+    if opts.name == "hyper_connections":
+        assert dataclasses.replace(opts, dynamic=False) == MixerConfig("hyper_connections", expansion=2, dynamic=False)
