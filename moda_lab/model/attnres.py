@@ -1,0 +1,134 @@
+"""Attention Residuals (Kimi Team, "Attention Residuals", arXiv 2603.15031): each sublayer's input is a softmax
+attention over depth, the embeddings and earlier sublayers' outputs, instead of the fixed residual sum.
+
+Notation (paper Sec. 3; "layer" there is one sublayer: an attention or an FFN, so a block of the decoder holds
+two, i = 2 l + {0: attention, 1: FFN}, i = 0 .. 2L-1):
+
+Full AttnRes (Sec. 3.1, Eqs. 2-4). Values v_0 = embeddings, v_{i+1} = f_i(h_i) (sublayer i's output). Sublayer i
+reads
+
+    h_i = sum_{j<=i} alpha_{j->i} v_j,   alpha_{j->i} = exp(q_i . k_j) / sum_{j'<=i} exp(q_i . k_j')
+    q_i = w_i                  (a learned pseudo-query in R^D, one per sublayer; not a projection of the input)
+    k_j = RMSNorm_i(v_j)       (keys are the values, RMS-normalised with sublayer i's own gain, so a source of
+                                large magnitude cannot dominate the softmax by its norm; no 1/sqrt(D) scale)
+
+Block AttnRes (Sec. 3.2, Fig. 2). The 2L sublayers are cut into blocks of S consecutive sublayers; inside a block
+the outputs are summed as in the residual stream, and the attention runs over block representations only:
+
+    b_0 = embeddings,  b_n = sum_{i in block n} f_i(h_i)  (a completed block),
+    b_n^i = sum of the outputs of block n's sublayers before i  (the partial sum, absent at a block's start),
+    h_i = softmax-attention of w_i over [b_0, ..., b_{n-1}, b_n^i]   (keys RMSNorm_i of each, as above).
+
+Fig. 2 counts S in sublayers and cuts only before attention sublayers (S even); any S >= 1 is allowed here, and
+S = 1 (every sublayer output its own block) is Full AttnRes. The output head reads one more AttnRes, with its
+own pseudo-query and norm, over every block (b_0 .. b_N, the last one partial or complete): the paper's final
+output "aggregates all N block representations" (Sec. 3.2; the released Kimi models name it the output AttnRes).
+
+Initialisation (Sec. 3.1): every pseudo-query starts at zero, so every read starts as the uniform average of its
+sources; the key norms' gains start at one.
+
+The sources live in the forward's depth stream (depth.py), one hidden-state slot per completed block: a slot is
+written once and read in place by every later reader, whose backward adds its slot gradients into the stream's
+gradient buffer (no re-stacked history, no Python list of tensors in the graph). The partial sum b_n^i is an
+ordinary tensor: it changes after every sublayer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import RMSNorm
+
+Tensor = torch.Tensor
+
+
+def _attnres_forward(h: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, eps: float):
+    """fp32 softmax attention of ``query`` over the n slots h [B, T, n, D] and ``last`` [B, T, D] (or none).
+    Returns (out [B, T, D], alpha [B, T, m], logits [B, T, m], rsqrt-mean-square [B, T, m]), m = n (+1)."""
+    u = (query.float() * gain.float())  # q . (g * r) = (q * g) . r: one vector for all keys
+    srcs = h.float() if last is None else torch.cat([h.float(), last.float().unsqueeze(2)], dim=2)
+    rs = torch.rsqrt(srcs.pow(2).mean(-1) + eps)  # [B, T, m]
+    logits = torch.einsum("btjd,d->btj", srcs, u) * rs
+    alpha = torch.softmax(logits, dim=-1)
+    return torch.einsum("btj,btjd->btd", alpha, srcs), alpha, logits, rs
+
+
+@torch.library.custom_op("moda_lab::depth_attnres", mutates_args=())
+def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, n: int,
+                  eps: float, after: Tensor) -> Tensor:
+    """AttnRes read over the first n hidden-state slots of the stream and ``last``: [B, T, D] in the stream's
+    dtype (fp32 math)."""
+    out, *_ = _attnres_forward(data[0, :, :, :n], last, query, gain, eps)
+    return out.to(data.dtype).contiguous()
+
+
+@depth_attnres.register_fake
+def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after):
+    return data.new_empty(data.shape[1:3] + data.shape[4:])
+
+
+@torch.library.custom_op("moda_lab::depth_attnres_bwd", mutates_args=())
+def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor,
+                      n: int, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dlast or empty, dquery, dgain, token); adds the n slots' gradients into grad[0, :, :, :n] in place.
+
+    With r_j = v_j * s_j (s_j = rsqrt(mean(v_j^2) + eps)), u = query * gain, logit_j = u . r_j and G = dout:
+        da_j = G . v_j,   ds_j = alpha_j (da_j - sum_j' alpha_j' da_j'),
+        dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D),   du = sum_{b,t,j} ds_j r_j.
+    """
+    h = data[0, :, :, :n]
+    out, alpha, logits, rs = _attnres_forward(h, last, query, gain, eps)
+    srcs = h.float() if last is None else torch.cat([h.float(), last.float().unsqueeze(2)], dim=2)
+    G = g.float()
+    da = torch.einsum("btd,btjd->btj", G, srcs)
+    ds = alpha * (da - (alpha * da).sum(-1, keepdim=True))
+    u = query.float() * gain.float()
+    r = srcs * rs.unsqueeze(-1)
+    D = srcs.shape[-1]
+    dv = alpha.unsqueeze(-1) * G.unsqueeze(2) + (rs * ds).unsqueeze(-1) * (u - r * (logits / D).unsqueeze(-1))
+    du = torch.einsum("btj,btjd->d", ds, r)
+    grad.data[0, :, :, :n].add_(dv[:, :, :n].to(grad.dtype))  # .data: the writers saved grad (see depth.py)
+    dlast = dv[:, :, n].to(last.dtype).contiguous() if last is not None else g.new_empty(0)
+    return dlast, (du * gain.float()).to(query.dtype), (du * query.float()).to(gain.dtype), g.new_zeros(1)
+
+
+@depth_attnres_bwd.register_fake
+def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps):
+    dlast = last.new_empty(last.shape) if last is not None else g.new_empty(0)
+    return dlast, query.new_empty(query.shape), gain.new_empty(gain.shape), g.new_zeros(1)
+
+
+def _attnres_setup(ctx, inputs, output):
+    data, grad, last, query, gain, n, eps, after = inputs
+    ctx.save_for_backward(data, grad, last, query, gain)
+    ctx.n, ctx.eps, ctx.has_last = n, eps, last is not None
+
+
+def _attnres_backward(ctx, g):
+    data, grad, last, query, gain = ctx.saved_tensors
+    dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps)
+    return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter
+
+
+depth_attnres.register_autograd(_attnres_backward, setup_context=_attnres_setup)
+
+
+def read_flops(d_model: int, sources: int) -> int:
+    """Forward FLOPs per token of one read over ``sources``: the logits (q . k_j) and the weighted sum; the key
+    norms and the softmax are not counted (norms are not counted anywhere in the model's FLOPs)."""
+    return 4 * d_model * sources
+
+
+class DepthQuery(nn.Module):
+    """One AttnRes read: a zero-initialised pseudo-query w and the key RMSNorm (gain starts at one)."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(d_model))
+        self.key_norm = RMSNorm(d_model, eps=eps)
+
+    def forward(self, stream, last: Tensor | None) -> Tensor:
+        """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None)."""
+        return depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
+                             self.key_norm.eps, stream.token)
