@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .data.corpus import HubDataset
 from .data.packing import token_budget
 from .errors import UsageError
+from .layout import upgrade_mixer_options
 from .model.config import MixerConfig, ModelConfig
 
 
@@ -251,6 +252,12 @@ def from_dict(cls: type, data: dict, prefix: str) -> object:
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {names}"
             raise ConfigError(f"unknown config key {full!r}{hint}")
         hint_t = hints[key]
+        if hint_t is MixerConfig and isinstance(value, dict):  # the named variant's own options dataclass
+            value = upgrade_mixer_options(value)
+            try:
+                hint_t = MixerConfig.options_class(value.get("name", "residual"))
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
         if dataclasses.is_dataclass(hint_t):
             kwargs[key] = from_dict(hint_t, value, full)
         elif not _type_ok(value, hint_t):

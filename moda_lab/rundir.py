@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
+from .layout import upgrade_mixer_options
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ LATER_DEFAULTS: dict[str, object] = {
 def upgrade_config(cfg: dict) -> dict:
     """A resolved config in today's layout. Run dirs and wandb runs written before the norm placement moved into
     the model config hold it as ``norm: {placement: x}``; that becomes ``model.norm: x``. A model config from
-    before ``model.init_rng`` existed was initialised the one way there was: ``sequential``."""
+    before ``model.init_rng`` existed was initialised the one way there was: ``sequential``. The mixer's options
+    are upgraded by upgrade_mixer_options."""
     legacy = cfg.get("norm")
     if isinstance(legacy, dict) and "placement" in legacy:
         cfg = {k: v for k, v in cfg.items() if k != "norm"}
@@ -112,6 +114,9 @@ def upgrade_config(cfg: dict) -> dict:
     model = cfg.get("model")
     if isinstance(model, dict) and "d_model" in model and "init_rng" not in model:
         cfg = {**cfg, "model": {**model, "init_rng": "sequential"}}
+    model = cfg.get("model")
+    if isinstance(model, dict) and isinstance(model.get("mixer"), dict):
+        cfg = {**cfg, "model": {**model, "mixer": upgrade_mixer_options(model["mixer"])}}
     return cfg
 
 

@@ -55,7 +55,7 @@ class MoDAConfig(PretrainedConfig):
     init_std: float = 0.02
     init_rng: str = "sequential"
     attn_backend: str = "auto"
-    mixer: dict | None = None  # MixerConfig as a dict: name, depth_kv, ffn_kv, attn_kv
+    mixer: dict | None = None  # MixerConfig as a dict: name and the variant's options
     norm: str = "pre"
     # Special tokens (the training tokenizer's EOS doubles as BOS and padding, GPT-2 style).
     bos_token_id: int | None = None
@@ -67,5 +67,5 @@ class MoDAConfig(PretrainedConfig):
         """The workbench's ModelConfig (validated: a bad key raises ValueError naming it)."""
         keys = [f.name for f in dataclasses.fields(ModelConfig) if hasattr(self, f.name)]
         kwargs = {k: getattr(self, k) for k in keys}
-        kwargs["mixer"] = MixerConfig(**(self.mixer or {}))
+        kwargs["mixer"] = MixerConfig.from_dict(self.mixer or {})
         return ModelConfig(**kwargs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moda_kernels.moda.naive import naive_moda_attn, naive_moda_probs
@@ -40,6 +42,9 @@ class ForwardCtx:
     stream: DepthStream | None = None
     cache: KVCache | None = None
     probs: list[torch.Tensor] | None = None  # filled with [B, Hq, T, S + L] maps when inspecting
+    # What a depth-flow variant keeps for later layers of this forward beyond the depth stream (value residual:
+    # the first layer's values), keyed by the variant's own names.
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def inference(self) -> bool:
@@ -56,9 +61,17 @@ class KVProjection(nn.Module):
         self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.hd, bias=False)
         self.k_norm = RMSNorm(cfg.hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, ctx: ForwardCtx, xv: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K of x and V of xv (default x: one fused projection), each [B, T, Hk, d]."""
         B, T, _ = x.shape
-        k, v = self.wkv(x).view(B, T, 2, self.n_kv, self.hd).unbind(2)  # [B, T, Hk, d] each
+        if xv is None or xv is x:
+            k, v = self.wkv(x).view(B, T, 2, self.n_kv, self.hd).unbind(2)  # [B, T, Hk, d] each
+        else:  # separate key and value inputs (MUDDFormer): the two halves of wkv
+            wk, wv = self.wkv.weight.chunk(2, dim=0)
+            k = F.linear(x, wk).view(B, T, self.n_kv, self.hd)
+            v = F.linear(xv, wv).view(B, T, self.n_kv, self.hd)
         # Rotated at the token's own position: against a query of the same token RoPE cancels, so a depth
         # slot scores like an unrotated key, whichever layer wrote it.
         return ctx.rope(self.k_norm(k), ctx.offset), v
@@ -74,12 +87,22 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, ctx: ForwardCtx, depth: bool
+        self,
+        x: torch.Tensor,
+        ctx: ForwardCtx,
+        depth: bool,
+        xk: torch.Tensor | None = None,
+        xv: torch.Tensor | None = None,
+        values: Callable[[torch.Tensor, ForwardCtx], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D]; with ``depth`` the softmax also covers every slot of ctx.stream. Returns (out, k, v)."""
+        """Queries from x [B, T, D], keys from xk and values from xv (default x); with ``depth`` the softmax also
+        covers every slot of ctx.stream; ``values`` rewrites the projected values before they are used and
+        cached (a depth-flow variant's mix_values). Returns (out, k, v)."""
         B, T, _ = x.shape
         q = ctx.rope(self.q_norm(self.wq(x).view(B, T, self.n_heads, self.hd)), ctx.offset)
-        k, v = self.kv(x, ctx)
+        k, v = self.kv(x if xk is None else xk, ctx, xv)
+        if values is not None:
+            v = values(v, ctx)
         k_seq, v_seq = k, v
         if ctx.cache is not None:
             if self.layer in ctx.cache.k:

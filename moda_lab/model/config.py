@@ -8,10 +8,10 @@ norms.NORM_PLACEMENTS): registering a class there is all it takes to make its na
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .mixers import DEPTH_MIXERS
+from .mixers import MixerConfig
+from .mixers.base import check_choice as _check_choice
 from .norms import NORM_PLACEMENTS
 
 BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
@@ -20,43 +20,6 @@ BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 # "per_parameter", each weight from its own generator keyed by the seed and the weight's name, so two variants of
 # one seed start from the same values in every weight they share (paired comparisons: common random numbers).
 INIT_RNGS = ("sequential", "per_parameter")
-
-
-def _check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not allowed; choose one of {allowed}")
-
-
-@dataclass(frozen=True)
-class MixerConfig:
-    """Depth mixing: how a block reads from and writes to the depth stream.
-
-    The three MoDA switches are the columns of the paper's Table 3; they only apply to ``name="moda"``.
-    """
-
-    name: str = "residual"
-    depth_kv: bool = False  # MoDA: each attention layer writes its sequence K/V to the depth stream
-    ffn_kv: bool = False  # MoDA: each FFN input is projected by a light K/V projection and written
-    attn_kv: bool = False  # MoDA: an extra K/V projection of each attention input is written
-
-    def __post_init__(self) -> None:
-        _check_choice("model.mixer.name", self.name, DEPTH_MIXERS)
-        switches = {"depth_kv": self.depth_kv, "ffn_kv": self.ffn_kv, "attn_kv": self.attn_kv}
-        if self.name == "moda" and not any(switches.values()):
-            raise ValueError(
-                "model.mixer.name='moda' needs at least one depth K/V source: set model.mixer.depth_kv, "
-                "model.mixer.ffn_kv or model.mixer.attn_kv to true"
-            )
-        if self.name != "moda":
-            on = [k for k, v in switches.items() if v]
-            if on:
-                raise ValueError(f"model.mixer.{on[0]}=true only applies to model.mixer.name='moda', not {self.name!r}")
-
-    @property
-    def slots_per_layer(self) -> int:
-        """Depth K/V slots one layer writes (MoDA only)."""
-        return int(self.depth_kv) + int(self.ffn_kv) + int(self.attn_kv)
 
 
 @dataclass(frozen=True)
@@ -83,7 +46,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.mixer, dict):  # plain-dict construction (checkpoints, tests)
-            object.__setattr__(self, "mixer", MixerConfig(**self.mixer))
+            object.__setattr__(self, "mixer", MixerConfig.from_dict(self.mixer))
         _check_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _check_choice("model.attn_backend", self.attn_backend, BACKEND_NAMES)
         _check_choice("model.init_rng", self.init_rng, INIT_RNGS)

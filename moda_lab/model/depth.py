@@ -126,6 +126,80 @@ def _mix_backward(ctx, g):
 depth_mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 
 
+# --- per-token reads of hidden-state slots 0..n-1 (Attention Residuals, MUDDFormer) ------------------------
+#
+# For a token, with X_j = data[0, b, t, j] [D] the slots written so far:
+#     depth_mix_tokens:  out[b, t] = sum_j w[b, t, j] X_j      (per-token weights w [B, T, n])
+#     depth_dots:        s[b, t, j] = <q[b, t], X_j>           (per-token scores against a query q [B, T, D])
+# Each backward adds its slot gradient (w_j g, or ds_j q) into grad[0, :, :, j] in place, as depth_mix_bwd does,
+# and the other gradient is the other op's forward (dw = dots of g; dq = mix of ds). fp32 math.
+
+
+def _tokens_mix(h: Tensor, w: Tensor) -> Tensor:
+    return torch.einsum("btjd,btj->btd", h.float(), w.float())
+
+
+def _tokens_dots(h: Tensor, q: Tensor) -> Tensor:
+    return torch.einsum("btjd,btd->btj", h.float(), q.float())
+
+
+@torch.library.custom_op("moda_lab::depth_mix_tokens", mutates_args=())
+def depth_mix_tokens(data: Tensor, grad: Tensor, w: Tensor, n: int, after: Tensor) -> Tensor:
+    """sum_j w[:, :, j] data[0, :, :, j] over the first n slots: [B, T, D] in data's dtype."""
+    return _tokens_mix(data[0, :, :, :n], w).to(data.dtype)
+
+
+@depth_mix_tokens.register_fake
+def _depth_mix_tokens_fake(data, grad, w, n, after):
+    return data.new_empty(data.shape[1:3] + data.shape[4:])
+
+
+@torch.library.custom_op("moda_lab::depth_dots", mutates_args=())
+def depth_dots(data: Tensor, grad: Tensor, q: Tensor, n: int, after: Tensor) -> Tensor:
+    """<q, data[0, :, :, j]> for the first n slots: [B, T, n] in q's dtype."""
+    return _tokens_dots(data[0, :, :, :n], q).to(q.dtype)
+
+
+@depth_dots.register_fake
+def _depth_dots_fake(data, grad, q, n, after):
+    return q.new_empty(q.shape[:2] + (n,))
+
+
+@torch.library.custom_op("moda_lab::depth_tokens_bwd", mutates_args=())
+def depth_tokens_bwd(g: Tensor, data: Tensor, grad: Tensor, other: Tensor, n: int, mix: bool) -> tuple[Tensor, Tensor]:
+    """Backward of depth_mix_tokens (``mix``: g [B, T, D], other = w) or depth_dots (g [B, T, n], other = q):
+    (gradient of ``other``, token); adds the slots' gradient into grad[0, :, :, :n] in place."""
+    h, dh = data[0, :, :, :n], grad.data[0, :, :, :n]
+    if mix:  # dX_j += w_j g; dw_j = <g, X_j>
+        dh.add_((other.float().unsqueeze(-1) * g.float().unsqueeze(2)).to(dh.dtype))
+        d_other = _tokens_dots(h, g)
+    else:  # dX_j += ds_j q; dq = sum_j ds_j X_j
+        dh.add_((g.float().unsqueeze(-1) * other.float().unsqueeze(2)).to(dh.dtype))
+        d_other = _tokens_mix(h, g)
+    return d_other.to(other.dtype), other.new_zeros(1)
+
+
+@depth_tokens_bwd.register_fake
+def _depth_tokens_bwd_fake(g, data, grad, other, n, mix):
+    return other.new_empty(other.shape), other.new_zeros(1)
+
+
+def _tokens_setup(ctx, inputs, output):
+    data, grad, other, n, after = inputs
+    ctx.save_for_backward(data, grad, other)
+    ctx.n = n
+
+
+def _tokens_backward(ctx, g, mix: bool):
+    data, grad, other = ctx.saved_tensors
+    d_other, dafter = depth_tokens_bwd(g, data, grad, other, ctx.n, mix)
+    return None, None, d_other, None, dafter
+
+
+depth_mix_tokens.register_autograd(lambda ctx, g: _tokens_backward(ctx, g, True), setup_context=_tokens_setup)
+depth_dots.register_autograd(lambda ctx, g: _tokens_backward(ctx, g, False), setup_context=_tokens_setup)
+
+
 # --- attention over [sequence | depth slots 0..n-1] -------------------------------------------------------
 
 
@@ -247,7 +321,8 @@ def new_stream_buffers(parts: int, slots: int, B: int, T: int, feature: tuple[in
 
 class DepthStream:
     """One forward's depth stream: ``put`` appends a slot (K/V, or a hidden state), ``attend`` runs attention over
-    the K/V slots written so far, ``mix`` the depth-weighted average of the hidden states written so far."""
+    the K/V slots written so far, ``mix`` the depth-weighted average of the hidden states written so far,
+    ``mix_tokens`` and ``dots`` per-token weighted sums of and scores against them."""
 
     def __init__(self, data: Tensor, grad: Tensor, token: Tensor) -> None:
         self.data, self.grad, self.token = data, grad, token
@@ -279,3 +354,12 @@ class DepthStream:
     def mix(self, alpha: Tensor, *, kernel: bool) -> Tensor:
         """sum_j alpha[j] X_j over the hidden states written so far (alpha [size]): [B, T, D]."""
         return depth_mix(self.data, self.grad, alpha, self.size, self.token, kernel)
+
+    def mix_tokens(self, w: Tensor) -> Tensor:
+        """sum_j w[b, t, j] X_j[b, t] over the hidden states written so far, per-token weights w [B, T, size]:
+        [B, T, D] (fp32 math, no kernel yet)."""
+        return depth_mix_tokens(self.data, self.grad, w, self.size, self.token)
+
+    def dots(self, q: Tensor) -> Tensor:
+        """<q[b, t], X_j[b, t]> for every hidden state written so far, q [B, T, D]: scores [B, T, size]."""
+        return depth_dots(self.data, self.grad, q, self.size, self.token)

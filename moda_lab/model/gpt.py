@@ -23,6 +23,9 @@ from .norms import NORM_PLACEMENTS
 
 
 class Block(nn.Module):
+    """One layer under the depth-flow contract (mixers/base.py): the mixer reads the stream, says what each
+    sublayer reads and how its output joins the stream; the placements only place the norms."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.mixer = DEPTH_MIXERS[cfg.mixer.name](cfg, layer)
@@ -32,20 +35,19 @@ class Block(nn.Module):
         self.attn_norm = place(cfg.d_model, cfg.norm_eps, cfg.n_layers)
         self.ffn_norm = place(cfg.d_model, cfg.norm_eps, cfg.n_layers)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        x = self.mixer.read(x, ctx)
-        x = self.attn_norm(x, lambda h: self._attn(h, ctx))
-        x = self.ffn_norm(x, lambda h: self._ffn(h, ctx))
-        return self.mixer.write(x, ctx)
-
-    def _attn(self, h: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        out, k, v = self.attn(h, ctx, self.mixer.attn_depth())
-        self.mixer.after_attn(h, k, v, ctx)
-        return out
-
-    def _ffn(self, h: torch.Tensor, ctx: ForwardCtx) -> torch.Tensor:
-        self.mixer.before_ffn(h, ctx)
-        return self.ffn(h)
+    def forward(self, x, ctx: ForwardCtx):
+        mixer = self.mixer
+        x = mixer.read(x, ctx)
+        skip = mixer.skip(x, self.attn_norm, "attn", ctx)
+        xq, xk, xv = mixer.attn_inputs(x, self.attn_norm, ctx)
+        out, k, v = self.attn(xq, ctx, mixer.attn_depth(), xk, xv, mixer.mix_values)
+        mixer.after_attn(xk, k, v, ctx)
+        x = mixer.combine(skip, out, self.attn_norm, "attn", ctx)
+        skip = mixer.skip(x, self.ffn_norm, "ffn", ctx)
+        h = mixer.ffn_input(x, self.ffn_norm, ctx)
+        mixer.before_ffn(h, ctx)
+        x = mixer.combine(skip, self.ffn(h), self.ffn_norm, "ffn", ctx)
+        return mixer.write(x, ctx)
 
 
 def _weight_generators(mode: str):

@@ -140,7 +140,10 @@ def test_deepnorm_up_weights_the_stream_and_scales_the_init():
     assert place.alpha == pytest.approx(alpha)
     x = torch.randn(2, 5, 32)
     f = torch.nn.Linear(32, 32)
-    torch.testing.assert_close(place(x, f), place.norm(alpha * x + f(x)))
+    mixer = model.blocks[0].mixer  # the residual's combine, with the placement's roles: norm(alpha x + f(x))
+    assert place.gain == pytest.approx(alpha) and place.norm_input(x) is x
+    combined = mixer.combine(mixer.skip(x, place, "attn", None), f(x), place, "attn", None)
+    torch.testing.assert_close(combined, place.norm(alpha * x + f(x)))
     assert not NORM_PLACEMENTS["deepnorm"].final_norm
     # Same draws as post-norm, then x beta on the value half of wkv, wo, w13 and w2; wq and the keys unchanged.
     post = tiny(norm="post")
