@@ -35,20 +35,28 @@ ordinary tensor: it changes after every sublayer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .layers import RMSNorm
+from ..layers import RMSNorm
+from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
 
 Tensor = torch.Tensor
 
 
-def _attnres_forward(h: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, eps: float):
-    """fp32 softmax attention of ``query`` over the n slots h [B, T, n, D] and ``last`` [B, T, D] (or none).
-    Returns (out [B, T, D], alpha [B, T, m], logits [B, T, m], rsqrt-mean-square [B, T, m]), m = n (+1)."""
-    u = (query.float() * gain.float())  # q . (g * r) = (q * g) . r: one vector for all keys
-    srcs = h.float() if last is None else torch.cat([h.float(), last.float().unsqueeze(2)], dim=2)
-    rs = torch.rsqrt(srcs.pow(2).mean(-1) + eps)  # [B, T, m]
+def _sources(h: Tensor, last: Tensor | None) -> Tensor:
+    """The read's m = n (+1) sources [B, T, m, D] in the math dtype (fp32, or fp64 for fp64 streams)."""
+    acc = torch.promote_types(h.dtype, torch.float32)
+    return h.to(acc) if last is None else torch.cat([h.to(acc), last.to(acc).unsqueeze(2)], dim=2)
+
+
+def _attnres_forward(srcs: Tensor, query: Tensor, gain: Tensor, eps: float):
+    """Softmax attention of ``query`` over srcs [B, T, m, D] with RMS-normalised keys. Returns (out [B, T, D],
+    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m])."""
+    u = query.to(srcs.dtype) * gain.to(srcs.dtype)  # q . (g * r) = (q * g) . r: one vector for all keys
+    rs = torch.rsqrt(srcs.pow(2).mean(-1) + eps)
     logits = torch.einsum("btjd,d->btj", srcs, u) * rs
     alpha = torch.softmax(logits, dim=-1)
     return torch.einsum("btj,btjd->btd", alpha, srcs), alpha, logits, rs
@@ -59,7 +67,7 @@ def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor
                   eps: float, after: Tensor) -> Tensor:
     """AttnRes read over the first n hidden-state slots of the stream and ``last``: [B, T, D] in the stream's
     dtype (fp32 math)."""
-    out, *_ = _attnres_forward(data[0, :, :, :n], last, query, gain, eps)
+    out, *_ = _attnres_forward(_sources(data[0, :, :, :n], last), query, gain, eps)
     return out.to(data.dtype).contiguous()
 
 
@@ -77,20 +85,19 @@ def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None
         da_j = G . v_j,   ds_j = alpha_j (da_j - sum_j' alpha_j' da_j'),
         dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D),   du = sum_{b,t,j} ds_j r_j.
     """
-    h = data[0, :, :, :n]
-    out, alpha, logits, rs = _attnres_forward(h, last, query, gain, eps)
-    srcs = h.float() if last is None else torch.cat([h.float(), last.float().unsqueeze(2)], dim=2)
-    G = g.float()
+    srcs = _sources(data[0, :, :, :n], last)
+    out, alpha, logits, rs = _attnres_forward(srcs, query, gain, eps)
+    G = g.to(srcs.dtype)
     da = torch.einsum("btd,btjd->btj", G, srcs)
     ds = alpha * (da - (alpha * da).sum(-1, keepdim=True))
-    u = query.float() * gain.float()
+    u = query.to(srcs.dtype) * gain.to(srcs.dtype)
     r = srcs * rs.unsqueeze(-1)
     D = srcs.shape[-1]
     dv = alpha.unsqueeze(-1) * G.unsqueeze(2) + (rs * ds).unsqueeze(-1) * (u - r * (logits / D).unsqueeze(-1))
     du = torch.einsum("btj,btjd->d", ds, r)
     grad.data[0, :, :, :n].add_(dv[:, :, :n].to(grad.dtype))  # .data: the writers saved grad (see depth.py)
     dlast = dv[:, :, n].to(last.dtype).contiguous() if last is not None else g.new_empty(0)
-    return dlast, (du * gain.float()).to(query.dtype), (du * query.float()).to(gain.dtype), g.new_zeros(1)
+    return dlast, (du * gain.to(du.dtype)).to(query.dtype), (du * query.to(du.dtype)).to(gain.dtype), g.new_zeros(1)
 
 
 @depth_attnres_bwd.register_fake
@@ -116,7 +123,8 @@ depth_attnres.register_autograd(_attnres_backward, setup_context=_attnres_setup)
 
 def read_flops(d_model: int, sources: int) -> int:
     """Forward FLOPs per token of one read over ``sources``: the logits (q . k_j) and the weighted sum; the key
-    norms and the softmax are not counted (norms are not counted anywhere in the model's FLOPs)."""
+    norms and the softmax are not counted (norms are not counted anywhere in the model's FLOPs). No flop formula
+    is registered for the op: like the other mixers' own sums, torch's flop counter does not see it."""
     return 4 * d_model * sources
 
 
@@ -132,3 +140,86 @@ class DepthQuery(nn.Module):
         """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None)."""
         return depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
                              self.key_norm.eps, stream.token)
+
+
+@dataclass(frozen=True)
+class AttnResOptions(MixerConfig):
+    """``block_size``: sublayers per block (Fig. 2's block_size: attention and FFN count one each); 1 is Full
+    AttnRes, larger is Block AttnRes (the paper's N blocks of a 2L-sublayer model: block_size = 2L / N)."""
+
+    name: str = "attnres"
+    block_size: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_size < 1:
+            raise ValueError(f"model.mixer.block_size must be >= 1 (1: Full AttnRes), got {self.block_size}")
+
+
+def _slots(n_layers: int, block_size: int) -> int:
+    """Completed blocks a forward writes: b_0 (the embeddings) and one per boundary after sublayer 0."""
+    return 1 + (2 * n_layers - 1) // block_size
+
+
+@register_mixer("attnres")
+class AttnResMixer(DepthMixer):
+    """Attention Residuals: the stream state between sublayers is the partial block sum b_n^i (None right after
+    a block boundary, whose sum went to the depth stream); every sublayer reads a DepthQuery over the stream's
+    completed blocks and that partial sum, and the last sublayer's combine is the output AttnRes."""
+
+    Options = AttnResOptions
+
+    def __init__(self, cfg, layer: int) -> None:
+        super().__init__(cfg, layer)
+        self.attn_read = DepthQuery(cfg.d_model, cfg.norm_eps)
+        self.ffn_read = DepthQuery(cfg.d_model, cfg.norm_eps)
+        last = layer == cfg.n_layers - 1
+        self.out_read = DepthQuery(cfg.d_model, cfg.norm_eps) if last else None
+
+    @staticmethod
+    def stream_spec(cfg) -> StreamSpec:
+        return StreamSpec(1, _slots(cfg.n_layers, cfg.mixer.block_size), (cfg.d_model,), activations=False)
+
+    def _closes_block(self, sublayer: str) -> bool:
+        """Whether a block ends right after this layer's ``sublayer`` (not after the model's last one)."""
+        after = 2 * self.layer + (1 if sublayer == "attn" else 2)  # sublayers done once it has run
+        return after % self.cfg.mixer.block_size == 0 and after < 2 * self.cfg.n_layers
+
+    def read(self, x, ctx):
+        if self.layer == 0:
+            ctx.stream.put(x)  # b_0: the embeddings, a block of their own
+            return None
+        return x
+
+    def attn_inputs(self, x, place, ctx):
+        h = place.norm_input(self.attn_read(ctx.stream, x))
+        return h, h, h
+
+    def ffn_input(self, x, place, ctx):
+        return place.norm_input(self.ffn_read(ctx.stream, x))
+
+    def skip(self, x, place, sublayer, ctx):
+        return x if x is None or place.gain == 1.0 else place.gain * x
+
+    def combine(self, skip, y, place, sublayer, ctx):
+        x = place.norm_output(y)
+        if skip is not None:
+            x = skip + x  # b_n^{i+1} = b_n^i + f_i(h_i)
+        if self.out_read is not None and sublayer == "ffn":
+            # The model's last combine is the output AttnRes; post-norm's norm follows it, as it follows the last
+            # add of a residual stream (the head reads it with no norm of its own).
+            return place.norm_combined(self.out_read(ctx.stream, x))
+        x = place.norm_combined(x)
+        if self._closes_block(sublayer):
+            ctx.stream.put(x)  # a completed block b_n
+            return None
+        return x
+
+    def _sources(self, sublayer: int) -> int:
+        """Sources of the read before sublayer ``sublayer`` (0 .. 2L; 2L: the output read)."""
+        S = self.cfg.mixer.block_size
+        return 1 + (sublayer - 1) // S + 1 if sublayer else 1
+
+    def flops_per_token(self) -> int:
+        reads = [2 * self.layer, 2 * self.layer + 1] + ([2 * self.cfg.n_layers] if self.out_read else [])
+        return sum(read_flops(self.cfg.d_model, self._sources(i)) for i in reads)
