@@ -159,7 +159,7 @@ def test_fig2_with_one_sublayer_per_block_is_full_attnres():
 
 @pytest.mark.parametrize("S", [1, 4])
 def test_zero_initialised_queries_read_the_uniform_average(S):
-    """Sec. 3.1's initialisation: every pseudo-query starts at zero and every key-norm gain at one, so every read
+    """The paper's initialisation: every pseudo-query starts at zero and every key-norm gain at one, so every read
     is the plain mean of its sources, whatever the gains become (they are scrambled here)."""
     cfg = attnres_cfg(S)
     torch.manual_seed(0)

@@ -24,8 +24,13 @@ S = 1 (every sublayer output its own block) is Full AttnRes. The output head rea
 own pseudo-query and norm, over every block (b_0 .. b_N, the last one partial or complete): the paper's final
 output "aggregates all N block representations" (Sec. 3.2; the released Kimi models name it the output AttnRes).
 
-Initialisation (Sec. 3.1): every pseudo-query starts at zero, so every read starts as the uniform average of its
-sources; the key norms' gains start at one.
+Initialisation (Sec. 3, and the ablations: needed for stable training): every pseudo-query starts at zero, so
+every read starts as the uniform average of its sources; the key norms' gains start at one.
+
+Norm placements (norms.py) keep their roles: pre-norm normalises what a sublayer reads (f_i(norm(h_i))),
+reordered what it returns (norm(f_i(h_i))), post-norm the partial sum after every add (b_n^{i+1} =
+norm(b_n^i + f_i(h_i))), and, the head having no norm of its own then, the output AttnRes (the model's last
+combine). The paper trains pre-norm models only.
 
 The sources live in the forward's depth stream (depth.py), one hidden-state slot per completed block: a slot is
 written once and read in place by every later reader, whose backward adds its slot gradients into the stream's
@@ -46,20 +51,28 @@ from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
 Tensor = torch.Tensor
 
 
-def _sources(h: Tensor, last: Tensor | None) -> Tensor:
-    """The read's m = n (+1) sources [B, T, m, D] in the math dtype (fp32, or fp64 for fp64 streams)."""
+def _groups(h: Tensor, last: Tensor | None) -> list[Tensor]:
+    """The read's sources as views [B, T, n_g, D] in the math dtype (fp32, or fp64 for an fp64 stream): the
+    stream's slot prefix, then ``last`` as one more source. Kept apart, not concatenated: no read copies the
+    stream."""
     acc = torch.promote_types(h.dtype, torch.float32)
-    return h.to(acc) if last is None else torch.cat([h.to(acc), last.to(acc).unsqueeze(2)], dim=2)
+    return [h.to(acc)] if last is None else [h.to(acc), last.to(acc).unsqueeze(2)]
 
 
-def _attnres_forward(srcs: Tensor, query: Tensor, gain: Tensor, eps: float):
-    """Softmax attention of ``query`` over srcs [B, T, m, D] with RMS-normalised keys. Returns (out [B, T, D],
-    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m])."""
-    u = query.to(srcs.dtype) * gain.to(srcs.dtype)  # q . (g * r) = (q * g) . r: one vector for all keys
-    rs = torch.rsqrt(srcs.pow(2).mean(-1) + eps)
-    logits = torch.einsum("btjd,d->btj", srcs, u) * rs
+def _attnres_forward(groups: list[Tensor], query: Tensor, gain: Tensor, eps: float):
+    """Softmax attention of ``query`` over the sources with RMS-normalised keys. Returns (out [B, T, D],
+    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m]) over all m sources."""
+    u = query.to(groups[0].dtype) * gain.to(groups[0].dtype)  # q . (g * r) = (q * g) . r: one vector for all keys
+    rs = torch.cat([torch.rsqrt(v.pow(2).mean(-1) + eps) for v in groups], dim=-1)
+    logits = torch.cat([torch.einsum("btjd,d->btj", v, u) for v in groups], dim=-1) * rs
     alpha = torch.softmax(logits, dim=-1)
-    return torch.einsum("btj,btjd->btd", alpha, srcs), alpha, logits, rs
+    out = sum(torch.einsum("btj,btjd->btd", a, v) for a, v in zip(_split(alpha, groups), groups))
+    return out, alpha, logits, rs
+
+
+def _split(t: Tensor, groups: list[Tensor]) -> tuple[Tensor, ...]:
+    """A [B, T, m] tensor cut into one [B, T, n_g] piece per source group."""
+    return t.split([v.shape[2] for v in groups], dim=-1)
 
 
 @torch.library.custom_op("moda_lab::depth_attnres", mutates_args=())
@@ -67,7 +80,7 @@ def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor
                   eps: float, after: Tensor) -> Tensor:
     """AttnRes read over the first n hidden-state slots of the stream and ``last``: [B, T, D] in the stream's
     dtype (fp32 math)."""
-    out, *_ = _attnres_forward(_sources(data[0, :, :, :n], last), query, gain, eps)
+    out, *_ = _attnres_forward(_groups(data[0, :, :, :n], last), query, gain, eps)
     return out.to(data.dtype).contiguous()
 
 
@@ -85,18 +98,21 @@ def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None
         da_j = G . v_j,   ds_j = alpha_j (da_j - sum_j' alpha_j' da_j'),
         dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D),   du = sum_{b,t,j} ds_j r_j.
     """
-    srcs = _sources(data[0, :, :, :n], last)
-    out, alpha, logits, rs = _attnres_forward(srcs, query, gain, eps)
-    G = g.to(srcs.dtype)
-    da = torch.einsum("btd,btjd->btj", G, srcs)
+    groups = _groups(data[0, :, :, :n], last)
+    _, alpha, logits, rs = _attnres_forward(groups, query, gain, eps)
+    G = g.to(groups[0].dtype)
+    da = torch.cat([torch.einsum("btd,btjd->btj", G, v) for v in groups], dim=-1)
     ds = alpha * (da - (alpha * da).sum(-1, keepdim=True))
-    u = query.to(srcs.dtype) * gain.to(srcs.dtype)
-    r = srcs * rs.unsqueeze(-1)
-    D = srcs.shape[-1]
-    dv = alpha.unsqueeze(-1) * G.unsqueeze(2) + (rs * ds).unsqueeze(-1) * (u - r * (logits / D).unsqueeze(-1))
-    du = torch.einsum("btj,btjd->d", ds, r)
-    grad.data[0, :, :, :n].add_(dv[:, :, :n].to(grad.dtype))  # .data: the writers saved grad (see depth.py)
-    dlast = dv[:, :, n].to(last.dtype).contiguous() if last is not None else g.new_empty(0)
+    u = query.to(G.dtype) * gain.to(G.dtype)
+    D = G.shape[-1]
+    du = torch.zeros_like(u)
+    dv = []
+    for v, a, s, z, lg in zip(groups, *(_split(t, groups) for t in (alpha, rs, ds, logits))):
+        r = v * s.unsqueeze(-1)
+        du += torch.einsum("btj,btjd->d", z, r)
+        dv.append(a.unsqueeze(-1) * G.unsqueeze(2) + (s * z).unsqueeze(-1) * (u - r * (lg / D).unsqueeze(-1)))
+    grad.data[0, :, :, :n].add_(dv[0].to(grad.dtype))  # .data: the writers saved grad (see depth.py)
+    dlast = dv[1][:, :, 0].to(last.dtype).contiguous() if last is not None else g.new_empty(0)
     return dlast, (du * gain.to(du.dtype)).to(query.dtype), (du * query.to(du.dtype)).to(gain.dtype), g.new_zeros(1)
 
 
