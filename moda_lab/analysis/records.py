@@ -195,3 +195,32 @@ def variant_label(model: Any, depth_kv: Any = False, ffn_kv: Any = False, attn_k
     elif str(model) != "moda" and depth_kv:
         extras.insert(0, "+depth_kv")
     return " ".join([str(model), *extras])
+
+
+def _option_defaults(name: str) -> dict[str, Any]:
+    """The defaults of the options of the variant registered as ``name`` ({} when it is not registered here)."""
+    from dataclasses import fields
+
+    from moda_lab.model import DEPTH_MIXERS  # on first use: importing the model imports torch
+
+    cls = DEPTH_MIXERS.get(name)
+    return {f.name: f.default for f in fields(cls.Options)} if cls is not None else {}
+
+
+def variant_of(cfg: dict[str, Any]) -> str:
+    """The variant label of a run config: ``variant_label`` of the mixer name and MoDA's switches, then each other
+    option of the variant (``model.mixer.*``) away from its default, as its options dataclass declares it:
+    ``value_residual learnable=False``."""
+    cols = config_columns(cfg)
+    label = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
+    options = {
+        k[len(VARIANT_KEY_PREFIX) :]: v for k, v in flatten_config(cfg).items() if k.startswith(VARIANT_KEY_PREFIX)
+    }
+    defaults = _option_defaults(str(cols["model"]))
+    extras = [
+        f"{k}={v}"
+        for k, v in sorted(options.items())
+        if k != "name" and k not in SWITCH_COLUMNS and (k not in defaults or v != defaults[k])
+    ]
+    return " ".join([label, *extras])
+

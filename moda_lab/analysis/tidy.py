@@ -21,7 +21,7 @@ from moda_lab.analysis.records import (
     get_dotted,
     lr_group_id,
     pair_group_id,
-    variant_label,
+    variant_of,
 )
 
 # Identity columns of the tidy table and the run summary; ``pair_group`` is equal for runs that differ only in the
@@ -71,7 +71,7 @@ def all_issues(records: Iterable[RunRecord]) -> list[RunIssue]:
 def _run_columns(record: RunRecord) -> dict[str, object]:
     cols: dict[str, object] = {"run": record.run, "source": record.source, "status": record.status, "path": record.path}
     cols.update(config_columns(record.config))
-    cols["variant"] = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
+    cols["variant"] = variant_of(record.config)
     cols["cell"] = cell_id(record.config)
     cols["pair_group"] = pair_group_id(record.config)
     cols["lr_group"] = lr_group_id(record.config)

@@ -112,3 +112,18 @@ def test_a_variant_built_from_options_runs():
     model = GPT(ModelConfig(vocab_size=32, n_layers=2, d_model=16, n_heads=2, n_kv_heads=1, max_seq_len=8,
                             mixer=MixerConfig("moda", ffn_kv=True)))
     assert model(torch.randint(0, 32, (1, 5))).shape == (1, 5, 32)
+
+
+def test_the_analysis_labels_variants_from_their_options():
+    from moda_lab.analysis.records import variant_of
+
+    def cfg(**mixer):
+        return {"model": {"mixer": mixer}}
+
+    assert variant_of(cfg(name="moda", depth_kv=True, ffn_kv=True, attn_kv=False)) == "moda +ffn_kv"
+    assert variant_of(cfg(name="residual")) == variant_of(cfg(name="residual", depth_kv=False)) == "residual"
+    default = {"lambda_own": 0.5, "lambda_first": 0.5, "learnable": True}
+    assert variant_of(cfg(name="value_residual", **default)) == "value_residual"
+    assert variant_of(cfg(name="value_residual", **{**default, "learnable": False})) == (
+        "value_residual learnable=False"
+    )

@@ -6,17 +6,19 @@ roles (``norm_input``, ``norm_output``, ``norm_combined``) and the stream's ``ga
 and the attention and FFN placements pa, pf::
 
     x = m.read(x, ctx)                               # the stream state entering the block (any shape)
-    s = m.skip(x, pa, "attn", ctx)                   # the stream side of the combine, taken before the sublayer
-    xq, xk, xv = m.attn_inputs(x, pa, ctx)           # what attention reads: normed q, k and v inputs [B, T, D]
+    s = m.skip(x, pa, "attn", ctx)                   # what the combine (and the inputs) need, before the sublayer
+    xq, xk, xv = m.attn_inputs(x, s, pa, ctx)        # what attention reads: normed q, k and v inputs [B, T, D]
     y, k, v = attention(xq, xk, xv, m.mix_values)    # m.mix_values may rewrite the values (value residual)
     m.after_attn(xk, k, v, ctx)                      # observe (MoDA writes depth K/V here)
     x = m.combine(s, y, pa, "attn", ctx)             # the sublayer output into the stream(s)
-    s = m.skip(x, pf, "ffn", ctx); h = m.ffn_input(x, pf, ctx); m.before_ffn(h, ctx)
+    s = m.skip(x, pf, "ffn", ctx); h = m.ffn_input(x, s, pf, ctx); m.before_ffn(h, ctx)
     x = m.combine(s, ffn(h), pf, "ffn", ctx)
     x = m.write(x, ctx)                              # after the last block: a [B, T, D] tensor again
 
-``skip`` runs before the sublayer so that autograd sums the stream's gradient in the order it did when the add
-lived in the placements (the pinned outputs stay bit for bit: tests/cpu/test_flow_contract_pins.py).
+``skip`` returns whatever the variant's inputs and combine share (the residual: the stream times the
+placement's gain; Hyper-Connections: the mixed copies and the per-token connection weights). It runs before the
+sublayer so that autograd sums the stream's gradient in the order it did when the add lived in the placements
+(the pinned outputs stay bit for bit: tests/cpu/test_flow_contract_pins.py).
 
 The stream state between blocks is the variant's own business (Hyper-Connections carry n copies, [B, T, n, D]);
 the embeddings enter block 0's ``read`` and the last block's ``write`` must hand back [B, T, D] for the head.
@@ -130,6 +132,9 @@ class DepthMixer(nn.Module):
     a variant overrides only what it changes."""
 
     Options: ClassVar[type[MixerConfig]] = MixerConfig
+    # Whether torch.utils.flop_counter sees the work flops_per_token counts (matmuls, ops with a registered FLOP
+    # formula) or not (broadcast multiply-adds): the FLOPs tests add the unseen work to the counter's count.
+    flops_seen_by_counter: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -156,21 +161,21 @@ class DepthMixer(nn.Module):
 
     # --- each sublayer: what it reads, how its output joins the stream -------------------------------------
 
+    def skip(self, x: Any, place: NormPlacement, sublayer: str, ctx: ForwardCtx) -> Any:
+        """What sublayer ``sublayer`` ("attn" or "ffn") needs from the stream before it runs, handed to its input
+        hook and its combine: here the stream, up-weighted by the placement's gain (DeepNorm's alpha)."""
+        return x if place.gain == 1.0 else place.gain * x
+
     def attn_inputs(
-        self, x: Any, place: NormPlacement, ctx: ForwardCtx
+        self, x: Any, skip: Any, place: NormPlacement, ctx: ForwardCtx
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The attention's query, key and value inputs [B, T, D] (one tensor three times: one projection)."""
         h = place.norm_input(x)
         return h, h, h
 
-    def ffn_input(self, x: Any, place: NormPlacement, ctx: ForwardCtx) -> torch.Tensor:
+    def ffn_input(self, x: Any, skip: Any, place: NormPlacement, ctx: ForwardCtx) -> torch.Tensor:
         """The FFN's input [B, T, D]."""
         return place.norm_input(x)
-
-    def skip(self, x: Any, place: NormPlacement, sublayer: str, ctx: ForwardCtx) -> Any:
-        """The stream side of sublayer ``sublayer``'s combine ("attn" or "ffn"), taken before it runs: the stream,
-        up-weighted by the placement's gain (DeepNorm's alpha)."""
-        return x if place.gain == 1.0 else place.gain * x
 
     def combine(self, skip: Any, y: torch.Tensor, place: NormPlacement, sublayer: str, ctx: ForwardCtx) -> Any:
         """The stream after sublayer ``sublayer`` returned y [B, T, D], given what ``skip`` returned."""

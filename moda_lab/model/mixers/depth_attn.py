@@ -17,6 +17,8 @@ from .base import DepthMixer, StreamSpec, register_mixer
 class DepthAttnMixer(DepthMixer):
     """A query of the stream attends over K/V of the same token from all earlier layers."""
 
+    flops_seen_by_counter = True  # the read runs through the depth_attn op, whose FLOP formula is registered
+
     def __init__(self, cfg, layer: int) -> None:
         super().__init__(cfg, layer)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)

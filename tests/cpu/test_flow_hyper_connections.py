@@ -1,0 +1,127 @@
+"""Hyper-Connections (arXiv 2409.19606) against a reference written from the paper's equations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flow_checks import (
+    assert_cached_generation_matches_uncached,
+    assert_compiles_to_one_graph,
+    assert_matches_reference,
+    counted_forward_flops,
+    randomize,
+    ref_attention,
+    ref_ffn,
+    ref_head,
+    ref_norm,
+    tiny,
+)
+
+from moda_lab.model import GPT, MixerConfig
+
+NORMS = ["pre", "post", "reordered"]
+
+
+def hc(n=3, dynamic=True):
+    return MixerConfig("hyper_connections", expansion=n, dynamic=dynamic)
+
+
+def reference(cfg):
+    """Eq. (the HC matrix): h = A_m^T H, H' = B^T T(h) + A_r^T H per sublayer, copies handled one by one; DHC's
+    weights from H_bar = norm(H): B + s_b tanh(H_bar W_b), A + s_a tanh(H_bar W_a)."""
+    n, dynamic, norm = cfg.mixer.expansion, cfg.mixer.dynamic, cfg.norm
+
+    def weights(P, pre, H):
+        A_m, A_r, B = P[pre + "pre"], P[pre + "res"].T, P[pre + "post"]  # res is stored as A_r^T
+        A_m, A_r, B = A_m.expand(*H.shape[:2], n), A_r.expand(*H.shape[:2], n, n), B.expand(*H.shape[:2], n)
+        if dynamic:
+            Hb = ref_norm(P, pre + "norm_weight", H)  # [B, T, n, D]
+            W = P[pre + "w"]
+            s_b, s_a = P[pre + "scale"]
+            B = B + s_b * torch.tanh(Hb @ W[:, 0])
+            A_m = A_m + s_a * torch.tanh(Hb @ W[:, 1])
+            A_r = A_r + s_a * torch.tanh(Hb @ W[:, 2:])  # [B, T, i, j]
+        return A_m, A_r, B
+
+    def sublayer(P, pre, name, H, f):
+        A_m, A_r, B = weights(P, pre, H)
+        h = sum(A_m[..., i, None] * H[:, :, i] for i in range(n))
+        w = name + ".norm.weight"
+        y = f(ref_norm(P, w, h)) if norm == "pre" else f(h)
+        if norm == "reordered":
+            y = ref_norm(P, w, y)
+        new = [B[..., j, None] * y + sum(A_r[..., i, j, None] * H[:, :, i] for i in range(n)) for j in range(n)]
+        H = torch.stack(new, dim=2)
+        return ref_norm(P, w, H) if norm == "post" else H
+
+    def logits(P, idx):
+        H = torch.stack([P["tok_emb.weight"][idx]] * n, dim=2)
+        for layer in range(cfg.n_layers):
+            b = f"blocks.{layer}."
+            H = sublayer(P, b + "mixer.attn_hc.", b + "attn_norm", H,
+                         lambda h, b=b: ref_attention(P, b + "attn.", cfg, h, h, h))
+            H = sublayer(P, b + "mixer.ffn_hc.", b + "ffn_norm", H, lambda h, b=b: ref_ffn(P, b + "ffn.", h))
+        return ref_head(P, cfg, H.sum(2))
+
+    return logits
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_forward_and_every_gradient_match_the_reference(norm, dynamic):
+    cfg = tiny(hc(3, dynamic), norm)
+    torch.manual_seed(0)
+    # Spread 0.1, not 0.2: every sublayer adds its output to three copies and mixes them, so the stream and the
+    # head's sum of copies grow faster than the residual's and fp32 rounding alone passes 1e-5 at 0.2 (in
+    # float64, with the sdpa backend and RoPE in float64, model and reference agree to 1e-11 at 0.2).
+    assert_matches_reference(randomize(GPT(cfg), scale=0.1), reference(cfg))
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_one_copy_with_initial_weights_is_the_residual_model(norm, dynamic):
+    """n = 1 and the connection weights at their init (A_m = A_r = B = 1, dynamic terms zero): the residual."""
+    torch.manual_seed(0)
+    base = randomize(GPT(tiny(MixerConfig("residual"), norm)))
+    model = GPT(tiny(hc(1, dynamic), norm))
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing and all(".mixer." in k for k in missing)
+    idx = torch.randint(0, 64, (2, 8))
+    torch.testing.assert_close(model(idx), base(idx), rtol=0, atol=0)
+
+
+def test_static_init_is_the_papers_pre_norm_equivalent():
+    model = GPT(tiny(hc(4, False)))
+    for layer, block in enumerate(model.blocks):
+        for k, conn in ((2 * layer, block.mixer.attn_hc), (2 * layer + 1, block.mixer.ffn_hc)):
+            assert conn.pre.tolist() == [float(i == k % 4) for i in range(4)]
+            assert torch.equal(conn.res, torch.eye(4)) and conn.post.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_params_and_flops_are_counted(dynamic):
+    n, L, D = 3, 3, 32
+    res, model = GPT(tiny(MixerConfig("residual"))), GPT(tiny(hc(n, dynamic)))
+    per_sublayer = n + n * n + n + ((D + D * (n + 2) + 2) if dynamic else 0)
+    assert model.num_params() - res.num_params() == 2 * L * per_sublayer
+    # Independent count: the flop counter sees every connection matmul (input, copy mix, output, and DHC's
+    # H_bar W per copy); the formula must add exactly that to the residual's.
+    extra = model.forward_flops_per_token(16) - res.forward_flops_per_token(16)
+    assert counted_forward_flops(model) - counted_forward_flops(res) == extra
+    assert extra == 2 * L * (2 * n * D * (n + 2) * (2 if dynamic else 1))
+
+
+def test_bad_expansion_names_the_key():
+    with pytest.raises(ValueError, match=r"^model.mixer.expansion=0 is out of range; allowed: >= 1$"):
+        hc(0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_cached_greedy_generation_equals_uncached(norm):
+    assert_cached_generation_matches_uncached(tiny(hc(3, True), norm))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_compiles_to_one_graph(dynamic):
+    assert_compiles_to_one_graph(tiny(hc(3, dynamic), "post"))
