@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from ..layers import RMSNorm
 from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
@@ -139,9 +140,24 @@ depth_attnres.register_autograd(_attnres_backward, setup_context=_attnres_setup)
 
 def read_flops(d_model: int, sources: int) -> int:
     """Forward FLOPs per token of one read over ``sources``: the logits (q . k_j) and the weighted sum; the key
-    norms and the softmax are not counted (norms are not counted anywhere in the model's FLOPs). No flop formula
-    is registered for the op: like the other mixers' own sums, torch's flop counter does not see it."""
+    norms and the softmax are not counted (norms are not counted anywhere in the model's FLOPs)."""
     return 4 * d_model * sources
+
+
+def _op_flops(data, last, n: int, backward: bool) -> int:
+    """The read's FLOPs over a [1, B, T, S, D] stream; the backward does twice the forward's multiply-adds."""
+    B, T, D = data[1], data[2], data[-1]
+    return B * T * read_flops(D, n + (last is not None)) * (2 if backward else 1)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_attnres)
+def _depth_attnres_flops(data, grad, last, query, gain, n, *args, **kwargs) -> int:
+    return _op_flops(data, last, n, backward=False)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_attnres_bwd)
+def _depth_attnres_bwd_flops(g, data, grad, last, query, gain, n, *args, **kwargs) -> int:
+    return _op_flops(data, last, n, backward=True)
 
 
 class DepthQuery(nn.Module):
@@ -184,6 +200,7 @@ class AttnResMixer(DepthMixer):
     completed blocks and that partial sum, and the last sublayer's combine is the output AttnRes."""
 
     Options = AttnResOptions
+    flops_seen_by_counter = True  # the reads are ops with a registered FLOP formula
 
     def __init__(self, cfg, layer: int) -> None:
         super().__init__(cfg, layer)
@@ -207,11 +224,11 @@ class AttnResMixer(DepthMixer):
             return None
         return x
 
-    def attn_inputs(self, x, place, ctx):
+    def attn_inputs(self, x, skip, place, ctx):
         h = place.norm_input(self.attn_read(ctx.stream, x))
         return h, h, h
 
-    def ffn_input(self, x, place, ctx):
+    def ffn_input(self, x, skip, place, ctx):
         return place.norm_input(self.ffn_read(ctx.stream, x))
 
     def skip(self, x, place, sublayer, ctx):
