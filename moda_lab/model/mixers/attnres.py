@@ -62,9 +62,11 @@ def _groups(h: Tensor, last: Tensor | None) -> list[Tensor]:
 
 def _attnres_forward(groups: list[Tensor], query: Tensor, gain: Tensor, eps: float):
     """Softmax attention of ``query`` over the sources with RMS-normalised keys. Returns (out [B, T, D],
-    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m]) over all m sources."""
+    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m]) over all m sources. Every
+    reduction over D is a contraction (no [B, T, n, D] temporary)."""
+    D = groups[0].shape[-1]
     u = query.to(groups[0].dtype) * gain.to(groups[0].dtype)  # q . (g * r) = (q * g) . r: one vector for all keys
-    rs = torch.cat([torch.rsqrt(v.pow(2).mean(-1) + eps) for v in groups], dim=-1)
+    rs = torch.cat([torch.rsqrt(torch.einsum("btjd,btjd->btj", v, v) / D + eps) for v in groups], dim=-1)
     logits = torch.cat([torch.einsum("btjd,d->btj", v, u) for v in groups], dim=-1) * rs
     alpha = torch.softmax(logits, dim=-1)
     out = sum(torch.einsum("btj,btjd->btd", a, v) for a, v in zip(_split(alpha, groups), groups))
@@ -90,30 +92,40 @@ def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after):
     return data.new_empty(data.shape[1:3] + data.shape[4:])
 
 
+def _add_source_grads(dv: Tensor, a: Tensor, c: Tensor, e: Tensor, G: Tensor, u: Tensor, v: Tensor) -> None:
+    """dv += a G + c u + e v in place: a, c, e [B, T, n, 1], G [B, T, D], u [D], v and dv [B, T, n, D]. The
+    slots' dv is the stream's gradient buffer (.data: the writers saved it, see depth.py)."""
+    dv.addcmul_(a, G.unsqueeze(2)).addcmul_(c, u).addcmul_(e, v)
+
+
 @torch.library.custom_op("moda_lab::depth_attnres_bwd", mutates_args=())
 def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor,
                       n: int, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dlast or empty, dquery, dgain, token); adds the n slots' gradients into grad[0, :, :, :n] in place.
 
-    With r_j = v_j * s_j (s_j = rsqrt(mean(v_j^2) + eps)), u = query * gain, logit_j = u . r_j and G = dout:
+    With r_j = v_j s_j (s_j = rsqrt(mean(v_j^2) + eps)), u = query * gain, logit_j = u . r_j and G = dout:
         da_j = G . v_j,   ds_j = alpha_j (da_j - sum_j' alpha_j' da_j'),
-        dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D),   du = sum_{b,t,j} ds_j r_j.
+        dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D) = alpha_j G + c_j u - e_j v_j,
+        c_j = s_j ds_j,  e_j = s_j^2 ds_j logit_j / D,   du = sum_{b,t,j} c_j v_j;
+    the three terms of dv_j are added into the gradient buffer in place (addcmul_), with no temporary.
     """
     groups = _groups(data[0, :, :, :n], last)
     _, alpha, logits, rs = _attnres_forward(groups, query, gain, eps)
     G = g.to(groups[0].dtype)
+    D = G.shape[-1]
     da = torch.cat([torch.einsum("btd,btjd->btj", G, v) for v in groups], dim=-1)
     ds = alpha * (da - (alpha * da).sum(-1, keepdim=True))
+    c = rs * ds
+    e = (c * rs * logits / D).neg_()  # -e_j
     u = query.to(G.dtype) * gain.to(G.dtype)
-    D = G.shape[-1]
-    du = torch.zeros_like(u)
-    dv = []
-    for v, a, s, z, lg in zip(groups, *(_split(t, groups) for t in (alpha, rs, ds, logits))):
-        r = v * s.unsqueeze(-1)
-        du += torch.einsum("btj,btjd->d", z, r)
-        dv.append(a.unsqueeze(-1) * G.unsqueeze(2) + (s * z).unsqueeze(-1) * (u - r * (lg / D).unsqueeze(-1)))
-    grad.data[0, :, :, :n].add_(dv[0].to(grad.dtype))  # .data: the writers saved grad (see depth.py)
-    dlast = dv[1][:, :, 0].to(last.dtype).contiguous() if last is not None else g.new_empty(0)
+    du = sum(torch.einsum("btj,btjd->d", cg, v) for cg, v in zip(_split(c, groups), groups))
+    a, c, e = (t.unsqueeze(-1) for t in (alpha, c, e))  # [B, T, m, 1]
+    _add_source_grads(grad.data[0, :, :, :n], a[:, :, :n], c[:, :, :n], e[:, :, :n], G, u, groups[0])
+    dlast = g.new_empty(0)
+    if last is not None:
+        dl = torch.zeros_like(groups[1])
+        _add_source_grads(dl, a[:, :, n:], c[:, :, n:], e[:, :, n:], G, u, groups[1])
+        dlast = dl[:, :, 0].to(last.dtype)
     return dlast, (du * gain.to(du.dtype)).to(query.dtype), (du * query.to(du.dtype)).to(gain.dtype), g.new_zeros(1)
 
 
