@@ -24,6 +24,8 @@ from flow_checks import (
 )
 
 from moda_lab.model import GPT, MixerConfig, ModelConfig
+from moda_lab.model.depth import DepthStream, new_stream_buffers
+from moda_lab.model.mixers.attnres import DepthQuery
 
 L, D = 3, 32  # flow_checks.SHAPE
 NORMS = ["pre", "post", "reordered"]
@@ -144,6 +146,34 @@ def test_forward_and_every_gradient_match_the_fig2_reference(S, norm):
 def test_full_attnres_matches_the_eq_2_4_reference(norm):
     cfg = attnres_cfg(1, norm)
     assert_matches_reference(random_model(cfg, seed=7), full_reference(cfg))
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["partial", "no-partial"])
+def test_the_read_op_is_exact_in_fp64(last):
+    """One read through the depth stream (slots put, read in place, gradients added into the stream's buffer)
+    against torch.stack + softmax with autograd, in fp64: forward and the gradient of every source, the
+    pseudo-query and the key-norm gain to 1e-12."""
+    gen = torch.Generator().manual_seed(0)
+    B, T, n = 2, 5, 4
+    slots = [torch.randn(B, T, D, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(n)]
+    partial = torch.randn(B, T, D, generator=gen, dtype=torch.float64).requires_grad_() if last else None
+    read = DepthQuery(D, 1e-6).double()
+    with torch.no_grad():
+        read.query.copy_(torch.randn(D, generator=gen))
+        read.key_norm.weight.copy_(torch.rand(D, generator=gen) + 0.5)
+    P = {"r.query": read.query, "r.key_norm.weight": read.key_norm.weight}
+    w = torch.randn(B, T, D, generator=gen, dtype=torch.float64)
+    inputs = slots + ([partial] if last else []) + [read.query, read.key_norm.weight]
+    want = attnres(P, "r", slots + ([partial] if last else []))
+    want_grads = torch.autograd.grad((want * w).sum(), inputs)
+    stream = DepthStream(*new_stream_buffers(1, n + 1, B, T, (D,), "cpu", torch.float64))
+    for v in slots:
+        stream.put(v)
+    got = read(stream, partial)
+    got_grads = torch.autograd.grad((got * w).sum(), inputs)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
 # --- the paper's identities -------------------------------------------------------------------------------
