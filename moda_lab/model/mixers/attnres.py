@@ -35,7 +35,8 @@ combine). The paper trains pre-norm models only.
 The sources live in the forward's depth stream (depth.py), one hidden-state slot per completed block: a slot is
 written once and read in place by every later reader, whose backward adds its slot gradients into the stream's
 gradient buffer (no re-stacked history, no Python list of tensors in the graph). The partial sum b_n^i is an
-ordinary tensor: it changes after every sublayer.
+ordinary tensor: it changes after every sublayer. A read is one op (moda_kernels/attnres): Triton kernels when
+the attention backend runs fused kernels (two passes over the sources each way), else the fp32 reference.
 """
 
 from __future__ import annotations
@@ -46,105 +47,62 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
+from moda_kernels.attnres import (
+    attnres_read_backward,
+    attnres_read_forward,
+    naive_attnres_read,
+    naive_attnres_read_bwd,
+)
+
 from ..layers import RMSNorm
 from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
 
 Tensor = torch.Tensor
 
 
-def _groups(h: Tensor, last: Tensor | None) -> list[Tensor]:
-    """The read's sources as views [B, T, n_g, D] in the math dtype (fp32, or fp64 for an fp64 stream): the
-    stream's slot prefix, then ``last`` as one more source. Kept apart, not concatenated: no read copies the
-    stream."""
-    acc = torch.promote_types(h.dtype, torch.float32)
-    return [h.to(acc)] if last is None else [h.to(acc), last.to(acc).unsqueeze(2)]
-
-
-def _attnres_forward(groups: list[Tensor], query: Tensor, gain: Tensor, eps: float):
-    """Softmax attention of ``query`` over the sources with RMS-normalised keys. Returns (out [B, T, D],
-    alpha [B, T, m], logits [B, T, m], rsqrt of each source's mean square [B, T, m]) over all m sources. Every
-    reduction over D is a contraction (no [B, T, n, D] temporary)."""
-    D = groups[0].shape[-1]
-    u = query.to(groups[0].dtype) * gain.to(groups[0].dtype)  # q . (g * r) = (q * g) . r: one vector for all keys
-    rs = torch.cat([torch.rsqrt(torch.einsum("btjd,btjd->btj", v, v) / D + eps) for v in groups], dim=-1)
-    logits = torch.cat([torch.einsum("btjd,d->btj", v, u) for v in groups], dim=-1) * rs
-    alpha = torch.softmax(logits, dim=-1)
-    out = sum(torch.einsum("btj,btjd->btd", a, v) for a, v in zip(_split(alpha, groups), groups))
-    return out, alpha, logits, rs
-
-
-def _split(t: Tensor, groups: list[Tensor]) -> tuple[Tensor, ...]:
-    """A [B, T, m] tensor cut into one [B, T, n_g] piece per source group."""
-    return t.split([v.shape[2] for v in groups], dim=-1)
-
-
 @torch.library.custom_op("moda_lab::depth_attnres", mutates_args=())
 def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, n: int,
-                  eps: float, after: Tensor) -> Tensor:
+                  eps: float, after: Tensor, kernel: bool) -> Tensor:
     """AttnRes read over the first n hidden-state slots of the stream and ``last``: [B, T, D] in the stream's
-    dtype (fp32 math)."""
-    out, *_ = _attnres_forward(_groups(data[0, :, :, :n], last), query, gain, eps)
-    return out.to(data.dtype).contiguous()
+    dtype, by the Triton kernel (``kernel``) or the fp32 reference (moda_kernels/attnres)."""
+    h = data[0, :, :, :n]
+    read = attnres_read_forward if kernel else naive_attnres_read
+    return read(h, last, query, gain, eps).contiguous()
 
 
 @depth_attnres.register_fake
-def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after):
+def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after, kernel):
     return data.new_empty(data.shape[1:3] + data.shape[4:])
-
-
-def _add_source_grads(dv: Tensor, a: Tensor, c: Tensor, e: Tensor, G: Tensor, u: Tensor, v: Tensor) -> None:
-    """dv += a G + c u + e v in place: a, c, e [B, T, n, 1], G [B, T, D], u [D], v and dv [B, T, n, D]. The
-    slots' dv is the stream's gradient buffer (.data: the writers saved it, see depth.py)."""
-    dv.addcmul_(a, G.unsqueeze(2)).addcmul_(c, u).addcmul_(e, v)
 
 
 @torch.library.custom_op("moda_lab::depth_attnres_bwd", mutates_args=())
 def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor,
-                      n: int, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dlast or empty, dquery, dgain, token); adds the n slots' gradients into grad[0, :, :, :n] in place.
-
-    With r_j = v_j s_j (s_j = rsqrt(mean(v_j^2) + eps)), u = query * gain, logit_j = u . r_j and G = dout:
-        da_j = G . v_j,   ds_j = alpha_j (da_j - sum_j' alpha_j' da_j'),
-        dv_j = alpha_j G + s_j ds_j (u - r_j logit_j / D) = alpha_j G + c_j u - e_j v_j,
-        c_j = s_j ds_j,  e_j = s_j^2 ds_j logit_j / D,   du = sum_{b,t,j} c_j v_j;
-    the three terms of dv_j are added into the gradient buffer in place (addcmul_), with no temporary.
-    """
-    groups = _groups(data[0, :, :, :n], last)
-    _, alpha, logits, rs = _attnres_forward(groups, query, gain, eps)
-    G = g.to(groups[0].dtype)
-    D = G.shape[-1]
-    da = torch.cat([torch.einsum("btd,btjd->btj", G, v) for v in groups], dim=-1)
-    ds = alpha * (da - (alpha * da).sum(-1, keepdim=True))
-    c = rs * ds
-    e = (c * rs * logits / D).neg_()  # -e_j
-    u = query.to(G.dtype) * gain.to(G.dtype)
-    du = sum(torch.einsum("btj,btjd->d", cg, v) for cg, v in zip(_split(c, groups), groups))
-    a, c, e = (t.unsqueeze(-1) for t in (alpha, c, e))  # [B, T, m, 1]
-    _add_source_grads(grad.data[0, :, :, :n], a[:, :, :n], c[:, :, :n], e[:, :, :n], G, u, groups[0])
-    dlast = g.new_empty(0)
-    if last is not None:
-        dl = torch.zeros_like(groups[1])
-        _add_source_grads(dl, a[:, :, n:], c[:, :, n:], e[:, :, n:], G, u, groups[1])
-        dlast = dl[:, :, 0].to(last.dtype)
-    return dlast, (du * gain.to(du.dtype)).to(query.dtype), (du * query.to(du.dtype)).to(gain.dtype), g.new_zeros(1)
+                      n: int, eps: float, kernel: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dlast or empty, dquery, dgain, token): adds the n slots' gradients into grad[0, :, :, :n] in place (see
+    depth.py's depth_attn_bwd); the token is handed to the slots' writers, which read grad after it."""
+    h, dh = data[0, :, :, :n], grad.data[0, :, :, :n]  # .data: the writers saved grad; its version must not move
+    bwd = attnres_read_backward if kernel else naive_attnres_read_bwd
+    dlast, dquery, dgain = bwd(g, h, last, query, gain, eps, dh)
+    dlast = dlast.contiguous() if dlast is not None else g.new_empty(0)
+    return dlast, dquery, dgain, g.new_zeros(1)
 
 
 @depth_attnres_bwd.register_fake
-def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps):
+def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps, kernel):
     dlast = last.new_empty(last.shape) if last is not None else g.new_empty(0)
     return dlast, query.new_empty(query.shape), gain.new_empty(gain.shape), g.new_zeros(1)
 
 
 def _attnres_setup(ctx, inputs, output):
-    data, grad, last, query, gain, n, eps, after = inputs
+    data, grad, last, query, gain, n, eps, after, kernel = inputs
     ctx.save_for_backward(data, grad, last, query, gain)
-    ctx.n, ctx.eps, ctx.has_last = n, eps, last is not None
+    ctx.n, ctx.eps, ctx.kernel, ctx.has_last = n, eps, kernel, last is not None
 
 
 def _attnres_backward(ctx, g):
     data, grad, last, query, gain = ctx.saved_tensors
-    dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps)
-    return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter
+    dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps, ctx.kernel)
+    return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter, None
 
 
 depth_attnres.register_autograd(_attnres_backward, setup_context=_attnres_setup)
@@ -180,10 +138,11 @@ class DepthQuery(nn.Module):
         self.query = nn.Parameter(torch.zeros(d_model))
         self.key_norm = RMSNorm(d_model, eps=eps)
 
-    def forward(self, stream, last: Tensor | None) -> Tensor:
-        """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None)."""
+    def forward(self, stream, last: Tensor | None, kernel: bool = False) -> Tensor:
+        """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None), with
+        the Triton kernel (``kernel``) or the fp32 reference."""
         return depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
-                             self.key_norm.eps, stream.token)
+                             self.key_norm.eps, stream.token, kernel)
 
 
 @dataclass(frozen=True)
@@ -237,11 +196,11 @@ class AttnResMixer(DepthMixer):
         return x
 
     def attn_inputs(self, x, skip, place, ctx):
-        h = place.norm_input(self.attn_read(ctx.stream, x))
+        h = place.norm_input(self.attn_read(ctx.stream, x, ctx.attn.fused_kernels))
         return h, h, h
 
     def ffn_input(self, x, skip, place, ctx):
-        return place.norm_input(self.ffn_read(ctx.stream, x))
+        return place.norm_input(self.ffn_read(ctx.stream, x, ctx.attn.fused_kernels))
 
     def skip(self, x, place, sublayer, ctx):
         return x if x is None or place.gain == 1.0 else place.gain * x
@@ -253,7 +212,7 @@ class AttnResMixer(DepthMixer):
         if self.out_read is not None and sublayer == "ffn":
             # The model's last combine is the output AttnRes; post-norm's norm follows it, as it follows the last
             # add of a residual stream (the head reads it with no norm of its own).
-            return place.norm_combined(self.out_read(ctx.stream, x))
+            return place.norm_combined(self.out_read(ctx.stream, x, ctx.attn.fused_kernels))
         x = place.norm_combined(x)
         if self._closes_block(sublayer):
             ctx.stream.put(x)  # a completed block b_n
