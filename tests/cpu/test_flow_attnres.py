@@ -1,8 +1,8 @@
 """Attention Residuals (arXiv 2603.15031) against plain-PyTorch references written from the paper: Eqs. 2-4
 (Full AttnRes: a Python list of every sublayer's output) and Fig. 2 (Block AttnRes: a list of completed blocks
 and the partial sum), each read a torch.stack + softmax. Forward and every gradient on random weights (fp32,
-1e-5); the paper's identities; parameters and FLOPs against counts made here; norm placements; the generation
-cache; one compiled graph."""
+1e-5); the read op alone in fp64 and its Triton kernel (interpreter); the paper's identities; parameters and
+FLOPs against counts made here; norm placements; the generation cache; one compiled graph."""
 
 from __future__ import annotations
 
