@@ -35,6 +35,7 @@ from moda_lab.model.mixers.attnres import DepthQuery
 
 L, D = 3, 32  # flow_checks.SHAPE
 NORMS = ["pre", "post", "reordered"]
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (tests/conftest.py)
 
 
 def attnres_cfg(block_size: int = 1, norm: str = "pre", **kw) -> ModelConfig:
@@ -191,13 +192,14 @@ def test_triton_read_matches_the_reference(B, T, n, Dk, last):
     """The Triton read (interpreter on CPU, fp32) against moda_kernels/attnres/naive.py on a prefix view of a
     wider stream: output, dlast, dquery, dgain, and the slots' gradients added into a non-zero buffer."""
     gen = torch.Generator().manual_seed(n)
-    buf = torch.randn(B, T, n + 2, Dk, generator=gen)
-    h, partial = buf[:, :, :n], torch.randn(B, T, Dk, generator=gen) if last else None
-    query, gain = 0.5 * torch.randn(Dk, generator=gen), torch.rand(Dk, generator=gen) + 0.5
+    buf = torch.randn(B, T, n + 2, Dk, generator=gen).to(KERNEL_DEVICE)
+    h, partial = buf[:, :, :n], torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE) if last else None
+    query = (0.5 * torch.randn(Dk, generator=gen)).to(KERNEL_DEVICE)
+    gain = (torch.rand(Dk, generator=gen) + 0.5).to(KERNEL_DEVICE)
     torch.testing.assert_close(attnres_read_forward(h, partial, query, gain, 1e-6),
                                naive_attnres_read(h, partial, query, gain, 1e-6), atol=1e-5, rtol=1e-5)
-    g = torch.randn(B, T, Dk, generator=gen)
-    acc = torch.randn(B, T, n + 2, Dk, generator=gen)
+    g = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE)
+    acc = torch.randn(B, T, n + 2, Dk, generator=gen).to(KERNEL_DEVICE)
     acc_ref = acc.clone()
     got = attnres_read_backward(g, h, partial, query, gain, 1e-6, acc[:, :, :n])
     want = naive_attnres_read_bwd(g, h, partial, query, gain, 1e-6, acc_ref[:, :, :n])
@@ -216,8 +218,8 @@ def test_triton_backend_reads_through_the_kernel(monkeypatch):
     real = mixer.attnres_read_forward
     monkeypatch.setattr(mixer, "attnres_read_forward", lambda *a: calls.append(a[0].shape[2]) or real(*a))
     cfg = attnres_cfg(2, attn_backend="triton", d_model=64)  # head dim 16: the attention kernel's smallest
-    model = random_model(cfg)
-    idx = torch.randint(0, 64, (2, 9))
+    model = random_model(cfg).to(KERNEL_DEVICE)
+    idx = torch.randint(0, 64, (2, 9)).to(KERNEL_DEVICE)
     loss = model(idx[:, :-1], idx[:, 1:])
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert calls == [1, 1, 2, 2, 3, 3, 3]  # slots read by each of the 2L reads and the output read
