@@ -23,15 +23,18 @@ from flow_checks import (
     tiny,
 )
 
+from helpers import CONF
 from moda_kernels.attnres import (
     attnres_read_backward,
     attnres_read_forward,
     naive_attnres_read,
     naive_attnres_read_bwd,
 )
+from moda_lab.config import ConfigError
 from moda_lab.model import GPT, MixerConfig, ModelConfig
 from moda_lab.model.depth import DepthStream, new_stream_buffers
 from moda_lab.model.mixers.attnres import DepthQuery
+from moda_lab.train.preflight import check_command_line
 
 L, D = 3, 32  # flow_checks.SHAPE
 NORMS = ["pre", "post", "reordered"]
@@ -271,9 +274,15 @@ def test_first_sublayer_reads_the_embeddings():
     torch.testing.assert_close(seen[0], model.blocks[0].attn_norm.norm(model.tok_emb(idx)), atol=0, rtol=0)
 
 
-def test_block_size_must_be_positive():
-    with pytest.raises(ValueError, match=r"^model.mixer.block_size must be >= 1 \(1: Full AttnRes\), got 0$"):
+def test_block_size_must_be_positive(tmp_path, monkeypatch):
+    """A bad block size is refused at the door in one line naming the key, and nothing is written."""
+    msg = r"model.mixer.block_size must be >= 1 \(1: Full AttnRes\), got 0$"
+    with pytest.raises(ValueError, match="^" + msg):
         MixerConfig("attnres", block_size=0)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=msg):
+        check_command_line([f"run_root={tmp_path / 'runs'}", "model=attnres", "model.mixer.block_size=0"], CONF)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- size and cost ------------------------------------------------------------------------------------------
