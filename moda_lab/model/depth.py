@@ -132,7 +132,8 @@ depth_mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 #     depth_mix_tokens:  out[b, t] = sum_j w[b, t, j] X_j      (per-token weights w [B, T, n])
 #     depth_dots:        s[b, t, j] = <q[b, t], X_j>           (per-token scores against a query q [B, T, D])
 # Each backward adds its slot gradient (w_j g, or ds_j q) into grad[0, :, :, j] in place, as depth_mix_bwd does,
-# and the other gradient is the other op's forward (dw = dots of g; dq = mix of ds). fp32 math.
+# and the other gradient is the other op's forward (dw = dots of g; dq = mix of ds). fp32 math. Their FLOPs are
+# registered, so torch.utils.flop_counter counts them (2 B T n D each forward, twice that backward).
 
 
 def _tokens_mix(h: Tensor, w: Tensor) -> Tensor:
@@ -198,6 +199,28 @@ def _tokens_backward(ctx, g, mix: bool):
 
 depth_mix_tokens.register_autograd(lambda ctx, g: _tokens_backward(ctx, g, True), setup_context=_tokens_setup)
 depth_dots.register_autograd(lambda ctx, g: _tokens_backward(ctx, g, False), setup_context=_tokens_setup)
+
+
+def _tokens_flops(data_shape, n: int) -> int:
+    """One multiply-add per slot element read: 2 B T n D (the backward does it twice: the slots' gradient and the
+    other input's)."""
+    _, B, T, _, *feature = data_shape
+    return 2 * B * T * n * int(torch.Size(feature).numel())
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_mix_tokens)
+def _depth_mix_tokens_flops(data, grad, w, n, *args, **kwargs) -> int:
+    return _tokens_flops(data, n)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_dots)
+def _depth_dots_flops(data, grad, q, n, *args, **kwargs) -> int:
+    return _tokens_flops(data, n)
+
+
+@register_flop_formula(torch.ops.moda_lab.depth_tokens_bwd)
+def _depth_tokens_bwd_flops(g, data, grad, other, n, *args, **kwargs) -> int:
+    return 2 * _tokens_flops(data, n)
 
 
 # --- attention over [sequence | depth slots 0..n-1] -------------------------------------------------------

@@ -127,3 +127,35 @@ def test_the_analysis_labels_variants_from_their_options():
     assert variant_of(cfg(name="value_residual", **{**default, "learnable": False})) == (
         "value_residual learnable=False"
     )
+
+
+@pytest.mark.parametrize("opts", [MixerConfig("dense"), MixerConfig("moda", ffn_kv=True),
+                                  MixerConfig("hyper_connections", expansion=2)], ids=lambda o: o.name)
+def test_options_survive_pickle_copy_and_replace(opts):
+    import copy
+    import dataclasses
+    import pickle
+
+    assert pickle.loads(pickle.dumps(opts)) == opts and copy.deepcopy(opts) == opts
+    cfg = ModelConfig(mixer=opts)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert MixerConfig.from_dict(dataclasses.asdict(opts)) == opts  # as saved in a config and loaded back
+    if opts.name == "hyper_connections":
+        assert dataclasses.replace(opts, dynamic=False) == MixerConfig("hyper_connections", expansion=2, dynamic=False)
+
+
+def test_per_token_reads_are_seen_by_the_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, T, n, D = 2, 3, 4, 5
+    xs = [torch.randn(B, T, D, requires_grad=True) for _ in range(n)]
+    w, q = torch.randn(B, T, n, requires_grad=True), torch.randn(B, T, D, requires_grad=True)
+    stream = _stream(B, T, n, D)
+    for x in xs:
+        stream.put(x)
+    with FlopCounterMode(display=False) as fwd:
+        out = stream.mix_tokens(w).sum() + stream.dots(q).sum()
+    assert fwd.get_total_flops() == 2 * (2 * B * T * n * D)
+    with FlopCounterMode(display=False) as bwd:
+        out.backward()
+    assert bwd.get_total_flops() == 2 * (4 * B * T * n * D)

@@ -23,7 +23,8 @@ sublayer so that autograd sums the stream's gradient in the order it did when th
 The stream state between blocks is the variant's own business (Hyper-Connections carry n copies, [B, T, n, D]);
 the embeddings enter block 0's ``read`` and the last block's ``write`` must hand back [B, T, D] for the head.
 A variant that reads what earlier layers wrote for the same token declares a depth stream (``stream_spec``) and
-reaches it as ctx.stream (depth.py: ``put`` a slot, ``attend``/``mix`` over the slots written so far).
+reaches it as ctx.stream (depth.py: ``put`` a slot; ``attend``, ``mix``, ``mix_tokens`` and ``dots`` read the
+slots written so far in place). Inside the mixer, cfg.mixer is the variant's options.
 
 Each variant has its own options dataclass, a subclass of ``MixerConfig`` named as the class attribute
 ``Options``; ``MixerConfig(name, **options)`` builds the options of the variant registered under ``name``.
@@ -139,10 +140,6 @@ class DepthMixer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
-
-    @property
-    def options(self) -> MixerConfig:
-        return self.cfg.mixer
 
     @staticmethod
     def stream_spec(cfg: ModelConfig) -> StreamSpec | None:
