@@ -18,6 +18,7 @@ MODA_VARIANTS = {
 VARIANTS: dict[str, MixerConfig] = {
     **{name: MixerConfig(name) for name in DEPTH_MIXERS if name != "moda"},
     **MODA_VARIANTS,
+    "attnres_block": MixerConfig("attnres", block_size=4),  # Block AttnRes (conf/model/attnres_block.yaml)
 }
 # One variant per registered mixer, MoDA with every K/V source on (the most code per forward): for the costlier
 # parity tests.
