@@ -34,7 +34,7 @@ def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def block(P, pre, cfg, q, k, v, r):
-    """X^A = R + MHA(Norm(Q), Norm(K), Norm(V)); out = X^A + FFN(Norm(X^A)) (Section 2.3), the norms where the
+    """X^A = R + MHA(Norm(Q), Norm(K), Norm(V)); out = X^A + FFN(Norm(X^A)) (multiway), the norms where the
     placement puts them."""
     na, nf = pre + "attn_norm.norm.weight", pre + "ffn_norm.norm.weight"
 
@@ -61,8 +61,9 @@ def reference(cfg):
         for i in range(cfg.n_layers):
             pre = f"blocks.{i}."
             xs.append(block(P, pre, cfg, *ins))  # X_{i+1}
-            # A_i = GELU(RMSNorm(X_{i+1}) W1) W2 + a_i (Section 2.2), one row of weights per way
+            # A_i = GELU(RMSNorm(X_{i+1}) W1) W2 + a_i (dynamic dense), one row of weights per way
             w1, w2, a = P[pre + "mixer.gen.w1.weight"], P[pre + "mixer.gen.w2.weight"], P[pre + "mixer.gen.static"]
+            a = a.view(-1, i + 2)  # a_i, one row per way
             A = (F.gelu(rms(xs[-1]) @ w1.T) @ w2.T).unflatten(-1, a.shape) + a  # [B, T, C, i+2]
             mixes = torch.einsum("btcj,btjd->btcd", A, torch.stack(xs, 2))  # Xbar^c = sum_j A[c, j] X_j
             ins = list(mixes.unbind(2)) if A.shape[2] == 4 else [mixes[:, :, 0]] * 4
@@ -83,7 +84,7 @@ def random_mudd(cfg) -> GPT:
     with torch.no_grad():
         for b in model.blocks:
             b.mixer.gen.w2.weight.mul_(0.25)
-            b.mixer.gen.static[:, -1] += 1.0
+            b.mixer.gen.static.view(b.mixer.gen.ways, -1)[:, -1] += 1.0
     return model
 
 
@@ -99,10 +100,24 @@ def test_forward_and_every_gradient_match_the_reference(norm, ways):
 
 def test_the_last_connection_has_only_the_residual_way():
     model = GPT(tiny(mudd()))
-    assert [tuple(b.mixer.gen.static.shape) for b in model.blocks] == [(4, 2), (4, 3), (1, 4)]
+    assert [(b.mixer.gen.ways, b.mixer.gen.inputs) for b in model.blocks] == [(4, 2), (4, 3), (1, 4)]
+    assert [b.mixer.gen.static.tolist() for b in model.blocks] == [[0, 1] * 4, [0, 0, 1] * 4, [0, 0, 0, 1]]
     assert [b.mixer.gen.w1.out_features for b in model.blocks] == [64, 64, 64]  # rounded up past 64
     exact = GPT(tiny(mudd(hidden_round=0)))
     assert [b.mixer.gen.w1.out_features for b in exact.blocks] == [4 * 2, 4 * 3, 1 * 4 * 4]  # K_i = C(i+2), x4 last
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_static_connection_weights_are_not_decayed(optimizer):
+    """a_i is a vector to the optimizer, like DenseFormer's alpha: weight decay would pull the identity to 0."""
+    from moda_lab.config import TrainerConfig
+    from moda_lab.train.optim import build_optimizer
+
+    model = GPT(tiny(mudd()))
+    opt = build_optimizer(model, TrainerConfig(optimizer=optimizer, weight_decay=0.1))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert {decay[id(b.mixer.gen.static)] for b in model.blocks} == {0.0}
+    assert {decay[id(b.mixer.gen.w1.weight)] for b in model.blocks} == {0.1}
 
 
 # --- identities -----------------------------------------------------------------------------------------
@@ -138,14 +153,14 @@ def test_one_static_way_is_denseformer():
     _copy_shared(dense, model)
     with torch.no_grad():
         for b, d in zip(model.blocks, dense.blocks):
-            b.mixer.gen.static.copy_(d.mixer.alpha[None])
+            b.mixer.gen.static.copy_(d.mixer.alpha)
             b.mixer.gen.w1.weight.normal_()  # the generator's hidden layer is irrelevant while W2 = 0
     idx = torch.randint(0, 64, (2, 11))
     torch.testing.assert_close(model(idx), dense(idx), atol=1e-6, rtol=1e-6)
 
 
 def test_connection_weights_are_per_token():
-    """A token's connection weights depend on its own state only (Section 2.2: A_i[t] from X_{i+1}[t])."""
+    """A token's connection weights depend on its own state only (A_i[t] from X_{i+1}[t])."""
     gen = random_mudd(tiny(mudd())).blocks[0].mixer.gen
     x = torch.randn(1, 8, 32)
     x2 = x.clone()
