@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moda_kernels.mudd import naive_mudd_mix, naive_mudd_mix_bwd
+from moda_kernels.mudd import mudd_mix_backward, mudd_mix_forward, naive_mudd_mix, naive_mudd_mix_bwd
 
 from ..norms import NORM_PLACEMENTS
 from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
@@ -76,39 +76,42 @@ class MUDDOptions(MixerConfig):
 
 
 @torch.library.custom_op("moda_lab::mudd_mix", mutates_args=())
-def mudd_mix(data: Tensor, grad: Tensor, w: Tensor, n: int, after: Tensor) -> Tensor:
-    """sum_j w[:, :, c, j] data[0, :, :, j] over the first n slots, per way c: [B, T, C, D]."""
-    return naive_mudd_mix(data[0, :, :, :n], w).contiguous()
+def mudd_mix(data: Tensor, grad: Tensor, w: Tensor, n: int, after: Tensor, kernel: bool) -> Tensor:
+    """sum_j w[:, :, c, j] data[0, :, :, j] over the first n slots, per way c: [B, T, C, D]; with ``kernel`` the
+    Triton pass, else the fp32 reference."""
+    h = data[0, :, :, :n]
+    return (mudd_mix_forward(h, w) if kernel else naive_mudd_mix(h, w)).contiguous()
 
 
 @mudd_mix.register_fake
-def _mudd_mix_fake(data, grad, w, n, after):
+def _mudd_mix_fake(data, grad, w, n, after, kernel):
     return data.new_empty(w.shape[:3] + data.shape[4:])
 
 
 @torch.library.custom_op("moda_lab::mudd_mix_bwd", mutates_args=())
-def mudd_mix_bwd(g: Tensor, data: Tensor, grad: Tensor, w: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def mudd_mix_bwd(g: Tensor, data: Tensor, grad: Tensor, w: Tensor, n: int, kernel: bool) -> tuple[Tensor, Tensor]:
     """(dw, token): adds sum_c w[:, :, c, j] g[:, :, c] into grad[0, :, :, j] for j < n in place; the slots'
     writers read it after the token (as depth.depth_mix_bwd)."""
-    dw = naive_mudd_mix_bwd(g, data[0, :, :, :n], w, grad.data[0, :, :, :n])
+    h, dh = data[0, :, :, :n], grad.data[0, :, :, :n]  # .data: the writers saved grad; its version must not move
+    dw = mudd_mix_backward(g, h, w, dh) if kernel else naive_mudd_mix_bwd(g, h, w, dh)
     return dw, w.new_zeros(1)
 
 
 @mudd_mix_bwd.register_fake
-def _mudd_mix_bwd_fake(g, data, grad, w, n):
+def _mudd_mix_bwd_fake(g, data, grad, w, n, kernel):
     return w.new_empty(w.shape), w.new_zeros(1)
 
 
 def _mix_setup(ctx, inputs, output):
-    data, grad, w, n, after = inputs
+    data, grad, w, n, after, kernel = inputs
     ctx.save_for_backward(data, grad, w)
-    ctx.n = n
+    ctx.n, ctx.kernel = n, kernel
 
 
 def _mix_backward(ctx, g):
     data, grad, w = ctx.saved_tensors
-    dw, dafter = mudd_mix_bwd(g.contiguous(), data, grad, w, ctx.n)
-    return None, None, dw, None, dafter
+    dw, dafter = mudd_mix_bwd(g.contiguous(), data, grad, w, ctx.n, ctx.kernel)
+    return None, None, dw, None, dafter, None
 
 
 mudd_mix.register_autograd(_mix_backward, setup_context=_mix_setup)
@@ -187,7 +190,8 @@ class MUDDMixer(DepthMixer):
     def write(self, x, ctx):
         stream = ctx.stream
         stream.put(x)  # X_{i+1}, this block's output
-        mixes = mudd_mix(stream.data, stream.grad, self.gen(x), stream.size, stream.token)  # [B, T, C, D]
+        w = self.gen(x)  # [B, T, C, i+2]
+        mixes = mudd_mix(stream.data, stream.grad, w, stream.size, stream.token, ctx.attn.fused_kernels)
         return mixes if self.gen.ways > 1 else mixes[:, :, 0]
 
     def flops_per_token(self) -> int:
