@@ -98,7 +98,8 @@ def test_forward_and_every_gradient_match_the_reference(norm, ways):
     assert_matches_reference(random_mudd(cfg), reference(cfg))
 
 
-def test_the_last_connection_has_only_the_residual_way():
+def test_connection_shapes_and_initialisation():
+    """Four ways but in the last connection (the residual only), i + 2 inputs, a_i = e_last, K_i widths."""
     model = GPT(tiny(mudd()))
     assert [(b.mixer.gen.ways, b.mixer.gen.inputs) for b in model.blocks] == [(4, 2), (4, 3), (1, 4)]
     assert [b.mixer.gen.static.tolist() for b in model.blocks] == [[0, 1] * 4, [0, 0, 1] * 4, [0, 0, 0, 1]]
