@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
 from ..errors import UsageError
+from ..load import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..model import GPT
 from ..model.attention import KVCache
 from .precision import PRECISIONS

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fixtures.eval_tasks import write_eval_fixtures
 
 from helpers import ROOT
-from moda_lab.checkpoint import CheckpointError, load_checkpoint
+from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import GPT, ModelConfig
 from variants import PER_MIXER, VARIANTS
 
@@ -118,8 +118,8 @@ def test_continuation_longer_than_the_context_scores_its_last_window(lm):
 
 
 def test_exported_folder_scores_like_the_ckpt(tiny_run, lm):
-    from moda_lab.checkpoint import export
     from moda_lab.eval import results_dir
+    from moda_lab.hf import export
 
     folder = export(tiny_run["ckpt"], tiny_run["tmp"] / "export")
     exported = ModaLM(checkpoint=folder, batch_size=2, device="cpu")

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from helpers import ROOT
-from moda_lab.checkpoint import CheckpointError, export, load_checkpoint
 from moda_lab.data.tokenizer import EOS, train_tokenizer
 from moda_lab.eval.lm import greedy_tokens
+from moda_lab.hf import export
+from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, ModelConfig
 from variants import MODA_SINGLE_SOURCES, PER_MIXER, VARIANTS
 
@@ -217,7 +218,7 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     from moda_lab.eval.tasks import TASK_DIR
 
     folder = tiny_run["tmp"] / "hf_export"
-    cmd = [sys.executable, "-m", "moda_lab.checkpoint.export", str(tiny_run["run_dir"]), str(folder)]
+    cmd = [sys.executable, "-m", "moda_lab.hf", str(tiny_run["run_dir"]), str(folder)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str(folder)

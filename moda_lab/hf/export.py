@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from ..data.tokenizer import EOS
 from ..errors import UsageError
-from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
+from ..load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
 
 CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
