@@ -108,6 +108,26 @@ def auto_batch_size(
     return best
 
 
+def _pieces(ctx: list[int], cont: list[int], window: int) -> list[tuple[list[int], list[int]]]:
+    """(input, targets of its last positions) per window of one pair, the last window first.
+
+    The input (context + continuation minus its last token) is cut into windows of ``window`` tokens counted back
+    from its end, as the exported model runs an input longer than its context (hf/modeling_moda.py); only the
+    windows that predict continuation tokens are kept: one, unless the continuation is longer than the window.
+    """
+    if not cont:
+        raise ValueError("an empty continuation cannot be scored")
+    if not ctx:
+        raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
+    seq = ctx + cont
+    n, first = len(seq) - 1, len(ctx) - 1  # input length; the position predicting cont[0]
+    out = []
+    for end in range(n, first, -window):
+        start = max(0, end - window)
+        out.append((seq[start:end], seq[max(start, first) + 1 : end + 1]))
+    return out
+
+
 @torch.no_grad()
 def score_continuations(
     model: GPT,
@@ -121,23 +141,22 @@ def score_continuations(
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) and whether the continuation is the greedy one, per pair.
 
-    As lm-eval's HF model does, each sequence context+continuation keeps its last max_length + 1 tokens
-    (the input is those minus the final one): a long context is left-truncated, and a continuation longer
-    than max_length is scored on its last max_length tokens only (its first ones fall out of the window).
-    Pairs are scored longest first in right-padded batches (widths rounded up to WIDTH_BUCKET); results come
-    back in input order. precision (see resolve_precision) sets the forward's autocast; the log-softmax is fp32.
+    As lm-eval's HF model does, the model sees the last max_length tokens of context + continuation (minus the
+    final token): a long context is left-truncated. A continuation longer than max_length is scored in full, in
+    windows of max_length counted back from its end (_pieces), as the exported model scores it under lm-eval's
+    stock hf model. Windows are scored longest first in right-padded batches (widths rounded up to
+    WIDTH_BUCKET); results come back in input order. precision (see resolve_precision) sets the forward's
+    autocast; the log-softmax is fp32.
     """
     max_length = max_length or model.cfg.max_seq_len
-    prepared = []
-    for ctx, cont in pairs:
-        if not cont:
-            raise ValueError("an empty continuation cannot be scored")
-        if not ctx:
-            raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
-        full = (ctx + cont)[-(max_length + 1) :]
-        prepared.append((full[:-1], cont[-(len(full) - 1) :]))
+    prepared, owner = [], []
+    for i, (ctx, cont) in enumerate(pairs):
+        for piece in _pieces(ctx, cont, max_length):
+            prepared.append(piece)
+            owner.append(i)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
-    results: list[tuple[float, bool] | None] = [None] * len(prepared)
+    sums = [0.0] * len(pairs)
+    greedy = [True] * len(pairs)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
         longest = len(prepared[batch[0]][0])
@@ -158,13 +177,13 @@ def score_continuations(
             logits = model.lm_head(model.hidden_states(idx)[rows, cols])
         logprobs = F.log_softmax(logits.float(), dim=-1)  # [N, V]
         token_lp = logprobs.gather(-1, target[:, None])[:, 0].double()
-        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
+        batch_sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
         misses = torch.zeros(len(batch), dtype=torch.long, device=device)
         misses.index_add_(0, rows, (logprobs.argmax(-1) != target).long())
-        sums, greedy = sums.tolist(), (misses == 0).tolist()
-        for row, i in enumerate(batch):
-            results[i] = (sums[row], bool(greedy[row]))
-    return results  # type: ignore[return-value]
+        for i, total, miss in zip(batch, batch_sums.tolist(), misses.tolist()):
+            sums[owner[i]] += total
+            greedy[owner[i]] = greedy[owner[i]] and miss == 0
+    return list(zip(sums, greedy))
 
 
 @torch.no_grad()

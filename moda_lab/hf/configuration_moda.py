@@ -3,7 +3,9 @@
 The keys are moda_lab.model.ModelConfig's, one to one, read from its dataclass fields when this module is
 imported (a nested config such as ``mixer`` is a dict here), so each name and default is defined once, in
 ModelConfig. The Hugging Face names that generic tools read (hidden_size, num_hidden_layers,
-max_position_embeddings, tie_word_embeddings, ...) are aliases of them. This code imports moda_lab: the package must be installed where the folder is loaded (``pip install
+max_position_embeddings, tie_word_embeddings, ...) are aliases of them. ``n_positions`` is the longest input
+the model scores (lm-eval reads it as its context; see modeling_moda for inputs longer than max_seq_len).
+This code imports moda_lab: the package must be installed where the folder is loaded (``pip install
 moda-lab``, or ``pip install -e .`` in a checkout). Written for transformers 5.x (tested with the version
 pinned in moda-lab's dependencies).
 """
@@ -62,6 +64,7 @@ def _moda_config(self) -> ModelConfig:
 
 _FIELDS = _model_config_fields()
 _EXTRA = {  # the Hugging Face keys that are not ModelConfig's
+    "n_positions": None,  # the longest input scored; None: max_seq_len
     # Special tokens (the training tokenizer's EOS doubles as BOS and padding, GPT-2 style).
     "bos_token_id": None,
     "eos_token_id": None,

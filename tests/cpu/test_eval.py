@@ -96,20 +96,26 @@ def test_batched_request_encoding_equals_lm_evals_one_by_one(lm, monkeypatch):
     assert expected[4][0] == expected[5][0] == [lm.eot_token_id] and expected[5][1][:1] != [lm.eot_token_id]
 
 
-def test_continuation_longer_than_the_context_scores_its_last_window(lm):
-    """lm-eval's HF rule: keep the last max_length + 1 tokens of context + continuation (no error)."""
+def test_continuation_longer_than_the_context_is_scored_in_windows(lm):
+    """A long context keeps its last tokens (lm-eval's HF rule); a continuation longer than the context is scored
+    in full, in windows of max_length counted back from its end, as the exported model runs such an input."""
     L = lm.model.cfg.max_seq_len
     ctx = lm.tok_encode("Question: How do you dry water?\nAnswer:")
     cont = lm.tok_encode(" " + " ".join(f"put the {w} in the sun." for w in ("water", "paper", "stone") * 4))
-    assert len(cont) > L + 1
+    assert len(cont) > 2 * L + 1
     (score, greedy), (short_score, _) = lm._loglikelihood_tokens(
         [(None, ctx, cont), (None, ctx, cont[: L - 3])], disable_tqdm=True
     )
-    window = (ctx + cont)[-(L + 1) :]  # all continuation tokens: the context fell out
-    with torch.no_grad():
-        lp = F.log_softmax(lm.model(torch.tensor([window[:-1]])).double(), -1)[0]  # [L, V]
-    assert math.isclose(score, sum(float(lp[i, window[i + 1]]) for i in range(L)), abs_tol=1e-4)
-    assert greedy == bool((lp.argmax(-1) == torch.tensor(window[1:])).all())
+    inp, target = (ctx + cont)[:-1], (ctx + cont)[1:]
+    ref, ref_greedy = 0.0, True
+    for end in range(len(inp), len(ctx) - 1, -L):  # each window run alone, from position 0
+        start = max(0, end - L)
+        with torch.no_grad():
+            lp = F.log_softmax(lm.model(torch.tensor([inp[start:end]])).double(), -1)[0]
+        for pos in range(max(start, len(ctx) - 1), end):
+            ref += float(lp[pos - start, target[pos]])
+            ref_greedy &= int(lp[pos - start].argmax()) == target[pos]
+    assert math.isclose(score, ref, abs_tol=1e-4) and greedy == ref_greedy
     # A continuation that fits keeps the end of its context and is scored in full.
     assert math.isclose(short_score, _ref_logprob(lm.model, ctx, cont[: L - 3]), abs_tol=1e-4)
     # Through lm-eval's request path, as PIQA's long solutions reach it.

@@ -42,12 +42,18 @@ def build(mixer: str) -> GPT:
 @torch.no_grad()
 def full_logits_scores(model: GPT, pairs, batch_size: int, max_length: int | None = None) -> list[tuple[float, bool]]:
     """The algorithm score_continuations replaced: each batch as wide as its longest input, a log-softmax over
-    all [B, T, V] logits, the continuation log-probs gathered and summed (same truncation, same order)."""
+    all [B, T, V] logits, the continuation log-probs gathered and summed (same truncation, same order). A
+    continuation longer than max_length is cut into windows of max_length tokens from its end, each scored with
+    the max_length tokens before its last one, and the windows' scores are summed."""
     max_length = max_length or model.cfg.max_seq_len
-    prepared = []
-    for ctx, cont in pairs:
-        full = (ctx + cont)[-(max_length + 1) :]
-        prepared.append((full[:-1], cont[-(len(full) - 1) :]))
+    prepared, owner = [], []
+    for k, (ctx, cont) in enumerate(pairs):
+        seq = ctx + cont
+        for stop in range(len(cont), 0, -max_length):  # cont[:stop] ends the window
+            part = cont[max(0, stop - max_length) : stop]
+            full = (seq[: len(ctx) + stop])[-(max_length + 1) :]
+            prepared.append((full[:-1], part))
+            owner.append(k)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
     results: list = [None] * len(prepared)
     for start in range(0, len(order), batch_size):
@@ -67,12 +73,15 @@ def full_logits_scores(model: GPT, pairs, batch_size: int, max_length: int | Non
         greedy = ((logprobs.argmax(-1) == target) | ~scored).all(-1).tolist()
         for row, i in enumerate(batch):
             results[i] = (sums[row], bool(greedy[row]))
-    return results
+    totals = [(0.0, True)] * len(pairs)
+    for k, (s, g) in zip(owner, results):
+        totals[k] = (totals[k][0] + s, totals[k][1] and g)
+    return totals
 
 
 def random_pairs(model: GPT, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Random contexts and continuations, some longer than max_seq_len (left truncation; a continuation that
-    fills the window alone), and some continuations that are the model's greedy ones (greedy flag true)."""
+    """Random contexts and continuations, some longer than max_seq_len (left truncation; continuations longer
+    than the window, scored in two windows), and some continuations that are the model's greedy ones (greedy flag true)."""
     rng = random.Random(seed)
     pairs = []
     for n_ctx, n_cont in [(1, 1), (5, 3), (63, 1), (64, 2), (100, 10), (200, 4), (10, 160), (1, MAX_LEN + 5)]:

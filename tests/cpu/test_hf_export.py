@@ -224,15 +224,17 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     assert out.stdout.strip() == str(folder)
     tasks = ["moda_piqa", "moda_arc_easy", "moda_copa", "moda_hellaswag", "moda_mmlu"]
     results = {}
-    for model, args in [
-        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}),
-        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}),
+    # The stock model runs one row at a time: its batches are right-padded without an attention_mask, and rows
+    # longer than the model's context (these contexts are) need their real end to place the window.
+    for model, args, batch_size in [
+        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}, 4),
+        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}, 1),
     ]:
         tm = TaskManager(
             include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(tiny_run["data"])}
         )
         results[model] = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=4, log_samples=True
+            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=batch_size, log_samples=True
         )
     for task in tasks:
         ours, stock = results["moda"]["results"][task], results["hf"]["results"][task]
@@ -250,7 +252,9 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
 
     from moda_lab.eval.lm import ModaLM
 
-    prompts = ["The stone is", "Question: How do you dry water?\nAnswer:", "def f(x):"]
+    # Prompt + generation within max_seq_len (32): the stock model keeps n_positions - max_gen_toks prompt tokens,
+    # ours max_seq_len - max_gen_toks, and the cached forward refuses to run past max_seq_len.
+    prompts = ["The stone is", "How do you dry water?\nAnswer:", "def f(x):"]
     reqs = [
         Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 8}), i) for i, p in enumerate(prompts)
     ]
@@ -259,3 +263,46 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     texts = stock.generate_until(reqs, disable_tqdm=True)
     assert texts == ours.generate_until(reqs, disable_tqdm=True)
     assert all(texts), texts  # each prompt generated something before EOS / the stop string
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: ten tasks loaded twice
+def test_stock_hf_scores_the_real_eval_files_like_the_moda_model(tiny_run):
+    """On a few rows of each real evaluation file (../shared/data/eval), with a checkpoint whose context (32
+    tokens) is shorter than some continuations: the export under lm-eval's stock hf model (n_positions) gives
+    our moda model's per-choice log-likelihoods, the long continuations included."""
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from lm_eval.tasks import TaskManager
+
+    import moda_lab.eval.lm  # noqa: F401 - registers the moda model
+    from moda_lab.eval.tasks import TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name
+
+    real = data_dir()
+    present = [t for t in TASK_FIELDS if (real / f"{t}.jsonl").is_file()]
+    if not present:
+        pytest.skip(f"no real eval data in {real}")
+    folder = export(tiny_run["run_dir"], tiny_run["tmp"] / "hf_export_real")
+    assert json.loads((folder / "config.json").read_text())["n_positions"] == 2048
+    tasks = [lm_eval_name(t) for t in present]
+    samples = {}
+    for model, args, batch_size in [
+        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}, 4),
+        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}, 1),
+    ]:
+        tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(real)})
+        out = lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=batch_size, limit=3, log_samples=True
+        )
+        samples[model] = out["samples"]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    longest = 0
+    for task in tasks:
+        ours, stock = samples["moda"][task], samples["hf"][task]
+        assert [s["doc_id"] for s in ours] == [s["doc_id"] for s in stock]
+        for a, b in zip(ours, stock):
+            ll, ll_hf = [float(r[0][0]) for r in a["resps"]], [float(r[0][0]) for r in b["resps"]]
+            assert ll_hf == pytest.approx(ll, abs=1e-3), (task, a["doc_id"])
+            assert [r[0][1] for r in a["resps"]] == [r[0][1] for r in b["resps"]], (task, a["doc_id"])
+            longest = max(longest, *(len(tok(cont).input_ids) for _, cont in a["arguments"]))
+    if "piqa" in present:  # PIQA's solutions outgrow the 32-token context
+        assert longest > 32
