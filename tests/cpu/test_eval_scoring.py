@@ -17,7 +17,8 @@ from variants import VARIANTS
 
 lm_eval = pytest.importorskip("lm_eval")
 from moda_lab.eval import EvalConfigError, eval_config_from_dict  # noqa: E402
-from moda_lab.eval.lm import WIDTH_BUCKET, ModaLM, greedy_tokens, resolve_precision, score_continuations  # noqa: E402
+from moda_lab.eval.lm import WIDTH_BUCKET, ModaLM, resolve_precision, score_continuations  # noqa: E402
+from moda_lab.model.decode import greedy_tokens  # noqa: E402
 
 VOCAB = 61
 MAX_LEN = 150  # not a multiple of WIDTH_BUCKET: the widest batches are clipped to max_length
@@ -150,10 +151,10 @@ def test_precision_setting():
 
 def test_bf16_autocast_scores_close_to_fp32():
     lm = tiny_lm("bf16")
-    pairs = random_pairs(lm.model)[:4]
-    fp32 = score_continuations(lm.model, pairs, 3)
+    pairs = random_pairs(lm.gpt)[:4]
+    fp32 = score_continuations(lm.gpt, pairs, 3)
     bf16 = lm._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in pairs], disable_tqdm=True)
-    assert bf16 == score_continuations(lm.model, pairs, 3, precision="bf16")
+    assert bf16 == score_continuations(lm.gpt, pairs, 3, precision="bf16")
     assert [s for s, _ in bf16] != [s for s, _ in fp32]  # autocast was on
     for (s, _), (r, _) in zip(bf16, fp32):
         assert s == pytest.approx(r, rel=0.05, abs=0.2)

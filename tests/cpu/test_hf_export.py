@@ -15,10 +15,10 @@ import torch
 
 from helpers import ROOT
 from moda_lab.data.tokenizer import EOS, train_tokenizer
-from moda_lab.eval.lm import greedy_tokens
 from moda_lab.hf import export
 from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, ModelConfig
+from moda_lab.model.decode import greedy_tokens
 from variants import MODA_SINGLE_SOURCES, PER_MIXER, VARIANTS
 
 transformers = pytest.importorskip("transformers")
