@@ -356,9 +356,11 @@ def test_lm_eval_cli_batch_size_defaults_to_the_hydra_entrys(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lm-eval"])
     main(["--model", "moda", "--model_args", "checkpoint=x", "--tasks", "moda_piqa"])
     main(["--model", "moda", "--model_args", "checkpoint=x", "--tasks", "moda_piqa", "-b", "2"])
-    first, second = seen
+    main(["--model", "hf", "--model_args", "pretrained=x", "--tasks", "moda_piqa"])
+    first, second, stock = seen
     assert first[first.index("--batch_size") + 1] == str(EvalConfig.batch_size) == "8"
     assert "--batch_size" not in second and second[second.index("-b") + 1] == "2"
+    assert "--batch_size" not in stock  # lm-eval's 1: an export runs inputs past its context one row at a time
 
 
 # --- export ---------------------------------------------------------------------------------------------------
