@@ -142,7 +142,10 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         real = None if attention_mask is None or bool(attention_mask.all()) else _real_tokens(attention_mask, T)
         if cache is None:
-            logits = self._windowed(input_ids) if real is None else self._by_row(input_ids, real, [None] * B)
+            if real is None:
+                logits = self._windowed(input_ids, unpadded=attention_mask is not None or B == 1)
+            else:
+                logits = self._by_row(input_ids, real, [None] * B)
         else:
             if cache.seen == 0:  # the prefill decides: one batched cache, or one per row of a padded batch
                 if real is None:
@@ -175,7 +178,7 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             ids = input_ids[b][real[b]]
             if not len(ids):
                 continue
-            row = self.model(ids[None], cache=caches[b]) if caches[b] is not None else self._windowed(ids[None])
+            row = self.model(ids[None], cache=caches[b]) if caches[b] is not None else self._windowed(ids[None], unpadded=True)
             if out is None:
                 out = row.new_zeros(B, T, row.shape[-1])
             out[b, real[b]] = row[0]
@@ -183,18 +186,19 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             raise ValueError("attention_mask masks every input token")
         return out
 
-    def _windowed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] -> logits [B, T, V]; past max_seq_len in windows counted back from the end (see the module doc)."""
+    def _windowed(self, input_ids: torch.Tensor, unpadded: bool) -> torch.Tensor:
+        """[B, T] -> logits [B, T, V]; past max_seq_len in windows counted back from the end (see the module doc).
+        ``unpadded``: every row's tokens are real (an attention_mask said so, or there is one row)."""
         B, T = input_ids.shape
         L = self.model.cfg.max_seq_len
         if T <= L:
             return self.model(input_ids)
-        if B > 1:
+        if not unpadded:
             raise ValueError(
                 f"{B} rows of {T} tokens, longer than max_seq_len={L}, without attention_mask: right padding cannot "
                 "be told from tokens, so the windows cannot be placed; pass attention_mask or one row at a time "
                 "(lm-eval: batch_size=1)"
             )
         head = T % L  # the first, shorter window; the others are full and run as one batch
-        full = self.model(input_ids[:, head:].reshape(-1, L)).reshape(1, T - head, -1)  # [1, T - head, V]
+        full = self.model(input_ids[:, head:].reshape(-1, L)).reshape(B, T - head, -1)  # [B, T - head, V]
         return full if head == 0 else torch.cat([self.model(input_ids[:, :head]), full], dim=1)

@@ -154,6 +154,27 @@ def test_untied_head_and_padded_batches(tmp_path, tokenizer):
         hf(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1], [1] * 6]))
 
 
+def test_inputs_longer_than_the_context_run_in_windows_from_the_end(tmp_path, tokenizer):
+    """Past max_seq_len (40) the export runs disjoint windows of 40 counted back from the last token, each from
+    position 0; several unmasked rows that long are refused (padding cannot be told), masked ones are not."""
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_full", "pre")
+    hf = _load_hf(export(ckpt, tmp_path / "hf"))
+    L = model.cfg.max_seq_len
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 2 * L + 7))  # windows of 7, 40 and 40 tokens
+    with torch.no_grad():
+        got = hf(ids[:1]).logits
+        want = torch.cat([model(ids[:1, :7]), model(ids[:1, 7 : 7 + L]), model(ids[:1, 7 + L :])], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[:, -L:], model(ids[:1, -L:]), rtol=1e-5, atol=1e-5)  # = cut to the end
+        with pytest.raises(ValueError, match="2 rows of 87 tokens, longer than max_seq_len=40, without attention_mask"):
+            hf(ids)
+        both = hf(ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(both[:1], got, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(both[1:], hf(ids[1:]).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
     model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_depth_kv", "reordered")
     folder = export(ckpt, tmp_path / "hf")
