@@ -305,10 +305,11 @@ class ModaLM(HFLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """score_continuations instead of HFLM's full-logits loop (same truncation, the head on scored positions
-        only); HFLM's loglikelihood_rolling calls it too."""
+        only). HFLM's loglikelihood_rolling calls it once per batch of windows (with override_bs): no bar then."""
         pairs = [(ctx, cont) for _, ctx, cont in requests]
+        progress = not disable_tqdm and "override_bs" not in kwargs
         out = score_continuations(
-            self.gpt, pairs, self.batch_size, self.device, self.max_length, not disable_tqdm, precision=self.precision
+            self.gpt, pairs, self.batch_size, self.device, self.max_length, progress, precision=self.precision
         )
         for (key, _, _), res in zip(requests, out):
             if key is not None:
