@@ -31,8 +31,9 @@ def _plain(value: object) -> object:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def _model_config_fields() -> dict[str, dataclasses.Field]:
-    """ModelConfig's fields as dataclass fields of the Hugging Face config (a dict default by factory)."""
+def _model_config_fields() -> dict[str, object]:
+    """ModelConfig's fields as class attributes of the Hugging Face config: each default, or a dataclasses.field
+    whose factory copies it where it is a dict or list (a dataclass refuses a mutable default)."""
     out = {}
     for f in dataclasses.fields(ModelConfig):
         if f.default is not dataclasses.MISSING:
@@ -49,6 +50,7 @@ def _model_config_fields() -> dict[str, dataclasses.Field]:
 
 
 def _plain_copy(value: object) -> object:
+    """A deep copy of a JSON-like default, so that no two configs share one dict."""
     if isinstance(value, dict):
         return {k: _plain_copy(v) for k, v in value.items()}
     if isinstance(value, list):
