@@ -8,8 +8,8 @@ PY=${PYTHON:-python3}
 # (The CPU pin; on a GPU machine torch comes from the cluster instead: README, "GPU install".)
 .venv/bin/python -m pip install -q "torch==2.13.0" "triton==3.7.1"
 # The project at the exact versions CI tests (constraints.txt; pyproject.toml only declares ranges).
-# dev: the test tools; hf: transformers for the Hugging Face export tests (tests/cpu/test_hf_export.py).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf]"
+# dev: the test tools.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # English prose for the embedded default corpus: the Python documentation sources from Debian.
 # Optional: without it the corpus falls back to the reference topics shipped in the standard library.
 if [ ! -d /usr/share/doc/python3.11/html/_sources ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -193,8 +193,8 @@ def inspect_checkpoint(
 
     The tokenizer is the one stored with the checkpoint unless ``tokenizer`` (a tokenizer.json or its dir) is given.
     """
-    from moda_lab.checkpoint import checkpoint_tokenizer, load_checkpoint
     from moda_lab.data.tokenizer import load_tokenizer
+    from moda_lab.load import checkpoint_tokenizer, load_checkpoint
 
     model, cfg, extras = load_checkpoint(ckpt)  # read once: model, config and the stored tokenizer
     tok = load_tokenizer(tokenizer) if tokenizer is not None else checkpoint_tokenizer(extras, ckpt)

@@ -17,9 +17,8 @@ import pandas as pd
 import torch
 import yaml
 
-from ..checkpoint import load_checkpoint
-from ..checkpoint.load import CheckpointError, run_checkpoint
 from ..config import run_config_from_dict
+from ..load import CheckpointError, load_checkpoint, run_checkpoint
 from ..rundir import RunDir
 from .evaluate import resolve_device, results_dir
 

@@ -6,9 +6,10 @@
 
 Every lm-eval option works; added here: ``--data_dir`` (the directory of <task>.jsonl, default $MODA_EVAL_DATA
 or <repo>/../shared/data/eval), ``--include_path`` defaulting to the moda task YAMLs, ``--device``
-defaulting to ``auto`` (cuda when available, else cpu; lm-eval's own default is cuda), and ``--batch_size``
-defaulting to eval.batch_size's default, 8 (lm-eval's own, 1, took hours for three tasks on a CPU). A bad
-``--model_args`` or task file prints one line and exits with status 2.
+defaulting to ``auto`` (cuda when available, else cpu; lm-eval's own default is cuda), and, for ``--model
+moda``, ``--batch_size`` defaulting to eval.batch_size's default, 8 (lm-eval's own, 1, took hours for three tasks
+on a CPU); other models keep lm-eval's 1 (an export under ``--model hf`` runs inputs longer than its context one
+row at a time, docs/HF_EXPORT.md). A bad ``--model_args`` or task file prints one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         args += ["--include_path", str(TASK_DIR)]
     if "--device" not in args:  # lm-eval's own default is cuda, which fails on a CPU-only machine
         args += ["--device", "auto"]
-    if not any(a.split("=")[0] in BATCH_FLAGS or "batch_size" in a for a in args):  # lm-eval's 1: hours on a CPU
+    batch_given = any(a.split("=")[0] in BATCH_FLAGS or "batch_size" in a for a in args)
+    if flag_values(args, "--model") == ["moda"] and not batch_given:  # lm-eval's 1: hours on a CPU
         args += ["--batch_size", str(EvalConfig.batch_size)]
     sys.argv = ["lm-eval", *args]
     # A bad --model_args (a missing or unreadable checkpoint, an unknown key) or task file: one line, exit 2.

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import resolve_checkpoint
 from ..config import ConfigError, WandbConfig, from_dict
 from ..errors import UsageError
+from ..load import resolve_checkpoint
 from ..rundir import RunDir
 from .precision import PRECISIONS
 from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file

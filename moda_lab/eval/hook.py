@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..checkpoint import run_checkpoint
+from ..load import run_checkpoint
 from ..rundir import RunDir
 from .evaluate import (
     RESULTS_FILE,

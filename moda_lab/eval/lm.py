@@ -1,18 +1,18 @@
-"""The moda-lab decoder as an lm-eval model (``--model moda``).
+"""The moda-lab decoder as an lm-eval model (``--model moda``): lm-eval's own HF model (HFLM) over the checkpoint.
 
-Scoring uses the model's batched full-sequence forward (right-padded: the causal mask keeps padding out of
-every scored position), under bf16 autocast or in fp32 (``precision``), with the head applied to the scored
-positions only; generation (greedy_tokens, the workbench's one decoding loop) uses the depth-aware KV
-cache (``GPT.forward(..., cache=KVCache())``): each step feeds only the new token, reads the cached sequence K/V
-of every layer, and rebuilds the depth K/V of that token layer by layer inside the forward (arXiv 2603.15619,
-section 3).
+The checkpoint (a Lightning .ckpt, a run dir or an exported folder) is loaded into the workbench's GPT and handed
+to HFLM as the exported model's classes in memory (moda_lab.hf.wrap: MoDAForCausalLM, the folder's tokenizer
+settings), so tokenization, generation (``generate()`` with the depth-aware KV cache) and rolling windows are
+lm-eval's HF code, as under ``--model hf`` on the export. Two parts are the workbench's own: requests are
+encoded in one batched call (encode_requests), and log-likelihoods are scored by score_continuations: the
+model's batched forward (right-padded: the causal mask keeps padding out of every scored position) under bf16
+autocast or in fp32 (``precision``), with the head applied to the scored positions only.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,22 +20,23 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..data.tokenizer import EOS
 from ..errors import UsageError
+from ..load import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..model import GPT
-from ..model.attention import KVCache
 from .precision import PRECISIONS
 
 try:
     # lm-eval registers its stock models (hf, vllm, ...) only when its registry is empty at the first lookup;
     # importing lm_eval.models first keeps them next to ``moda`` (e.g. ``--model hf`` on an exported folder).
     import lm_eval.models  # noqa: F401
-    from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-except ImportError as err:  # pragma: no cover - lm_eval is a declared dependency
-    raise ImportError(f"moda_lab.eval needs lm-eval (pip install 'lm-eval==0.4.13'): {err}") from err
+except ImportError as err:  # pragma: no cover - lm_eval, transformers and accelerate are declared dependencies
+    raise ImportError(
+        f"moda_lab.eval needs lm-eval with its HF model (pip install 'lm-eval==0.4.13' transformers accelerate): {err}"
+    ) from err
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,26 @@ def auto_batch_size(
     return best
 
 
+def _pieces(ctx: list[int], cont: list[int], window: int) -> list[tuple[list[int], list[int]]]:
+    """(input, targets of its last positions) per window of one pair, the last window first.
+
+    The input (context + continuation minus its last token) is cut into windows of ``window`` tokens counted back
+    from its end, as the exported model runs an input longer than its context (hf/modeling_moda.py); only the
+    windows that predict continuation tokens are kept: one, unless the continuation is longer than the window.
+    """
+    if not cont:
+        raise ValueError("an empty continuation cannot be scored")
+    if not ctx:
+        raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
+    seq = ctx + cont
+    n, first = len(seq) - 1, len(ctx) - 1  # input length; the position predicting cont[0]
+    out = []
+    for end in range(n, first, -window):
+        start = max(0, end - window)
+        out.append((seq[start:end], seq[max(start, first) + 1 : end + 1]))
+    return out
+
+
 @torch.no_grad()
 def score_continuations(
     model: GPT,
@@ -121,23 +142,22 @@ def score_continuations(
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) and whether the continuation is the greedy one, per pair.
 
-    As lm-eval's HF model does, each sequence context+continuation keeps its last max_length + 1 tokens
-    (the input is those minus the final one): a long context is left-truncated, and a continuation longer
-    than max_length is scored on its last max_length tokens only (its first ones fall out of the window).
-    Pairs are scored longest first in right-padded batches (widths rounded up to WIDTH_BUCKET); results come
-    back in input order. precision (see resolve_precision) sets the forward's autocast; the log-softmax is fp32.
+    As lm-eval's HF model does, the model sees the last max_length tokens of context + continuation (minus the
+    final token): a long context is left-truncated. A continuation longer than max_length is scored in full, in
+    windows of max_length counted back from its end (_pieces), as the exported model scores it under lm-eval's
+    stock hf model. Windows are scored longest first in right-padded batches (widths rounded up to
+    WIDTH_BUCKET); results come back in input order. precision (see resolve_precision) sets the forward's
+    autocast; the log-softmax is fp32.
     """
     max_length = max_length or model.cfg.max_seq_len
-    prepared = []
-    for ctx, cont in pairs:
-        if not cont:
-            raise ValueError("an empty continuation cannot be scored")
-        if not ctx:
-            raise ValueError("a context must hold at least one token (use the EOS token as prefix)")
-        full = (ctx + cont)[-(max_length + 1) :]
-        prepared.append((full[:-1], cont[-(len(full) - 1) :]))
+    prepared, owner = [], []
+    for i, (ctx, cont) in enumerate(pairs):
+        for piece in _pieces(ctx, cont, max_length):
+            prepared.append(piece)
+            owner.append(i)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
-    results: list[tuple[float, bool] | None] = [None] * len(prepared)
+    sums = [0.0] * len(pairs)
+    greedy = [True] * len(pairs)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
         longest = len(prepared[batch[0]][0])
@@ -158,39 +178,23 @@ def score_continuations(
             logits = model.lm_head(model.hidden_states(idx)[rows, cols])
         logprobs = F.log_softmax(logits.float(), dim=-1)  # [N, V]
         token_lp = logprobs.gather(-1, target[:, None])[:, 0].double()
-        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
+        batch_sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
         misses = torch.zeros(len(batch), dtype=torch.long, device=device)
         misses.index_add_(0, rows, (logprobs.argmax(-1) != target).long())
-        sums, greedy = sums.tolist(), (misses == 0).tolist()
-        for row, i in enumerate(batch):
-            results[i] = (sums[row], bool(greedy[row]))
-    return results  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def greedy_tokens(model: GPT, context: Sequence[int], max_length: int | None = None) -> Iterator[int]:
-    """Greedy next tokens after context, one per iteration, for as long as the caller reads (so it decides where
-    to stop). Each step feeds only the new token through the KV cache; once the sequence outgrows max_length
-    (default model.max_seq_len) the window slides: the cache is rebuilt from the last max_length tokens."""
-    max_length = max_length or model.cfg.max_seq_len
-    device = model.tok_emb.weight.device
-    seq = list(context)[-max_length:]
-    cache = KVCache()
-    logits = model(torch.tensor([seq], device=device), cache=cache)
-    while True:
-        nxt = int(logits[0, -1].argmax())
-        yield nxt
-        seq.append(nxt)
-        if len(seq) > max_length:  # the window is full: re-encode its last max_length tokens
-            cache = KVCache()
-            logits = model(torch.tensor([seq[-max_length:]], device=device), cache=cache)
-        else:
-            logits = model(torch.tensor([[nxt]], device=device), cache=cache)
+        for i, total, miss in zip(batch, batch_sums.tolist(), misses.tolist()):
+            sums[owner[i]] += total
+            greedy[owner[i]] = greedy[owner[i]] and miss == 0
+    return list(zip(sums, greedy))
 
 
 @register_model("moda")
-class ModaLM(TemplateLM):
-    """lm-eval model over a moda-lab checkpoint: a Lightning .ckpt, a run dir, or an exported folder."""
+class ModaLM(HFLM):
+    """lm-eval's HF model over a moda-lab checkpoint: a Lightning .ckpt, a run dir, or an exported folder; or over
+    a GPT in memory (``model=`` and ``tokenizer=``). ``gpt`` is the workbench's model, ``model`` HFLM's wrapper.
+
+    max_length (default and at most the model's max_seq_len) is the scoring window and lm-eval's context for
+    rolling windows and generation; max_gen_toks the default number of generated tokens.
+    """
 
     def __init__(
         self,
@@ -205,7 +209,8 @@ class ModaLM(TemplateLM):
         tokenizer: Tokenizer | None = None,
         **unused,
     ) -> None:
-        super().__init__()
+        from ..hf.wrap import wrap
+
         if unused:
             # lm-eval passes max_batch_size (and a few others) to every model; anything else is a typo.
             unknown = sorted(k for k in unused if k not in ("max_batch_size", "trust_remote_code"))
@@ -227,45 +232,45 @@ class ModaLM(TemplateLM):
         elif tokenizer is None:
             raise ValueError("ModaLM(model=...) also needs tokenizer=")
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        auto = device in (None, "auto")
-        self._device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
-        self.model = model.to(self.device).eval()
-        self.precision = resolve_precision(precision, self.device)
-        self.tok = tokenizer
-        eos = tokenizer.token_to_id(EOS)
-        if eos is None:
+        if tokenizer.token_to_id(EOS) is None:
             raise CheckpointError(f"the checkpoint's tokenizer has no {EOS!r} token")
-        self._eos = eos
-        limit = self.model.cfg.max_seq_len
+        auto = device in (None, "auto")
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
+        self.gpt = model.to(device).eval()
+        self.tok = tokenizer
+        self.precision = resolve_precision(precision, device)
+        limit = self.gpt.cfg.max_seq_len
         try:
-            self.max_length = int(max_length) if max_length is not None else limit
+            window = int(max_length) if max_length is not None else limit
         except (TypeError, ValueError):
             raise UsageError(f"max_length={max_length!r} must be an integer in [1, {limit}]") from None
-        if not 1 <= self.max_length <= limit:
-            raise UsageError(f"max_length={self.max_length} must be in [1, model.max_seq_len={limit}]")
-        self.max_gen_toks = int(max_gen_toks)
-        self.batch_size = parse_batch_size(batch_size)
-        if self.batch_size == "auto":
-            self.batch_size = auto_batch_size(self.model, self.max_length, self.device, precision=self.precision)
-            log.info(
-                "batch_size=auto: %d sequences of %d tokens fit on %s", self.batch_size, self.max_length, self.device
+        if not 1 <= window <= limit:
+            raise UsageError(f"max_length={window} must be in [1, model.max_seq_len={limit}]")
+        batch_size = parse_batch_size(batch_size)
+        if batch_size == "auto":
+            batch_size = auto_batch_size(self.gpt, window, device, precision=self.precision)
+            log.info("batch_size=auto: %d sequences of %d tokens fit on %s", batch_size, window, device)
+        hf_model, hf_tokenizer = wrap(self.gpt, tokenizer, self.step)
+        # HFLM warns that a model object, not a name, was passed and that it skips its multi-process setup: that
+        # is this class's design (one process), not the user's mistake, so its warnings are held back here.
+        hf_log = logging.getLogger(HFLM.__module__)
+        level = hf_log.level
+        hf_log.setLevel(logging.ERROR)
+        try:
+            super().__init__(
+                pretrained=hf_model,
+                tokenizer=hf_tokenizer,
+                backend="causal",
+                max_length=window,
+                batch_size=batch_size,
             )
+        finally:
+            hf_log.setLevel(level)
+        self._max_gen_toks = int(max_gen_toks)
 
     @property
-    def device(self) -> torch.device:
-        return self._device
-
-    # --- tokenization -----------------------------------------------------------------------------------
-
-    @property
-    def eot_token_id(self) -> int:
-        return self._eos
-
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return self.tok.encode(string).ids
-
-    def tok_decode(self, tokens: Iterable[int]) -> str:
-        return self.tok.decode(list(tokens), skip_special_tokens=False)
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
 
     def encode_requests(self, args: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """(context tokens, continuation tokens) per (context, continuation), as lm-eval's TemplateLM.loglikelihood
@@ -283,11 +288,12 @@ class ModaLM(TemplateLM):
                 context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
             plan.append((texts.setdefault(context, len(texts)), texts.setdefault(context + continuation, len(texts))))
         ids = [enc.ids for enc in self.tok.encode_batch(list(texts))]
+        eos = self.eot_token_id
         out = []
         for ctx_i, whole_i in plan:
             whole = ids[whole_i]
             if ctx_i is None:  # lm-eval: EOS as the context, unless the continuation already starts with it
-                out.append(([self._eos], whole) if whole[:1] != [self._eos] else (whole[:1], whole[1:]))
+                out.append(([eos], whole) if whole[:1] != [eos] else (whole[:1], whole[1:]))
             else:
                 out.append((ids[ctx_i], whole[len(ids[ctx_i]) :]))
         return out
@@ -297,12 +303,13 @@ class ModaLM(TemplateLM):
         encoded = self.encode_requests(args)
         return self._loglikelihood_tokens([(a, c, x) for a, (c, x) in zip(args, encoded)], disable_tqdm=disable_tqdm)
 
-    # --- scoring ------------------------------------------------------------------------------------------
-
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """score_continuations instead of HFLM's full-logits loop (same truncation, the head on scored positions
+        only). HFLM's loglikelihood_rolling calls it once per batch of windows (with override_bs): no bar then."""
         pairs = [(ctx, cont) for _, ctx, cont in requests]
+        progress = not disable_tqdm and "override_bs" not in kwargs
         out = score_continuations(
-            self.model, pairs, self.batch_size, self.device, self.max_length, not disable_tqdm, precision=self.precision
+            self.gpt, pairs, self.batch_size, self.device, self.max_length, progress, precision=self.precision
         )
         for (key, _, _), res in zip(requests, out):
             if key is not None:
@@ -310,73 +317,9 @@ class ModaLM(TemplateLM):
         return out
 
     def rolling_windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
-        """Disjoint windows of at most max_length predicted tokens, the first conditioned on EOS."""
+        """Disjoint windows of at most max_length predicted tokens, the first conditioned on EOS (as HFLM's
+        loglikelihood_rolling makes them)."""
         return [
             make_disjoint_window(w)
-            for w in get_rolling_token_windows(tokens, self._eos, self.max_length, context_len=1)
+            for w in get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len=1)
         ]
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        windows, owner = [], []
-        for i, req in enumerate(requests):
-            (text,) = req.args
-            for w in self.rolling_windows(self.tok_encode(text)):
-                windows.append(w)
-                owner.append(i)
-        scores = score_continuations(
-            self.model,
-            windows,
-            self.batch_size,
-            self.device,
-            self.max_length,
-            not disable_tqdm,
-            "rolling",
-            self.precision,
-        )
-        totals = [0.0] * len(requests)
-        for i, (lp, _) in zip(owner, scores):
-            totals[i] += lp
-        for req, total in zip(requests, totals):
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-        return totals
-
-    # --- generation ---------------------------------------------------------------------------------------
-
-    def greedy_until(self, context: list[int], until: Sequence[str], max_new_tokens: int) -> str:
-        """Greedy continuation of context (greedy_tokens); stops at EOS or any until string.
-
-        As in lm-eval's HF model the context keeps its last max_length - max_new_tokens tokens (at least one);
-        should the sequence still outgrow max_length, the window slides. The returned text is cut before the
-        first stop string.
-        """
-        seq = context[-max(1, self.max_length - max_new_tokens) :]
-        new: list[int] = []
-        for nxt in itertools.islice(greedy_tokens(self.model, seq, self.max_length), max_new_tokens):
-            if nxt == self._eos:
-                break
-            new.append(nxt)
-            if any(s and s in self.tok_decode(new) for s in until):
-                break
-        text = self.tok_decode(new)
-        cut = min((text.index(s) for s in until if s and s in text), default=len(text))
-        return text[:cut]
-
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for req in tqdm(requests, desc="generate_until", disable=disable_tqdm):
-            context, gen_kwargs = req.args
-            kwargs = dict(gen_kwargs or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            if kwargs.pop("do_sample", False) or float(kwargs.pop("temperature", 0.0) or 0.0) > 0.0:
-                raise ValueError("the moda model decodes greedily only: set do_sample=false / temperature=0")
-            for key in ("top_p", "top_k"):  # sampling filters: meaningless for argmax decoding
-                kwargs.pop(key, None)
-            if kwargs:
-                raise ValueError(f"unsupported generation kwargs for the moda model: {sorted(kwargs)}")
-            ctx = self.tok_encode(context) or [self._eos]
-            text = self.greedy_until(ctx, until + [EOS], max_new)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            out.append(text)
-        return out

@@ -58,13 +58,13 @@ def domain_perplexity(lm: ModaLM, files: list[Path], max_documents: int | None =
                 continue
             if max_documents is not None and n_docs >= max_documents:
                 break
-            windows += lm.rolling_windows(lm.tok_encode(doc) + [lm.eot_token_id])
+            windows += lm.rolling_windows(lm.tok.encode(doc).ids + [lm.eot_token_id])
             n_bytes += len(doc.encode("utf-8"))
             n_docs += 1
     if not n_docs:
         raise ValueError(f"no documents in {[str(f) for f in files]}")
     scores = score_continuations(
-        lm.model, windows, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
+        lm.gpt, windows, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
     )
     nats = -sum(lp for lp, _ in scores)
     tokens = sum(len(cont) for _, cont in windows)
@@ -95,7 +95,7 @@ def heldout_perplexity(
     docs = docs[:max_documents]
     stream: list[int] = []
     for doc in docs:
-        stream += lm.tok_encode(doc) + [lm.eot_token_id]
+        stream += lm.tok.encode(doc).ids + [lm.eot_token_id]
     try:
         windows = TokenWindows(np.asarray(stream, dtype=np.int64), lm.max_length)
     except ValueError:
@@ -108,7 +108,7 @@ def heldout_perplexity(
         x, y = windows[i]  # inputs chunk[:-1], targets chunk[1:]
         pairs.append((x[:1].tolist(), y.tolist()))  # context + continuation = the whole chunk
     scores = score_continuations(
-        lm.model, pairs, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
+        lm.gpt, pairs, lm.batch_size, lm.device, lm.max_length, progress, "perplexity", lm.precision
     )
     nats = -sum(lp for lp, _ in scores)
     tokens = len(pairs) * lm.max_length

@@ -91,10 +91,10 @@ def test_real_model_maps(switches: dict):
         assert slots == [0, 0, 0] and (summary["depth_mass"] == 0).all()
 
 
-HAS_CHECKPOINT = importlib.util.find_spec("moda_lab.checkpoint") is not None
+HAS_CHECKPOINT = importlib.util.find_spec("moda_lab.load") is not None
 
 
-@pytest.mark.skipif(not (HAS_MODEL and HAS_CHECKPOINT), reason="moda_lab.model / moda_lab.checkpoint not importable")
+@pytest.mark.skipif(not (HAS_MODEL and HAS_CHECKPOINT), reason="moda_lab.model / moda_lab.load not importable")
 def test_inspect_checkpoint_from_exported_folder(tmp_path: Path):
     """An exported folder (config.json, model.safetensors, tokenizer.json) -> maps for a text, via load_model."""
     import dataclasses

@@ -181,7 +181,7 @@ def check_lm_eval_cli(args: list[str], outputs: Outputs) -> None:
         assert outputs.has_checkpoint(ns.model_args["checkpoint"]), (
             f"checkpoint {ns.model_args['checkpoint']} is not written"
         )
-    else:  # lm-eval's stock model over a folder of moda_lab.checkpoint.export
+    else:  # lm-eval's stock model over a folder of moda_lab.hf
         assert ns.model_args.get("trust_remote_code") is True, "--model hf needs trust_remote_code=True"
         assert outputs.has(ns.model_args["pretrained"]), f"pretrained={ns.model_args['pretrained']} is not written"
     names = {lm_eval_name(t): t for t in TASK_FIELDS}
@@ -219,7 +219,7 @@ def check_eval_data(args: list[str], outputs: Outputs) -> None:
 
 
 def check_export(args: list[str], outputs: Outputs) -> None:
-    from moda_lab.checkpoint.export import build_parser
+    from moda_lab.hf.__main__ import build_parser
 
     parsed = build_parser().parse_args(args)
     assert outputs.has_checkpoint(parsed.checkpoint) or outputs.has(parsed.checkpoint), (
@@ -297,7 +297,7 @@ MODULES = {
     "moda_lab.analysis": check_analysis,
     "moda_lab.data": check_data,
     "moda_lab.eval.data": check_eval_data,
-    "moda_lab.checkpoint.export": check_export,
+    "moda_lab.hf": check_export,
     "pip": check_pip,
     "venv": check_venv,
     "pytest": check_pytest,
@@ -356,8 +356,8 @@ def documented_outputs() -> Outputs:
             from moda_lab.analysis.__main__ import parse_args
 
             out.paths.add(Path(parse_args(args[2:])["out"]))
-        elif args[:2] == ["-m", "moda_lab.checkpoint.export"]:
-            from moda_lab.checkpoint.export import build_parser
+        elif args[:2] == ["-m", "moda_lab.hf"]:
+            from moda_lab.hf.__main__ import build_parser
 
             out.paths.add(Path(build_parser().parse_args(args[2:]).out))
     return out

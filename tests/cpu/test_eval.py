@@ -3,7 +3,6 @@ tasks end to end through lm-eval's API and both CLIs, the after-fit hook through
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from fixtures.eval_tasks import write_eval_fixtures
 
 from helpers import ROOT
-from moda_lab.checkpoint import CheckpointError, load_checkpoint
+from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import GPT, ModelConfig
 from variants import PER_MIXER, VARIANTS
 
@@ -27,8 +26,9 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from moda_lab.eval import TASK_FIELDS, EvalConfigError, eval_config_from_dict  # noqa: E402
-from moda_lab.eval.lm import ModaLM, greedy_tokens  # noqa: E402
+from moda_lab.eval.lm import ModaLM  # noqa: E402
 from moda_lab.eval.perplexity import domain_perplexity, perplexity  # noqa: E402
+from moda_lab.model.decode import greedy_tokens  # noqa: E402
 
 ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
@@ -59,13 +59,13 @@ def test_loglikelihood_equals_forward_log_softmax(lm):
         (long_ctx, " Answer: paper"),
         ("def f(x):", "\n    return x"),
     ]
-    assert len(lm.tok_encode(long_ctx)) > lm.model.cfg.max_seq_len
+    assert len(lm.tok_encode(long_ctx)) > lm.gpt.cfg.max_seq_len
     reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
     got = lm.loglikelihood(reqs, disable_tqdm=True)
     for (ctx, cont), (score, _) in zip(pairs, got):
         whole = lm.tok_encode(ctx + cont)
         c = lm.tok_encode(ctx)
-        assert math.isclose(score, _ref_logprob(lm.model, c, whole[len(c) :]), abs_tol=1e-4)
+        assert math.isclose(score, _ref_logprob(lm.gpt, c, whole[len(c) :]), abs_tol=1e-4)
 
 
 def test_batched_request_encoding_equals_lm_evals_one_by_one(lm, monkeypatch):
@@ -96,30 +96,36 @@ def test_batched_request_encoding_equals_lm_evals_one_by_one(lm, monkeypatch):
     assert expected[4][0] == expected[5][0] == [lm.eot_token_id] and expected[5][1][:1] != [lm.eot_token_id]
 
 
-def test_continuation_longer_than_the_context_scores_its_last_window(lm):
-    """lm-eval's HF rule: keep the last max_length + 1 tokens of context + continuation (no error)."""
-    L = lm.model.cfg.max_seq_len
+def test_continuation_longer_than_the_context_is_scored_in_windows(lm):
+    """A long context keeps its last tokens (lm-eval's HF rule); a continuation longer than the context is scored
+    in full, in windows of max_length counted back from its end, as the exported model runs such an input."""
+    L = lm.gpt.cfg.max_seq_len
     ctx = lm.tok_encode("Question: How do you dry water?\nAnswer:")
     cont = lm.tok_encode(" " + " ".join(f"put the {w} in the sun." for w in ("water", "paper", "stone") * 4))
-    assert len(cont) > L + 1
+    assert len(cont) > 2 * L + 1
     (score, greedy), (short_score, _) = lm._loglikelihood_tokens(
         [(None, ctx, cont), (None, ctx, cont[: L - 3])], disable_tqdm=True
     )
-    window = (ctx + cont)[-(L + 1) :]  # all continuation tokens: the context fell out
-    with torch.no_grad():
-        lp = F.log_softmax(lm.model(torch.tensor([window[:-1]])).double(), -1)[0]  # [L, V]
-    assert math.isclose(score, sum(float(lp[i, window[i + 1]]) for i in range(L)), abs_tol=1e-4)
-    assert greedy == bool((lp.argmax(-1) == torch.tensor(window[1:])).all())
+    inp, target = (ctx + cont)[:-1], (ctx + cont)[1:]
+    ref, ref_greedy = 0.0, True
+    for end in range(len(inp), len(ctx) - 1, -L):  # each window run alone, from position 0
+        start = max(0, end - L)
+        with torch.no_grad():
+            lp = F.log_softmax(lm.gpt(torch.tensor([inp[start:end]])).double(), -1)[0]
+        for pos in range(max(start, len(ctx) - 1), end):
+            ref += float(lp[pos - start, target[pos]])
+            ref_greedy &= int(lp[pos - start].argmax()) == target[pos]
+    assert math.isclose(score, ref, abs_tol=1e-4) and greedy == ref_greedy
     # A continuation that fits keeps the end of its context and is scored in full.
-    assert math.isclose(short_score, _ref_logprob(lm.model, ctx, cont[: L - 3]), abs_tol=1e-4)
+    assert math.isclose(short_score, _ref_logprob(lm.gpt, ctx, cont[: L - 3]), abs_tol=1e-4)
     # Through lm-eval's request path, as PIQA's long solutions reach it.
     req = Instance("loglikelihood", {}, ("Question: How do you dry water?\nAnswer:", lm.tok_decode(cont)), 0)
     assert math.isfinite(lm.loglikelihood([req], disable_tqdm=True)[0][0])
 
 
 def test_exported_folder_scores_like_the_ckpt(tiny_run, lm):
-    from moda_lab.checkpoint import export
     from moda_lab.eval import results_dir
+    from moda_lab.hf import export
 
     folder = export(tiny_run["ckpt"], tiny_run["tmp"] / "export")
     exported = ModaLM(checkpoint=folder, batch_size=2, device="cpu")
@@ -137,7 +143,7 @@ def test_loglikelihood_rolling_equals_forward(lm):
     got = lm.loglikelihood_rolling(
         [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)], disable_tqdm=True
     )
-    L = lm.model.cfg.max_seq_len
+    L = lm.gpt.cfg.max_seq_len
     for text, score in zip(texts, got):
         toks = lm.tok_encode(text)
         seq = [lm.eot_token_id, *toks]
@@ -148,7 +154,7 @@ def test_loglikelihood_rolling_equals_forward(lm):
             e = min(s + L, len(toks))
             inp = seq[max(0, e - L) : e]
             with torch.no_grad():
-                lp = F.log_softmax(lm.model(torch.tensor([inp])).double(), -1)[0]
+                lp = F.log_softmax(lm.gpt(torch.tensor([inp])).double(), -1)[0]
             ref += sum(float(lp[len(inp) - (e - s) + j, toks[s + j]]) for j in range(e - s))
         assert math.isclose(score, ref, abs_tol=1e-4)
     assert len(lm.tok_encode(texts[1])) > L  # the second text really is windowed
@@ -182,7 +188,7 @@ def test_domain_perplexity_matches_forward(lm, tiny_run):
     nats, n_tok = 0.0, 0
     for d in docs:
         toks = [*lm.tok_encode(d), lm.eot_token_id]  # a document as training packs it: tokens then EOS
-        nats -= _ref_logprob(lm.model, [lm.eot_token_id], toks)
+        nats -= _ref_logprob(lm.gpt, [lm.eot_token_id], toks)
         n_tok += len(toks)
     n_bytes = sum(len(d.encode()) for d in docs)
     assert stats["tokens"] == n_tok and stats["bytes"] == n_bytes
@@ -221,35 +227,39 @@ def test_cached_generation_matches_uncached(mixer):
 
 
 def test_generate_until_uses_cache_and_stops(lm):
+    """lm-eval's HF generate_until over the exported model's generate() (depth-aware KV cache): the greedy tokens
+    of the uncached forward, cut before the stop string; the context keeps its last max_length - max_gen_toks."""
     prompt = "The stone is"
     ctx = lm.tok_encode(prompt)
-    assert len(ctx) + 12 <= lm.model.cfg.max_seq_len
+    assert len(ctx) + 12 <= lm.gpt.cfg.max_seq_len
     ref = list(ctx)
     with torch.no_grad():
         for _ in range(12):
-            ref.append(int(lm.model(torch.tensor([ref]))[0, -1].argmax()))
+            ref.append(int(lm.gpt(torch.tensor([ref]))[0, -1].argmax()))
     new = ref[len(ctx) :]
     if lm.eot_token_id in new:
         new = new[: new.index(lm.eot_token_id)]
     full_text = lm.tok_decode(new)
-    assert lm.greedy_until(ctx, [], 12) == full_text
+    req = Instance("generate_until", {}, (prompt, {"until": ["\n\n\n"], "max_gen_toks": 12}), 0)
+    assert lm.generate_until([req], disable_tqdm=True) == [full_text]
     stop = full_text[len(full_text) // 2 :][:3]
     assert stop.strip(), f"degenerate generation {full_text!r}"
     req = Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": 12}), 0)
     assert lm.generate_until([req], disable_tqdm=True) == [full_text[: full_text.index(stop)]]
-    # Longer than the context: the window slides (lm-eval keeps the last max_length - max_new context tokens).
-    L = lm.model.cfg.max_seq_len
-    torch.manual_seed(0)
-    rand = ModaLM(model=GPT(dataclasses.replace(lm.model.cfg, init_std=0.5)), tokenizer=lm.tok, device="cpu")
-    ref = ctx[-1:]
+    # Longer than the context: only the last max_length - max_gen_toks context tokens are kept.
+    L = lm.gpt.cfg.max_seq_len
+    long_prompt = " ".join(f"the water {i} is next to the stone." for i in range(12))
+    long_ctx = lm.tok_encode(long_prompt)
+    assert len(long_ctx) > L
+    ref = long_ctx[-(L - 8) :]
     with torch.no_grad():
-        for _ in range(L + 8):
-            ref.append(int(rand.model(torch.tensor([ref[-L:]]))[0, -1].argmax()))
-    new = ref[1:]
-    assert lm.eot_token_id not in new, "pick another seed: the reference generation stops early"
-    assert rand.greedy_until(ctx, [], L + 8) == rand.tok_decode(new)
-    with pytest.raises(ValueError, match="greedily"):
-        lm.generate_until([Instance("generate_until", {}, ("a", {"do_sample": True}), 0)], disable_tqdm=True)
+        for _ in range(8):
+            ref.append(int(lm.gpt(torch.tensor([ref]))[0, -1].argmax()))
+    new = ref[L - 8 :]
+    if lm.eot_token_id in new:
+        new = new[: new.index(lm.eot_token_id)]
+    req = Instance("generate_until", {}, (long_prompt, {"until": ["\n\n\n"], "max_gen_toks": 8}), 0)
+    assert lm.generate_until([req], disable_tqdm=True) == [lm.tok_decode(new)]
 
 
 # --- fixture tasks end to end ------------------------------------------------------------------------------

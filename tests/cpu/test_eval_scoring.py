@@ -17,7 +17,8 @@ from variants import VARIANTS
 
 lm_eval = pytest.importorskip("lm_eval")
 from moda_lab.eval import EvalConfigError, eval_config_from_dict  # noqa: E402
-from moda_lab.eval.lm import WIDTH_BUCKET, ModaLM, greedy_tokens, resolve_precision, score_continuations  # noqa: E402
+from moda_lab.eval.lm import WIDTH_BUCKET, ModaLM, resolve_precision, score_continuations  # noqa: E402
+from moda_lab.model.decode import greedy_tokens  # noqa: E402
 
 VOCAB = 61
 MAX_LEN = 150  # not a multiple of WIDTH_BUCKET: the widest batches are clipped to max_length
@@ -42,12 +43,18 @@ def build(mixer: str) -> GPT:
 @torch.no_grad()
 def full_logits_scores(model: GPT, pairs, batch_size: int, max_length: int | None = None) -> list[tuple[float, bool]]:
     """The algorithm score_continuations replaced: each batch as wide as its longest input, a log-softmax over
-    all [B, T, V] logits, the continuation log-probs gathered and summed (same truncation, same order)."""
+    all [B, T, V] logits, the continuation log-probs gathered and summed (same truncation, same order). A
+    continuation longer than max_length is cut into windows of max_length tokens from its end, each scored with
+    the max_length tokens before its last one, and the windows' scores are summed."""
     max_length = max_length or model.cfg.max_seq_len
-    prepared = []
-    for ctx, cont in pairs:
-        full = (ctx + cont)[-(max_length + 1) :]
-        prepared.append((full[:-1], cont[-(len(full) - 1) :]))
+    prepared, owner = [], []
+    for k, (ctx, cont) in enumerate(pairs):
+        seq = ctx + cont
+        for stop in range(len(cont), 0, -max_length):  # cont[:stop] ends the window
+            part = cont[max(0, stop - max_length) : stop]
+            full = (seq[: len(ctx) + stop])[-(max_length + 1) :]
+            prepared.append((full[:-1], part))
+            owner.append(k)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
     results: list = [None] * len(prepared)
     for start in range(0, len(order), batch_size):
@@ -67,12 +74,15 @@ def full_logits_scores(model: GPT, pairs, batch_size: int, max_length: int | Non
         greedy = ((logprobs.argmax(-1) == target) | ~scored).all(-1).tolist()
         for row, i in enumerate(batch):
             results[i] = (sums[row], bool(greedy[row]))
-    return results
+    totals = [(0.0, True)] * len(pairs)
+    for k, (s, g) in zip(owner, results):
+        totals[k] = (totals[k][0] + s, totals[k][1] and g)
+    return totals
 
 
 def random_pairs(model: GPT, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Random contexts and continuations, some longer than max_seq_len (left truncation; a continuation that
-    fills the window alone), and some continuations that are the model's greedy ones (greedy flag true)."""
+    """Random contexts and continuations, some longer than max_seq_len (left truncation; continuations longer
+    than the window, scored in two windows), and some continuations that are the model's greedy ones (greedy flag true)."""
     rng = random.Random(seed)
     pairs = []
     for n_ctx, n_cont in [(1, 1), (5, 3), (63, 1), (64, 2), (100, 10), (200, 4), (10, 160), (1, MAX_LEN + 5)]:
@@ -141,10 +151,10 @@ def test_precision_setting():
 
 def test_bf16_autocast_scores_close_to_fp32():
     lm = tiny_lm("bf16")
-    pairs = random_pairs(lm.model)[:4]
-    fp32 = score_continuations(lm.model, pairs, 3)
+    pairs = random_pairs(lm.gpt)[:4]
+    fp32 = score_continuations(lm.gpt, pairs, 3)
     bf16 = lm._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in pairs], disable_tqdm=True)
-    assert bf16 == score_continuations(lm.model, pairs, 3, precision="bf16")
+    assert bf16 == score_continuations(lm.gpt, pairs, 3, precision="bf16")
     assert [s for s, _ in bf16] != [s for s, _ in fp32]  # autocast was on
     for (s, _), (r, _) in zip(bf16, fp32):
         assert s == pytest.approx(r, rel=0.05, abs=0.2)

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from helpers import ROOT
-from moda_lab.checkpoint import CheckpointError, export, load_checkpoint
 from moda_lab.data.tokenizer import EOS, train_tokenizer
-from moda_lab.eval.lm import greedy_tokens
+from moda_lab.hf import export
+from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, ModelConfig
+from moda_lab.model.decode import greedy_tokens
 from variants import MODA_SINGLE_SOURCES, PER_MIXER, VARIANTS
 
 transformers = pytest.importorskip("transformers")
@@ -153,6 +154,27 @@ def test_untied_head_and_padded_batches(tmp_path, tokenizer):
         hf(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1], [1] * 6]))
 
 
+def test_inputs_longer_than_the_context_run_in_windows_from_the_end(tmp_path, tokenizer):
+    """Past max_seq_len (40) the export runs disjoint windows of 40 counted back from the last token, each from
+    position 0; several unmasked rows that long are refused (padding cannot be told), masked ones are not."""
+    model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_full", "pre")
+    hf = _load_hf(export(ckpt, tmp_path / "hf"))
+    L = model.cfg.max_seq_len
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 2 * L + 7))  # windows of 7, 40 and 40 tokens
+    with torch.no_grad():
+        got = hf(ids[:1]).logits
+        want = torch.cat([model(ids[:1, :7]), model(ids[:1, 7 : 7 + L]), model(ids[:1, 7 + L :])], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[:, -L:], model(ids[:1, -L:]), rtol=1e-5, atol=1e-5)  # = cut to the end
+        with pytest.raises(ValueError, match="2 rows of 87 tokens, longer than max_seq_len=40, without attention_mask"):
+            hf(ids)
+        both = hf(ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(both[:1], got, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(both[1:], hf(ids[1:]).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_folder_files_tokenizer_and_workbench_reload(tmp_path, tokenizer):
     model, ckpt = _checkpoint(tmp_path, tokenizer, "moda_depth_kv", "reordered")
     folder = export(ckpt, tmp_path / "hf")
@@ -217,21 +239,23 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     from moda_lab.eval.tasks import TASK_DIR
 
     folder = tiny_run["tmp"] / "hf_export"
-    cmd = [sys.executable, "-m", "moda_lab.checkpoint.export", str(tiny_run["run_dir"]), str(folder)]
+    cmd = [sys.executable, "-m", "moda_lab.hf", str(tiny_run["run_dir"]), str(folder)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str(folder)
     tasks = ["moda_piqa", "moda_arc_easy", "moda_copa", "moda_hellaswag", "moda_mmlu"]
     results = {}
-    for model, args in [
-        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}),
-        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}),
+    # The stock model runs one row at a time: its batches are right-padded without an attention_mask, and rows
+    # longer than the model's context (these contexts are) need their real end to place the window.
+    for model, args, batch_size in [
+        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}, 4),
+        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}, 1),
     ]:
         tm = TaskManager(
             include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(tiny_run["data"])}
         )
         results[model] = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=4, log_samples=True
+            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=batch_size, log_samples=True
         )
     for task in tasks:
         ours, stock = results["moda"]["results"][task], results["hf"]["results"][task]
@@ -249,7 +273,9 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
 
     from moda_lab.eval.lm import ModaLM
 
-    prompts = ["The stone is", "Question: How do you dry water?\nAnswer:", "def f(x):"]
+    # Prompt + generation within max_seq_len (32): the stock model keeps n_positions - max_gen_toks prompt tokens,
+    # ours max_seq_len - max_gen_toks, and the cached forward refuses to run past max_seq_len.
+    prompts = ["The stone is", "How do you dry water?\nAnswer:", "def f(x):"]
     reqs = [
         Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 8}), i) for i, p in enumerate(prompts)
     ]
@@ -258,3 +284,46 @@ def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     texts = stock.generate_until(reqs, disable_tqdm=True)
     assert texts == ours.generate_until(reqs, disable_tqdm=True)
     assert all(texts), texts  # each prompt generated something before EOS / the stop string
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: ten tasks loaded twice
+def test_stock_hf_scores_the_real_eval_files_like_the_moda_model(tiny_run):
+    """On a few rows of each real evaluation file (../shared/data/eval), with a checkpoint whose context (32
+    tokens) is shorter than some continuations: the export under lm-eval's stock hf model (n_positions) gives
+    our moda model's per-choice log-likelihoods, the long continuations included."""
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from lm_eval.tasks import TaskManager
+
+    import moda_lab.eval.lm  # noqa: F401 - registers the moda model
+    from moda_lab.eval.tasks import TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name
+
+    real = data_dir()
+    present = [t for t in TASK_FIELDS if (real / f"{t}.jsonl").is_file()]
+    if not present:
+        pytest.skip(f"no real eval data in {real}")
+    folder = export(tiny_run["run_dir"], tiny_run["tmp"] / "hf_export_real")
+    assert json.loads((folder / "config.json").read_text())["n_positions"] == 2048
+    tasks = [lm_eval_name(t) for t in present]
+    samples = {}
+    for model, args, batch_size in [
+        ("moda", {"checkpoint": str(tiny_run["ckpt"]), "device": "cpu"}, 4),
+        ("hf", {"pretrained": str(folder), "trust_remote_code": True, "device": "cpu"}, 1),
+    ]:
+        tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": str(real)})
+        out = lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=tasks, task_manager=tm, batch_size=batch_size, limit=3, log_samples=True
+        )
+        samples[model] = out["samples"]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    longest = 0
+    for task in tasks:
+        ours, stock = samples["moda"][task], samples["hf"][task]
+        assert [s["doc_id"] for s in ours] == [s["doc_id"] for s in stock]
+        for a, b in zip(ours, stock):
+            ll, ll_hf = [float(r[0][0]) for r in a["resps"]], [float(r[0][0]) for r in b["resps"]]
+            assert ll_hf == pytest.approx(ll, abs=1e-3), (task, a["doc_id"])
+            assert [r[0][1] for r in a["resps"]] == [r[0][1] for r in b["resps"]], (task, a["doc_id"])
+            longest = max(longest, *(len(tok(cont).input_ids) for _, cont in a["arguments"]))
+    if "piqa" in present:  # PIQA's solutions outgrow the 32-token context
+        assert longest > 32

@@ -62,7 +62,7 @@ def test_every_declared_dependency_is_pinned_within_its_range():
 
 def test_setup_sh_installs_torch_first_then_the_project_through_the_constraints():
     torch_at = SETUP.index('"torch==')
-    project_at = SETUP.index('-c constraints.txt -e ".[dev,hf]"')
+    project_at = SETUP.index('-c constraints.txt -e ".[dev]"')
     assert torch_at < project_at
     assert _setup_pins() == {"torch": Version("2.13.0"), "triton": Version("3.7.1")}
 

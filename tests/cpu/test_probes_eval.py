@@ -210,7 +210,7 @@ def test_corrupt_last_ckpt_falls_back_to_the_newest_intact_step(tiny, monkeypatc
     assert last.read_bytes() == torn and sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "last.ckpt", "step_5.ckpt"]  # evaluation renames and copies nothing (training's resume does)
     # A torn file named explicitly stays an error, pointing at the run dir.
-    from moda_lab.checkpoint import CheckpointError, load_checkpoint
+    from moda_lab.load import CheckpointError, load_checkpoint
 
     with pytest.raises(CheckpointError, match=f"give the run dir {run} to use its newest intact checkpoint"):
         load_checkpoint(last)
@@ -356,9 +356,11 @@ def test_lm_eval_cli_batch_size_defaults_to_the_hydra_entrys(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lm-eval"])
     main(["--model", "moda", "--model_args", "checkpoint=x", "--tasks", "moda_piqa"])
     main(["--model", "moda", "--model_args", "checkpoint=x", "--tasks", "moda_piqa", "-b", "2"])
-    first, second = seen
+    main(["--model", "hf", "--model_args", "pretrained=x", "--tasks", "moda_piqa"])
+    first, second, stock = seen
     assert first[first.index("--batch_size") + 1] == str(EvalConfig.batch_size) == "8"
     assert "--batch_size" not in second and second[second.index("-b") + 1] == "2"
+    assert "--batch_size" not in stock  # lm-eval's 1: an export runs inputs past its context one row at a time
 
 
 # --- export ---------------------------------------------------------------------------------------------------
@@ -369,14 +371,14 @@ def test_export_refuses_a_non_empty_folder(tiny):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     before = _tree(out)
-    cmd = [sys.executable, "-m", "moda_lab.checkpoint.export", str(tiny["run"] / "checkpoints" / "last.ckpt"), str(out)]
+    cmd = [sys.executable, "-m", "moda_lab.hf", str(tiny["run"] / "checkpoints" / "last.ckpt"), str(out)]
     res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.splitlines() == [
         f"export error: export folder {out} is not empty; give a new or empty folder, or --overwrite to replace its files"
     ]
     assert _tree(out) == before
-    from moda_lab.checkpoint import export
+    from moda_lab.hf import export
 
     export(tiny["run"], out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()

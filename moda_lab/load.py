@@ -1,6 +1,6 @@
 """Load a trained model from a Lightning .ckpt, a run directory, or an exported folder.
 
-An exported folder (folder.export) is a Hugging Face folder: config.json (the ModelConfig's keys plus the Hugging
+An exported folder (moda_lab.hf.export) is a Hugging Face folder: config.json (the ModelConfig's keys plus the Hugging
 Face ones), model.safetensors (GPT's state_dict under the prefix ``model.``) and tokenizer.json. Folders
 written before the Hugging Face export (config.json = the bare ModelConfig plus ``_step``, unprefixed weights)
 load too. Every failure names the file and what is wrong with it.
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from ..errors import UsageError
-from ..model import GPT, ModelConfig
-from ..rundir import RunDir
+from .errors import UsageError
+from .model import GPT, ModelConfig
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_checkpoint(run_dir: str | Path) -> tuple[Path, int]:
         raise CheckpointError(
             f"{rundir.path} is neither an exported model folder (config.json) nor a run dir (checkpoints/)"
         )
-    from ..train import checkpointing  # here: it imports Lightning
+    from .train import checkpointing  # here: it imports Lightning
 
     train_log = logging.getLogger(checkpointing.__name__)
     disabled, train_log.disabled = train_log.disabled, True

@@ -10,6 +10,15 @@ section 3), wrapped in ``MoDACache`` and handed through ``generate()`` as its ``
 cache classes are not used (``_supports_default_dynamic_cache`` is False). ``generate(use_cache=False)``
 recomputes the whole prefix at every step instead; both give the same greedy tokens.
 
+Inputs longer than the model's context (max_seq_len; config.n_positions is the longest input scored) are run in
+disjoint windows of max_seq_len tokens counted back from the last one, each from position 0 (the first window may
+be shorter): the last max_seq_len positions see exactly what an input cut to its last max_seq_len tokens sees, and
+every earlier position is predicted from its own window, as lm-eval's rolling log-likelihood predicts a long
+document. moda_lab's scorer (moda_lab.eval.lm.score_continuations) applies the same rule, so lm-eval's stock hf
+model and moda_lab's agree on a continuation longer than the model's context. Padding cannot be told from
+tokens without an attention_mask, so a batch of several such rows needs one (or one row at a time: lm-eval's
+batch_size=1, its default).
+
 Padding: the model has no padding mask. A batch whose ``attention_mask`` has zeros is run row by row on each
 row's unpadded tokens (positions count from the row's first real token, as in an unpadded call), so
 right-padded scoring and left-padded generation give what each row gives alone. Rows whose real tokens are not
@@ -90,10 +99,14 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"model.lm_head.weight": "model.tok_emb.weight"}  # applied when tie_embeddings
 
-    def __init__(self, config: MoDAConfig) -> None:
+    def __init__(self, config: MoDAConfig, model: GPT | None = None) -> None:
+        """A new GPT of the config, or ``model``: a workbench GPT in memory (its weights kept, its config the
+        config's)."""
         super().__init__(config)
-        self.model = GPT(config.moda_config())
-        self.post_init()
+        if model is not None and model.cfg != config.moda_config():
+            raise ValueError(f"model.cfg {model.cfg} is not the config's {config.moda_config()}")
+        self.model = GPT(config.moda_config()) if model is None else model
+        self.post_init()  # initialises only RoPE's tables (_init_weights), so a given model keeps its weights
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -129,7 +142,10 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         real = None if attention_mask is None or bool(attention_mask.all()) else _real_tokens(attention_mask, T)
         if cache is None:
-            logits = self.model(input_ids) if real is None else self._by_row(input_ids, real, [None] * B)
+            if real is None:
+                logits = self._windowed(input_ids, unpadded=attention_mask is not None or B == 1)
+            else:
+                logits = self._by_row(input_ids, real, [None] * B)
         else:
             if cache.seen == 0:  # the prefill decides: one batched cache, or one per row of a padded batch
                 if real is None:
@@ -162,10 +178,27 @@ class MoDAForCausalLM(MoDAPreTrainedModel, GenerationMixin):
             ids = input_ids[b][real[b]]
             if not len(ids):
                 continue
-            row = self.model(ids[None], cache=caches[b]) if caches[b] is not None else self.model(ids[None])
+            row = self.model(ids[None], cache=caches[b]) if caches[b] is not None else self._windowed(ids[None], unpadded=True)
             if out is None:
                 out = row.new_zeros(B, T, row.shape[-1])
             out[b, real[b]] = row[0]
         if out is None:
             raise ValueError("attention_mask masks every input token")
         return out
+
+    def _windowed(self, input_ids: torch.Tensor, unpadded: bool) -> torch.Tensor:
+        """[B, T] -> logits [B, T, V]; past max_seq_len in windows counted back from the end (see the module doc).
+        ``unpadded``: every row's tokens are real (an attention_mask said so, or there is one row)."""
+        B, T = input_ids.shape
+        L = self.model.cfg.max_seq_len
+        if T <= L:
+            return self.model(input_ids)
+        if not unpadded:
+            raise ValueError(
+                f"{B} rows of {T} tokens, longer than max_seq_len={L}, without attention_mask: right padding cannot "
+                "be told from tokens, so the windows cannot be placed; pass attention_mask or one row at a time "
+                "(lm-eval: batch_size=1)"
+            )
+        head = T % L  # the first, shorter window; the others are full and run as one batch
+        full = self.model(input_ids[:, head:].reshape(-1, L)).reshape(B, T - head, -1)  # [B, T - head, V]
+        return full if head == 0 else torch.cat([self.model(input_ids[:, :head]), full], dim=1)

@@ -3,7 +3,8 @@
 The folder holds:
 
 * ``config.json``: the ModelConfig's keys plus what transformers reads (model_type ``moda``, architectures,
-  ``auto_map`` to the two code files, dtype, special token ids, ``training_step``);
+  ``auto_map`` to the two code files, dtype, special token ids, ``training_step``) and ``n_positions``, the
+  longest input scored (see SCORED_INPUT);
 * ``model.safetensors``: MoDAForCausalLM's state_dict (GPT's under ``model.``; a tied head is stored once);
 * ``tokenizer.json`` (the training tokenizer) with ``tokenizer_config.json`` and ``special_tokens_map.json``
   so ``AutoTokenizer`` loads it as a fast tokenizer (EOS = BOS = PAD = ``<|endoftext|>``, no BOS added);
@@ -24,14 +25,26 @@ from tokenizers import Tokenizer
 
 from ..data.tokenizer import EOS
 from ..errors import UsageError
-from .load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
+from ..load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
 
 CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
+# The longest input the folder's model scores: config.json's n_positions and the tokenizer's model_max_length,
+# which lm-eval's hf model reads as its context (max_length). Inputs past max_seq_len run in windows of
+# max_seq_len (modeling_moda), so a continuation longer than the model's context, as PIQA's long solutions are,
+# is scored as moda_lab's own lm-eval model scores it instead of failing lm-eval's check that a continuation fits
+# in max_length. 2048 is lm-eval's own default context.
+SCORED_INPUT = 2048
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HERE = Path(__file__).resolve().parent
 
 
-def _config_json(cfg: dict, step: int | None, dtype: str, eos: int | None) -> dict:
+def scored_input(max_seq_len: int) -> int:
+    """n_positions of an export: SCORED_INPUT, or the model's context where that is longer."""
+    return max(max_seq_len, SCORED_INPUT)
+
+
+def config_json(cfg: dict, n_positions: int, step: int | None, dtype: str, eos: int | None) -> dict:
+    """config.json of an export: ModelConfig's keys (cfg, a dict) plus the Hugging Face ones."""
     return {
         "model_type": "moda",
         "architectures": ["MoDAForCausalLM"],
@@ -40,6 +53,7 @@ def _config_json(cfg: dict, step: int | None, dtype: str, eos: int | None) -> di
             "AutoModelForCausalLM": "modeling_moda.MoDAForCausalLM",
         },
         **cfg,
+        "n_positions": n_positions,
         "bos_token_id": eos,
         "eos_token_id": eos,
         "pad_token_id": eos,
@@ -48,7 +62,8 @@ def _config_json(cfg: dict, step: int | None, dtype: str, eos: int | None) -> di
     }
 
 
-def _tokenizer_files(max_len: int) -> dict[str, dict]:
+def tokenizer_files(max_len: int) -> dict[str, dict]:
+    """tokenizer_config.json and special_tokens_map.json of an export."""
     specials = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -93,12 +108,12 @@ def export(path: str | Path, out_dir: str | Path, dtype: str = "float32", overwr
     if model.cfg.tie_embeddings:
         state.pop(WEIGHT_PREFIX + "lm_head.weight")  # shared with tok_emb.weight; safetensors refuses aliases
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = _config_json(cfg, extras["step"], dtype, eos)
+    config = config_json(cfg, scored_input(model.cfg.max_seq_len), extras["step"], dtype, eos)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     (out / "tokenizer.json").write_text(extras["tokenizer"])
-    for name, content in _tokenizer_files(model.cfg.max_seq_len).items():
+    for name, content in tokenizer_files(scored_input(model.cfg.max_seq_len)).items():
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
     for name in CODE_FILES:
         shutil.copyfile(HERE / name, out / name)

@@ -1,6 +1,6 @@
-"""CLI: ``python -m moda_lab.checkpoint.export <checkpoint or run dir> <out folder> [--dtype bfloat16] [--overwrite]``.
+"""CLI: ``python -m moda_lab.hf <checkpoint or run dir> <out folder> [--dtype bfloat16] [--overwrite]``.
 
-Writes a Hugging Face folder (see folder.py) and prints its path; a non-empty out folder is refused (exit 2)
+Writes a Hugging Face folder (see export.py) and prints its path; a non-empty out folder is refused (exit 2)
 unless --overwrite. Load it with
 ``transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` (moda-lab installed).
 """
@@ -8,16 +8,14 @@ unless --overwrite. Load it with
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 
 from ..errors import exit_on_usage_error
-from .folder import DTYPES, export
+from .export import DTYPES, export
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m moda_lab.checkpoint.export",
+        prog="python -m moda_lab.hf",
         description="Write a moda-lab checkpoint as a Hugging Face folder (trust_remote_code).",
     )
     parser.add_argument("checkpoint", help="a .ckpt file, a run dir (its checkpoints/last.ckpt) or an exported folder")
@@ -34,17 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_usage_error("export error"):
         print(export(args.checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite))
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module as ``moda_lab.checkpoint.export`` rebinds the package attribute ``export`` (the
-    function of folder.py) to the module; calling the module keeps ``from moda_lab.checkpoint import export``
-    working after that."""
-
-    def __call__(self, *args, **kwargs):
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()
