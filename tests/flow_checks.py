@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from moda_lab.eval.lm import greedy_tokens
+from moda_lab.model.decode import greedy_tokens
 from moda_lab.model import GPT, MixerConfig, ModelConfig
 
 SHAPE = dict(vocab_size=64, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=24, attn_backend="naive")

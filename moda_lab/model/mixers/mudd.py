@@ -180,9 +180,9 @@ class MUDDMixer(DepthMixer):
             x = x[:, :, 3]  # R: the attention's residual add
         return super().skip(x, place, sublayer, ctx)
 
-    def attn_inputs(self, x, place, ctx):
+    def attn_inputs(self, x, skip, place, ctx):
         if not self.multiway:
-            return super().attn_inputs(x, place, ctx)
+            return super().attn_inputs(x, skip, place, ctx)
         q, k, v = x[:, :, 0], x[:, :, 1], x[:, :, 2]
         k_place, v_place = self.kv_norms if self.kv_norms is not None else (place, place)
         return place.norm_input(q), k_place.norm_input(k), v_place.norm_input(v)
