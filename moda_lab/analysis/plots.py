@@ -149,7 +149,7 @@ def axis_label(metric: str) -> str:
     return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
 
 
-def place_legend(ax, fontsize: int = 8, under=None) -> tuple[int, int]:
+def place_legend(ax, fontsize: int = 8, under=None, drop: float = 0.16) -> tuple[int, int]:
     """The panel's legend: inside when its names are short, else under the panel (long names, cells differing in
     several keys, would cover the data), or under ``under`` (the bottom panel of its column). Returns (lines under
     the panel, their longest name), (0, 0) inside."""
@@ -159,20 +159,21 @@ def place_legend(ax, fontsize: int = 8, under=None) -> tuple[int, int]:
     if max(map(len, labels)) <= LEGEND_INSIDE_MAX_CHARS:
         ax.legend(fontsize=fontsize)
         return 0, 0
-    (under or ax).legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7,
+    (under or ax).legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -drop), fontsize=7,
                          frameon=False)
     return len(labels), max(map(len, labels))
 
 
-def layout_with_legend(fig: Figure, below: int, longest: int, panels: int = 1) -> None:
-    """tight_layout, with room under the panels for ``below`` legend lines of up to ``longest`` characters."""
+def layout_with_legend(fig: Figure, below: int, longest: int, panels: int = 1, margin: float = 0.75) -> None:
+    """tight_layout, with room under the panels for ``below`` legend lines of up to ``longest`` characters and
+    ``margin`` inches for the x axis' ticks and label."""
     if not below:
         fig.tight_layout()
         return
     height = fig.get_figheight()
     fig.set_size_inches(max(fig.get_figwidth(), 0.062 * longest * panels), height + 0.16 * below)
     fig.tight_layout()
-    fig.subplots_adjust(bottom=(0.16 * below + 0.75) / fig.get_figheight())
+    fig.subplots_adjust(bottom=(0.16 * below + margin) / fig.get_figheight())
 
 
 def ordered_norms(frame: pd.DataFrame) -> list[str]:
@@ -422,7 +423,7 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
 
 
 # Runs of one cell (all but the peak lr equal) at this many peak learning rates make an lr sweep worth a figure.
-LR_SWEEP_MIN_POINTS = 3
+LR_SWEEP_MIN_POINTS = 2  # a per-variant sweep around the baseline's best lr can be two points
 _SWEEP_GROUP = ["variant", "norm", "layers", "width", "lr_group"]
 
 
@@ -463,17 +464,20 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
         ax.text(0.5, 0.5, "no lr sweep in these runs", ha="center", va="center", transform=ax.transAxes)
         return fig
     colors = variant_colors(points)
-    labels = sorted(points["sweep_label"].unique())
-    if points["variant"].nunique() == 1 and len(labels) > 1:  # one variant: the configs take the colours
-        palette = plt.get_cmap("tab10").colors
-        colors = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
+    sweeps = points[["variant", "sweep_label"]].drop_duplicates()
+    if sweeps["variant"].duplicated().any():  # a variant swept under several configs: each sweep its own colour
+        palette = plt.get_cmap("tab10" if len(sweeps) <= 10 else "tab20").colors
+        colors = {(v, lab): palette[i % len(palette)] for i, (v, lab) in enumerate(sweeps.itertuples(index=False))}
     multi_shape = points.groupby(["layers", "width"]).ngroups > 1
     several = points["lr_group"].nunique() > 1  # name what sets each sweep apart only when there is more than one
+    parts = [str(lab).split(", ") for lab in points["sweep_label"].unique()]
+    common = set.intersection(*map(set, parts)) if parts else set()  # said by every sweep: left out of the names
     shapes = {lab: LABEL_MARKERS[i % len(LABEL_MARKERS)] for i, lab in enumerate(sorted(points["sweep_label"].unique()))}
     for (variant, norm, layers, width, _), line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
         label = line["sweep_label"].iloc[0]
-        color = colors[label] if label in colors else colors[variant]
-        parts = [variant, norm, *([f"L={layers}, D={width}"] if multi_shape else []), *([label] if label and several else [])]
+        color = colors.get((variant, label), colors.get(variant))
+        own = ", ".join(p for p in str(label).split(", ") if p not in common)
+        parts = [variant, norm, *([f"L={layers}, D={width}"] if multi_shape else []), *([own] if own and several else [])]
         ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color,
                 marker=shapes[label], markersize=7, markeredgewidth=1.5, markerfacecolor=color, label=", ".join(parts))
         untrained = line[~line["trained"]]
@@ -495,5 +499,5 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
                  "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
-    layout_with_legend(fig, *place_legend(ax))
+    layout_with_legend(fig, *place_legend(ax, drop=0.27), margin=1.1)  # the rotated lr ticks sit lower
     return fig

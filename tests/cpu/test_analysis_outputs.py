@@ -275,8 +275,8 @@ def test_config_shades_order_configs_numerically_and_keep_single_configs_in_the_
 
 
 def test_lr_sweep_points_and_figure(tmp_path: Path):
-    """Three peak lrs of one variant and norm make an lr sweep: one point per lr (mean over seeds), the figure is
-    written; two lrs do not."""
+    """Two or more peak lrs of one variant and norm make an lr sweep: one point per lr (mean over seeds), the
+    figure is written, a colour per sweep; one lr does not."""
     from moda_lab.analysis.pipeline import write_figures
     from moda_lab.analysis.plots import lr_sweep_points, plot_lr_sweep
 
@@ -306,8 +306,10 @@ def test_lr_sweep_points_and_figure(tmp_path: Path):
     assert len(fig.axes[0].get_legend().get_texts()) == 2
     names = [p.name for p in write_figures(res, tmp_path / "figs")]
     assert "lr_sweep_val_loss.png" in names
-    two = res.summary[res.summary["peak_lr"] < 4e-3]
-    assert lr_sweep_points(two).empty
+    colors = {line.get_color() for line in fig.axes[0].get_lines() if line.get_linestyle() != "None"}
+    assert len(colors) == 2  # one variant, two sweeps: a colour each
+    one = res.summary[res.summary["peak_lr"] < 2e-3]
+    assert lr_sweep_points(one).empty and len(lr_sweep_points(res.summary[res.summary["peak_lr"] < 4e-3])) == 4
 
 
 def test_long_legend_names_go_under_the_panel(tmp_path: Path):

@@ -186,7 +186,7 @@ def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path,
     check_command_line([root, "--cfg", "job", "trainer.lr=-1"], CONF)  # Hydra prints; nothing runs
     with pytest.raises(ConfigError, match=r"^-m and --cfg cannot be combined"):
         check_command_line(["-m", root, "model=moda,dense", "--cfg", "job"], CONF)
-    with pytest.raises(ConfigError, match=r"^model=moda_typo is not allowed; choose one of \['dense', "):
+    with pytest.raises(ConfigError, match=r"^model=moda_typo is not allowed; choose one of \['attnres', .*'dense', "):
         check_command_line([root, "model=moda_typo"], CONF)
     with pytest.raises(ConfigError, match=r"^Could not override 'trainer.lrr'. To append to your config use \+"):
         check_command_line([root, "trainer.lrr=1"], CONF)

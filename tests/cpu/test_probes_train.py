@@ -59,7 +59,7 @@ def test_experiment_typo_exits_2_in_one_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == (
         "config error: experiment=depth_flw is not allowed; choose one of "
-        "['depth_flow', 'table3_switches', 'table6_24l', 'table6_48l']\n"
+        "['depth_flow', 'depth_flow_catalogue', 'table3_switches', 'table6_24l', 'table6_48l']\n"
     )
     assert list(tmp_path.iterdir()) == []
 
