@@ -19,6 +19,7 @@ VARIANTS: dict[str, MixerConfig] = {
     **{name: MixerConfig(name) for name in DEPTH_MIXERS if name != "moda"},
     **MODA_VARIANTS,
     "attnres_block": MixerConfig("attnres", block_size=4),  # Block AttnRes (conf/model/attnres_block.yaml)
+    "hyper_connections_static": MixerConfig("hyper_connections", dynamic=False),  # SHC (its own group file)
 }
 # One variant per registered mixer, MoDA with every K/V source on (the most code per forward): for the costlier
 # parity tests.

@@ -296,6 +296,7 @@ def test_simple_evaluate_fixture_tasks(tiny_run, lm):
     assert 0.0 <= res["results"]["moda_arc_easy"]["acc,none"] <= 1.0
 
 
+@pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests
 def test_hydra_cli_writes_results_and_metrics(tiny_run):
     """tasks=all on a data dir with two of the ten files: those two run, the others are named; table printed.
 
@@ -347,6 +348,7 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
     assert sorted(results["results"]) == ["moda_copa", "moda_piqa"]
 
 
+@pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests
 def test_lm_eval_cli_wrapper(tiny_run):
     out_dir = tiny_run["tmp"] / "lm_eval_out"
     model_args = json.dumps({"checkpoint": str(tiny_run["ckpt"])})

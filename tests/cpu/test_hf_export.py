@@ -229,6 +229,7 @@ def test_bf16_export_within_bf16_tolerance(tmp_path, tokenizer):
         export(ckpt, tmp_path / "bad", dtype="float16")
 
 
+@pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests
 def test_lm_eval_hf_model_scores_like_the_moda_model(tiny_run):
     """The CLI exports the tiny trained run; lm-eval's stock hf model on it reproduces the moda model's scores."""
     lm_eval = pytest.importorskip("lm_eval")

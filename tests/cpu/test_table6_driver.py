@@ -227,6 +227,7 @@ def test_no_job_starts_after_start_until_s(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests
 def test_no_job_starts_with_less_time_left_than_a_finished_one_took(tmp_path, monkeypatch, capsys):
     """After a job finishes, one of its stage starts only if the time left is at least what the finished one took;
     a job that exits 0 without finishing (stopped from outside) is logged as unfinished, not done."""

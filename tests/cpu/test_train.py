@@ -106,6 +106,7 @@ ACCUM = ["trainer.accumulate=2", "trainer.batch_size=300", "trainer.max_steps=16
          "trainer.ckpt_every=4", *FAST]  # the tiny corpus's 4,758 windows: 15 batches of 300 a rank, epochs cut to 14
 
 
+@pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests
 def test_accumulated_steps_never_span_epochs_and_resume_exactly(tiny_corpus, tmp_path, monkeypatch):
     """At accumulate=2, an epoch of an odd number of batches made Lightning step on its lone last batch: every later
     validation fell mid-step, the final one (step 16) never ran, and a run resumed there drifted by a batch (the
