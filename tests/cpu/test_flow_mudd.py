@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from flow_checks import (
     assert_cached_generation_matches_uncached,
+    assert_compiles_to_one_graph,
     assert_matches_reference,
     counted_forward_flops,
     randomize,
@@ -268,25 +269,6 @@ def test_cached_greedy_generation_matches_uncached(norm, ways):
 @pytest.mark.slow
 def test_compiles_to_one_graph_and_matches_eager():
     """GPT.compile(fullgraph=True): every connection's mix and its in-place gradient in one graph (no break, no
-    recompile on the second step), the eager loss and gradients (flow_checks.assert_compiles_to_one_graph with
-    the connection weights of random_mudd, whose rounding stays within 1e-5)."""
-    from torch._dynamo.utils import counters
-
-    torch.manual_seed(0)
-    model = random_mudd(tiny(mudd(), "pre"))
-    idx = torch.randint(0, 64, (2, 9))
-    ref = model(idx[:, :-1], idx[:, 1:])
-    ref.backward()
-    want = [p.grad.clone() for p in model.parameters()]
-    torch._dynamo.reset()
-    counters.clear()
-    model.compile(fullgraph=True)
-    for _ in range(2):
-        model.zero_grad()
-        loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-    assert dict(counters["graph_break"]) == {}
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
-    for (name, p), g in zip(model.named_parameters(), want):
-        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    recompile on the second step), the eager loss and gradients, with the connection weights of random_mudd,
+    whose rounding stays within 1e-5."""
+    assert_compiles_to_one_graph(tiny(mudd(), "pre"), build=random_mudd)
