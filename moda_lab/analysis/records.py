@@ -116,10 +116,16 @@ def config_columns(cfg: dict[str, Any]) -> dict[str, Any]:
     return cols
 
 
+# MoDA's switches, which every run wrote (False outside MoDA) until the Block contract gave each variant its own
+# options: a config without them counts as one with them False, so the cells of earlier runs keep their ids.
+FORMER_SWITCHES: dict[str, bool] = {CONFIG_KEYS[col]: False for col in SWITCH_COLUMNS}
+
+
 def cell_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flattened config that defines a run's cell: every key except the seed and NON_DEFINING_KEYS, and the
-    keys added later (LATER_DEFAULTS) where they hold the value earlier runs had."""
-    flat = flatten_config(cfg)
+    keys added later (LATER_DEFAULTS) where they hold the value earlier runs had; MoDA's switches as every run
+    before the Block contract had them (FORMER_SWITCHES)."""
+    flat = {**FORMER_SWITCHES, **flatten_config(cfg)}
     return {
         k: v
         for k, v in sorted(flat.items())

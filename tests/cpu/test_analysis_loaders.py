@@ -251,3 +251,19 @@ def test_eval_tasks_left_out_for_missing_data_are_in_the_report(sweep: Path, tmp
     assert [i.run for i in missing] == [run_a.name]
     assert "hellaswag (/data/eval/hellaswag.jsonl)" in missing[0].detail
     assert "[missing_eval_tasks] eval/last/results.json" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cell_ids_do_not_move_with_the_block_contracts_config_layout():
+    """Runs written before the Block contract carry MoDA's switches (False) on every variant; today's configs carry
+    only the variant's own options. Both name the same cell, so a committed analysis regenerates the same tidy.csv;
+    a switch that is on still makes another cell."""
+    from moda_lab.analysis.records import cell_id, lr_group_id, pair_group_id
+
+    base = {"name": "x", "seed": 0, "trainer": {"lr": 1e-3}, "model": {"norm": "pre", "n_layers": 2}}
+    old = {**base, "model": {**base["model"], "mixer": {"name": "residual", "depth_kv": False, "ffn_kv": False,
+                                                        "attn_kv": False}}}
+    new = {**base, "model": {**base["model"], "mixer": {"name": "residual"}}}
+    for fingerprint in (cell_id, lr_group_id, pair_group_id):
+        assert fingerprint(old) == fingerprint(new)
+    on = {**base, "model": {**base["model"], "mixer": {"name": "residual", "depth_kv": True}}}
+    assert cell_id(on) != cell_id(new)
