@@ -19,7 +19,7 @@ from moda_lab.analysis.attention_runs import attention_by_variant, load_run_atte
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
 from moda_lab.analysis.mcnemar import mcnemar_markdown, mcnemar_table
-from moda_lab.analysis.records import RunIssue, RunRecord, config_columns, variant_label
+from moda_lab.analysis.records import RunIssue, RunRecord, config_columns, variant_of
 from moda_lab.analysis.repeats import Repeat, last_step, split_repeats
 from moda_lab.analysis.significance import (
     ALPHA,
@@ -145,7 +145,7 @@ def repeat_rows(repeats: list[Repeat]) -> pd.DataFrame:
     for rep in repeats:
         rec, cols = rep.record, config_columns(rep.record.config)
         step = last_step(rec)
-        variant = variant_label(cols["model"], cols["depth_kv"], cols["ffn_kv"], cols["attn_kv"])
+        variant = variant_of(rep.record.config)  # as the summary names the run counted instead
         rows.append({"run": rec.run, "source": rec.source, "status": rec.status, "path": rec.path, **cols,
                      "variant": variant, "last_step": step if step >= 0 else float("nan"), "complete": False,
                      "repeat_of": rep.kept})
