@@ -292,6 +292,16 @@ def out_of_memory(plan: Plan, job: Job, start: int) -> bool:
     return any(marker in text for marker in OOM_MARKERS)
 
 
+def eval_import_error() -> str | None:
+    """Why lm-eval does not import here (None: it does). The rows evaluate after fit; on a machine without its
+    wheels (datasets and the rest: docs/EVAL.md) a row would train for minutes and then fail its evaluation."""
+    try:
+        import lm_eval.evaluator  # noqa: F401
+    except Exception as err:  # an ImportError, or a broken dependency of it
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _clock(t_start: float) -> str:
     return f"+{time.monotonic() - t_start:4.0f}s"
 
@@ -337,6 +347,10 @@ def drive(
     choices: dict[str, dict] = {}
     took: dict[str, float] = {}  # stage -> the shortest time a job of it took to finish in this drive
     held_back: set[Job] = set()  # said once each
+    no_eval = eval_import_error() if plan.evaluate else None  # rows that evaluate cannot finish: none starts
+    if no_eval:
+        print(f"[table6] rows evaluate after fit, but lm-eval does not import here ({no_eval}): no row starts; "
+              "carry its wheels (docs/EVAL.md) or pass --row-extra eval.after_fit=false", flush=True)
     log_start: dict[Job, int] = {}  # where this launch's output begins in the job's (appended) driver.log
     oom_retries: dict[Job, int] = {}
     while True:
@@ -364,7 +378,8 @@ def drive(
         if new_choices != choices:  # written when a choice is made or changes, not on every poll
             write_choices(plan, new_choices)
             choices = new_choices
-        ready = [j for j in todo if j not in running and str(plan.run_dir(j)) not in failed]
+        ready = [j for j in todo if j not in running and str(plan.run_dir(j)) not in failed
+                 and not (no_eval and j.stage == "row")]
         if time.monotonic() >= deadline:
             break
         while ready and len(running) < parallel and time.monotonic() < last_start:
@@ -401,6 +416,7 @@ def drive(
     status = {
         "lr_choice": choices,
         "parallel_at_end": parallel,
+        "rows_held": f"lm-eval does not import: {no_eval}" if no_eval else None,
         "finished_this_call": [h for h in history if h["rc"] == 0],
         "failed": failed,
         "left": [str(plan.run_dir(j)) for j in todo],

@@ -287,6 +287,21 @@ def test_a_job_out_of_gpu_memory_beside_others_is_queued_again_with_fewer_at_onc
     assert list(status["failed"].values()) == [1] and "queued again" not in capsys.readouterr().out
 
 
+def test_rows_that_evaluate_do_not_start_where_lm_eval_does_not_import(plan, monkeypatch, capsys):
+    """The GPU image has no `datasets`: a row evaluating after fit would train for minutes, then fail. The driver
+    says so once and starts no row; the sweeps still run."""
+    plan = table6.Plan(**{**plan.__dict__, "norms": ("post",), "seeds": (0,), "evaluate": True})
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+        fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
+    monkeypatch.setattr(table6, "eval_import_error", lambda: "ModuleNotFoundError: No module named 'datasets'")
+    started = []
+    monkeypatch.setattr(table6.subprocess, "Popen", lambda *a, **k: started.append(a) or None)
+    status = table6.drive(plan, parallel=2, budget_s=30.0, log_dir=plan.run_root / "logs", poll_s=0.01)
+    out = capsys.readouterr().out
+    assert started == [] and "lm-eval does not import here (ModuleNotFoundError" in out and "no row starts" in out
+    assert "datasets" in status["rows_held"] and len(status["left"]) == 2  # the two rows (moda, residual)
+
+
 def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again(plan):
     """Both norms chosen: every seed of the first norm before the second. A row that finished training but not its
     eval, with its checkpoint gone (a fresh machine), counts as done and is listed; with the checkpoint there, its
