@@ -18,6 +18,7 @@ from moda_lab.analysis.plots import (
     METRIC_LABELS,
     X_LABELS,
     config_shades,
+    differing_parts,
     layout_with_legend,
     ordered_norms,
     place_legend,
@@ -55,10 +56,15 @@ def plot_paired_differences(
     colors = variant_colors(rows)
     extra = [c for c in ("layers", "width", "norm", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
     short = {"layers": "L", "width": "D"}
+    differing = differing_parts(rows["config"]) if "config" in extra else str  # what every row says: left out
+
+    def shown(c: str, value: object) -> str:
+        return f"{short[c]}={value}" if c in short else differing(value) if c == "config" else str(value)
+
     labels, drawn = [], set()
     for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
         color = colors[r["variant"]]
-        parts = [f"{short[c]}={r[c]}" if c in short else str(r[c]) for c in extra if r[c] not in ("", None)]
+        parts = [shown(c, r[c]) for c in extra if r[c] not in ("", None)]
         label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
         label += f"\nn={int(r['n'])}" + ("; not trained: " + r["not_trained"] if r["not_trained"] else "")
         change = r.get("params_change")
@@ -120,6 +126,7 @@ def plot_paired_curves(
     rows = rows.assign(config=rows["config"].fillna("") if "config" in rows else "")
     shades = config_shades(rows.assign(cell_label=rows["config"]), colors)
     extra = [c for c in ("layers", "width", "config") if c in rows and rows[c].nunique(dropna=False) > 1]
+    differing = differing_parts(rows["config"])  # the config every line shares is left out of the names
     below = longest = 0
     for col, norm in enumerate(norms):
         ax = grid[0, col]
@@ -130,7 +137,7 @@ def plot_paired_curves(
         for _, line in in_norm.groupby(["variant", *extra], sort=False, dropna=False):
             line = line.sort_values("tokens")
             r = line.iloc[-1]
-            parts = [f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
+            parts = [differing(r[c]) if c == "config" else f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
             n_min, n_max = int(line["n"].min()), int(line["n"].max())
             label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
             color = shades.get((r["variant"], r["config"]), colors[r["variant"]])

@@ -13,7 +13,7 @@ share it, else per legend entry.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -427,6 +427,14 @@ LR_SWEEP_MIN_POINTS = 2  # a per-variant sweep around the baseline's best lr can
 _SWEEP_GROUP = ["variant", "norm", "layers", "width", "lr_group"]
 
 
+def differing_parts(labels: Iterable[object]) -> Callable[[object], str]:
+    """label -> its ", "-separated parts that not every one of ``labels`` has: what sets a cell apart, without the
+    config every line of a figure shares."""
+    parts = [str(lab).split(", ") for lab in dict.fromkeys(labels)]
+    common = set.intersection(*map(set, parts)) if parts else set()
+    return lambda label: ", ".join(p for p in str(label).split(", ") if p not in common)
+
+
 def _without_lr(label: str) -> str:
     """A cell label without its learning-rate part (``lr=0.003, warmup_steps=200`` -> ``warmup_steps=200``)."""
     return ", ".join(p for p in str(label).split(", ") if p and not p.startswith(("lr=", "trainer.lr=")))
@@ -470,13 +478,12 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
         colors = {(v, lab): palette[i % len(palette)] for i, (v, lab) in enumerate(sweeps.itertuples(index=False))}
     multi_shape = points.groupby(["layers", "width"]).ngroups > 1
     several = points["lr_group"].nunique() > 1  # name what sets each sweep apart only when there is more than one
-    parts = [str(lab).split(", ") for lab in points["sweep_label"].unique()]
-    common = set.intersection(*map(set, parts)) if parts else set()  # said by every sweep: left out of the names
+    differing = differing_parts(points["sweep_label"])  # what every sweep says is left out of the names
     shapes = {lab: LABEL_MARKERS[i % len(LABEL_MARKERS)] for i, lab in enumerate(sorted(points["sweep_label"].unique()))}
     for (variant, norm, layers, width, _), line in points.groupby(_SWEEP_GROUP, dropna=False, sort=False):
         label = line["sweep_label"].iloc[0]
         color = colors.get((variant, label), colors.get(variant))
-        own = ", ".join(p for p in str(label).split(", ") if p not in common)
+        own = differing(label)
         parts = [variant, norm, *([f"L={layers}, D={width}"] if multi_shape else []), *([own] if own and several else [])]
         ax.plot(line["peak_lr"], line[y], linestyle=NORM_LINESTYLES.get(norm, "-."), color=color,
                 marker=shapes[label], markersize=7, markeredgewidth=1.5, markerfacecolor=color, label=", ".join(parts))
