@@ -500,7 +500,7 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     two = plot_paired_curves(pd.concat([post.assign(config="lr=0.001"), post.assign(config="lr=0.002")]))
     lines = {line.get_label(): to_hex(line.get_color()) for line in two.axes[0].get_lines()
              if line.get_label().startswith("moda")}
-    assert sorted(lines) == ["moda − residual (config=lr=0.001; n=3 seeds)", "moda − residual (config=lr=0.002; n=3 seeds)"]
+    assert sorted(lines) == ["moda − residual (lr=0.001; n=3 seeds)", "moda − residual (lr=0.002; n=3 seeds)"]
     assert len(set(lines.values())) == 2
 
 
