@@ -177,6 +177,7 @@ def test_hellaswag_hf_layout_on_real_rows(tmp_path):
         assert _gold(obj, doc) == expected("hellaswag", row) and obj.doc_to_text(doc) == hellaswag_query(row)
 
 
+@pytest.mark.slow  # 6-8 s end to end; the fast tier covers the module with quicker tests
 def test_tiny_checkpoint_on_five_real_examples_per_task(lm, tmp_path):
     data = tmp_path / "eval"
     data.mkdir()

@@ -312,6 +312,7 @@ def test_analysis_marks_partial_evaluations(tmp_path):
 # --- the lm-eval CLI wrapper --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 6-8 s end to end; the fast tier covers the module with quicker tests
 def test_lm_eval_cli_bad_model_args_is_one_line(tiny):
     missing = tiny["tmp"] / "nowhere.ckpt"
     out_dir = tiny["tmp"] / "cli_out"
