@@ -174,7 +174,8 @@ def cell_labels(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     Keys are named by their last part (``lr``, ``seq_len``) unless two differing keys share it.
     """
     flat = {cid: cell_config(cfg) for cid, cfg in configs.items()}
-    keys = sorted({k for c in flat.values() for k in c} - _SHOWN_KEYS)
+    # The variant's options are in its label (variant_of) already: never repeated, nor another variant's as None.
+    keys = sorted(k for k in {k for c in flat.values() for k in c} - _SHOWN_KEYS if not k.startswith("model.mixer."))
     # A key added later reads as its earlier value where a config lacks it (cell_config leaves it out there).
     flat = {cid: {**{k: LATER_DEFAULTS[k] for k in keys if k in LATER_DEFAULTS}, **c} for cid, c in flat.items()}
     differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in flat.values()}) > 1]
