@@ -9,8 +9,22 @@ from torch import nn
 from .base import DepthMixer, StreamSpec, register_mixer
 
 
+class HiddenStates(DepthMixer):
+    """A variant that reads every earlier block's output: the depth stream holds X_0 (the embeddings, put by
+    block 0) and X_1..X_L (each block's output, put by the variant's ``write``), one [B, T, D] slot each."""
+
+    @staticmethod
+    def stream_spec(cfg) -> StreamSpec:
+        return StreamSpec(1, cfg.n_layers + 1, (cfg.d_model,), activations=False)
+
+    def read(self, x, ctx):
+        if self.layer == 0:
+            ctx.stream.put(x)  # X_0, the embeddings
+        return x
+
+
 @register_mixer("dense")
-class DWAMixer(DepthMixer):
+class DWAMixer(HiddenStates):
     """x_{l+1} = sum_{j<=l+1} alpha_{l,j} X_j, X_0 = embeddings.
 
     The X_j are slots of the depth stream (written once, read in place; each mix's backward adds alpha_j g into
@@ -21,15 +35,6 @@ class DWAMixer(DepthMixer):
         alpha = torch.zeros(layer + 2)
         alpha[-1] = 1.0  # identity: the block output passes unchanged
         self.alpha = nn.Parameter(alpha)
-
-    @staticmethod
-    def stream_spec(cfg) -> StreamSpec:
-        return StreamSpec(1, cfg.n_layers + 1, (cfg.d_model,), activations=False)
-
-    def read(self, x, ctx):
-        if self.layer == 0:
-            ctx.stream.put(x)  # X_0, the embeddings
-        return x
 
     def write(self, x, ctx):
         ctx.stream.put(x)  # X_{l+1}, this block's output

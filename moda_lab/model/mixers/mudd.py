@@ -39,7 +39,8 @@ from torch import nn
 from moda_kernels.mudd import mudd_mix_backward, mudd_mix_forward, naive_mudd_mix, naive_mudd_mix_bwd
 
 from ..norms import NORM_PLACEMENTS
-from .base import DepthMixer, MixerConfig, StreamSpec, register_mixer
+from .base import MixerConfig, register_mixer
+from .dense import HiddenStates
 
 Tensor = torch.Tensor
 WAYS = ("qkvr", "r")
@@ -147,7 +148,7 @@ def _norms_input(place: nn.Module) -> bool:
 
 
 @register_mixer("mudd")
-class MUDDMixer(DepthMixer):
+class MUDDMixer(HiddenStates):
     """Block i and its connection: the block reads Q, K, V, R ([B, T, 4, D]) when the previous connection made
     four ways, else one stream [B, T, D]; after it, ``write`` mixes X_0..X_{i+1} into the next block's inputs."""
 
@@ -165,15 +166,6 @@ class MUDDMixer(DepthMixer):
         if self.multiway and _norms_input(place(cfg.d_model, cfg.norm_eps, cfg.n_layers)):
             # Separate input norms for the K and V streams; Q's is the block's attention norm.
             self.kv_norms = nn.ModuleList(place(cfg.d_model, cfg.norm_eps, cfg.n_layers) for _ in range(2))
-
-    @staticmethod
-    def stream_spec(cfg) -> StreamSpec:
-        return StreamSpec(1, cfg.n_layers + 1, (cfg.d_model,), activations=False)
-
-    def read(self, x, ctx):
-        if self.layer == 0:
-            ctx.stream.put(x)  # X_0, the embeddings
-        return x
 
     def skip(self, x, place, sublayer, ctx):
         if sublayer == "attn" and self.multiway:
