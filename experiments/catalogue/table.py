@@ -17,22 +17,21 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from moda_lab.analysis.significance import ALPHA, holm, t_interval  # noqa: E402
+from moda_lab.analysis.significance import ALPHA, holm, paired_differences  # noqa: E402
 
 BASELINE = "residual"
 
 
 def catalogue_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: seeds, loss mean and std, the paired difference to the baseline and its statistics."""
+    """One row per variant: seeds, loss mean and std, and the analysis' paired difference to the baseline
+    (significance.paired_differences: same cell otherwise, paired by seed) with Holm over the variants."""
     runs = runs[runs["complete"].astype(bool)]
-    base = runs[runs["variant"] == BASELINE].set_index("seed")["val/loss"]
+    paired = paired_differences(runs, metrics=["val/loss"], baseline=BASELINE).set_index("variant")
     rows = []
     for variant, g in runs.groupby("variant", sort=False):
-        loss = g.set_index("seed")["val/loss"]
-        diff = (loss - base).dropna() if variant != BASELINE else pd.Series(dtype=float)
-        stats = t_interval(diff.tolist())
+        loss = g["val/loss"]
         rows.append({"variant": variant, "seeds": len(loss), "loss_mean": loss.mean(), "loss_std": loss.std(ddof=1),
-                     **{f"delta_{k}": v for k, v in stats.items()},
+                     **{f"delta_{k}": paired[k].get(variant, float("nan")) for k in ("n", "mean", "ci_low", "ci_high", "p")},
                      "params": g["model/params"].iloc[0], "flops_per_token": g["model/flops_per_token"].iloc[0]})
     out = pd.DataFrame(rows)
     out["holm_p"] = holm(out["delta_p"].tolist())
