@@ -127,6 +127,30 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
     return row
 
 
+def load_compile_cache(path: Path) -> str:
+    """Load a carried torch.compiler cache-artifacts file (FX graphs, AOT autograd and Triton kernels); returns
+    what happened, for the table's header."""
+    if not path.is_file():
+        return "none"
+    try:
+        torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as err:  # a file from another torch or triton: every row compiles cold
+        return f"failed ({type(err).__name__}: {err})"[:200]
+    return f"{path.stat().st_size} bytes"
+
+
+def save_compile_cache(path: Path) -> int | None:
+    """Write every compile artifact this process made or loaded (atomically); returns its size in bytes."""
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(saved[0])
+    tmp.replace(path)
+    return path.stat().st_size
+
+
 def write_profile(step, path: Path, title: str) -> None:
     """Append the top GPU kernels and the top host-side ops of two training steps (torch.profiler)."""
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -158,6 +182,9 @@ def main() -> None:
     ap.add_argument("--ffn-hidden", type=int, default=None, help="SwiGLU hidden size (default: the model's 8/3 x width)")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler summary per row to <out>.profile.txt")
     ap.add_argument("--out", default="experiments/bench/results/train_throughput.md")
+    ap.add_argument("--compile-cache", type=Path, default=None,
+                    help="a torch.compiler cache-artifacts file: loaded before the first row if it exists, written "
+                    "after every row (the '1st step s' column then shows what a carried cache saves)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
@@ -181,6 +208,8 @@ def main() -> None:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
+    if args.compile_cache is not None:
+        env["compile_cache_loaded"] = load_compile_cache(args.compile_cache)
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +229,9 @@ def main() -> None:
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": "OOM"}
+                except Exception as err:  # a variant that fails to compile or run: the other rows still come
+                    msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+                    row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": msg.replace("|", "/")}
                 row["variant"] = name
                 if name == "residual":
                     base = row
@@ -208,6 +240,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.compile_cache is not None and args.compile:
+                    env["compile_cache_bytes"] = save_compile_cache(args.compile_cache)
                 write(out, env, rows)
     print(table(env, rows))
 

@@ -14,9 +14,11 @@
 #   A later call finds the driver running and only waits and collects; once the driver has ended, a call on the
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
 #     of earlier sessions are extracted from their archives, so finished runs are not repeated.
-#   GPU_TESTS="<pytest arguments>" also runs those GPU tests once per machine, beside the driver, and waits for
-#   them (e.g. GPU_TESTS="tests/gpu/test_eval_gpu.py": the scoring path the rows' evals take, ready in ~1 min);
-#   their output comes back with every call as gpu_tests.txt.
+#   The driver is a chain (experiments/gpu/table6_chain.sh): GPU_TESTS="<pytest arguments>" first runs those GPU
+#   tests (at most 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
+#   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as before_rows/),
+#   then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes back as gpu_tests.txt.
+#   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
@@ -46,22 +48,13 @@ if alive; then
 elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
   echo "[table6.sh] the driver ended at $(cat "$DRIVER/ended"); collecting only (RELAUNCH=1 starts another)"
 else
-  rm -f "$DRIVER/ended" "$DRIVER/deadline"
+  rm -rf "$DRIVER/ended" "$DRIVER/deadline" "$DRIVER/before_rows" "$DRIVER/sweeps"
   date -u +%FT%TZ > "$DRIVER/started"
-  setsid bash -c 'python3 experiments/gpu/table6.py "$@"; date -u +%FT%TZ > '"$DRIVER/ended" _ \
-    --budget-s "${DRIVER_BUDGET_S:-1600}" --parallel "${PARALLEL:-3}" --log-dir "$DRIVER" \
-    --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false "$@" \
-    > "$DRIVER/driver.log" 2>&1 < /dev/null &
+  echo $(( $(date +%s) + ${DRIVER_BUDGET_S:-1600} )) > "$DRIVER/deadline"  # the chain's; the driver rewrites it
+  export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" PACKED
+  setsid bash experiments/gpu/table6_chain.sh "$@" > "$DRIVER/driver.log" 2>&1 < /dev/null &
   echo $! > "$DRIVER/pid"
   echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
-fi
-# The tests' output stays beside the driver's files (machine-local: once per machine) and comes back as
-# $OUT/gpu_tests.txt; under runs_gpu, a committed copy would be copied in and skip the next machine's tests.
-if [ -n "${GPU_TESTS:-}" ] && [ ! -f "$DRIVER/gpu_tests.txt" ]; then
-  # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
-  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
-    > "$DRIVER/gpu_tests.part" 2>&1; mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt") &
-  TESTS_PID=$!
 fi
 # Wait for the driver to end, or WAIT_S, printing each start, finish and stop as it happens. The wait never
 # outlasts the driver's deadline by more than its 30 s of stopping jobs, so the lease's last call ends with it.
@@ -80,8 +73,8 @@ while alive && [ $SECONDS -lt $t_end ]; do
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
-[ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID" && tail -3 "$DRIVER/gpu_tests.txt"
 [ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$OUT/gpu_tests.txt"
+[ -d "$DRIVER/before_rows" ] && cp -r "$DRIVER/before_rows" "$OUT/before_rows"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"

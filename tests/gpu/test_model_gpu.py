@@ -41,7 +41,7 @@ def test_triton_backend_matches_reference_in_bf16(mixer):
     assert rel < 2e-2, f"gradient relative error {rel:.2e}"
 
 
-@pytest.mark.parametrize("mixer", ["moda", "dense", "depth_attn"])
+@pytest.mark.parametrize("mixer", list(MIXERS))
 def test_whole_model_compile_is_one_graph_and_matches_eager(mixer):
     from torch._dynamo.utils import counters
 
