@@ -442,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", type=Path, default=None, help="a JSON file of named recipes: {name: {overrides, "
                    "grid, norms, models, max_extend}}, each swept per (norm, model) cell")
     p.add_argument("--no-baseline-sweep", action="store_true", help="sweep only the recipes' cells")
+    p.add_argument("--only-recipes", default="", help="comma list: use only these recipes of --recipes")
     p.add_argument("--row-recipe", default="", help="a recipe of --recipes: the rows train under its overrides, "
                    "each at its own variant's chosen lr where the recipe sweeps that variant, else the baseline's")
     p.add_argument("--parallel", type=int, default=3)
@@ -459,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_from_args(args: argparse.Namespace) -> Plan:
     row_extra = (*ROW_EXTRA, *args.row_extra)
     recipes = load_recipes(args.recipes) if args.recipes else {}
+    if args.only_recipes:
+        wanted = args.only_recipes.split(",")
+        unknown = sorted(set(wanted) - set(recipes))
+        if unknown:
+            raise SystemExit(f"--only-recipes {unknown} not in --recipes (has: {sorted(recipes)})")
+        recipes = {name: recipes[name] for name in wanted}
     if args.row_recipe and args.row_recipe not in recipes:
         raise SystemExit(f"--row-recipe {args.row_recipe!r} is not a recipe of --recipes (has: {sorted(recipes)})")
     return Plan(

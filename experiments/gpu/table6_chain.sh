@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # The driver of one lease, started by experiments/gpu/table6.sh in its own process session: the GPU tests
-# (GPU_TESTS), then, with BEFORE_ROWS, the lr sweeps alone and that command (a benchmark that needs the GPU to
-# itself), then the driver (table6.py) with what is left of DRIVER_BUDGET_S. Every step is bounded, and a failing
+# (GPU_TESTS, beside the sweeps); with BEFORE_ROWS, the lr sweeps alone and then that command (a benchmark that
+# needs the GPU to itself); then the driver (table6.py) with what is left of DRIVER_BUDGET_S. Every step is bounded, and a failing
 # step does not stop the next. Args: table6.py's. Env from table6.sh: DRIVER, PACKED, BEFORE_ROWS_OUT.
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
 common=(--parallel "${PARALLEL:-3}" --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false)
-if [ -n "${GPU_TESTS:-}" ]; then
+if [ -n "${GPU_TESTS:-}" ]; then  # beside the sweeps: correctness, not timing
   echo "[chain] $(elapsed) s: GPU tests: $GPU_TESTS"
   # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
-  timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
-    > "$DRIVER/gpu_tests.part" 2>&1
-  mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt"
-  tail -3 "$DRIVER/gpu_tests.txt"
+  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
+    > "$DRIVER/gpu_tests.part" 2>&1; mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt"; \
+    echo "[chain] GPU tests: $(tail -1 "$DRIVER/gpu_tests.txt")") &
+  tests_pid=$!
 fi
 if [ -n "${BEFORE_ROWS:-}" ]; then
   sweep_s=${SWEEP_BUDGET_S:-600}
   echo "[chain] $(elapsed) s: the lr sweeps alone (at most ${sweep_s} s)"
   python3 experiments/gpu/table6.py "$@" "${common[@]}" --log-dir "$DRIVER/sweeps" --seeds "" --budget-s "$sweep_s"
+  [ -n "${tests_pid:-}" ] && wait "$tests_pid"
   echo "[chain] $(elapsed) s: before the rows: $BEFORE_ROWS"
   mkdir -p "$BEFORE_ROWS_OUT"
   timeout "${BEFORE_ROWS_TIMEOUT_S:-900}" bash -c "$BEFORE_ROWS" > "$BEFORE_ROWS_OUT/log.txt" 2>&1
   echo "[chain] $(elapsed) s: the command before the rows ended, rc=$?"
 fi
+[ -n "${tests_pid:-}" ] && wait "$tests_pid"
 left=$(( ${DRIVER_BUDGET_S:-1600} - $(elapsed) ))
 until_args=()
 [ -n "${START_UNTIL_S:-}" ] && until_args=(--start-until-s $(( START_UNTIL_S - $(elapsed) )))
