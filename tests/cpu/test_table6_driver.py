@@ -192,8 +192,9 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
     from helpers import compose_cfg
     from moda_lab.config import run_config_from_dict
 
-    args = table6.build_parser().parse_args(
-        ["--run-root", str(tmp_path / "runs"), "--extra", "logger.wandb.enabled=false"]
+    args = table6.build_parser().parse_args(  # the --extra of experiments/gpu/table6_chain.sh
+        ["--run-root", str(tmp_path / "runs"), "--extra", "logger.wandb.enabled=false",
+         "trainer.compile_cache=.compile_cache"]
     )
     plan = table6.plan_from_args(args)
     assert plan.evaluate and plan.experiment == "table6_24l"
@@ -210,12 +211,14 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
         assert run.trainer.max_steps == (400 if job.stage == "sweep" else 1600)
         assert (job.stage == "row") == bool(run.extra["eval"]["after_fit"])
         assert run.model.init_rng == "sequential"  # every row of the table initialised as the first ones were
+        assert run.trainer.compile and run.trainer.compile_cache == ".compile_cache"
     # The committed rows keep their names under today's code, so they count as done (their archive's manifest
     # lists every member; table6.sh extracts it into runs_gpu/table6_24l/).
     manifest = ROOT / "experiments" / "results" / "runs_gpu" / "table6_24l.sha256"
     post = table6.Job("row", "post", 3.75e-4, "residual", 0)
     post_plan = table6.plan_from_args(table6.build_parser().parse_args(
-        ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false"]))
+        ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false",
+         "trainer.compile_cache=.compile_cache"]))
     assert f"  table6_24l/{post_plan.run_dir(post).name}/meta.json\n" in manifest.read_text()
 
 
