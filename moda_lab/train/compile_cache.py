@@ -169,8 +169,6 @@ class CompileCache(L.Callback):
         now = time.perf_counter()
         self.record["first_step_s"] = round(now - self._t_first, 3)  # its batches: the train graphs' compile
         self.record["until_first_step_s"] = round(now - self._t_setup, 3)  # + the step-0 validation's
-        done = _counts()
-        self.record.update({name: done[name] - self._counts0[name] for name in HIT_COUNTERS})
         self._save()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -178,9 +176,12 @@ class CompileCache(L.Callback):
             self._save()
 
     def _save(self) -> None:
-        """Write what this process compiled when it is not already in the file (tmp + replace); record it."""
+        """Write what this process compiled when it is not already in the file (tmp + replace); record it with
+        this run's cache counters so far."""
         if not self.save:
             return
+        done = _counts()
+        self.record.update({name: done[name] - self._counts0[name] for name in HIT_COUNTERS})
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             self.record.setdefault("saved", "nothing compiled")

@@ -196,6 +196,10 @@ RUN = [
 ]
 
 
+FX = ("fxgraph_cache_hit", "fxgraph_cache_miss")
+AOT = ("autograd_cache_hit", "autograd_cache_miss")
+
+
 def launch(tmp_path, corpus, name: str, folder) -> tuple[dict, str]:
     """run.py in a fresh process with an empty Inductor cache dir of its own (only the carried file can help);
     returns its meta.json's compile_cache record and its output."""
@@ -215,14 +219,15 @@ def test_a_fresh_process_compiles_from_the_saved_file_and_a_damaged_one_compiles
     cold, _ = launch(tmp_path, tiny_corpus, "cold", folder)
     (saved,) = folder.iterdir()
     assert cold["loaded"] == "none" and cold["saved"] == "written" and cold["saved_bytes"] == saved.stat().st_size
-    # Forward and backward of the training step and the validation forward: three FX graphs, two AOT entries.
-    assert (cold["fxgraph_cache_hit"], cold["fxgraph_cache_miss"]) == (0, 3)
-    assert (cold["autograd_cache_hit"], cold["autograd_cache_miss"]) == (0, 2)
+    # Forward and backward of the training step and the validation forward: three FX graphs, two AOT entries,
+    # compiled once each (the validation in fit compiles again, an identical graph: a hit of the local cache).
+    assert cold["fxgraph_cache_miss"] == 3 and cold["autograd_cache_miss"] == 2
 
     warm, _ = launch(tmp_path, tiny_corpus, "warm", folder)
     assert warm["loaded"] == str(saved) and warm["loaded_bytes"] == saved.stat().st_size
-    assert (warm["fxgraph_cache_hit"], warm["fxgraph_cache_miss"]) == (3, 0)
-    assert (warm["autograd_cache_hit"], warm["autograd_cache_miss"]) == (2, 0)
+    # Every lookup of the cold run hits the loaded artifacts; none misses.
+    assert (warm["fxgraph_cache_hit"], warm["fxgraph_cache_miss"]) == (sum(cold[k] for k in FX), 0)
+    assert (warm["autograd_cache_hit"], warm["autograd_cache_miss"]) == (sum(cold[k] for k in AOT), 0)
     assert warm["saved"] == "unchanged" and warm["first_step_s"] < cold["first_step_s"]
 
     saved.write_bytes(saved.read_bytes()[:1000])  # a copy cut short
