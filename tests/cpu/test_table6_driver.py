@@ -356,7 +356,7 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
 
     repo = tmp_path / "repo"
     (repo / "experiments" / "gpu").mkdir(parents=True)
-    for name in ("table6.sh", "env.sh"):
+    for name in ("table6.sh", "table6_chain.sh", "env.sh"):
         shutil.copy(ROOT / "experiments" / "gpu" / name, repo / "experiments" / "gpu" / name)
     (repo / "experiments" / "gpu" / "table6.py").write_text(FAKE_DRIVER)
     (repo / "data" / "packed" / "abc").mkdir(parents=True)
@@ -373,6 +373,11 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
     (repo / "tests" / "gpu").mkdir(parents=True)
     (repo / "tests" / "gpu" / "test_stand_in.py").write_text("def test_ok():\n    pass\n")
+    # The runs' compile artifacts come back with every call, files over 15 MiB listed instead (a sparse one here).
+    (repo / ".compile_cache").mkdir()
+    (repo / ".compile_cache" / "small.bin").write_bytes(b"artifacts")
+    with (repo / ".compile_cache" / "big.bin").open("wb") as f:
+        f.truncate(15 * 2**20 + 1)
     driver_dir = tmp_path / "driver"
     env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": "",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py"}
@@ -385,7 +390,9 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
                                 start_new_session=new_session)
 
     first = call("out1", 1, new_session=True)
-    assert "driver" in first.communicate(timeout=60)[0]
+    log = first.communicate(timeout=60)[0]
+    assert "driver" in log and "compile cache: big.bin not brought back: 15728641 bytes, over 15 MiB" in log
+    assert [p.name for p in (tmp_path / "out1" / "compile_cache").iterdir()] == ["small.bin"]
     assert "1 passed" in (tmp_path / "out1" / "gpu_tests.txt").read_text()  # ran once on this machine, came back
     if _group_alive(first.pid):  # what the device tool does to a finished call
         os.killpg(first.pid, signal.SIGKILL)
@@ -394,7 +401,8 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     second = call("out2", 60)
     log = second.communicate(timeout=90)[0]
     assert "running since" in log and "driver done" in log
-    assert json.loads((tmp_path / "out2" / "status.json").read_text())["args"][-2:] == ["--norms", "post"]
+    driver_args = json.loads((tmp_path / "out2" / "status.json").read_text())["args"]
+    assert driver_args[:2] == ["--norms", "post"] and "trainer.compile_cache=.compile_cache" in driver_args
     with tarfile.open(tmp_path / "out2" / "runs.tar.gz") as tar:
         names = set(tar.getnames())
         meta_a = tar.extractfile("runs_gpu/t6/a/meta.json").read().decode()
