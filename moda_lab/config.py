@@ -118,6 +118,10 @@ class TrainerConfig:
     devices: int = 1  # -1: every visible device
     strategy: str = "auto"  # auto | ddp | fsdp
     compile: bool = False
+    # A folder for torch.compile's artifacts (moda_lab.train.compile_cache): loaded before the first compile,
+    # written after the first optimizer step, so a later process (another machine of the same kind) skips most of
+    # the compile. null: none.
+    compile_cache: str | None = None
     threads: int = 0  # torch CPU threads (0: torch's default)
     # Divergence guard (moda_lab.train.divergence): an optimizer step whose loss or gradient is not finite, or
     # whose loss exceeds divergence_factor x the lowest training loss so far (0: off), is skipped; after
@@ -172,6 +176,11 @@ class TrainerConfig:
             raise ConfigError(
                 "trainer.strategy='fsdp' is not allowed with trainer.accelerator='cpu'; allowed: fsdp on GPUs "
                 "(Lightning's FSDP needs CUDA), or trainer.strategy=ddp on CPUs"
+            )
+        if self.compile_cache is not None and not self.compile:
+            raise ConfigError(
+                f"trainer.compile_cache={self.compile_cache!r} is not allowed with trainer.compile=false; allowed: "
+                "trainer.compile=true (trainer=gpu sets it), or trainer.compile_cache=null"
             )
         if self.ckpt_every % self.val_every:
             # A checkpoint is taken once its step is fully logged (train and validation rows), so that a resumed

@@ -46,6 +46,7 @@ RUN_INDEPENDENT_KEYS = (
     "trainer.threads",
     "trainer.devices",
     "trainer.strategy",
+    "trainer.compile_cache",  # where the compile's artifacts are carried: the same graphs either way
     "trainer.accelerator",  # where it runs (trainer=gpu sets gpu; runs from before that say auto)
     "trainer.max_skipped_steps",  # the divergence guard's settings (added after runs existed)
     "trainer.divergence_factor",

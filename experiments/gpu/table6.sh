@@ -19,6 +19,9 @@
 #   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as before_rows/),
 #   then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes back as gpu_tests.txt.
 #   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
+# Every run loads and saves its torch.compile artifacts in .compile_cache/ (trainer.compile_cache,
+# docs/COMPILE_CACHE.md: one file per variant, torch, triton and GPU). Each call brings that folder back as
+# compile_cache/ (files up to 15 MiB); carry .compile_cache on the next call and its runs compile from it.
 source experiments/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
@@ -41,6 +44,7 @@ for archive in experiments/results/runs_gpu/*.tar.xz; do
 done
 # The driver's own files live outside runs_gpu (extracted from the repo's archives) and $OUT (emptied per call).
 DRIVER=${TABLE6_DRIVER_DIR:-/tmp/table6_driver}
+COMPILE_CACHE=.compile_cache  # in the repo root, where the jobs run: carried in, brought back as $OUT/compile_cache
 mkdir -p "$DRIVER"
 alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }
 if alive; then
@@ -51,7 +55,7 @@ else
   rm -rf "$DRIVER/ended" "$DRIVER/deadline" "$DRIVER/before_rows" "$DRIVER/sweeps"
   date -u +%FT%TZ > "$DRIVER/started"
   echo $(( $(date +%s) + ${DRIVER_BUDGET_S:-1600} )) > "$DRIVER/deadline"  # the chain's; the driver rewrites it
-  export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" PACKED
+  export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" PACKED COMPILE_CACHE
   setsid bash experiments/gpu/table6_chain.sh "$@" > "$DRIVER/driver.log" 2>&1 < /dev/null &
   echo $! > "$DRIVER/pid"
   echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
@@ -79,6 +83,20 @@ cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"
 tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu
+# The runs' compile artifacts, for the next call to carry; a file over 15 MiB does not fit what a call returns.
+if [ -d "$COMPILE_CACHE" ]; then
+  mkdir -p "$OUT/compile_cache"
+  for f in "$COMPILE_CACHE"/*.bin; do
+    [ -f "$f" ] || continue
+    size=$(stat -c %s "$f")
+    if [ "$size" -le $((15 * 1024 * 1024)) ]; then
+      cp "$f" "$OUT/compile_cache/"
+    else
+      echo "[table6.sh] compile cache: $(basename "$f") not brought back: $size bytes, over 15 MiB"
+    fi
+  done
+  echo "[table6.sh] compile cache: $(ls "$OUT/compile_cache" | wc -l) file(s) brought back as compile_cache/"
+fi
 # Inductor's compile cache (FX graphs and Triton kernels) stays on the machine: 287 MB after 18 runs, 40.7 MB
 # gzipped, over the 16 MiB a returned file may hold and, beside the packed corpus, the 64 MiB a call may carry.
 # Its size is reported once the driver has ended, for a later attempt to carry a smaller part of it.

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The driver of one lease, started by experiments/gpu/table6.sh in its own process session: the GPU tests
 # (GPU_TESTS, beside the sweeps); with BEFORE_ROWS, the lr sweeps alone and then that command (a benchmark that
-# needs the GPU to itself); then the driver (table6.py) with what is left of DRIVER_BUDGET_S. Every step is bounded, and a failing
-# step does not stop the next. Args: table6.py's. Env from table6.sh: DRIVER, PACKED, BEFORE_ROWS_OUT.
+# needs the GPU to itself); then the driver (table6.py) with what is left of DRIVER_BUDGET_S. Every step is
+# bounded, and a failing step does not stop the next. Args: table6.py's. Env from table6.sh: DRIVER, PACKED,
+# BEFORE_ROWS_OUT, COMPILE_CACHE (every run's trainer.compile_cache).
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
-common=(--parallel "${PARALLEL:-3}" --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false)
+common=(--parallel "${PARALLEL:-3}" --extra "data.packed_dir=${PACKED%/}" logger.wandb.enabled=false
+        "trainer.compile_cache=${COMPILE_CACHE:?set by table6.sh}")
 if [ -n "${GPU_TESTS:-}" ]; then  # beside the sweeps: correctness, not timing
   echo "[chain] $(elapsed) s: GPU tests: $GPU_TESTS"
   # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments

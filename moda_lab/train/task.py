@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -18,6 +19,7 @@ from ..model.backends import dispatch_record
 from ..rundata import load_data
 from ..rundir import RunDir, RunLock, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
+from .compile_cache import CompileCache
 from .console import StepProgressBar, quiet_console
 from .datamodule import PackedDataModule
 from .divergence import DivergedError, DivergenceGuard
@@ -202,6 +204,7 @@ def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, ran
         if run.trainer.compile:
             module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
         t = run.trainer
+        compile_cache = _compile_cache(run, module, rundir, rank0)
         dm = PackedDataModule(
             data, run.data.seq_len, t.batch_size, run.data.val_windows, run.seed, run.data.num_workers, t.accumulate
         )
@@ -229,6 +232,7 @@ def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, ran
                 interrupt,
                 ckpt,
                 StepProgressBar(refresh_rate=max(1, run.trainer.log_every // 2)),
+                *([compile_cache] if compile_cache else []),
             ],
             logger=loggers,
             default_root_dir=str(rundir.path),
@@ -291,6 +295,24 @@ def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, ran
 
             wandb.finish()  # multirun jobs share a process: never let one run's wandb state bleed into the next
         _end_distributed()
+
+
+def _compile_cache(run: RunConfig, module: LMModule, rundir: RunDir, rank0: bool) -> CompileCache | None:
+    """trainer.compile_cache: the callback that carries the compile's artifacts, keyed by what the compiled graphs
+    are traced from (the model, the attention backend it resolved to, the batch shape); rank zero writes the file
+    and meta.json's ``compile_cache`` record, every rank loads."""
+    t = run.trainer
+    if t.compile_cache is None:  # set only with trainer.compile (TrainerConfig refuses it otherwise)
+        return None
+    graphs = {
+        "model": dataclasses.asdict(run.model),
+        "attn_backend": module.model.backend,
+        "seq_len": run.data.seq_len,
+        "batch_size": t.batch_size,
+        "fullgraph": True,
+    }
+    report = (lambda record: rundir.write_meta(compile_cache=record)) if rank0 else None
+    return CompileCache(t.compile_cache, graphs, save=rank0, report=report)
 
 
 def _diverged(guard: DivergenceGuard, rundir: RunDir) -> DivergedError:

@@ -192,8 +192,9 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
     from helpers import compose_cfg
     from moda_lab.config import run_config_from_dict
 
-    args = table6.build_parser().parse_args(
-        ["--run-root", str(tmp_path / "runs"), "--extra", "logger.wandb.enabled=false"]
+    args = table6.build_parser().parse_args(  # the --extra of experiments/gpu/table6_chain.sh
+        ["--run-root", str(tmp_path / "runs"), "--extra", "logger.wandb.enabled=false",
+         "trainer.compile_cache=.compile_cache"]
     )
     plan = table6.plan_from_args(args)
     assert plan.evaluate and plan.experiment == "table6_24l"
@@ -210,12 +211,14 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
         assert run.trainer.max_steps == (400 if job.stage == "sweep" else 1600)
         assert (job.stage == "row") == bool(run.extra["eval"]["after_fit"])
         assert run.model.init_rng == "sequential"  # every row of the table initialised as the first ones were
+        assert run.trainer.compile and run.trainer.compile_cache == ".compile_cache"
     # The committed rows keep their names under today's code, so they count as done (their archive's manifest
     # lists every member; table6.sh extracts it into runs_gpu/table6_24l/).
     manifest = ROOT / "experiments" / "results" / "runs_gpu" / "table6_24l.sha256"
     post = table6.Job("row", "post", 3.75e-4, "residual", 0)
     post_plan = table6.plan_from_args(table6.build_parser().parse_args(
-        ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false"]))
+        ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false",
+         "trainer.compile_cache=.compile_cache"]))
     assert f"  table6_24l/{post_plan.run_dir(post).name}/meta.json\n" in manifest.read_text()
 
 
@@ -353,7 +356,7 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
 
     repo = tmp_path / "repo"
     (repo / "experiments" / "gpu").mkdir(parents=True)
-    for name in ("table6.sh", "env.sh"):
+    for name in ("table6.sh", "table6_chain.sh", "env.sh"):
         shutil.copy(ROOT / "experiments" / "gpu" / name, repo / "experiments" / "gpu" / name)
     (repo / "experiments" / "gpu" / "table6.py").write_text(FAKE_DRIVER)
     (repo / "data" / "packed" / "abc").mkdir(parents=True)
@@ -370,6 +373,11 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
     (repo / "tests" / "gpu").mkdir(parents=True)
     (repo / "tests" / "gpu" / "test_stand_in.py").write_text("def test_ok():\n    pass\n")
+    # The runs' compile artifacts come back with every call, files over 15 MiB listed instead (a sparse one here).
+    (repo / ".compile_cache").mkdir()
+    (repo / ".compile_cache" / "small.bin").write_bytes(b"artifacts")
+    with (repo / ".compile_cache" / "big.bin").open("wb") as f:
+        f.truncate(15 * 2**20 + 1)
     driver_dir = tmp_path / "driver"
     env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": "",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py"}
@@ -382,7 +390,9 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
                                 start_new_session=new_session)
 
     first = call("out1", 1, new_session=True)
-    assert "driver" in first.communicate(timeout=60)[0]
+    log = first.communicate(timeout=60)[0]
+    assert "driver" in log and "compile cache: big.bin not brought back: 15728641 bytes, over 15 MiB" in log
+    assert [p.name for p in (tmp_path / "out1" / "compile_cache").iterdir()] == ["small.bin"]
     assert "1 passed" in (tmp_path / "out1" / "gpu_tests.txt").read_text()  # ran once on this machine, came back
     if _group_alive(first.pid):  # what the device tool does to a finished call
         os.killpg(first.pid, signal.SIGKILL)
@@ -391,7 +401,8 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     second = call("out2", 60)
     log = second.communicate(timeout=90)[0]
     assert "running since" in log and "driver done" in log
-    assert json.loads((tmp_path / "out2" / "status.json").read_text())["args"][-2:] == ["--norms", "post"]
+    driver_args = json.loads((tmp_path / "out2" / "status.json").read_text())["args"]
+    assert driver_args[:2] == ["--norms", "post"] and "trainer.compile_cache=.compile_cache" in driver_args
     with tarfile.open(tmp_path / "out2" / "runs.tar.gz") as tar:
         names = set(tar.getnames())
         meta_a = tar.extractfile("runs_gpu/t6/a/meta.json").read().decode()
