@@ -4,10 +4,14 @@ The step's graph must be one that Inductor's CUDA graphs take without copies: it
 parameters and buffers are idx and targets (cudagraph trees copy every other input into graph memory on each
 replay), the depth stream's buffers are made inside it by one op that the partitioner never recomputes in the
 backward, and the compiled step computes what the eager one does, bit for bit, under the partitioner Inductor
-uses.
+uses. The switch, trainer.cudagraphs, is refused where it cannot run (one line naming the key, nothing written).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,8 +19,11 @@ from flow_checks import randomize, tiny
 from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
 from torch._dynamo.backends.common import aot_autograd
 
+from helpers import ROOT, compose_cfg, tiny_cfg
+from moda_lab.config import ConfigError, run_config_from_dict
 from moda_lab.model import DEPTH_MIXERS, GPT
 from moda_lab.model.depth import new_stream_buffers
+from moda_lab.train.task import check_accelerator, compile_options
 from variants import VARIANTS
 
 # One variant per mixer that declares a depth stream (K/V slots, DWA's mix, per-token reads): every kind of op.
@@ -154,3 +161,72 @@ def test_inductor_finds_no_reason_to_skip_cuda_graphs():
     assert seen[0][4] == [(2, 8), (2, 8)]  # idx and targets
     assert seen[1][4] == [()]  # the loss's gradient
 
+
+# --- the switch ------------------------------------------------------------------------------------------------
+
+
+def test_off_compiles_exactly_as_before_and_on_asks_for_reduce_overhead():
+    assert compile_options(False) == {"fullgraph": True}  # torch's default mode, as before the switch
+    assert compile_options(True) == {"fullgraph": True, "mode": "reduce-overhead"}
+    for trainer in ("cpu", "gpu"):
+        assert run_config_from_dict(compose_cfg([f"trainer={trainer}"])).trainer.cudagraphs is False
+
+
+def test_training_compiles_the_model_with_the_switch_s_options(tiny_corpus, tmp_path, monkeypatch):
+    """train() hands GPT.compile compile_options(trainer.cudagraphs): with the switch off, exactly the call it made
+    before the switch existed (recorded here instead of compiling, which takes minutes on a CPU)."""
+    from moda_lab.train.task import train
+
+    calls = []
+    monkeypatch.setattr(GPT, "compile", lambda self, **kwargs: calls.append(kwargs))
+    steps = ["trainer.max_steps=2", "trainer.val_every=2", "trainer.ckpt_every=2", "trainer.compile=true"]
+    train(tiny_cfg(tiny_corpus, tmp_path, steps), tmp_path / "run")
+    assert calls == [{"fullgraph": True}]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.cudagraphs=true"], "trainer.cudagraphs=true is not allowed with trainer.compile=false; allowed: "
+         "trainer.compile=true (CUDA graphs replay the compiled step), or trainer.cudagraphs=false"),
+        (["trainer.cudagraphs=true", "trainer.compile=true", "trainer.accelerator=cpu"],
+         "trainer.cudagraphs=true is not allowed with trainer.accelerator='cpu'; allowed: CUDA graphs on a GPU "
+         "(trainer=gpu), or trainer.cudagraphs=false"),
+        (["trainer=gpu", "trainer.cudagraphs=true", "trainer.accumulate=2"],
+         "trainer.cudagraphs=true is not allowed with trainer.accumulate=2; allowed: trainer.accumulate=1 (a larger "
+         "trainer.batch_size instead), or trainer.cudagraphs=false"),
+    ],
+)
+def test_config_refuses_cudagraphs_where_they_cannot_run(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        run_config_from_dict(compose_cfg(overrides))
+    assert str(err.value) == message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the probe needs a machine without a GPU")
+def test_cudagraphs_on_a_cpu_machine_exit_2_in_one_line_and_write_nothing(tmp_path):
+    """A CPU trainer (accelerator auto, which goes to the CPU here) with the switch on: run.py's preflight refuses
+    it before Hydra makes a run dir."""
+    check_accelerator("auto", cudagraphs=False)  # the switch off: nothing to refuse
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"run_root={tmp_path / 'runs'}", "trainer.compile=true",
+         "trainer.cudagraphs=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "config error: trainer.cudagraphs=true needs a CUDA GPU and this machine shows none "
+        "(torch.cuda.is_available() is False); allowed here: trainer.cudagraphs=false\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_switch_does_not_define_the_run(tmp_path):
+    """A run dir trained before the key existed (its config has no trainer.cudagraphs) resumes with it on or off."""
+    from moda_lab.rundir import check_resume_compatible, run_name
+
+    old = compose_cfg(["trainer=gpu"])
+    del old["trainer"]["cudagraphs"]
+    check_resume_compatible(old, compose_cfg(["trainer=gpu", "trainer.cudagraphs=true"]), tmp_path)
+    check_resume_compatible(old, compose_cfg(["trainer=gpu"]), tmp_path)
+    assert run_name(["trainer.cudagraphs=true", "model=moda"]) == "model=moda"
