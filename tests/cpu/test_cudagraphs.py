@@ -124,7 +124,8 @@ def test_new_stream_buffers_are_fresh_and_shaped():
 
 
 @pytest.mark.slow
-def test_inductor_finds_no_reason_to_skip_cuda_graphs():
+@pytest.mark.parametrize("name", ["residual", *STREAM_VARIANTS])
+def test_inductor_finds_no_reason_to_skip_cuda_graphs(name):
     """Inductor itself (CPU code generation, cudagraphs requested as mode reduce-overhead does), with only the
     device check set aside (a CPU graph is never captured): no skip reason in forward or backward, no mutated
     input, and the forward's only non-static inputs are idx and targets."""
@@ -146,7 +147,7 @@ def test_inductor_finds_no_reason_to_skip_cuda_graphs():
         return compile_fx(gm, example_inputs, inner_compile=inner, config_patches={"triton.cudagraphs": True})
 
     torch._dynamo.reset()
-    model = _model("moda")
+    model = _model(name)
     model.compile(backend=backend, fullgraph=True)
     idx = torch.randint(0, 64, (2, 9))
     with (pytest.MonkeyPatch.context() as mp, torch._inductor.config.patch(fx_graph_cache=False),
