@@ -25,9 +25,9 @@ The buffers are allocated inside the forward (GPT._hidden, so inside the compile
 not a parameter or buffer of the model is copied into the graph's own memory on every replay, so buffers made
 outside the step would cost a copy of both per step and twice their memory; made inside, they live in the
 graph's memory pool at fixed addresses. (2) No compiler pass may treat them as fresh allocations to recompute:
-the backward must read the very buffers the forward wrote, and the min-cut partitioner recomputes ``aten.empty``
-and ``aten.zeros`` in the backward where it finds that cheaper; an op it does not know is saved, never
-recomputed (functorch's default ``ban_recompute_not_in_allowlist``; tests/cpu/test_cudagraph_safety.py checks).
+the backward must read the very buffers the forward wrote, and ``aten.empty`` and ``aten.zeros`` are on the
+min-cut partitioner's list of ops it may recompute in the backward; an op it does not know is saved, never
+recomputed (functorch's default ``ban_recompute_not_in_allowlist``; tests/cpu/test_cudagraphs.py checks).
 
 ``depth_attn`` is the model's one autograd path over the MoDA kernel: without a stream (``kernel_attn``) it is
 plain attention, so every Triton attention call of the model shares one forward/backward pair of ops.
