@@ -122,6 +122,9 @@ class TrainerConfig:
     # written after the first optimizer step, so a later process (another machine of the same kind) skips most of
     # the compile. null: none.
     compile_cache: str | None = None
+    # The compiled step as CUDA graphs (torch.compile mode "reduce-overhead"): no per-layer host work per step.
+    # Needs trainer.compile, a CUDA GPU and trainer.accumulate=1 (docs/KERNELS.md, "CUDA graphs").
+    cudagraphs: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
     # Divergence guard (moda_lab.train.divergence): an optimizer step whose loss or gradient is not finite, or
     # whose loss exceeds divergence_factor x the lowest training loss so far (0: off), is skipped; after
@@ -182,12 +185,35 @@ class TrainerConfig:
                 f"trainer.compile_cache={self.compile_cache!r} is not allowed with trainer.compile=false; allowed: "
                 "trainer.compile=true (trainer=gpu sets it), or trainer.compile_cache=null"
             )
+        self._check_cudagraphs()
         if self.ckpt_every % self.val_every:
             # A checkpoint is taken once its step is fully logged (train and validation rows), so that a resumed
             # run rewrites nothing and loses nothing: checkpoint steps must be validation steps.
             raise ConfigError(
                 f"trainer.ckpt_every={self.ckpt_every} is not allowed with trainer.val_every={self.val_every}; "
                 "allowed: a multiple of trainer.val_every (checkpoints are taken after validation)"
+            )
+
+    def _check_cudagraphs(self) -> None:
+        """trainer.cudagraphs captures the compiled step on a GPU, one micro-batch per optimizer step: under
+        gradient accumulation the second micro-batch's backward would add into gradients that live in the first
+        replay's graph memory, which the next replay overwrites (torch refuses it at run time)."""
+        if not self.cudagraphs:
+            return
+        if not self.compile:
+            raise ConfigError(
+                "trainer.cudagraphs=true is not allowed with trainer.compile=false; allowed: trainer.compile=true "
+                "(CUDA graphs replay the compiled step), or trainer.cudagraphs=false"
+            )
+        if self.accelerator == "cpu":
+            raise ConfigError(
+                "trainer.cudagraphs=true is not allowed with trainer.accelerator='cpu'; allowed: CUDA graphs on a "
+                "GPU (trainer=gpu), or trainer.cudagraphs=false"
+            )
+        if self.accumulate > 1:
+            raise ConfigError(
+                f"trainer.cudagraphs=true is not allowed with trainer.accumulate={self.accumulate}; allowed: "
+                "trainer.accumulate=1 (a larger trainer.batch_size instead), or trainer.cudagraphs=false"
             )
 
 

@@ -48,6 +48,7 @@ RUN_INDEPENDENT_KEYS = (
     "trainer.strategy",
     "trainer.compile_cache",  # where the compile's artifacts are carried: the same graphs either way
     "trainer.accelerator",  # where it runs (trainer=gpu sets gpu; runs from before that say auto)
+    "trainer.cudagraphs",  # how the compiled step is launched, not what it computes (added after runs existed)
     "trainer.max_skipped_steps",  # the divergence guard's settings (added after runs existed)
     "trainer.divergence_factor",
     "data.val_windows",  # how much validation measures, not what trains (its default grew)

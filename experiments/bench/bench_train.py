@@ -7,7 +7,8 @@ run), prints a Markdown table and writes it plus a JSON copy. A step = forward +
 autocast, the model's attention backend (triton on CUDA). MFU = tokens/s x analytic training FLOPs per token
 (6N + attention + depth terms, GPT.flops_per_token) / device bf16 peak. With --compile the whole model is one
 torch.compile graph (GPT.compile, as trainer=gpu trains); each row records dynamo's graph count, graph breaks
-and the compile time (the first warm-up step).
+and the compile time (the first warm-up step). --compile-mode picks torch.compile's mode: reduce-overhead runs the
+step as CUDA graphs (trainer.cudagraphs=true), max-autotune-no-cudagraphs autotunes Inductor's kernels without them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from variants import VARIANTS  # noqa: E402 - the variants the tests build (test
 
 # Every variant but MoDA with the extra attention K/V projection (Table 3's last row, not a Table 6 variant).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "moda_full"]
+# torch.compile's modes (--compile-mode); default is the call trainer=gpu makes, reduce-overhead trainer.cudagraphs=true.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -44,7 +47,7 @@ SHAPES = {
 
 
 def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
-              backend="auto", profile_to: Path | None = None, vocab=8192, ffn_hidden=None):
+              backend="auto", profile_to: Path | None = None, vocab=8192, ffn_hidden=None, compile_mode="default"):
     cfg = ModelConfig(
         vocab_size=vocab,
         ffn_hidden=ffn_hidden,
@@ -61,7 +64,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
     if compile_model:
         torch._dynamo.reset()
         counters.clear()
-        model.compile(fullgraph=True)
+        model.compile(fullgraph=True, **({} if compile_mode == "default" else {"mode": compile_mode}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     B = max(1, tokens_per_step // T)
     data = torch.randint(0, vocab, (B, T + 1), device="cuda")
@@ -111,6 +114,7 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
                                              has_seq=True, has_depth=mixer.name in ("moda", "depth_attn")))
         if model.backend == "triton" else None,
         "compiled": compile_model,
+        "compile_mode": compile_mode if compile_model else None,
         "vocab": vocab,
         "ffn_hidden": cfg.ffn_dim,
         "params_M": model.num_params() / 1e6,
@@ -165,7 +169,7 @@ def write_profile(step, path: Path, title: str) -> None:
         fh.write(avg.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70) + "\n\n")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(VARIANTS)}")
@@ -173,6 +177,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile the whole model (GPT.compile)")
+    ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                    help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs, as trainer.cudagraphs=true)")
     ap.add_argument("--norm", default="post", choices=list(NORM_PLACEMENTS))
     ap.add_argument("--backend", default="auto", help="attention backend: auto (triton on CUDA), triton, sdpa")
     ap.add_argument("--seq-impl", default=None, choices=dispatch.SEQ_IMPLS,
@@ -185,7 +191,14 @@ def main() -> None:
     ap.add_argument("--compile-cache", type=Path, default=None,
                     help="a torch.compiler cache-artifacts file: loaded before the first row if it exists, written "
                     "after every row (the '1st step s' column then shows what a carried cache saves)")
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
+    if args.compile_mode != "default" and not args.compile:
+        ap.error(f"--compile-mode {args.compile_mode} needs --compile (it is torch.compile's mode)")
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
     if args.seq_impl:
@@ -196,6 +209,7 @@ def main() -> None:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "backend": args.backend,
         "seq_impl": args.seq_impl or "auto",
         "tokens_per_step": args.tokens_per_step,
@@ -224,7 +238,7 @@ def main() -> None:
                     row = bench_one(
                         VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
                         args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
-                        args.ffn_hidden,
+                        args.ffn_hidden, args.compile_mode,
                     )
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()

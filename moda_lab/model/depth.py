@@ -18,8 +18,16 @@ and then reorders the reads before the accumulations. The ops are declared funct
 although they write into the buffers: each write touches only memory that no op has read yet and no later op reads
 under another version (a slot not yet visible, or gradient slots still being summed by their readers), so
 AOTAutograd has nothing to version or copy, and torch.compile traces a whole model with them: no graph break,
-one graph for all layers. The buffers are allocated outside the compiled region (GPT.forward), so no
-compiler pass can see them as fresh allocations to recompute or reuse.
+one graph for all layers.
+
+The buffers are allocated inside the forward (GPT._hidden, so inside the compiled step) by one opaque op,
+``depth_buffers``. Two reasons. (1) CUDA graphs (torch.compile's reduce-overhead mode): a graph input that is
+not a parameter or buffer of the model is copied into the graph's own memory on every replay, so buffers made
+outside the step would cost a copy of both per step and twice their memory; made inside, they live in the
+graph's memory pool at fixed addresses. (2) No compiler pass may treat them as fresh allocations to recompute:
+the backward must read the very buffers the forward wrote, and ``aten.empty`` and ``aten.zeros`` are on the
+min-cut partitioner's list of ops it may recompute in the backward; an op it does not know is saved, never
+recomputed (functorch's default ``ban_recompute_not_in_allowlist``; tests/cpu/test_cudagraphs.py checks).
 
 ``depth_attn`` is the model's one autograd path over the MoDA kernel: without a stream (``kernel_attn``) it is
 plain attention, so every Triton attention call of the model shares one forward/backward pair of ops.
@@ -347,12 +355,26 @@ def _depth_attn_bwd_flops(do, q, k, v, data, grad, o, lse, n, *args, **kwargs) -
 # --- the per-forward stream ------------------------------------------------------------------------------
 
 
-def new_stream_buffers(parts: int, slots: int, B: int, T: int, feature: tuple[int, ...], device, dtype):
-    """(data, grad, token) of a stream [parts, B, T, slots, *feature]; call outside any compiled region (see the
-    top)."""
-    data = torch.empty(parts, B, T, slots, *feature, device=device, dtype=dtype)
-    grad = torch.zeros(parts, B, T, slots, *feature, device=device, dtype=dtype)
+@torch.library.custom_op("moda_lab::depth_buffers", mutates_args=())
+def depth_buffers(shape: list[int], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(data, grad, token) of a stream of ``shape``: data uninitialised (every slot is written before it is read),
+    grad zeroed (readers add into it), the first token. One opaque op, so that no compiler pass recomputes or
+    reuses the buffers (see the top)."""
+    data = torch.empty(shape, device=device, dtype=dtype)
+    grad = torch.zeros(shape, device=device, dtype=dtype)
     return data, grad, torch.zeros(1, device=device, dtype=dtype)
+
+
+@depth_buffers.register_fake
+def _depth_buffers_fake(shape, device, dtype):
+    return (torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype),
+            torch.empty(1, device=device, dtype=dtype))
+
+
+def new_stream_buffers(parts: int, slots: int, B: int, T: int, feature: tuple[int, ...], device, dtype):
+    """(data, grad, token) of a stream [parts, B, T, slots, *feature]: fresh buffers for one forward, made by
+    ``depth_buffers`` (inside a compiled step, or eagerly)."""
+    return depth_buffers([parts, B, T, slots, *feature], torch.device(device), dtype)
 
 
 class DepthStream:

@@ -119,7 +119,9 @@ class GPT(nn.Module):
     def compile(self, **kwargs) -> None:
         """torch.compile the whole forward (every block, the head and the loss) as one graph, in place:
         parameters and state_dict keys stay those of the eager model. The depth stream's buffers are
-        allocated outside the compiled region (see depth.py); kwargs go to torch.compile."""
+        allocated inside the graph (see depth.py), whose only inputs besides the model's own parameters and
+        buffers are idx and targets: with mode="reduce-overhead" (CUDA graphs) nothing is copied in per replay.
+        kwargs go to torch.compile."""
         self._run = torch.compile(self._forward, **kwargs)
 
     def forward(
@@ -135,10 +137,10 @@ class GPT(nn.Module):
         With a KVCache, idx holds only the new tokens; the cache grows in place (decoding uses the reference
         attention, whose causal mask handles more keys than queries).
         """
-        stream = self._stream_buffers(idx)
+        layout = self._stream_layout(idx)
         if cache is not None or probs is not None:
-            return self._forward(idx, targets, stream, cache, probs)  # inference paths stay eager
-        return self._run(idx, targets, stream)
+            return self._forward(idx, targets, layout, cache, probs)  # inference paths stay eager
+        return self._run(idx, targets, layout)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """idx [B, T] -> the final normed hidden states [B, T, D], lm_head's input (eager).
@@ -146,30 +148,35 @@ class GPT(nn.Module):
         For callers that need the logits of a few positions only (scoring continuations): they apply lm_head to
         those rows instead of materialising [B, T, V].
         """
-        return self._hidden(idx, self._stream_buffers(idx))
+        return self._hidden(idx, self._stream_layout(idx))
 
-    def _stream_buffers(self, idx: torch.Tensor) -> tuple:
-        """The depth stream's buffers for one forward over idx (empty for mixers without a stream), in the dtype
-        the stream's writers produce: the autocast dtype for activations under autocast."""
+    def _stream_layout(self, idx: torch.Tensor) -> tuple | None:
+        """(parts, slots, feature, dtype) of the depth stream of one forward over idx (None for mixers without a
+        stream), in the dtype the stream's writers produce: the autocast dtype for activations under autocast.
+        Plain values, decided outside the compiled step; _hidden allocates the buffers inside it."""
         spec = DEPTH_MIXERS[self.cfg.mixer.name].stream_spec(self.cfg)
         if spec is None:
-            return ()
+            return None
         device = idx.device
         dtype = self.tok_emb.weight.dtype
         if spec.activations and torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)  # what the projections produce under autocast
-        return new_stream_buffers(spec.parts, spec.slots, *idx.shape, spec.feature, device, dtype)
+        return spec.parts, spec.slots, spec.feature, dtype
 
-    def _hidden(self, idx, stream, cache=None, probs=None) -> torch.Tensor:
+    def _hidden(self, idx, layout, cache=None, probs=None) -> torch.Tensor:
         offset = cache.length if cache is not None else 0
-        ctx = ForwardCtx(self.rope, self.attn_backend, offset, DepthStream(*stream) if stream else None, cache, probs)
+        stream = None
+        if layout is not None:
+            parts, slots, feature, dtype = layout  # [parts, B, T, slots, *feature]
+            stream = DepthStream(*new_stream_buffers(parts, slots, *idx.shape, feature, idx.device, dtype))
+        ctx = ForwardCtx(self.rope, self.attn_backend, offset, stream, cache, probs)
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, ctx)
         return self.norm(x)
 
-    def _forward(self, idx, targets, stream, cache=None, probs=None) -> torch.Tensor:
-        logits = self.lm_head(self._hidden(idx, stream, cache, probs))
+    def _forward(self, idx, targets, layout, cache=None, probs=None) -> torch.Tensor:
+        logits = self.lm_head(self._hidden(idx, layout, cache, probs))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

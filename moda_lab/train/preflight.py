@@ -75,7 +75,7 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task_cfg, resolve=True)
     run = run_config_from_dict(resolved)
-    check_accelerator(run.trainer.accelerator)
+    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs)
     data_key = (run.data, run.model.vocab_size)
     if data_checked is None or data_key not in data_checked:
         check_data(run)

@@ -30,14 +30,27 @@ from .module import LMModule
 log = logging.getLogger(__name__)
 
 
-def check_accelerator(accelerator: str) -> None:
+def check_accelerator(accelerator: str, cudagraphs: bool = False) -> None:
     """trainer.accelerator=gpu|cuda (trainer=gpu and trainer=ddp set it) needs a visible CUDA GPU: without one,
-    fail before any work instead of training on the CPU at a fraction of the speed."""
+    fail before any work instead of training on the CPU at a fraction of the speed. So does trainer.cudagraphs
+    (with accelerator=auto the run would otherwise go to the CPU, where there are no CUDA graphs)."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator!r} needs a CUDA GPU and this machine shows none "
             "(torch.cuda.is_available() is False); allowed here: trainer=cpu or trainer.accelerator=cpu"
         )
+    if cudagraphs and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.cudagraphs=true needs a CUDA GPU and this machine shows none (torch.cuda.is_available() is "
+            "False); allowed here: trainer.cudagraphs=false"
+        )
+
+
+def compile_options(cudagraphs: bool) -> dict:
+    """torch.compile's arguments for the training step (GPT.compile): the whole model as one graph, in torch's
+    default mode, or with trainer.cudagraphs as CUDA graphs (mode "reduce-overhead": each step replays the
+    captured kernels, without the per-layer host work of launching them)."""
+    return {"fullgraph": True, "mode": "reduce-overhead"} if cudagraphs else {"fullgraph": True}
 
 
 class _StepMetric(L.Callback):
@@ -150,7 +163,7 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
-    check_accelerator(run.trainer.accelerator)
+    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs)
     data = load_data(run)  # data errors surface before anything else is printed or written
     L.seed_everything(run.seed, workers=True)
     rundir = RunDir(run_dir)
@@ -202,7 +215,8 @@ def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, ran
             (data.root / "tokenizer.json").read_text(),
         )
         if run.trainer.compile:
-            module.model.compile(fullgraph=True)  # in place: state_dict keys stay those of the eager model
+            # In place: state_dict keys stay those of the eager model.
+            module.model.compile(**compile_options(run.trainer.cudagraphs))
         t = run.trainer
         compile_cache = _compile_cache(run, module, rundir, rank0)
         dm = PackedDataModule(
