@@ -26,6 +26,7 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from experiments.bench.minimal_gpt import MinimalConfig, MinimalGPT  # noqa: E402
 from moda_kernels import dispatch  # noqa: E402
 from moda_lab.model import GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
@@ -33,6 +34,10 @@ from variants import VARIANTS  # noqa: E402 - the variants the tests build (test
 
 # Every variant but MoDA with the extra attention K/V projection (Table 3's last row, not a Table 6 variant).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "moda_full"]
+# The rows --variants may name: every variant, and "minimal_gpt", a plain decoder of the residual's architecture
+# and shape (minimal_gpt.py, issue 29) that times the residual against the same model without moda-lab's plumbing.
+MINIMAL_GPT = "minimal_gpt"
+BENCH_VARIANTS: dict[str, MixerConfig | str] = {**VARIANTS, MINIMAL_GPT: MINIMAL_GPT}
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -43,7 +48,14 @@ SHAPES = {
 }
 
 
-def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
+def build_model(mixer: MixerConfig | str, cfg: ModelConfig) -> torch.nn.Module:
+    """The model of a row: moda-lab's GPT with the variant's mixer, or the minimal GPT of cfg's shape."""
+    if mixer == MINIMAL_GPT:
+        return MinimalGPT(MinimalConfig.like(cfg))
+    return GPT(cfg)
+
+
+def bench_one(mixer: MixerConfig | str, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
               backend="auto", profile_to: Path | None = None, vocab=8192, ffn_hidden=None):
     cfg = ModelConfig(
         vocab_size=vocab,
@@ -53,11 +65,11 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         n_heads=hq,
         n_kv_heads=hk,
         max_seq_len=T,
-        mixer=mixer,
+        mixer=mixer if isinstance(mixer, MixerConfig) else MixerConfig(),
         norm=norm,
         attn_backend=backend,
     )
-    model = GPT(cfg).cuda()
+    model = build_model(mixer, cfg).cuda()
     if compile_model:
         torch._dynamo.reset()
         counters.clear()
@@ -168,7 +180,7 @@ def write_profile(step, path: Path, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(BENCH_VARIANTS)}")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -213,16 +225,16 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wide_variants = ["residual", "moda"]  # width >= 768 rows: the baseline MFU target and MoDA next to it
+    wide_variants = ["residual", "moda", MINIMAL_GPT]  # width >= 768 rows: the baseline MFU target and MoDA next to it
     for group in args.shapes.split(","):
         for shape in SHAPES[group]:
-            base = None
+            shape_rows = []
             for name in args.variants.split(","):
                 if shape[0] >= 768 and name not in wide_variants:
                     continue
                 try:
                     row = bench_one(
-                        VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
+                        BENCH_VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
                         args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
                         args.ffn_hidden,
                     )
@@ -233,10 +245,8 @@ def main() -> None:
                     msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
                     row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": msg.replace("|", "/")}
                 row["variant"] = name
-                if name == "residual":
-                    base = row
-                if base and "step_ms" in row and "step_ms" in base:
-                    row["overhead_vs_residual"] = row["step_ms"] / base["step_ms"] - 1
+                shape_rows.append(row)
+                add_overheads(shape_rows)
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -244,6 +254,15 @@ def main() -> None:
                     env["compile_cache_bytes"] = save_compile_cache(args.compile_cache)
                 write(out, env, rows)
     print(table(env, rows))
+
+
+def add_overheads(rows: list[dict]) -> None:
+    """Set each measured row's step time over the residual's, rows of one shape, those before the residual too
+    (--variants minimal_gpt,residual)."""
+    base = next((r for r in rows if r["variant"] == "residual" and "step_ms" in r), None)
+    for r in rows:
+        if base and "step_ms" in r:
+            r["overhead_vs_residual"] = r["step_ms"] / base["step_ms"] - 1
 
 
 def table(env: dict, rows: list[dict]) -> str:
@@ -265,7 +284,10 @@ def table(env: dict, rows: list[dict]) -> str:
             f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
             f"{r['mem_GiB']:.1f} | {r.get('first_step_s', 0):.1f} | {r.get('graphs', '-')}/{r.get('graph_breaks', '-')} |"
         )
-    return head + "\n".join(lines) + "\n"
+    ratios = [f"- residual / minimal_gpt step time at width {r['width']}, {r['layers']} layers, T={r['T']}: "
+              f"{1 / (1 + r['overhead_vs_residual']):.3f}" for r in rows
+              if r["variant"] == MINIMAL_GPT and "overhead_vs_residual" in r]
+    return head + "\n".join(lines) + "\n" + "".join(f"\n{line}" for line in ratios) + ("\n" if ratios else "")
 
 
 def write(out: Path, env: dict, rows: list[dict]) -> None:
