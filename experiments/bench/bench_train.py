@@ -13,6 +13,7 @@ and the compile time (the first warm-up step).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,9 +36,10 @@ from variants import VARIANTS  # noqa: E402 - the variants the tests build (test
 # Every variant but MoDA with the extra attention K/V projection (Table 3's last row, not a Table 6 variant).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "moda_full"]
 # The rows --variants may name: every variant, and "minimal_gpt", a plain decoder of the residual's architecture
-# and shape (minimal_gpt.py, issue 29) that times the residual against the same model without moda-lab's plumbing.
-MINIMAL_GPT = "minimal_gpt"
-BENCH_VARIANTS: dict[str, MixerConfig | str] = {**VARIANTS, MINIMAL_GPT: MINIMAL_GPT}
+# and shape (minimal_gpt.py, issue 29) that times the residual against the same model without moda-lab's plumbing;
+# "minimal_gpt_no_qk_norm" is it without the residual's QK-norm (the minimal GPT as issue 29 describes it).
+MINIMAL_GPTS = {"minimal_gpt": True, "minimal_gpt_no_qk_norm": False}  # row name -> QK-norm
+BENCH_VARIANTS: dict[str, MixerConfig | str] = {**VARIANTS, **{name: name for name in MINIMAL_GPTS}}
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -50,8 +52,8 @@ SHAPES = {
 
 def build_model(mixer: MixerConfig | str, cfg: ModelConfig) -> torch.nn.Module:
     """The model of a row: moda-lab's GPT with the variant's mixer, or the minimal GPT of cfg's shape."""
-    if mixer == MINIMAL_GPT:
-        return MinimalGPT(MinimalConfig.like(cfg))
+    if mixer in MINIMAL_GPTS:
+        return MinimalGPT(dataclasses.replace(MinimalConfig.like(cfg), qk_norm=MINIMAL_GPTS[mixer]))
     return GPT(cfg)
 
 
@@ -133,6 +135,8 @@ def bench_one(mixer: MixerConfig | str, width, hq, hk, layers, T, tokens_per_ste
         "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
         "first_step_s": first_step_s,
     }
+    if isinstance(model, MinimalGPT):  # the kernel torch's SDPA picks for this call (FLASH_ATTENTION, CUDNN_ATTENTION...)
+        row["seq_impl"] = model.sdpa_kernel(B, torch.bfloat16, x.device)
     if compile_model:
         row["graphs"] = counters["stats"]["unique_graphs"]
         row["graph_breaks"] = sum(counters["graph_break"].values())
@@ -225,7 +229,7 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wide_variants = ["residual", "moda", MINIMAL_GPT]  # width >= 768 rows: the baseline MFU target and MoDA next to it
+    wide_variants = ["residual", "moda", *MINIMAL_GPTS]  # width >= 768 rows: the baseline MFU target and MoDA next to it
     for group in args.shapes.split(","):
         for shape in SHAPES[group]:
             shape_rows = []
@@ -284,9 +288,9 @@ def table(env: dict, rows: list[dict]) -> str:
             f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
             f"{r['mem_GiB']:.1f} | {r.get('first_step_s', 0):.1f} | {r.get('graphs', '-')}/{r.get('graph_breaks', '-')} |"
         )
-    ratios = [f"- residual / minimal_gpt step time at width {r['width']}, {r['layers']} layers, T={r['T']}: "
+    ratios = [f"- residual / {r['variant']} step time at width {r['width']}, {r['layers']} layers, T={r['T']}: "
               f"{1 / (1 + r['overhead_vs_residual']):.3f}" for r in rows
-              if r["variant"] == MINIMAL_GPT and "overhead_vs_residual" in r]
+              if r["variant"] in MINIMAL_GPTS and "overhead_vs_residual" in r]
     return head + "\n".join(lines) + "\n" + "".join(f"\n{line}" for line in ratios) + ("\n" if ratios else "")
 
 

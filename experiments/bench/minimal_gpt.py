@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend
 
 NORMS = ("pre", "post")
 
@@ -171,6 +172,15 @@ class MinimalGPT(nn.Module):
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def sdpa_kernel(self, batch: int, dtype: torch.dtype, device: torch.device) -> str:
+        """The kernel torch's SDPA dispatch picks for this model's attention call at batch x max_seq_len (its name
+        in torch.nn.attention.SDPBackend)."""
+        c = self.cfg
+        q = torch.empty(batch, c.n_heads, c.max_seq_len, c.head_dim, dtype=dtype, device=device)
+        kv = torch.empty(batch, c.n_kv_heads, c.max_seq_len, c.head_dim, dtype=dtype, device=device)
+        choice = torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=True)
+        return next(name for name, b in SDPBackend.__members__.items() if int(b) == choice)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
 from experiments.bench.minimal_gpt import MinimalConfig, MinimalGPT
 from moda_lab.model import GPT, MixerConfig, ModelConfig
@@ -65,7 +66,11 @@ def test_minimal_refuses_other_norm_placements() -> None:
 def test_bench_builds_the_minimal_row_and_its_ratio() -> None:
     bench = _bench_train()
     cfg = ModelConfig(**TINY, norm="post")
-    assert isinstance(bench.build_model(bench.BENCH_VARIANTS["minimal_gpt"], cfg), MinimalGPT)
+    minimal = bench.build_model(bench.BENCH_VARIANTS["minimal_gpt"], cfg)
+    plain = bench.build_model(bench.BENCH_VARIANTS["minimal_gpt_no_qk_norm"], cfg)
+    assert minimal.cfg.qk_norm and not plain.cfg.qk_norm
+    assert minimal.num_params() - plain.num_params() == cfg.n_layers * 2 * cfg.hd  # the q and k norm gains
+    assert minimal.sdpa_kernel(2, torch.bfloat16, torch.device("cpu")) in SDPBackend.__members__
     assert isinstance(bench.build_model(bench.BENCH_VARIANTS["residual"], cfg), GPT)
     assert bench.BENCH_VARIANTS["residual"] == MixerConfig("residual")
     shape = {"width": 384, "layers": 24, "T": 1024}
