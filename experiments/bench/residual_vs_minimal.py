@@ -1,6 +1,6 @@
 """On CPU: what moda-lab's residual does per training step beyond the minimal GPT (minimal_gpt.py, issue 29).
 
-    python experiments/bench/residual_vs_minimal.py [--norm post] [--inductor]
+    python experiments/bench/residual_vs_minimal.py [--norm post] [--inductor] [--host-step]
 
 Both models at one tiny shape, bf16 autocast, compiled whole (fullgraph). The residual runs its GPU attention
 path: the triton backend's one custom op (moda_lab::depth_attn, depth.py) with the hybrid schedule, the CPU
@@ -12,13 +12,17 @@ tensors). Prints
 2. with --inductor, the fused kernels and extern calls Inductor generates for each graph (about 30 s);
 3. the host time of one attention call, forward and backward, through the residual's custom op and through the
    aten op alone, at a shape where the arithmetic is negligible: the Python that runs per layer on top of the
-   kernel (best of 5 x 2000 calls; the machine is shared, so expect a few microseconds of noise).
+   kernel (best of 5 x 2000 calls; the machine is shared, so expect a few microseconds of noise);
+4. with --host-step, the compiled forward + backward of 24 layers at T=8 (the host's work, the arithmetic
+   negligible) for the residual, the residual on the sdpa backend (no custom op) and the minimal GPT, timed in
+   interleaved blocks so that the shared machine's load hits all three alike (about 3 minutes of compiling).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import sys
@@ -41,12 +45,18 @@ from moda_lab.model import GPT, ModelConfig  # noqa: E402
 aten = torch.ops.aten
 
 
-def models(norm: str) -> tuple[dict[str, torch.nn.Module], torch.Tensor, torch.Tensor]:
-    cfg = ModelConfig(vocab_size=128, n_layers=2, d_model=192, n_heads=6, n_kv_heads=2, ffn_hidden=256,
-                      max_seq_len=64, norm=norm, attn_backend="triton")
+def models(norm: str, n_layers: int = 2, T: int = 64, B: int = 2, sdpa_residual: bool = False):
+    """({name: model}, x, y) at width 192, 6 query / 2 KV heads; the residual on the triton backend (and, with
+    sdpa_residual, once more on the sdpa backend)."""
+    cfg = ModelConfig(vocab_size=128, n_layers=n_layers, d_model=192, n_heads=6, n_kv_heads=2, ffn_hidden=256,
+                      max_seq_len=T, norm=norm, attn_backend="triton")
     torch.manual_seed(0)
-    data = torch.randint(0, cfg.vocab_size, (2, cfg.max_seq_len + 1))
-    return {"residual": GPT(cfg), "minimal": MinimalGPT(MinimalConfig.like(cfg))}, data[:, :-1], data[:, 1:]
+    data = torch.randint(0, cfg.vocab_size, (B, T + 1))
+    ms = {"residual": GPT(cfg)}
+    if sdpa_residual:
+        ms["residual, sdpa backend"] = GPT(dataclasses.replace(cfg, attn_backend="sdpa"))
+    ms["minimal"] = MinimalGPT(MinimalConfig.like(cfg))
+    return ms, data[:, :-1], data[:, 1:]
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -144,15 +154,39 @@ def report_host() -> None:
         print(f"  {name:56s} {best_us(fn):7.1f}")
 
 
+def report_host_step(norm: str, blocks: int = 15, steps: int = 20) -> None:
+    torch.set_num_threads(1)
+    ms, x, y = models(norm, n_layers=24, T=8, B=1, sdpa_residual=True)
+    for model in ms.values():
+        model.compile(fullgraph=True)
+        for _ in range(steps):
+            train_step(model, x, y)
+            model.zero_grad(set_to_none=True)
+    times = {name: [] for name in ms}
+    for _ in range(blocks):
+        for name, model in ms.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                train_step(model, x, y)
+                model.zero_grad(set_to_none=True)
+            times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    print(f"\ncompiled forward + backward, 24 layers, T=8, B=1 (ms; best and median of {blocks} blocks):")
+    for name, ts in times.items():
+        print(f"  {name:24s} {min(ts):6.2f} {sorted(ts)[len(ts) // 2]:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--norm", default="post", choices=["pre", "post"])
     ap.add_argument("--inductor", action="store_true", help="also count Inductor's generated kernels (~30 s)")
+    ap.add_argument("--host-step", action="store_true", help="also time whole compiled steps at 24 layers (~3 min)")
     args = ap.parse_args()
     report_graphs(args.norm)
     if args.inductor:
         report_inductor(args.norm)
     report_host()
+    if args.host_step:
+        report_host_step(args.norm)
 
 
 if __name__ == "__main__":
