@@ -14,6 +14,7 @@ step as CUDA graphs (trainer.cudagraphs=true), max-autotune-no-cudagraphs autotu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from experiments.bench.minimal_gpt import MinimalConfig, MinimalGPT  # noqa: E402
 from moda_kernels import dispatch  # noqa: E402
 from moda_lab.model import GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
@@ -36,6 +38,11 @@ from variants import VARIANTS  # noqa: E402 - the variants the tests build (test
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "moda_full"]
 # torch.compile's modes (--compile-mode); default is the call trainer=gpu makes, reduce-overhead trainer.cudagraphs=true.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# The rows --variants may name: every variant, and "minimal_gpt", a plain decoder of the residual's architecture
+# and shape (minimal_gpt.py, issue 29) that times the residual against the same model without moda-lab's plumbing;
+# "minimal_gpt_no_qk_norm" is it without the residual's QK-norm (the minimal GPT as issue 29 describes it).
+MINIMAL_GPTS = {"minimal_gpt": True, "minimal_gpt_no_qk_norm": False}  # row name -> QK-norm
+BENCH_VARIANTS: dict[str, MixerConfig | str] = {**VARIANTS, **{name: name for name in MINIMAL_GPTS}}
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -46,7 +53,14 @@ SHAPES = {
 }
 
 
-def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
+def build_model(mixer: MixerConfig | str, cfg: ModelConfig) -> torch.nn.Module:
+    """The model of a row: moda-lab's GPT with the variant's mixer, or the minimal GPT of cfg's shape."""
+    if mixer in MINIMAL_GPTS:
+        return MinimalGPT(dataclasses.replace(MinimalConfig.like(cfg), qk_norm=MINIMAL_GPTS[mixer]))
+    return GPT(cfg)
+
+
+def bench_one(mixer: MixerConfig | str, width, hq, hk, layers, T, tokens_per_step, steps, warmup, compile_model, norm,
               backend="auto", profile_to: Path | None = None, vocab=8192, ffn_hidden=None, compile_mode="default"):
     cfg = ModelConfig(
         vocab_size=vocab,
@@ -56,11 +70,11 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         n_heads=hq,
         n_kv_heads=hk,
         max_seq_len=T,
-        mixer=mixer,
+        mixer=mixer if isinstance(mixer, MixerConfig) else MixerConfig(),
         norm=norm,
         attn_backend=backend,
     )
-    model = GPT(cfg).cuda()
+    model = build_model(mixer, cfg).cuda()
     if compile_model:
         torch._dynamo.reset()
         counters.clear()
@@ -125,6 +139,8 @@ def bench_one(mixer: MixerConfig, width, hq, hk, layers, T, tokens_per_step, ste
         "mem_GiB": torch.cuda.max_memory_allocated() / 2**30,
         "first_step_s": first_step_s,
     }
+    if isinstance(model, MinimalGPT):  # the kernel torch's SDPA picks for this call (FLASH_ATTENTION, CUDNN_ATTENTION...)
+        row["seq_impl"] = model.sdpa_kernel(B, torch.bfloat16, x.device)
     if compile_model:
         row["graphs"] = counters["stats"]["unique_graphs"]
         row["graph_breaks"] = sum(counters["graph_break"].values())
@@ -172,7 +188,7 @@ def write_profile(step, path: Path, title: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(BENCH_VARIANTS)}")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -227,16 +243,16 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wide_variants = ["residual", "moda"]  # width >= 768 rows: the baseline MFU target and MoDA next to it
+    wide_variants = ["residual", "moda", *MINIMAL_GPTS]  # width >= 768 rows: the baseline MFU target and MoDA next to it
     for group in args.shapes.split(","):
         for shape in SHAPES[group]:
-            base = None
+            shape_rows = []
             for name in args.variants.split(","):
                 if shape[0] >= 768 and name not in wide_variants:
                     continue
                 try:
                     row = bench_one(
-                        VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
+                        BENCH_VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
                         args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
                         args.ffn_hidden, args.compile_mode,
                     )
@@ -247,10 +263,8 @@ def main() -> None:
                     msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
                     row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": msg.replace("|", "/")}
                 row["variant"] = name
-                if name == "residual":
-                    base = row
-                if base and "step_ms" in row and "step_ms" in base:
-                    row["overhead_vs_residual"] = row["step_ms"] / base["step_ms"] - 1
+                shape_rows.append(row)
+                add_overheads(shape_rows)
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -258,6 +272,15 @@ def main() -> None:
                     env["compile_cache_bytes"] = save_compile_cache(args.compile_cache)
                 write(out, env, rows)
     print(table(env, rows))
+
+
+def add_overheads(rows: list[dict]) -> None:
+    """Set each measured row's step time over the residual's, rows of one shape, those before the residual too
+    (--variants minimal_gpt,residual)."""
+    base = next((r for r in rows if r["variant"] == "residual" and "step_ms" in r), None)
+    for r in rows:
+        if base and "step_ms" in r:
+            r["overhead_vs_residual"] = r["step_ms"] / base["step_ms"] - 1
 
 
 def table(env: dict, rows: list[dict]) -> str:
@@ -279,7 +302,10 @@ def table(env: dict, rows: list[dict]) -> str:
             f"{r['gflops_per_token']:.3f} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ovh} | "
             f"{r['mem_GiB']:.1f} | {r.get('first_step_s', 0):.1f} | {r.get('graphs', '-')}/{r.get('graph_breaks', '-')} |"
         )
-    return head + "\n".join(lines) + "\n"
+    ratios = [f"- residual / {r['variant']} step time at width {r['width']}, {r['layers']} layers, T={r['T']}: "
+              f"{1 / (1 + r['overhead_vs_residual']):.3f}" for r in rows
+              if r["variant"] in MINIMAL_GPTS and "overhead_vs_residual" in r]
+    return head + "\n".join(lines) + "\n" + "".join(f"\n{line}" for line in ratios) + ("\n" if ratios else "")
 
 
 def write(out: Path, env: dict, rows: list[dict]) -> None:

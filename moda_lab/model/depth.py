@@ -301,13 +301,19 @@ def depth_attn_bwd(
             gk.add_(dkd)
             gv.add_(dvd)
     # Fresh empties: custom ops may not return one tensor twice.
-    return tuple(t.contiguous() if t is not None else q.new_empty(0) for t in (dq, dk, dv)) + (q.new_zeros(1),)
+    return tuple(t.contiguous() if t is not None else q.new_empty(0) for t in (dq, dk, dv)) + (_token_for(q, data),)
 
 
 @depth_attn_bwd.register_fake
 def _depth_attn_bwd_fake(do, q, k, v, data, grad, o, lse, n, causal, kernel):
     like = [q.new_empty(t.shape) if t is not None else q.new_empty(0) for t in (k, v)]
-    return q.new_empty(q.shape), *like, q.new_zeros(1)
+    return q.new_empty(q.shape), *like, _token_for(q, data)
+
+
+def _token_for(q: Tensor, data: Tensor | None) -> Tensor:
+    """The token a reader's backward hands the stream's writers; without a stream (plain attention, the residual's
+    every layer) nobody waits for it: an empty tensor, no fill kernel."""
+    return q.new_zeros(1) if data is not None else q.new_empty(0)
 
 
 def _attn_setup(ctx, inputs, output):
