@@ -45,6 +45,14 @@ done
 # The driver's own files live outside runs_gpu (extracted from the repo's archives) and $OUT (emptied per call).
 DRIVER=${TABLE6_DRIVER_DIR:-/tmp/table6_driver}
 COMPILE_CACHE=.compile_cache  # in the repo root, where the jobs run: carried in, brought back as $OUT/compile_cache
+# A call brings the artifacts back gzipped (~7x smaller); carried in as <key>.bin.gz, they are unpacked here.
+for gz in "$COMPILE_CACHE"/*.bin.gz; do
+  [ -f "$gz" ] || continue
+  if [ ! -f "${gz%.gz}" ]; then
+    gunzip -c "$gz" > "${gz%.gz}.part" && mv "${gz%.gz}.part" "${gz%.gz}"
+  fi
+  rm -f "$gz"
+done
 mkdir -p "$DRIVER"
 alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }
 if alive; then
@@ -83,19 +91,21 @@ cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"
 tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu
-# The runs' compile artifacts, for the next call to carry; a file over 15 MiB does not fit what a call returns.
+# The runs' compile artifacts, gzipped, for the next call to carry; a file over 15 MiB does not fit what a call
+# returns.
 if [ -d "$COMPILE_CACHE" ]; then
   mkdir -p "$OUT/compile_cache"
   for f in "$COMPILE_CACHE"/*.bin; do
     [ -f "$f" ] || continue
-    size=$(stat -c %s "$f")
-    if [ "$size" -le $((15 * 1024 * 1024)) ]; then
-      cp "$f" "$OUT/compile_cache/"
-    else
-      echo "[table6.sh] compile cache: $(basename "$f") not brought back: $size bytes, over 15 MiB"
+    gz="$OUT/compile_cache/$(basename "$f").gz"
+    gzip -c "$f" > "$gz"
+    size=$(stat -c %s "$gz")
+    if [ "$size" -gt $((15 * 1024 * 1024)) ]; then
+      rm -f "$gz"
+      echo "[table6.sh] compile cache: $(basename "$f") not brought back: $size bytes gzipped, over 15 MiB"
     fi
   done
-  echo "[table6.sh] compile cache: $(ls "$OUT/compile_cache" | wc -l) file(s) brought back as compile_cache/"
+  echo "[table6.sh] compile cache: $(ls "$OUT/compile_cache" | wc -l) file(s) brought back as compile_cache/*.bin.gz"
 fi
 # Inductor's compile cache (FX graphs and Triton kernels) stays on the machine: 287 MB after 18 runs, 40.7 MB
 # gzipped, over the 16 MiB a returned file may hold and, beside the packed corpus, the 64 MiB a call may carry.

@@ -373,11 +373,14 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
     (repo / "tests" / "gpu").mkdir(parents=True)
     (repo / "tests" / "gpu" / "test_stand_in.py").write_text("def test_ok():\n    pass\n")
-    # The runs' compile artifacts come back with every call, files over 15 MiB listed instead (a sparse one here).
+    # The runs' compile artifacts come back gzipped with every call, files still over 15 MiB listed instead (random
+    # bytes do not compress); a carried <key>.bin.gz is unpacked before the jobs start.
+    import gzip
+
     (repo / ".compile_cache").mkdir()
     (repo / ".compile_cache" / "small.bin").write_bytes(b"artifacts")
-    with (repo / ".compile_cache" / "big.bin").open("wb") as f:
-        f.truncate(15 * 2**20 + 1)
+    (repo / ".compile_cache" / "big.bin").write_bytes(os.urandom(15 * 2**20))
+    (repo / ".compile_cache" / "carried.bin.gz").write_bytes(gzip.compress(b"from an earlier call"))
     driver_dir = tmp_path / "driver"
     env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": "",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py"}
@@ -391,8 +394,12 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
 
     first = call("out1", 1, new_session=True)
     log = first.communicate(timeout=60)[0]
-    assert "driver" in log and "compile cache: big.bin not brought back: 15728641 bytes, over 15 MiB" in log
-    assert [p.name for p in (tmp_path / "out1" / "compile_cache").iterdir()] == ["small.bin"]
+    assert "driver" in log and "compile cache: big.bin not brought back: " in log and "gzipped, over 15 MiB" in log
+    back = tmp_path / "out1" / "compile_cache"
+    assert sorted(p.name for p in back.iterdir()) == ["carried.bin.gz", "small.bin.gz"]
+    assert gzip.decompress((back / "small.bin.gz").read_bytes()) == b"artifacts"
+    assert (repo / ".compile_cache" / "carried.bin").read_bytes() == b"from an earlier call"
+    assert not (repo / ".compile_cache" / "carried.bin.gz").exists()
     assert "1 passed" in (tmp_path / "out1" / "gpu_tests.txt").read_text()  # ran once on this machine, came back
     if _group_alive(first.pid):  # what the device tool does to a finished call
         os.killpg(first.pid, signal.SIGKILL)
