@@ -2,7 +2,7 @@
 
 ``attnres_read_forward`` / ``attnres_read_backward`` are the Triton kernels (CUDA, or CPU under
 TRITON_INTERPRET=1), for callers that own their autograd (moda_lab/model/mixers/attnres.py): the forward returns
-the output and the softmax's log-sum-exp, which the backward takes back;
+the output, the softmax's log-sum-exp and the output's rounding residual, which the backward takes back;
 ``naive_attnres_read`` and ``naive_attnres_read_bwd`` are the fp32 reference. Layout: h [B, T, n, D], a prefix
 view of a [B, T, S, D] buffer; the partial sum ``last`` [B, T, D] is one more source.
 """
@@ -20,7 +20,7 @@ def attnres_read_forward(h, last, query, gain, eps):
     return fwd(h, last, query, gain, eps)
 
 
-def attnres_read_backward(g, h, last, query, gain, eps, dh_acc, out, lse):
+def attnres_read_backward(g, h, last, query, gain, eps, dh_acc, out, lse, lo):
     from .triton_kernels import attnres_read_backward as bwd
 
-    return bwd(g, h, last, query, gain, eps, dh_acc, out, lse)
+    return bwd(g, h, last, query, gain, eps, dh_acc, out, lse, lo)

@@ -3,11 +3,11 @@
 One pass (D <= ONE_PASS_MAX_D; ``schedule`` decides): a program owns BLOCK_T tokens and all D features
 (BLOCK_D >= D, masked). Forward: per source j, one read of v_j gives its mean square and u . v_j, so its logit;
 the online softmax's running max and sum rescale the [BLOCK_T, BLOCK_D] fp32 accumulator of alpha_j v_j; the
-per-token log-sum-exp is stored for the backward. Backward: from the forward's output, sum_j alpha_j da_j =
-out . G, and alpha_j = exp(logit_j - lse), so one read of v_j gives its logit, da_j = G . v_j and the final
-dv_j = alpha_j G + c_j u + e_j v_j, added into the stream's gradient buffer in place (read-add-write; the program
-is the only writer of its tile), and the program's partial du = sum_t c_j v_j, which the launcher reduces over
-programs (no atomics: deterministic).
+per-token log-sum-exp and the output's rounding residual are stored for the backward. Backward: from those,
+alpha_j = exp(logit_j - lse) and sum_j alpha_j da_j = out . G, so one read of v_j gives its logit, da_j = G . v_j
+and the final dv_j = alpha_j G + c_j u + e_j v_j, added into the stream's gradient buffer in place (read-add-write;
+the program is the only writer of its tile), and the program's partial du = sum_t c_j v_j, which the launcher
+reduces over programs (no atomics: deterministic).
 
 Two passes (wider D, whose tiles would not fit in registers): the features are walked in BLOCK_D chunks. Forward:
 pass 1 keeps the logits in a [tokens, m] scratch with the online max and sum; pass 2 sums alpha_j v_j. Backward:
@@ -34,7 +34,17 @@ def _source(H, LAST, tok, j, n, sht, shj, D):
 
 
 @triton.jit
-def _fwd_kernel(H, LAST, U, OUT, LSE, LOGIT, sht, shj, n_tok, n, m, D, eps,
+def _store_out(OUT, LO, offs, out, mask):
+    """out (fp32) into OUT in the stream's dtype, and its rounding residual into LO: OUT + LO carries about twice
+    the dtype's mantissa bits (exact zeros in fp32), so the one-pass backward's (OUT + LO) . G is
+    sum_j alpha_j da_j to about fp32 rounding, not to the output dtype's (bf16 alone: about 1e-2 off in dquery)."""
+    hi = out.to(OUT.dtype.element_ty)
+    tl.store(OUT + offs, hi, mask=mask)
+    tl.store(LO + offs, (out - hi.to(tl.float32)).to(LO.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_kernel(H, LAST, U, OUT, LO, LSE, LOGIT, sht, shj, n_tok, n, m, D, eps,
                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok_t = tok < n_tok
@@ -66,7 +76,7 @@ def _fwd_kernel(H, LAST, U, OUT, LSE, LOGIT, sht, shj, n_tok, n, m, D, eps,
             base = _source(H, LAST, tok, j, n, sht, shj, D)
             a = tl.exp(tl.load(LOGIT + tok * m + j, mask=ok_t, other=0.0) - mx) / den
             acc += a[:, None] * tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(OUT + tok[:, None] * D + dim[None, :], acc.to(OUT.dtype.element_ty), mask=ok)
+        _store_out(OUT, LO, tok[:, None] * D + dim[None, :], acc, ok)
     tl.store(LSE + tok, mx + tl.log(den), mask=ok_t)
 
 
@@ -135,7 +145,7 @@ def _bwd_kernel(H, LAST, U, G, DH, DLAST, DU, LOGIT, S, DA, sht, shj, sdt, sdj, 
 
 
 @triton.jit
-def _fwd_one_pass_kernel(H, LAST, U, OUT, LSE, sht, shj, n_tok, n, m, D, eps,
+def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps,
                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source."""
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -158,15 +168,15 @@ def _fwd_one_pass_kernel(H, LAST, U, OUT, LSE, sht, shj, n_tok, n, m, D, eps,
         den = den * scale + p
         acc = acc * scale[:, None] + p[:, None] * v
         mx = mx_new
-    tl.store(OUT + tok[:, None] * D + dim[None, :], (acc / den[:, None]).to(OUT.dtype.element_ty), mask=ok)
+    _store_out(OUT, LO, tok[:, None] * D + dim[None, :], acc / den[:, None], ok)
     tl.store(LSE + tok, mx + tl.log(den), mask=ok_t)
 
 
 @triton.jit
-def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LSE, DH, DLAST, DU, sht, shj, sdt, sdj, n_tok, n, m, D, eps,
+def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, sdt, sdj, n_tok, n, m, D, eps,
                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """One read of each source: alpha_j = exp(logit_j - LSE) from the forward's log-sum-exp, and
-    sum_j alpha_j da_j = OUT . G from its output, so every source's gradient is final when it is read."""
+    sum_j alpha_j da_j = (OUT + LO) . G from its output, so every source's gradient is final when it is read."""
     pid = tl.program_id(0)
     tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     ok_t = tok < n_tok
@@ -177,6 +187,7 @@ def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LSE, DH, DLAST, DU, sht, shj, sdt, 
     u = tl.load(U + dim, mask=ok_d, other=0.0)
     g = tl.load(G + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
     out = tl.load(OUT + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+    out += tl.load(LO + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
     mean_da = tl.sum(out * g, 1)  # sum_j alpha_j da_j
     lse = tl.load(LSE + tok, mask=ok_t, other=0.0)
     du = tl.zeros([BLOCK_D], tl.float32)
@@ -241,30 +252,32 @@ def _inputs(h, last, query, gain):
 
 
 def attnres_read_forward(h: torch.Tensor, last: torch.Tensor | None, query: torch.Tensor, gain: torch.Tensor,
-                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """h [B, T, n, D] prefix view, last [B, T, D] or None, query and gain [D] -> (out [B, T, D] in h's dtype,
-    the softmax's log-sum-exp [B, T] in fp32: the backward's input with ``out``)."""
+    the softmax's log-sum-exp [B, T] in fp32, out's rounding residual [B, T, D] in h's dtype): the backward takes
+    the three back."""
     B, T, n, D, last_c, u, m = _inputs(h, last, query, gain)
     sht, shj = _rows(h)
     out = torch.empty(B, T, D, dtype=h.dtype, device=h.device)
     lse = torch.empty(B, T, dtype=torch.float32, device=h.device)
+    lo = torch.empty_like(out)
     one = schedule(D, "fwd")
     if one is not None:
         grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
-        _fwd_one_pass_kernel[grid](h, last_c, u, out, lse, sht, shj, B * T, n, m, D, eps, **one)
-        return out, lse
+        _fwd_one_pass_kernel[grid](h, last_c, u, out, lo, lse, sht, shj, B * T, n, m, D, eps, **one)
+        return out, lse, lo
     logit = torch.empty(B * T, m, dtype=torch.float32, device=h.device)
     grid = (triton.cdiv(B * T, BLOCK_T),)
-    _fwd_kernel[grid](h, last_c, u, out, lse, logit, sht, shj, B * T, n, m, D, eps, BLOCK_T=BLOCK_T,
+    _fwd_kernel[grid](h, last_c, u, out, lo, lse, logit, sht, shj, B * T, n, m, D, eps, BLOCK_T=BLOCK_T,
                       BLOCK_D=_block_d(D))
-    return out, lse
+    return out, lse, lo
 
 
 def attnres_read_backward(g: torch.Tensor, h: torch.Tensor, last: torch.Tensor | None, query: torch.Tensor,
                           gain: torch.Tensor, eps: float, dh_acc: torch.Tensor, out: torch.Tensor,
-                          lse: torch.Tensor):
+                          lse: torch.Tensor, lo: torch.Tensor):
     """Adds the slots' gradients into dh_acc (a [B, T, n, D] view like h) in place; returns (dlast or None,
-    dquery, dgain). ``out`` and ``lse`` are what attnres_read_forward returned for these inputs."""
+    dquery, dgain). ``out``, ``lse`` and ``lo`` are what attnres_read_forward returned for these inputs."""
     B, T, n, D, last_c, u, m = _inputs(h, last, query, gain)
     sht, shj = _rows(h)
     sdt, sdj = _rows(dh_acc)
@@ -274,8 +287,8 @@ def attnres_read_backward(g: torch.Tensor, h: torch.Tensor, last: torch.Tensor |
     if one is not None:
         grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
         du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)
-        _bwd_one_pass_kernel[grid](h, last_c, u, g, out.contiguous(), lse.contiguous(), dh_acc, dlast, du, sht, shj,
-                                   sdt, sdj, B * T, n, m, D, eps, **one)
+        _bwd_one_pass_kernel[grid](h, last_c, u, g, out.contiguous(), lo.contiguous(), lse.contiguous(), dh_acc,
+                                   dlast, du, sht, shj, sdt, sdj, B * T, n, m, D, eps, **one)
     else:
         grid = (triton.cdiv(B * T, BLOCK_T),)
         du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)

@@ -210,21 +210,47 @@ def test_triton_read_matches_the_reference(B, T, n, Dk, last, passes, monkeypatc
     h, partial = buf[:, :, :n], torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE) if last else None
     query = (0.5 * torch.randn(Dk, generator=gen)).to(KERNEL_DEVICE)
     gain = (torch.rand(Dk, generator=gen) + 0.5).to(KERNEL_DEVICE)
-    out, lse = attnres_read_forward(h, partial, query, gain, 1e-6)
+    out, lse, lo = attnres_read_forward(h, partial, query, gain, 1e-6)
     torch.testing.assert_close(out, naive_attnres_read(h, partial, query, gain, 1e-6), atol=1e-5, rtol=1e-5)
     v = h if partial is None else torch.cat([h, partial.unsqueeze(2)], dim=2)
     logits = (v @ (query * gain)) * torch.rsqrt(v.square().mean(-1) + 1e-6)
     torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), atol=1e-5, rtol=1e-5)
+    assert not lo.any()  # fp32: out is exact; bf16's residual: the next test
     g = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE)
     acc = torch.randn(B, T, n + 2, Dk, generator=gen).to(KERNEL_DEVICE)
     acc_ref = acc.clone()
-    got = attnres_read_backward(g, h, partial, query, gain, 1e-6, acc[:, :, :n], out, lse)
+    got = attnres_read_backward(g, h, partial, query, gain, 1e-6, acc[:, :, :n], out, lse, lo)
     want = naive_attnres_read_bwd(g, h, partial, query, gain, 1e-6, acc_ref[:, :, :n])
     torch.testing.assert_close(acc, acc_ref, atol=1e-5, rtol=1e-5)
     assert (got[0] is None) == (want[0] is None)
     for a, b in zip(got, want):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_one_pass_backward_in_bf16_takes_out_with_its_rounding_residual():
+    """The one-pass backward's sum_j alpha_j da_j is (out + lo) . G: with a bf16 stream, out alone is off by its
+    rounding, which shifts every c_j alike and puts a percent-level error into dquery and dgain; with lo they stay
+    within 1e-4 of the fp64 reference (the two-pass kernels recompute the sum: ~1e-6). No tl.dot in these kernels,
+    so the interpreter's bf16 is sound here."""
+    gen = torch.Generator().manual_seed(0)
+    B, T, n, Dk = 2, 16, 6, 128
+    h = torch.randn(B, T, n, Dk, generator=gen).to(KERNEL_DEVICE, torch.bfloat16)
+    partial = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE, torch.bfloat16)
+    g = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE, torch.bfloat16)
+    query = (0.3 * torch.randn(Dk, generator=gen)).to(KERNEL_DEVICE)
+    gain = (torch.rand(Dk, generator=gen) + 0.5).to(KERNEL_DEVICE)
+    want = naive_attnres_read_bwd(g.double(), h.double(), partial.double(), query.double(), gain.double(), 1e-6,
+                                  torch.zeros(h.shape, dtype=torch.float64, device=KERNEL_DEVICE))
+    out, lse, lo = attnres_read_forward(h, partial, query, gain, 1e-6)
+    assert lo.dtype == torch.bfloat16 and lo.any()
+
+    def query_grads_error(residual):
+        got = attnres_read_backward(g, h, partial, query, gain, 1e-6, torch.zeros_like(h), out, lse, residual)
+        return max(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(got[1:], want[1:]))
+
+    assert query_grads_error(lo) < 1e-4
+    assert query_grads_error(torch.zeros_like(lo)) > 1e-3
 
 
 def test_triton_backend_reads_through_the_kernel(monkeypatch):
