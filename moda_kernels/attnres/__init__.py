@@ -1,7 +1,8 @@
 """One Attention Residuals read (arXiv 2603.15031) over a prefix of the depth stream (moda_lab/model/depth.py).
 
-``attnres_read_forward`` / ``attnres_read_backward`` are the Triton passes (CUDA, or CPU under
-TRITON_INTERPRET=1), for callers that own their autograd (moda_lab/model/mixers/attnres.py);
+``attnres_read_forward`` / ``attnres_read_backward`` are the Triton kernels (CUDA, or CPU under
+TRITON_INTERPRET=1), for callers that own their autograd (moda_lab/model/mixers/attnres.py): the forward returns
+the output, the softmax's log-sum-exp and the output's rounding residual, which the backward takes back;
 ``naive_attnres_read`` and ``naive_attnres_read_bwd`` are the fp32 reference. Layout: h [B, T, n, D], a prefix
 view of a [B, T, S, D] buffer; the partial sum ``last`` [B, T, D] is one more source.
 """
@@ -19,7 +20,7 @@ def attnres_read_forward(h, last, query, gain, eps):
     return fwd(h, last, query, gain, eps)
 
 
-def attnres_read_backward(g, h, last, query, gain, eps, dh_acc):
+def attnres_read_backward(g, h, last, query, gain, eps, dh_acc, out, lse, lo):
     from .triton_kernels import attnres_read_backward as bwd
 
-    return bwd(g, h, last, query, gain, eps, dh_acc)
+    return bwd(g, h, last, query, gain, eps, dh_acc, out, lse, lo)

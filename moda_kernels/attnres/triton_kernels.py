@@ -1,11 +1,17 @@
-"""Triton kernels of one Attention Residuals read (the math: naive.py): two passes over the sources per direction.
+"""Triton kernels of one Attention Residuals read (the math: naive.py): one pass over the sources per direction.
 
-A program owns BLOCK_T tokens and walks the D features in BLOCK_D chunks. Forward: pass 1 takes, per source, the
-mean square and u . v_j in one read, keeping the softmax's running max and sum (online softmax) and the logits in
-a [tokens, m] scratch; pass 2 sums alpha_j v_j. Backward: pass 1 recomputes the logits with da_j = G . v_j in the
-same read; pass 2 walks each feature chunk over the sources, adds alpha_j G + c_j u + e_j v_j into the stream's
-gradient buffer in place (read-add-write; the program is the only writer of its tile) and writes its partial
-du = sum_t c_j v_j per chunk, which the launcher reduces over programs (no atomics: deterministic).
+One pass (D <= ONE_PASS_MAX_D; ``schedule`` decides): a program owns BLOCK_T tokens and all D features
+(BLOCK_D >= D, masked). Forward: per source j, one read of v_j gives its mean square and u . v_j, so its logit;
+the online softmax's running max and sum rescale the [BLOCK_T, BLOCK_D] fp32 accumulator of alpha_j v_j; the
+per-token log-sum-exp and the output's rounding residual are stored for the backward. Backward: from those,
+alpha_j = exp(logit_j - lse) and sum_j alpha_j da_j = out . G, so one read of v_j gives its logit, da_j = G . v_j
+and the final dv_j = alpha_j G + c_j u + e_j v_j, added into the stream's gradient buffer in place (read-add-write;
+the program is the only writer of its tile), and the program's partial du = sum_t c_j v_j, which the launcher
+reduces over programs (no atomics: deterministic).
+
+Two passes (wider D, whose tiles would not fit in registers): the features are walked in BLOCK_D chunks. Forward:
+pass 1 keeps the logits in a [tokens, m] scratch with the online max and sum; pass 2 sums alpha_j v_j. Backward:
+pass 1 recomputes the logits with da_j; pass 2 walks each feature chunk over the sources as above.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_T = 16
+BLOCK_T = 16  # tokens per program of the two-pass kernels
 
 
 @triton.jit
@@ -28,7 +34,17 @@ def _source(H, LAST, tok, j, n, sht, shj, D):
 
 
 @triton.jit
-def _fwd_kernel(H, LAST, U, OUT, LOGIT, sht, shj, n_tok, n, m, D, eps,
+def _store_out(OUT, LO, offs, out, mask):
+    """out (fp32) into OUT in the stream's dtype, and its rounding residual into LO: OUT + LO carries about twice
+    the dtype's mantissa bits (exact zeros in fp32), so the one-pass backward's (OUT + LO) . G is
+    sum_j alpha_j da_j to about fp32 rounding, not to the output dtype's (bf16 alone: about 1e-2 off in dquery)."""
+    hi = out.to(OUT.dtype.element_ty)
+    tl.store(OUT + offs, hi, mask=mask)
+    tl.store(LO + offs, (out - hi.to(tl.float32)).to(LO.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_kernel(H, LAST, U, OUT, LO, LSE, LOGIT, sht, shj, n_tok, n, m, D, eps,
                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok_t = tok < n_tok
@@ -60,7 +76,8 @@ def _fwd_kernel(H, LAST, U, OUT, LOGIT, sht, shj, n_tok, n, m, D, eps,
             base = _source(H, LAST, tok, j, n, sht, shj, D)
             a = tl.exp(tl.load(LOGIT + tok * m + j, mask=ok_t, other=0.0) - mx) / den
             acc += a[:, None] * tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(OUT + tok[:, None] * D + dim[None, :], acc.to(OUT.dtype.element_ty), mask=ok)
+        _store_out(OUT, LO, tok[:, None] * D + dim[None, :], acc, ok)
+    tl.store(LSE + tok, mx + tl.log(den), mask=ok_t)
 
 
 @triton.jit
@@ -127,6 +144,72 @@ def _bwd_kernel(H, LAST, U, G, DH, DLAST, DU, LOGIT, S, DA, sht, shj, sdt, sdj, 
         tl.store(DU + pid * D + dim, du, mask=ok_d)
 
 
+@triton.jit
+def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source."""
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok_t = tok < n_tok
+    tok = tok.to(tl.int64)
+    dim = tl.arange(0, BLOCK_D)
+    ok_d = dim < D
+    ok = ok_t[:, None] & ok_d[None, :]
+    u = tl.load(U + dim, mask=ok_d, other=0.0)
+    mx = tl.full([BLOCK_T], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_T], tl.float32)
+    acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    for j in range(0, m):
+        base = _source(H, LAST, tok, j, n, sht, shj, D)
+        v = tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+        logit = tl.sum(v * u[None, :], 1) * tl.rsqrt(tl.sum(v * v, 1) / D + eps)
+        mx_new = tl.maximum(mx, logit)
+        scale = tl.exp(mx - mx_new)
+        p = tl.exp(logit - mx_new)
+        den = den * scale + p
+        acc = acc * scale[:, None] + p[:, None] * v
+        mx = mx_new
+    _store_out(OUT, LO, tok[:, None] * D + dim[None, :], acc / den[:, None], ok)
+    tl.store(LSE + tok, mx + tl.log(den), mask=ok_t)
+
+
+@triton.jit
+def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, sdt, sdj, n_tok, n, m, D, eps,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One read of each source: alpha_j = exp(logit_j - LSE) from the forward's log-sum-exp, and
+    sum_j alpha_j da_j = (OUT + LO) . G from its output, so every source's gradient is final when it is read."""
+    pid = tl.program_id(0)
+    tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok_t = tok < n_tok
+    tok = tok.to(tl.int64)
+    dim = tl.arange(0, BLOCK_D)
+    ok_d = dim < D
+    ok = ok_t[:, None] & ok_d[None, :]
+    u = tl.load(U + dim, mask=ok_d, other=0.0)
+    g = tl.load(G + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+    out = tl.load(OUT + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+    out += tl.load(LO + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+    mean_da = tl.sum(out * g, 1)  # sum_j alpha_j da_j
+    lse = tl.load(LSE + tok, mask=ok_t, other=0.0)
+    du = tl.zeros([BLOCK_D], tl.float32)
+    for j in range(0, m):
+        base = _source(H, LAST, tok, j, n, sht, shj, D)
+        v = tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+        s = tl.rsqrt(tl.sum(v * v, 1) / D + eps)
+        logit = tl.sum(v * u[None, :], 1) * s
+        a = tl.where(ok_t, tl.exp(logit - lse), 0.0)
+        c = s * a * (tl.sum(v * g, 1) - mean_da)
+        e = -c * s * logit / D
+        dv = a[:, None] * g + c[:, None] * u[None, :] + e[:, None] * v
+        du += tl.sum(c[:, None] * v, 0)
+        if j < n:
+            dptr = DH + tok[:, None] * sdt + j * sdj + dim[None, :]
+            prev = tl.load(dptr, mask=ok, other=0.0).to(tl.float32)
+            tl.store(dptr, (prev + dv).to(DH.dtype.element_ty), mask=ok)
+        else:
+            tl.store(DLAST + tok[:, None] * D + dim[None, :], dv.to(DLAST.dtype.element_ty), mask=ok)
+    tl.store(DU + pid * D + dim, du, mask=ok_d)
+
+
 def _rows(t: torch.Tensor) -> tuple[int, int]:
     """(token stride, slot stride) of a [B, T, n, D] view whose (B, T) merge into one token axis."""
     B, T = t.shape[:2]
@@ -138,8 +221,27 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _block_d(D: int) -> int:
-    """A feature chunk that divides D when a power of two up to 128 does, else masked."""
+    """The two-pass kernels' feature chunk: one that divides D when a power of two up to 128 does, else masked."""
     return next((b for b in (128, 64, 32) if D % b == 0), min(triton.next_power_of_2(D), 128))
+
+
+ONE_PASS_MAX_D = 1024  # the widest D whose one-pass [BLOCK_T, D] fp32 tiles stay in registers; wider: two passes
+ONE_PASS_WARPS = 8
+# fp32 elements of a one-pass kernel's [BLOCK_T, BLOCK_D] tile, per direction: at 8 warps and BLOCK_D = 512 (the
+# paper's D = 384) they compile for sm_90 with no spills (tests/cpu/test_flow_attnres.py prints the registers).
+ONE_PASS_TILE = {"fwd": 16 * 512, "bwd": 8 * 512}
+
+
+def schedule(D: int, direction: str) -> dict | None:
+    """The one place that picks a read's kernels: the one-pass kernel's launch constants (BLOCK_D covers D, and
+    BLOCK_T tokens keep its tile size) when D <= ONE_PASS_MAX_D, else None: the two-pass kernels. Both wrappers
+    below ask it, so a forward and its backward always agree (the one-pass backward needs the one-pass
+    forward's out and log-sum-exp; the two-pass backward recomputes everything)."""
+    if D > ONE_PASS_MAX_D:
+        return None
+    block_d = triton.next_power_of_2(D)
+    return {"BLOCK_T": min(64, max(1, ONE_PASS_TILE[direction] // block_d)), "BLOCK_D": block_d,
+            "num_warps": ONE_PASS_WARPS}
 
 
 def _inputs(h, last, query, gain):
@@ -150,31 +252,49 @@ def _inputs(h, last, query, gain):
 
 
 def attnres_read_forward(h: torch.Tensor, last: torch.Tensor | None, query: torch.Tensor, gain: torch.Tensor,
-                         eps: float) -> torch.Tensor:
-    """h [B, T, n, D] prefix view, last [B, T, D] or None, query and gain [D] -> out [B, T, D] in h's dtype."""
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h [B, T, n, D] prefix view, last [B, T, D] or None, query and gain [D] -> (out [B, T, D] in h's dtype,
+    the softmax's log-sum-exp [B, T] in fp32, out's rounding residual [B, T, D] in h's dtype): the backward takes
+    the three back."""
     B, T, n, D, last_c, u, m = _inputs(h, last, query, gain)
     sht, shj = _rows(h)
     out = torch.empty(B, T, D, dtype=h.dtype, device=h.device)
+    lse = torch.empty(B, T, dtype=torch.float32, device=h.device)
+    lo = torch.empty_like(out)
+    one = schedule(D, "fwd")
+    if one is not None:
+        grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
+        _fwd_one_pass_kernel[grid](h, last_c, u, out, lo, lse, sht, shj, B * T, n, m, D, eps, **one)
+        return out, lse, lo
     logit = torch.empty(B * T, m, dtype=torch.float32, device=h.device)
     grid = (triton.cdiv(B * T, BLOCK_T),)
-    _fwd_kernel[grid](h, last_c, u, out, logit, sht, shj, B * T, n, m, D, eps, BLOCK_T=BLOCK_T, BLOCK_D=_block_d(D))
-    return out
+    _fwd_kernel[grid](h, last_c, u, out, lo, lse, logit, sht, shj, B * T, n, m, D, eps, BLOCK_T=BLOCK_T,
+                      BLOCK_D=_block_d(D))
+    return out, lse, lo
 
 
 def attnres_read_backward(g: torch.Tensor, h: torch.Tensor, last: torch.Tensor | None, query: torch.Tensor,
-                          gain: torch.Tensor, eps: float, dh_acc: torch.Tensor):
+                          gain: torch.Tensor, eps: float, dh_acc: torch.Tensor, out: torch.Tensor,
+                          lse: torch.Tensor, lo: torch.Tensor):
     """Adds the slots' gradients into dh_acc (a [B, T, n, D] view like h) in place; returns (dlast or None,
-    dquery, dgain)."""
+    dquery, dgain). ``out``, ``lse`` and ``lo`` are what attnres_read_forward returned for these inputs."""
     B, T, n, D, last_c, u, m = _inputs(h, last, query, gain)
     sht, shj = _rows(h)
     sdt, sdj = _rows(dh_acc)
     g = g.contiguous()
-    grid = (triton.cdiv(B * T, BLOCK_T),)
     dlast = torch.empty(B, T, D, dtype=h.dtype, device=h.device) if last is not None else h.new_empty(0)
-    du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)
-    logit, s, da = (torch.empty(B * T, m, dtype=torch.float32, device=h.device) for _ in range(3))
-    _bwd_kernel[grid](h, last_c, u, g, dh_acc, dlast, du, logit, s, da, sht, shj, sdt, sdj, B * T, n, m, D, eps,
-                      BLOCK_T=BLOCK_T, BLOCK_D=_block_d(D))
+    one = schedule(D, "bwd")
+    if one is not None:
+        grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
+        du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)
+        _bwd_one_pass_kernel[grid](h, last_c, u, g, out.contiguous(), lo.contiguous(), lse.contiguous(), dh_acc,
+                                   dlast, du, sht, shj, sdt, sdj, B * T, n, m, D, eps, **one)
+    else:
+        grid = (triton.cdiv(B * T, BLOCK_T),)
+        du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)
+        logit, s, da = (torch.empty(B * T, m, dtype=torch.float32, device=h.device) for _ in range(3))
+        _bwd_kernel[grid](h, last_c, u, g, dh_acc, dlast, du, logit, s, da, sht, shj, sdt, sdj, B * T, n, m, D, eps,
+                          BLOCK_T=BLOCK_T, BLOCK_D=_block_d(D))
     du = du.sum(0)
     dl = dlast.to(last.dtype) if last is not None else None
     return dl, (du * gain.float()).to(query.dtype), (du * query.float()).to(gain.dtype)

@@ -36,7 +36,7 @@ The sources live in the forward's depth stream (depth.py), one hidden-state slot
 written once and read in place by every later reader, whose backward adds its slot gradients into the stream's
 gradient buffer (no re-stacked history, no Python list of tensors in the graph). The partial sum b_n^i is an
 ordinary tensor: it changes after every sublayer. A read is one op (moda_kernels/attnres): Triton kernels when
-the attention backend runs fused kernels (two passes over the sources each way), else the fp32 reference.
+the attention backend runs fused kernels (one pass over the sources each way), else the fp32 reference.
 """
 
 from __future__ import annotations
@@ -62,46 +62,62 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op("moda_lab::depth_attnres", mutates_args=())
 def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, n: int,
-                  eps: float, after: Tensor, kernel: bool) -> Tensor:
-    """AttnRes read over the first n hidden-state slots of the stream and ``last``: [B, T, D] in the stream's
-    dtype, by the Triton kernel (``kernel``) or the fp32 reference (moda_kernels/attnres)."""
+                  eps: float, after: Tensor, kernel: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnRes read over the first n hidden-state slots of the stream and ``last``: (out [B, T, D] in the stream's
+    dtype, lse, lo), by the Triton kernel (``kernel``; lse: its softmax log-sum-exp [B, T] in fp32, lo: out's
+    rounding residual, like out; the backward takes both back with out) or the fp32 reference (lse and lo empty)
+    (moda_kernels/attnres)."""
     h = data[0, :, :, :n]
-    read = attnres_read_forward if kernel else naive_attnres_read
-    return read(h, last, query, gain, eps).contiguous()
+    if kernel:
+        out, lse, lo = attnres_read_forward(h, last, query, gain, eps)
+        return out.contiguous(), lse, lo
+    out = naive_attnres_read(h, last, query, gain, eps).contiguous()
+    return out, data.new_empty(0, dtype=torch.float32), data.new_empty(0)
 
 
 @depth_attnres.register_fake
 def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after, kernel):
-    return data.new_empty(data.shape[1:3] + data.shape[4:])
+    out = data.new_empty(data.shape[1:3] + data.shape[4:])
+    if kernel:
+        return out, data.new_empty(data.shape[1:3], dtype=torch.float32), data.new_empty(out.shape)
+    return out, data.new_empty(0, dtype=torch.float32), data.new_empty(0)
 
 
 @torch.library.custom_op("moda_lab::depth_attnres_bwd", mutates_args=())
 def depth_attnres_bwd(g: Tensor, data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor,
-                      n: int, eps: float, kernel: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      n: int, eps: float, kernel: bool, out: Tensor | None, lse: Tensor | None,
+                      lo: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dlast or empty, dquery, dgain, token): adds the n slots' gradients into grad[0, :, :, :n] in place (see
-    depth.py's depth_attn_bwd); the token is handed to the slots' writers, which read grad after it."""
+    depth.py's depth_attn_bwd); the token is handed to the slots' writers, which read grad after it. ``out``,
+    ``lse`` and ``lo``: the kernel's forward outputs (None for the reference)."""
     h, dh = data[0, :, :, :n], grad.data[0, :, :, :n]  # .data: the writers saved grad; its version must not move
-    bwd = attnres_read_backward if kernel else naive_attnres_read_bwd
-    dlast, dquery, dgain = bwd(g, h, last, query, gain, eps, dh)
+    if kernel:
+        dlast, dquery, dgain = attnres_read_backward(g, h, last, query, gain, eps, dh, out, lse, lo)
+    else:
+        dlast, dquery, dgain = naive_attnres_read_bwd(g, h, last, query, gain, eps, dh)
     dlast = dlast.contiguous() if dlast is not None else g.new_empty(0)
     return dlast, dquery, dgain, g.new_zeros(1)
 
 
 @depth_attnres_bwd.register_fake
-def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps, kernel):
+def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps, kernel, out, lse, lo):
     dlast = last.new_empty(last.shape) if last is not None else g.new_empty(0)
     return dlast, query.new_empty(query.shape), gain.new_empty(gain.shape), g.new_zeros(1)
 
 
 def _attnres_setup(ctx, inputs, output):
     data, grad, last, query, gain, n, eps, after, kernel = inputs
-    ctx.save_for_backward(data, grad, last, query, gain)
+    out, lse, lo = output
+    ctx.mark_non_differentiable(lse, lo)
+    # The kernel's one-pass backward reads the forward's outputs; the reference recomputes everything.
+    ctx.save_for_backward(data, grad, last, query, gain, *((out, lse, lo) if kernel else (None, None, None)))
     ctx.n, ctx.eps, ctx.kernel, ctx.has_last = n, eps, kernel, last is not None
 
 
-def _attnres_backward(ctx, g):
-    data, grad, last, query, gain = ctx.saved_tensors
-    dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps, ctx.kernel)
+def _attnres_backward(ctx, g, g_lse, g_lo):
+    data, grad, last, query, gain, out, lse, lo = ctx.saved_tensors
+    dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps, ctx.kernel,
+                                                     out, lse, lo)
     return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter, None
 
 
@@ -141,8 +157,9 @@ class DepthQuery(nn.Module):
     def forward(self, stream, last: Tensor | None, kernel: bool = False) -> Tensor:
         """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None), with
         the Triton kernel (``kernel``) or the fp32 reference."""
-        return depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
-                             self.key_norm.eps, stream.token, kernel)
+        out, _, _ = depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
+                                  self.key_norm.eps, stream.token, kernel)
+        return out
 
 
 @dataclass(frozen=True)
