@@ -19,6 +19,7 @@ warning and a cold compile, never the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -61,9 +62,27 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+# The code the compiled graphs are traced from: torch's cache keys do not cover a custom op's signature, so an
+# artifact written by an earlier version of these packages could hand a graph a call the ops no longer accept
+# (seen: "missing value for argument 'lo'" after depth_attnres_bwd gained an argument).
+TRACED_PACKAGES = ("moda_lab/model", "moda_kernels")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def code_fingerprint(root: Path = REPO) -> str:
+    """sha1 of every .py file under TRACED_PACKAGES (relative path and bytes, path-sorted)."""
+    digest = hashlib.sha1()
+    for package in TRACED_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def graph_hash(graph_config: dict) -> str:
-    """A short hash of what the compiled graphs are traced from (JSON of the dict, keys sorted)."""
-    text = json.dumps(graph_config, sort_keys=True, default=str)
+    """A short hash of what the compiled graphs are traced from: the dict (JSON, keys sorted) and the code of
+    TRACED_PACKAGES."""
+    text = json.dumps({**graph_config, "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

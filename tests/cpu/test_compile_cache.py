@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.compiler._cache import CacheInfo
 
+import moda_lab.train.compile_cache as cc
 from helpers import ROOT, TINY, compose_cfg
 from moda_lab.config import ConfigError, run_config_from_dict
 from moda_lab.model import ModelConfig
@@ -57,6 +58,22 @@ def test_the_key_names_versions_and_device_and_differs_per_variant():
     assert cache_key(other, "NVIDIA H100 80GB HBM3") != key  # two variants never share (or overwrite) a file
     assert cache_key(GRAPHS, "NVIDIA H200") != key
     assert cache_key(dict(reversed(GRAPHS.items())), "NVIDIA H100 80GB HBM3") == key  # the order of keys is no input
+
+
+def test_the_key_changes_with_the_traced_code(tmp_path):
+    """An edit to the model or kernel code gives a new key: torch's own keys miss a custom op's new signature."""
+    for package in cc.TRACED_PACKAGES:
+        (tmp_path / package).mkdir(parents=True)
+        (tmp_path / package / "op.py").write_text("def f(x): ...\n")
+    before = cc.code_fingerprint(tmp_path)
+    (tmp_path / "moda_kernels" / "op.py").write_text("def f(x, lo): ...\n")
+    cc.code_fingerprint.cache_clear()
+    after = cc.code_fingerprint(tmp_path)
+    assert after != before
+    (tmp_path / "moda_lab" / "model" / "notes.txt").write_text("not code")  # not a .py file: no change
+    cc.code_fingerprint.cache_clear()
+    assert cc.code_fingerprint(tmp_path) == after
+    cc.code_fingerprint.cache_clear()
 
 
 def test_the_setup_key_includes_the_precision(tmp_path):
