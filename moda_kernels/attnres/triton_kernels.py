@@ -44,6 +44,18 @@ def _store_out(OUT, LO, offs, out, mask):
 
 
 @triton.jit
+def _add_source_grad(DH, DLAST, tok, j, n, sdt, sdj, D, dim, ok, dv):
+    """Source j's gradient rows: added into slot j of the stream's gradient, or (j == n) stored as the partial
+    sum's."""
+    if j < n:
+        dptr = DH + tok[:, None] * sdt + j * sdj + dim[None, :]
+        prev = tl.load(dptr, mask=ok, other=0.0).to(tl.float32)
+        tl.store(dptr, (prev + dv).to(DH.dtype.element_ty), mask=ok)
+    else:
+        tl.store(DLAST + tok[:, None] * D + dim[None, :], dv.to(DLAST.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _fwd_kernel(H, LAST, U, OUT, LO, LSE, LOGIT, sht, shj, n_tok, n, m, D, eps,
                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -133,28 +145,28 @@ def _bwd_kernel(H, LAST, U, G, DH, DLAST, DU, LOGIT, S, DA, sht, shj, sdt, sdj, 
             c = s * a * (tl.load(DA + tok * m + j, mask=ok_t, other=0.0) - mean_da)
             e = -c * s * logit / D
             v = tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
-            dv = a[:, None] * g + c[:, None] * u[None, :] + e[:, None] * v
+            _add_source_grad(DH, DLAST, tok, j, n, sdt, sdj, D, dim, ok, a[:, None] * g + c[:, None] * u[None, :]
+                             + e[:, None] * v)
             du += tl.sum(c[:, None] * v, 0)
-            if j < n:
-                dptr = DH + tok[:, None] * sdt + j * sdj + dim[None, :]
-                acc = tl.load(dptr, mask=ok, other=0.0).to(tl.float32)
-                tl.store(dptr, (acc + dv).to(DH.dtype.element_ty), mask=ok)
-            else:
-                tl.store(DLAST + tok[:, None] * D + dim[None, :], dv.to(DLAST.dtype.element_ty), mask=ok)
         tl.store(DU + pid * D + dim, du, mask=ok_d)
+
+
+@triton.jit
+def _one_pass_tile(pid, n_tok, D, U, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A one-pass program's tokens and its whole feature row (BLOCK_D >= D): (tok, ok_t, dim, ok_d, ok, u)."""
+    tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok_t = tok < n_tok
+    dim = tl.arange(0, BLOCK_D)
+    ok_d = dim < D
+    u = tl.load(U + dim, mask=ok_d, other=0.0)
+    return tok.to(tl.int64), ok_t, dim, ok_d, ok_t[:, None] & ok_d[None, :], u
 
 
 @triton.jit
 def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps,
                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source."""
-    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    ok_t = tok < n_tok
-    tok = tok.to(tl.int64)
-    dim = tl.arange(0, BLOCK_D)
-    ok_d = dim < D
-    ok = ok_t[:, None] & ok_d[None, :]
-    u = tl.load(U + dim, mask=ok_d, other=0.0)
+    tok, ok_t, dim, ok_d, ok, u = _one_pass_tile(tl.program_id(0), n_tok, D, U, BLOCK_T, BLOCK_D)
     mx = tl.full([BLOCK_T], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_T], tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
@@ -178,13 +190,7 @@ def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, s
     """One read of each source: alpha_j = exp(logit_j - LSE) from the forward's log-sum-exp, and
     sum_j alpha_j da_j = (OUT + LO) . G from its output, so every source's gradient is final when it is read."""
     pid = tl.program_id(0)
-    tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    ok_t = tok < n_tok
-    tok = tok.to(tl.int64)
-    dim = tl.arange(0, BLOCK_D)
-    ok_d = dim < D
-    ok = ok_t[:, None] & ok_d[None, :]
-    u = tl.load(U + dim, mask=ok_d, other=0.0)
+    tok, ok_t, dim, ok_d, ok, u = _one_pass_tile(pid, n_tok, D, U, BLOCK_T, BLOCK_D)
     g = tl.load(G + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
     out = tl.load(OUT + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
     out += tl.load(LO + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -199,14 +205,9 @@ def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, s
         a = tl.where(ok_t, tl.exp(logit - lse), 0.0)
         c = s * a * (tl.sum(v * g, 1) - mean_da)
         e = -c * s * logit / D
-        dv = a[:, None] * g + c[:, None] * u[None, :] + e[:, None] * v
+        _add_source_grad(DH, DLAST, tok, j, n, sdt, sdj, D, dim, ok, a[:, None] * g + c[:, None] * u[None, :]
+                         + e[:, None] * v)
         du += tl.sum(c[:, None] * v, 0)
-        if j < n:
-            dptr = DH + tok[:, None] * sdt + j * sdj + dim[None, :]
-            prev = tl.load(dptr, mask=ok, other=0.0).to(tl.float32)
-            tl.store(dptr, (prev + dv).to(DH.dtype.element_ty), mask=ok)
-        else:
-            tl.store(DLAST + tok[:, None] * D + dim[None, :], dv.to(DLAST.dtype.element_ty), mask=ok)
     tl.store(DU + pid * D + dim, du, mask=ok_d)
 
 
