@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from experiments.bench.minimal_gpt import MinimalConfig, MinimalGPT  # noqa: E402
 from moda_kernels import dispatch  # noqa: E402
 from moda_lab.model import GPT, NORM_PLACEMENTS, MixerConfig, ModelConfig  # noqa: E402
+from moda_lab.train.compile_cache import load_artifacts, write_artifacts  # noqa: E402
 from moda_lab.train.perf import peak_flops  # noqa: E402
 from variants import VARIANTS  # noqa: E402 - the variants the tests build (tests/variants.py)
 
@@ -153,22 +154,21 @@ def load_compile_cache(path: Path) -> str:
     if not path.is_file():
         return "none"
     try:
-        torch.compiler.load_cache_artifacts(path.read_bytes())
-    except Exception as err:  # a file from another torch or triton: every row compiles cold
+        info = load_artifacts(path.read_bytes())
+    except Exception as err:  # a damaged file: every row compiles cold
         return f"failed ({type(err).__name__}: {err})"[:200]
+    if info is None or info.empty():
+        return "failed (torch could not read it: damaged, or saved by another torch version)"
     return f"{path.stat().st_size} bytes"
 
 
 def save_compile_cache(path: Path) -> int | None:
-    """Write every compile artifact this process made or loaded (atomically); returns its size in bytes."""
+    """Write every compile artifact this process made or loaded; returns its size in bytes."""
     saved = torch.compiler.save_cache_artifacts()
     if saved is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(saved[0])
-    tmp.replace(path)
-    return path.stat().st_size
+    write_artifacts(path, saved[0])
+    return len(saved[0])
 
 
 def write_profile(step, path: Path, title: str) -> None:

@@ -159,7 +159,7 @@ class CompileCache(L.Callback):
             return "none", 0
         try:
             data = self.path.read_bytes()
-            info = _load_artifacts(data)
+            info = load_artifacts(data)
         except Exception as err:  # a damaged file: whatever torch's reader raised
             return self._load_failed(_why(err)), 0
         if info is None or info.empty():
@@ -208,14 +208,9 @@ class CompileCache(L.Callback):
             self.record.setdefault("saved", "unchanged")
         else:
             data, info = saved
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-                tmp.replace(self.path)
+                write_artifacts(self.path, data)
             except OSError as err:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
                 why = f"{err.strerror or err} ({err.filename or self.path})"
                 log.warning("compile cache: cannot write %s: %s; the run goes on without saving", self.path, why)
                 self.record["saved"] = f"failed: {why}"
@@ -230,7 +225,20 @@ class CompileCache(L.Callback):
             self.report(dict(self.record))
 
 
-def _load_artifacts(data: bytes):
+def write_artifacts(path: Path, data: bytes) -> None:
+    """Write a cache-artifacts file atomically (a temp file beside it, then renamed); an OSError leaves no temp."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_artifacts(data: bytes):
     """torch.compiler.load_cache_artifacts, with torch's own warning and traceback for unreadable bytes silenced
     (the caller prints one line): its CacheInfo, or None."""
     torch_log = logging.getLogger("torch.compiler._cache")

@@ -323,7 +323,7 @@ def _compile_cache(run: RunConfig, module: LMModule, rundir: RunDir, rank0: bool
         "attn_backend": module.model.backend,
         "seq_len": run.data.seq_len,
         "batch_size": t.batch_size,
-        "fullgraph": True,
+        "compile": compile_options(t.cudagraphs),  # CUDA graphs or not: other graphs
     }
     report = (lambda record: rundir.write_meta(compile_cache=record)) if rank0 else None
     return CompileCache(t.compile_cache, graphs, save=rank0, report=report)
