@@ -26,7 +26,6 @@ if [ -n "${BEFORE_ROWS:-}" ]; then
   timeout "${BEFORE_ROWS_TIMEOUT_S:-900}" bash -c "$BEFORE_ROWS" > "$BEFORE_ROWS_OUT/log.txt" 2>&1
   echo "[chain] $(elapsed) s: the command before the rows ended, rc=$?"
 fi
-[ -n "${tests_pid:-}" ] && wait "$tests_pid"
 left=$(( ${DRIVER_BUDGET_S:-1600} - $(elapsed) ))
 until_args=()
 [ -n "${START_UNTIL_S:-}" ] && until_args=(--start-until-s $(( START_UNTIL_S - $(elapsed) )))
@@ -34,4 +33,5 @@ if [ "$left" -gt 60 ]; then
   echo "[chain] $(elapsed) s: the driver, ${left} s left"
   python3 experiments/gpu/table6.py "$@" "${common[@]}" --log-dir "$DRIVER" --budget-s "$left" "${until_args[@]}"
 fi
+[ -n "${tests_pid:-}" ] && wait "$tests_pid"  # beside the driver too when there is no BEFORE_ROWS
 date -u +%FT%TZ > "$DRIVER/ended"
