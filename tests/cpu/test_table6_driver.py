@@ -134,6 +134,16 @@ def test_rows_under_a_recipe_take_each_variants_own_per_norm_grid_choice(plan, t
         table6.plan_from_args(args)
 
 
+def test_only_recipes_keeps_the_named_recipes_and_refuses_unknown_ones(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"a": {"overrides": ["optim=muon_wsd"]}, "b": {"overrides": ["seed=1"]}}))
+    plan = table6.plan_from_args(table6.build_parser().parse_args(["--recipes", str(path), "--only-recipes", "b"]))
+    assert list(plan.recipes) == ["b"]
+    args = table6.build_parser().parse_args(["--recipes", str(path), "--only-recipes", "b,c"])
+    with pytest.raises(SystemExit, match=r"--only-recipes \['c'\] not in --recipes"):
+        table6.plan_from_args(args)
+
+
 def test_recipes_file_rejects_unknown_keys(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"x": {"overrides": ["a=b"], "gird": [1e-3]}}))
