@@ -16,20 +16,23 @@
 #     of earlier sessions are extracted from their archives, so finished runs are not repeated.
 #   The driver is a chain (experiments/gpu/table6_chain.sh): GPU_TESTS="<pytest arguments>" first runs those GPU
 #   tests (at most 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
-#   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as before_rows/),
-#   then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes back as gpu_tests.txt.
+#   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as call/before_rows/ in runs.tar.gz),
+#   then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes back as call/gpu_tests.txt.
 #   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
 # Every run loads and saves its torch.compile artifacts in .compile_cache/ (trainer.compile_cache,
 # docs/COMPILE_CACHE.md: one file per variant, torch, triton and GPU). Each call brings that folder back as
 # compile_cache/ (files up to 15 MiB); carry .compile_cache on the next call and its runs compile from it.
 source experiments/gpu/env.sh
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+# What comes back is at most 8 files: table6.log, runs.tar.gz (the runs and, under call/, this call's small files)
+# and up to 6 compile-cache files.
+CALL=/tmp/call && rm -rf "$CALL" && mkdir -p "$CALL"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$CALL/nvidia-smi.txt"
 [ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
 [ -d data/eval ] || { [ -f data/eval.tar.xz ] && mkdir -p data/eval && tar -xJf data/eval.tar.xz -C data/eval; }
 PACKED=$(ls -d data/packed/*/ | head -1)
 # The rows evaluate after fit: say at once whether lm-eval imports here (datasets wants pyarrow >= 24 from the image).
 python3 -c "import pyarrow, datasets, lm_eval.evaluator; print('eval imports: pyarrow', pyarrow.__version__, \
-  'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$OUT/eval_imports.txt"
+  'datasets', datasets.__version__)" 2>&1 | tail -3 | tee "$CALL/eval_imports.txt"
 # The runs of earlier sessions (committed as experiments/results/runs_gpu/<sweep>.tar.xz: the lr sweep, finished
 # rows) count as done: each archive, checked against its manifest's sha256, is extracted into runs_gpu/<sweep>/
 # without overwriting what this machine already holds. A dated snapshot (<sweep>.<date>.tar.xz: the runs an earlier
@@ -85,18 +88,18 @@ while alive && [ $SECONDS -lt $t_end ]; do
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
-[ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$OUT/gpu_tests.txt"
-[ -d "$DRIVER/before_rows" ] && cp -r "$DRIVER/before_rows" "$OUT/before_rows"
+[ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$CALL/gpu_tests.txt"
+[ -d "$DRIVER/before_rows" ] && cp -r "$DRIVER/before_rows" "$CALL/before_rows"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
-[ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$OUT/status.json"
-nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/nvidia-smi.txt"
-tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu
+[ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$CALL/status.json"
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$CALL/nvidia-smi.txt"
+mkdir -p runs_gpu
+tar czf "$OUT/runs.tar.gz" --exclude='*.ckpt' --exclude='*.ckpt.tmp' --exclude='wandb' runs_gpu -C /tmp "$(basename "$CALL")"
 # The runs' compile artifacts, gzipped, for the next call to carry; a file over 15 MiB does not fit what a call
 # returns.
 if [ -d "$COMPILE_CACHE" ]; then
   mkdir -p "$OUT/compile_cache"
-  for f in "$COMPILE_CACHE"/*.bin; do
-    [ -f "$f" ] || continue
+  for f in $(ls -t "$COMPILE_CACHE"/*.bin 2>/dev/null | head -6); do  # the newest 6: the 8-file limit
     gz="$OUT/compile_cache/$(basename "$f").gz"
     gzip -c "$f" > "$gz"
     size=$(stat -c %s "$gz")
