@@ -5,6 +5,10 @@ tests form one family, Holm-corrected (significance.holm). A verdict uses only t
 (reference.verdict_words with the paper's sign): "resolved" needs the Holm-corrected p below ALPHA; "untested" is
 an ordering the setup could not test (not run, fewer than 2 pairs, a run that did not train, or an arm marked
 untested: UntestedArm) and is left out of the family.
+
+The two arms pair as a variant and the baseline do (moda_lab.analysis.pairing), the ordering's worse arm in the
+baseline's place (OLMo2 wherever it is in an ordering: it is the worse arm of each): the worse arm at the better's
+lr, else at its one lr, else none ("untested": the worse arm at several lrs, none the better's).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from moda_lab.analysis.pairing import NO_BASELINE, cell_pairs
 from moda_lab.analysis.reference import verdict as generic_verdict
 from moda_lab.analysis.reference import verdict_words
 from moda_lab.analysis.significance import (
     ALPHA,
     LEVEL,
+    LR_COLUMNS,
     PAIRS_CAP,
     compare_cells,
     format_delta,
@@ -27,6 +33,7 @@ from moda_lab.analysis.significance import (
     holm,
     level_text,
     markdown_table,
+    pair_lrs_text,
     params_text,
 )
 from moda_lab.analysis.tables import with_derived
@@ -76,11 +83,16 @@ class UntestedArm:
         return norm == self.norm and (self.variant is None or self.variant in (order.better, order.worse))
 
 
-def untested_because(stats: dict, norm: str, order: Ordering, untested: tuple[UntestedArm, ...]) -> str:
-    """Why the setup could not test an ordering on a pair group of ours (empty: it could)."""
+def untested_because(
+    stats: dict, norm: str, order: Ordering, untested: tuple[UntestedArm, ...], no_pair: str = ""
+) -> str:
+    """Why the setup could not test an ordering on a pair of our cells (empty: it could); ``no_pair``: why the
+    better arm's cell has no worse-arm cell to pair with (pairing.CellPair.note)."""
     marked = [arm.text for arm in untested if arm.covers(norm, order)]
     if marked:
         return f"marked untested ({', '.join(marked)})"
+    if no_pair:
+        return no_pair
     if stats["not_trained"]:  # a run stuck on a plateau makes any gap an optimisation failure, not the effect
         return "a run did not train"
     n = int(stats["n"])
@@ -96,16 +108,18 @@ def verdict(mean: float, p_holm: float, why_untested: str = "", alpha: float = A
 def check_orderings(
     summary: pd.DataFrame, level: float = LEVEL, untested: tuple[UntestedArm, ...] = ()
 ) -> pd.DataFrame:
-    """One row per paper ordering and matching pair group of ours (same layers, Table 6's width and heads, a norm of
-    PAPER_NORMS): the paired val-loss difference better - worse with its interval and t-test ``p``, ``p_holm``
-    (Holm over every row tested here: ``family`` rows), the paper's Δ, the parameter change of better against
-    worse, and the verdict (VERDICTS; ``untested_because`` says why where untested). An ordering no cell of ours
-    matches gets one row, untested because "not run".
+    """One row per paper ordering and cell of its better arm whose pair group has its worse arm (same layers,
+    Table 6's width and heads, a norm of PAPER_NORMS; the arms paired as the module docstring says): the paired
+    val-loss difference better - worse with its interval and t-test ``p``, ``p_holm`` (Holm over every row tested
+    here: ``family`` rows), the paper's Δ, the parameter change of better against worse, the arms' lrs (LR_COLUMNS: ``lr`` the better arm's, ``baseline_lr`` the worse arm's) and the verdict
+    (VERDICTS; ``untested_because`` says why where untested). An ordering no cell of ours matches gets one row,
+    untested because "not run".
 
     A depth of ours that the paper did not run under that norm (24-layer pre-norm: the paper has 48 only) is checked
     against the orderings of the paper's nearest depth under the same norm; ``paper layers`` says which."""
     frame, _ = with_derived(summary)
-    columns = ["layers", "paper layers", "paper norm", "norm", "config", "ordering", "paper Δ", "n", "seeds", "mean"]
+    columns = ["layers", "paper layers", "paper norm", "norm", "config", *LR_COLUMNS, "ordering", "paper Δ", "n"]
+    columns += ["seeds", "mean"]
     columns += ["std", "level", "ci_low", "ci_high", "p", "p_holm", "family", "excludes_0", "pairs_needed"]
     columns += ["params_change", "unpaired", "not_trained", "verdict", "untested_because"]
     shape = frame.apply(matches_paper_shape, axis=1) if not frame.empty else pd.Series(dtype=bool)
@@ -122,22 +136,22 @@ def check_orderings(
         }
 
     def check(order: Ordering, layers: int, norm: str) -> bool:
-        """Append a row per pair group of our (layers, norm) cells that has both variants; whether any had."""
+        """Append a row per cell of the better arm among our (layers, norm) cells whose pair group has the worse
+        arm (paired as pairing.cell_pairs pairs them); whether any had."""
         cells = frame[(frame["layers"] == layers) & (frame["norm"] == norm)] if not frame.empty else frame
         found = False
-        for _, group in cells.groupby("pair_group", sort=False) if not cells.empty else []:
-            better, worse = group[group["variant"] == order.better], group[group["variant"] == order.worse]
-            if better.empty or worse.empty:
+        for pair in cell_pairs(cells, order.worse, variant=order.better, name=order.worse):
+            if pair.note == NO_BASELINE:  # the worse arm was not run beside this one
                 continue
-            stats = compare_cells(better, worse, "val/loss", level, names=(order.better, order.worse))
-            config = group["cell_label"].iloc[0] or ""
+            stats = compare_cells(pair.runs, pair.base, "val/loss", level, names=(order.better, order.worse))
             rows.append(
                 {
                     **ids(order, layers),
                     "norm": norm,
-                    "config": config,
+                    "config": pair.runs["cell_label"].iloc[0] or "",
+                    **pair.lr_columns(),
                     **stats,
-                    "untested_because": untested_because(stats, norm, order, tuple(untested)),
+                    "untested_because": untested_because(stats, norm, order, tuple(untested), pair.note),
                 }
             )
             found = True
@@ -180,6 +194,8 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
     family = int(orderings["family"].max()) if len(orderings) else 0
     header = ["layers", *(["paper layers"] if show_depth else []), "paper norm", "our norm"]
     header += ["config"] if show_config else []
+    show_lrs = "lr" in orderings and orderings["lr"].notna().any()
+    header += ["lr: better vs worse"] if show_lrs else []
     header += ["paper ordering", "paper Δ", "our Δ mean", "params", "pairs", f"{level_text(orderings)} CI"]
     header += ["p", f"Holm p ({family} tested)", "verdict", "untested because", "pairs to resolve", "unpaired seeds"]
     header.append("not trained")
@@ -188,6 +204,7 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
         run = r["untested_because"] != "not run"
         cells = [r["layers"], *([r["paper layers"]] if show_depth else []), r["paper norm"], r["norm"]]
         cells += [r["config"]] if show_config else []
+        cells += [pair_lrs_text(r) if run else "–"] if show_lrs else []
         cells += [r["ordering"], format_delta(r["paper Δ"], "val/loss")]
         cells += [format_delta(r["mean"], "val/loss") if run else "–", params_text(r["params_change"]) if run else "–"]
         cells += [int(r["n"]) if run else "–", format_interval(r, "val/loss") if run else "–"]

@@ -7,9 +7,10 @@ questions both scored, b = A right and B wrong, c = A wrong and B right; A's acc
 Under "neither is more often right" each discordant question is a fair coin, b ~ Binomial(b + c, 1/2), and the exact
 two-sided p-value is min(1, 2 P(X <= min(b, c))) (McNemar 1947, exact form; 1 when no question is discordant).
 
-``mcnemar_table`` runs it per task for every variant against the baseline run of the same seed and pair group
-(significance's pairing), on each run's evaluation of its final checkpoint, and Holm-corrects over the tasks of one
-pair: a task "exceeds noise" where that corrected p is below ALPHA. Runs without samples files are skipped.
+``mcnemar_table`` runs it per task for every variant's run against the run of the same seed in the baseline cell
+that pairing.py's rule picks (as the paired differences: the baseline at the variant's lr, else its one lr), on
+each run's evaluation of its final checkpoint, and Holm-corrects over the tasks of one pair: a task "exceeds noise"
+where that corrected p is below ALPHA. Runs without samples files are skipped.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from moda_lab.analysis.pairing import cell_pairs
 from moda_lab.analysis.plots import REPORTED_METRIC
 from moda_lab.analysis.records import RunIssue
-from moda_lab.analysis.significance import ALPHA, GROUP_COLUMNS, baseline_variant, format_p, holm, markdown_table
+from moda_lab.analysis.significance import (
+    ALPHA,
+    GROUP_COLUMNS,
+    LR_COLUMNS,
+    LRS_HEADER,
+    baseline_variant,
+    format_p,
+    holm,
+    markdown_table,
+    pair_lrs_text,
+)
 from moda_lab.analysis.tidy import complete_runs, sort_cells
 from moda_lab.errors import UsageError
 
@@ -143,8 +155,8 @@ def final_samples(run_dir: str | Path, step: float) -> dict[str, Path]:
     return {p.stem.removeprefix(SAMPLES_PREFIX): p for p in sorted(best[1].glob(f"{SAMPLES_PREFIX}*.jsonl"))}
 
 
-COLUMNS = [*GROUP_COLUMNS, "variant", "baseline", "seed", "task", "metric", "n", "acc_variant", "acc_baseline",
-           "diff", "b", "c", "p", "p_holm", "exceeds_noise", "unpaired"]
+COLUMNS = [*GROUP_COLUMNS, "variant", *LR_COLUMNS, "baseline", "seed", "task", "metric", "n", "acc_variant",
+           "acc_baseline", "diff", "b", "c", "p", "p_holm", "exceeds_noise", "unpaired"]
 
 
 def mcnemar_table(
@@ -153,19 +165,20 @@ def mcnemar_table(
     alpha: float = ALPHA,
     issues: list[RunIssue] | None = None,
 ) -> pd.DataFrame:
-    """Per non-baseline complete local run with samples files, against the baseline run of its pair group and seed:
-    one row per task both evaluated (compare_samples, variant = A), with ``p_holm`` (Holm over that pair's tasks)
-    and ``exceeds_noise`` (p_holm < ``alpha``). Empty where no run has samples files. A pair with an unreadable
-    samples file is left out, with a ``bad_samples`` issue appended to ``issues`` (when given)."""
+    """Per non-baseline complete local run with samples files, against the run of its seed in the baseline cell
+    pairing.py's rule picks (LR_COLUMNS say which): one row per task both evaluated (compare_samples, variant = A),
+    with ``p_holm`` (Holm over that pair's tasks) and ``exceeds_noise`` (p_holm < ``alpha``). Empty where no run has
+    samples files. A pair with an unreadable samples file is left out, with a ``bad_samples`` issue appended to
+    ``issues`` (when given)."""
     runs = complete_runs(summary)
     if runs.empty or "pair_group" not in runs or "path" not in runs:
         return pd.DataFrame(columns=COLUMNS)
     runs = runs[runs["source"].eq("local") & runs["seed"].notna()] if "source" in runs else runs.iloc[0:0]
     base = baseline or baseline_variant()
     rows = []
-    for _, group in runs.groupby("pair_group", sort=False):
-        bases = {int(r["seed"]): r for _, r in group[group["variant"] == base].iterrows()}
-        for _, run in group[group["variant"] != base].iterrows():
+    for pair in cell_pairs(runs, base):
+        bases = {int(r["seed"]): r for _, r in pair.base.iterrows()}
+        for _, run in pair.runs.iterrows():
             ref = bases.get(int(run["seed"]))
             if ref is None:
                 continue
@@ -178,9 +191,9 @@ def mcnemar_table(
                 continue
             ids = {c: run[c] for c in GROUP_COLUMNS if c in run}
             ids["config"] = run.get("cell_label") or ""
+            ids |= {"variant": run["variant"], **pair.lr_columns(), "baseline": base, "seed": int(run["seed"])}
             for test, p_holm in zip(tests, holm([t["p"] for t in tests])):
-                rows.append({**ids, "variant": run["variant"], "baseline": base, "seed": int(run["seed"]),
-                             "task": test["task"], "metric": test["metric"], "n": test["n"],
+                rows.append({**ids, "task": test["task"], "metric": test["metric"], "n": test["n"],
                              "acc_variant": test["acc_a"], "acc_baseline": test["acc_b"], "diff": test["diff"],
                              "b": test["b"], "c": test["c"], "p": test["p"], "p_holm": p_holm,
                              "exceeds_noise": bool(p_holm < alpha), "unpaired": test["unpaired"]})
@@ -192,12 +205,15 @@ def mcnemar_table(
 def mcnemar_markdown(table: pd.DataFrame) -> str:
     """The per-question tests in Markdown: accuracy difference in points, b and c, p before and after Holm."""
     show_config = "config" in table and table["config"].fillna("").astype(bool).any()
-    header = ["layers", "norm", *(["config"] if show_config else []), "variant − baseline", "seed", "task", "metric"]
+    show_lrs = "lr" in table and table["lr"].notna().any()
+    header = ["layers", "norm", *(["config"] if show_config else []), *([LRS_HEADER] if show_lrs else [])]
+    header += ["variant − baseline", "seed", "task", "metric"]
     header += ["questions", "Δ acc (pp)", "b: variant only right", "c: baseline only right", "p (exact)"]
     header += ["Holm p (tasks of the pair)", "exceeds noise"]
     body = []
     for _, r in table.iterrows():
         cells = [r["layers"], r["norm"], *([r["config"]] if show_config else [])]
+        cells += [pair_lrs_text(r)] if show_lrs else []
         cells += [f"{r['variant']} − {r['baseline']}", r["seed"], r["task"], r["metric"], int(r["n"])]
         cells += [f"{100 * r['diff']:+.2f}", int(r["b"]), int(r["c"]), format_p(r["p"]), format_p(r["p_holm"])]
         cells.append(bool(r["exceeds_noise"]))

@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from moda_lab.analysis.pairing import OWN_LR
 from moda_lab.analysis.plots import (
     LOSS_UNIT,
     METRIC_LABELS,
@@ -25,12 +26,26 @@ from moda_lab.analysis.plots import (
     seeds_text,
     tail_grid,
     variant_colors,
+    without_lr,
     zoom_tail,
 )
-from moda_lab.analysis.significance import params_text
+from moda_lab.analysis.significance import pair_lrs_text, params_text
 
 if TYPE_CHECKING:
     from moda_lab.analysis.reference import Reference
+
+
+def _own_lrs(row: pd.Series) -> str:
+    """``lr 0.0045 vs 0.003`` for a row whose arms ran each at its own lr (pairing.OWN_LR), else empty: a shared lr
+    is in the row's config where it matters."""
+    return f"lr {pair_lrs_text(row)}" if row.get("lr_pairing") == OWN_LR else ""
+
+
+def _config_text(row: pd.Series, differing) -> str:
+    """What sets a row's config apart (``differing``: plots.differing_parts), its lr left out where _own_lrs says
+    both."""
+    text = differing(row["config"])
+    return without_lr(text) if _own_lrs(row) else text
 
 
 def _reference_delta(row: pd.Series, reference: Reference | None) -> float | None:
@@ -46,7 +61,8 @@ def plot_paired_differences(
     """One row per non-baseline cell: the mean paired difference (variant - baseline) of ``metric`` with its
     confidence interval (a hollow marker without one: n=1), and the ``reference``'s difference where it annotated
     one (a cross; grey where it is not the reference's for the row's own cell, reference.Reference.marker). Rows with a run that did not train say so in their label, and so do rows
-    whose variant has more (or fewer) parameters than the baseline (``+3.2% params``)."""
+    whose variant has more (or fewer) parameters than the baseline (``+3.2% params``) and rows whose arms ran each
+    at its own lr (``lr 0.0045 vs 0.003``)."""
     rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
     fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
     if rows.empty:
@@ -58,15 +74,17 @@ def plot_paired_differences(
     short = {"layers": "L", "width": "D"}
     differing = differing_parts(rows["config"]) if "config" in extra else str  # what every row says: left out
 
-    def shown(c: str, value: object) -> str:
-        return f"{short[c]}={value}" if c in short else differing(value) if c == "config" else str(value)
+    def shown(c: str, r: pd.Series) -> str:
+        return f"{short[c]}={r[c]}" if c in short else _config_text(r, differing) if c == "config" else str(r[c])
 
     labels, drawn = [], set()
     for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
         color = colors[r["variant"]]
-        parts = [shown(c, r[c]) for c in extra if r[c] not in ("", None)]
+        parts = [shown(c, r) for c in extra if r[c] not in ("", None)]
+        parts = [p for p in parts if p]
         label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
         label += f"\nn={int(r['n'])}" + ("; not trained: " + r["not_trained"] if r["not_trained"] else "")
+        label += f"; {_own_lrs(r)}" if _own_lrs(r) else ""
         change = r.get("params_change")
         if pd.notna(change) and change != 0:  # a variant with more weights: say so beside its difference
             label += f"; {params_text(change)}"
@@ -134,10 +152,13 @@ def plot_paired_curves(
         in_norm = rows[rows["norm"] == norm]
         x_max = float(in_norm["tokens"].max())
         tail_values = [0.0]  # the zoom keeps zero in view: the sign is the point
-        for _, line in in_norm.groupby(["variant", *extra], sort=False, dropna=False):
+        lrs = [c for c in ("lr", "baseline_lr") if c in in_norm]  # one line per pair of cells, never two merged
+        for _, line in in_norm.groupby(["variant", *extra, *lrs], sort=False, dropna=False):
             line = line.sort_values("tokens")
             r = line.iloc[-1]
-            parts = [differing(r[c]) if c == "config" else f"{c}={r[c]}" for c in extra if r[c] not in ("", None)]
+            parts = [_config_text(r, differing) if c == "config" else f"{c}={r[c]}" for c in extra
+                     if r[c] not in ("", None)]
+            parts = [p for p in parts if p] + ([_own_lrs(r)] if _own_lrs(r) else [])
             n_min, n_max = int(line["n"].min()), int(line["n"].max())
             label = f"{r['variant']} − {r['baseline']} ({'; '.join([*parts, seeds_text(n_min, n_max)])})"
             color = shades.get((r["variant"], r["config"]), colors[r["variant"]])

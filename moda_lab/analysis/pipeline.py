@@ -277,9 +277,12 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
     corrected = f" ({reference.corrected_note})" if reference else ""
     lines = ["## Paired differences vs the baseline", ""]
     lines += [
-        f"Each variant minus the baseline (`{base}`) of the same cell otherwise (same config except `model.mixer.*` "
-        "and the seed: same norm, layers, width, lr, data, tokens), paired by seed, on the final val loss (nats/token; "
-        f"Δ < 0: the variant is lower). {level} CI: mean ± t·s/√n with Student's t at n − 1 degrees of freedom "
+        f"Each variant minus the baseline (`{base}`) of the same cell otherwise (same config except `model.mixer.*`, "
+        "the seed and the peak lr: same norm, layers, width, optimizer, schedule, data, tokens), paired by seed, on "
+        "the final val loss (nats/token; Δ < 0: the variant is lower). The baseline is the one at the variant's lr "
+        "where it ran at it, else the baseline's one lr (each at its own tuned lr); a baseline at several lrs, none "
+        "the variant's (an lr sweep), pairs nothing. Column *lr*: the variant's lr vs the baseline's ((both): one "
+        f"shared lr). {level} CI: mean ± t·s/√n with Student's t at n − 1 degrees of freedom "
         "(paired t-interval over seeds); p: the paired t-test's two-sided p-value of Δ = 0, uncorrected for the "
         f"other rows{corrected}. One pair gives no interval and no test (n=1). "
         "Params: the variant's parameter count against the baseline's. Seeds run for one side only are listed "
@@ -310,7 +313,8 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
     if not analysis.mcnemar.empty:
         lines += ["", "### Per-question tests per task (McNemar, final checkpoints)", ""]
         lines += [
-            "Each variant's run against the baseline's run of the same seed (same cell otherwise), on the questions "
+            "Each variant's run against the baseline's run of the same seed (the baseline cell the paired table "
+            "uses: same lr, else the baseline's one lr), on the questions "
             "both scored (`samples_<task>.jsonl` of each run's final-checkpoint evaluation): b = questions only the "
             "variant got right, c = only the baseline; Δ acc = (b − c) / questions. p: McNemar's exact test "
             "(binomial, two-sided); Holm p: corrected over the tasks of one pair; *exceeds noise* where that is "

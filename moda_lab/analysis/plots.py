@@ -435,7 +435,7 @@ def differing_parts(labels: Iterable[object]) -> Callable[[object], str]:
     return lambda label: ", ".join(p for p in str(label).split(", ") if p not in common)
 
 
-def _without_lr(label: str) -> str:
+def without_lr(label: str) -> str:
     """A cell label without its learning-rate part (``lr=0.003, warmup_steps=200`` -> ``warmup_steps=200``)."""
     return ", ".join(p for p in str(label).split(", ") if p and not p.startswith(("lr=", "trainer.lr=")))
 
@@ -451,7 +451,7 @@ def lr_sweep_points(summary: pd.DataFrame, y: str = "val/loss") -> pd.DataFrame:
     rows = summary.dropna(subset=["peak_lr", y])
     trained = rows["trained"] if "trained" in rows else pd.Series(True, index=rows.index)
     labels = rows["cell_label"] if "cell_label" in rows else pd.Series("", index=rows.index)
-    rows = rows.assign(_untrained=trained.eq(False), sweep_label=labels.fillna("").map(_without_lr))
+    rows = rows.assign(_untrained=trained.eq(False), sweep_label=labels.fillna("").map(without_lr))
     agg = rows.groupby([*_SWEEP_GROUP, "peak_lr"], dropna=False, sort=False).agg(
         **{y: (y, "mean"), "seeds": (y, "size"), "_untrained": ("_untrained", "any"), "sweep_label": ("sweep_label", "first")}
     )

@@ -144,18 +144,19 @@ def cell_id(cfg: dict[str, Any]) -> str:
 
 
 # The config keys of the depth-mixing variant (mixer name and its switches): runs whose cell configs are equal
-# without them differ only in the variant, so their seeds can be paired (see significance.paired_differences).
+# without them and the peak lr differ only in the variant and its lr, so their seeds can be paired (pairing.py).
 VARIANT_KEY_PREFIX = "model.mixer."
+# The peak learning rate: cells equal without it are one lr sweep (plots.plot_lr_sweep).
+LR_KEY = "trainer.lr"
 
 
 def pair_group_id(cfg: dict[str, Any]) -> str:
-    """Short stable fingerprint of cell_config(cfg) without the variant's keys (VARIANT_KEY_PREFIX): equal for a
-    MoDA run and the baseline run of the same cell otherwise (norm, sizes, lr, data, tokens, ...)."""
-    return _fingerprint({k: v for k, v in cell_config(cfg).items() if not k.startswith(VARIANT_KEY_PREFIX)})
-
-
-# The peak learning rate: cells equal without it are one lr sweep (plots.plot_lr_sweep).
-LR_KEY = "trainer.lr"
+    """Short stable fingerprint of cell_config(cfg) without the variant's keys (VARIANT_KEY_PREFIX) and the peak lr
+    (LR_KEY): equal for a MoDA run and the baseline runs of the same cell otherwise (norm, sizes, optimizer,
+    schedule, data, tokens, ...), at its lr or their own; pairing.py decides which baseline cell it is paired with."""
+    return _fingerprint(
+        {k: v for k, v in cell_config(cfg).items() if not k.startswith(VARIANT_KEY_PREFIX) and k != LR_KEY}
+    )
 
 
 def lr_group_id(cfg: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """Paired seed differences against the baseline with Student-t intervals, and the seed spread of each cell.
 
-Pairing: a variant's run and a baseline run pair when their configs are equal except for the depth-mixing variant
-(``model.mixer.*``: the mixer and its switches) and the seed, and they share a seed. ``pair_group`` of the run
-summary fingerprints that config (records.pair_group_id), so the variant and the baseline of one group differ in
-the variant only: same norm, layers, width, lr, data, tokens, ... . Per shared seed s the difference is
+Pairing: a variant's cell is compared with the baseline cell that pairing.py's rule picks in its pair group (same
+config except the depth-mixing variant ``model.mixer.*``, the seed and the peak lr; ``pair_group`` of the run
+summary, records.pair_group_id): the baseline at the variant's lr where it ran at it, else the baseline's one lr
+(each arm at its own tuned lr), else none (the baseline at several lrs, none the variant's). The rows say which:
+``lr``, ``baseline_lr`` and ``lr_pairing`` (``same lr`` or ``own lr``). Runs of the two cells pair when they share
+a seed. Per shared seed s the difference is
 d_s = metric(variant, s) - metric(baseline, s); the report gives the mean, the std (ddof 1), the number of pairs and
 a two-sided interval mean +/- t_{(1+level)/2, n-1} * std / sqrt(n) (Student's t: the seeds' differences are the
 sample; pairing removes what the seed shares between the two runs, e.g. the data order), and the paired t-test's
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from moda_lab.analysis.history import val_domains
+from moda_lab.analysis.pairing import SAME_LR, CellPair, cell_pairs, lr_text
 from moda_lab.analysis.records import variant_label
 from moda_lab.analysis.tables import with_derived
 from moda_lab.analysis.tidy import sort_cells
@@ -43,6 +46,10 @@ SEED_STD_TARGET = 0.01
 # Identity columns of the paired and spread tables, in order, when present; ``config`` = the cell label.
 GROUP_COLUMNS = ["layers", "width", "n_heads", "n_kv_heads", "norm", "config"]
 VARIANT_COLUMNS = ["model", "depth_kv", "ffn_kv", "attn_kv", "variant"]
+# The peak lrs of a paired row: the variant's, the baseline's and how they relate (pairing.CellPair.lr_columns).
+LR_COLUMNS = ["lr", "baseline_lr", "lr_pairing"]
+# The Markdown column of a pair's lrs (pair_lrs_text).
+LRS_HEADER = "lr: variant vs baseline"
 
 
 def baseline_variant() -> str:
@@ -247,6 +254,12 @@ def default_metrics(frame: pd.DataFrame) -> list[str]:
     return [m for m in metrics if m in frame]
 
 
+def _pair_ids(pair: CellPair) -> dict[str, object]:
+    """A paired row's identity: the variant cell's group and variant columns, then its lr columns."""
+    runs = pair.runs
+    return {**_group_ids(runs), **{c: runs[c].iloc[0] for c in VARIANT_COLUMNS if c in runs}, **pair.lr_columns()}
+
+
 def paired_differences(
     summary: pd.DataFrame,
     metrics: Sequence[str] | None = None,
@@ -254,37 +267,26 @@ def paired_differences(
     level: float = LEVEL,
     prefer: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
-    """One row per (non-baseline cell, metric): the cell's variant minus the baseline of its pair group, paired by
-    seed. ``metrics`` default to default_metrics (``avg acc``: the average task accuracy in %, as in Table 5);
-    ``baseline`` is a variant label (default: baseline_variant()). A cell whose group has no baseline run gets
-    rows with ``n`` = 0 and the note "no baseline run in this cell"."""
+    """One row per (non-baseline cell, metric): the cell's variant minus the baseline cell pairing.py's rule picks
+    in its pair group, paired by seed, with both lrs (LR_COLUMNS). ``metrics`` default to default_metrics (``avg
+    acc``: the average task accuracy in %, as in Table 5); ``baseline`` is a variant label (default:
+    baseline_variant()). A cell with no baseline cell to pair with gets rows with ``n`` = 0 and the rule's note
+    ("no baseline run in this cell", "baseline at several lrs (...), none at this one")."""
     frame, _ = with_derived(summary, prefer)
-    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "n", "seeds", "mean", "std", "level", "t"]
-    columns += ["ci_low", "ci_high", "p", "excludes_0", "pairs_needed", "params_change", "unpaired", "not_trained"]
-    columns += ["note"]
+    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, *LR_COLUMNS, "baseline", "metric", "n", "seeds", "mean", "std"]
+    columns += ["level", "t", "ci_low", "ci_high", "p", "excludes_0", "pairs_needed", "params_change", "unpaired"]
+    columns += ["not_trained", "note"]
     if frame.empty or "pair_group" not in frame:
         return pd.DataFrame(columns=columns)
     metrics = list(metrics) if metrics is not None else default_metrics(frame)
     base = baseline or baseline_variant()
     rows = []
-    for _, group in frame.groupby("pair_group", sort=False):
-        cells = {cid: runs for cid, runs in group.groupby("cell", sort=False)}
-        bases = [runs for runs in cells.values() if runs["variant"].iloc[0] == base]
-        for runs in cells.values():
-            if runs["variant"].iloc[0] == base:
-                continue
-            ids = {**_group_ids(runs), **{c: runs[c].iloc[0] for c in VARIANT_COLUMNS if c in runs}}
-            for metric in metrics:
-                if not bases:  # every seed of the cell is unpaired
-                    alone = {
-                        **compare_cells(runs, runs.iloc[0:0], metric, level),
-                        "note": "no baseline run in this cell",
-                    }
-                    rows.append({**ids, "baseline": base, "metric": metric, **alone})
-                for base_runs in bases:
-                    rows.append(
-                        {**ids, "baseline": base, "metric": metric, **compare_cells(runs, base_runs, metric, level)}
-                    )
+    for pair in cell_pairs(frame, base):
+        for metric in metrics:
+            stats = compare_cells(pair.runs, pair.base, metric, level)
+            if pair.note:  # no baseline cell: every seed of the cell is unpaired, and the rule says why
+                stats["note"] = pair.note
+            rows.append({**_pair_ids(pair), "baseline": base, "metric": metric, **stats})
     out = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
     return sort_cells(out, first=["layers", "norm"]) if not out.empty else out
 
@@ -296,12 +298,13 @@ def paired_curves(
     baseline: str | None = None,
     level: float = LEVEL,
 ) -> pd.DataFrame:
-    """The paired difference over training: per non-baseline cell and logged step, variant minus baseline of
-    ``metric`` over the seeds both sides logged at that step, with t_interval's keys (``n``, ``mean``, ``ci_low``,
-    ...). ``runs``: the run names to use (the complete ones, as in the tables); default every run of ``tidy``.
-    A seed present twice in a cell is left out, as in paired_differences."""
-    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, "baseline", "metric", "step", "tokens", "seeds", "n", "mean", "std"]
-    columns += ["level", "t", "ci_low", "ci_high"]
+    """The paired difference over training: per non-baseline cell and logged step, variant minus the baseline cell
+    pairing.py's rule picks (as in paired_differences; LR_COLUMNS say which) of ``metric`` over the seeds both
+    sides logged at that step, with t_interval's keys (``n``, ``mean``, ``ci_low``, ...). ``runs``: the run names to
+    use (the complete ones, as in the tables); default every run of ``tidy``. A cell without a baseline cell has no
+    rows. A seed present twice in a cell is left out, as in paired_differences."""
+    columns = [*GROUP_COLUMNS, *VARIANT_COLUMNS, *LR_COLUMNS, "baseline", "metric", "step", "tokens", "seeds", "n"]
+    columns += ["mean", "std", "level", "t", "ci_low", "ci_high"]
     if tidy.empty or metric not in tidy or "pair_group" not in tidy:
         return pd.DataFrame(columns=columns)
     rows = tidy[tidy[metric].notna() & tidy["seed"].notna()]
@@ -309,19 +312,19 @@ def paired_curves(
         rows = rows[rows["run"].isin(set(runs))]
     base = baseline or baseline_variant()
     out = []
-    for _, group in rows.groupby("pair_group", sort=False):
-        base_values = _by_seed_and_step(group[group["variant"] == base], metric)
-        if base_values.empty:
+    for pair in cell_pairs(rows, base):
+        if pair.base.empty:
             continue
-        for _, cell in group[group["variant"] != base].groupby("cell", sort=False):
-            ids = {**_group_ids(cell), **{c: cell[c].iloc[0] for c in VARIANT_COLUMNS if c in cell}}
-            tokens = cell.groupby("step")["tokens"].first() if "tokens" in cell else pd.Series(dtype=float)
-            both = pd.concat({"v": _by_seed_and_step(cell, metric), "b": base_values}, axis=1, join="inner")
-            for step, at in both.groupby(level="step"):
-                seeds = sorted(int(s) for s in at.index.get_level_values("seed"))
-                stats = t_interval((at["v"] - at["b"]).tolist(), level)
-                out.append({**ids, "baseline": base, "metric": metric, "step": step, "tokens": tokens.get(step),
-                            "seeds": ", ".join(map(str, seeds)), "level": level, **stats})
+        cell, ids = pair.runs, _pair_ids(pair)
+        tokens = cell.groupby("step")["tokens"].first() if "tokens" in cell else pd.Series(dtype=float)
+        both = pd.concat(
+            {"v": _by_seed_and_step(cell, metric), "b": _by_seed_and_step(pair.base, metric)}, axis=1, join="inner"
+        )
+        for step, at in both.groupby(level="step"):
+            seeds = sorted(int(s) for s in at.index.get_level_values("seed"))
+            stats = t_interval((at["v"] - at["b"]).tolist(), level)
+            out.append({**ids, "baseline": base, "metric": metric, "step": step, "tokens": tokens.get(step),
+                        "seeds": ", ".join(map(str, seeds)), "level": level, **stats})
     frame = pd.DataFrame(out, columns=columns) if out else pd.DataFrame(columns=columns)
     return sort_cells(frame, first=["layers", "norm"]) if not frame.empty else frame
 
@@ -406,6 +409,25 @@ def _shown_group_columns(frame: pd.DataFrame) -> list[str]:
     return cols
 
 
+def pair_lrs_text(row: pd.Series | dict) -> str:
+    """A paired row's peak lrs for a reader: ``0.0045 vs 0.003`` (each at its own lr), ``0.003 (both)`` (one lr
+    shared), ``0.0045 vs –`` (no baseline cell); ``–`` for a row without lr columns (an earlier paired table)."""
+    how = row.get("lr_pairing")
+    lr, base = row.get("lr", math.nan), row.get("baseline_lr", math.nan)
+    if how is None or (isinstance(how, float) and math.isnan(how)):
+        how = ""
+    if how == SAME_LR:
+        return f"{lr_text(lr)} (both)"
+    if how == "" and pd.isna(lr):
+        return "–"
+    return f"{lr_text(lr)} vs {lr_text(base)}"
+
+
+def _shows_lrs(frame: pd.DataFrame) -> bool:
+    # The lr column only where some row knows its lr (runs without trainer.lr, earlier tables: none).
+    return "lr" in frame and frame["lr"].notna().any()
+
+
 def level_text(frame: pd.DataFrame) -> str:
     """``95%``: the interval level of a paired frame (its ``level`` column; LEVEL when it has none)."""
     levels = frame["level"].dropna() if "level" in frame else pd.Series(dtype=float)
@@ -421,7 +443,9 @@ def paired_markdown(
     if rows_frame.empty:
         return "_No non-baseline cell among the complete runs._\n"
     ids = _shown_group_columns(rows_frame)
-    header = [*ids, "variant − baseline", "params", "metric", "pairs", "seeds", "Δ mean", "Δ std"]
+    lrs = _shows_lrs(rows_frame)
+    header = [*ids, *([LRS_HEADER] if lrs else []), "variant − baseline", "params", "metric", "pairs", "seeds"]
+    header += ["Δ mean", "Δ std"]
     header += [f"{level_text(paired)} CI", "p (uncorrected)"]
     column = reference.delta_column if reference is not None else None
     shown = column is not None and column in rows_frame and rows_frame[column].notna().any()
@@ -430,7 +454,8 @@ def paired_markdown(
     for _, r in rows_frame.iterrows():
         metric = r["metric"]
         std = "–" if pd.isna(r["std"]) else f"{r['std']:.4f}" if metric.endswith("loss") else f"{r['std']:.2f}"
-        cells = [*(r[c] for c in ids), f"{r['variant']} − {r['baseline']}", params_text(r.get("params_change"))]
+        cells = [*(r[c] for c in ids), *([pair_lrs_text(r)] if lrs else [])]
+        cells += [f"{r['variant']} − {r['baseline']}", params_text(r.get("params_change"))]
         cells += [metric, int(r["n"]), r["seeds"] or "–"]
         cells += [format_delta(r["mean"], metric), std, format_interval(r, metric), format_p(r.get("p"))]
         if shown:

@@ -25,7 +25,8 @@ from moda_lab.analysis.records import (
 )
 
 # Identity columns of the tidy table and the run summary; ``pair_group`` is equal for runs that differ only in the
-# depth-mixing variant and the seed (records.pair_group_id), the runs whose seeds are paired against the baseline.
+# depth-mixing variant, the seed and the peak lr (records.pair_group_id), the runs whose seeds may be paired against
+# the baseline (which of its cells: pairing.py).
 # ``peak_lr`` (trainer.lr; the cell fingerprint already holds it) and ``lr_group`` (the cell without it,
 # records.lr_group_id) are the x axis and the lines of the lr-sweep figure (plots.plot_lr_sweep).
 RUN_ID_COLUMNS: list[str] = [

@@ -140,7 +140,7 @@ def test_report_section_only_where_samples_exist(sweep: Path, tmp_path: Path):
     analysis = add_significance(analyze(load_sweep_dir(sweep)))
     section = "\n".join(significance_markdown(analysis))
     assert "### Per-question tests per task (McNemar, final checkpoints)" in section
-    assert "| 4 | post | moda − residual | 0 | piqa | acc_norm | 100 | +25.00 | 30 | 5 |" in section
+    assert "| 4 | post | 0.003 (both) | moda − residual | 0 | piqa | acc_norm | 100 | +25.00 | 30 | 5 |" in section
     written = write_significance(analysis, tmp_path / "tables", tmp_path / "figures")
     assert tmp_path / "tables" / "mcnemar.md" in written and (tmp_path / "tables" / "mcnemar.csv").exists()
     # The same runs without samples files: no section, no file, no issue.

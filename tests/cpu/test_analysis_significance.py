@@ -111,7 +111,7 @@ def build_paired_sweep(root: Path) -> Path:
                 (run_dir / "eval" / "last").mkdir(parents=True)
                 results = {"results": {}, "moda": {"step": STEPS, "metrics": metrics, "missing_tasks": {}}}
                 (run_dir / "eval" / "last" / "results.json").write_text(json.dumps(results))
-    # A cell at another lr: its group has no baseline run, so nothing is paired with the default-lr baseline.
+    # A cell at another lr than the baseline's one lr: paired with it, each at its own lr (moda_lab.analysis.pairing).
     other = spec_of(24, "post", "dense", False, 1, extra={**TABLE6_SHAPE, "trainer.lr": 1e-3})
     fx.write_run_dir(root, other, rows_of((24, "post", "residual", False), 1, 3.48)[0])
     return root
@@ -236,13 +236,17 @@ def test_paired_means_and_intervals_against_the_baseline(result):
     assert set(paired["metric"]) == {"val/loss", "val/c4/loss", "val/wiki/loss", "avg acc"}
 
 
-def test_one_pair_has_no_interval_and_a_cell_without_baseline_is_listed(result):
+def test_one_pair_has_no_interval_and_a_cell_at_its_own_lr_pairs_with_the_baselines_one_lr(result):
     pre = row_of(result.paired, 48, "pre", "moda")
     assert pre["n"] == 1 and pre["mean"] == pytest.approx(3.44 - 3.45) and math.isnan(pre["ci_low"])
     assert pre["note"] == "n=1: no interval" and pre["unpaired"] == "variant only: 5" and pd.isna(pre["excludes_0"])
+    assert (pre["lr"], pre["baseline_lr"], pre["lr_pairing"]) == (0.003, 0.003, "same lr")
+    # Dense at lr 1e-3, the post-norm residual at 3e-3 only: each at its own lr (issue 28), seed 1 the one pair.
     dense = row_of(result.paired, 24, "post", "dense")
-    assert dense["n"] == 0 and dense["note"] == "no baseline run in this cell" and dense["config"] == "lr=0.001"
-    assert dense["unpaired"] == "variant only: 1"
+    assert (dense["n"], dense["seeds"], dense["config"]) == (1, "1", "lr=0.001")
+    assert dense["mean"] == pytest.approx(3.48 - 3.50) and dense["note"] == "n=1: no interval"
+    assert (dense["lr"], dense["baseline_lr"], dense["lr_pairing"]) == (0.001, 0.003, "own lr")
+    assert dense["unpaired"] == "baseline only: 2, 3"
 
 
 def test_training_check_flags_the_flat_run_only(result):
@@ -446,7 +450,8 @@ def test_paired_figure_rows_and_intervals(result):
     fig = plot_paired_differences(result.paired, reference=TABLE6)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert len(labels) == 4  # the dense cell has no pairs
+    assert len(labels) == 5  # the dense cell at its own lr included
+    assert [lab for lab in labels if lab.startswith("dense")] == ["dense − residual (L=24, post)\nn=1; lr 0.001 vs 0.003"]
     assert any(lab.startswith("moda − residual") and "n=1" in lab for lab in labels)
     assert any("not trained: baseline seed 1" in lab for lab in labels)
     ffn = [lab for lab in labels if lab.startswith("moda +ffn_kv − residual")]
@@ -476,7 +481,9 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     # The baseline's flat seed 1 of the reordered cell: its Δ changes along the curve.
     reord = curves[curves["norm"] == "reordered"].set_index("step")["mean"]
     assert reord[50] != pytest.approx(reord[200])
-    assert "dense" not in set(curves["model"])  # its group has no baseline run
+    dense = curves[curves["model"] == "dense"]  # at lr 1e-3 against the residual at its one lr, 3e-3
+    assert dense["seeds"].tolist() == ["1"] * 5 and set(dense["baseline_lr"]) == {0.003}
+    assert dense["mean"].iloc[-1] == pytest.approx(3.48 - 3.50)
     only_complete = paired_curves(result.tidy, runs=[])
     assert only_complete.empty and list(only_complete.columns) == list(curves.columns[:-2])  # no paper Δ, layers yet
     fig = plot_paired_curves(curves, reference=TABLE6)
@@ -491,9 +498,11 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     assert len(plot_paired_curves(curves, tail=None).axes) == 3
     legend = [t.get_text() for t in fig.axes[4].get_legend().get_texts()]  # long names: under the zoom
     assert fig.axes[1].get_legend() is None
-    assert "moda − residual (layers=24; n=3 seeds)" in legend and "paper's final Δ (Table 6)" in legend
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
-        "moda − residual (layers=48; 1 seed)", "paper's final Δ (Table 6)"]  # 48 layers, pre: in Table 6
+    assert "moda − residual (layers=24; lr=0.003; n=3 seeds)" in legend and "paper's final Δ (Table 6)" in legend
+    assert "dense − residual (layers=24; lr 0.001 vs 0.003; 1 seed)" in legend  # each at its own lr, said once
+    # 48 layers, pre: in Table 6; its lr named (dense's differs), so the names are long: under the zoom too.
+    assert [t.get_text() for t in fig.axes[3].get_legend().get_texts()] == [
+        "moda − residual (layers=48; lr=0.003; 1 seed)", "paper's final Δ (Table 6)"]
     # One variant paired under two configs: two lines, one shade each (both took the variant's colour before).
     from matplotlib.colors import to_hex
 
