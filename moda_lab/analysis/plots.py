@@ -149,14 +149,18 @@ def axis_label(metric: str) -> str:
     return f"{metric} ({LOSS_UNIT})" if metric.endswith("/loss") else metric
 
 
-def place_legend(ax, fontsize: int = 8, under=None, drop: float = 0.16) -> tuple[int, int]:
-    """The panel's legend: inside when its names are short, else under the panel (long names, cells differing in
-    several keys, would cover the data), or under ``under`` (the bottom panel of its column). Returns (lines under
-    the panel, their longest name), (0, 0) inside."""
+def place_legend(
+    ax, fontsize: int = 8, under=None, drop: float = 0.16, max_inside: int | None = None
+) -> tuple[int, int]:
+    """The panel's legend: inside when its names are short (and, with ``max_inside``, few: a scatter's points fill
+    the panel, so a long legend covers some), else under the panel (long names, cells differing in several keys,
+    would cover the data), or under ``under`` (the bottom panel of its column). Returns (lines under the panel,
+    their longest name), (0, 0) inside."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return 0, 0
-    if max(map(len, labels)) <= LEGEND_INSIDE_MAX_CHARS:
+    few = max_inside is None or len(labels) <= max_inside
+    if few and max(map(len, labels)) <= LEGEND_INSIDE_MAX_CHARS:
         ax.legend(fontsize=fontsize)
         return 0, 0
     (under or ax).legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -drop), fontsize=7,
@@ -418,10 +422,12 @@ def plot_cost_vs_loss(summary: pd.DataFrame, x: str = "model/params", y: str = "
     what = "parameters" if x == "model/params" else "training FLOPs"
     ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs {what} ({note})", fontsize=10)
     ax.grid(alpha=0.3)
-    layout_with_legend(fig, *place_legend(ax))
+    layout_with_legend(fig, *place_legend(ax, max_inside=COST_LEGEND_MAX_INSIDE))
     return fig
 
 
+# A cost-vs-loss scatter keeps its legend inside up to this many points (more cover some of them).
+COST_LEGEND_MAX_INSIDE = 6
 # Runs of one cell (all but the peak lr equal) at this many peak learning rates make an lr sweep worth a figure.
 LR_SWEEP_MIN_POINTS = 2  # a per-variant sweep around the baseline's best lr can be two points
 _SWEEP_GROUP = ["variant", "norm", "layers", "width", "lr_group"]

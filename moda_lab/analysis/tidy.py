@@ -315,6 +315,23 @@ def sort_cells(frame: pd.DataFrame, first: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def curves(tidy: pd.DataFrame, metric: str = "val/loss") -> pd.DataFrame:
-    """Mean/std of ``metric`` over seeds per cell and step, with mean tokens and FLOPs at that step."""
+    """Mean/std of ``metric`` over seeds per cell and step, with mean tokens and FLOPs at that step. A step that
+    some run of the cell went past without logging ``metric`` there is left out (off_grid_steps): its mean would
+    be of fewer seeds than the points beside it (e.g. a resumed run's extra validation), a jump in the curve."""
     rows = tidy.dropna(subset=[metric]) if metric in tidy else tidy.iloc[0:0]
+    if not rows.empty and "run" in rows:
+        rows = rows[~off_grid_steps(rows)]
     return seed_aggregate(rows, [metric, "tokens", "flops"], by=["step"])
+
+
+def off_grid_steps(rows: pd.DataFrame) -> pd.Series:
+    """Per row of ``rows`` (one run's logged metric at one step): True where another run of the same cell logged
+    the metric both before and after that step but not at it (the step is off that run's grid)."""
+    keys = [c for c in [*CELL_COLUMNS, "variant"] if c in rows]
+    off = pd.Series(False, index=rows.index)
+    for _, cell in rows.groupby(keys, dropna=False, sort=False):
+        spans = cell.groupby("run")["step"].agg(["min", "max"])
+        logged = cell.groupby("run")["step"].agg(set)
+        for idx, step in cell["step"].items():
+            off[idx] = any(lo < step < hi and step not in logged[run] for run, (lo, hi) in spans.iterrows())
+    return off

@@ -131,6 +131,18 @@ def test_curves_aggregate_over_seeds_with_counts(result):
     assert "\n" not in fig._suptitle.get_text()  # two panels hold it on one line
 
 
+def test_curves_leave_out_a_step_that_another_seed_went_past(result):
+    """One seed's extra validation between the grid's steps (a resumed run's) is no point of the mean curve: its
+    mean would be of one seed where the points beside it are of three. A running seed's end is no such step."""
+    tidy = result.tidy
+    cell = tidy[(tidy["model"] == "moda") & ~tidy["ffn_kv"] & (tidy["norm"] == "post") & tidy["val/loss"].notna()]
+    run = cell[cell["seed"] == 0].iloc[[0]].copy()
+    run["step"], run["val/loss"] = 105, 1.0  # seed 0 validated at 105 too; the others went past 105 without
+    agg = curves(pd.concat([tidy, run], ignore_index=True), "val/loss")
+    steps = agg[(agg["model"] == "moda") & ~agg["ffn_kv"] & (agg["norm"] == "post")]["step"].tolist()
+    assert 105 not in steps and 100 in steps and 150 in steps  # 150: the two seeds that got there
+
+
 def test_runs_differing_beyond_the_seed_are_separate_cells_labelled_by_the_difference(tmp_path: Path):
     """Same variant and seed, different lr / seq_len: never averaged together, and the legend says why."""
     from moda_lab.analysis.plots import plot_cost_vs_loss, plot_downstream, variant_colors
