@@ -4,7 +4,8 @@ Each ordering "better < worse" at one (layers, norm) is a paired t-test over see
 tests form one family, Holm-corrected (significance.holm). A verdict uses only the words of VERDICTS
 (reference.verdict_words with the paper's sign): "resolved" needs the Holm-corrected p below ALPHA; "untested" is
 an ordering the setup could not test (not run, fewer than 2 pairs, a run that did not train, or an arm marked
-untested: UntestedArm) and is left out of the family.
+untested: UntestedArm). The family is every ordering with a p-value, untested ones included: an arm marked
+untested after its runs were seen keeps its place, so the marking never makes another ordering "resolved".
 
 The two arms pair as a variant and the baseline do (moda_lab.analysis.pairing), the ordering's worse arm in the
 baseline's place (OLMo2 wherever it is in an ordering: it is the worse arm of each): the worse arm at the better's
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from moda_lab.analysis.pairing import NO_BASELINE, cell_pairs
+from moda_lab.analysis.pairing import NO_BASELINE, cell_pairs, same_lr
 from moda_lab.analysis.reference import verdict as generic_verdict
 from moda_lab.analysis.reference import verdict_words
 from moda_lab.analysis.significance import (
@@ -57,38 +58,56 @@ VERDICTS = verdict_words(EXPECTED)
 @dataclass(frozen=True)
 class UntestedArm:
     """An arm the setup could not test, e.g. a variant whose lr is known to be under-tuned under a norm: every
-    ordering with ``variant`` (every variant when None) under our ``norm`` is "untested". Written ``NORM`` or
-    ``NORM/VARIANT`` (``post/moda +ffn_kv``; the analysis command's ``untested=``, comma-separated)."""
+    ordering with ``variant`` (every variant when None) under our ``norm`` is "untested"; with ``lr``, only where
+    one of the ordering's arms ran at that peak lr (an under-tuned lr beside tuned rows of the same norm). Written
+    ``NORM``, ``NORM/VARIANT``, ``NORM@LR`` or ``NORM/VARIANT@LR`` (``post/moda +ffn_kv``, ``post@3.75e-4``; the
+    analysis command's ``untested=``, comma-separated)."""
 
     norm: str
     variant: str | None = None
+    lr: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> UntestedArm:
-        """``post`` or ``post/moda +ffn_kv``; UsageError (a ValueError) naming the allowed norms or variants."""
-        norm, _, variant = (part.strip() for part in text.partition("/"))
+        """``post``, ``post/moda +ffn_kv`` or either with ``@LR``; UsageError (a ValueError) naming the allowed norms
+        or variants, or the lr that is not a positive number."""
+        arm, _, lr_text = (part.strip() for part in text.partition("@"))
+        norm, _, variant = (part.strip() for part in arm.partition("/"))
         norms = sorted({n for ours in PAPER_NORMS.values() for n in ours})
         if norm not in norms:
             raise UsageError(f"untested={text!r}: norm {norm!r} is not allowed; allowed: {', '.join(norms)}")
         if variant and variant not in PAPER_VARIANT_NAMES:
             allowed = ", ".join(PAPER_VARIANT_NAMES)
             raise UsageError(f"untested={text!r}: variant {variant!r} is not allowed; allowed: {allowed}")
-        return cls(norm, variant or None)
+        lr = None
+        if lr_text:
+            try:
+                lr = float(lr_text)
+            except ValueError:
+                lr = math.nan
+            if not lr > 0 or math.isinf(lr):
+                raise UsageError(f"untested={text!r}: lr {lr_text!r} is not allowed; allowed: a positive number")
+        return cls(norm, variant or None, lr)
 
     @property
     def text(self) -> str:
-        return self.norm if self.variant is None else f"{self.norm}/{self.variant}"
+        arm = self.norm if self.variant is None else f"{self.norm}/{self.variant}"
+        return arm if self.lr is None else f"{arm}@{self.lr:g}"
 
-    def covers(self, norm: str, order: Ordering) -> bool:
-        return norm == self.norm and (self.variant is None or self.variant in (order.better, order.worse))
+    def covers(self, norm: str, order: Ordering, lrs: tuple[float, ...] = ()) -> bool:
+        """Whether this arm is in ``order`` under ``norm`` whose arms ran at ``lrs`` (the better's, the worse's)."""
+        if norm != self.norm or (self.variant is not None and self.variant not in (order.better, order.worse)):
+            return False
+        return self.lr is None or any(same_lr(self.lr, lr) for lr in lrs)
 
 
 def untested_because(
-    stats: dict, norm: str, order: Ordering, untested: tuple[UntestedArm, ...], no_pair: str = ""
+    stats: dict, norm: str, order: Ordering, untested: tuple[UntestedArm, ...], no_pair: str = "",
+    lrs: tuple[float, ...] = (),
 ) -> str:
     """Why the setup could not test an ordering on a pair of our cells (empty: it could); ``no_pair``: why the
-    better arm's cell has no worse-arm cell to pair with (pairing.CellPair.note)."""
-    marked = [arm.text for arm in untested if arm.covers(norm, order)]
+    better arm's cell has no worse-arm cell to pair with (pairing.CellPair.note); ``lrs``: the arms' peak lrs."""
+    marked = [arm.text for arm in untested if arm.covers(norm, order, lrs)]
     if marked:
         return f"marked untested ({', '.join(marked)})"
     if no_pair:
@@ -151,7 +170,8 @@ def check_orderings(
                     "config": pair.runs["cell_label"].iloc[0] or "",
                     **pair.lr_columns(),
                     **stats,
-                    "untested_because": untested_because(stats, norm, order, tuple(untested), pair.note),
+                    "untested_because": untested_because(stats, norm, order, tuple(untested), pair.note,
+                                                         (pair.lr, pair.baseline_lr)),
                 }
             )
             found = True
@@ -179,9 +199,10 @@ def check_orderings(
         for order in (o for o in orderings if (o.norm, o.layers) == (paper_norm(str(norm)), depth)):
             check(order, int(layers), str(norm))
     out = pd.DataFrame(rows, columns=columns)
-    # The family: every ordering tested in this analysis (an untested one has no p in it).
-    tested = out["untested_because"].eq("") & out["p"].notna()
-    out["p_holm"] = holm(out["p"].where(tested, math.nan).astype(float).tolist())
+    # The family: every ordering with a p in this analysis. An untested one with a p (an arm marked untested, a run
+    # that did not train) stays in it: marking an arm after its runs are seen must not shrink the others' correction.
+    tested = out["p"].notna()
+    out["p_holm"] = holm(out["p"].astype(float).tolist())
     out["family"] = int(tested.sum())
     out["verdict"] = [verdict(m, p, why) for m, p, why in zip(out["mean"], out["p_holm"], out["untested_because"])]
     return out

@@ -37,7 +37,8 @@ class Table6Reference:
     delta_column: ClassVar[str] = "paper Δ"  # with_paper_delta's column
     corrected_note: ClassVar[str] = "the orderings below give Holm-corrected ones"
     options: ClassVar[dict[str, str]] = {
-        "untested": 'arms the setup could not test, comma-separated NORM or NORM/VARIANT ("post/moda +ffn_kv")'
+        "untested": 'arms the setup could not test, comma-separated NORM or NORM/VARIANT, either with @LR for the '
+        'arms at that peak lr only ("post/moda +ffn_kv", "post@3.75e-4")'
     }
 
     @property
@@ -79,10 +80,10 @@ class Table6Reference:
             f"matched by our {' and '.join(f'`{n}`' for n in PAPER_NORMS['post'])}. A depth the paper did not run "
             "under a norm is checked against the paper's nearest depth under it (`paper layers`). Δ = loss of the "
             f"first minus the second, with its {level} CI (uncorrected), the paired t-test's p and the Holm-corrected "
-            "p over every ordering tested in this analysis (one family). Verdicts: "
+            "p over every ordering with a p-value in this analysis (one family, untested ones included). Verdicts: "
             f"{', '.join(f'*{v}*' for v in VERDICTS)}; *resolved* needs the Holm-corrected p < {ALPHA:g}, the sign is "
             "ours against the paper's, and *untested* is an ordering the setup could not test (not run, fewer than 2 "
-            "pairs, a run that did not train, or an arm marked untested), left out of the family. Params: the first "
+            "pairs, a run that did not train, or an arm marked untested). Params: the first "
             "variant's parameter count against the second's. *Pairs to resolve*: the fewest seed pairs at which the "
             "uncorrected interval would exclude 0 (either side) if more seeds kept the measured mean and std of Δ: a "
             "planning estimate, not a prediction.",

@@ -14,8 +14,9 @@ Keys:
   reference=MODULE     the published result the report compares with (moda_lab.analysis.reference): MODULE's
                        REFERENCE or MODULE:NAME (default moda_paper: the paper's Table 6); none: no comparison
   untested=ARMS        (moda_paper) arms the setup could not test (e.g. an under-tuned lr), comma-separated NORM or
-                       NORM/VARIANT (untested="post/moda +ffn_kv"): their Table 6 orderings are "untested";
-                       a reference's own keys are allowed beside these
+                       NORM/VARIANT, either with @LR for the arms at that peak lr only (untested="post/moda +ffn_kv",
+                       untested=post@3.75e-4): their Table 6 orderings are "untested"; a reference's own keys are
+                       allowed beside these
   pdf=true             write each figure as PDF too (default: PNG only)
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 

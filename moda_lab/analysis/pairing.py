@@ -18,8 +18,8 @@ two cells then pair by seed (significance.pair_by_seed). The optimizer, schedule
 pair group: an adamw row and a muon_wsd row of one folder are never compared.
 
 Corrections for many tests are unchanged by the rule: each paired row is one test (p uncorrected); McNemar's Holm
-family is the tasks of one pair of runs; a reference's family (moda_paper's orderings) is every row it tested, a
-shared-lr and an own-lr comparison alike, while a row without a pair is untested and outside it.
+family is the tasks of one pair of runs; a reference's family (moda_paper's orderings) is every row with a p-value,
+a shared-lr and an own-lr comparison alike, while a row without a pair has none and is outside it.
 """
 
 from __future__ import annotations

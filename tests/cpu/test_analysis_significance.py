@@ -180,16 +180,29 @@ def test_verdict_words_and_untested_arms(sweep: Path, tmp_path: Path, capsys):
     assert verdict(-0.05, 0.049) == "resolved, paper's sign" and verdict(0.05, 0.01) == "resolved, opposite sign"
     assert verdict(-0.05, 0.05) == "same sign, not resolved" and verdict(0.05, 0.2) == "opposite sign, not resolved"
     assert verdict(-0.05, 0.001, "a run did not train") == "untested" and verdict(-0.05, float("nan")) == "untested"
-    # Marking post-norm MoDA + FFN KV untested leaves moda < residual alone in the family: its Holm p is its p.
+    # Marking post-norm MoDA + FFN KV untested makes its two orderings untested but keeps them in the family: the
+    # Holm p of moda < residual is what it was unmarked (a marking made after seeing runs never resolves another).
     summary = analyze(load_sweep_dir(sweep)).summary
+    unmarked = check_orderings(summary).set_index(["norm", "ordering"])
     orders = check_orderings(summary, untested=(UntestedArm.parse("post/moda +ffn_kv"),))
     post = orders[orders["norm"] == "post"].set_index("ordering")
-    assert set(orders["family"]) == {1}
-    assert post.loc["moda < residual", "p_holm"] == pytest.approx(post.loc["moda < residual", "p"])
+    assert set(orders["family"]) == {4}  # a run that did not train keeps its p in the family too
+    assert post.loc["moda < residual", "p_holm"] == pytest.approx(unmarked.loc[("post", "moda < residual"), "p_holm"])
+    assert post.loc["moda < residual", "p_holm"] > post.loc["moda < residual", "p"]  # corrected over 4, not alone
     for o in ("moda +ffn_kv < residual", "moda +ffn_kv < moda"):
         assert (post.loc[o, "verdict"], post.loc[o, "untested_because"]) == ("untested", "marked untested (post/moda +ffn_kv)")
     every = check_orderings(summary, untested=(UntestedArm.parse("post"),))
-    assert set(every.loc[every["norm"] == "post", "verdict"]) == {"untested"} and set(every["family"]) == {0}
+    assert set(every.loc[every["norm"] == "post", "verdict"]) == {"untested"} and set(every["family"]) == {4}
+    # @LR: only the orderings whose arms ran at that peak lr (an under-tuned lr beside tuned rows of the norm).
+    lr = float(summary.loc[(summary["norm"] == "post") & (summary["variant"] == "residual"), "peak_lr"].iloc[0])
+    at_lr = check_orderings(summary, untested=(UntestedArm.parse(f"post@{lr:g}"),))
+    assert set(at_lr.loc[at_lr["norm"] == "post", "untested_because"]) == {f"marked untested (post@{lr:g})"}
+    other = check_orderings(summary, untested=(UntestedArm.parse(f"post@{2 * lr:g}"),))
+    assert not other["untested_because"].str.startswith("marked").any() and set(other["family"]) == {4}
+    with pytest.raises(ValueError, match="lr 'fast' is not allowed; allowed: a positive number"):
+        UntestedArm.parse("post@fast")
+    with pytest.raises(ValueError, match="lr '-1' is not allowed"):
+        UntestedArm.parse("post/moda@-1")
     with pytest.raises(ValueError, match="norm 'prenorm' is not allowed; allowed: post, pre, reordered"):
         UntestedArm.parse("prenorm")
     with pytest.raises(ValueError, match="variant 'dense' is not allowed"):
@@ -296,15 +309,17 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     assert len(PAPER_TABLE6) == 9 and len(paper_orderings()) == 9
     orders = result.claims
     by = {(r["layers"], r["norm"], r["ordering"]): r for _, r in orders.iterrows()}
-    # The family: the three 24-layer post-norm orderings (the rest are untested); Holm by hand on their p-values.
+    # The family: every ordering with a p: the three 24-layer post-norm ones and the reordered one, untested since
+    # a run did not train but still corrected for (the rest have no p); Holm by hand on their p-values.
     tested = orders[orders["untested_because"] == ""]
-    assert len(tested) == 3 and set(orders["family"]) == {3}
+    assert len(tested) == 3 and set(orders["family"]) == {4}
     p = {o: by[(24, "post", o)]["p"] for o in ("moda < residual", "moda +ffn_kv < residual", "moda +ffn_kv < moda")}
+    p_reordered = by[(24, "reordered", "moda < residual")]["p"]
     low, mid, high = sorted(p.values())
-    assert high > 0.05 > mid  # moda < residual: -0.037 [-0.075, +0.001], p 0.053
-    assert by[(24, "post", "moda +ffn_kv < moda")]["p_holm"] == pytest.approx(max(3 * low, 2 * mid))
-    assert by[(24, "post", "moda +ffn_kv < residual")]["p_holm"] == pytest.approx(max(3 * low, 2 * mid))
-    assert by[(24, "post", "moda < residual")]["p_holm"] == pytest.approx(high)
+    assert high < p_reordered and high > 0.05 > mid  # moda < residual: -0.037 [-0.075, +0.001], p 0.053
+    assert by[(24, "post", "moda +ffn_kv < moda")]["p_holm"] == pytest.approx(max(4 * low, 3 * mid))
+    assert by[(24, "post", "moda +ffn_kv < residual")]["p_holm"] == pytest.approx(max(4 * low, 3 * mid))
+    assert by[(24, "post", "moda < residual")]["p_holm"] == pytest.approx(2 * high)
     assert by[(24, "post", "moda < residual")]["verdict"] == "same sign, not resolved"
     assert by[(24, "post", "moda +ffn_kv < residual")]["verdict"] == "resolved, paper's sign"
     assert by[(24, "post", "moda +ffn_kv < residual")]["params_change"] == pytest.approx(
@@ -326,7 +341,7 @@ def test_paper_orderings_are_checked_with_sign_and_interval(result):
     half = T_975_1 * pd.Series([0.05, 0.06]).std() / math.sqrt(2)
     assert reordered["ci_high"] == pytest.approx(0.055 + half, abs=1e-5)
     assert (reordered["verdict"], reordered["untested_because"]) == ("untested", "a run did not train")
-    assert pd.notna(reordered["p"]) and pd.isna(reordered["p_holm"])  # tested by t, but not in the family
+    assert pd.notna(reordered["p"]) and pd.notna(reordered["p_holm"])  # untested, yet its p stays in the family
     assert set(orders["verdict"]) <= set(VERDICTS)
     not_run = orders[orders["untested_because"] == "not run"]
     assert set(not_run["verdict"]) == {"untested"}
@@ -428,7 +443,7 @@ def test_report_section_and_files(sweep: Path, tmp_path: Path):
         return found[0]
 
     ffn = line("| 24 | post | post |", "| moda +ffn_kv < residual |")
-    assert "| -0.0402 | -0.1000 | +8.3% params | 3 | [-0.1248, -0.0752] | 0.003 | 0.008 | resolved, paper's sign |" in ffn
+    assert "| -0.0402 | -0.1000 | +8.3% params | 3 | [-0.1248, -0.0752] | 0.003 | 0.011 | resolved, paper's sign |" in ffn
     assert "| n=1 | – | – | untested | 1 pair: no test |" in line("| 48 | pre | pre |", "| moda < residual |")
     assert "reproduc" not in report.lower()
     moda = line("| moda − residual | same params | val/loss | 3 | 1, 2, 3 |", "| 24 | 384 | post |")
