@@ -125,6 +125,10 @@ def _trainer_kwargs(run: RunConfig) -> dict:
         "check_val_every_n_epoch": None,
         "log_every_n_steps": t.log_every,
         "num_sanity_val_steps": 0,
+        # Validation under no_grad, not inference_mode: the step-0 trainer.validate and the validations inside fit
+        # then hand the compiled model tensors with the same dispatch keys, so they share one graph (with
+        # inference_mode the second was traced and compiled again).
+        "inference_mode": False,
         "enable_model_summary": False,
         "plugins": [AtomicCheckpointIO()],
         # ResumableSampler shards by rank itself; Lightning's DistributedSampler wrapper would shard it again.

@@ -237,7 +237,7 @@ def test_a_fresh_process_compiles_from_the_saved_file_and_a_damaged_one_compiles
     (saved,) = folder.iterdir()
     assert cold["loaded"] == "none" and cold["saved"] == "written" and cold["saved_bytes"] == saved.stat().st_size
     # Forward and backward of the training step and the validation forward: three FX graphs, two AOT entries,
-    # compiled once each (the validation in fit compiles again, an identical graph: a hit of the local cache).
+    # compiled once each (the validations inside fit reuse the step-0 validation's graph: no third trace).
     assert cold["fxgraph_cache_miss"] == 3 and cold["autograd_cache_miss"] == 2
 
     warm, _ = launch(tmp_path, tiny_corpus, "warm", folder)

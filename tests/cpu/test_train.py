@@ -225,3 +225,18 @@ def test_sampler_resumes_at_any_batch_across_epochs(world):
             s = ResumableSampler(10 * world + 1, seed=3, rank=rank, world=world)
             s.seek(4 * k, 4)
             assert batches(s, 3)[0] == full[k], (rank, k)
+
+
+@pytest.mark.slow  # a compiled run, ~20 s on two cores
+def test_compiled_validation_is_traced_once(tiny_corpus, tmp_path):
+    """The step-0 validation (trainer.validate) and the validations inside fit share one compiled graph: with
+    Lightning's inference_mode they were traced twice (their inputs' dispatch keys differed)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=residual", "model.n_layers=1", "trainer.compile=true",
+                                           "trainer.max_steps=4", "trainer.val_every=2", "trainer.ckpt_every=2", *FAST])
+    train(cfg, tmp_path / "run")
+    assert sum(1 for r in rows(tmp_path / "run") if "val/loss" in r) == 3  # steps 0, 2 and 4
+    assert counters["stats"]["unique_graphs"] == 2  # the training step and the validation forward
