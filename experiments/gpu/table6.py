@@ -454,7 +454,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-extra", nargs="*", action="extend", default=[], help="overrides for the lr sweep's jobs")
     p.add_argument("--row-extra", nargs="*", action="extend", default=[],
                    help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
+    p.add_argument("--plan", action="store_true", help="launch nothing: print the lr choices, the rows done per "
+                   "cell and every job left, against the committed archives (COMMITTED) unless --run-root is given")
     return p
+
+
+COMMITTED = ROOT / "experiments" / "results" / "runs_gpu"  # <sweep>.tar.xz: what earlier sessions brought back
+
+
+def committed_run_root(plan_name: str, sweep_name: str, into: Path) -> Path:
+    """A run root holding the committed archives of the rows' and the sweep's folders (links to their checked
+    extraction, moda_lab.analysis.archive.open_archive); ``into`` is an empty folder."""
+    from moda_lab.analysis.archive import open_archive
+
+    for name in (plan_name, sweep_name):
+        archive = COMMITTED / f"{name}.tar.xz"
+        if archive.is_file():
+            (into / name).symlink_to(open_archive(archive), target_is_directory=True)
+    return into
+
+
+def packed_dir_of(run_root: Path) -> str | None:
+    """The data.packed_dir of the runs under ``run_root`` (part of every run dir's name), from a run's config."""
+    import yaml
+
+    for config in sorted(run_root.glob("*/*/config.yaml")):
+        packed = (yaml.safe_load(config.read_text()).get("data") or {}).get("packed_dir")
+        if packed:
+            return str(packed)
+    return None
+
+
+def describe_plan(plan: Plan) -> str:
+    """The lr choices, rows done and left per (norm, model) cell, and every job left in launch order."""
+    jobs, choices = plan_jobs(plan)
+    lines = ["lr choices (the sweep's best; * at the edge of what was tried):"]
+    for key, choice in choices.items():
+        lines.append(f"  {key}: {fmt_lr(choice['lr'])}{' *' if choice.get('at_edge') else ''}")
+    unchosen = [c.key for c in plan.cells() if c.key not in choices]
+    lines += [f"  {key}: not chosen yet (its sweep has runs left)" for key in unchosen]
+    lines.append(f"rows (seeds {','.join(map(str, plan.seeds)) or 'none'}), done per cell:")
+    for norm in plan.norms:
+        for model in plan.models:
+            lr = row_lr(plan, choices, norm, model)
+            if lr is None:
+                lines.append(f"  {norm} {model}: lr not chosen yet; {len(plan.seeds)} rows left")
+                continue
+            done = [s for s in plan.seeds if is_done(plan, Job("row", norm, lr, model, s, recipe=plan.row_recipe))]
+            left = [s for s in plan.seeds if s not in done]
+            lines.append(f"  {norm} {model} at {fmt_lr(lr)}: done seeds {done or '-'}, left {left or '-'}")
+    lines.append(f"jobs left, in launch order ({len(jobs)}):")
+    for job in jobs:
+        seed = f" seed {job.seed}" if job.stage == "row" else ""
+        lines.append(f"  {job.stage} {job.norm} {job.model} lr {fmt_lr(job.lr)}{seed}")
+    return "\n".join(lines)
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -507,10 +560,31 @@ def load_recipes(path: Path) -> dict[str, Recipe]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.plan:
+        return print_plan(args, argv)
     status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s)
     print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget", "eval_lost")},
                      indent=1))
     return status
+
+
+def print_plan(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """--plan: what a driver with these arguments would do, against --run-root or the committed archives."""
+    import tempfile
+
+    given = any(a == "--run-root" or a.startswith("--run-root=") for a in (argv if argv is not None else sys.argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        if not given:
+            plan = plan_from_args(args)
+            args.run_root = committed_run_root(plan.name, plan.sweep_name, Path(tmp))
+        if not any(e.startswith("data.packed_dir=") for e in args.extra):
+            packed = packed_dir_of(args.run_root)
+            if packed:
+                args.extra = [f"data.packed_dir={packed}", *args.extra]
+        plan = plan_from_args(args)
+        print(describe_plan(plan))
+        jobs, choices = plan_jobs(plan)
+    return {"left": [job.__dict__ for job in jobs], "lr_choice": choices}
 
 
 if __name__ == "__main__":

@@ -500,3 +500,23 @@ def test_repeated_override_options_accumulate():
                                              "--row-extra", "x=1", "--row-extra", "y=2"])
     plan = table6.plan_from_args(args)
     assert plan.extra == ("data.packed_dir=p", "a.b=1") and plan.row_extra[-2:] == ("x=1", "y=2")
+
+
+def test_plan_prints_the_choices_the_rows_left_per_cell_and_the_jobs_left(plan, capsys):
+    """--plan launches nothing: it says which lr each cell chose, which seeds each cell still needs and every job
+    left, in launch order (what a closing note lists as the cells that remain)."""
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+        fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
+    fake_run(plan, table6.Job("row", "post", 2e-3, "residual", 1), curve(3.0))
+    text = table6.describe_plan(plan)
+    assert "  post: 0.002\n" in text and "  pre: not chosen yet (its sweep has runs left)" in text
+    assert "  post residual at 0.002: done seeds [1], left [0]" in text
+    assert "  post moda at 0.002: done seeds -, left [0, 1]" in text
+    assert "  pre residual: lr not chosen yet; 2 rows left" in text
+    assert text.endswith("jobs left, in launch order (6):\n  sweep pre residual lr 0.001\n  sweep pre residual lr "
+                         "0.002\n  sweep pre residual lr 0.004\n  row post moda lr 0.002 seed 0\n  row post residual "
+                         "lr 0.002 seed 0\n  row post moda lr 0.002 seed 1")
+    args = ["--plan", "--run-root", str(plan.run_root), "--name", "t6", "--experiment", "", "--norms", "post",
+            "--seeds", "0,1", "--models", "moda,residual", "--grid", "1e-3,2e-3,4e-3", "--sweep-steps", "4"]
+    assert len(table6.main(args)["left"]) == 3  # post only: its three rows left
+    assert "  post residual at 0.002: done seeds [1], left [0]" in capsys.readouterr().out
