@@ -544,7 +544,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 def load_recipes(path: Path) -> dict[str, Recipe]:
     """{name: {"overrides": [...], "grid": [...] or {norm: [...]}, "norms": [...], "models": [...], "max_extend": n}}
     -> Recipes."""
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--recipes {path}: cannot read it ({err}); allowed: a JSON file of named recipes") from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"--recipes {path}: not a JSON object of named recipes ({{name: {{overrides, grid, ...}}}})")
     known = {f for f in Recipe.__dataclass_fields__}
     out = {}
     for name, spec in raw.items():

@@ -144,6 +144,15 @@ def test_only_recipes_keeps_the_named_recipes_and_refuses_unknown_ones(tmp_path)
         table6.plan_from_args(args)
 
 
+def test_a_missing_or_broken_recipes_file_is_one_line_naming_it(tmp_path):
+    for text in (None, "{not json", "[1, 2]"):
+        path = tmp_path / "recipes.json"
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(SystemExit, match=f"--recipes {path}: "):
+            table6.load_recipes(path)
+
+
 def test_recipes_file_rejects_unknown_keys(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"x": {"overrides": ["a=b"], "gird": [1e-3]}}))
