@@ -26,6 +26,11 @@ def catalogue_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: seeds, loss mean and std, and the analysis' paired difference to the baseline
     (significance.paired_differences: same cell otherwise, paired by seed) with Holm over the variants."""
     runs = runs[runs["complete"].astype(bool)]
+    cells = runs.groupby("variant")["cell"].nunique()
+    if (cells > 1).any():  # its rows average over a variant's runs: mixed cells would be one silent wrong mean
+        mixed = ", ".join(f"{v} ({n} cells)" for v, n in cells[cells > 1].items())
+        raise SystemExit(f"runs.csv holds several cells of a variant: {mixed}; the catalogue table takes one cell "
+                         "per variant (one norm, lr and config): keep one cell's rows first")
     paired = paired_differences(runs, metrics=["val/loss"], baseline=BASELINE).set_index("variant")
     rows = []
     for variant, g in runs.groupby("variant", sort=False):

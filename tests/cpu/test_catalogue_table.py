@@ -38,3 +38,12 @@ def test_verdicts_follow_holm_over_the_variants_with_two_pairs():
     text = table.markdown(table.catalogue_rows(runs_frame()))
     assert "| mudd | 3 |" in text and "resolved, lower" in text and "not resolved" in text
     assert "untested (fewer than 2 pairs)" in text and "Holm p (2 tested)" in text
+
+
+def test_a_variant_with_several_cells_is_refused_not_averaged():
+    import pytest
+
+    frame = runs_frame()
+    other = frame[frame["variant"] == "mudd"].assign(cell="mudd-lr2", **{"val/loss": 9.0})
+    with pytest.raises(SystemExit, match=r"several cells of a variant: mudd \(2 cells\)"):
+        table.catalogue_rows(pd.concat([frame, other], ignore_index=True))
