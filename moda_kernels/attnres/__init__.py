@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from .naive import naive_attnres_read, naive_attnres_read_bwd
 
-__all__ = ["attnres_read_backward", "attnres_read_forward", "naive_attnres_read", "naive_attnres_read_bwd"]
+__all__ = ["attnres_read_backward", "attnres_read_forward", "backward_reads_forward", "naive_attnres_read",
+           "naive_attnres_read_bwd"]
+
+
+def backward_reads_forward(D: int) -> bool:
+    """Whether the kernel's backward at width D takes the forward's (out, lse, lo) back (the one-pass schedule);
+    the two-pass backward recomputes everything, so a caller need not keep them."""
+    from .triton_kernels import schedule
+
+    return schedule(D, "bwd") is not None
 
 
 def attnres_read_forward(h, last, query, gain, eps):

@@ -253,19 +253,27 @@ def test_one_pass_backward_in_bf16_takes_out_with_its_rounding_residual():
     assert query_grads_error(torch.zeros_like(lo)) > 1e-3
 
 
-def test_triton_backend_reads_through_the_kernel(monkeypatch):
-    """attn_backend=triton routes every read through the Triton kernel, with the reference's loss and gradients."""
+@pytest.mark.parametrize("passes", ["one-pass", "two-pass"])
+def test_triton_backend_reads_through_the_kernel(passes, monkeypatch):
+    """attn_backend=triton routes every read through the Triton kernel, with the reference's loss and gradients;
+    the read op keeps the forward's lse and lo only for the one-pass backward (two-pass: empty, nothing saved)."""
     import moda_lab.model.mixers.attnres as mixer
+    from moda_kernels.attnres import triton_kernels as K
 
-    calls = []
+    if passes == "two-pass":
+        monkeypatch.setattr(K, "ONE_PASS_MAX_D", 63)  # below d_model = 64
+    calls, kept = [], []
     real = mixer.attnres_read_forward
     monkeypatch.setattr(mixer, "attnres_read_forward", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    real_op = mixer.depth_attnres
+    monkeypatch.setattr(mixer, "depth_attnres", lambda *a: (lambda r: kept.append(r[2].numel() > 0) or r)(real_op(*a)))
     cfg = attnres_cfg(2, attn_backend="triton", d_model=64)  # head dim 16: the attention kernel's smallest
     model = random_model(cfg).to(KERNEL_DEVICE)
     idx = torch.randint(0, 64, (2, 9)).to(KERNEL_DEVICE)
     loss = model(idx[:, :-1], idx[:, 1:])
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert calls == [1, 1, 2, 2, 3, 3, 3]  # slots read by each of the 2L reads and the output read
+    assert kept == [passes == "one-pass"] * 7
     model.set_backend("naive")
     ref = model(idx[:, :-1], idx[:, 1:])
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
@@ -439,7 +447,14 @@ def test_whole_model_compiles_to_one_graph(S):
 
 
 @pytest.mark.slow
-def test_whole_model_compiles_to_one_graph_through_the_kernel():
-    """The Triton read compiles to one graph too (its op returns the output and the log-sum-exp, which its
-    backward takes back), with the eager loss and gradients."""
+@pytest.mark.parametrize("passes", ["one-pass", "two-pass"])
+def test_whole_model_compiles_to_one_graph_through_the_kernel(passes, monkeypatch):
+    """The Triton read compiles to one graph too (its op returns the output and, for the one-pass backward, the
+    log-sum-exp and rounding residual, which that backward takes back; its fake op agrees on the schedule), with
+    the eager loss and gradients."""
+    from moda_kernels.attnres import triton_kernels as K
+
+    if passes == "two-pass":
+        monkeypatch.setattr(K, "ONE_PASS_MAX_D", 63)  # below d_model = 64
+    torch._dynamo.reset()  # the schedule is fixed within a process; here it changes between the two cases
     assert_compiles_to_one_graph(attnres_cfg(2, attn_backend="triton", d_model=64))

@@ -50,6 +50,7 @@ from torch.utils.flop_counter import register_flop_formula
 from moda_kernels.attnres import (
     attnres_read_backward,
     attnres_read_forward,
+    backward_reads_forward,
     naive_attnres_read,
     naive_attnres_read_bwd,
 )
@@ -62,23 +63,28 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op("moda_lab::depth_attnres", mutates_args=())
 def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor, gain: Tensor, n: int,
-                  eps: float, after: Tensor, kernel: bool) -> tuple[Tensor, Tensor, Tensor]:
+                  eps: float, after: Tensor, kernel: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
     """AttnRes read over the first n hidden-state slots of the stream and ``last``: (out [B, T, D] in the stream's
-    dtype, lse, lo), by the Triton kernel (``kernel``; lse: its softmax log-sum-exp [B, T] in fp32, lo: out's
-    rounding residual, like out; the backward takes both back with out) or the fp32 reference (lse and lo empty)
-    (moda_kernels/attnres)."""
+    dtype, lse, lo), by the Triton kernel (``kernel``) or the fp32 reference. With ``keep`` (the kernel's one-pass
+    schedule: moda_kernels.attnres.backward_reads_forward) lse is its softmax log-sum-exp [B, T] in fp32 and lo
+    out's rounding residual, like out, which the backward takes back with out; else both are empty (the two-pass
+    backward and the reference recompute). ``keep`` is an argument, not decided inside, so that it is part of the
+    traced graph and of every compile cache's key (moda_kernels/attnres)."""
     h = data[0, :, :, :n]
     if kernel:
         out, lse, lo = attnres_read_forward(h, last, query, gain, eps)
-        return out.contiguous(), lse, lo
-    out = naive_attnres_read(h, last, query, gain, eps).contiguous()
+        if keep:
+            return out.contiguous(), lse, lo
+        out = out.contiguous()  # lse and lo ([B, T, D]) would be saved for a backward that does not read them
+    else:
+        out = naive_attnres_read(h, last, query, gain, eps).contiguous()
     return out, data.new_empty(0, dtype=torch.float32), data.new_empty(0)
 
 
 @depth_attnres.register_fake
-def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after, kernel):
+def _depth_attnres_fake(data, grad, last, query, gain, n, eps, after, kernel, keep):
     out = data.new_empty(data.shape[1:3] + data.shape[4:])
-    if kernel:
+    if kernel and keep:
         return out, data.new_empty(data.shape[1:3], dtype=torch.float32), data.new_empty(out.shape)
     return out, data.new_empty(0, dtype=torch.float32), data.new_empty(0)
 
@@ -106,11 +112,12 @@ def _depth_attnres_bwd_fake(g, data, grad, last, query, gain, n, eps, kernel, ou
 
 
 def _attnres_setup(ctx, inputs, output):
-    data, grad, last, query, gain, n, eps, after, kernel = inputs
+    data, grad, last, query, gain, n, eps, after, kernel, keep = inputs
     out, lse, lo = output
     ctx.mark_non_differentiable(lse, lo)
-    # The kernel's one-pass backward reads the forward's outputs; the reference recomputes everything.
-    ctx.save_for_backward(data, grad, last, query, gain, *((out, lse, lo) if kernel else (None, None, None)))
+    # The kernel's one-pass backward reads the forward's outputs; the two-pass kernels and the reference recompute.
+    reads = kernel and keep
+    ctx.save_for_backward(data, grad, last, query, gain, *((out, lse, lo) if reads else (None, None, None)))
     ctx.n, ctx.eps, ctx.kernel, ctx.has_last = n, eps, kernel, last is not None
 
 
@@ -118,7 +125,7 @@ def _attnres_backward(ctx, g, g_lse, g_lo):
     data, grad, last, query, gain, out, lse, lo = ctx.saved_tensors
     dlast, dquery, dgain, dafter = depth_attnres_bwd(g, data, grad, last, query, gain, ctx.n, ctx.eps, ctx.kernel,
                                                      out, lse, lo)
-    return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter, None
+    return None, None, dlast if ctx.has_last else None, dquery, dgain, None, None, dafter, None, None
 
 
 depth_attnres.register_autograd(_attnres_backward, setup_context=_attnres_setup)
@@ -157,8 +164,9 @@ class DepthQuery(nn.Module):
     def forward(self, stream, last: Tensor | None, kernel: bool = False) -> Tensor:
         """Attend over the stream's written slots and ``last`` [B, T, D] (the partial block sum, or None), with
         the Triton kernel (``kernel``) or the fp32 reference."""
+        keep = kernel and backward_reads_forward(stream.data.shape[-1])
         out, _, _ = depth_attnres(stream.data, stream.grad, last, self.query, self.key_norm.weight, stream.size,
-                                  self.key_norm.eps, stream.token, kernel)
+                                  self.key_norm.eps, stream.token, kernel, keep)
         return out
 
 
