@@ -36,6 +36,7 @@ from moda_lab.analysis.significance import (
     markdown_table,
     pair_lrs_text,
     params_text,
+    shows_lrs,
 )
 from moda_lab.analysis.tables import with_derived
 from moda_lab.errors import UsageError
@@ -129,10 +130,11 @@ def check_orderings(
 ) -> pd.DataFrame:
     """One row per paper ordering and cell of its better arm whose pair group has its worse arm (same layers,
     Table 6's width and heads, a norm of PAPER_NORMS; the arms paired as the module docstring says): the paired
-    val-loss difference better - worse with its interval and t-test ``p``, ``p_holm`` (Holm over every row tested
-    here: ``family`` rows), the paper's Δ, the parameter change of better against worse, the arms' lrs (LR_COLUMNS: ``lr`` the better arm's, ``baseline_lr`` the worse arm's) and the verdict
-    (VERDICTS; ``untested_because`` says why where untested). An ordering no cell of ours matches gets one row,
-    untested because "not run".
+    val-loss difference better - worse with its interval and t-test ``p``, ``p_holm`` (Holm over every row with a
+    p here: ``family`` rows), the paper's Δ, the parameter change of better against worse, the arms' lrs
+    (LR_COLUMNS: ``lr`` the better arm's, ``baseline_lr`` the worse arm's) and the verdict (VERDICTS;
+    ``untested_because`` says why where untested). An ordering no cell of ours matches gets one row, untested
+    because "not run".
 
     A depth of ours that the paper did not run under that norm (24-layer pre-norm: the paper has 48 only) is checked
     against the orderings of the paper's nearest depth under the same norm; ``paper layers`` says which."""
@@ -215,7 +217,7 @@ def orderings_markdown(orderings: pd.DataFrame) -> str:
     family = int(orderings["family"].max()) if len(orderings) else 0
     header = ["layers", *(["paper layers"] if show_depth else []), "paper norm", "our norm"]
     header += ["config"] if show_config else []
-    show_lrs = "lr" in orderings and orderings["lr"].notna().any()
+    show_lrs = shows_lrs(orderings)
     header += ["lr: better vs worse"] if show_lrs else []
     header += ["paper ordering", "paper Δ", "our Δ mean", "params", "pairs", f"{level_text(orderings)} CI"]
     header += ["p", f"Holm p ({family} tested)", "verdict", "untested because", "pairs to resolve", "unpaired seeds"]

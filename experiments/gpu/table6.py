@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
     p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
-    p.add_argument("--run-root", type=Path, default=Path("runs_gpu"))
+    p.add_argument("--run-root", type=Path, default=None, help=f"default {Plan.run_root} (--plan: the committed "
+                   "archives)")
     p.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")) / "table6")
     p.add_argument("--extra", nargs="*", action="extend", default=[], help="overrides for every job (repeatable)")
     p.add_argument("--sweep-extra", nargs="*", action="extend", default=[], help="overrides for the lr sweep's jobs")
@@ -485,9 +486,9 @@ def packed_dir_of(run_root: Path) -> str | None:
     return None
 
 
-def describe_plan(plan: Plan) -> str:
-    """The lr choices, rows done and left per (norm, model) cell, and every job left in launch order."""
-    jobs, choices = plan_jobs(plan)
+def describe_plan(plan: Plan, jobs: list[Job], choices: dict[str, dict]) -> str:
+    """The lr choices, rows done and left per (norm, model) cell, and every job left in launch order (``jobs`` and
+    ``choices``: plan_jobs(plan))."""
     lines = ["lr choices (the sweep's best; * at the edge of what was tried):"]
     for key, choice in choices.items():
         lines.append(f"  {key}: {fmt_lr(choice['lr'])}{' *' if choice.get('at_edge') else ''}")
@@ -529,7 +530,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         models=tuple(args.models.split(",")),
         grid=tuple(float(x) for x in args.grid.split(",")),
         sweep_steps=args.sweep_steps,
-        run_root=args.run_root,
+        run_root=args.run_root or Plan.run_root,
         extra=tuple(args.extra),
         sweep_extra=tuple(args.sweep_extra),
         row_extra=row_extra,
@@ -566,20 +567,19 @@ def load_recipes(path: Path) -> dict[str, Recipe]:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.plan:
-        return print_plan(args, argv)
+        return print_plan(args)
     status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s)
     print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget", "eval_lost")},
                      indent=1))
     return status
 
 
-def print_plan(args: argparse.Namespace, argv: list[str] | None) -> dict:
+def print_plan(args: argparse.Namespace) -> dict:
     """--plan: what a driver with these arguments would do, against --run-root or the committed archives."""
     import tempfile
 
-    given = any(a == "--run-root" or a.startswith("--run-root=") for a in (argv if argv is not None else sys.argv))
     with tempfile.TemporaryDirectory() as tmp:
-        if not given:
+        if args.run_root is None:
             plan = plan_from_args(args)
             args.run_root = committed_run_root(plan.name, plan.sweep_name, Path(tmp))
         if not any(e.startswith("data.packed_dir=") for e in args.extra):
@@ -587,8 +587,8 @@ def print_plan(args: argparse.Namespace, argv: list[str] | None) -> dict:
             if packed:
                 args.extra = [f"data.packed_dir={packed}", *args.extra]
         plan = plan_from_args(args)
-        print(describe_plan(plan))
         jobs, choices = plan_jobs(plan)
+        print(describe_plan(plan, jobs, choices))
     return {"left": [job.__dict__ for job in jobs], "lr_choice": choices}
 
 

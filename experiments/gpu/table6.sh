@@ -16,12 +16,14 @@
 #     of earlier sessions are extracted from their archives, so finished runs are not repeated.
 #   The driver is a chain (experiments/gpu/table6_chain.sh): GPU_TESTS="<pytest arguments>" first runs those GPU
 #   tests (at most 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
-#   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as call/before_rows/ in runs.tar.gz),
-#   then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes back as call/gpu_tests.txt.
+#   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as
+#   call/before_rows/ in runs.tar.gz), then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes
+#   back as call/gpu_tests.txt in runs.tar.gz.
 #   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
 # Every run loads and saves its torch.compile artifacts in .compile_cache/ (trainer.compile_cache,
 # docs/COMPILE_CACHE.md: one file per variant, torch, triton and GPU). Each call brings that folder back as
-# compile_cache/ (files up to 15 MiB); carry .compile_cache on the next call and its runs compile from it.
+# compile_cache/ (its 6 newest files, each up to 15 MiB); carry .compile_cache on the next call and its runs
+# compile from it.
 source experiments/gpu/env.sh
 # What comes back is at most 8 files: table6.log, runs.tar.gz (the runs and, under call/, this call's small files)
 # and up to 6 compile-cache files.

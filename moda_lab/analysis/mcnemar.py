@@ -35,6 +35,7 @@ from moda_lab.analysis.significance import (
     holm,
     markdown_table,
     pair_lrs_text,
+    shows_lrs,
 )
 from moda_lab.analysis.tidy import complete_runs, sort_cells
 from moda_lab.errors import UsageError
@@ -205,7 +206,7 @@ def mcnemar_table(
 def mcnemar_markdown(table: pd.DataFrame) -> str:
     """The per-question tests in Markdown: accuracy difference in points, b and c, p before and after Holm."""
     show_config = "config" in table and table["config"].fillna("").astype(bool).any()
-    show_lrs = "lr" in table and table["lr"].notna().any()
+    show_lrs = shows_lrs(table)
     header = ["layers", "norm", *(["config"] if show_config else []), *([LRS_HEADER] if show_lrs else [])]
     header += ["variant − baseline", "seed", "task", "metric"]
     header += ["questions", "Δ acc (pp)", "b: variant only right", "c: baseline only right", "p (exact)"]

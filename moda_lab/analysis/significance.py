@@ -423,8 +423,9 @@ def pair_lrs_text(row: pd.Series | dict) -> str:
     return f"{lr_text(lr)} vs {lr_text(base)}"
 
 
-def _shows_lrs(frame: pd.DataFrame) -> bool:
-    # The lr column only where some row knows its lr (runs without trainer.lr, earlier tables: none).
+def shows_lrs(frame: pd.DataFrame) -> bool:
+    """Whether a paired table shows its lr column: where some row knows its lr (runs without trainer.lr, earlier
+    tables: none)."""
     return "lr" in frame and frame["lr"].notna().any()
 
 
@@ -443,7 +444,7 @@ def paired_markdown(
     if rows_frame.empty:
         return "_No non-baseline cell among the complete runs._\n"
     ids = _shown_group_columns(rows_frame)
-    lrs = _shows_lrs(rows_frame)
+    lrs = shows_lrs(rows_frame)
     header = [*ids, *([LRS_HEADER] if lrs else []), "variant − baseline", "params", "metric", "pairs", "seeds"]
     header += ["Δ mean", "Δ std"]
     header += [f"{level_text(paired)} CI", "p (uncorrected)"]

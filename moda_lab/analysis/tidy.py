@@ -330,8 +330,8 @@ def off_grid_steps(rows: pd.DataFrame) -> pd.Series:
     keys = [c for c in [*CELL_COLUMNS, "variant"] if c in rows]
     off = pd.Series(False, index=rows.index)
     for _, cell in rows.groupby(keys, dropna=False, sort=False):
-        spans = cell.groupby("run")["step"].agg(["min", "max"])
         logged = cell.groupby("run")["step"].agg(set)
-        for idx, step in cell["step"].items():
-            off[idx] = any(lo < step < hi and step not in logged[run] for run, (lo, hi) in spans.iterrows())
+        skipped = {step for step in cell["step"].unique()
+                   if any(min(s) < step < max(s) and step not in s for s in logged)}
+        off[cell.index[cell["step"].isin(skipped)]] = True
     return off

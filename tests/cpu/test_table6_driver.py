@@ -517,7 +517,7 @@ def test_plan_prints_the_choices_the_rows_left_per_cell_and_the_jobs_left(plan, 
     for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
         fake_run(plan, table6.Job("sweep", "post", lr), curve(loss))
     fake_run(plan, table6.Job("row", "post", 2e-3, "residual", 1), curve(3.0))
-    text = table6.describe_plan(plan)
+    text = table6.describe_plan(plan, *table6.plan_jobs(plan))
     assert "  post: 0.002\n" in text and "  pre: not chosen yet (its sweep has runs left)" in text
     assert "  post residual at 0.002: done seeds [1], left [0]" in text
     assert "  post moda at 0.002: done seeds -, left [0, 1]" in text

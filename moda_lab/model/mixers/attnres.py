@@ -75,10 +75,10 @@ def depth_attnres(data: Tensor, grad: Tensor, last: Tensor | None, query: Tensor
         out, lse, lo = attnres_read_forward(h, last, query, gain, eps)
         if keep:
             return out.contiguous(), lse, lo
-        out = out.contiguous()  # lse and lo ([B, T, D]) would be saved for a backward that does not read them
+        # else lse and lo ([B, T, D]) would be saved for a backward that does not read them
     else:
-        out = naive_attnres_read(h, last, query, gain, eps).contiguous()
-    return out, data.new_empty(0, dtype=torch.float32), data.new_empty(0)
+        out = naive_attnres_read(h, last, query, gain, eps)
+    return out.contiguous(), data.new_empty(0, dtype=torch.float32), data.new_empty(0)
 
 
 @depth_attnres.register_fake
