@@ -8,12 +8,15 @@ as <sweep>/<run>/ when it finished training (meta.json status finished at its co
 and its manifest are packed again (deterministically: the same runs give the same bytes). An unfinished run is
 listed and left out: it came back without checkpoints, so the next session trains it from the start, and a partial
 copy in the repo would only be dropped then. A run already in the archive as finished is kept as it is. Other files
-under a sweep (lr_choice.json) are added when new. A sweep without an archive gets one.
+under a sweep are added when new; a JSON object already there (lr_choice.json, one entry per cell) takes the call's
+entries over its own, since the call's driver chose them from every committed run plus its own. A sweep without an
+archive gets one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tarfile
@@ -46,11 +49,25 @@ def merge_sweep(src: Path, folder: Path, report: dict[str, list[str]]) -> bool:
             report["copied"].append(rel)
             changed = True
     for f in sorted(src.glob("*")):
-        if f.is_file() and not (folder / f.name).exists():
-            shutil.copy2(f, folder / f.name)
+        if f.is_file() and merge_file(f, folder / f.name):
             report["files"].append(f"runs_gpu/{src.name}/{f.name}")
             changed = True
     return changed
+
+
+def merge_file(src: Path, dst: Path) -> bool:
+    """Bring a sweep-level file in: copied when new; a JSON object merged key by key, the call's entries first;
+    any other file already there kept. True if ``dst`` changed."""
+    if not dst.exists():
+        shutil.copy2(src, dst)
+        return True
+    if src.suffix != ".json":
+        return False
+    old, new = json.loads(dst.read_text()), json.loads(src.read_text())
+    if not (isinstance(old, dict) and isinstance(new, dict)) or {**old, **new} == old:
+        return False
+    dst.write_text(json.dumps({**old, **new}, indent=2))
+    return True
 
 
 def unpack(tarball: Path, into: Path) -> dict[str, list[str]]:

@@ -483,11 +483,12 @@ def test_unpack_adds_finished_runs_to_the_archive_and_keeps_committed_ones(tmp_p
     run_dir(machine, "done", "finished", 8)
     run_dir(machine, "cut", "running", 5)
     run_dir(machine, "committed", "finished", 8)
-    (machine / "runs_gpu" / "t6" / "lr_choice.json").write_text("{}")
+    (machine / "runs_gpu" / "t6" / "lr_choice.json").write_text('{"post": 2, "pre": 3}')
     with tarfile.open(tmp_path / "runs.tar.gz", "w:gz") as tar:
         tar.add(machine / "runs_gpu", "runs_gpu")
     into = tmp_path / "results"
     run_dir(tmp_path / "before", "committed", "finished", 8, text="old")
+    (tmp_path / "before" / "runs_gpu" / "t6" / "lr_choice.json").write_text('{"post": 1, "reordered": 4}')
     archive = into / "runs_gpu" / "t6.tar.xz"
     pack(tmp_path / "before" / "runs_gpu" / "t6", archive)
     report = unpack_runs.main([str(tmp_path / "runs.tar.gz"), "--into", str(into)])
@@ -496,11 +497,13 @@ def test_unpack_adds_finished_runs_to_the_archive_and_keeps_committed_ones(tmp_p
     runs = open_archive(archive)
     assert sorted(p.name for p in runs.iterdir()) == ["committed", "done", "lr_choice.json"]
     assert (runs / "committed" / "metrics.jsonl").read_text() == "old"
+    # the call's driver chose its cells from every committed run plus its own: its entries win, the others stay
+    assert json.loads((runs / "lr_choice.json").read_text()) == {"post": 2, "reordered": 4, "pre": 3}
     assert not (runs / "done" / "checkpoints").exists()
     assert sorted(p.name for p in (into / "runs_gpu").iterdir()) == ["t6.sha256", "t6.tar.xz"]  # no folder left
     packed = archive.read_bytes()
     again = unpack_runs.main([str(tmp_path / "runs.tar.gz"), "--into", str(into)])
-    assert again["copied"] == [] and archive.read_bytes() == packed  # nothing new: the archive is unchanged
+    assert again["copied"] == again["files"] == [] and archive.read_bytes() == packed  # nothing new: unchanged
 
 
 def test_repeated_override_options_accumulate():
