@@ -468,15 +468,52 @@ def lr_sweep_points(summary: pd.DataFrame, y: str = "val/loss") -> pd.DataFrame:
     return agg[out]
 
 
+# When the final losses of the lr sweeps span more than LR_SWEEP_ZOOM_SPAN nats (runs that collapsed to the unigram
+# loss beside runs that trained), a second panel shows the band within LR_SWEEP_ZOOM_BAND nats of the lowest point,
+# where the lr choices are made.
+LR_SWEEP_ZOOM_SPAN = 1.0
+LR_SWEEP_ZOOM_BAND = 0.4
+
+
 def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     """Final ``y`` vs the peak learning rate (log scale), one line per lr sweep in its variant's colour and its
     norm's line style, one marker shape per further config difference; hollow markers: a run that did not train;
-    a star on each line's lowest point."""
+    a star on each line's lowest point. Where the losses span more than LR_SWEEP_ZOOM_SPAN, a second panel
+    zooms on the band within LR_SWEEP_ZOOM_BAND of the lowest."""
     points = lr_sweep_points(summary, y)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if points.empty:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
         ax.text(0.5, 0.5, "no lr sweep in these runs", ha="center", va="center", transform=ax.transAxes)
         return fig
+    lowest = points[y].min()
+    zoom = points[y].max() - lowest > LR_SWEEP_ZOOM_SPAN
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(11.5 if zoom else 6.4, 4.4), squeeze=False)
+    for ax in axes[0]:
+        _draw_lr_sweeps(ax, points, y)
+    seeds = sorted(points["seeds"].unique())
+    seed_note = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "mean over seeds"
+    title = f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; star: lowest)"
+    if zoom:
+        axes[0, 1].set_ylim(lowest - 0.1 * LR_SWEEP_ZOOM_BAND, lowest + LR_SWEEP_ZOOM_BAND)
+        inside = points.loc[points[y] <= lowest + LR_SWEEP_ZOOM_BAND, "peak_lr"]  # and the lrs that reach the band
+        axes[0, 1].set_xlim(inside.min() / 1.25, inside.max() * 1.25)
+        axes[0, 1].set_title(f"zoom: within {LR_SWEEP_ZOOM_BAND:g} nats of the lowest ({lowest:.3f})", fontsize=9)
+        axes[0, 0].set_title("all runs", fontsize=9)
+        fig.suptitle(title, fontsize=9)
+    else:
+        axes[0, 0].set_title(title, fontsize=9)
+    if not zoom:
+        layout_with_legend(fig, *place_legend(axes[0, 0], drop=0.27), margin=1.1)  # the rotated lr ticks sit lower
+        return fig
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend, centred under both panels
+    fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + 0.16 * len(labels))
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.01), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.16 * len(labels) + 0.1) / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def _draw_lr_sweeps(ax, points: pd.DataFrame, y: str) -> None:
+    """Every sweep of ``points`` (lr_sweep_points) on one panel, with its axes."""
     colors = variant_colors(points)
     sweeps = points[["variant", "sweep_label"]].drop_duplicates()
     if sweeps["variant"].duplicated().any():  # a variant swept under several configs: each sweep its own colour
@@ -507,10 +544,4 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     ax.minorticks_off()
     ax.set_xlabel("peak learning rate (log scale)")
     ax.set_ylabel(f"final {axis_label(y)}")
-    seeds = sorted(points["seeds"].unique())
-    seed_note = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "mean over seeds"
-    ax.set_title(f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; "
-                 "star: lowest)", fontsize=9)
     ax.grid(alpha=0.3)
-    layout_with_legend(fig, *place_legend(ax, drop=0.27), margin=1.1)  # the rotated lr ticks sit lower
-    return fig

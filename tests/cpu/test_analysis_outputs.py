@@ -322,6 +322,14 @@ def test_lr_sweep_points_and_figure(tmp_path: Path):
     assert len(colors) == 2  # one variant, two sweeps: a colour each
     one = res.summary[res.summary["peak_lr"] < 2e-3]
     assert lr_sweep_points(one).empty and len(lr_sweep_points(res.summary[res.summary["peak_lr"] < 4e-3])) == 4
+    assert len(fig.axes) == 1  # the losses lie within LR_SWEEP_ZOOM_SPAN: one panel
+    collapsed = res.summary.copy()  # one lr collapsed to the unigram loss: a second panel zooms on the rest
+    collapsed.loc[collapsed["peak_lr"] == 4e-3, "val/loss"] += 3.0
+    lowest = lr_sweep_points(collapsed)["val/loss"].min()
+    fig = plot_lr_sweep(collapsed)
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylim()[1] > lowest + 3.0
+    assert fig.axes[1].get_ylim() == pytest.approx((lowest - 0.04, lowest + 0.4))
+    assert fig.axes[1].get_xlim() == pytest.approx((1e-3 / 1.25, 2e-3 * 1.25))  # the lrs whose points are in it
 
 
 def test_long_legend_names_go_under_the_panel(tmp_path: Path):
