@@ -15,7 +15,8 @@
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
 #     of earlier sessions are extracted from their archives, so finished runs are not repeated.
 #   The driver is a chain (experiments/gpu/table6_chain.sh): GPU_TESTS="<pytest arguments>" first runs those GPU
-#   tests (at most 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
+#   tests (at most GPU_TESTS_TIMEOUT_S, default 480 s: alone on an H100 tests/gpu took over 250 s on 2026-12-07,
+#   beside three sweep runs over 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
 #   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as
 #   call/before_rows/ in runs.tar.gz), then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes
 #   back as call/gpu_tests.txt in runs.tar.gz.

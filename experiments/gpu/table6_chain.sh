@@ -11,7 +11,8 @@ common=(--parallel "${PARALLEL:-3}" --extra "data.packed_dir=${PACKED%/}" logger
 if [ -n "${GPU_TESTS:-}" ]; then  # beside the sweeps: correctness, not timing
   echo "[chain] $(elapsed) s: GPU tests: $GPU_TESTS"
   # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
-  (timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short --durations=5 $GPU_TESTS \
+  (timeout "${GPU_TESTS_TIMEOUT_S:-480}" python3 -m pytest -q -p no:cacheprovider --tb=short --show-capture=no \
+    --durations=5 $GPU_TESTS \
     > "$DRIVER/gpu_tests.part" 2>&1; mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt"; \
     echo "[chain] GPU tests: $(tail -1 "$DRIVER/gpu_tests.txt")") &
   tests_pid=$!

@@ -26,10 +26,20 @@ from .shared import LOG2E
 
 aten = torch.ops.aten
 
-# The aux outputs (cum_seq_q/k, philox seed/offset) of each op's forward, per device: the backwards want them
-# back, and without dropout their values are never read. Kept from the last forward of that op and device; a
-# call's backward runs the op its forward ran (the same plan, moda_kernels/dispatch.py), so they are there.
-_AUX: dict[tuple[str, torch.device], tuple] = {}
+
+
+def _no_dropout_aux(impl: str, device: torch.device) -> tuple:
+    """The aux arguments (cum_seq_q/k, philox seed/offset) of a backward whose forward ran without dropout, built
+    as that forward builds them: no cumulative sequence lengths (dense batches), and a seed and offset that only
+    dropout reads (cuDNN: zeros of shape [1] on the device; flash: empty CPU scalars). Nothing of a forward is
+    kept: a tensor held between forward and backward outside the graph's outputs breaks CUDA-graph capture
+    (torch.compile's reduce-overhead mode refuses memory of its pool that no output tracks)."""
+    if impl == "cudnn":
+        return None, None, torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long,
+                                                                                         device=device)
+    if impl == "flash":
+        return None, None, torch.empty((), dtype=torch.long), torch.empty((), dtype=torch.long)
+    return ()  # the CPU op has no aux arguments
 
 
 def _bhtd(x: torch.Tensor) -> torch.Tensor:
@@ -70,17 +80,13 @@ def _refused_gqa(err: RuntimeError, G: int) -> bool:
 
 
 def _seq_forward_op(impl, qt, kt, vt, causal, scale):
+    """(O, LSE) of one aten op, dropout 0 (its other outputs are dropped: _no_dropout_aux)."""
     if impl == "cudnn":
-        out, lse, cq, ck, _, _, seed, offset, _ = aten._scaled_dot_product_cudnn_attention(
-            qt, kt, vt, None, True, 0.0, causal, False, scale=scale)
-        return out, lse, (cq, ck, seed, offset)
+        return aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, True, 0.0, causal, False, scale=scale)[:2]
     if impl == "flash":
-        out, lse, cq, ck, _, _, seed, offset, _ = aten._scaled_dot_product_flash_attention(
-            qt, kt, vt, 0.0, causal, False, scale=scale)
-        return out, lse, (cq, ck, seed, offset)
+        return aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, causal, False, scale=scale)[:2]
     if impl == "cpu":
-        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, 0.0, causal, scale=scale)
-        return out, lse, ()
+        return aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, 0.0, causal, scale=scale)
     raise ValueError(f"no aten sequence attention named {impl!r}")
 
 
@@ -105,12 +111,11 @@ def seq_forward(impl: str, q, k, v, causal: bool, scale: float) -> tuple[torch.T
     G = q.shape[2] // k.shape[2]
     qt, kt, vt = _bhtd(q), _bhtd(k), _bhtd(v)
     try:
-        out, lse, aux = _seq_forward_op(impl, qt, kt, vt, causal, scale)
+        out, lse = _seq_forward_op(impl, qt, kt, vt, causal, scale)
     except RuntimeError as err:
         if not _refused_gqa(err, G):
             raise
-        out, lse, aux = _seq_forward_op(impl, qt, _expanded(kt, G), _expanded(vt, G), causal, scale)
-    _AUX[impl, q.device] = aux
+        out, lse = _seq_forward_op(impl, qt, _expanded(kt, G), _expanded(vt, G), causal, scale)
     B, Hq, T = q.shape[0], q.shape[2], q.shape[1]
     return _btgd(out), lse.reshape(B, Hq, T)
 
@@ -120,13 +125,7 @@ def seq_backward(impl: str, do, q, k, v, o, lse_nat, causal: bool, scale: float)
     natural-log LSE [B, Hq, T]: the op's probabilities are then exp(s - lse), the global softmax weights."""
     Hk = k.shape[2]
     G = q.shape[2] // Hk
-    aux = () if impl == "cpu" else _AUX.get((impl, q.device))  # the CPU op has no aux outputs
-    if aux is None:
-        raise RuntimeError(
-            f"the backward of sequence attention {impl!r} on {q.device} needs a forward of that op first (its "
-            f"aux outputs); the plan of a call's backward must be its forward's (set {impl!r} for both, e.g. "
-            "through MODA_SEQ_IMPL)"
-        )
+    aux = _no_dropout_aux(impl, q.device)
     qt, kt, vt, dot, ot = _bhtd(q), _bhtd(k), _bhtd(v), _bhtd(do), _bhtd(o)
     try:
         dq, dk, dv = _seq_backward_op(impl, aux, dot, qt, kt, vt, ot, lse_nat, causal, scale)
