@@ -62,20 +62,28 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-# The code the compiled graphs are traced from: torch's cache keys do not cover a custom op's signature, so an
-# artifact written by an earlier version of these packages could hand a graph a call the ops no longer accept
-# (seen: "missing value for argument 'lo'" after depth_attnres_bwd gained an argument).
-TRACED_PACKAGES = ("moda_lab/model", "moda_kernels")
+# The code the artifacts are derived from beyond what torch's own keys hash (the traced graph): a custom op's
+# signature, its fake implementation and its autograd formula, which AOTAutograd traces into the cached backward
+# (seen: "missing value for argument 'lo'" after depth_attnres_bwd gained an argument, from an artifact written
+# before). They live in TRACED_PACKAGES and, in KERNEL_PACKAGES, in the files that declare ops (OP_MARKER). The
+# rest of KERNEL_PACKAGES (Triton kernels, the dispatch, the hybrid schedule) runs inside the ops at run time and is
+# in no artifact: editing it keeps every cached file, which a kernel session would otherwise compile anew.
+TRACED_PACKAGES = ("moda_lab/model",)
+KERNEL_PACKAGES = ("moda_kernels",)
+OP_MARKER = b"torch.library"
 REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.cache
 def code_fingerprint(root: Path = REPO) -> str:
-    """sha1 of every .py file under TRACED_PACKAGES (relative path and bytes, path-sorted)."""
+    """sha1 of every .py file under TRACED_PACKAGES and of those under KERNEL_PACKAGES that contain OP_MARKER
+    (relative path and bytes, path-sorted)."""
     digest = hashlib.sha1()
-    for package in TRACED_PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    files = [path for package in TRACED_PACKAGES for path in (root / package).rglob("*.py")]
+    for package in KERNEL_PACKAGES:
+        files += [path for path in (root / package).rglob("*.py") if OP_MARKER in path.read_bytes()]
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:10]
 
 

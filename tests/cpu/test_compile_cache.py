@@ -61,19 +61,41 @@ def test_the_key_names_versions_and_device_and_differs_per_variant():
 
 
 def test_the_key_changes_with_the_traced_code(tmp_path):
-    """An edit to the model or kernel code gives a new key: torch's own keys miss a custom op's new signature."""
-    for package in cc.TRACED_PACKAGES:
-        (tmp_path / package).mkdir(parents=True)
-        (tmp_path / package / "op.py").write_text("def f(x): ...\n")
-    before = cc.code_fingerprint(tmp_path)
-    (tmp_path / "moda_kernels" / "op.py").write_text("def f(x, lo): ...\n")
-    cc.code_fingerprint.cache_clear()
-    after = cc.code_fingerprint(tmp_path)
+    """An edit to the model code or to a kernel file that declares an op gives a new key (torch's own keys miss a
+    custom op's new signature); an edit to a kernel body does not (it is in no artifact)."""
+    model, kernels = tmp_path / "moda_lab" / "model", tmp_path / "moda_kernels" / "moda"
+    for folder in (model, kernels):
+        folder.mkdir(parents=True)
+    (model / "op.py").write_text("def f(x): ...\n")
+    (kernels / "function.py").write_text("@torch.library.custom_op('ns::f', mutates_args=())\ndef f(x): ...\n")
+    (kernels / "triton_fwd.py").write_text("def kernel(x): ...\n")
+
+    def fingerprint() -> str:
+        cc.code_fingerprint.cache_clear()
+        return cc.code_fingerprint(tmp_path)
+
+    before = fingerprint()
+    (kernels / "triton_fwd.py").write_text("def kernel(x, block=64): ...\n")  # a kernel body: same key
+    assert fingerprint() == before
+    (kernels / "function.py").write_text("@torch.library.custom_op('ns::f', mutates_args=())\ndef f(x, lo): ...\n")
+    after = fingerprint()
     assert after != before
-    (tmp_path / "moda_lab" / "model" / "notes.txt").write_text("not code")  # not a .py file: no change
+    (model / "op.py").write_text("def f(x, lo): ...\n")
+    assert fingerprint() not in (before, after)
+    after = fingerprint()
+    (model / "notes.txt").write_text("not code")  # not a .py file: no change
+    assert fingerprint() == after
     cc.code_fingerprint.cache_clear()
-    assert cc.code_fingerprint(tmp_path) == after
-    cc.code_fingerprint.cache_clear()
+
+
+def test_the_real_kernel_files_that_declare_ops_are_hashed():
+    """The repository's own op declarations are found: function.py declares moda_attn_fwd/bwd; the Triton kernels
+    and the hybrid schedule are not hashed."""
+    declaring = {p.relative_to(cc.REPO).as_posix() for package in cc.KERNEL_PACKAGES
+                 for p in (cc.REPO / package).rglob("*.py") if cc.OP_MARKER in p.read_bytes()}
+    assert "moda_kernels/moda/function.py" in declaring
+    assert not declaring & {"moda_kernels/moda/hybrid.py", "moda_kernels/moda/triton_fwd.py",
+                            "moda_kernels/moda/triton_bwd.py", "moda_kernels/dispatch.py"}
 
 
 def test_the_setup_key_includes_the_precision(tmp_path):
