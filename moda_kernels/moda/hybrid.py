@@ -27,7 +27,6 @@ from .shared import LOG2E
 aten = torch.ops.aten
 
 
-
 def _no_dropout_aux(impl: str, device: torch.device) -> tuple:
     """The aux arguments (cum_seq_q/k, philox seed/offset) of a backward whose forward ran without dropout, built
     as that forward builds them: no cumulative sequence lengths (dense batches), and a seed and offset that only
@@ -35,8 +34,8 @@ def _no_dropout_aux(impl: str, device: torch.device) -> tuple:
     kept: a tensor held between forward and backward outside the graph's outputs breaks CUDA-graph capture
     (torch.compile's reduce-overhead mode refuses memory of its pool that no output tracks)."""
     if impl == "cudnn":
-        return None, None, torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long,
-                                                                                         device=device)
+        seed_offset = torch.zeros(2, dtype=torch.long, device=device)  # one allocation and fill for both
+        return None, None, seed_offset[:1], seed_offset[1:]
     if impl == "flash":
         return None, None, torch.empty((), dtype=torch.long), torch.empty((), dtype=torch.long)
     return ()  # the CPU op has no aux arguments
