@@ -64,9 +64,12 @@ def merge_file(src: Path, dst: Path) -> bool:
     if src.suffix != ".json":
         return False
     old, new = json.loads(dst.read_text()), json.loads(src.read_text())
-    if not (isinstance(old, dict) and isinstance(new, dict)) or {**old, **new} == old:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
         return False
-    dst.write_text(json.dumps({**old, **new}, indent=2))
+    merged = {**old, **new}
+    if merged == old:
+        return False
+    dst.write_text(json.dumps(merged, indent=2))
     return True
 
 

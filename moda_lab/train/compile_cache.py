@@ -78,12 +78,13 @@ REPO = Path(__file__).resolve().parents[2]
 def code_fingerprint(root: Path = REPO) -> str:
     """sha1 of every .py file under TRACED_PACKAGES and of those under KERNEL_PACKAGES that contain OP_MARKER
     (relative path and bytes, path-sorted)."""
-    digest = hashlib.sha1()
-    files = [path for package in TRACED_PACKAGES for path in (root / package).rglob("*.py")]
+    code = {path: path.read_bytes() for package in TRACED_PACKAGES for path in (root / package).rglob("*.py")}
     for package in KERNEL_PACKAGES:
-        files += [path for path in (root / package).rglob("*.py") if OP_MARKER in path.read_bytes()]
-    for path in sorted(files):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        kernels = {path: path.read_bytes() for path in (root / package).rglob("*.py")}
+        code.update({path: text for path, text in kernels.items() if OP_MARKER in text})
+    digest = hashlib.sha1()
+    for path in sorted(code):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + code[path])
     return digest.hexdigest()[:10]
 
 
