@@ -493,22 +493,19 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     seeds = sorted(points["seeds"].unique())
     seed_note = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "mean over seeds"
     title = f"Final {METRIC_LABELS.get(y, y)} vs learning rate ({seed_note}; hollow: did not train; star: lowest)"
-    if zoom:
-        axes[0, 1].set_ylim(lowest - 0.1 * LR_SWEEP_ZOOM_BAND, lowest + LR_SWEEP_ZOOM_BAND)
-        inside = points.loc[points[y] <= lowest + LR_SWEEP_ZOOM_BAND, "peak_lr"]  # and the lrs that reach the band
-        axes[0, 1].set_xlim(inside.min() / 1.25, inside.max() * 1.25)
-        axes[0, 1].set_title(f"zoom: within {LR_SWEEP_ZOOM_BAND:g} nats of the lowest ({lowest:.3f})", fontsize=9)
-        axes[0, 0].set_title("all runs", fontsize=9)
-        fig.suptitle(title, fontsize=9)
-    else:
-        axes[0, 0].set_title(title, fontsize=9)
     if not zoom:
+        axes[0, 0].set_title(title, fontsize=9)
         layout_with_legend(fig, *place_legend(axes[0, 0], drop=0.27), margin=1.1)  # the rotated lr ticks sit lower
         return fig
+    axes[0, 1].set_ylim(lowest - 0.1 * LR_SWEEP_ZOOM_BAND, lowest + LR_SWEEP_ZOOM_BAND)
+    inside = points.loc[points[y] <= lowest + LR_SWEEP_ZOOM_BAND, "peak_lr"]  # and the lrs that reach the band
+    axes[0, 1].set_xlim(inside.min() / 1.25, inside.max() * 1.25)
+    axes[0, 1].set_title(f"zoom: within {LR_SWEEP_ZOOM_BAND:g} nats of the lowest ({lowest:.3f})", fontsize=9)
+    axes[0, 0].set_title("all runs", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend, centred under both panels
-    fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + 0.16 * len(labels))
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.01), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, (0.16 * len(labels) + 0.1) / fig.get_figheight(), 1, 1))
+    layout_with_legend(fig, len(labels), max(map(len, labels)), margin=1.1)
     return fig
 
 
