@@ -20,6 +20,8 @@
 #   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as
 #   call/before_rows/ in runs.tar.gz), then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes
 #   back as call/gpu_tests.txt in runs.tar.gz.
+#   AFTER_ROWS="<command>" runs once the rows have ended, in what is left of DRIVER_BUDGET_S (it writes into
+#   $AFTER_ROWS_OUT, which comes back as call/after_rows/).
 #   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
 # Every run loads and saves its torch.compile artifacts in .compile_cache/ (trainer.compile_cache,
 # docs/COMPILE_CACHE.md: one file per variant, torch, triton and GPU). Each call brings that folder back as
@@ -66,10 +68,10 @@ if alive; then
 elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
   echo "[table6.sh] the driver ended at $(cat "$DRIVER/ended"); collecting only (RELAUNCH=1 starts another)"
 else
-  rm -rf "$DRIVER/ended" "$DRIVER/deadline" "$DRIVER/before_rows" "$DRIVER/sweeps"
+  rm -rf "$DRIVER/ended" "$DRIVER/deadline" "$DRIVER/before_rows" "$DRIVER/after_rows" "$DRIVER/sweeps"
   date -u +%FT%TZ > "$DRIVER/started"
   echo $(( $(date +%s) + ${DRIVER_BUDGET_S:-1600} )) > "$DRIVER/deadline"  # the chain's; the driver rewrites it
-  export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" PACKED COMPILE_CACHE
+  export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" AFTER_ROWS_OUT="$DRIVER/after_rows" PACKED COMPILE_CACHE
   setsid bash experiments/gpu/table6_chain.sh "$@" > "$DRIVER/driver.log" 2>&1 < /dev/null &
   echo $! > "$DRIVER/pid"
   echo "[table6.sh] driver $! started: budget ${DRIVER_BUDGET_S:-1600} s, args: $*"
@@ -93,6 +95,7 @@ sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
 [ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$CALL/gpu_tests.txt"
 [ -d "$DRIVER/before_rows" ] && cp -r "$DRIVER/before_rows" "$CALL/before_rows"
+[ -d "$DRIVER/after_rows" ] && cp -r "$DRIVER/after_rows" "$CALL/after_rows"
 cp "$DRIVER/driver.log" "$OUT/table6.log"
 [ -f "$DRIVER/status.json" ] && cp "$DRIVER/status.json" "$CALL/status.json"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$CALL/nvidia-smi.txt"

@@ -35,4 +35,15 @@ if [ "$left" -gt 60 ]; then
   python3 experiments/gpu/table6.py "$@" "${common[@]}" --log-dir "$DRIVER" --budget-s "$left" "${until_args[@]}"
 fi
 [ -n "${tests_pid:-}" ] && wait "$tests_pid"  # beside the driver too when there is no BEFORE_ROWS
+if [ -n "${AFTER_ROWS:-}" ]; then  # the GPU to itself once the rows have ended, until 15 s before the deadline
+  left=$(( ${DRIVER_BUDGET_S:-1600} - $(elapsed) - 15 ))
+  mkdir -p "${AFTER_ROWS_OUT:?set by table6.sh}"
+  if [ "$left" -gt "${AFTER_ROWS_MIN_S:-60}" ]; then
+    echo "[chain] $(elapsed) s: after the rows (at most ${left} s): $AFTER_ROWS"
+    timeout "$left" bash -c "$AFTER_ROWS" > "$AFTER_ROWS_OUT/log.txt" 2>&1
+    echo "[chain] $(elapsed) s: the command after the rows ended, rc=$?"
+  else
+    echo "[chain] $(elapsed) s: ${left} s left, not enough for the command after the rows" | tee "$AFTER_ROWS_OUT/log.txt"
+  fi
+fi
 date -u +%FT%TZ > "$DRIVER/ended"

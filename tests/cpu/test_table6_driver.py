@@ -402,7 +402,8 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     (repo / ".compile_cache" / "carried.bin.gz").write_bytes(gzip.compress(b"from an earlier call"))
     driver_dir = tmp_path / "driver"
     env = {**os.environ, "TABLE6_DRIVER_DIR": str(driver_dir), "FAKE_DRIVER_S": "6", "PYTHONPATH": "",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GPU_TESTS": "tests/gpu/test_stand_in.py",
+           "AFTER_ROWS": 'test -f "$DRIVER/status.json" && echo bench row > "$AFTER_ROWS_OUT/bench.md"'}
 
     def call(out: str, wait_s: int, new_session: bool = False) -> subprocess.Popen:
         (tmp_path / out).mkdir()
@@ -436,6 +437,7 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
         meta_b = tar.extractfile("runs_gpu/t6/b/meta.json").read().decode()
     assert {"runs_gpu/t6/a/meta.json", "runs_gpu/t6/b/meta.json"} <= names and "runs_gpu/t6/c/meta.json" not in names
     assert (meta_a, meta_b) == ("on machine", "committed")
+    assert _call_file(tmp_path / "out2", "after_rows/bench.md") == "bench row\n"  # ran after the rows, came back
     time.sleep(0.5)
     third = call("out3", 5)
     log = third.communicate(timeout=60)[0]
