@@ -13,6 +13,7 @@ share it, else per legend entry.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 
 import matplotlib.pyplot as plt
@@ -187,6 +188,22 @@ def ordered_norms(frame: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
+# A zoomed panel of losses (the curves' last stretch, the lr sweep's final losses) shows the band within this many
+# nats of the lowest: lines that collapsed or lag far behind are off its scale, not squeezing the ones compared.
+ZOOM_BAND = 0.4
+
+
+def shared_parts(names: Sequence[str]) -> tuple[dict[str, str], str]:
+    """Legend names of one panel without what all of them share: (name -> its short form, the shared parts).
+    A name is the variant then ", "-separated config parts (cell_name); the variant always stays. With one name
+    nothing is shared (it keeps its parts)."""
+    split = [str(n).split(", ") for n in names]
+    common = set.intersection(*(set(parts[1:]) for parts in split)) if len(split) > 1 else set()
+    short = {n: ", ".join([parts[0], *(p for p in parts[1:] if p not in common)]) for n, parts in zip(names, split)}
+    shared = ", ".join(p for p in split[0][1:] if p in common) if split else ""
+    return short, shared
+
+
 def tail_grid(n_cols: int, col_width: float, tail: float | None) -> tuple[Figure, np.ndarray]:
     """The panels of a figure with a zoomed row: one column per norm, the full range on top (one y axis shared
     along the row), and with ``tail`` a row under it for each panel's last ``tail`` of x (zoom_tail)."""
@@ -234,8 +251,10 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
     for col, norm in enumerate(norms):
         ax = grid[0, col]
         drawn = 0
-        tail_values = []  # each line's lowest and highest mean -/+ std over the tail
+        tail_values = []  # each line's (lowest, highest) mean -/+ std over the tail
         x_max = max((c[x].max() for _, c in cells if c["norm"].iloc[0] == norm), default=0.0)
+        # What every line of the panel shares goes under its title, once, instead of into every legend name.
+        short, shared = shared_parts([cell_name(c.iloc[0], extra) for _, c in cells if c["norm"].iloc[0] == norm])
         for (_, cell), n in zip(cells, counts):
             if cell["norm"].iloc[0] != norm:
                 continue
@@ -245,7 +264,7 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
             xs, ys = cell[x].to_numpy(float), cell[metric].to_numpy(float)
             sd = np.nan_to_num(cell[f"{metric}:std"].to_numpy(float))
             first = cell.iloc[0]
-            name = cell_name(first, extra)
+            name = short[cell_name(first, extra)]
             label = f"{name} ({seeds_text(*n)})" if per_line else name
             label_key = first.get("cell_label")
             color = shades.get((first["variant"], "" if pd.isna(label_key) else label_key), colors[first["variant"]])
@@ -263,11 +282,20 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
             if tail:
                 last = xs >= (1 - tail) * x_max
                 if last.any():
-                    tail_values += [float(np.min(ys[last] - sd[last])), float(np.max(ys[last] + sd[last]))]
+                    tail_values.append((float(np.min(ys[last] - sd[last])), float(np.max(ys[last] + sd[last]))))
             drawn += 1
-        ax.set_title(f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})")
+        title = f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})"
+        if shared:
+            title += "\n" + textwrap.fill(f"all lines: {shared}", width=int(SUPTITLE_CHARS_PER_INCH * 1.2 * 5.5))
+        ax.set_title(title, fontsize=10 if shared else None)
         if tail:
-            zoom_tail(grid[1, col], tail, x_max, x, tail_values, pad=0.06)
+            kept = tail_values
+            if metric.endswith("loss") and tail_values:  # far-off lines leave the zoom to the ones compared
+                kept = [v for v in tail_values if v[0] <= min(lo for lo, _ in tail_values) + ZOOM_BAND]
+            zoom_tail(grid[1, col], tail, x_max, x, [v for pair in kept for v in pair], pad=0.06)
+            if len(kept) < len(tail_values):
+                grid[1, col].set_title(f"{grid[1, col].get_title()} to within {ZOOM_BAND:g} nats of the lowest "
+                                       f"({len(tail_values) - len(kept)} line(s) above)", fontsize=10)
         for row in range(rows):
             _curve_axis(grid[row, col], x)
         grid[-1, col].set_xlabel(X_LABELS.get(x, x))
@@ -469,17 +497,16 @@ def lr_sweep_points(summary: pd.DataFrame, y: str = "val/loss") -> pd.DataFrame:
 
 
 # When the final losses of the lr sweeps span more than LR_SWEEP_ZOOM_SPAN nats (runs that collapsed to the unigram
-# loss beside runs that trained), a second panel shows the band within LR_SWEEP_ZOOM_BAND nats of the lowest point,
-# where the lr choices are made.
+# loss beside runs that trained), a second panel shows the band within ZOOM_BAND nats of the lowest point, where the
+# lr choices are made.
 LR_SWEEP_ZOOM_SPAN = 1.0
-LR_SWEEP_ZOOM_BAND = 0.4
 
 
 def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
     """Final ``y`` vs the peak learning rate (log scale), one line per lr sweep in its variant's colour and its
     norm's line style, one marker shape per further config difference; hollow markers: a run that did not train;
     a star on each line's lowest point. Where the losses span more than LR_SWEEP_ZOOM_SPAN, a second panel
-    zooms on the band within LR_SWEEP_ZOOM_BAND of the lowest."""
+    zooms on the band within ZOOM_BAND of the lowest."""
     points = lr_sweep_points(summary, y)
     if points.empty:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -497,10 +524,10 @@ def plot_lr_sweep(summary: pd.DataFrame, y: str = "val/loss") -> Figure:
         axes[0, 0].set_title(title, fontsize=9)
         layout_with_legend(fig, *place_legend(axes[0, 0], drop=0.27), margin=1.1)  # the rotated lr ticks sit lower
         return fig
-    axes[0, 1].set_ylim(lowest - 0.1 * LR_SWEEP_ZOOM_BAND, lowest + LR_SWEEP_ZOOM_BAND)
-    inside = points.loc[points[y] <= lowest + LR_SWEEP_ZOOM_BAND, "peak_lr"]  # and the lrs that reach the band
+    axes[0, 1].set_ylim(lowest - 0.1 * ZOOM_BAND, lowest + ZOOM_BAND)
+    inside = points.loc[points[y] <= lowest + ZOOM_BAND, "peak_lr"]  # and the lrs that reach the band
     axes[0, 1].set_xlim(inside.min() / 1.25, inside.max() * 1.25)
-    axes[0, 1].set_title(f"zoom: within {LR_SWEEP_ZOOM_BAND:g} nats of the lowest ({lowest:.3f})", fontsize=9)
+    axes[0, 1].set_title(f"zoom: within {ZOOM_BAND:g} nats of the lowest ({lowest:.3f})", fontsize=9)
     axes[0, 0].set_title("all runs", fontsize=9)
     fig.suptitle(title, fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend, centred under both panels

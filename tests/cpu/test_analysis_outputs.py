@@ -359,3 +359,26 @@ def test_long_legend_names_go_under_the_panel(tmp_path: Path):
     ax = scatter.axes[0]
     assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
     assert ax.get_xscale() == "linear"
+
+
+def test_curve_panels_name_what_sets_lines_apart_and_zoom_past_far_off_lines(tmp_path: Path):
+    """What every line of a panel shares is said once, under its title, not in each legend name; a line far above
+    the others in the last stretch (a run that collapsed) is off the zoom's scale, and the zoom's title says so."""
+    root = tmp_path / "recipes"
+    for norm, warmup in (("pre", 7), ("post", 9)):
+        for lr, collapsed in ((1e-3, False), (2e-3, False), (4e-3, norm == "post")):
+            spec = fx.RunSpec("residual", norm, 0, extra={"trainer.lr": lr, "trainer.warmup_steps": warmup})
+            rows = fx.metrics_rows(spec)
+            for row in rows:
+                if collapsed and row.get("val/loss") is not None and row["step"] > 0:
+                    row["val/loss"] = 7.4  # stuck at the unigram loss
+            fx.write_run_dir(root, spec, rows)
+    fig = plot_curves(analyze(load_sweep_dir(root)).tidy, "val/loss")
+    top, zoom = fig.axes[:2], fig.axes[2:]
+    assert top[1].get_title() == "norm = post (dashed)\nall lines: warmup_steps=9"
+    names = [line.get_label() for line in top[1].get_lines()]
+    assert names == ["residual, lr=0.001", "residual, lr=0.002", "residual, lr=0.004"]
+    assert zoom[0].get_title() == "last 50% of tokens, zoomed"  # every pre-norm line is near the lowest
+    assert zoom[1].get_title().endswith("zoomed to within 0.4 nats of the lowest (1 line(s) above)")
+    lo, hi = zoom[1].get_ylim()
+    assert hi < 7.0 and hi - lo < 1.0  # the two lines that trained fill the zoom
