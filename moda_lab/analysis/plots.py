@@ -197,11 +197,13 @@ def shared_parts(names: Sequence[str]) -> tuple[dict[str, str], str]:
     """Legend names of one panel without what all of them share: (name -> its short form, the shared parts).
     A name is the variant then ", "-separated config parts (cell_name); the variant always stays. With one name
     nothing is shared (it keeps its parts)."""
-    split = [str(n).split(", ") for n in names]
-    common = set.intersection(*(set(parts[1:]) for parts in split)) if len(split) > 1 else set()
-    short = {n: ", ".join([parts[0], *(p for p in parts[1:] if p not in common)]) for n, parts in zip(names, split)}
-    shared = ", ".join(p for p in split[0][1:] if p in common) if split else ""
-    return short, shared
+    variants = {n: str(n).split(", ", 1) for n in names}
+    configs = [parts[1] for parts in variants.values() if len(parts) > 1]
+    if len(names) < 2 or len(configs) < len(names):  # one line, or a line with no config part: nothing shared
+        return {n: str(n) for n in names}, ""
+    differing = differing_parts(configs)
+    short = {n: ", ".join(filter(None, [parts[0], differing(parts[1])])) for n, parts in variants.items()}
+    return short, ", ".join(common_parts(configs))
 
 
 def tail_grid(n_cols: int, col_width: float, tail: float | None) -> tuple[Figure, np.ndarray]:
@@ -238,7 +240,8 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
     norms = ordered_norms(agg)
     n_cols = max(1, len(norms))
     rows = 2 if tail else 1
-    fig, grid = tail_grid(n_cols, 5.5, tail)
+    col_width = 5.5  # inches per panel
+    fig, grid = tail_grid(n_cols, col_width, tail)
     colors = variant_colors(agg)
     shades = config_shades(agg, colors)
     markers = _label_markers(agg)
@@ -286,12 +289,14 @@ def plot_curves(tidy: pd.DataFrame, metric: str = "val/loss", x: str = "tokens",
             drawn += 1
         title = f"norm = {norm} ({'solid' if norm == 'pre' else 'dashed' if norm == 'post' else 'dotted'})"
         if shared:
-            title += "\n" + textwrap.fill(f"all lines: {shared}", width=int(SUPTITLE_CHARS_PER_INCH * 1.2 * 5.5))
+            chars = int(SUPTITLE_CHARS_PER_INCH * 1.2 * col_width)  # 1.2: a 10 pt line against the 12 pt title's
+            title += "\n" + textwrap.fill(f"all lines: {shared}", width=chars)
         ax.set_title(title, fontsize=10 if shared else None)
         if tail:
             kept = tail_values
             if metric.endswith("loss") and tail_values:  # far-off lines leave the zoom to the ones compared
-                kept = [v for v in tail_values if v[0] <= min(lo for lo, _ in tail_values) + ZOOM_BAND]
+                top = min(lo for lo, _ in tail_values) + ZOOM_BAND
+                kept = [v for v in tail_values if v[0] <= top]
             zoom_tail(grid[1, col], tail, x_max, x, [v for pair in kept for v in pair], pad=0.06)
             if len(kept) < len(tail_values):
                 grid[1, col].set_title(f"{grid[1, col].get_title()} to within {ZOOM_BAND:g} nats of the lowest "
@@ -461,11 +466,17 @@ LR_SWEEP_MIN_POINTS = 2  # a per-variant sweep around the baseline's best lr can
 _SWEEP_GROUP = ["variant", "norm", "layers", "width", "lr_group"]
 
 
+def common_parts(labels: Iterable[object]) -> list[str]:
+    """The ", "-separated parts every one of ``labels`` has, in the first label's order."""
+    parts = [str(lab).split(", ") for lab in dict.fromkeys(labels)]
+    common = set.intersection(*map(set, parts)) if parts else set()
+    return [p for p in parts[0] if p in common] if parts else []
+
+
 def differing_parts(labels: Iterable[object]) -> Callable[[object], str]:
     """label -> its ", "-separated parts that not every one of ``labels`` has: what sets a cell apart, without the
     config every line of a figure shares."""
-    parts = [str(lab).split(", ") for lab in dict.fromkeys(labels)]
-    common = set.intersection(*map(set, parts)) if parts else set()
+    common = set(common_parts(labels))
     return lambda label: ", ".join(p for p in str(label).split(", ") if p not in common)
 
 
