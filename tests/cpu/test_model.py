@@ -154,10 +154,9 @@ def test_flops_formula_matches_flop_counter(mixer):
     with FlopCounterMode(display=False) as counter:
         model(torch.randint(0, 64, (2, T)))
     counted, formula = counter.get_total_flops(), 2 * T * model.forward_flops_per_token(T)
-    if not DEPTH_MIXERS[VARIANTS[mixer].name].flops_seen_by_counter:
-        # A mixer's own work such as DWA's weighted sum is broadcast multiply-adds, real work the counter (matmuls
-        # and registered ops only) does not see.
-        counted += 2 * T * sum(b.mixer.flops_per_token() for b in model.blocks)
+    # A mixer's own work such as DWA's weighted sum is broadcast multiply-adds, real work the counter (matmuls and
+    # registered ops only) does not see.
+    counted += 2 * T * sum(b.mixer.flops_unseen_by_counter() for b in model.blocks)
     # Exact, except that an einsum over a single depth slot lowers to an elementwise product, which the
     # counter skips (a layer reading one depth slot): < 0.1% here.
     assert abs(counted - formula) <= 1e-3 * formula, (counted, formula)

@@ -196,8 +196,6 @@ class AttnResMixer(DepthMixer):
     completed blocks and that partial sum, and the last sublayer's combine is the output AttnRes."""
 
     Options = AttnResOptions
-    flops_seen_by_counter = True  # the reads are ops with a registered FLOP formula
-
     def __init__(self, cfg, layer: int) -> None:
         super().__init__(cfg, layer)
         self.attn_read = DepthQuery(cfg.d_model, cfg.norm_eps)
@@ -252,3 +250,6 @@ class AttnResMixer(DepthMixer):
     def flops_per_token(self) -> int:
         reads = [2 * self.layer, 2 * self.layer + 1] + ([2 * self.cfg.n_layers] if self.out_read else [])
         return sum(read_flops(self.cfg.d_model, self._sources(i)) for i in reads)
+
+    def flops_unseen_by_counter(self) -> int:
+        return 0  # the reads are ops with a registered FLOP formula

@@ -133,10 +133,6 @@ class DepthMixer(nn.Module):
     a variant overrides only what it changes."""
 
     Options: ClassVar[type[MixerConfig]] = MixerConfig
-    # Whether torch.utils.flop_counter sees the work flops_per_token counts (matmuls, ops with a registered FLOP
-    # formula) or not (broadcast multiply-adds): the FLOPs tests add the unseen work to the counter's count.
-    flops_seen_by_counter: ClassVar[bool] = False
-
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg, self.layer = cfg, layer
@@ -204,3 +200,9 @@ class DepthMixer(nn.Module):
         """Forward FLOPs per token of the mixing itself, beyond its Linear layers' matmuls (counted from their
         weights by GPT.matmul_params) and the attention's QK^T and PV."""
         return 0
+
+    def flops_unseen_by_counter(self) -> int:
+        """The part of flops_per_token that torch.utils.flop_counter does not see: broadcast multiply-adds such
+        as DWA's weighted sum (it sees matmuls and ops with a registered FLOP formula). The FLOPs test adds it to
+        the counter's count."""
+        return self.flops_per_token()

@@ -17,8 +17,6 @@ from .base import DepthMixer, StreamSpec, register_mixer
 class DepthAttnMixer(DepthMixer):
     """A query of the stream attends over K/V of the same token from all earlier layers."""
 
-    flops_seen_by_counter = True  # the read runs through the depth_attn op, whose FLOP formula is registered
-
     def __init__(self, cfg, layer: int) -> None:
         super().__init__(cfg, layer)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -45,3 +43,6 @@ class DepthAttnMixer(DepthMixer):
 
     def flops_per_token(self) -> int:
         return 4 * self.cfg.n_heads * self.cfg.hd * (self.layer + 1)
+
+    def flops_unseen_by_counter(self) -> int:
+        return 0  # the read runs through the depth_attn op, whose FLOP formula is registered
