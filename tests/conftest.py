@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from failure_log import pytest_runtest_logreport  # noqa: E402, F401 - the hook: MODA_TEST_FAILURES=<file>
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@
 #   beside three sweep runs over 240 s); with BEFORE_ROWS="<command>", the lr sweeps then run alone, then that command (a
 #   benchmark that needs the GPU to itself; it writes into $BEFORE_ROWS_OUT, which comes back as
 #   call/before_rows/ in runs.tar.gz), then the rows, in what is left of DRIVER_BUDGET_S. The tests' output comes
-#   back as call/gpu_tests.txt in runs.tar.gz.
+#   back as call/gpu_tests.txt in runs.tar.gz (gpu_tests.part.txt while they run), and each failure's error, as
+#   it happens, as call/gpu_test_failures.txt.
 #   AFTER_ROWS="<command>" runs once the rows have ended, in what is left of DRIVER_BUDGET_S (it writes into
 #   $AFTER_ROWS_OUT, which comes back as call/after_rows/).
 #   START_UNTIL_S: as --start-until-s, but counted from the chain's start (use it with BEFORE_ROWS).
@@ -93,7 +94,10 @@ while alive && [ $SECONDS -lt $t_end ]; do
 done
 sed -n "$((seen + 1)),\$p" "$DRIVER/driver.log"
 alive && echo "[table6.sh] driver still running after ${wait_s} s of this call"
-[ -f "$DRIVER/gpu_tests.txt" ] && cp "$DRIVER/gpu_tests.txt" "$CALL/gpu_tests.txt"
+# The tests' output once they have ended, else what they printed so far; the errors of failures so far either way.
+if [ -f "$DRIVER/gpu_tests.txt" ]; then cp "$DRIVER/gpu_tests.txt" "$CALL/gpu_tests.txt"
+elif [ -f "$DRIVER/gpu_tests.part" ]; then cp "$DRIVER/gpu_tests.part" "$CALL/gpu_tests.part.txt"; fi
+[ -f "$DRIVER/gpu_test_failures.txt" ] && cp "$DRIVER/gpu_test_failures.txt" "$CALL/gpu_test_failures.txt"
 [ -d "$DRIVER/before_rows" ] && cp -r "$DRIVER/before_rows" "$CALL/before_rows"
 [ -d "$DRIVER/after_rows" ] && cp -r "$DRIVER/after_rows" "$CALL/after_rows"
 cp "$DRIVER/driver.log" "$OUT/table6.log"

@@ -10,8 +10,11 @@ common=(--parallel "${PARALLEL:-3}" --extra "data.packed_dir=${PACKED%/}" logger
         "trainer.compile_cache=${COMPILE_CACHE:?set by table6.sh}")
 if [ -n "${GPU_TESTS:-}" ]; then  # beside the sweeps: correctness, not timing
   echo "[chain] $(elapsed) s: GPU tests: $GPU_TESTS"
+  # MODA_TEST_FAILURES (tests/failure_log.py): each failure's error is written as it happens, not at the end.
+  rm -f "$DRIVER/gpu_test_failures.txt"
   # shellcheck disable=SC2086  # GPU_TESTS is a list of pytest arguments
-  (timeout "${GPU_TESTS_TIMEOUT_S:-480}" python3 -m pytest -q -p no:cacheprovider --tb=short --show-capture=no \
+  (MODA_TEST_FAILURES="$DRIVER/gpu_test_failures.txt" timeout "${GPU_TESTS_TIMEOUT_S:-480}" \
+    python3 -m pytest -q -p no:cacheprovider --tb=short --show-capture=no \
     --durations=5 $GPU_TESTS \
     > "$DRIVER/gpu_tests.part" 2>&1; mv "$DRIVER/gpu_tests.part" "$DRIVER/gpu_tests.txt"; \
     echo "[chain] GPU tests: $(tail -1 "$DRIVER/gpu_tests.txt")") &

@@ -391,7 +391,11 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     # A committed record of an earlier machine's GPU tests must not stop this machine's (it once would have).
     (repo / "experiments" / "results" / "runs_gpu" / "gpu_tests.txt").write_text("an earlier machine's tests\n")
     (repo / "tests" / "gpu").mkdir(parents=True)
-    (repo / "tests" / "gpu" / "test_stand_in.py").write_text("def test_ok():\n    pass\n")
+    # One stand-in test fails: its error comes back in a file of its own, written as it happened (failure_log.py).
+    (repo / "tests" / "gpu" / "test_stand_in.py").write_text(
+        "def test_ok():\n    pass\n\ndef test_broken():\n    assert 0, 'stand-in failure'\n")
+    shutil.copy(ROOT / "tests" / "failure_log.py", repo / "tests" / "failure_log.py")
+    (repo / "tests" / "conftest.py").write_text("from failure_log import pytest_runtest_logreport  # noqa: F401\n")
     # The runs' compile artifacts come back gzipped with every call, files still over 15 MiB listed instead (random
     # bytes do not compress); a carried <key>.bin.gz is unpacked before the jobs start.
     import gzip
@@ -442,7 +446,9 @@ def test_gpu_call_driver_outlives_the_call_and_later_calls_collect(tmp_path):
     third = call("out3", 5)
     log = third.communicate(timeout=60)[0]
     assert "collecting only" in log and log.count("driver up") == 1  # the first driver's log, brought back again
-    assert "1 passed" in _call_file(tmp_path / "out3", "gpu_tests.txt")  # every call brings the record back
+    assert "1 failed, 1 passed" in _call_file(tmp_path / "out3", "gpu_tests.txt")  # every call brings it back
+    failures = _call_file(tmp_path / "out3", "gpu_test_failures.txt")
+    assert failures.startswith("=== tests/gpu/test_stand_in.py::test_broken (call)") and "stand-in failure" in failures
     assert (driver_dir / "gpu_tests.txt").read_text().count("passed") == 1  # and the tests ran once
     assert int((driver_dir / "pid").read_text()) == pid  # no second driver
 
