@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import tile_tuning
+
 BLOCK_T = 16  # tokens per program of the two-pass kernels
 
 
@@ -163,16 +165,30 @@ def _one_pass_tile(pid, n_tok, D, U, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexp
 
 
 @triton.jit
-def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps,
-                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source."""
+def _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok):
+    """Source j's [BLOCK_T, BLOCK_D] tile in the stream's dtype (masked off for j >= m: a prefetch past the end)."""
+    base = _source(H, LAST, tok, j, n, sht, shj, D)
+    return tl.load(base[:, None] + dim[None, :], mask=ok & (j < m), other=0.0)
+
+
+@triton.jit
+def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps, N_BUCKET,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
+    """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source.
+    PREFETCH: source j + 1's load is issued before source j is used (two loads in flight per program)."""
     tok, ok_t, dim, ok_d, ok, u = _one_pass_tile(tl.program_id(0), n_tok, D, U, BLOCK_T, BLOCK_D)
     mx = tl.full([BLOCK_T], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_T], tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    if PREFETCH:
+        nxt = _load_source(H, LAST, tok, 0, n, m, sht, shj, D, dim, ok)
     for j in range(0, m):
-        base = _source(H, LAST, tok, j, n, sht, shj, D)
-        v = tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+        if PREFETCH:
+            cur = nxt
+            nxt = _load_source(H, LAST, tok, j + 1, n, m, sht, shj, D, dim, ok)
+        else:
+            cur = _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok)
+        v = cur.to(tl.float32)
         logit = tl.sum(v * u[None, :], 1) * tl.rsqrt(tl.sum(v * v, 1) / D + eps)
         mx_new = tl.maximum(mx, logit)
         scale = tl.exp(mx - mx_new)
@@ -186,9 +202,10 @@ def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps
 
 @triton.jit
 def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, sdt, sdj, n_tok, n, m, D, eps,
-                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                         N_BUCKET, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
     """One read of each source: alpha_j = exp(logit_j - LSE) from the forward's log-sum-exp, and
-    sum_j alpha_j da_j = (OUT + LO) . G from its output, so every source's gradient is final when it is read."""
+    sum_j alpha_j da_j = (OUT + LO) . G from its output, so every source's gradient is final when it is read.
+    PREFETCH as in the forward."""
     pid = tl.program_id(0)
     tok, ok_t, dim, ok_d, ok, u = _one_pass_tile(pid, n_tok, D, U, BLOCK_T, BLOCK_D)
     g = tl.load(G + tok[:, None] * D + dim[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -197,9 +214,15 @@ def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, s
     mean_da = tl.sum(out * g, 1)  # sum_j alpha_j da_j
     lse = tl.load(LSE + tok, mask=ok_t, other=0.0)
     du = tl.zeros([BLOCK_D], tl.float32)
+    if PREFETCH:
+        nxt = _load_source(H, LAST, tok, 0, n, m, sht, shj, D, dim, ok)
     for j in range(0, m):
-        base = _source(H, LAST, tok, j, n, sht, shj, D)
-        v = tl.load(base[:, None] + dim[None, :], mask=ok, other=0.0).to(tl.float32)
+        if PREFETCH:
+            cur = nxt
+            nxt = _load_source(H, LAST, tok, j + 1, n, m, sht, shj, D, dim, ok)
+        else:
+            cur = _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok)
+        v = cur.to(tl.float32)
         s = tl.rsqrt(tl.sum(v * v, 1) / D + eps)
         logit = tl.sum(v * u[None, :], 1) * s
         a = tl.where(ok_t, tl.exp(logit - lse), 0.0)
@@ -230,19 +253,52 @@ ONE_PASS_MAX_D = 1024  # the widest D whose one-pass [BLOCK_T, D] fp32 tiles sta
 ONE_PASS_WARPS = 8
 # fp32 elements of a one-pass kernel's [BLOCK_T, BLOCK_D] tile, per direction: at 8 warps and BLOCK_D = 512 (the
 # paper's D = 384) they compile for sm_90 with no spills (tests/cpu/test_flow_attnres.py prints the registers).
+# The launch without tuning (the interpreter, MODA_PIN_CONFIGS=1) uses these.
 ONE_PASS_TILE = {"fwd": 16 * 512, "bwd": 8 * 512}
+# On a GPU the one-pass kernels are autotuned (moda_kernels/tile_tuning.py) per (D, dtype, slots rounded up to a
+# power of two) over BLOCK_T, warps and PREFETCH, within this many fp32 tile elements a thread: ptxas -v finds no
+# spill there at BLOCK_D = 512 and 1024, 4 and 8 warps, with and without PREFETCH, and spills one step above.
+ONE_PASS_PER_THREAD = {"fwd": 64, "bwd": 32}
+PREFETCH_UNTUNED = False  # PREFETCH of the launch without autotuning (the tests run both)
 
 
 def schedule(D: int, direction: str) -> dict | None:
     """The one place that picks a read's kernels: the one-pass kernel's launch constants (BLOCK_D covers D, and
     BLOCK_T tokens keep its tile size) when D <= ONE_PASS_MAX_D, else None: the two-pass kernels. Both wrappers
     below ask it, so a forward and its backward always agree (the one-pass backward needs the one-pass
-    forward's out and log-sum-exp; the two-pass backward recomputes everything)."""
+    forward's out and log-sum-exp; the two-pass backward recomputes everything). On a GPU the autotuner then
+    picks BLOCK_T, num_warps and PREFETCH among tuned_configs; these are its pinned choice."""
     if D > ONE_PASS_MAX_D:
         return None
     block_d = triton.next_power_of_2(D)
     return {"BLOCK_T": min(64, max(1, ONE_PASS_TILE[direction] // block_d)), "BLOCK_D": block_d,
             "num_warps": ONE_PASS_WARPS}
+
+
+def tuned_configs(configs, direction: str, block_d: int) -> list:
+    """The one-pass kernel's autotuning candidates at BLOCK_D (tile_tuning.candidates), the pinned one first."""
+    one = schedule(block_d, direction)
+    return tile_tuning.candidates(configs, (one["BLOCK_T"], one["num_warps"]), block_d,
+                                  ONE_PASS_PER_THREAD[direction])
+
+
+ONE_PASS_KERNELS = {}  # direction -> the launched kernel (autotuned on a GPU), made at its first launch
+
+
+def _launch_one_pass(direction: str, n_tok: int, block_d: int, *args) -> int:
+    """Launches the one-pass kernel of a direction over n_tok tokens (args: its arguments up to N_BUCKET); returns
+    the BLOCK_T it ran with (the backward's partial dquery rows: one per program). The backward adds into the
+    slots' gradient buffer DH, which the autotuner puts back after each trial."""
+    if direction not in ONE_PASS_KERNELS:
+        ONE_PASS_KERNELS[direction] = tile_tuning.tuned(
+            _fwd_one_pass_kernel if direction == "fwd" else _bwd_one_pass_kernel, ["D", "N_BUCKET"],
+            lambda configs, args: tuned_configs(configs, direction, args["BLOCK_D"]),
+            ["DH"] if direction == "bwd" else None)
+    one = schedule(block_d, direction)
+    pinned = {"BLOCK_T": one["BLOCK_T"], "PREFETCH": PREFETCH_UNTUNED, "num_warps": one["num_warps"]}
+    ran = tile_tuning.launch(ONE_PASS_KERNELS[direction], lambda meta: (triton.cdiv(n_tok, meta["BLOCK_T"]),),
+                             pinned, *args, BLOCK_D=block_d)
+    return ran["BLOCK_T"]
 
 
 def _inputs(h, last, query, gain):
@@ -264,8 +320,8 @@ def attnres_read_forward(h: torch.Tensor, last: torch.Tensor | None, query: torc
     lo = torch.empty_like(out)
     one = schedule(D, "fwd")
     if one is not None:
-        grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
-        _fwd_one_pass_kernel[grid](h, last_c, u, out, lo, lse, sht, shj, B * T, n, m, D, eps, **one)
+        _launch_one_pass("fwd", B * T, one["BLOCK_D"], h, last_c, u, out, lo, lse, sht, shj, B * T, n, m, D, eps,
+                         triton.next_power_of_2(m))
         return out, lse, lo
     logit = torch.empty(B * T, m, dtype=torch.float32, device=h.device)
     grid = (triton.cdiv(B * T, BLOCK_T),)
@@ -286,10 +342,12 @@ def attnres_read_backward(g: torch.Tensor, h: torch.Tensor, last: torch.Tensor |
     dlast = torch.empty(B, T, D, dtype=h.dtype, device=h.device) if last is not None else h.new_empty(0)
     one = schedule(D, "bwd")
     if one is not None:
-        grid = (triton.cdiv(B * T, one["BLOCK_T"]),)
-        du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)
-        _bwd_one_pass_kernel[grid](h, last_c, u, g, out.contiguous(), lo.contiguous(), lse.contiguous(), dh_acc,
-                                   dlast, du, sht, shj, sdt, sdj, B * T, n, m, D, eps, **one)
+        fewest = min(c.kwargs["BLOCK_T"] for c in tuned_configs(tile_tuning.CANDIDATES, "bwd", one["BLOCK_D"]))
+        du = torch.empty(triton.cdiv(B * T, fewest), D, dtype=torch.float32, device=h.device)  # rows: programs
+        bt = _launch_one_pass("bwd", B * T, one["BLOCK_D"], h, last_c, u, g, out.contiguous(), lo.contiguous(),
+                              lse.contiguous(), dh_acc, dlast, du, sht, shj, sdt, sdj, B * T, n, m, D, eps,
+                              triton.next_power_of_2(m))
+        du = du[: triton.cdiv(B * T, bt)]  # the rows its programs wrote
     else:
         grid = (triton.cdiv(B * T, BLOCK_T),)
         du = torch.empty(grid[0], D, dtype=torch.float32, device=h.device)

@@ -14,12 +14,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import tile_tuning
+
 TILE = 4096  # elements of a program's [BLOCK_T, C, BLOCK_D] accumulator (as DenseFormer's [16, 256] tile)
 
 
 @triton.jit
-def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, C: tl.constexpr, CP: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, N_BUCKET, C: tl.constexpr, CP: tl.constexpr,
+                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
+    """PREFETCH: slot j + 1's tile is loaded before slot j's is used (two loads in flight per program)."""
     pid_t, pid_d = tl.program_id(0), tl.program_id(1)
     tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     dim = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -30,8 +33,15 @@ def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, C: tl.constexpr, CP: tl.c
     h_off = tok64[:, None] * sht + dim[None, :]
     w_off = tok64[:, None] * (C * n) + way[None, :] * n
     acc = tl.zeros([BLOCK_T, CP, BLOCK_D], dtype=tl.float32)
+    if PREFETCH:
+        nxt = tl.load(H + h_off, mask=h_ok & (n > 0), other=0.0)
     for j in range(0, n):
-        h = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0).to(tl.float32)
+        if PREFETCH:
+            cur = nxt
+            nxt = tl.load(H + h_off + (j + 1) * shj, mask=h_ok & (j + 1 < n), other=0.0)
+        else:
+            cur = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0)
+        h = cur.to(tl.float32)
         w = tl.load(W + w_off + j, mask=w_ok, other=0.0).to(tl.float32)
         acc += w[:, :, None] * h[:, None, :]
     o_off = tok64[:, None, None] * (C * D) + way[None, :, None] * D + dim[None, None, :]
@@ -40,8 +50,9 @@ def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, C: tl.constexpr, CP: tl.c
 
 
 @triton.jit
-def _mudd_bwd_kernel(H, W, G, DH, PART, sht, shj, sdt, sdj, n_tok, n, D, C: tl.constexpr, CP: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _mudd_bwd_kernel(H, W, G, DH, PART, sht, shj, sdt, sdj, n_tok, n, D, N_BUCKET, C: tl.constexpr,
+                     CP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
+    """PREFETCH as in the forward."""
     pid_t, pid_d = tl.program_id(0), tl.program_id(1)
     tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     dim = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -55,8 +66,15 @@ def _mudd_bwd_kernel(H, W, G, DH, PART, sht, shj, sdt, sdj, n_tok, n, D, C: tl.c
     d_off = tok64[:, None] * sdt + dim[None, :]
     w_off = tok64[:, None] * (C * n) + way[None, :] * n
     part = PART + pid_d.to(tl.int64) * n_tok * C * n + w_off  # this feature tile's share of dw [n_tok, C, n]
+    if PREFETCH:
+        nxt = tl.load(H + h_off, mask=h_ok & (n > 0), other=0.0)
     for j in range(0, n):
-        h = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0).to(tl.float32)
+        if PREFETCH:
+            cur = nxt
+            nxt = tl.load(H + h_off + (j + 1) * shj, mask=h_ok & (j + 1 < n), other=0.0)
+        else:
+            cur = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0)
+        h = cur.to(tl.float32)
         w = tl.load(W + w_off + j, mask=w_ok, other=0.0).to(tl.float32)
         tl.store(part + j, tl.sum(h[:, None, :] * g, 2), mask=w_ok)
         dh = tl.load(DH + d_off + j * sdj, mask=h_ok, other=0.0).to(tl.float32)
@@ -75,10 +93,38 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
 
 def _tiles(C: int, D: int) -> tuple[int, int, int]:
     """(padded ways CP, BLOCK_T, BLOCK_D): a feature tile that divides D when a power of two up to 256 does, and
-    as many tokens as keep the accumulator at TILE elements."""
+    as many tokens as keep the accumulator at TILE elements (the launch without autotuning; on a GPU the
+    autotuner picks BLOCK_T, warps and PREFETCH)."""
     cp = triton.next_power_of_2(C)
     bd = next((b for b in (256, 128, 64, 32) if D % b == 0), min(triton.next_power_of_2(D), 256))
     return cp, max(1, TILE // (cp * bd)), bd
+
+
+UNTUNED_WARPS = 4
+PREFETCH_UNTUNED = False  # PREFETCH of the launch without autotuning (the tests run both)
+# On a GPU both kernels are autotuned (moda_kernels/tile_tuning.py) per (n slots rounded up to a power of two, C,
+# D, dtypes) within this many fp32 elements of the [BLOCK_T, CP, BLOCK_D] tile a thread: ptxas -v finds no spill
+# there at C = 4, BLOCK_D = 128, 4 and 8 warps, with and without PREFETCH (the backward spills one step above).
+PER_THREAD = {"fwd": 64, "bwd": 32}
+KERNELS = {}  # direction -> the launched kernel (autotuned on a GPU), made at its first launch
+
+
+def tuned_configs(configs, direction: str, C: int, D: int) -> list:
+    """The autotuning candidates of a direction at (C, D) (tile_tuning.candidates), the pinned launch first."""
+    cp, bt, bd = _tiles(C, D)
+    return tile_tuning.candidates(configs, (bt, UNTUNED_WARPS), cp * bd, PER_THREAD[direction])
+
+
+def _launch(direction: str, n_tok: int, C: int, D: int, *args) -> None:
+    if direction not in KERNELS:
+        KERNELS[direction] = tile_tuning.tuned(
+            _mudd_fwd_kernel if direction == "fwd" else _mudd_bwd_kernel, ["N_BUCKET", "D", "C"],
+            lambda configs, args: tuned_configs(configs, direction, args["C"], args["D"]),
+            ["DH"] if direction == "bwd" else None)
+    cp, bt, bd = _tiles(C, D)
+    pinned = {"BLOCK_T": bt, "PREFETCH": PREFETCH_UNTUNED, "num_warps": UNTUNED_WARPS}
+    tile_tuning.launch(KERNELS[direction], lambda meta: (triton.cdiv(n_tok, meta["BLOCK_T"]), triton.cdiv(D, bd)),
+                       pinned, *args, C=C, CP=cp, BLOCK_D=bd)
 
 
 def mudd_mix_forward(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -88,9 +134,7 @@ def mudd_mix_forward(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     w = w.contiguous()
     out = torch.empty(B, T, C, D, dtype=h.dtype, device=h.device)
     sht, shj = _rows(h)
-    cp, bt, bd = _tiles(C, D)
-    grid = (triton.cdiv(B * T, bt), triton.cdiv(D, bd))
-    _mudd_fwd_kernel[grid](h, w, out, sht, shj, B * T, n, D, C=C, CP=cp, BLOCK_T=bt, BLOCK_D=bd)
+    _launch("fwd", B * T, C, D, h, w, out, sht, shj, B * T, n, D, triton.next_power_of_2(n))
     return out
 
 
@@ -102,9 +146,7 @@ def mudd_mix_backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, dh_acc:
     g, w = g.contiguous(), w.contiguous()
     sht, shj = _rows(h)
     sdt, sdj = _rows(dh_acc)
-    cp, bt, bd = _tiles(C, D)
-    grid = (triton.cdiv(B * T, bt), triton.cdiv(D, bd))
-    part = torch.empty(grid[1], B, T, C, n, dtype=torch.float32, device=h.device)
-    _mudd_bwd_kernel[grid](h, w, g, dh_acc, part, sht, shj, sdt, sdj, B * T, n, D, C=C, CP=cp,
-                           BLOCK_T=bt, BLOCK_D=bd)
+    bd = _tiles(C, D)[2]
+    part = torch.empty(triton.cdiv(D, bd), B, T, C, n, dtype=torch.float32, device=h.device)  # per feature tile
+    _launch("bwd", B * T, C, D, h, w, g, dh_acc, part, sht, shj, sdt, sdj, B * T, n, D, triton.next_power_of_2(n))
     return part.sum(0).to(w.dtype)

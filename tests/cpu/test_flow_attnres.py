@@ -195,15 +195,17 @@ KERNEL_CASES = [(2, 5, 3, 40, True), (1, 17, 2, 64, False), (2, 3, 1, 8, True), 
 
 @pytest.mark.parametrize("B,T,n,Dk,last", KERNEL_CASES, ids=[f"B{b}-T{t}-n{n}-D{d}-{'partial' if p else 'slots'}"
                                                              for b, t, n, d, p in KERNEL_CASES])
-@pytest.mark.parametrize("passes", ["one-pass", "two-pass"])
+@pytest.mark.parametrize("passes", ["one-pass", "one-pass-prefetch", "two-pass"])
 def test_triton_read_matches_the_reference(B, T, n, Dk, last, passes, monkeypatch):
     """The Triton read (interpreter on CPU, fp32) against moda_kernels/attnres/naive.py on a prefix view of a
     wider stream: output, log-sum-exp, dlast, dquery, dgain, and the slots' gradients added into a non-zero
-    buffer; by the one-pass kernels and by the two-pass ones (ONE_PASS_MAX_D lowered below D)."""
+    buffer; by the one-pass kernels (with and without PREFETCH) and by the two-pass ones (ONE_PASS_MAX_D lowered
+    below D)."""
     from moda_kernels.attnres import triton_kernels as K
 
     if passes == "two-pass":
         monkeypatch.setattr(K, "ONE_PASS_MAX_D", Dk - 1)
+    monkeypatch.setattr(K, "PREFETCH_UNTUNED", passes == "one-pass-prefetch")
     assert (K.schedule(Dk, "fwd") is None) == (K.schedule(Dk, "bwd") is None) == (passes == "two-pass")
     gen = torch.Generator().manual_seed(n)
     buf = torch.randn(B, T, n + 2, Dk, generator=gen).to(KERNEL_DEVICE)
@@ -226,6 +228,59 @@ def test_triton_read_matches_the_reference(B, T, n, Dk, last, passes, monkeypatc
     for a, b in zip(got, want):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_autotuned_launch_runs_the_chosen_config_and_sums_only_its_rows(monkeypatch):
+    """On a GPU the one-pass kernels run through triton.autotune: the grid follows the chosen BLOCK_T, and the
+    backward sums the partial dquery rows of that many programs only (its buffer is sized for the fewest tokens a
+    program among the candidates). Here an autotuner of one config (which runs it without benchmarking, as the
+    interpreter needs): a candidate at D = 64 with twice the fewest tokens a program and PREFETCH, so the buffer
+    has rows past the programs'; they hold garbage."""
+    import triton
+
+    from moda_kernels import tile_tuning
+    from moda_kernels.attnres import triton_kernels as K
+
+    B, T, n, Dk = 2, 40, 4, 64
+    config = triton.Config({"BLOCK_T": 32, "PREFETCH": True}, num_warps=4)
+    candidates = K.tuned_configs(tile_tuning.CANDIDATES, "bwd", Dk)
+    assert min(c.kwargs["BLOCK_T"] for c in candidates) == 16 and any(
+        (c.kwargs, c.num_warps) == (config.kwargs, 4) for c in candidates)
+    for direction, fn in (("fwd", K._fwd_one_pass_kernel), ("bwd", K._bwd_one_pass_kernel)):
+        tuned = triton.autotune(configs=[config], key=["D", "N_BUCKET"],
+                                restore_value=["DH"] if direction == "bwd" else None)(fn)
+        monkeypatch.setitem(K.ONE_PASS_KERNELS, direction, tuned)
+    real_empty = torch.empty
+    monkeypatch.setattr(K.torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(1e6))  # garbage, not zeros
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(B, T, n, Dk, generator=gen).to(KERNEL_DEVICE)
+    partial = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE)
+    query, gain = (0.5 * torch.randn(Dk, generator=gen)).to(KERNEL_DEVICE), torch.ones(Dk, device=KERNEL_DEVICE)
+    out, lse, lo = attnres_read_forward(h, partial, query, gain, 1e-6)
+    torch.testing.assert_close(out, naive_attnres_read(h, partial, query, gain, 1e-6), atol=1e-5, rtol=1e-5)
+    g = torch.randn(B, T, Dk, generator=gen).to(KERNEL_DEVICE)
+    got = attnres_read_backward(g, h, partial, query, gain, 1e-6, torch.zeros_like(h), out, lse, lo)
+    want = naive_attnres_read_bwd(g, h, partial, query, gain, 1e-6, torch.zeros_like(h))
+    assert K.ONE_PASS_KERNELS["bwd"].best_config is config
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_tuning_candidates_stay_within_the_register_budget(monkeypatch):
+    """The autotuner's candidates at the paper's D: the pinned choice first, each within a thread's budget, both
+    PREFETCH settings; MODA_PIN_CONFIGS=1 keeps the pinned one alone."""
+    from moda_kernels import tile_tuning
+    from moda_kernels.attnres import triton_kernels as K
+
+    for direction in ("fwd", "bwd"):
+        kept = K.tuned_configs(tile_tuning.CANDIDATES, direction, 512)
+        one = K.schedule(384, direction)
+        assert (kept[0].kwargs, kept[0].num_warps) == ({"BLOCK_T": one["BLOCK_T"], "PREFETCH": False}, 8)
+        assert len(kept) == 12 and {c.kwargs["PREFETCH"] for c in kept} == {False, True}
+        assert all(c.kwargs["BLOCK_T"] * 512 <= K.ONE_PASS_PER_THREAD[direction] * 32 * c.num_warps for c in kept)
+        monkeypatch.setenv("MODA_PIN_CONFIGS", "1")
+        assert K.tuned_configs(tile_tuning.CANDIDATES, direction, 512) == kept[:1]
+        monkeypatch.delenv("MODA_PIN_CONFIGS")
 
 
 def test_one_pass_backward_in_bf16_takes_out_with_its_rounding_residual():
@@ -286,16 +341,18 @@ import contextlib, io, re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from moda_kernels import tile_tuning
 from moda_kernels.attnres import triton_kernels as K
 
-INTS, FP32 = {"sht", "shj", "sdt", "sdj", "n_tok", "n", "m", "D"}, {"U", "DU", "LSE", "LOGIT", "S", "DA"}
+INTS = {"sht", "shj", "sdt", "sdj", "n_tok", "n", "m", "D", "N_BUCKET"}
+FP32 = {"U", "DU", "LSE", "LOGIT", "S", "DA"}
 
 def compile(fn, constexprs, num_warps=4):
-    sig = {a: "constexpr" if a.startswith("BLOCK") else "fp32" if a == "eps" else "i32" if a in INTS
+    sig = {a: "constexpr" if a in constexprs else "fp32" if a == "eps" else "i32" if a in INTS
            else "*fp32" if a in FP32 else "*bf16" for a in fn.arg_names}  # the stream in bf16, as in training
     # The divisibility by 16 that the launcher's specialisation sees at D = 384 (pointers, strides, D, tokens).
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if a not in ("eps", "n", "m") and not a.startswith("BLOCK")}
+             if a not in ("eps", "n", "m", "N_BUCKET") and a not in constexprs}
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v's report goes to stdout
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
@@ -307,19 +364,26 @@ def compile(fn, constexprs, num_warps=4):
 for fn in (K._fwd_kernel, K._bwd_kernel):
     asm, regs, spills = compile(fn, {"BLOCK_T": K.BLOCK_T, "BLOCK_D": 128})
     print(fn.__name__, "two-pass", asm, "regs", regs, "spills", *spills)
+# Every autotuning candidate at the paper's D (BLOCK_D = 512); at ONE_PASS_MAX_D the largest tile of each warp
+# count and PREFETCH setting, where a spill would show first.
 for D in (384, K.ONE_PASS_MAX_D):
     for fn, direction in ((K._fwd_one_pass_kernel, "fwd"), (K._bwd_one_pass_kernel, "bwd")):
-        one = K.schedule(D, direction)
-        asm, regs, spills = compile(fn, {"BLOCK_T": one["BLOCK_T"], "BLOCK_D": one["BLOCK_D"]}, one["num_warps"])
-        print(fn.__name__, f"D={D}", one, asm, "regs", regs, "spills", *spills)
+        block_d = triton.next_power_of_2(D)
+        configs = K.tuned_configs(tile_tuning.CANDIDATES, direction, block_d)
+        if D != 384:
+            configs = [c for c in configs if not any(o.num_warps == c.num_warps and o.kwargs["PREFETCH"] ==
+                       c.kwargs["PREFETCH"] and o.kwargs["BLOCK_T"] > c.kwargs["BLOCK_T"] for o in configs)]
+        for c in configs:
+            asm, regs, spills = compile(fn, {**c.kwargs, "BLOCK_D": block_d}, c.num_warps)
+            print(fn.__name__, f"D={D}", c.kwargs, c.num_warps, asm, "regs", regs, "spills", *spills)
 """
 
 
 def test_triton_kernels_compile_for_h100(tmp_path):
     """Every kernel compiles ahead of time to an sm_90 cubin (no GPU needed): the interpreter checks the numbers,
-    this the code generation (branches on the source index, runtime loops) that the interpreter does not. The
-    one-pass kernels at the paper's D = 384 and at ONE_PASS_MAX_D spill no register (ptxas -v's report: a
-    compiled kernel's n_regs / n_spills are only filled in when it is loaded on a GPU)."""
+    this the code generation (branches on the source index, runtime loops) that the interpreter does not. Every
+    autotuning candidate of the one-pass kernels at the paper's D = 384, and the largest at ONE_PASS_MAX_D, spills
+    no register (ptxas -v's report: a compiled kernel's n_regs / n_spills are only filled in on a GPU)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(tmp_path))  # a fresh cache: ptxas runs every time
     root = Path(__file__).resolve().parents[2]
@@ -329,9 +393,9 @@ def test_triton_kernels_compile_for_h100(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     print("\n".join(lines))
-    assert len(lines) == 6 and all("'cubin'" in line for line in lines), proc.stdout
+    assert len(lines) == 2 + 2 * 12 + 2 * 4 and all("'cubin'" in line for line in lines), proc.stdout
     one_pass = [line for line in lines if "one_pass" in line]
-    assert len(one_pass) == 4 and all(line.endswith("spills 0 0") for line in one_pass), proc.stdout
+    assert len(one_pass) == 32 and all(line.endswith("spills 0 0") for line in one_pass), proc.stdout
 
 
 # --- the paper's identities -------------------------------------------------------------------------------

@@ -171,12 +171,16 @@ def test_connection_weights_are_per_token():
     assert changed.tolist() == [t == 5 for t in range(8)]
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
 @pytest.mark.parametrize("C,D", [(4, 32), (1, 48), (3, 40)], ids=["C4-D32", "C1-D48", "C3-D40"])
-def test_mix_kernel_matches_the_reference(C, D):
+def test_mix_kernel_matches_the_reference(C, D, prefetch, monkeypatch):
     """The Triton passes (interpreted on CPU) read a prefix view of a larger history like the fp32 reference:
-    the mix, dw, and the slots' gradient added in place. B*T = 14 fills no token tile; D = 40 no feature tile."""
+    the mix, dw, and the slots' gradient added in place, with and without PREFETCH. B*T = 14 fills no token
+    tile; D = 40 no feature tile."""
     from moda_kernels.mudd import mudd_mix_backward, mudd_mix_forward, naive_mudd_mix, naive_mudd_mix_bwd
+    from moda_kernels.mudd import triton_kernels as K
 
+    monkeypatch.setattr(K, "PREFETCH_UNTUNED", prefetch)
     torch.manual_seed(0)
     B, T, S, n = 2, 7, 5, 4
     h = torch.randn(B, T, S, D)[:, :, :n]
