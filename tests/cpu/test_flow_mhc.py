@@ -117,6 +117,55 @@ def test_one_copy_without_dynamic_terms_is_the_residual_model(norm):
     torch.testing.assert_close(model(idx), base(idx), rtol=0, atol=0)
 
 
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (tests/conftest.py)
+SINKHORN_CASES = [(4, 20, (2, 7)), (3, 5, (37,)), (1, 3, (4,)), (5, 7, (3, 3)), (2, 1, (1,))]
+
+
+@pytest.mark.parametrize("n,iters,lead", SINKHORN_CASES, ids=[f"n{n}-t{t}-R{'x'.join(map(str, r))}"
+                                                               for n, t, r in SINKHORN_CASES])
+def test_sinkhorn_kernel_matches_the_reference(n, iters, lead):
+    """The Triton Sinkhorn-Knopp (interpreter on CPU, fp32) against moda_kernels/sinkhorn/naive.py: the matrices,
+    and d logits against autograd through the reference in fp64, for peaked logits (spread 2) and any n (padded
+    to a power of two) and token count (34 tokens fill one program and part of a second)."""
+    from moda_kernels.sinkhorn import naive_sinkhorn, naive_sinkhorn_bwd, sinkhorn_backward, sinkhorn_forward
+
+    gen = torch.Generator().manual_seed(n * 100 + iters)
+    logits = (2 * torch.randn(*lead, n, n, generator=gen)).to(KERNEL_DEVICE)
+    g = torch.randn(*lead, n, n, generator=gen).to(KERNEL_DEVICE)
+    torch.testing.assert_close(sinkhorn_forward(logits, iters), naive_sinkhorn(logits, iters), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sinkhorn_backward(g, logits, iters), naive_sinkhorn_bwd(g, logits, iters),
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_triton_backend_runs_sinkhorn_through_its_op(norm, monkeypatch):
+    """attn_backend=triton routes every sublayer's Sinkhorn-Knopp through the Triton op (head dim 16: the attention
+    kernel's smallest), with the naive backend's logits and every gradient."""
+    import moda_lab.model.mixers.mhc as module
+
+    calls = []
+    real = module.sinkhorn_forward
+    monkeypatch.setattr(module, "sinkhorn_forward", lambda *a: calls.append(a[0].shape) or real(*a))
+    torch.manual_seed(0)
+    model = randomize(GPT(tiny(mhc(3, 6), norm, d_model=64, attn_backend="triton")), scale=0.1).to(KERNEL_DEVICE)
+    idx = torch.randint(0, 64, (2, 9)).to(KERNEL_DEVICE)
+    loss = model(idx[:, :-1], idx[:, 1:])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert calls == [(2, 8, 3, 3)] * (2 * model.cfg.n_layers)
+    model.set_backend("naive")
+    ref = model(idx[:, :-1], idx[:, 1:])
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, list(model.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiles_to_one_graph_through_the_sinkhorn_op():
+    """With the Triton backend the Sinkhorn op (and its backward op) is one node of the one graph."""
+    torch._dynamo.reset()
+    assert_compiles_to_one_graph(tiny(mhc(3, 4), "post", d_model=64, attn_backend="triton"))
+
+
 def test_params_and_flops_are_counted():
     n, L, D = 3, 3, 32
     res, model = GPT(tiny(MixerConfig("residual"))), GPT(tiny(mhc(n)))

@@ -73,7 +73,8 @@ class WideStreamMixer(DepthMixer):
         super().__init__(cfg, layer)
         self.n = n
 
-    def connections(self, x: torch.Tensor, sublayer: str) -> Connections:
+    def connections(self, x: torch.Tensor, sublayer: str, ctx) -> Connections:
+        """Sublayer ``sublayer``'s weights from the copies x; ctx: the forward's (ForwardCtx)."""
         raise NotImplementedError
 
     def connection_flops(self) -> int:
@@ -89,7 +90,7 @@ class WideStreamMixer(DepthMixer):
         return x.sum(2) if self.layer == self.cfg.n_layers - 1 else x
 
     def skip(self, x, place, sublayer, ctx) -> Skip:
-        return Skip(x, self.connections(x, sublayer), place.gain)
+        return Skip(x, self.connections(x, sublayer, ctx), place.gain)
 
     def _input(self, x, skip: Skip, place):
         return place.norm_input(read_copies(skip.c.pre.to(x.dtype), x))
@@ -173,7 +174,7 @@ class HyperConnectionsMixer(WideStreamMixer):
         self.attn_hc = _HyperConnection(cfg, self.n, 2 * layer, opts.dynamic)
         self.ffn_hc = _HyperConnection(cfg, self.n, 2 * layer + 1, opts.dynamic)
 
-    def connections(self, x, sublayer):
+    def connections(self, x, sublayer, ctx):
         return (self.attn_hc if sublayer == "attn" else self.ffn_hc)(x)
 
     def connection_flops(self) -> int:

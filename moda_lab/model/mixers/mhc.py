@@ -14,6 +14,10 @@ strongly peaked matrices. phi is one Linear (counted once per token); a = 0.01 a
 for b; here b_pre = logit(1/n) (the input starts as the mean of the copies), b_post = 0 (each copy receives the
 output, as Hyper-Connections' B = 1) and b_res = 0 on the diagonal, -2 off it (H_res starts as a mostly-identity
 mix: 0.71 on the diagonal for n = 4, where 20 rounds converge; -4 would give 0.95 but leave columns off by 5e-5).
+
+Where the attention backend runs fused kernels (attn_backend=triton, or auto on a GPU), Sinkhorn-Knopp is one
+custom op each way (moda_kernels/sinkhorn's Triton kernels); elsewhere the reference's ops, which torch.compile
+unrolls: ~5 s of compile a sublayer at 20 rounds (CPU, 2026-12-07), and ~76 small kernels a sublayer a step.
 """
 
 from __future__ import annotations
@@ -25,20 +29,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moda_kernels.sinkhorn import naive_sinkhorn, sinkhorn_backward, sinkhorn_forward
+
 from .base import MixerConfig, register_mixer
 from .hyper_connections import Connections, WideStreamMixer
 
 _OFF_DIAGONAL = -2.0  # b_res off the diagonal (see the top)
 
 
-def sinkhorn_knopp(logits: torch.Tensor, iters: int) -> torch.Tensor:
-    """[.., n, n] logits -> a doubly stochastic [.., n, n]: exp, then ``iters`` times columns then rows summed to 1.
-    The logits' maximum is subtracted first (every normalisation is scale-free, so the result is the same)."""
-    m = torch.exp(logits - logits.amax(dim=(-1, -2), keepdim=True))
-    for _ in range(iters):
-        m = m / m.sum(dim=-2, keepdim=True)  # T_c: columns
-        m = m / m.sum(dim=-1, keepdim=True)  # T_r: rows
-    return m
+@torch.library.custom_op("moda_lab::sinkhorn", mutates_args=())
+def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
+    """Sinkhorn-Knopp of fp32 [.., n, n] logits by its Triton kernel (moda_kernels/sinkhorn): one launch, and
+    to torch.compile one opaque op (the reference's rounds cost ~5 s of compile a sublayer at 20 rounds)."""
+    return sinkhorn_forward(logits, iters)
+
+
+@sinkhorn.register_fake
+def _sinkhorn_fake(logits, iters):
+    return torch.empty_like(logits)
+
+
+@torch.library.custom_op("moda_lab::sinkhorn_bwd", mutates_args=())
+def sinkhorn_bwd(g: torch.Tensor, logits: torch.Tensor, iters: int) -> torch.Tensor:
+    """d loss / d logits of ``sinkhorn`` by its Triton kernel (recomputes the rounds from the logits)."""
+    return sinkhorn_backward(g, logits, iters)
+
+
+@sinkhorn_bwd.register_fake
+def _sinkhorn_bwd_fake(g, logits, iters):
+    return torch.empty_like(logits)
+
+
+def _sinkhorn_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.iters = inputs[1]
+
+
+def _sinkhorn_backward(ctx, g):
+    (logits,) = ctx.saved_tensors
+    return sinkhorn_bwd(g.contiguous(), logits, ctx.iters), None
+
+
+sinkhorn.register_autograd(_sinkhorn_backward, setup_context=_sinkhorn_setup)
+
+
+def sinkhorn_knopp(logits: torch.Tensor, iters: int, kernel: bool = False) -> torch.Tensor:
+    """[.., n, n] fp32 logits -> a doubly stochastic [.., n, n]: exp, then ``iters`` times columns then rows summed
+    to 1 (moda_kernels/sinkhorn/naive.py), by the Triton op where the backend runs fused kernels (``kernel``)."""
+    return sinkhorn(logits, iters) if kernel else naive_sinkhorn(logits, iters)
 
 
 @dataclass(frozen=True)
@@ -70,7 +108,8 @@ class _ManifoldConnection(nn.Module):
         self.bias = nn.Parameter(torch.cat([torch.full((n,), -math.log(n - 1) if n > 1 else 20.0),
                                             torch.zeros(n), b_res.flatten()]))  # [b_pre | b_post | b_res]
 
-    def forward(self, x: torch.Tensor) -> Connections:
+    def forward(self, x: torch.Tensor, kernel: bool = False) -> Connections:
+        """The mappings from the copies x [B, T, n, D]; ``kernel``: Sinkhorn-Knopp by its Triton op."""
         n = self.n
         flat = x.reshape(*x.shape[:2], -1)  # vec(H) [B, T, n*D]
         flat = F.rms_norm(flat, flat.shape[-1:], self.norm_weight.to(x.dtype), self.eps)
@@ -79,7 +118,7 @@ class _ManifoldConnection(nn.Module):
         b = self.bias.float()
         pre = torch.sigmoid(a_pre * z[..., :n] + b[:n])
         post = 2.0 * torch.sigmoid(a_post * z[..., n : 2 * n] + b[n : 2 * n])
-        res = sinkhorn_knopp((a_res * z[..., 2 * n :] + b[2 * n :]).unflatten(-1, (n, n)), self.iters)
+        res = sinkhorn_knopp((a_res * z[..., 2 * n :] + b[2 * n :]).unflatten(-1, (n, n)), self.iters, kernel)
         return Connections(pre, res, post)
 
 
@@ -92,8 +131,8 @@ class MhcMixer(WideStreamMixer):
         self.attn_hc = _ManifoldConnection(cfg, self.n)
         self.ffn_hc = _ManifoldConnection(cfg, self.n)
 
-    def connections(self, x, sublayer):
-        return (self.attn_hc if sublayer == "attn" else self.ffn_hc)(x)
+    def connections(self, x, sublayer, ctx):
+        return (self.attn_hc if sublayer == "attn" else self.ffn_hc)(x, ctx.attn.fused_kernels)
 
     def connection_flops(self) -> int:
         return 0  # phi is a Linear (GPT.matmul_params); the norm, sigmoids and Sinkhorn-Knopp are not counted
