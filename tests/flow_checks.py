@@ -167,3 +167,26 @@ def ref_head(P: dict, cfg: ModelConfig, x: torch.Tensor) -> torch.Tensor:
     if cfg.norm in ("pre", "reordered"):
         x = ref_norm(P, "norm.weight", x)
     return x @ P["tok_emb.weight" if cfg.tie_embeddings else "lm_head.weight"].T
+
+
+def compile_for_sm90(script: str, cache_dir) -> list[str]:
+    """Runs ``script`` (Python that compiles kernels ahead of time with triton.compile and prints a line each) with
+    the interpreter off and ptxas -v's report on, in a fresh Triton cache (ptxas runs every time); returns its
+    lines, printed too. Skips where there is no ptxas."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(cache_dir))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    if "ptxas" in proc.stderr and proc.returncode:
+        pytest.skip("no ptxas for ahead-of-time compilation here")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    return proc.stdout.splitlines()

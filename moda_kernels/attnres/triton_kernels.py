@@ -172,6 +172,16 @@ def _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok):
 
 
 @triton.jit
+def _source_tiles(prev, H, LAST, tok, j, n, m, sht, shj, D, dim, ok, PREFETCH: tl.constexpr):
+    """(source j's tile, the next step's prev). PREFETCH: prev is source j's tile, loaded a step earlier, and
+    source j + 1's load is issued now; else source j is loaded now and prev (unused) passes through."""
+    if PREFETCH:
+        return prev, _load_source(H, LAST, tok, j + 1, n, m, sht, shj, D, dim, ok)
+    else:
+        return _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok), prev
+
+
+@triton.jit
 def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps, N_BUCKET,
                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
     """One read of each source: the online softmax rescales the [BLOCK_T, BLOCK_D >= D] accumulator per source.
@@ -180,14 +190,9 @@ def _fwd_one_pass_kernel(H, LAST, U, OUT, LO, LSE, sht, shj, n_tok, n, m, D, eps
     mx = tl.full([BLOCK_T], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_T], tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
-    if PREFETCH:
-        nxt = _load_source(H, LAST, tok, 0, n, m, sht, shj, D, dim, ok)
+    nxt = _load_source(H, LAST, tok, 0, n, m if PREFETCH else 0, sht, shj, D, dim, ok)  # masked off without
     for j in range(0, m):
-        if PREFETCH:
-            cur = nxt
-            nxt = _load_source(H, LAST, tok, j + 1, n, m, sht, shj, D, dim, ok)
-        else:
-            cur = _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok)
+        cur, nxt = _source_tiles(nxt, H, LAST, tok, j, n, m, sht, shj, D, dim, ok, PREFETCH)
         v = cur.to(tl.float32)
         logit = tl.sum(v * u[None, :], 1) * tl.rsqrt(tl.sum(v * v, 1) / D + eps)
         mx_new = tl.maximum(mx, logit)
@@ -214,14 +219,9 @@ def _bwd_one_pass_kernel(H, LAST, U, G, OUT, LO, LSE, DH, DLAST, DU, sht, shj, s
     mean_da = tl.sum(out * g, 1)  # sum_j alpha_j da_j
     lse = tl.load(LSE + tok, mask=ok_t, other=0.0)
     du = tl.zeros([BLOCK_D], tl.float32)
-    if PREFETCH:
-        nxt = _load_source(H, LAST, tok, 0, n, m, sht, shj, D, dim, ok)
+    nxt = _load_source(H, LAST, tok, 0, n, m if PREFETCH else 0, sht, shj, D, dim, ok)  # masked off without
     for j in range(0, m):
-        if PREFETCH:
-            cur = nxt
-            nxt = _load_source(H, LAST, tok, j + 1, n, m, sht, shj, D, dim, ok)
-        else:
-            cur = _load_source(H, LAST, tok, j, n, m, sht, shj, D, dim, ok)
+        cur, nxt = _source_tiles(nxt, H, LAST, tok, j, n, m, sht, shj, D, dim, ok, PREFETCH)
         v = cur.to(tl.float32)
         s = tl.rsqrt(tl.sum(v * v, 1) / D + eps)
         logit = tl.sum(v * u[None, :], 1) * s

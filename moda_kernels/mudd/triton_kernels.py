@@ -20,6 +20,16 @@ TILE = 4096  # elements of a program's [BLOCK_T, C, BLOCK_D] accumulator (as Den
 
 
 @triton.jit
+def _slot_tiles(prev, H, h_off, j, shj, n, h_ok, PREFETCH: tl.constexpr):
+    """(slot j's tile, the next step's prev). PREFETCH: prev is slot j's tile, loaded a step earlier, and slot
+    j + 1's load is issued now; else slot j is loaded now and prev (unused) passes through."""
+    if PREFETCH:
+        return prev, tl.load(H + h_off + (j + 1) * shj, mask=h_ok & (j + 1 < n), other=0.0)
+    else:
+        return tl.load(H + h_off + j * shj, mask=h_ok, other=0.0), prev
+
+
+@triton.jit
 def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, N_BUCKET, C: tl.constexpr, CP: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr):
     """PREFETCH: slot j + 1's tile is loaded before slot j's is used (two loads in flight per program)."""
@@ -33,14 +43,9 @@ def _mudd_fwd_kernel(H, W, OUT, sht, shj, n_tok, n, D, N_BUCKET, C: tl.constexpr
     h_off = tok64[:, None] * sht + dim[None, :]
     w_off = tok64[:, None] * (C * n) + way[None, :] * n
     acc = tl.zeros([BLOCK_T, CP, BLOCK_D], dtype=tl.float32)
-    if PREFETCH:
-        nxt = tl.load(H + h_off, mask=h_ok & (n > 0), other=0.0)
+    nxt = tl.load(H + h_off, mask=h_ok & (n > 0) & PREFETCH, other=0.0)  # masked off without PREFETCH
     for j in range(0, n):
-        if PREFETCH:
-            cur = nxt
-            nxt = tl.load(H + h_off + (j + 1) * shj, mask=h_ok & (j + 1 < n), other=0.0)
-        else:
-            cur = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0)
+        cur, nxt = _slot_tiles(nxt, H, h_off, j, shj, n, h_ok, PREFETCH)
         h = cur.to(tl.float32)
         w = tl.load(W + w_off + j, mask=w_ok, other=0.0).to(tl.float32)
         acc += w[:, :, None] * h[:, None, :]
@@ -66,14 +71,9 @@ def _mudd_bwd_kernel(H, W, G, DH, PART, sht, shj, sdt, sdj, n_tok, n, D, N_BUCKE
     d_off = tok64[:, None] * sdt + dim[None, :]
     w_off = tok64[:, None] * (C * n) + way[None, :] * n
     part = PART + pid_d.to(tl.int64) * n_tok * C * n + w_off  # this feature tile's share of dw [n_tok, C, n]
-    if PREFETCH:
-        nxt = tl.load(H + h_off, mask=h_ok & (n > 0), other=0.0)
+    nxt = tl.load(H + h_off, mask=h_ok & (n > 0) & PREFETCH, other=0.0)  # masked off without PREFETCH
     for j in range(0, n):
-        if PREFETCH:
-            cur = nxt
-            nxt = tl.load(H + h_off + (j + 1) * shj, mask=h_ok & (j + 1 < n), other=0.0)
-        else:
-            cur = tl.load(H + h_off + j * shj, mask=h_ok, other=0.0)
+        cur, nxt = _slot_tiles(nxt, H, h_off, j, shj, n, h_ok, PREFETCH)
         h = cur.to(tl.float32)
         w = tl.load(W + w_off + j, mask=w_ok, other=0.0).to(tl.float32)
         tl.store(part + j, tl.sum(h[:, None, :] * g, 2), mask=w_ok)

@@ -7,10 +7,6 @@ FLOPs against counts made here; norm placements; the generation cache; one compi
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +14,7 @@ from flow_checks import (
     assert_cached_generation_matches_uncached,
     assert_compiles_to_one_graph,
     assert_matches_reference,
+    compile_for_sm90,
     counted_forward_flops,
     randomize,
     ref_attention,
@@ -384,18 +381,10 @@ def test_triton_kernels_compile_for_h100(tmp_path):
     this the code generation (branches on the source index, runtime loops) that the interpreter does not. Every
     autotuning candidate of the one-pass kernels at the paper's D = 384, and the largest at ONE_PASS_MAX_D, spills
     no register (ptxas -v's report: a compiled kernel's n_regs / n_spills are only filled in on a GPU)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(tmp_path))  # a fresh cache: ptxas runs every time
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", _AOT], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    if "ptxas" in proc.stderr and proc.returncode:
-        pytest.skip("no ptxas for ahead-of-time compilation here")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    print("\n".join(lines))
-    assert len(lines) == 2 + 2 * 12 + 2 * 4 and all("'cubin'" in line for line in lines), proc.stdout
+    lines = compile_for_sm90(_AOT, tmp_path)
+    assert len(lines) == 2 + 2 * 12 + 2 * 4 and all("'cubin'" in line for line in lines), lines
     one_pass = [line for line in lines if "one_pass" in line]
-    assert len(one_pass) == 32 and all(line.endswith("spills 0 0") for line in one_pass), proc.stdout
+    assert len(one_pass) == 32 and all(line.endswith("spills 0 0") for line in one_pass), lines
 
 
 # --- the paper's identities -------------------------------------------------------------------------------
