@@ -35,9 +35,9 @@ def candidates(configs, pinned: tuple[int, int], per_token: int, budget: int) ->
         share = c.kwargs["BLOCK_T"] * per_token / (32 * c.num_warps)
         return budget / 8 < share <= budget
 
-    first = [c for c in configs if key(c) == (*pinned, False)]
-    if not first:
-        raise ValueError(f"the pinned launch {pinned} is not among the candidates")
+    # The pinned launch may lie outside CANDIDATES (MUDD at one way and D = 32 pins 128 tokens): made here then.
+    first = [c for c in configs if key(c) == (*pinned, False)] or [
+        triton.Config({"BLOCK_T": pinned[0], "PREFETCH": False}, num_warps=pinned[1])]
     return first if pin_configs() else first + [c for c in configs if fits(c) and key(c) != (*pinned, False)]
 
 

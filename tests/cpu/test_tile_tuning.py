@@ -23,8 +23,10 @@ def test_candidates_put_the_pinned_launch_first_and_keep_the_budget(monkeypatch)
         + [(bt, 8, pf) for bt in (4, 8, 16) for pf in (False, True)])
     monkeypatch.setenv("MODA_PIN_CONFIGS", "1")
     assert [shape(c) for c in tile_tuning.candidates(tile_tuning.CANDIDATES, (8, 4), 512, 32)] == [(8, 4, False)]
-    with pytest.raises(ValueError, match=r"the pinned launch \(3, 4\) is not among the candidates"):
-        tile_tuning.candidates(tile_tuning.CANDIDATES, (3, 4), 512, 32)
+    # A pinned launch outside the list (MUDD's untuned tile at C = 1, D = 32: 128 tokens) still comes first.
+    assert [shape(c) for c in tile_tuning.candidates(tile_tuning.CANDIDATES, (128, 4), 32, 32)] == [(128, 4, False)]
+    monkeypatch.delenv("MODA_PIN_CONFIGS")
+    assert shape(tile_tuning.candidates(tile_tuning.CANDIDATES, (128, 4), 32, 32)[0]) == (128, 4, False)
 
 
 @pytest.mark.parametrize("kernel", ["attnres", "mudd"])
