@@ -8,8 +8,13 @@ compares the model's forward and every parameter's gradient with it (fp32, 1e-5)
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -173,13 +178,6 @@ def compile_for_sm90(script: str, cache_dir) -> list[str]:
     """Runs ``script`` (Python that compiles kernels ahead of time with triton.compile and prints a line each) with
     the interpreter off and ptxas -v's report on, in a fresh Triton cache (ptxas runs every time); returns its
     lines, printed too. Skips where there is no ptxas."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import pytest
-
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(cache_dir))
     root = Path(__file__).resolve().parents[1]

@@ -282,18 +282,19 @@ def tuned_configs(configs, direction: str, block_d: int) -> list:
                                   ONE_PASS_PER_THREAD[direction])
 
 
-ONE_PASS_KERNELS = {}  # direction -> the launched kernel (autotuned on a GPU), made at its first launch
+# direction -> the launched kernel (autotuned on a GPU). The backward adds into the slots' gradient buffer DH,
+# which the autotuner puts back after each trial.
+ONE_PASS_KERNELS = {
+    "fwd": tile_tuning.tuned(_fwd_one_pass_kernel, ["D", "N_BUCKET"],
+                             lambda configs, args: tuned_configs(configs, "fwd", args["BLOCK_D"])),
+    "bwd": tile_tuning.tuned(_bwd_one_pass_kernel, ["D", "N_BUCKET"],
+                             lambda configs, args: tuned_configs(configs, "bwd", args["BLOCK_D"]), ["DH"]),
+}
 
 
 def _launch_one_pass(direction: str, n_tok: int, block_d: int, *args) -> int:
     """Launches the one-pass kernel of a direction over n_tok tokens (args: its arguments up to N_BUCKET); returns
-    the BLOCK_T it ran with (the backward's partial dquery rows: one per program). The backward adds into the
-    slots' gradient buffer DH, which the autotuner puts back after each trial."""
-    if direction not in ONE_PASS_KERNELS:
-        ONE_PASS_KERNELS[direction] = tile_tuning.tuned(
-            _fwd_one_pass_kernel if direction == "fwd" else _bwd_one_pass_kernel, ["D", "N_BUCKET"],
-            lambda configs, args: tuned_configs(configs, direction, args["BLOCK_D"]),
-            ["DH"] if direction == "bwd" else None)
+    the BLOCK_T it ran with (the backward's partial dquery rows: one per program)."""
     one = schedule(block_d, direction)
     pinned = {"BLOCK_T": one["BLOCK_T"], "PREFETCH": PREFETCH_UNTUNED, "num_warps": one["num_warps"]}
     ran = tile_tuning.launch(ONE_PASS_KERNELS[direction], lambda meta: (triton.cdiv(n_tok, meta["BLOCK_T"]),),

@@ -106,7 +106,6 @@ PREFETCH_UNTUNED = False  # PREFETCH of the launch without autotuning (the tests
 # D, dtypes) within this many fp32 elements of the [BLOCK_T, CP, BLOCK_D] tile a thread: ptxas -v finds no spill
 # there at C = 4, BLOCK_D = 128, 4 and 8 warps, with and without PREFETCH (the backward spills one step above).
 PER_THREAD = {"fwd": 64, "bwd": 32}
-KERNELS = {}  # direction -> the launched kernel (autotuned on a GPU), made at its first launch
 
 
 def tuned_configs(configs, direction: str, C: int, D: int) -> list:
@@ -115,12 +114,16 @@ def tuned_configs(configs, direction: str, C: int, D: int) -> list:
     return tile_tuning.candidates(configs, (bt, UNTUNED_WARPS), cp * bd, PER_THREAD[direction])
 
 
+# direction -> the launched kernel (autotuned on a GPU; the backward's DH, which it adds into, put back per trial).
+KERNELS = {
+    "fwd": tile_tuning.tuned(_mudd_fwd_kernel, ["N_BUCKET", "D", "C"],
+                             lambda configs, args: tuned_configs(configs, "fwd", args["C"], args["D"])),
+    "bwd": tile_tuning.tuned(_mudd_bwd_kernel, ["N_BUCKET", "D", "C"],
+                             lambda configs, args: tuned_configs(configs, "bwd", args["C"], args["D"]), ["DH"]),
+}
+
+
 def _launch(direction: str, n_tok: int, C: int, D: int, *args) -> None:
-    if direction not in KERNELS:
-        KERNELS[direction] = tile_tuning.tuned(
-            _mudd_fwd_kernel if direction == "fwd" else _mudd_bwd_kernel, ["N_BUCKET", "D", "C"],
-            lambda configs, args: tuned_configs(configs, direction, args["C"], args["D"]),
-            ["DH"] if direction == "bwd" else None)
     cp, bt, bd = _tiles(C, D)
     pinned = {"BLOCK_T": bt, "PREFETCH": PREFETCH_UNTUNED, "num_warps": UNTUNED_WARPS}
     tile_tuning.launch(KERNELS[direction], lambda meta: (triton.cdiv(n_tok, meta["BLOCK_T"]), triton.cdiv(D, bd)),

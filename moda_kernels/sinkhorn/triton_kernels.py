@@ -19,7 +19,7 @@ BLOCK_R = 32  # tokens a program
 
 
 @triton.jit
-def _tile(L, R, n, NP: tl.constexpr, BLOCK_R: tl.constexpr):
+def _tile(R, n, NP: tl.constexpr, BLOCK_R: tl.constexpr):
     """(offsets, mask) of this program's [BLOCK_R, NP, NP] tile of a [R, n, n] tensor."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     i = tl.arange(0, NP)
@@ -51,7 +51,7 @@ def _round(x):
 
 @triton.jit
 def _sinkhorn_fwd_kernel(L, M, R, n, iters, NP: tl.constexpr, BLOCK_R: tl.constexpr):
-    offs, ok = _tile(L, R, n, NP, BLOCK_R)
+    offs, ok = _tile(R, n, NP, BLOCK_R)
     x = _start(L, offs, ok)
     for _ in range(0, iters):
         a, cs, x, rs = _round(x)
@@ -60,7 +60,7 @@ def _sinkhorn_fwd_kernel(L, M, R, n, iters, NP: tl.constexpr, BLOCK_R: tl.conste
 
 @triton.jit
 def _sinkhorn_bwd_kernel(L, G, DL, R, n, iters, NP: tl.constexpr, BLOCK_R: tl.constexpr):
-    offs, ok = _tile(L, R, n, NP, BLOCK_R)
+    offs, ok = _tile(R, n, NP, BLOCK_R)
     x0 = _start(L, offs, ok)
     g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
     for q in range(0, iters):
