@@ -42,6 +42,7 @@ from moda_lab.train.preflight import check_command_line  # noqa: E402
 
 MODELS = ("moda", "moda_depth_kv", "residual")  # longest first
 BASELINE = "residual"
+PACKED_KEY = "data.packed_dir="  # the corpus every job reads (in --extra; part of each run dir's name)
 # The rows: evaluate each final checkpoint on the GPU (checkpoints do not come back from a call), checkpoint every
 # 100 steps so a call's budget loses little (a checkpoint is taken after a validation: val_every divides it).
 # Progress bars (lm-eval's over 2.8k batches, the training bar) redraw in a job's log file every 0.1 s by default.
@@ -120,6 +121,7 @@ class Plan:
     baseline_sweep: bool = True  # the plain residual sweep per norm (the rows' lr when no recipe cell has one)
     sweep_models: tuple[str, ...] = ()  # variants swept per norm besides the baseline: rows then take their own lr
     row_recipe: str = ""  # rows train under this recipe's overrides and take its cells' lr (per variant if swept)
+    sweep_packed_dir: str = ""  # the corpus the lr sweeps ran on, where it is not the rows' (data.packed_dir in extra)
 
     @property
     def sweep_name(self) -> str:
@@ -154,7 +156,10 @@ class Plan:
                    f"trainer.ckpt_every={every}", *self.sweep_extra]
         else:
             own = [f"name={self.name}", f"seed={job.seed}", *self.row_extra]
-        return [*base, *self.extra, f"run_root={self.run_root}", *own]
+        extra = self.extra
+        if job.stage == "sweep" and self.sweep_packed_dir:
+            extra = tuple(e for e in extra if not e.startswith(PACKED_KEY)) + (PACKED_KEY + self.sweep_packed_dir,)
+        return [*base, *extra, f"run_root={self.run_root}", *own]
 
     def run_dir(self, job: Job) -> Path:
         name = self.sweep_name if job.stage == "sweep" else self.name
@@ -455,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-extra", nargs="*", action="extend", default=[], help="overrides for the lr sweep's jobs")
     p.add_argument("--row-extra", nargs="*", action="extend", default=[],
                    help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
+    p.add_argument("--sweep-packed-dir", default="", help="the data.packed_dir the lr sweeps ran (or run) on, where "
+                   "the rows train on another build of the corpus: the rows take the lr those sweeps chose")
     p.add_argument("--plan", action="store_true", help="launch nothing: print the lr choices, the rows done per "
                    "cell and every job left, against the committed archives (COMMITTED) unless --run-root is given")
     return p
@@ -539,6 +546,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         baseline_sweep=not args.no_baseline_sweep,
         sweep_models=tuple(m for m in args.sweep_models.split(",") if m),
         row_recipe=args.row_recipe,
+        sweep_packed_dir=args.sweep_packed_dir,
     )
 
 
@@ -582,10 +590,10 @@ def print_plan(args: argparse.Namespace) -> dict:
         if args.run_root is None:
             plan = plan_from_args(args)
             args.run_root = committed_run_root(plan.name, plan.sweep_name, Path(tmp))
-        if not any(e.startswith("data.packed_dir=") for e in args.extra):
+        if not any(e.startswith(PACKED_KEY) for e in args.extra):
             packed = packed_dir_of(args.run_root)
             if packed:
-                args.extra = [f"data.packed_dir={packed}", *args.extra]
+                args.extra = [PACKED_KEY + packed, *args.extra]
         plan = plan_from_args(args)
         jobs, choices = plan_jobs(plan)
         print(describe_plan(plan, jobs, choices))

@@ -2,7 +2,7 @@
 # GPU call (issue 12): the Table 6 lr sweep and rows (experiments/gpu/table6.py) in a driver that outlives the call,
 # then each run's small files as one tarball.
 #   device run: [DRIVER_BUDGET_S=1600] [WAIT_S=520] bash experiments/gpu/table6.sh [table6.py args]
-#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/table6_packed.tar.xz, data/eval.tar.xz
+#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/eval.tar.xz (the corpus is committed)
 #
 # The first call of a lease starts the driver in its own process session (setsid): on the lent machine it runs on
 # between calls, until the machine goes back, so a row trains without a restart (a relaunch from a checkpoint cost
@@ -33,7 +33,17 @@ source experiments/gpu/env.sh
 # and up to 6 compile-cache files.
 CALL=/tmp/call && rm -rf "$CALL" && mkdir -p "$CALL"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$CALL/nvidia-smi.txt"
-[ -d data/packed ] || { mkdir -p data/packed && tar -xJf data/table6_packed.tar.xz -C data/packed; }
+# The corpus: the committed, pinned build (experiments/gpu/corpus/README.md), checked against its sha256 there;
+# PACKED_ARCHIVE=<file> trains on another build (its rows get that build's fingerprint in their names).
+PACKED_ARCHIVE=${PACKED_ARCHIVE:-experiments/gpu/corpus/table6_371e9a83a838334e.tar.xz}
+PINNED_SHA=b4a4b119c8ea7efc1e2984ed27820e25ea5a036e9007379fb2dd92006aa96db9
+if [ ! -d data/packed ]; then
+  case "$PACKED_ARCHIVE" in experiments/gpu/corpus/table6_371e9a83a838334e.tar.xz)
+    echo "$PINNED_SHA  $PACKED_ARCHIVE" | sha256sum --check --quiet --strict - \
+      || { echo "[table6.sh] $PACKED_ARCHIVE does not match its sha256 in experiments/gpu/corpus/README.md" >&2; exit 2; } ;;
+  esac
+  mkdir -p data/packed && tar -xJf "$PACKED_ARCHIVE" -C data/packed
+fi
 [ -d data/eval ] || { [ -f data/eval.tar.xz ] && mkdir -p data/eval && tar -xJf data/eval.tar.xz -C data/eval; }
 PACKED=$(ls -d data/packed/*/ | head -1)
 # The rows evaluate after fit: say at once whether lm-eval imports here (datasets wants pyarrow >= 24 from the image).

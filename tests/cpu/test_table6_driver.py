@@ -134,6 +134,25 @@ def test_rows_under_a_recipe_take_each_variants_own_per_norm_grid_choice(plan, t
         table6.plan_from_args(args)
 
 
+def test_rows_on_a_rebuilt_corpus_take_the_lr_the_sweeps_chose_on_theirs(plan):
+    """--sweep-packed-dir: the sweeps are looked up (and would run) on the corpus they ran on; the rows train on
+    --extra's. Without it, a new corpus hides every sweep and the driver would sweep again."""
+    old, new = "data.packed_dir=data/packed/aaaa", "data.packed_dir=data/packed/bbbb"
+    swept = table6.Plan(**{**plan.__dict__, "norms": ("post",), "extra": (old,)})
+    for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+        fake_run(swept, table6.Job("sweep", "post", lr), curve(loss))
+    moved = table6.Plan(**{**swept.__dict__, "extra": (new,)})
+    assert {j.stage for j in table6.plan_jobs(moved)[0]} == {"sweep"}
+    pinned = table6.Plan(**{**moved.__dict__, "sweep_packed_dir": "data/packed/aaaa"})
+    todo, choices = table6.plan_jobs(pinned)
+    assert choices["post"]["lr"] == 2e-3
+    assert {j.stage for j in todo} == {"row"} and len(todo) == 4
+    assert all(new in pinned.overrides(j) and old not in pinned.overrides(j) for j in todo)
+    assert "bbbb" in pinned.run_dir(todo[0]).name
+    args = table6.build_parser().parse_args(["--extra", new, "--sweep-packed-dir", "data/packed/aaaa"])
+    assert table6.plan_from_args(args).sweep_packed_dir == "data/packed/aaaa"
+
+
 def test_only_recipes_keeps_the_named_recipes_and_refuses_unknown_ones(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"a": {"overrides": ["optim=muon_wsd"]}, "b": {"overrides": ["seed=1"]}}))
