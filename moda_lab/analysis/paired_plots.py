@@ -6,6 +6,7 @@ row are plots.py's.
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -33,6 +34,8 @@ from moda_lab.analysis.significance import pair_lrs_text, params_text
 
 if TYPE_CHECKING:
     from moda_lab.analysis.reference import Reference
+
+LABEL_CHARS = 52  # a row label's line: the axes keep ~60% of the figure's 10.5 inches at 8 pt
 
 
 def _own_lrs(row: pd.Series) -> str:
@@ -64,8 +67,8 @@ def plot_paired_differences(
     whose variant has more (or fewer) parameters than the baseline (``+3.2% params``) and rows whose arms ran each
     at its own lr (``lr 0.0045 vs 0.003``)."""
     rows = paired[(paired["metric"] == metric) & (paired["n"] > 0)] if not paired.empty else paired
-    fig, ax = plt.subplots(figsize=(7.6, 1.6 + 0.5 * max(1, len(rows))))
     if rows.empty:
+        fig, ax = plt.subplots(figsize=(7.6, 2.1))
         ax.text(0.5, 0.5, f"no paired runs for {metric}", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
@@ -77,9 +80,8 @@ def plot_paired_differences(
     def shown(c: str, r: pd.Series) -> str:
         return f"{short[c]}={r[c]}" if c in short else _config_text(r, differing) if c == "config" else str(r[c])
 
-    labels, drawn = [], set()
-    for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
-        color = colors[r["variant"]]
+    labels = []
+    for _, r in rows.iloc[::-1].iterrows():
         parts = [shown(c, r) for c in extra if r[c] not in ("", None)]
         parts = [p for p in parts if p]
         label = f"{r['variant']} − {r['baseline']}" + (f" ({', '.join(parts)})" if parts else "")
@@ -88,7 +90,13 @@ def plot_paired_differences(
         change = r.get("params_change")
         if pd.notna(change) and change != 0:  # a variant with more weights: say so beside its difference
             label += f"; {params_text(change)}"
-        labels.append(label)
+        # Wrapped: a config's parts on one line made the label wider than the figure, cut off at its left edge.
+        labels.append("\n".join(textwrap.fill(line, LABEL_CHARS) for line in label.split("\n")))
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(10.5, 1.8 + 0.3 * max(len(labels), 1) + 0.14 * lines))
+    drawn = set()
+    for y, (_, r) in enumerate(rows.iloc[::-1].iterrows()):
+        color = colors[r["variant"]]
         if int(r["n"]) >= 2:
             err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
             ax.errorbar(r["mean"], y, xerr=err, fmt="o", color=color, capsize=4, markersize=7)
