@@ -44,7 +44,6 @@ def test_reduce_overhead_captures_the_step_and_matches_the_default_mode(name):
         assert dict(counters["graph_break"]) == {}
         assert counters["stats"]["unique_graphs"] == 1
     assert counters["inductor"]["cudagraph_skips"] == 0, "Inductor skipped CUDA graphs (TORCH_LOGS=cudagraphs says why)"
-    assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] <= 2  # idx and targets, no stream buffer
     (loss_d, g_d), (loss_c, g_c) = results["default"][-1], results["reduce-overhead"][-1]
     assert abs(loss_c.item() - loss_d.item()) < 1e-3 * loss_d.item()
     rel = (g_c - g_d).norm() / g_d.norm()
@@ -52,3 +51,6 @@ def test_reduce_overhead_captures_the_step_and_matches_the_default_mode(name):
     loss_r, g_r = results["reduce-overhead"][2]  # the first replay equals the second
     assert abs(loss_r.item() - loss_c.item()) < 1e-4 * loss_c.item()
     assert (g_r - g_c).norm() / g_c.norm() < 1e-3
+    # Copied into the graphs' static buffers each replay: idx and targets (forward) and the loss's incoming
+    # gradient (backward); 3 for every variant on the H100 (2026-12-07), so no depth-stream buffer is among them.
+    assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] <= 3
