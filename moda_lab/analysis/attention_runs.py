@@ -1,6 +1,7 @@
 """The after-fit attention statistics of a sweep's runs side by side (``eval.attention_windows``, written by
 moda_lab.eval.attention_stats to ``<run>/eval/last/attention.csv``): per norm and variant, the softmax mass on the
 depth slots and on the first token (the sink) per layer, as the mean over heads, validation domains and seeds.
+Runs of different configs (``cell_label``: lr, recipe, corpus) are never averaged together: each is its own line.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from moda_lab.analysis.archive import files_dir
-from moda_lab.analysis.plots import layout_with_legend, ordered_norms, place_legend, seeds_text, variant_colors
+from moda_lab.analysis.plots import (
+    config_shades,
+    differing_parts,
+    layout_with_legend,
+    ordered_norms,
+    place_legend,
+    seeds_text,
+    variant_colors,
+)
 from moda_lab.analysis.tidy import complete_runs, sort_cells
 
 ATTENTION_FILE = Path("eval") / "last" / "attention.csv"
-RUN_IDS = ["run", "model", "depth_kv", "ffn_kv", "attn_kv", "variant", "norm", "layers", "width", "seed"]
+RUN_IDS = ["run", "model", "depth_kv", "ffn_kv", "attn_kv", "variant", "norm", "layers", "width", "cell_label", "seed"]
 MASSES = {"depth_mass": "mass on depth slots", "sink_mass": "mass on the first token (sink)"}
 
 
@@ -37,8 +46,9 @@ def load_run_attention(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (layers, norm, variant, layer): mean and std over seeds of each mass, and the number of seeds."""
-    keys = [c for c in ("layers", "width", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "variant") if c in frame]
+    """Per (layers, norm, variant, config, layer): mean and std over seeds of each mass, and the number of seeds."""
+    keys = [c for c in ("layers", "width", "norm", "model", "depth_kv", "ffn_kv", "attn_kv", "variant", "cell_label")
+            if c in frame]
     grouped = frame.groupby([*keys, "layer"], dropna=False, sort=False)
     out = grouped[list(MASSES)].agg(["mean", "std"])
     out.columns = [f"{m}:{stat}" for m, stat in out.columns]
@@ -48,13 +58,19 @@ def attention_by_variant(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
-    """Two rows of panels (depth mass, sink mass) x one column per norm: one line per variant (and depth), the
+    """Two rows of panels (depth mass, sink mass) x one column per norm: one line per variant, depth and config
+    (a shade of the variant's colour each, plots.config_shades; the legend names what sets a config apart), the
     mean over seeds, +/- their std as a band. A variant without depth slots (the residual) has no depth-mass line:
     its zero is not a measurement."""
     agg = attention_by_variant(frame)
     norms = ordered_norms(agg) or [None]
     fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
     colors = variant_colors(agg)
+    if "cell_label" not in agg:
+        agg = agg.assign(cell_label="")
+    agg["cell_label"] = agg["cell_label"].fillna("")
+    shades = config_shades(agg, colors)
+    differing = differing_parts(agg["cell_label"].unique())
     several_depths = agg["layers"].nunique() > 1 if not agg.empty else False
     # The sink row's axis: its own top (at least 0.05), not 0-1; sink masses of a few hundredths read as 0 there.
     sink = (agg["sink_mass:mean"] + agg["sink_mass:std"].fillna(0.0)).max() if not agg.empty else np.nan
@@ -63,14 +79,17 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
     for col, norm in enumerate(norms):
         for row, (mass, label) in enumerate(MASSES.items()):
             ax = axes[row, col]
-            for (layers, variant), line in agg[agg["norm"] == norm].groupby(["layers", "variant"], sort=False):
+            panel = agg[agg["norm"] == norm]
+            for (layers, variant, config), line in panel.groupby(["layers", "variant", "cell_label"], sort=False):
                 if mass == "depth_mass" and not line["depth_slots"].max() > 0:
                     continue
                 n = int(line["seeds"].max())
-                name = f"{variant} ({f'{layers} layers; ' if several_depths else ''}{seeds_text(n, n)})"
+                parts = [p for p in (f"{layers} layers" if several_depths else "", differing(config)) if p]
+                name = f"{variant} ({'; '.join([*parts, seeds_text(n, n)])})"
+                color = shades.get((variant, config), colors[variant])
                 mean, std = line[f"{mass}:mean"], line[f"{mass}:std"].fillna(0.0)
-                ax.plot(line["layer"], mean, "o-", markersize=3, color=colors[variant], label=name)
-                ax.fill_between(line["layer"], mean - std, mean + std, color=colors[variant], alpha=0.18, linewidth=0)
+                ax.plot(line["layer"], mean, "o-", markersize=3, color=color, label=name)
+                ax.fill_between(line["layer"], mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
             ax.set_ylim(0, 1 if mass == "depth_mass" else sink_top)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)

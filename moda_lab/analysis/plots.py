@@ -397,9 +397,11 @@ def plot_downstream(summary: pd.DataFrame, prefer: tuple[str, ...] | None = None
     ax.set_xticks(positions + width * (len(agg) - 1) / 2, names)
     ax.set_ylabel("accuracy")
     ax.set_title(f"Downstream accuracy per task ({note})")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: never on a bar
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    # Under the panel, never on a bar; beside it, long names (configs that differ in several keys) took half the
+    # figure's width and the task names under the bars ran into each other.
+    below, longest = place_legend(ax, max_inside=0)
+    layout_with_legend(fig, below, longest, margin=1.0)
     return fig
 
 

@@ -184,7 +184,7 @@ def test_runs_differing_beyond_the_seed_are_separate_cells_labelled_by_the_diffe
     assert all(b.errorbar is None for b in containers)  # one seed per bar: no std to draw, not a zero-length one
     bars.canvas.draw()  # the legend sits beside the bars, never over them
     renderer = bars.canvas.get_renderer()
-    assert bars.axes[0].get_legend().get_window_extent(renderer).x0 >= bars.axes[0].get_window_extent(renderer).x1
+    assert bars.axes[0].get_legend().get_window_extent(renderer).y1 <= bars.axes[0].get_window_extent(renderer).y0
 
 
 def test_bench_loader_is_tolerant(tmp_path: Path):

@@ -568,6 +568,15 @@ def test_after_fit_attention_statistics_per_variant(tmp_path: Path):
     assert fig.axes[0].get_ylim() == (0, 1) and fig.axes[1].get_ylim()[1] == pytest.approx(1.15 * 0.55)
     small = plot_attention_by_variant(frame.assign(sink_mass=frame["sink_mass"] * 0.01))
     assert small.axes[1].get_ylim()[1] == pytest.approx(0.05)
+    # Runs of another config (recipe, lr, corpus) of the same variants are lines of their own, never averaged in.
+    other = frame.assign(cell_label="lr=0.0045, optimizer=muon", depth_mass=frame["depth_mass"] + 0.5,
+                         run=frame["run"] + "-muon")
+    both = pd.concat([frame.assign(cell_label="lr=0.003, optimizer=adamw"), other], ignore_index=True)
+    split = attention_by_variant(both).set_index(["variant", "cell_label", "layer"])
+    assert split.loc[("moda", "lr=0.0045, optimizer=muon", 2), "depth_mass:mean"] == pytest.approx(expect + 0.5)
+    assert split.loc[("moda", "lr=0.003, optimizer=adamw", 2), "depth_mass:mean"] == pytest.approx(expect)
+    lines = [line.get_label() for line in plot_attention_by_variant(both).axes[0].get_lines()]
+    assert sum(lab.startswith("moda (") for lab in lines) == 2 and any("optimizer=muon" in lab for lab in lines)
     run_analysis(sweep, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "attention_by_layer.png").is_file()
     assert len(pd.read_csv(tmp_path / "out" / "tables" / "attention_by_layer.csv")) == 3 * 3  # 3 variants x 3 layers
