@@ -122,6 +122,7 @@ class Plan:
     sweep_models: tuple[str, ...] = ()  # variants swept per norm besides the baseline: rows then take their own lr
     row_recipe: str = ""  # rows train under this recipe's overrides and take its cells' lr (per variant if swept)
     sweep_packed_dir: str = ""  # the corpus the lr sweeps ran on, where it is not the rows' (data.packed_dir in extra)
+    row_order: str = "norm"  # "norm": one norm's rows, seed by seed, then the next's; "seed": seed by seed, every norm
 
     @property
     def sweep_name(self) -> str:
@@ -259,14 +260,17 @@ def row_lr(plan: Plan, choices: dict[str, dict], norm: str, model: str) -> float
 
 
 def _rows(plan: Plan, choices: dict[str, dict]) -> list[Job]:
-    """Every row whose lr is chosen, norm-major, then seed, then model (longest first)."""
+    """Every row whose lr is chosen, norm-major, then seed, then model (longest first); with row_order "seed",
+    seed-major, then norm: each seed's pairs of every norm before the next seed's."""
+    order = [(n, s) for n in plan.norms for s in plan.seeds]
+    if plan.row_order == "seed":
+        order = [(n, s) for s in plan.seeds for n in plan.norms]
     rows = []
-    for norm in plan.norms:
-        for seed in plan.seeds:
-            for model in plan.models:
-                lr = row_lr(plan, choices, norm, model)
-                if lr is not None:
-                    rows.append(Job("row", norm, lr, model, seed, recipe=plan.row_recipe))
+    for norm, seed in order:
+        for model in plan.models:
+            lr = row_lr(plan, choices, norm, model)
+            if lr is not None:
+                rows.append(Job("row", norm, lr, model, seed, recipe=plan.row_recipe))
     return rows
 
 
@@ -331,6 +335,18 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
             return
 
 
+def read_deadline(path: Path, current: float) -> float:
+    """The deadline in ``path`` (epoch seconds, written by this driver and moved by a later call of table6.sh:
+    DEADLINE_IN_S) as a time.monotonic() value; ``current`` while the file is missing, being written, or says the
+    same second."""
+    try:
+        epoch = float(path.read_text().strip())
+    except (OSError, ValueError):
+        return current
+    moved = time.monotonic() + (epoch - time.time())
+    return current if abs(moved - current) < 1.0 else moved
+
+
 def drive(
     plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0, start_until_s: float | None = None
 ) -> dict:
@@ -345,7 +361,8 @@ def drive(
     deadline = t_start + budget_s
     last_start = t_start + (budget_s if start_until_s is None else start_until_s)
     log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "deadline").write_text(f"{time.time() + budget_s:.0f}\n")  # epoch seconds: table6.sh waits for it
+    deadline_file = log_dir / "deadline"  # epoch seconds: table6.sh waits for it, and a later call may move it
+    deadline_file.write_text(f"{time.time() + budget_s:.0f}\n")
     running: dict[Job, tuple[subprocess.Popen, float]] = {}
     failed: dict[str, int | str] = {}  # run dir -> exit status, or the config error that refused it
     history: list[dict] = []
@@ -359,6 +376,10 @@ def drive(
     log_start: dict[Job, int] = {}  # where this launch's output begins in the job's (appended) driver.log
     oom_retries: dict[Job, int] = {}
     while True:
+        moved = read_deadline(deadline_file, deadline)
+        if moved != deadline:
+            deadline = moved
+            print(f"[table6] {_clock(t_start)} deadline moved: {deadline - time.monotonic():.0f} s left", flush=True)
         for job, (proc, t0) in list(running.items()):
             if proc.poll() is not None:
                 del running[job]
@@ -462,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"overrides for the rows, after {' '.join(ROW_EXTRA)}")
     p.add_argument("--sweep-packed-dir", default="", help="the data.packed_dir the lr sweeps ran (or run) on, where "
                    "the rows train on another build of the corpus: the rows take the lr those sweeps chose")
+    p.add_argument("--row-order", choices=("norm", "seed"), default="norm", help="rows norm by norm (each norm's "
+                   "seeds in turn), or seed by seed (every norm's cells of a seed before the next seed)")
     p.add_argument("--plan", action="store_true", help="launch nothing: print the lr choices, the rows done per "
                    "cell and every job left, against the committed archives (COMMITTED) unless --run-root is given")
     return p
@@ -547,6 +570,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         sweep_models=tuple(m for m in args.sweep_models.split(",") if m),
         row_recipe=args.row_recipe,
         sweep_packed_dir=args.sweep_packed_dir,
+        row_order=args.row_order,
     )
 
 

@@ -11,6 +11,9 @@
 # log and status.json). Issue the next call at once: the machine goes back after ~30 s idle.
 #   DRIVER_BUDGET_S: the driver stops every job this many seconds after it started (the lease's device time, less
 #     the start and the last call's collection); give --start-until-s too, so no row starts that cannot finish.
+#   DEADLINE_IN_S: on a later call, moves that stop to this many seconds from now. The first call cannot know
+#     what the machine's start cost (75 s to ~390 s); its reply's budget_left_s says, so the second call can set
+#     the stop at what the lease has left, less that call's ~15 s and the last collection's.
 #   A later call finds the driver running and only waits and collects; once the driver has ended, a call on the
 #     same machine starts no new one (RELAUNCH=1 does). A fresh machine starts a fresh driver: the committed runs
 #     of earlier sessions are extracted from their archives, so finished runs are not repeated.
@@ -76,6 +79,10 @@ mkdir -p "$DRIVER"
 alive() { [ -f "$DRIVER/pid" ] && kill -0 "$(cat "$DRIVER/pid")" 2>/dev/null; }
 if alive; then
   echo "[table6.sh] driver $(cat "$DRIVER/pid") running since $(cat "$DRIVER/started")"
+  if [ -n "${DEADLINE_IN_S:-}" ]; then  # the lease's time is known now (the first call's reply): use all of it
+    echo $(( $(date +%s) + DEADLINE_IN_S )) > "$DRIVER/deadline.tmp" && mv "$DRIVER/deadline.tmp" "$DRIVER/deadline"
+    echo "[table6.sh] deadline moved to ${DEADLINE_IN_S} s from now"
+  fi
 elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
   echo "[table6.sh] the driver ended at $(cat "$DRIVER/ended"); collecting only (RELAUNCH=1 starts another)"
 else

@@ -30,7 +30,12 @@ if [ -n "${BEFORE_ROWS:-}" ]; then
   timeout "${BEFORE_ROWS_TIMEOUT_S:-900}" bash -c "$BEFORE_ROWS" > "$BEFORE_ROWS_OUT/log.txt" 2>&1
   echo "[chain] $(elapsed) s: the command before the rows ended, rc=$?"
 fi
-left=$(( ${DRIVER_BUDGET_S:-1600} - $(elapsed) ))
+# The deadline file (epoch seconds; table6.sh writes it from DRIVER_BUDGET_S and a later call may move it with
+# DEADLINE_IN_S, as the driver then re-reads it every poll) sets what is left.
+until_deadline() {
+  echo $(( $(cat "$DRIVER/deadline" 2>/dev/null || echo $(( t0 + ${DRIVER_BUDGET_S:-1600} ))) - $(date +%s) ))
+}
+left=$(until_deadline)
 until_args=()
 [ -n "${START_UNTIL_S:-}" ] && until_args=(--start-until-s $(( START_UNTIL_S - $(elapsed) )))
 if [ "$left" -gt 60 ]; then
@@ -39,7 +44,7 @@ if [ "$left" -gt 60 ]; then
 fi
 [ -n "${tests_pid:-}" ] && wait "$tests_pid"  # beside the driver too when there is no BEFORE_ROWS
 if [ -n "${AFTER_ROWS:-}" ]; then  # the GPU to itself once the rows have ended, until 15 s before the deadline
-  left=$(( ${DRIVER_BUDGET_S:-1600} - $(elapsed) - 15 ))
+  left=$(( $(until_deadline) - 15 ))
   mkdir -p "${AFTER_ROWS_OUT:?set by table6.sh}"
   if [ "$left" -gt "${AFTER_ROWS_MIN_S:-60}" ]; then
     echo "[chain] $(elapsed) s: after the rows (at most ${left} s): $AFTER_ROWS"

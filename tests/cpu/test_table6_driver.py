@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,21 @@ def test_rows_on_a_rebuilt_corpus_take_the_lr_the_sweeps_chose_on_theirs(plan):
     assert table6.plan_from_args(args).sweep_packed_dir == "data/packed/aaaa"
 
 
+def test_rows_seed_by_seed_across_norms(plan):
+    """--row-order seed: each seed's rows of every norm before the next seed's (a lease's three rows then add a
+    pair to the norm that has fewer), where the default finishes one norm's seeds first."""
+    for norm in ("post", "pre"):
+        for lr, loss in ((1e-3, 5.0), (2e-3, 4.0), (4e-3, 4.5)):
+            fake_run(plan, table6.Job("sweep", norm, lr), curve(loss))
+    default = [(j.norm, j.seed) for j in table6.plan_jobs(plan)[0]]
+    assert default == [("post", 0)] * 2 + [("post", 1)] * 2 + [("pre", 0)] * 2 + [("pre", 1)] * 2
+    by_seed = table6.Plan(**{**plan.__dict__, "row_order": "seed"})
+    assert [(j.norm, j.seed) for j in table6.plan_jobs(by_seed)[0]] == [
+        ("post", 0)] * 2 + [("pre", 0)] * 2 + [("post", 1)] * 2 + [("pre", 1)] * 2
+    args = table6.build_parser().parse_args(["--row-order", "seed"])
+    assert table6.plan_from_args(args).row_order == "seed"
+
+
 def test_only_recipes_keeps_the_named_recipes_and_refuses_unknown_ones(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"a": {"overrides": ["optim=muon_wsd"]}, "b": {"overrides": ["seed=1"]}}))
@@ -258,6 +274,35 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
         ["--extra", "data.packed_dir=data/packed/c963835a0ef70777", "logger.wandb.enabled=false",
          "trainer.compile_cache=.compile_cache"]))
     assert f"  table6_24l/{post_plan.run_dir(post).name}/meta.json\n" in manifest.read_text()
+
+
+def test_a_later_call_moves_the_deadline_and_the_running_job_finishes(tmp_path, monkeypatch, capsys):
+    """table6.sh's DEADLINE_IN_S rewrites the driver's deadline file: the driver re-reads it every poll, so a job
+    that would have been stopped at the first budget runs to its end."""
+    import threading
+
+    fake_root = tmp_path / "repo"
+    fake_root.mkdir()
+    (fake_root / "run.py").write_text("import time\ntime.sleep(3)\nopen('done', 'w').close()\n")
+    monkeypatch.setattr(table6, "ROOT", fake_root)
+    monkeypatch.setattr(table6, "is_done", lambda plan, job: (fake_root / "done").exists())
+    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3,), sweep_steps=4,
+                       max_extend=0, run_root=tmp_path / "runs")
+    logs = tmp_path / "logs"
+
+    def move():
+        time.sleep(0.5)
+        (logs / "deadline").write_text(f"{time.time() + 30:.0f}\n")
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    status = table6.drive(plan, parallel=1, budget_s=1.5, log_dir=logs, poll_s=0.1)
+    mover.join()
+    assert status["stopped_at_budget"] == [] and len(status["finished_this_call"]) == 1
+    assert "deadline moved: 3" in capsys.readouterr().out  # ~30 s left, printed once
+    assert table6.read_deadline(logs / "missing", 5.0) == 5.0
+    (logs / "deadline").write_text("not a number")
+    assert table6.read_deadline(logs / "deadline", 5.0) == 5.0
 
 
 def test_no_job_starts_after_start_until_s(tmp_path):
