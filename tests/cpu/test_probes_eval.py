@@ -239,7 +239,8 @@ def test_evaluations_are_kept_side_by_side_with_samples(tiny, monkeypatch):
         for metric in ("acc", "acc_norm"):
             mean = sum(r[metric] for r in lines) / len(lines)
             assert mean == pytest.approx(results["results"][f"moda_{task}"][f"{metric},none"])
-        assert all(len(r["loglikelihoods"]) == 2 and r["target"] in (0, 1) for r in lines)
+        assert all(r["pred"] in (0, 1) and r["target"] in (0, 1) and len(r["doc_hash"]) == 16 for r in lines)
+        assert all(r["acc"] == float(r["pred"] == r["target"]) for r in lines)  # acc is the raw argmax's
     assert len((partial.parent / "samples_piqa.jsonl").read_text().splitlines()) == 2
     # Only the full evaluation is a row of the run's metrics.jsonl.
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
