@@ -2,7 +2,8 @@
 
 Input: ``samples_<task>.jsonl`` as moda_lab.eval writes it beside each evaluation's ``results.json``: one JSON object
 a line with ``doc_id`` and ``acc`` and/or ``acc_norm`` (0 or 1; 0.0 and 1.0 as well). Two evaluations A and B of a
-task pair by ``doc_id`` (and, where both files carry it, ``doc_hash`` must agree: the same question). Over the n
+task pair by ``doc_id`` (and, where both files carry it, ``doc_hash`` must agree, as far as the shorter goes: the
+same question). Over the n
 questions both scored, b = A right and B wrong, c = A wrong and B right; A's accuracy minus B's is (b - c) / n.
 Under "neither is more often right" each discordant question is a fair coin, b ~ Binomial(b + c, 1/2), and the exact
 two-sided p-value is min(1, 2 P(X <= min(b, c))) (McNemar 1947, exact form; 1 when no question is discordant).
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from moda_lab.analysis.archive import files_dir
 from moda_lab.analysis.pairing import cell_pairs
 from moda_lab.analysis.plots import REPORTED_METRIC
 from moda_lab.analysis.records import RunIssue
@@ -127,8 +129,9 @@ def compare_samples(path_a: str | Path, path_b: str | Path, task: str | None = N
         raise SamplesError(f"{path_a}, {path_b}: no metric every line of both has; need one of {', '.join(METRICS)}")
     hashes = {r["doc_id"]: r.get("doc_hash") for r in rb}
     for r in ra:
-        other = hashes.get(r["doc_id"])
-        if r.get("doc_hash") and other and r["doc_hash"] != other:
+        mine, other = str(r.get("doc_hash") or ""), str(hashes.get(r["doc_id"]) or "")
+        n = min(len(mine), len(other))  # files of before 2026-12-07 hold all 64 hex digits, later ones a prefix
+        if n and mine[:n] != other[:n]:
             raise SamplesError(f"{path_a}, {path_b}: doc_id {r['doc_id']} is a different question in each (doc_hash)")
     return {"task": task, "metric": metric, **mcnemar(scores(ra, metric, path_a), scores(rb, metric, path_b))}
 
@@ -138,7 +141,8 @@ def final_samples(run_dir: str | Path, step: float) -> dict[str, Path]:
     with samples_<task>.jsonl beside a results.json whose ``moda.step`` is ``step`` and that scored every example
     (no ``eval_config.limit``); {} where there is none."""
     best: tuple[float, Path] | None = None
-    for results in Path(run_dir).glob("eval/**/results.json"):
+    # A run of an archive stands for a folder that does not exist: its files are in the extraction (files_dir).
+    for results in files_dir(run_dir).glob("eval/**/results.json"):
         if not any(results.parent.glob(f"{SAMPLES_PREFIX}*.jsonl")):
             continue
         try:

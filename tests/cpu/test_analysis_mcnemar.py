@@ -85,6 +85,13 @@ def test_bad_samples_files_name_the_file_and_line(tmp_path: Path):
     hashed = write_samples(tmp_path / "hashed" / "samples_piqa.jsonl", [1, 0, 1], extra={"doc_hash": "y"})
     with pytest.raises(SamplesError, match="doc_id 0 is a different question"):
         compare_samples(other, hashed)
+    # A full 64-hex doc_hash (files before 2026-12-07) and its 16-hex prefix (later files) are the same question.
+    full = write_samples(tmp_path / "full" / "samples_piqa.jsonl", [1, 0, 1], extra={"doc_hash": "ab" * 32})
+    short = write_samples(tmp_path / "short" / "samples_piqa.jsonl", [1, 1, 1], extra={"doc_hash": "ab" * 8})
+    assert compare_samples(full, short)["task"] == "piqa"
+    moved = write_samples(tmp_path / "moved" / "samples_piqa.jsonl", [1, 1, 1], extra={"doc_hash": "ac" * 8})
+    with pytest.raises(SamplesError, match="doc_id 0 is a different question"):
+        compare_samples(full, moved)
 
 
 # Per (variant, task): (b, c, both right, neither) of the variant's run against the baseline's run of the same seed.
@@ -134,6 +141,19 @@ def test_table_pairs_each_seed_with_its_baseline_and_holm_over_tasks(sweep: Path
     assert piqa["p"] == pytest.approx(p_piqa) and boolq["p"] == 1.0
     assert piqa["p_holm"] == pytest.approx(2 * p_piqa) and boolq["p_holm"] == 1.0  # Holm over the pair's 2 tasks
     assert piqa["exceeds_noise"] in (True,) and boolq["exceeds_noise"] in (False,)
+
+
+def test_the_table_reads_runs_inside_a_committed_archive(sweep: Path, tmp_path: Path, monkeypatch):
+    """Committed sweeps are archives (experiments/results/runs_gpu/*.tar.xz): a run's path stands for a folder that
+    does not exist, and its samples are read from the extraction, as for an extracted folder."""
+    from moda_lab.analysis.archive import CACHE_ENV, pack
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    archive = pack(sweep, tmp_path / "committed" / "sweep.tar.xz")
+    table = mcnemar_table(analyze(load_sweep_dir(archive)).summary)
+    assert len(table) == 4 and not (tmp_path / "committed" / "sweep").exists()
+    assert table.drop(columns="config").equals(mcnemar_table(analyze(load_sweep_dir(sweep)).summary)
+                                               .drop(columns="config"))
 
 
 def test_report_section_only_where_samples_exist(sweep: Path, tmp_path: Path):
