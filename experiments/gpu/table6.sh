@@ -2,7 +2,8 @@
 # GPU call (issue 12): the Table 6 lr sweep and rows (experiments/gpu/table6.py) in a driver that outlives the call,
 # then each run's small files as one tarball.
 #   device run: [DRIVER_BUDGET_S=1600] [WAIT_S=520] bash experiments/gpu/table6.sh [table6.py args]
-#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels), data/eval.tar.xz (the corpus is committed)
+#   carry: .whl (hydra, omegaconf, antlr4 + lm-eval's wheels: bash experiments/gpu/fetch_wheels.sh), data/eval.tar.xz
+#   (mkdir -p data && tar -cJf data/eval.tar.xz -C ../shared/data/eval .); the corpus is committed
 #
 # The first call of a lease starts the driver in its own process session (setsid): on the lent machine it runs on
 # between calls, until the machine goes back, so a row trains without a restart (a relaunch from a checkpoint cost

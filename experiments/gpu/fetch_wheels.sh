@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# CPU side, once per checkout: the wheels a lent GPU machine (Python 3.12, torch/triton/lightning preinstalled, no
+# network) needs besides its image, into .whl/ (~12 MB), which every GPU call carries and experiments/gpu/env.sh
+# installs: hydra (hydra-core, omegaconf, antlr4, the joblib launcher for PARALLEL) and lm-eval with what it imports
+# that the image lacks (docs/EVAL.md). Versions from constraints.txt, the ones CI tests.
+#   bash experiments/gpu/fetch_wheels.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-python3}
+PACKAGES=(hydra-core omegaconf hydra-joblib-launcher joblib lm-eval datasets dill multiprocess pytablewriter
+          dataproperty mbstrdecoder pathvalidate tabledata tcolorpy typepy chardet pytz)
+pins=()
+for p in "${PACKAGES[@]}"; do
+  pin=$(grep -i "^${p}==" constraints.txt) || { echo "fetch_wheels.sh: $p is not pinned in constraints.txt" >&2; exit 2; }
+  pins+=("$pin")
+done
+mkdir -p .whl
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl "${pins[@]}"
+# antlr4's runtime (hydra's parser) is published as a source archive only: built here (pure Python).
+"$PY" -m pip wheel -q --no-deps -w .whl "$(grep -i '^antlr4-python3-runtime==' constraints.txt)"
+ls .whl | wc -l | xargs echo "fetch_wheels.sh: wheels in .whl:"
+du -sh .whl
