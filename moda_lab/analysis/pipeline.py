@@ -19,6 +19,7 @@ from moda_lab.analysis.attention_runs import attention_by_variant, load_run_atte
 from moda_lab.analysis.bench import bench_groups, load_bench_results, plot_bench_group
 from moda_lab.analysis.local_runs import load_sweep_dir
 from moda_lab.analysis.mcnemar import mcnemar_markdown, mcnemar_table
+from moda_lab.analysis.norm_gap import norm_differences, norm_gap_markdown
 from moda_lab.analysis.records import RunIssue, RunRecord, config_columns, variant_of
 from moda_lab.analysis.repeats import Repeat, last_step, split_repeats
 from moda_lab.analysis.significance import (
@@ -63,6 +64,7 @@ class SweepAnalysis:
     """Everything derived from a set of runs; ``written`` lists the files produced so far. ``paired``: the paired
     seed differences against the baseline (with the ``reference``'s Δ where one is given), ``claims``: the
     reference's claims checked on them (Reference.check; empty without one), ``spread``: the seed spread per cell, ``curves``: the paired val-loss difference at every validation,
+    ``norms``: each placement other than pre-norm minus pre-norm, per variant, paired by seed (norm_gap.py),
     ``mcnemar``: per-question tests per task against the baseline of the same seed, where runs have samples files
     (filled by ``add_significance``). ``records`` holds every run loaded; ``repeats`` those not counted because
     another run is the same (repeats.py), so ``tidy`` and ``summary`` hold the others."""
@@ -77,6 +79,7 @@ class SweepAnalysis:
     spread: pd.DataFrame = field(default_factory=pd.DataFrame)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)
+    norms: pd.DataFrame = field(default_factory=pd.DataFrame)
     seed_std_target: float = SEED_STD_TARGET
     min_drop: float = TRAINED_MIN_DROP
     repeats: list[Repeat] = field(default_factory=list)
@@ -177,6 +180,7 @@ def add_significance(
     analysis.claims = reference.check(analysis.summary, level) if reference else pd.DataFrame()
     analysis.spread = seed_spread(analysis.summary, seed_std_target)
     analysis.mcnemar = mcnemar_table(analysis.summary, issues=analysis.issues)
+    analysis.norms = norm_differences(analysis.summary, level=level)
     analysis.seed_std_target = seed_std_target
     return analysis
 
@@ -223,7 +227,8 @@ def write_tables(analysis: SweepAnalysis, out_dir: Path) -> list[Path]:
 def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: Path) -> list[Path]:
     """``tables/paired_differences``, the reference's tables (e.g. ``paper_table6_orderings``), ``seed_spread`` (.csv
     and .md), ``paired_curves`` (.csv) and the figures ``paired_val_loss`` and ``paired_val_loss_vs_tokens`` when
-    any cell has a baseline to pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples."""
+    any cell has a baseline to pair with; ``tables/mcnemar`` (.csv and .md) when any pair has per-question samples;
+    ``tables/norm_placement`` (.csv and .md) when a variant ran under pre-norm and another placement."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     reference = analysis.reference
@@ -248,6 +253,10 @@ def write_significance(analysis: SweepAnalysis, tables_dir: Path, figures_dir: P
         analysis.mcnemar.to_csv(tables_dir / "mcnemar.csv", index=False)
         (tables_dir / "mcnemar.md").write_text(mcnemar_markdown(analysis.mcnemar), encoding="utf-8")
         written += [tables_dir / "mcnemar.csv", tables_dir / "mcnemar.md"]
+    if not analysis.norms.empty:
+        analysis.norms.to_csv(tables_dir / "norm_placement.csv", index=False)
+        (tables_dir / "norm_placement.md").write_text(norm_gap_markdown(analysis.norms), encoding="utf-8")
+        written += [tables_dir / "norm_placement.csv", tables_dir / "norm_placement.md"]
     return written
 
 
@@ -291,6 +300,15 @@ def significance_markdown(analysis: SweepAnalysis) -> list[str]:
         "",
     ]
     lines += paired_markdown(paired, metrics=["val/loss"], reference=reference).splitlines()
+    if not analysis.norms.empty:
+        lines += ["", "### Norm placement vs pre-norm, per variant", ""]
+        lines += [
+            "Each other placement minus pre-norm for the same variant and config (lr aside: each placement at its "
+            "own lr, both shown), paired by seed, final val loss; interval and p as above. An arm at an "
+            "under-tuned lr shows here as it is.",
+            "",
+        ]
+        lines += norm_gap_markdown(analysis.norms).splitlines()
     if reference:
         lines += ["", *reference.report_lines(analysis.claims, level)]
     lines += ["", f"### Seed spread (target: std ≤ {analysis.seed_std_target:g} nats)", ""]
