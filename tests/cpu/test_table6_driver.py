@@ -604,3 +604,25 @@ def test_plan_prints_the_choices_the_rows_left_per_cell_and_the_jobs_left(plan, 
             "--seeds", "0,1", "--models", "moda,residual", "--grid", "1e-3,2e-3,4e-3", "--sweep-steps", "4"]
     assert len(table6.main(args)["left"]) == 3  # post only: its three rows left
     assert "  post residual at 0.002: done seeds [1], left [0]" in capsys.readouterr().out
+
+
+# What a GPU call carries besides the working tree, measured 2026-12-07: .whl (experiments/gpu/fetch_wheels.sh,
+# 12,072,574 bytes) and data/eval.tar.xz (4,718,660 bytes); the device tool takes 64 MiB a call in all.
+CALL_BYTES = 64 * 2**20
+CARRIED_BESIDE_TREE = 12_072_574 + 4_718_660
+MARGIN = 2 * 2**20
+
+
+def test_the_tracked_tree_leaves_room_for_a_gpu_calls_wheels_and_eval_data():
+    """Every tracked file travels with each GPU call; results archives grow with every row (~0.2 MB an evaluated
+    Table 6 row). Past this, a call could not carry its wheels and the eval data, and would fail at the start."""
+    import subprocess
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    paths = [ROOT / n.decode() for n in names if n]
+    tree = sum(p.stat().st_size for p in paths if p.is_file())
+    room = CALL_BYTES - CARRIED_BESIDE_TREE - MARGIN
+    assert tree <= room, (f"the tracked tree is {tree / 2**20:.1f} MiB, over the {room / 2**20:.1f} MiB a GPU call "
+                          "leaves it; compact results archives (experiments/results/README.md) before adding more")
