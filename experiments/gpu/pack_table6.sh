@@ -15,9 +15,9 @@ PACKED=$(tail -1 data/table6_build.txt | awk '{print $3}')
 tar -C "$(dirname "$PACKED")" -cf - "$(basename "$PACKED")" | xz -T0 -6 > data/table6_packed.tar.xz.tmp
 mv data/table6_packed.tar.xz.tmp data/table6_packed.tar.xz
 ls -l data/table6_packed.tar.xz
-PINNED=371e9a83a838334e
-if [ "$(basename "$PACKED")" = "$PINNED" ]; then
-  echo "pack_table6.sh: the same corpus as the committed experiments/gpu/corpus/table6_$PINNED.tar.xz"
+PINNED=$(awk '{print $2}' experiments/gpu/corpus/table6.sha256)  # table6_<fingerprint>.tar.xz
+if [ "table6_$(basename "$PACKED").tar.xz" = "$PINNED" ]; then
+  echo "pack_table6.sh: the same corpus as the committed experiments/gpu/corpus/$PINNED"
 else
   echo "pack_table6.sh: fingerprint $(basename "$PACKED"), not the committed build's $PINNED: rows trained on it" \
     "are not paired with the committed rows (experiments/gpu/corpus/README.md)" >&2

@@ -37,15 +37,16 @@ source experiments/gpu/env.sh
 # and up to 6 compile-cache files.
 CALL=/tmp/call && rm -rf "$CALL" && mkdir -p "$CALL"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$CALL/nvidia-smi.txt"
-# The corpus: the committed, pinned build (experiments/gpu/corpus/README.md), checked against its sha256 there;
-# PACKED_ARCHIVE=<file> trains on another build (its rows get that build's fingerprint in their names).
-PACKED_ARCHIVE=${PACKED_ARCHIVE:-experiments/gpu/corpus/table6_371e9a83a838334e.tar.xz}
-PINNED_SHA=b4a4b119c8ea7efc1e2984ed27820e25ea5a036e9007379fb2dd92006aa96db9
+# The corpus: the committed, pinned build (experiments/gpu/corpus/README.md), named and checked by its manifest
+# table6.sha256; PACKED_ARCHIVE=<file> trains on another build (its rows get that build's fingerprint in their names).
+CORPUS=experiments/gpu/corpus
+PINNED=$CORPUS/$(awk '{print $2}' "$CORPUS/table6.sha256")
+PACKED_ARCHIVE=${PACKED_ARCHIVE:-$PINNED}
 if [ ! -d data/packed ]; then
-  case "$PACKED_ARCHIVE" in experiments/gpu/corpus/table6_371e9a83a838334e.tar.xz)
-    echo "$PINNED_SHA  $PACKED_ARCHIVE" | sha256sum --check --quiet --strict - \
-      || { echo "[table6.sh] $PACKED_ARCHIVE does not match its sha256 in experiments/gpu/corpus/README.md" >&2; exit 2; } ;;
-  esac
+  if [ "$PACKED_ARCHIVE" = "$PINNED" ]; then
+    (cd "$CORPUS" && sha256sum --check --quiet --strict table6.sha256) \
+      || { echo "[table6.sh] $PINNED does not match its manifest $CORPUS/table6.sha256" >&2; exit 2; }
+  fi
   mkdir -p data/packed && tar -xJf "$PACKED_ARCHIVE" -C data/packed
 fi
 [ -d data/eval ] || { [ -f data/eval.tar.xz ] && mkdir -p data/eval && tar -xJf data/eval.tar.xz -C data/eval; }
