@@ -32,9 +32,7 @@ if [ -n "${BEFORE_ROWS:-}" ]; then
 fi
 # The deadline file (epoch seconds; table6.sh writes it from DRIVER_BUDGET_S and a later call may move it with
 # DEADLINE_IN_S, as the driver then re-reads it every poll) sets what is left.
-until_deadline() {
-  echo $(( $(cat "$DRIVER/deadline" 2>/dev/null || echo $(( t0 + ${DRIVER_BUDGET_S:-1600} ))) - $(date +%s) ))
-}
+until_deadline() { echo $(( $(cat "$DRIVER/deadline") - $(date +%s) )); }  # written by table6.sh before the chain
 left=$(until_deadline)
 until_args=()
 [ -n "${START_UNTIL_S:-}" ] && until_args=(--start-until-s $(( START_UNTIL_S - $(elapsed) )))

@@ -66,9 +66,7 @@ def plot_attention_by_variant(frame: pd.DataFrame) -> Figure:
     norms = ordered_norms(agg) or [None]
     fig, axes = plt.subplots(2, len(norms), figsize=(5.8 * len(norms), 7.2), squeeze=False, sharex="col", sharey="row")
     colors = variant_colors(agg)
-    if "cell_label" not in agg:
-        agg = agg.assign(cell_label="")
-    agg["cell_label"] = agg["cell_label"].fillna("")
+    agg["cell_label"] = agg["cell_label"].fillna("")  # a run without a config label: one line, not dropped
     shades = config_shades(agg, colors)
     differing = differing_parts(agg["cell_label"].unique())
     several_depths = agg["layers"].nunique() > 1 if not agg.empty else False

@@ -15,6 +15,7 @@ import pandas as pd
 from moda_lab.analysis.pairing import lr_of, lr_text
 from moda_lab.analysis.plots import without_lr
 from moda_lab.analysis.significance import (
+    GROUP_COLUMNS,
     LEVEL,
     VARIANT_COLUMNS,
     compare_cells,
@@ -28,7 +29,7 @@ from moda_lab.analysis.tables import with_derived
 from moda_lab.analysis.tidy import sort_cells
 
 REFERENCE_NORM = "pre"
-SHAPE_COLUMNS = ["layers", "width", "n_heads", "n_kv_heads"]
+SHAPE_COLUMNS = [c for c in GROUP_COLUMNS if c not in ("norm", "config")]  # the shape of significance's groups
 COLUMNS = [*SHAPE_COLUMNS, "config", *VARIANT_COLUMNS, "norm", "lr", "reference_norm", "reference_lr", "metric", "n",
            "seeds", "mean", "std", "level", "t", "ci_low", "ci_high", "p", "excludes_0", "pairs_needed", "unpaired",
            "not_trained", "note"]
@@ -39,16 +40,15 @@ def norm_differences(summary: pd.DataFrame, metric: str = "val/loss", level: flo
     placement minus pre-norm's, paired by seed (significance.compare_cells; p uncorrected). Empty where no such
     pair of cells exists."""
     frame, _ = with_derived(summary)
-    need = {"norm", "variant", "seed", metric}
+    need = {"norm", "variant", "seed", "cell_label", "peak_lr", metric}  # the summary's own columns (tidy.py)
     if frame.empty or not need <= set(frame.columns):
         return pd.DataFrame(columns=COLUMNS)
-    frame = frame.assign(config=frame.get("cell_label", pd.Series("", index=frame.index)).fillna("").map(without_lr))
+    frame = frame.assign(config=frame["cell_label"].fillna("").map(without_lr))
     keys = [c for c in (*SHAPE_COLUMNS, "config", *VARIANT_COLUMNS) if c in frame]
-    lr_key = "peak_lr" if "peak_lr" in frame else None
     rows = []
     for ids, group in frame.groupby(keys, dropna=False, sort=False):
-        ids = dict(zip(keys, ids if isinstance(ids, tuple) else (ids,)))
-        by_lr = {norm: list(cells.groupby(lr_key, dropna=False, sort=True)) if lr_key else [(None, cells)]
+        ids = dict(zip(keys, ids))
+        by_lr = {norm: list(cells.groupby("peak_lr", dropna=False, sort=True))
                  for norm, cells in group.groupby("norm", sort=False)}
         for norm, cells in by_lr.items():
             if norm == REFERENCE_NORM or REFERENCE_NORM not in by_lr:
