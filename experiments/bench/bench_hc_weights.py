@@ -1,0 +1,105 @@
+"""Dynamic Hyper-Connections' weights, two ways, compiled, forward + backward, in the same run (issue 30).
+
+    python experiments/bench/bench_hc_weights.py --out experiments/bench/results/hc_weights_h100.md
+
+The dynamic weights of one sublayer (hyper_connections.py, ``_HyperConnection.forward``) from the copies
+H [B, T, n, D]: H_bar = RMSNorm(H), z = tanh(H_bar W) with W [D, n + 2]. ``matmul``: H_bar W as a matmul (the
+model's form), which materialises H_bar for a GEMM of n + 2 output columns. ``reductions``: the n + 2 columns as
+row reductions over D, which Inductor may fuse with the norm into one pass over H. Each form is compiled alone
+(torch.compile, default mode) and timed over the 48 sublayers of a 24-layer step (CUDA events), with the
+sublayer input read_copies(pre, H) in the same graph, as in the model. Prints a Markdown table; writes it and a
+JSON copy. The model keeps the matmul until a run here shows the other form faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT)]
+
+from moda_lab.model.mixers.hyper_connections import read_copies  # noqa: E402
+
+
+def weights_matmul(x, g, w, eps):
+    h = F.rms_norm(x, x.shape[-1:], g, eps)
+    return torch.tanh(torch.matmul(h, w))
+
+
+def weights_reductions(x, g, w, eps):
+    h = F.rms_norm(x, x.shape[-1:], g, eps)
+    return torch.tanh(torch.stack([(h * w[:, c]).sum(-1) for c in range(w.shape[1])], dim=-1))
+
+
+FORMS = {"matmul": weights_matmul, "reductions": weights_reductions}
+
+
+def sublayer(form):
+    def f(x, g, w, pre_static, eps: float = 1e-6):
+        z = form(x, g, w, eps)
+        pre = 0.01 * z[..., 1] + pre_static
+        return read_copies(pre, x), z
+
+    return f
+
+
+def time_form(name: str, x, g, w, pre, sublayers: int, reps: int) -> dict:
+    fn = torch.compile(sublayer(FORMS[name]))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def one():
+        h, z = fn(x, g, w, pre)
+        (h.float().square().mean() + z.float().mean()).backward()
+
+    for _ in range(3):
+        one()
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps * sublayers):
+        one()
+    end.record()
+    torch.cuda.synchronize()
+    return {"form": name, "ms_per_step": round(start.elapsed_time(end) / reps, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--sublayers", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "experiments/bench/results/hc_weights.md")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_hc_weights.py needs a CUDA GPU")
+    T = 1024
+    x = torch.randn(args.tokens // T, T, args.n, args.width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.ones(args.width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (0.02 * torch.randn(args.width, args.n + 2, device="cuda")).bfloat16().requires_grad_()
+    pre = torch.full((args.n,), 1.0 / args.n, device="cuda", dtype=torch.bfloat16)
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+           "shape": list(x.shape), "sublayers": args.sublayers}
+    rows = [time_form(name, x, g, w, pre, args.sublayers, args.reps) for name in FORMS]
+    base = rows[0]["ms_per_step"]
+    for r in rows:
+        r["vs_matmul"] = round(r["ms_per_step"] / base, 3)
+    lines = ["# Dynamic HC weights: matmul vs row reductions (forward + backward, 48 sublayers)", "",
+             json.dumps(env), "", "| form | ms a step | vs matmul |", "|---|---|---|"]
+    lines += [f"| {r['form']} | {r['ms_per_step']} | {r['vs_matmul']:.3f}x |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

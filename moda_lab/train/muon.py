@@ -1,0 +1,86 @@
+"""torch.optim.Muon's update with the Newton-Schulz iterations batched over the matrices of one shape.
+
+torch.optim.Muon orthogonalises one matrix at a time: ~23 kernel launches a matrix (momentum, norm, 5 x 3 GEMMs,
+the update), ~2,800 a step for the 120 matrices of the Table 6 residual, ~3,300 for MoDA's 143. The matrices of a
+model come in a handful of shapes (four at the Table 6 shape), so ``GroupedMuon`` stacks each shape's updates and
+runs the same iterations as batched GEMMs, and the elementwise steps as foreach ops: ~20 launches a shape.
+
+The algorithm is torch's, step for step (tests/cpu/test_optim.py checks it against torch.optim.Muon): nesterov
+momentum, the quintic Newton-Schulz iteration in bf16 on the wide orientation, decoupled weight decay, the
+shape-dependent lr adjustment. Only the GEMMs' batching differs, so results agree to bf16 rounding. The state
+(``momentum_buffer`` per parameter) and the param groups are torch.optim.Muon's: checkpoints load either way.
+
+Not yet what ``trainer.optimizer=muon`` builds (moda_lab/train/optim.py): that waits for
+experiments/bench/bench_muon.py to time both on a GPU in one run, and the running Table 6 rows keep torch's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
+    """torch.optim.Muon's lr for a matrix of this shape: "original" (or None) sqrt(max(1, A/B)) (Keller Jordan),
+    "match_rms_adamw" 0.2 sqrt(max(A, B)) (Moonlight: the update's RMS of AdamW's)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
+def newton_schulz(x: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """The quintic Newton-Schulz orthogonalisation of each matrix of x [N, A, B], in bf16 as torch's: each matrix
+    scaled to Frobenius norm 1, iterated on its wide orientation (A <= B), returned as [N, A, B] bf16."""
+    a, b, c = coefficients
+    y = x.bfloat16()
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        y = y.mT
+    y = y / torch.linalg.vector_norm(y, dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = y @ y.mT
+        y = torch.baddbmm(y, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), y, beta=a)
+    return y.mT if tall else y
+
+
+class GroupedMuon(torch.optim.Muon):
+    """torch.optim.Muon, stepped a shape at a time (see the module docstring); same arguments."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse or torch.is_complex(p) for p in params):
+                raise RuntimeError("Muon supports neither sparse gradients nor complex parameters")
+            grads = [p.grad for p in params]
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+            lr, momentum = float(group["lr"]), group["momentum"]
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+            by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for i, p in enumerate(params):
+                by_shape[tuple(p.shape)].append(i)
+            for shape, idx in by_shape.items():
+                ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"])
+                group_params = [params[i] for i in idx]
+                torch._foreach_mul_(group_params, 1 - lr * group["weight_decay"])
+                torch._foreach_add_(group_params, list(ortho.float().unbind(0)),
+                                    alpha=-adjusted_lr(lr, group["adjust_lr_fn"], shape))
+        return loss
