@@ -24,9 +24,6 @@ from torch import nn
 
 from ..config import TrainerConfig
 
-OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("cosine", "wsd")
-
 
 def lr_lambda(
     step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine", decay_frac: float = 0.2
