@@ -148,42 +148,51 @@ def score_continuations(
     stock hf model. Windows are scored longest first in right-padded batches (widths rounded up to
     WIDTH_BUCKET); results come back in input order. precision (see resolve_precision) sets the forward's
     autocast; the log-softmax is fp32.
+
+    Pairs whose inputs are the same tokens share one forward: the choices of a question whose continuations are
+    one token each (MMLU's " A" ... " D", BoolQ's " no" / " yes") have the context alone as their input, so a
+    question costs one row of a batch, not one per choice (MMLU: 14,042 rows, not 56,168).
     """
     max_length = max_length or model.cfg.max_seq_len
-    prepared, owner = [], []
+    inputs: dict[tuple[int, ...], int] = {}  # each distinct input once: its index in ``inputs``
+    readers: list[list[tuple[int, list[int]]]] = []  # per distinct input: (pair, continuation tokens) it scores
     for i, (ctx, cont) in enumerate(pairs):
-        for piece in _pieces(ctx, cont, max_length):
-            prepared.append(piece)
-            owner.append(i)
-    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
+        for inp, targets in _pieces(ctx, cont, max_length):
+            key = inputs.setdefault(tuple(inp), len(inputs))
+            if key == len(readers):
+                readers.append([])
+            readers[key].append((i, targets))
+    unique = list(inputs)
+    order = sorted(range(len(unique)), key=lambda k: -len(unique[k]))
     sums = [0.0] * len(pairs)
     greedy = [True] * len(pairs)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
-        longest = len(prepared[batch[0]][0])
-        width = min(-(-longest // WIDTH_BUCKET) * WIDTH_BUCKET, max_length)
+        width = min(-(-len(unique[batch[0]]) // WIDTH_BUCKET) * WIDTH_BUCKET, max_length)
         idx = torch.zeros(len(batch), width, dtype=torch.long)
-        scored = []  # (row, position, target) per continuation token
-        for row, i in enumerate(batch):
-            inp, cont = prepared[i]
+        scored, owners = [], []  # (row, position, target, reader) per continuation token; reader -> pair
+        for row, k in enumerate(batch):
+            inp = unique[k]
             idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-            # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
-            start = len(inp) - len(cont)
-            scored += [(row, start + j, tok) for j, tok in enumerate(cont)]
+            for pair, cont in readers[k]:
+                # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
+                start = len(inp) - len(cont)
+                scored += [(row, start + j, tok, len(owners)) for j, tok in enumerate(cont)]
+                owners.append(pair)
         idx = idx.to(device)
-        rows, cols, target = torch.tensor(scored, dtype=torch.long).T.contiguous().to(device)
+        rows, cols, target, reader = torch.tensor(scored, dtype=torch.long).T.contiguous().to(device)
         # The head and the fp32 log-softmax see the scored positions only ([N, V], a few rows per request, not
-        # [B, T, V]); the per-request reduction stays on the device, so only [B] sums and flags reach the host.
+        # [B, T, V]); the per-request reduction stays on the device, so only sums and flags reach the host.
         with autocast(device, precision):
             logits = model.lm_head(model.hidden_states(idx)[rows, cols])
         logprobs = F.log_softmax(logits.float(), dim=-1)  # [N, V]
         token_lp = logprobs.gather(-1, target[:, None])[:, 0].double()
-        batch_sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
-        misses = torch.zeros(len(batch), dtype=torch.long, device=device)
-        misses.index_add_(0, rows, (logprobs.argmax(-1) != target).long())
-        for i, total, miss in zip(batch, batch_sums.tolist(), misses.tolist()):
-            sums[owner[i]] += total
-            greedy[owner[i]] = greedy[owner[i]] and miss == 0
+        reader_sums = torch.zeros(len(owners), dtype=torch.float64, device=device).index_add_(0, reader, token_lp)
+        misses = torch.zeros(len(owners), dtype=torch.long, device=device)
+        misses.index_add_(0, reader, (logprobs.argmax(-1) != target).long())
+        for pair, total, miss in zip(owners, reader_sums.tolist(), misses.tolist()):
+            sums[pair] += total
+            greedy[pair] = greedy[pair] and miss == 0
     return list(zip(sums, greedy))
 
 

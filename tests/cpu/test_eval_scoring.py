@@ -131,7 +131,31 @@ def test_width_bucketing_changes_no_score(monkeypatch):
         assert all(w % WIDTH_BUCKET == 0 or w == MAX_LEN for w in widths)
     widths.clear()
     assert_same(score_continuations(model, pairs, 2, max_length=100), full_logits_scores(model, pairs, 1, 100))
-    assert widths == [100, 100, 64]  # 65 -> 128, clipped to the max_length given
+    # Left-truncated to 100 tokens, the inputs of 140 and 128 are the same tokens: one row scores both.
+    assert widths == [100, 64]  # 65 -> 128, clipped to the max_length given
+
+
+def test_choices_with_the_same_input_share_one_row(monkeypatch):
+    """MMLU's case: one-token continuations of one context all have the context as their input, so a question
+    takes one row of a batch whatever its choices; the scores are those of each pair scored alone."""
+    model = build("residual")
+    rows = []
+    hidden_states = model.hidden_states
+
+    def recording(idx):
+        rows.append(idx.shape[0])
+        return hidden_states(idx)
+
+    monkeypatch.setattr(model, "hidden_states", recording)
+    rng = random.Random(3)
+    contexts = [[rng.randrange(VOCAB) for _ in range(n)] for n in (9, 40, 40, 120)]  # two of length 40
+    pairs = [(ctx, [choice]) for ctx in contexts for choice in (11, 12, 13, 14)]
+    pairs.append((contexts[1], [11, 12]))  # a two-token continuation: its own input
+    want = full_logits_scores(model, pairs, batch_size=1)
+    for batch_size in (1, 2, 16):
+        rows.clear()
+        assert_same(score_continuations(model, pairs, batch_size), want, atol=1e-5)
+        assert sum(rows) == len(contexts) + 1
 
 
 def tiny_lm(precision: str) -> ModaLM:
