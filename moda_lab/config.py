@@ -180,6 +180,13 @@ class TrainerConfig:
                 "trainer.strategy='fsdp' is not allowed with trainer.accelerator='cpu'; allowed: fsdp on GPUs "
                 "(Lightning's FSDP needs CUDA), or trainer.strategy=ddp on CPUs"
             )
+        if self.strategy == "fsdp" and self.optimizer == "muon":
+            # Muon orthogonalises each whole matrix (its Newton-Schulz iterations need all of it); under FSDP the
+            # optimizer holds each rank's shard, so it would fail or orthogonalise pieces: another update.
+            raise ConfigError(
+                "trainer.optimizer='muon' is not allowed with trainer.strategy='fsdp' (FSDP shards the matrices Muon "
+                "orthogonalises whole); allowed: trainer.strategy=ddp or auto with muon, or trainer.optimizer=adamw"
+            )
         if self.compile_cache is not None and not self.compile:
             raise ConfigError(
                 f"trainer.compile_cache={self.compile_cache!r} is not allowed with trainer.compile=false; allowed: "

@@ -126,7 +126,8 @@ def test_a_chained_state_does_not_load_into_another_count():
     "kw, key",
     [({"optimizer": "sgd"}, "trainer.optimizer"), ({"schedule": "linear"}, "trainer.schedule"),
      ({"decay_frac": 0.0}, "trainer.decay_frac"), ({"embed_lr_scale": -1.0}, "trainer.embed_lr_scale"),
-     ({"embed_weight_decay": -0.1}, "trainer.embed_weight_decay")],
+     ({"embed_weight_decay": -0.1}, "trainer.embed_weight_decay"),
+     ({"optimizer": "muon", "strategy": "fsdp", "accelerator": "gpu"}, "trainer.optimizer='muon'")],
 )
 def test_bad_optimizer_settings_name_their_key(kw, key):
     with pytest.raises(ConfigError, match=key):
