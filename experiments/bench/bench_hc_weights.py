@@ -25,6 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
+from experiments.bench.report import save_table  # noqa: E402
 from moda_lab.model.mixers.hyper_connections import read_copies  # noqa: E402
 
 
@@ -94,11 +95,7 @@ def main() -> None:
     lines = ["# Dynamic HC weights: matmul vs row reductions (forward + backward, 48 sublayers)", "",
              json.dumps(env), "", "| form | ms a step | vs matmul |", "|---|---|---|"]
     lines += [f"| {r['form']} | {r['ms_per_step']} | {r['vs_matmul']:.3f}x |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    save_table(args.out, "\n".join(lines) + "\n", env, rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from experiments.bench.report import save_table  # noqa: E402
 from moda_lab.model import GPT, ModelConfig  # noqa: E402
 from moda_lab.train.muon import GroupedMuon  # noqa: E402
 from moda_lab.train.optim import _roles  # noqa: E402
@@ -102,11 +103,7 @@ def main() -> None:
     lines = ["# Muon step at the Table 6 shape", "", json.dumps(env), "", head, "|---" * 8 + "|"]
     lines += [f"| {r['variant']} | {r['optimizer']} | {r['matrices']} | {r['shapes']} | {r['step_ms']} | "
               f"{r['host_ms']} | {r['vs_torch']:.3f}x | {r['kernels']} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    save_table(args.out, "\n".join(lines) + "\n", env, rows)
 
 
 if __name__ == "__main__":

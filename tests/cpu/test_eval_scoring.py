@@ -110,52 +110,51 @@ def test_scores_equal_the_full_logits_algorithm(mixer, batch_size):
     assert any(g for _, g in got) and not all(g for _, g in got)  # both flags occur
 
 
-def test_width_bucketing_changes_no_score(monkeypatch):
-    model = build("moda")
-    widths = []
+def record_batches(monkeypatch, model: GPT) -> list[tuple[int, int]]:
+    """The (rows, width) of every batch the model's trunk runs from now on."""
+    shapes = []
     hidden_states = model.hidden_states
 
     def recording(idx):
-        widths.append(idx.shape[1])
+        shapes.append(tuple(idx.shape))
         return hidden_states(idx)
 
     monkeypatch.setattr(model, "hidden_states", recording)
+    return shapes
+
+
+def test_width_bucketing_changes_no_score(monkeypatch):
+    model = build("moda")
+    shapes = record_batches(monkeypatch, model)
     # Input lengths (context + continuation - 1) 140, 128, 65, 64, 30: on and off the bucket boundaries.
     pairs = [([3] * (n - 1), [5, 7]) for n in (30, 64, 65, 128, 140)]
     ref = full_logits_scores(model, pairs, batch_size=1)  # each sequence at its own width, unpadded
     assert_same(score_continuations(model, pairs, batch_size=1), ref, atol=1e-5)
-    assert widths == [MAX_LEN, 128, 128, 64, 64]  # longest first; 140 -> 192, clipped to max_length
+    assert [w for _, w in shapes] == [MAX_LEN, 128, 128, 64, 64]  # longest first; 140 -> 192, clipped to max_length
     for batch_size in (2, 5):
-        widths.clear()
+        shapes.clear()
         assert_same(score_continuations(model, pairs, batch_size), ref, atol=1e-5)
-        assert all(w % WIDTH_BUCKET == 0 or w == MAX_LEN for w in widths)
-    widths.clear()
+        assert all(w % WIDTH_BUCKET == 0 or w == MAX_LEN for _, w in shapes)
+    shapes.clear()
     assert_same(score_continuations(model, pairs, 2, max_length=100), full_logits_scores(model, pairs, 1, 100))
     # Left-truncated to 100 tokens, the inputs of 140 and 128 are the same tokens: one row scores both.
-    assert widths == [100, 64]  # 65 -> 128, clipped to the max_length given
+    assert [w for _, w in shapes] == [100, 64]  # 65 -> 128, clipped to the max_length given
 
 
 def test_choices_with_the_same_input_share_one_row(monkeypatch):
     """MMLU's case: one-token continuations of one context all have the context as their input, so a question
     takes one row of a batch whatever its choices; the scores are those of each pair scored alone."""
     model = build("residual")
-    rows = []
-    hidden_states = model.hidden_states
-
-    def recording(idx):
-        rows.append(idx.shape[0])
-        return hidden_states(idx)
-
-    monkeypatch.setattr(model, "hidden_states", recording)
+    shapes = record_batches(monkeypatch, model)
     rng = random.Random(3)
     contexts = [[rng.randrange(VOCAB) for _ in range(n)] for n in (9, 40, 40, 120)]  # two of length 40
     pairs = [(ctx, [choice]) for ctx in contexts for choice in (11, 12, 13, 14)]
     pairs.append((contexts[1], [11, 12]))  # a two-token continuation: its own input
     want = full_logits_scores(model, pairs, batch_size=1)
     for batch_size in (1, 2, 16):
-        rows.clear()
+        shapes.clear()
         assert_same(score_continuations(model, pairs, batch_size), want, atol=1e-5)
-        assert sum(rows) == len(contexts) + 1
+        assert sum(r for r, _ in shapes) == len(contexts) + 1
 
 
 def tiny_lm(precision: str) -> ModaLM:
