@@ -3,7 +3,8 @@
 torch.optim.Muon orthogonalises one matrix at a time: ~34 kernels a matrix (momentum, norm, 5 x 3 GEMMs, the
 update), 4,056 a step for the 120 matrices of the Table 6 residual, 4,815 for MoDA + FFN KV's 143. The matrices of a
 model come in a handful of shapes (four at the Table 6 shape), so ``GroupedMuon`` stacks each shape's updates and
-runs the same iterations as batched GEMMs, and the elementwise steps as foreach ops: ~20 launches a shape.
+runs the same iterations as batched GEMMs, and the momentum as foreach ops: ~20 launches a shape, plus the decay
+and the update, two a matrix.
 
 The algorithm is torch's, step for step (tests/cpu/test_optim.py checks it against torch.optim.Muon): nesterov
 momentum, the quintic Newton-Schulz iteration in bf16 on the wide orientation, decoupled weight decay, the
@@ -13,7 +14,9 @@ shape-dependent lr adjustment. Only the GEMMs' batching differs, so results agre
 What ``trainer.optimizer=muon`` builds (moda_lab/train/optim.py). experiments/bench/bench_muon.py times both in one
 run (H100, 2026-12-07, experiments/bench/results/muon_step_h100.md): torch.optim.Muon 43.2 ms a step (4,056
 kernels) for the Table 6 residual's 120 matrices and 71.3 ms (4,815) for MoDA + FFN KV's 143, host-bound;
-GroupedMuon 4.5 ms (175) and 3.9 ms (180).
+GroupedMuon then 4.5 ms (175) and 3.9 ms (180), with the decay and update as foreach ops too. Those rounded the
+decay factor to a bf16 parameter's dtype (the bf16 test caught it), so they run a tensor at a time now: two more
+launches a matrix (~290 for MoDA + FFN KV), not timed yet.
 """
 
 from __future__ import annotations
@@ -81,8 +84,10 @@ class GroupedMuon(torch.optim.Muon):
             for shape, idx in by_shape.items():
                 ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
                                       group["ns_steps"], group["eps"])
-                group_params = [params[i] for i in idx]
-                torch._foreach_mul_(group_params, 1 - lr * group["weight_decay"])
-                torch._foreach_add_(group_params, list(ortho.float().unbind(0)),
-                                    alpha=-adjusted_lr(lr, group["adjust_lr_fn"], shape))
+                step = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
+                # Decay and update as torch does them, a tensor at a time: a foreach multiply by a Python scalar
+                # rounds the scalar to a bf16 parameter's dtype (0.998 -> 0.996), doubling the decay there.
+                for i, o in zip(idx, ortho.unbind(0)):
+                    params[i].mul_(1 - lr * group["weight_decay"])
+                    params[i].add_(o, alpha=step)
         return loss

@@ -5,8 +5,8 @@
   untied head, vectors), as in the paper authors' released training code (BlaGPT). Muon's update is rescaled to
   AdamW's RMS (``adjust_lr_fn="match_rms_adamw"``, Moonlight), so both groups take one lr, ``trainer.lr``, and
   the lr grids of the two optimizers are comparable. Muon is torch.optim.Muon's algorithm and state, stepped a
-  matrix shape at a time (moda_lab/train/muon.py, GroupedMuon): 4.5 ms a step instead of torch's 43 ms for the
-  Table 6 residual, 3.9 instead of 71 for MoDA + FFN KV (H100, experiments/bench/results/muon_step_h100.md).
+  matrix shape at a time (moda_lab/train/muon.py, GroupedMuon; torch's took 43-71 ms a step at the Table 6 shape,
+  host-bound: experiments/bench/results/muon_step_h100.md).
 
 The embedding table (and an untied head) can take its own lr and weight decay: ``trainer.embed_lr_scale``
 multiplies trainer.lr for it, ``trainer.embed_weight_decay`` (null: trainer.weight_decay) replaces the decay.

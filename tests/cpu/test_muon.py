@@ -48,6 +48,23 @@ def test_grouped_steps_equal_torch_muon(kw):
         torch.testing.assert_close(got.state[g]["momentum_buffer"], want.state[w]["momentum_buffer"])
 
 
+def test_bf16_parameters_step_as_with_torch_muon():
+    """bf16 parameters (trainer.precision=bf16-true): the same steps bit for bit on CPU, weight decay included."""
+    start = [p.detach().bfloat16() for p in _params()]
+    want_p = [torch.nn.Parameter(p.clone()) for p in start]
+    got_p = [torch.nn.Parameter(p.clone()) for p in start]
+    gen = torch.Generator().manual_seed(1)
+    opts = (torch.optim.Muon(want_p, lr=0.02, weight_decay=0.1), GroupedMuon(got_p, lr=0.02, weight_decay=0.1))
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen).bfloat16() for p in start]
+        for params, opt in zip((want_p, got_p), opts):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for w, g in zip(want_p, got_p):
+        assert torch.equal(w, g)
+
+
 def test_a_wrong_momentum_rule_is_caught():
     """The comparison above can fail: nesterov off against on moves the parameters apart far beyond its bound."""
     start = _params()
