@@ -21,7 +21,7 @@ mkdir -p .whl
 "$PY" -m pip wheel -q --no-deps -w .whl "$(grep -i '^antlr4-python3-runtime==' constraints.txt)"
 # lm-eval's wheel is 9.2 of the 12 MB, nearly all of it the YAML of its ~15,000 bundled task files. moda-lab's
 # tasks are its own (moda_lab/eval/tasks, include_defaults=False), so the wheel travels without lm_eval/tasks/*/:
-# ~1 MB, which leaves a call room for compile-cache files (experiments/gpu/table6.sh). RECORD loses the same lines.
+# 0.3 MB, which leaves a call room for compile-cache files (experiments/gpu/table6.sh). RECORD loses the same lines.
 "$PY" - .whl/lm_eval-*.whl <<'PYEOF'
 import sys, zipfile
 from pathlib import Path

@@ -154,27 +154,22 @@ def score_continuations(
     question costs one row of a batch, not one per choice (MMLU: 14,042 rows, not 56,168).
     """
     max_length = max_length or model.cfg.max_seq_len
-    inputs: dict[tuple[int, ...], int] = {}  # each distinct input once: its index in ``inputs``
-    readers: list[list[tuple[int, list[int]]]] = []  # per distinct input: (pair, continuation tokens) it scores
+    # Each distinct input once, with the (pair, continuation tokens) it scores.
+    readers: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     for i, (ctx, cont) in enumerate(pairs):
         for inp, targets in _pieces(ctx, cont, max_length):
-            key = inputs.setdefault(tuple(inp), len(inputs))
-            if key == len(readers):
-                readers.append([])
-            readers[key].append((i, targets))
-    unique = list(inputs)
-    order = sorted(range(len(unique)), key=lambda k: -len(unique[k]))
+            readers.setdefault(tuple(inp), []).append((i, targets))
+    order = sorted(readers, key=len, reverse=True)
     sums = [0.0] * len(pairs)
     greedy = [True] * len(pairs)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress):
-        width = min(-(-len(unique[batch[0]]) // WIDTH_BUCKET) * WIDTH_BUCKET, max_length)
+        width = min(-(-len(batch[0]) // WIDTH_BUCKET) * WIDTH_BUCKET, max_length)
         idx = torch.zeros(len(batch), width, dtype=torch.long)
         scored, owners = [], []  # (row, position, target, reader) per continuation token; reader -> pair
-        for row, k in enumerate(batch):
-            inp = unique[k]
+        for row, inp in enumerate(batch):
             idx[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-            for pair, cont in readers[k]:
+            for pair, cont in readers[inp]:
                 # Positions whose next-token prediction is a continuation token: the last len(cont) inputs.
                 start = len(inp) - len(cont)
                 scored += [(row, start + j, tok, len(owners)) for j, tok in enumerate(cont)]

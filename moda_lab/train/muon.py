@@ -6,7 +6,7 @@ model come in a handful of shapes (four at the Table 6 shape), so ``GroupedMuon`
 runs the same iterations as batched GEMMs, and the momentum as foreach ops: ~20 launches a shape, plus the decay
 and the update, two a matrix.
 
-The algorithm is torch's, step for step (tests/cpu/test_optim.py checks it against torch.optim.Muon): nesterov
+The algorithm is torch's, step for step (tests/cpu/test_muon.py checks it against torch.optim.Muon): nesterov
 momentum, the quintic Newton-Schulz iteration in bf16 on the wide orientation, decoupled weight decay, the
 shape-dependent lr adjustment. Only the GEMMs' batching differs, so results agree to bf16 rounding. The state
 (``momentum_buffer`` per parameter) and the param groups are torch.optim.Muon's: checkpoints load either way.
@@ -84,10 +84,10 @@ class GroupedMuon(torch.optim.Muon):
             for shape, idx in by_shape.items():
                 ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
                                       group["ns_steps"], group["eps"])
-                step = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
+                alpha = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
                 # Decay and update as torch does them, a tensor at a time: a foreach multiply by a Python scalar
                 # rounds the scalar to a bf16 parameter's dtype (0.998 -> 0.996), doubling the decay there.
                 for i, o in zip(idx, ortho.unbind(0)):
                     params[i].mul_(1 - lr * group["weight_decay"])
-                    params[i].add_(o, alpha=step)
+                    params[i].add_(o, alpha=alpha)
         return loss

@@ -18,7 +18,7 @@ def _params(seed: int = 0) -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in SHAPES]
 
 
-def _run(cls, params, steps: int, **kw) -> list[torch.Tensor]:
+def _run(cls, params, steps: int, **kw) -> torch.optim.Optimizer:
     opt = cls(params, **kw)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
