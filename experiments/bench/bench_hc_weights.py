@@ -5,10 +5,12 @@
 The dynamic weights of one sublayer (hyper_connections.py, ``_HyperConnection.forward``) from the copies
 H [B, T, n, D]: H_bar = RMSNorm(H), z = tanh(H_bar W) with W [D, n + 2]. ``matmul``: H_bar W as a matmul (the
 model's form), which materialises H_bar for a GEMM of n + 2 output columns. ``reductions``: the n + 2 columns as
-row reductions over D, which Inductor may fuse with the norm into one pass over H. Each form is compiled alone
+row reductions over D, which Inductor may fuse with the norm into one pass over H. ``kernel``: the norm and
+H_bar W as the Triton op the model runs on a GPU (``norm_proj``, moda_kernels/normproj, one read of H each way,
+z in fp32). Each form is compiled alone
 (torch.compile, default mode) and timed over the 48 sublayers of a 24-layer step (CUDA events), with the
 sublayer input read_copies(pre, H) in the same graph, as in the model. Prints a Markdown table; writes it and a
-JSON copy. The model keeps the matmul until a run here shows the other form faster.
+JSON copy.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
 from experiments.bench.report import save_table  # noqa: E402
-from moda_lab.model.mixers.hyper_connections import read_copies  # noqa: E402
+from moda_lab.model.mixers.hyper_connections import norm_proj, read_copies  # noqa: E402
 
 
 def weights_matmul(x, g, w, eps):
@@ -39,7 +41,11 @@ def weights_reductions(x, g, w, eps):
     return torch.tanh(torch.stack([(h * w[:, c]).sum(-1) for c in range(w.shape[1])], dim=-1))
 
 
-FORMS = {"matmul": weights_matmul, "reductions": weights_reductions}
+def weights_kernel(x, g, w, eps):
+    return torch.tanh(norm_proj(x, g, w, eps)[0]).to(x.dtype)
+
+
+FORMS = {"matmul": weights_matmul, "reductions": weights_reductions, "kernel": weights_kernel}
 
 
 def sublayer(form):
@@ -92,7 +98,7 @@ def main() -> None:
     base = rows[0]["ms_per_step"]
     for r in rows:
         r["vs_matmul"] = round(r["ms_per_step"] / base, 3)
-    lines = ["# Dynamic HC weights: matmul vs row reductions (forward + backward, 48 sublayers)", "",
+    lines = ["# Dynamic HC weights: matmul, row reductions, Triton kernel (forward + backward, 48 sublayers)", "",
              json.dumps(env), "", "| form | ms a step | vs matmul |", "|---|---|---|"]
     lines += [f"| {r['form']} | {r['ms_per_step']} | {r['vs_matmul']:.3f}x |" for r in rows]
     save_table(args.out, "\n".join(lines) + "\n", env, rows)

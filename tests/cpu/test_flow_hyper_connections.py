@@ -126,3 +126,73 @@ def test_cached_greedy_generation_equals_uncached(norm):
 @pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
 def test_compiles_to_one_graph(dynamic):
     assert_compiles_to_one_graph(tiny(hc(3, dynamic), "post"))
+
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (tests/conftest.py)
+NORM_PROJ_CASES = [((2, 7, 3), 40, 6), ((37,), 384, 6), ((5,), 96, 24), ((130,), 17, 3), ((1,), 1, 1)]
+
+
+@pytest.mark.parametrize("lead,K,M", NORM_PROJ_CASES, ids=[f"R{'x'.join(map(str, r))}-K{k}-M{m}"
+                                                            for r, k, m in NORM_PROJ_CASES])
+def test_norm_proj_kernel_matches_the_reference(lead, K, M):
+    """The Triton norm + projection (interpreter on CPU, fp32) against moda_kernels/normproj/naive.py: z, and
+    d x, d weight, d proj against autograd through the reference in fp64, at widths that are not multiples of the
+    kernels' chunks, row counts that end mid-block (130 rows: several backward spans) and a transposed proj (the
+    layout mHC passes phi's weight in)."""
+    from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
+
+    gen = torch.Generator().manual_seed(K * 100 + M)
+    x = torch.randn(*lead, K, generator=gen).to(KERNEL_DEVICE)
+    weight = (1 + 0.3 * torch.randn(K, generator=gen)).to(KERNEL_DEVICE)
+    proj = torch.randn(M, K, generator=gen).to(KERNEL_DEVICE).t()
+    dz = torch.randn(*lead, M, generator=gen).to(KERNEL_DEVICE)
+    z, rstd = norm_proj_forward(x, weight, proj, 1e-6)
+    torch.testing.assert_close(z, naive_norm_proj(x, weight, proj, 1e-6), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rstd, x.square().mean(-1).add(1e-6).rsqrt(), atol=1e-6, rtol=1e-5)
+    for got, ref in zip(norm_proj_backward(dz, x, weight, proj, z, rstd),
+                        naive_norm_proj_bwd(dz, x, weight, proj, 1e-6)):
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_proj_ops_pass_torch_opcheck():
+    """The custom ops' fake kernels give the real outputs' shapes, dtypes and strides (torch.compile traces the
+    fakes) and their autograd registration is consistent: torch.library.opcheck on both ops."""
+    from moda_lab.model.mixers.hyper_connections import norm_proj, norm_proj_bwd
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 40, generator=gen).to(KERNEL_DEVICE).requires_grad_()
+    weight = torch.randn(40, generator=gen).to(KERNEL_DEVICE).requires_grad_()
+    proj = torch.randn(6, 40, generator=gen).to(KERNEL_DEVICE).t().requires_grad_()
+    torch.library.opcheck(norm_proj, (x, weight, proj, 1e-6))
+    z, rstd = (t.detach() for t in norm_proj(x, weight, proj, 1e-6))
+    torch.library.opcheck(norm_proj_bwd, (torch.randn_like(z), x.detach(), weight.detach(), proj.detach(), z, rstd))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_triton_backend_runs_the_weights_through_the_norm_proj_op(norm, monkeypatch):
+    """attn_backend=triton routes every sublayer's H_bar W through the norm_proj op, with the naive backend's loss
+    and every gradient (fp32)."""
+    import moda_lab.model.mixers.hyper_connections as module
+
+    calls = []
+    real = module.norm_proj_forward
+    monkeypatch.setattr(module, "norm_proj_forward", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    torch.manual_seed(0)
+    model = randomize(GPT(tiny(hc(3), norm, d_model=64, attn_backend="triton")), scale=0.1).to(KERNEL_DEVICE)
+    idx = torch.randint(0, 64, (2, 9)).to(KERNEL_DEVICE)
+    loss = model(idx[:, :-1], idx[:, 1:])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert calls == [(2, 8, 3, 64)] * (2 * model.cfg.n_layers)
+    model.set_backend("naive")
+    ref = model(idx[:, :-1], idx[:, 1:])
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, list(model.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiles_to_one_graph_through_the_norm_proj_op():
+    """With the Triton backend the norm_proj op (and its backward op) is one node of the one graph."""
+    torch._dynamo.reset()
+    assert_compiles_to_one_graph(tiny(hc(3), "post", d_model=64, attn_backend="triton"))

@@ -1,4 +1,4 @@
-"""The depth-flow kernels (AttnRes read, MUDD mix, Sinkhorn-Knopp) on the GPU at the Table 6 width, autotuned
+"""The depth-flow kernels (AttnRes read, MUDD mix, Sinkhorn-Knopp, HC/mHC norm + projection) on the GPU at the Table 6 width, autotuned
 (moda_kernels/tile_tuning.py: every candidate tile is compiled and timed here, which the CPU tests cannot do):
 each against its fp32 reference in fp32 and bf16, forward and backward, with the gradient buffers the backward
 adds into starting non-zero (the autotuner's restore_value must put them back after every trial)."""
@@ -10,6 +10,7 @@ import torch
 
 from moda_kernels.attnres import attnres_read_backward, attnres_read_forward, naive_attnres_read, naive_attnres_read_bwd
 from moda_kernels.mudd import mudd_mix_backward, mudd_mix_forward, naive_mudd_mix, naive_mudd_mix_bwd
+from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
 from moda_kernels.sinkhorn import naive_sinkhorn, naive_sinkhorn_bwd, sinkhorn_backward, sinkhorn_forward
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -74,3 +75,24 @@ def test_sinkhorn_matches_the_reference_at_a_step_of_tokens(n, iters):
     m = sinkhorn_forward(logits, iters)
     assert rel(m, naive_sinkhorn(logits, iters)) < 1e-5
     assert rel(sinkhorn_backward(g, logits, iters), naive_sinkhorn_bwd(g, logits, iters)) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n,M,flat", [(4, 6, False), (4, 24, True)], ids=["hc-n4", "mhc-n4"])
+def test_norm_proj_matches_the_reference_at_a_step_of_tokens(n, M, flat, dtype):
+    """HC's H_bar W (rows of D, n + 2 columns) and mHC's phi (rows of n D, 2n + n^2 columns, phi's weight
+    transposed) on a quarter step of copies, against the fp32 reference of the same (rounded) inputs."""
+    gen = torch.Generator(device="cuda").manual_seed(M)
+    x = torch.randn(B, T, n, D, device="cuda", generator=gen).to(dtype)
+    x = x.reshape(B, T, n * D) if flat else x
+    K = x.shape[-1]
+    weight = 1 + 0.1 * torch.randn(K, device="cuda", generator=gen)
+    proj = 0.02 * torch.randn(M, K, device="cuda", generator=gen).t()
+    dz = torch.randn(*x.shape[:-1], M, device="cuda", generator=gen)
+    z, rstd = norm_proj_forward(x, weight, proj, 1e-6)
+    assert z.dtype == torch.float32 and rel(z, naive_norm_proj(x.float(), weight, proj, 1e-6)) < 1e-5
+    got = norm_proj_backward(dz, x, weight, proj, z, rstd)
+    ref = naive_norm_proj_bwd(dz, x.float(), weight, proj, 1e-6)
+    assert got[0].dtype == dtype
+    for a, b in zip(got, ref):
+        assert rel(a, b) < TOL[dtype], (rel(a, b), a.shape)

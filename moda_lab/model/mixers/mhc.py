@@ -15,8 +15,9 @@ for b; here b_pre = logit(1/n) (the input starts as the mean of the copies), b_p
 output, as Hyper-Connections' B = 1) and b_res = 0 on the diagonal, -2 off it (H_res starts as a mostly-identity
 mix: 0.71 on the diagonal for n = 4, where 20 rounds converge; -4 would give 0.95 but leave columns off by 5e-5).
 
-Where the attention backend runs fused kernels (attn_backend=triton, or auto on a GPU), Sinkhorn-Knopp is one
-custom op each way (moda_kernels/sinkhorn's Triton kernels); elsewhere the reference's ops, which torch.compile
+Where the attention backend runs fused kernels (attn_backend=triton, or auto on a GPU), the norm with phi
+(moda_kernels/normproj, in fp32) and Sinkhorn-Knopp are one custom op each way (moda_kernels/sinkhorn's Triton
+kernels); elsewhere the reference's ops, which torch.compile
 unrolls: ~5 s of compile a sublayer at 20 rounds (CPU, 2026-12-07), and ~76 small kernels a sublayer a step.
 """
 
@@ -32,7 +33,7 @@ from torch import nn
 from moda_kernels.sinkhorn import naive_sinkhorn, sinkhorn_backward, sinkhorn_forward
 
 from .base import MixerConfig, register_mixer
-from .hyper_connections import Connections, WideStreamMixer
+from .hyper_connections import Connections, WideStreamMixer, norm_proj
 
 _OFF_DIAGONAL = -2.0  # b_res off the diagonal (see the top)
 
@@ -109,11 +110,15 @@ class _ManifoldConnection(nn.Module):
                                             torch.zeros(n), b_res.flatten()]))  # [b_pre | b_post | b_res]
 
     def forward(self, x: torch.Tensor, kernel: bool = False) -> Connections:
-        """The mappings from the copies x [B, T, n, D]; ``kernel``: Sinkhorn-Knopp by its Triton op."""
+        """The mappings from the copies x [B, T, n, D]; ``kernel``: the norm with phi, and Sinkhorn-Knopp, by
+        their Triton ops."""
         n = self.n
         flat = x.reshape(*x.shape[:2], -1)  # vec(H) [B, T, n*D]
-        flat = F.rms_norm(flat, flat.shape[-1:], self.norm_weight.to(x.dtype), self.eps)
-        z = self.phi(flat).float()  # [B, T, 2n + n^2]; the mappings in fp32
+        if kernel:  # the norm and phi in one Triton op, in fp32
+            z = norm_proj(flat, self.norm_weight, self.phi.weight.t(), self.eps)[0]
+        else:
+            flat = F.rms_norm(flat, flat.shape[-1:], self.norm_weight.to(x.dtype), self.eps)
+            z = self.phi(flat).float()  # [B, T, 2n + n^2]; the mappings in fp32
         a_pre, a_post, a_res = self.alpha.float().unbind()
         b = self.bias.float()
         pre = torch.sigmoid(a_pre * z[..., :n] + b[:n])

@@ -1,0 +1,127 @@
+"""Triton kernels of an RMSNorm followed by a skinny projection (the math: naive.py), one read of x each way.
+
+Forward: a program takes BLOCK_R rows and walks K in BLOCK_K chunks, accumulating the rows' sums of squares and
+(x * weight) @ proj; z = rstd * that (rstd is a per-row scalar, so it factors out of the product). It writes z
+[R, M] and rstd [R], both fp32 and tiny next to x.
+
+Backward: with u = dz @ proj^T and xhat = x * rstd, RMSNorm's vector-Jacobian product is
+
+    dx = rstd * (u * weight - xhat * c),    c = sum_k u_k weight_k xhat_k / K = (dz . z) / K
+
+so c comes from z and dz alone, and every [row block, K chunk] tile of dx is independent. A program takes one
+K chunk (grid axis 1) over a contiguous span of rows (axis 0), writes its dx tiles and accumulates its chunk's
+d weight (sum of u * xhat) and d proj ((xhat * weight)^T @ dz) over the span; the spans' partial sums are added
+by the caller (a [spans, K, M] fp32 tensor, ~1 MB at the Table 6 shape).
+
+The products run as tl.dot in full fp32 ("ieee"): M is padded to MP >= 16, and the FLOPs are negligible next
+to the reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_R_FWD, BLOCK_K_FWD = 32, 128
+BLOCK_R_BWD, BLOCK_K_BWD = 64, 64
+SPAN_PROGRAMS = 512  # programs the backward aims for on a GPU (a few per SM)
+
+
+@triton.jit
+def _norm_proj_fwd_kernel(X, G, W, Z, RSTD, R, K, M, stride_wk, stride_wm, eps,
+                          MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < R
+    m = tl.arange(0, MP)
+    m_ok = m < M
+    ss = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, MP], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        x = tl.load(X + r.to(tl.int64)[:, None] * K + k[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(tl.float32)
+        g = tl.load(G + k, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(W + k[:, None] * stride_wk + m[None, :] * stride_wm, mask=k_ok[:, None] & m_ok[None, :],
+                    other=0.0).to(tl.float32)
+        ss += tl.sum(x * x, 1)
+        acc += tl.dot(x * g[None, :], w, input_precision="ieee")
+    rstd = 1.0 / tl.sqrt(ss / K + eps)
+    tl.store(Z + r[:, None] * M + m[None, :], acc * rstd[:, None], mask=r_ok[:, None] & m_ok[None, :])
+    tl.store(RSTD + r, rstd, mask=r_ok)
+
+
+@triton.jit
+def _norm_proj_bwd_kernel(DZ, X, G, W, Z, RSTD, DX, DGP, DWP, R, K, M, span, stride_wk, stride_wm,
+                          MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    s = tl.program_id(0)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_ok = k < K
+    m = tl.arange(0, MP)
+    m_ok = m < M
+    g = tl.load(G + k, mask=k_ok, other=0.0).to(tl.float32)
+    w = tl.load(W + k[:, None] * stride_wk + m[None, :] * stride_wm, mask=k_ok[:, None] & m_ok[None, :],
+                other=0.0).to(tl.float32)  # [BLOCK_K, MP]
+    dg = tl.zeros([BLOCK_K], dtype=tl.float32)
+    dw = tl.zeros([BLOCK_K, MP], dtype=tl.float32)
+    end = tl.minimum(s * span + span, R)
+    for r0 in range(s * span, end, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < end
+        rm = r_ok[:, None] & m_ok[None, :]
+        dz = tl.load(DZ + r[:, None] * M + m[None, :], mask=rm, other=0.0)
+        z = tl.load(Z + r[:, None] * M + m[None, :], mask=rm, other=0.0)
+        rstd = tl.load(RSTD + r, mask=r_ok, other=0.0)
+        c = tl.sum(dz * z, 1) / K
+        rk = r_ok[:, None] & k_ok[None, :]
+        offs = r.to(tl.int64)[:, None] * K + k[None, :]
+        xhat = tl.load(X + offs, mask=rk, other=0.0).to(tl.float32) * rstd[:, None]
+        u = tl.dot(dz, tl.trans(w), input_precision="ieee")  # [BLOCK_R, BLOCK_K]
+        dx = rstd[:, None] * (u * g[None, :] - xhat * c[:, None])
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=rk)
+        dg += tl.sum(u * xhat, 0)
+        dw += tl.dot(tl.trans(xhat * g[None, :]), dz, input_precision="ieee")
+    tl.store(DGP + s * K + k, dg, mask=k_ok)
+    tl.store(DWP + (s * K + k[:, None]) * MP + m[None, :], dw, mask=k_ok[:, None] & (m < MP)[None, :])
+
+
+def _mp(M: int) -> int:
+    return max(16, triton.next_power_of_2(M))
+
+
+def norm_proj_forward(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, eps: float):
+    """x [.., K] (any float dtype), weight [K], proj [K, M] (any strides) -> (z [.., M] fp32, rstd [..] fp32)."""
+    K, M = proj.shape
+    x2 = x.reshape(-1, K).contiguous()
+    R = x2.shape[0]
+    z = torch.empty(R, M, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(R, device=x.device, dtype=torch.float32)
+    _norm_proj_fwd_kernel[(triton.cdiv(R, BLOCK_R_FWD),)](
+        x2, weight.contiguous(), proj, z, rstd, R, K, M, proj.stride(0), proj.stride(1), eps,
+        MP=_mp(M), BLOCK_R=BLOCK_R_FWD, BLOCK_K=BLOCK_K_FWD)
+    return z.view(*x.shape[:-1], M), rstd.view(x.shape[:-1])
+
+
+def norm_proj_backward(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor,
+                       z: torch.Tensor, rstd: torch.Tensor):
+    """(d x in x's dtype, d weight and d proj in theirs), given dz = d loss / d z and the forward's z and rstd."""
+    K, M = proj.shape
+    x2 = x.reshape(-1, K).contiguous()
+    R = x2.shape[0]
+    chunks = triton.cdiv(K, BLOCK_K_BWD)
+    blocks = triton.cdiv(R, BLOCK_R_BWD)
+    spans = max(1, min(blocks, SPAN_PROGRAMS // chunks)) if x.is_cuda else min(blocks, 3)
+    span = triton.cdiv(blocks, spans) * BLOCK_R_BWD
+    spans = triton.cdiv(R, span)
+    MP = _mp(M)
+    dx = torch.empty_like(x2)
+    dgp = torch.empty(spans, K, device=x.device, dtype=torch.float32)
+    dwp = torch.empty(spans, K, MP, device=x.device, dtype=torch.float32)
+    _norm_proj_bwd_kernel[(spans, chunks)](
+        dz.reshape(R, M).float().contiguous(), x2, weight.contiguous(), proj, z.reshape(R, M).contiguous(),
+        rstd.reshape(R).contiguous(), dx, dgp, dwp, R, K, M, span, proj.stride(0), proj.stride(1),
+        MP=MP, BLOCK_R=BLOCK_R_BWD, BLOCK_K=BLOCK_K_BWD)
+    dweight = dgp.sum(0).to(weight.dtype)
+    dproj = dwp.sum(0)[:, :M].to(proj.dtype).contiguous()
+    return dx.view(x.shape), dweight, dproj
