@@ -109,6 +109,8 @@ def norm_proj_backward(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     K, M = proj.shape
     x2 = x.reshape(-1, K).contiguous()
     R = x2.shape[0]
+    if R == 0:  # no rows: nothing to launch
+        return torch.zeros_like(x), torch.zeros_like(weight), torch.zeros_like(proj, memory_format=torch.contiguous_format)
     chunks = triton.cdiv(K, BLOCK_K_BWD)
     blocks = triton.cdiv(R, BLOCK_R_BWD)
     spans = max(1, min(blocks, SPAN_PROGRAMS // chunks)) if x.is_cuda else min(blocks, 3)

@@ -129,7 +129,7 @@ def test_compiles_to_one_graph(dynamic):
 
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (tests/conftest.py)
-NORM_PROJ_CASES = [((2, 7, 3), 40, 6), ((37,), 384, 6), ((5,), 96, 24), ((130,), 17, 3), ((1,), 1, 1)]
+NORM_PROJ_CASES = [((2, 7, 3), 40, 6), ((37,), 384, 6), ((5,), 96, 24), ((130,), 17, 3), ((1,), 1, 1), ((0, 4), 8, 6)]
 
 
 @pytest.mark.parametrize("lead,K,M", NORM_PROJ_CASES, ids=[f"R{'x'.join(map(str, r))}-K{k}-M{m}"
@@ -137,8 +137,8 @@ NORM_PROJ_CASES = [((2, 7, 3), 40, 6), ((37,), 384, 6), ((5,), 96, 24), ((130,),
 def test_norm_proj_kernel_matches_the_reference(lead, K, M):
     """The Triton norm + projection (interpreter on CPU, fp32) against moda_kernels/normproj/naive.py: z, and
     d x, d weight, d proj against autograd through the reference in fp64, at widths that are not multiples of the
-    kernels' chunks, row counts that end mid-block (130 rows: several backward spans) and a transposed proj (the
-    layout mHC passes phi's weight in)."""
+    kernels' chunks, row counts that end mid-block (130 rows: several backward spans) or are zero, and a
+    transposed proj (the layout mHC passes phi's weight in)."""
     from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
 
     gen = torch.Generator().manual_seed(K * 100 + M)
