@@ -336,9 +336,9 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
 
 
 def read_deadline(path: Path, current: float) -> float:
-    """The deadline in ``path`` (epoch seconds, written by this driver and moved by a later call of table6.sh:
-    DEADLINE_IN_S) as a time.monotonic() value; ``current`` while the file is missing, being written, or says the
-    same second."""
+    """The deadline in ``path`` (epoch seconds, written by table6.sh, or by this driver when it runs alone, and
+    moved by a later call of table6.sh: DEADLINE_IN_S) as a time.monotonic() value; ``current`` while the file is
+    missing, being written, or says the same second."""
     try:
         epoch = float(path.read_text().strip())
     except (OSError, ValueError):
@@ -348,9 +348,14 @@ def read_deadline(path: Path, current: float) -> float:
 
 
 def drive(
-    plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0, start_until_s: float | None = None
+    plan: Plan, parallel: int, budget_s: float, log_dir: Path, poll_s: float = 5.0, start_until_s: float | None = None,
+    deadline_file: Path | None = None,
 ) -> dict:
     """Run what is left until done or budget_s; returns the status (also written to log_dir/status.json).
+
+    deadline_file: the lease's deadline (epoch seconds), which table6.sh writes and a later call moves; the driver
+    only reads it (budget_s stands while it cannot be read). Without it the driver writes log_dir/deadline itself
+    from budget_s, for a later call to move.
 
     start_until_s: no job starts later than this into the call (the last call of a lease: a run that cannot
     finish before the machine goes back would only cost device time; the running ones go on until budget_s).
@@ -361,8 +366,11 @@ def drive(
     deadline = t_start + budget_s
     last_start = t_start + (budget_s if start_until_s is None else start_until_s)
     log_dir.mkdir(parents=True, exist_ok=True)
-    deadline_file = log_dir / "deadline"  # epoch seconds: table6.sh waits for it, and a later call may move it
-    deadline_file.write_text(f"{time.time() + budget_s:.0f}\n")
+    if deadline_file is None:  # run alone: this driver writes the deadline that a later call may move
+        deadline_file = log_dir / "deadline"
+        deadline_file.write_text(f"{time.time() + budget_s:.0f}\n")
+    else:  # the lease's, as it stands now (budget_s came from it a moment ago)
+        deadline = read_deadline(deadline_file, deadline)
     running: dict[Job, tuple[subprocess.Popen, float]] = {}
     failed: dict[str, int | str] = {}  # run dir -> exit status, or the config error that refused it
     history: list[dict] = []
@@ -474,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=540.0, help="stop every job after this many seconds")
     p.add_argument("--start-until-s", type=float, default=None, help="start no job after this many seconds")
+    p.add_argument("--deadline-file", type=Path, default=None,
+                   help="read the deadline (epoch seconds) from this file, which table6.sh writes and moves")
     p.add_argument("--run-root", type=Path, default=None, help=f"default {Plan.run_root} (--plan: the committed "
                    "archives)")
     p.add_argument("--log-dir", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")) / "table6")
@@ -600,7 +610,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.plan:
         return print_plan(args)
-    status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s)
+    status = drive(plan_from_args(args), args.parallel, args.budget_s, args.log_dir, start_until_s=args.start_until_s,
+                   deadline_file=args.deadline_file)
     print(json.dumps({k: status[k] for k in ("lr_choice", "failed", "left", "stopped_at_budget", "eval_lost")},
                      indent=1))
     return status

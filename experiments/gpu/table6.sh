@@ -90,7 +90,7 @@ elif [ -f "$DRIVER/ended" ] && [ -z "${RELAUNCH:-}" ]; then
 else
   rm -rf "$DRIVER/ended" "$DRIVER/deadline" "$DRIVER/before_rows" "$DRIVER/after_rows" "$DRIVER/sweeps"
   date -u +%FT%TZ > "$DRIVER/started"
-  echo $(( $(date +%s) + ${DRIVER_BUDGET_S:-1600} )) > "$DRIVER/deadline"  # the chain's; the driver rewrites it
+  echo $(( $(date +%s) + ${DRIVER_BUDGET_S:-1600} )) > "$DRIVER/deadline"  # its one writer (and DEADLINE_IN_S)
   export DRIVER BEFORE_ROWS_OUT="$DRIVER/before_rows" AFTER_ROWS_OUT="$DRIVER/after_rows" PACKED COMPILE_CACHE
   setsid bash experiments/gpu/table6_chain.sh "$@" > "$DRIVER/driver.log" 2>&1 < /dev/null &
   echo $! > "$DRIVER/pid"

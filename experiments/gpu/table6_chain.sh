@@ -32,13 +32,15 @@ if [ -n "${BEFORE_ROWS:-}" ]; then
 fi
 # The deadline file (epoch seconds; table6.sh writes it from DRIVER_BUDGET_S and a later call may move it with
 # DEADLINE_IN_S, as the driver then re-reads it every poll) sets what is left.
+# table6.sh is its one writer: the driver below reads it (--deadline-file) and never rewrites it.
 until_deadline() { echo $(( $(cat "$DRIVER/deadline") - $(date +%s) )); }  # written by table6.sh before the chain
 left=$(until_deadline)
 until_args=()
 [ -n "${START_UNTIL_S:-}" ] && until_args=(--start-until-s $(( START_UNTIL_S - $(elapsed) )))
 if [ "$left" -gt 60 ]; then
   echo "[chain] $(elapsed) s: the driver, ${left} s left"
-  python3 experiments/gpu/table6.py "$@" "${common[@]}" --log-dir "$DRIVER" --budget-s "$left" "${until_args[@]}"
+  python3 experiments/gpu/table6.py "$@" "${common[@]}" --log-dir "$DRIVER" --budget-s "$left" \
+    --deadline-file "$DRIVER/deadline" "${until_args[@]}"
 fi
 [ -n "${tests_pid:-}" ] && wait "$tests_pid"  # beside the driver too when there is no BEFORE_ROWS
 if [ -n "${AFTER_ROWS:-}" ]; then  # the GPU to itself once the rows have ended, until 15 s before the deadline
