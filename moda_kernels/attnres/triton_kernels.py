@@ -16,11 +16,14 @@ pass 1 recomputes the logits with da_j; pass 2 walks each feature chunk over the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import tile_tuning
+from ..dispatch import pin_configs
 
 BLOCK_T = 16  # tokens per program of the two-pass kernels
 
@@ -292,6 +295,14 @@ ONE_PASS_KERNELS = {
 }
 
 
+@functools.cache
+def _fewest_tokens(direction: str, block_d: int, pinned: bool) -> int:
+    """The smallest BLOCK_T among a direction's candidates at BLOCK_D (``pinned``: MODA_PIN_CONFIGS, which
+    narrows them): the backward sizes its partial-dquery rows by it before the autotuner picks. Cached: the
+    candidates are rebuilt from the config list otherwise, on every call."""
+    return min(c.kwargs["BLOCK_T"] for c in tuned_configs(tile_tuning.CANDIDATES, direction, block_d))
+
+
 def _launch_one_pass(direction: str, n_tok: int, block_d: int, *args) -> int:
     """Launches the one-pass kernel of a direction over n_tok tokens (args: its arguments up to N_BUCKET); returns
     the BLOCK_T it ran with (the backward's partial dquery rows: one per program)."""
@@ -343,7 +354,7 @@ def attnres_read_backward(g: torch.Tensor, h: torch.Tensor, last: torch.Tensor |
     dlast = torch.empty(B, T, D, dtype=h.dtype, device=h.device) if last is not None else h.new_empty(0)
     one = schedule(D, "bwd")
     if one is not None:
-        fewest = min(c.kwargs["BLOCK_T"] for c in tuned_configs(tile_tuning.CANDIDATES, "bwd", one["BLOCK_D"]))
+        fewest = _fewest_tokens("bwd", one["BLOCK_D"], pin_configs())
         du = torch.empty(triton.cdiv(B * T, fewest), D, dtype=torch.float32, device=h.device)  # rows: programs
         bt = _launch_one_pass("bwd", B * T, one["BLOCK_D"], h, last_c, u, g, out.contiguous(), lo.contiguous(),
                               lse.contiguous(), dh_acc, dlast, du, sht, shj, sdt, sdj, B * T, n, m, D, eps,
