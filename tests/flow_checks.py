@@ -79,6 +79,23 @@ def assert_cached_generation_matches_uncached(cfg: ModelConfig, steps: int = 10)
         assert list(itertools.islice(greedy_tokens(model, row), steps)) == want
 
 
+def assert_triton_backend_matches_naive(cfg: ModelConfig, device: str) -> GPT:
+    """A model with the fused kernels (``cfg.attn_backend`` triton; on CPU through the interpreter) against the
+    same weights on the naive backend: the loss and every gradient, fp32, weights at spread 0.1. Returns the model,
+    whose kernel calls the caller recorded during the first (fused) forward and backward."""
+    torch.manual_seed(0)
+    model = randomize(GPT(cfg), scale=0.1).to(device)
+    idx = torch.randint(0, cfg.vocab_size, (2, 9)).to(device)
+    loss = model(idx[:, :-1], idx[:, 1:])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    model.set_backend("naive")
+    ref = model(idx[:, :-1], idx[:, 1:])
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, list(model.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    return model
+
+
 def assert_compiles_to_one_graph(cfg: ModelConfig, build: Callable[[ModelConfig], GPT] = GPT) -> None:
     """GPT.compile(fullgraph=True) on CPU: no graph break, one graph for two steps, same loss and gradients (by
     default at the model's own initial weights: Inductor's fused sums round differently, which random weights

@@ -277,18 +277,23 @@ def test_every_job_of_the_gpu_call_composes_into_a_valid_run(tmp_path):
     assert f"  table6_24l/{post_plan.run_dir(post).name}/meta.json\n" in manifest.read_text()
 
 
-def test_a_later_call_moves_the_deadline_and_the_running_job_finishes(tmp_path, monkeypatch, capsys):
-    """table6.sh's DEADLINE_IN_S rewrites the driver's deadline file: the driver re-reads it every poll, so a job
-    that would have been stopped at the first budget runs to its end."""
-    import threading
-
+def _three_second_job(tmp_path, monkeypatch) -> table6.Plan:
+    """A plan of one job whose run.py sleeps 3 s, then marks itself done."""
     fake_root = tmp_path / "repo"
     fake_root.mkdir()
     (fake_root / "run.py").write_text("import time\ntime.sleep(3)\nopen('done', 'w').close()\n")
     monkeypatch.setattr(table6, "ROOT", fake_root)
     monkeypatch.setattr(table6, "is_done", lambda plan, job: (fake_root / "done").exists())
-    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3,), sweep_steps=4,
+    return table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3,), sweep_steps=4,
                        max_extend=0, run_root=tmp_path / "runs")
+
+
+def test_a_later_call_moves_the_deadline_and_the_running_job_finishes(tmp_path, monkeypatch, capsys):
+    """table6.sh's DEADLINE_IN_S rewrites the driver's deadline file: the driver re-reads it every poll, so a job
+    that would have been stopped at the first budget runs to its end."""
+    import threading
+
+    plan = _three_second_job(tmp_path, monkeypatch)
     logs = tmp_path / "logs"
 
     def move():
@@ -637,13 +642,7 @@ def test_the_tracked_tree_leaves_room_for_a_gpu_calls_wheels_and_eval_data():
 def test_a_given_deadline_file_is_read_never_written(tmp_path, monkeypatch, capsys):
     """With --deadline-file (table6_chain.sh passes table6.sh's), the driver takes the lease's deadline from it, so
     a move that lands while the driver starts is not overwritten, and it writes no deadline of its own."""
-    fake_root = tmp_path / "repo"
-    fake_root.mkdir()
-    (fake_root / "run.py").write_text("import time\ntime.sleep(3)\nopen('done', 'w').close()\n")
-    monkeypatch.setattr(table6, "ROOT", fake_root)
-    monkeypatch.setattr(table6, "is_done", lambda plan, job: (fake_root / "done").exists())
-    plan = table6.Plan(name="t6", experiment=None, norms=("pre",), seeds=(0,), grid=(1e-3,), sweep_steps=4,
-                       max_extend=0, run_root=tmp_path / "runs")
+    plan = _three_second_job(tmp_path, monkeypatch)
     lease = tmp_path / "deadline"
     lease.write_text(f"{time.time() + 30:.0f}\n")  # moved to 30 s before the driver read it; its budget says 1.5
     status = table6.drive(plan, parallel=1, budget_s=1.5, log_dir=tmp_path / "logs", poll_s=0.1,
