@@ -13,8 +13,11 @@ K chunk (grid axis 1) over a contiguous span of rows (axis 0), writes its dx til
 d weight (sum of u * xhat) and d proj ((xhat * weight)^T @ dz) over the span; the spans' partial sums are added
 by the caller (a [spans, K, M] fp32 tensor, ~1 MB at the Table 6 shape).
 
-The products run as tl.dot in full fp32 ("ieee"): M is padded to MP >= 16, and the FLOPs are negligible next
-to the reads.
+The products run in fp32: (x * weight) @ proj and d proj as tl.dot in full precision ("ieee", M padded to MP, a
+power of two >= 16, the padding kept zero), and the backward's u = dz @ proj^T as M outer products (M is a
+compile-time constant: 6 for HC, 24 for mHC at n = 4). With u as a third tl.dot too, the backward took 255
+registers and spilled on sm_90 (ptxas -v: 312 bytes at M = 6, 1,172 at M = 24); as it is, neither kernel spills
+at either M (tests/cpu/test_flow_hyper_connections.py compiles them). The FLOPs are negligible next to the reads.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ import triton
 import triton.language as tl
 
 BLOCK_R_FWD, BLOCK_K_FWD = 32, 128
-BLOCK_R_BWD, BLOCK_K_BWD = 64, 64
+BLOCK_R_BWD, BLOCK_K_BWD = 32, 64
+WARPS = 4
 SPAN_PROGRAMS = 512  # programs the backward aims for on a GPU (a few per SM)
 
 
 @triton.jit
-def _norm_proj_fwd_kernel(X, G, W, Z, RSTD, R, K, M, stride_wk, stride_wm, eps,
-                          MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _norm_proj_fwd_kernel(X, G, W, Z, RSTD, R, K, stride_wk, stride_wm, eps,
+                          M: tl.constexpr, MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < R
     m = tl.arange(0, MP)
-    m_ok = m < M
     ss = tl.zeros([BLOCK_R], dtype=tl.float32)
     acc = tl.zeros([BLOCK_R, MP], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -43,51 +46,52 @@ def _norm_proj_fwd_kernel(X, G, W, Z, RSTD, R, K, M, stride_wk, stride_wm, eps,
         x = tl.load(X + r.to(tl.int64)[:, None] * K + k[None, :], mask=r_ok[:, None] & k_ok[None, :],
                     other=0.0).to(tl.float32)
         g = tl.load(G + k, mask=k_ok, other=0.0).to(tl.float32)
-        w = tl.load(W + k[:, None] * stride_wk + m[None, :] * stride_wm, mask=k_ok[:, None] & m_ok[None, :],
+        w = tl.load(W + k[:, None] * stride_wk + m[None, :] * stride_wm, mask=k_ok[:, None] & (m < M)[None, :],
                     other=0.0).to(tl.float32)
         ss += tl.sum(x * x, 1)
         acc += tl.dot(x * g[None, :], w, input_precision="ieee")
     rstd = 1.0 / tl.sqrt(ss / K + eps)
-    tl.store(Z + r[:, None] * M + m[None, :], acc * rstd[:, None], mask=r_ok[:, None] & m_ok[None, :])
+    tl.store(Z + r[:, None] * M + m[None, :], acc * rstd[:, None], mask=r_ok[:, None] & (m < M)[None, :])
     tl.store(RSTD + r, rstd, mask=r_ok)
 
 
 @triton.jit
-def _norm_proj_bwd_kernel(DZ, X, G, W, Z, RSTD, DX, DGP, DWP, R, K, M, span, stride_wk, stride_wm,
-                          MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _norm_proj_bwd_kernel(DZ, X, G, W, Z, RSTD, DX, DGP, DWP, R, K, span, stride_wk, stride_wm,
+                          M: tl.constexpr, MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     s = tl.program_id(0)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = k < K
     m = tl.arange(0, MP)
-    m_ok = m < M
     g = tl.load(G + k, mask=k_ok, other=0.0).to(tl.float32)
-    w = tl.load(W + k[:, None] * stride_wk + m[None, :] * stride_wm, mask=k_ok[:, None] & m_ok[None, :],
-                other=0.0).to(tl.float32)  # [BLOCK_K, MP]
     dg = tl.zeros([BLOCK_K], dtype=tl.float32)
     dw = tl.zeros([BLOCK_K, MP], dtype=tl.float32)
     end = tl.minimum(s * span + span, R)
     for r0 in range(s * span, end, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         r_ok = r < end
-        rm = r_ok[:, None] & m_ok[None, :]
-        dz = tl.load(DZ + r[:, None] * M + m[None, :], mask=rm, other=0.0)
-        z = tl.load(Z + r[:, None] * M + m[None, :], mask=rm, other=0.0)
+        rm = r_ok[:, None] & (m < M)[None, :]
+        dz = tl.load(DZ + r[:, None] * M + m[None, :], mask=rm, other=0.0)  # [BLOCK_R, MP]
+        c = tl.sum(dz * tl.load(Z + r[:, None] * M + m[None, :], mask=rm, other=0.0), 1) / K
         rstd = tl.load(RSTD + r, mask=r_ok, other=0.0)
-        c = tl.sum(dz * z, 1) / K
         rk = r_ok[:, None] & k_ok[None, :]
         offs = r.to(tl.int64)[:, None] * K + k[None, :]
         xhat = tl.load(X + offs, mask=rk, other=0.0).to(tl.float32) * rstd[:, None]
-        u = tl.dot(dz, tl.trans(w), input_precision="ieee")  # [BLOCK_R, BLOCK_K]
+        xg = xhat * g[None, :]
+        u = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)  # dz @ proj^T, a column of dz at a time
+        for j in tl.static_range(M):
+            dz_j = tl.load(DZ + r * M + j, mask=r_ok, other=0.0)
+            w_j = tl.load(W + k * stride_wk + j * stride_wm, mask=k_ok, other=0.0).to(tl.float32)
+            u += dz_j[:, None] * w_j[None, :]
+        dw += tl.dot(tl.trans(xg), dz, input_precision="ieee")  # (xhat * weight)^T @ dz
         dx = rstd[:, None] * (u * g[None, :] - xhat * c[:, None])
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=rk)
         dg += tl.sum(u * xhat, 0)
-        dw += tl.dot(tl.trans(xhat * g[None, :]), dz, input_precision="ieee")
     tl.store(DGP + s * K + k, dg, mask=k_ok)
     tl.store(DWP + (s * K + k[:, None]) * MP + m[None, :], dw, mask=k_ok[:, None] & (m < MP)[None, :])
 
 
 def _mp(M: int) -> int:
-    return max(16, triton.next_power_of_2(M))
+    return max(16, triton.next_power_of_2(M))  # tl.dot's smallest side
 
 
 def norm_proj_forward(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, eps: float):
@@ -98,8 +102,8 @@ def norm_proj_forward(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor,
     z = torch.empty(R, M, device=x.device, dtype=torch.float32)
     rstd = torch.empty(R, device=x.device, dtype=torch.float32)
     _norm_proj_fwd_kernel[(triton.cdiv(R, BLOCK_R_FWD),)](
-        x2, weight.contiguous(), proj, z, rstd, R, K, M, proj.stride(0), proj.stride(1), eps,
-        MP=_mp(M), BLOCK_R=BLOCK_R_FWD, BLOCK_K=BLOCK_K_FWD)
+        x2, weight.contiguous(), proj, z, rstd, R, K, proj.stride(0), proj.stride(1), eps,
+        M=M, MP=_mp(M), BLOCK_R=BLOCK_R_FWD, BLOCK_K=BLOCK_K_FWD, num_warps=WARPS)
     return z.view(*x.shape[:-1], M), rstd.view(x.shape[:-1])
 
 
@@ -122,8 +126,8 @@ def norm_proj_backward(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     dwp = torch.empty(spans, K, MP, device=x.device, dtype=torch.float32)
     _norm_proj_bwd_kernel[(spans, chunks)](
         dz.reshape(R, M).float().contiguous(), x2, weight.contiguous(), proj, z.reshape(R, M).contiguous(),
-        rstd.reshape(R).contiguous(), dx, dgp, dwp, R, K, M, span, proj.stride(0), proj.stride(1),
-        MP=MP, BLOCK_R=BLOCK_R_BWD, BLOCK_K=BLOCK_K_BWD)
+        rstd.reshape(R).contiguous(), dx, dgp, dwp, R, K, span, proj.stride(0), proj.stride(1),
+        M=M, MP=MP, BLOCK_R=BLOCK_R_BWD, BLOCK_K=BLOCK_K_BWD, num_warps=WARPS)
     dweight = dgp.sum(0).to(weight.dtype)
     dproj = dwp.sum(0)[:, :M].to(proj.dtype).contiguous()
     return dx.view(x.shape), dweight, dproj
