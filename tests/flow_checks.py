@@ -192,12 +192,13 @@ def ref_head(P: dict, cfg: ModelConfig, x: torch.Tensor) -> torch.Tensor:
 
 
 def compile_for_sm90(script: str, cache_dir) -> list[str]:
-    """Runs ``script`` (Python that compiles kernels ahead of time with triton.compile and prints a line each) with
-    the interpreter off and ptxas -v's report on, in a fresh Triton cache (ptxas runs every time); returns its
-    lines, printed too. Skips where there is no ptxas."""
+    """Runs ``script`` (Python that compiles kernels ahead of time, with sm90_aot.compile_sm90, and prints a line
+    each) with the interpreter off and ptxas -v's report on, in a fresh Triton cache (ptxas runs every time);
+    returns its lines, printed too. Skips where there is no ptxas."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(cache_dir))
     root = Path(__file__).resolve().parents[1]
+    env.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=str(cache_dir),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root / "tests"), env.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                           timeout=300)
     if "ptxas" in proc.stderr and proc.returncode:

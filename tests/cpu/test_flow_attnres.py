@@ -334,29 +334,20 @@ def test_triton_backend_reads_through_the_kernel(passes, monkeypatch):
 
 
 _AOT = """
-import contextlib, io, re
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from sm90_aot import compile_sm90
 from moda_kernels import tile_tuning
 from moda_kernels.attnres import triton_kernels as K
 
 INTS = {"sht", "shj", "sdt", "sdj", "n_tok", "n", "m", "D", "N_BUCKET"}
 FP32 = {"U", "DU", "LSE", "LOGIT", "S", "DA"}
 
+def arg_type(a):  # the stream in bf16, as in training
+    return "fp32" if a == "eps" else "i32" if a in INTS else "*fp32" if a in FP32 else "*bf16"
+
 def compile(fn, constexprs, num_warps=4):
-    sig = {a: "constexpr" if a in constexprs else "fp32" if a == "eps" else "i32" if a in INTS
-           else "*fp32" if a in FP32 else "*bf16" for a in fn.arg_names}  # the stream in bf16, as in training
     # The divisibility by 16 that the launcher's specialisation sees at D = 384 (pointers, strides, D, tokens).
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if a not in ("eps", "n", "m", "N_BUCKET") and a not in constexprs}
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v's report goes to stdout
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    regs = re.search(r"Used (\\d+) registers", log.getvalue()).group(1)
-    spills = re.search(r"(\\d+) bytes spill stores, (\\d+) bytes spill loads", log.getvalue()).groups()
-    return sorted(k.asm), regs, spills
+    return compile_sm90(fn, constexprs, num_warps, arg_type, not_divisible={"eps", "n", "m", "N_BUCKET"})
 
 for fn in (K._fwd_kernel, K._bwd_kernel):
     asm, regs, spills = compile(fn, {"BLOCK_T": K.BLOCK_T, "BLOCK_D": 128})

@@ -158,27 +158,17 @@ def test_norm_proj_kernel_matches_the_reference(lead, K, M):
 
 
 _NORM_PROJ_AOT = """
-import contextlib, io, re
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from sm90_aot import compile_sm90
 from moda_kernels.normproj import triton_kernels as K
 
 INTS = {"R", "K", "span", "stride_wk", "stride_wm"}
 BF16 = {"X", "DX"}  # the copies and their gradient in bf16, as in training; the rest fp32
 
+def arg_type(a):
+    return "fp32" if a == "eps" else "i32" if a in INTS else "*bf16" if a in BF16 else "*fp32"
+
 def compile(fn, constexprs):
-    sig = {a: "constexpr" if a in constexprs else "fp32" if a == "eps" else "i32" if a in INTS
-           else "*bf16" if a in BF16 else "*fp32" for a in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if a not in ("eps", "stride_wm", "span") and a not in constexprs}
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v's report goes to stdout
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": K.WARPS})
-    regs = re.search(r"Used (\\d+) registers", log.getvalue()).group(1)
-    spills = re.search(r"(\\d+) bytes spill stores, (\\d+) bytes spill loads", log.getvalue()).groups()
-    return sorted(k.asm), regs, spills
+    return compile_sm90(fn, constexprs, K.WARPS, arg_type, not_divisible={"eps", "stride_wm", "span"})
 
 for M in (6, 24):  # HC's n + 2 and mHC's 2n + n^2 at n = 4
     for fn, tile in ((K._norm_proj_fwd_kernel, (K.BLOCK_R_FWD, K.BLOCK_K_FWD)),

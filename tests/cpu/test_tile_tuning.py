@@ -54,25 +54,17 @@ def test_the_autotuners_prune_reads_the_launchs_arguments(kernel, monkeypatch):
 
 
 _AOT = """
-import contextlib, io, re
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import triton
+from sm90_aot import compile_sm90
 from moda_kernels import tile_tuning
 from moda_kernels.mudd import triton_kernels as K
 
 INTS = {"sht", "shj", "sdt", "sdj", "n_tok", "n", "D", "N_BUCKET"}
 
+def arg_type(a):  # the history in bf16, as in training
+    return "i32" if a in INTS else "*fp32" if a == "PART" else "*bf16"
+
 def compile(fn, constexprs, num_warps):
-    sig = {a: "constexpr" if a in constexprs else "i32" if a in INTS else "*fp32" if a == "PART" else "*bf16"
-           for a in fn.arg_names}  # the history in bf16, as in training
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if a not in ("n", "N_BUCKET") and a not in constexprs}
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v's report goes to stdout
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    return re.search(r"(\\d+) bytes spill stores, (\\d+) bytes spill loads", log.getvalue()).groups()
+    return compile_sm90(fn, constexprs, num_warps, arg_type, not_divisible={"n", "N_BUCKET"})[2]
 
 C, D = 4, 384  # MUDD's four ways at the paper's width
 cp, bt, bd = K._tiles(C, D)
