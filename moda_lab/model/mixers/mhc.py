@@ -27,13 +27,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moda_kernels.sinkhorn import naive_sinkhorn, sinkhorn_backward, sinkhorn_forward
 
 from .base import MixerConfig, register_mixer
-from .hyper_connections import Connections, WideStreamMixer, norm_proj
+from .hyper_connections import Connections, WideStreamMixer, normed_projection
 
 _OFF_DIAGONAL = -2.0  # b_res off the diagonal (see the top)
 
@@ -114,11 +113,8 @@ class _ManifoldConnection(nn.Module):
         their Triton ops."""
         n = self.n
         flat = x.reshape(*x.shape[:2], -1)  # vec(H) [B, T, n*D]
-        if kernel:  # the norm and phi in one Triton op, in fp32
-            z = norm_proj(flat, self.norm_weight, self.phi.weight.t(), self.eps)[0]
-        else:
-            flat = F.rms_norm(flat, flat.shape[-1:], self.norm_weight.to(x.dtype), self.eps)
-            z = self.phi(flat).float()  # [B, T, 2n + n^2]; the mappings in fp32
+        # RMSNorm, then phi: [B, T, 2n + n^2], the mappings in fp32
+        z = normed_projection(flat, self.norm_weight, self.phi.weight.t(), self.eps, kernel).float()
         a_pre, a_post, a_res = self.alpha.float().unbind()
         b = self.bias.float()
         pre = torch.sigmoid(a_pre * z[..., :n] + b[:n])
