@@ -11,6 +11,10 @@ z in fp32). Each form is compiled alone
 (torch.compile, default mode) and timed over the 48 sublayers of a 24-layer step (CUDA events), with the
 sublayer input read_copies(pre, H) in the same graph, as in the model. Prints a Markdown table; writes it and a
 JSON copy.
+
+The copies are fp32 and the weights' parameters fp32 under bf16 autocast by default, as in the model (the stream
+starts from the fp32 embeddings and every combine adds into it in fp32); ``--stream-dtype bfloat16`` times a bf16
+stream, the dtype of the first run (2026-12-07), for comparison.
 """
 
 from __future__ import annotations
@@ -28,21 +32,20 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
 from experiments.bench.report import save_table  # noqa: E402
-from moda_lab.model.mixers.hyper_connections import norm_proj, read_copies  # noqa: E402
+from moda_lab.model.mixers.hyper_connections import normed_projection, read_copies  # noqa: E402
 
 
 def weights_matmul(x, g, w, eps):
-    h = F.rms_norm(x, x.shape[-1:], g, eps)
-    return torch.tanh(torch.matmul(h, w))
+    return torch.tanh(normed_projection(x, g, w, eps, kernel=False))
 
 
 def weights_reductions(x, g, w, eps):
-    h = F.rms_norm(x, x.shape[-1:], g, eps)
-    return torch.tanh(torch.stack([(h * w[:, c]).sum(-1) for c in range(w.shape[1])], dim=-1))
+    h = F.rms_norm(x, x.shape[-1:], g.to(x.dtype), eps)
+    return torch.tanh(torch.stack([(h * w[:, c].to(h.dtype)).sum(-1) for c in range(w.shape[1])], dim=-1))
 
 
 def weights_kernel(x, g, w, eps):
-    return torch.tanh(norm_proj(x, g, w, eps)[0]).to(x.dtype)
+    return torch.tanh(normed_projection(x, g, w, eps, kernel=True))
 
 
 FORMS = {"matmul": weights_matmul, "reductions": weights_reductions, "kernel": weights_kernel}
@@ -52,7 +55,7 @@ def sublayer(form):
     def f(x, g, w, pre_static, eps: float = 1e-6):
         z = form(x, g, w, eps)
         pre = 0.01 * z[..., 1] + pre_static
-        return read_copies(pre, x), z
+        return read_copies(pre.to(x.dtype), x), z
 
     return f
 
@@ -62,7 +65,8 @@ def time_form(name: str, x, g, w, pre, sublayers: int, reps: int) -> dict:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def one():
-        h, z = fn(x, g, w, pre)
+        with torch.autocast("cuda", torch.bfloat16):
+            h, z = fn(x, g, w, pre)
         (h.float().square().mean() + z.float().mean()).backward()
 
     for _ in range(3):
@@ -83,17 +87,21 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=384)
     ap.add_argument("--sublayers", type=int, default=48)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--stream-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the copies' dtype (the model's stream is fp32)")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments/bench/results/hc_weights.md")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_hc_weights.py needs a CUDA GPU")
     T = 1024
-    x = torch.randn(args.tokens // T, T, args.n, args.width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = torch.ones(args.width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (0.02 * torch.randn(args.width, args.n + 2, device="cuda")).bfloat16().requires_grad_()
-    pre = torch.full((args.n,), 1.0 / args.n, device="cuda", dtype=torch.bfloat16)
+    dtype = getattr(torch, args.stream_dtype)
+    x = torch.randn(args.tokens // T, T, args.n, args.width, device="cuda", dtype=dtype, requires_grad=True)
+    g = torch.ones(args.width, device="cuda", requires_grad=True)
+    w = (0.02 * torch.randn(args.width, args.n + 2, device="cuda")).requires_grad_()
+    pre = torch.full((args.n,), 1.0 / args.n, device="cuda")
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-           "shape": list(x.shape), "sublayers": args.sublayers}
+           "shape": list(x.shape), "stream_dtype": args.stream_dtype, "autocast": "bfloat16",
+           "sublayers": args.sublayers}
     rows = [time_form(name, x, g, w, pre, args.sublayers, args.reps) for name in FORMS]
     base = rows[0]["ms_per_step"]
     for r in rows:
