@@ -7,7 +7,7 @@ H [B, T, n, D]: H_bar = RMSNorm(H), z = tanh(H_bar W) with W [D, n + 2]. ``matmu
 model's form), which materialises H_bar for a GEMM of n + 2 output columns. ``reductions``: the n + 2 columns as
 row reductions over D, which Inductor may fuse with the norm into one pass over H. ``kernel``: the norm and
 H_bar W as the Triton op the model runs on a GPU (``norm_proj``, moda_kernels/normproj, one read of H each way,
-z in fp32). Each form is compiled alone
+z in fp32); ``kernel_tf32``: the same with its dots on tf32 inputs. Each form is compiled alone
 (torch.compile, default mode) and timed over the 48 sublayers of a 24-layer step (CUDA events), with the
 sublayer input read_copies(pre, H) in the same graph, as in the model. Prints a Markdown table; writes it and a
 JSON copy.
@@ -48,7 +48,12 @@ def weights_kernel(x, g, w, eps):
     return torch.tanh(normed_projection(x, g, w, eps, kernel=True))
 
 
-FORMS = {"matmul": weights_matmul, "reductions": weights_reductions, "kernel": weights_kernel}
+def weights_kernel_tf32(x, g, w, eps):
+    return torch.tanh(normed_projection(x, g, w, eps, kernel=True, tf32=True))
+
+
+FORMS = {"matmul": weights_matmul, "reductions": weights_reductions, "kernel": weights_kernel,
+         "kernel_tf32": weights_kernel_tf32}
 
 
 def sublayer(form):
@@ -83,8 +88,9 @@ def time_form(name: str, x, g, w, pre, sublayers: int, reps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=65536)
-    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--n", type=int, default=4, help="copies (mHC's layout: --n 1 --width 1536 --columns 24)")
     ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--columns", type=int, default=None, help="projection columns (default n + 2, HC's)")
     ap.add_argument("--sublayers", type=int, default=48)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--stream-dtype", default="float32", choices=["float32", "bfloat16"],
@@ -97,10 +103,10 @@ def main() -> None:
     dtype = getattr(torch, args.stream_dtype)
     x = torch.randn(args.tokens // T, T, args.n, args.width, device="cuda", dtype=dtype, requires_grad=True)
     g = torch.ones(args.width, device="cuda", requires_grad=True)
-    w = (0.02 * torch.randn(args.width, args.n + 2, device="cuda")).requires_grad_()
+    w = (0.02 * torch.randn(args.width, args.columns or args.n + 2, device="cuda")).requires_grad_()
     pre = torch.full((args.n,), 1.0 / args.n, device="cuda")
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-           "shape": list(x.shape), "stream_dtype": args.stream_dtype, "autocast": "bfloat16",
+           "shape": list(x.shape), "columns": w.shape[1], "stream_dtype": args.stream_dtype, "autocast": "bfloat16",
            "sublayers": args.sublayers}
     rows = [time_form(name, x, g, w, pre, args.sublayers, args.reps) for name in FORMS]
     base = rows[0]["ms_per_step"]

@@ -157,34 +157,75 @@ def test_norm_proj_kernel_matches_the_reference(lead, K, M):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lead,K,M", [((37,), 384, 6), ((5,), 96, 24)], ids=["hc", "mhc"])
+def test_norm_proj_kernel_with_tf32_dots_runs_the_same_algorithm(lead, K, M):
+    """tf32=True only changes the dots' input precision (a constexpr of both kernels). The interpreter computes
+    every dot in fp32 whatever that precision, so on CPU the tf32 kernels match the reference as tightly as the
+    ieee ones; on a GPU the tolerance is tf32's (tests/gpu/test_flow_kernels_gpu.py)."""
+    from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
+
+    gen = torch.Generator().manual_seed(K + M)
+    x = torch.randn(*lead, K, generator=gen).to(KERNEL_DEVICE)
+    weight = (1 + 0.3 * torch.randn(K, generator=gen)).to(KERNEL_DEVICE)
+    proj = torch.randn(M, K, generator=gen).to(KERNEL_DEVICE).t()
+    dz = torch.randn(*lead, M, generator=gen).to(KERNEL_DEVICE)
+    z, rstd = norm_proj_forward(x, weight, proj, 1e-6, tf32=True)
+    tol = dict(atol=1e-5, rtol=1e-5) if KERNEL_DEVICE == "cpu" else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(z, naive_norm_proj(x, weight, proj, 1e-6), **tol)
+    for got, ref in zip(norm_proj_backward(dz, x, weight, proj, z, rstd, tf32=True),
+                        naive_norm_proj_bwd(dz, x, weight, proj, 1e-6)):
+        torch.testing.assert_close(got, ref, **tol)
+
+
+def test_norm_proj_op_passes_tf32_to_both_kernels(monkeypatch):
+    """normed_projection(tf32=True) reaches the forward kernel, and the op's autograd hands it to the backward
+    kernel; the default (what the model runs) is full fp32 both ways."""
+    import moda_lab.model.mixers.hyper_connections as module
+
+    seen = []
+    fwd, bwd = module.norm_proj_forward, module.norm_proj_backward
+    monkeypatch.setattr(module, "norm_proj_forward", lambda *a: seen.append(("fwd", a[-1])) or fwd(*a))
+    monkeypatch.setattr(module, "norm_proj_backward", lambda *a: seen.append(("bwd", a[-1])) or bwd(*a))
+    gen = torch.Generator().manual_seed(3)
+    for tf32 in (True, False):
+        x = torch.randn(2, 3, 4, 16, generator=gen).to(KERNEL_DEVICE).requires_grad_()
+        weight = torch.ones(16, device=KERNEL_DEVICE, requires_grad=True)
+        proj = torch.randn(16, 6, generator=gen).to(KERNEL_DEVICE).requires_grad_()
+        module.normed_projection(x, weight, proj, 1e-6, kernel=True, tf32=tf32).sum().backward()
+    x = torch.randn(2, 3, 4, 16, generator=gen).to(KERNEL_DEVICE).requires_grad_()
+    module.norm_proj(x, weight, proj, 1e-6)[0].sum().backward()  # tf32 left out
+    assert seen == [("fwd", True), ("bwd", True), ("fwd", False), ("bwd", False), ("fwd", False), ("bwd", False)]
+
+
 _NORM_PROJ_AOT = """
 from sm90_aot import compile_sm90
 from moda_kernels.normproj import triton_kernels as K
 
 INTS = {"R", "K", "span", "stride_wk", "stride_wm"}
-BF16 = {"X", "DX"}  # the copies and their gradient in bf16, as in training; the rest fp32
-
-def arg_type(a):
-    return "fp32" if a == "eps" else "i32" if a in INTS else "*bf16" if a in BF16 else "*fp32"
+def arg_type(a):  # every tensor fp32: the copies are, in training (the stream adds into the fp32 embeddings)
+    return "fp32" if a == "eps" else "i32" if a in INTS else "*fp32"
 
 def compile(fn, constexprs):
     return compile_sm90(fn, constexprs, K.WARPS, arg_type, not_divisible={"eps", "stride_wm", "span"})
 
 for M in (6, 24):  # HC's n + 2 and mHC's 2n + n^2 at n = 4
-    for fn, tile in ((K._norm_proj_fwd_kernel, (K.BLOCK_R_FWD, K.BLOCK_K_FWD)),
-                     (K._norm_proj_bwd_kernel, (K.BLOCK_R_BWD, K.BLOCK_K_BWD))):
-        asm, regs, spills = compile(fn, {"M": M, "MP": K._mp(M), "BLOCK_R": tile[0], "BLOCK_K": tile[1]})
-        print(fn.__name__, f"M={M}", asm, "regs", regs, "spills", *spills)
+    for precision in ("ieee", "tf32"):
+        for fn, tile in ((K._norm_proj_fwd_kernel, (K.BLOCK_R_FWD, K.BLOCK_K_FWD)),
+                         (K._norm_proj_bwd_kernel, (K.BLOCK_R_BWD, K.BLOCK_K_BWD))):
+            constexprs = {"M": M, "MP": K._mp(M), "BLOCK_R": tile[0], "BLOCK_K": tile[1], "PRECISION": precision}
+            asm, regs, spills = compile(fn, constexprs)
+            print(fn.__name__, f"M={M}", precision, asm, "regs", regs, "spills", *spills)
 """
 
 
 @pytest.mark.slow
 def test_norm_proj_kernels_compile_for_sm90_without_spills(tmp_path):
-    """Both kernels at their launch tiles, for HC's and mHC's column counts, compiled ahead of time for sm_90 (the
+    """Both kernels at their launch tiles, for HC's and mHC's column counts and with ieee and tf32 dots, compiled
+    ahead of time for sm_90 (the
     H100's; the interpreter never compiles): no register spills (ptxas -v). With dz @ proj^T as a third tl.dot the
     backward spilled 312 bytes at M = 6 and 1,172 at M = 24."""
     lines = compile_for_sm90(_NORM_PROJ_AOT, tmp_path)
-    assert len(lines) == 4 and all("'cubin'" in line for line in lines), lines
+    assert len(lines) == 8 and all("'cubin'" in line for line in lines), lines
     assert all(line.endswith("spills 0 0") for line in lines), lines
 
 

@@ -77,11 +77,13 @@ def test_sinkhorn_matches_the_reference_at_a_step_of_tokens(n, iters):
     assert rel(sinkhorn_backward(g, logits, iters), naive_sinkhorn_bwd(g, logits, iters)) < 1e-4
 
 
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n,M,flat", [(4, 6, False), (4, 24, True)], ids=["hc-n4", "mhc-n4"])
-def test_norm_proj_matches_the_reference_at_a_step_of_tokens(n, M, flat, dtype):
+def test_norm_proj_matches_the_reference_at_a_step_of_tokens(n, M, flat, dtype, tf32):
     """HC's H_bar W (rows of D, n + 2 columns) and mHC's phi (rows of n D, 2n + n^2 columns, phi's weight
-    transposed) on a quarter step of copies, against the fp32 reference of the same (rounded) inputs."""
+    transposed) on a quarter step of copies, against the fp32 reference of the same (rounded) inputs; with tf32
+    dots within tf32's rounding (10 mantissa bits: a relative error of ~5e-4 a product)."""
     gen = torch.Generator(device="cuda").manual_seed(M)
     x = torch.randn(B, T, n, D, device="cuda", generator=gen).to(dtype)
     x = x.reshape(B, T, n * D) if flat else x
@@ -89,10 +91,10 @@ def test_norm_proj_matches_the_reference_at_a_step_of_tokens(n, M, flat, dtype):
     weight = 1 + 0.1 * torch.randn(K, device="cuda", generator=gen)
     proj = 0.02 * torch.randn(M, K, device="cuda", generator=gen).t()
     dz = torch.randn(*x.shape[:-1], M, device="cuda", generator=gen)
-    z, rstd = norm_proj_forward(x, weight, proj, 1e-6)
-    assert z.dtype == torch.float32 and rel(z, naive_norm_proj(x.float(), weight, proj, 1e-6)) < 1e-5
-    got = norm_proj_backward(dz, x, weight, proj, z, rstd)
+    z, rstd = norm_proj_forward(x, weight, proj, 1e-6, tf32)
+    assert z.dtype == torch.float32 and rel(z, naive_norm_proj(x.float(), weight, proj, 1e-6)) < (2e-3 if tf32 else 1e-5)
+    got = norm_proj_backward(dz, x, weight, proj, z, rstd, tf32)
     ref = naive_norm_proj_bwd(dz, x.float(), weight, proj, 1e-6)
     assert got[0].dtype == dtype
     for a, b in zip(got, ref):
-        assert rel(a, b) < TOL[dtype], (rel(a, b), a.shape)
+        assert rel(a, b) < max(TOL[dtype], 2e-3 if tf32 else 0.0), (rel(a, b), a.shape)

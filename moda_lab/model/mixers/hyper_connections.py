@@ -35,50 +35,52 @@ from .base import DepthMixer, MixerConfig, register_mixer
 
 
 @torch.library.custom_op("moda_lab::norm_proj", mutates_args=())
-def norm_proj(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, eps: float) -> tuple[torch.Tensor,
-                                                                                            torch.Tensor]:
+def norm_proj(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, eps: float,
+              tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x; weight, eps) @ proj, the rows' rstd), both fp32, by the Triton kernel (moda_kernels/normproj):
-    one read of x, where the compiled ops write the normalised x and read it back for a GEMM of a few columns."""
-    return norm_proj_forward(x, weight, proj, eps)
+    one read of x, where the compiled ops write the normalised x and read it back for a GEMM of a few columns.
+    ``tf32``: the kernel's dots take tf32 inputs, forward and backward (the model keeps full fp32)."""
+    return norm_proj_forward(x, weight, proj, eps, tf32)
 
 
 @norm_proj.register_fake
-def _norm_proj_fake(x, weight, proj, eps):
+def _norm_proj_fake(x, weight, proj, eps, tf32=False):
     lead = x.shape[:-1]
     return x.new_empty(*lead, proj.shape[1], dtype=torch.float32), x.new_empty(lead, dtype=torch.float32)
 
 
 @torch.library.custom_op("moda_lab::norm_proj_bwd", mutates_args=())
 def norm_proj_bwd(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, z: torch.Tensor,
-                  rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  rstd: torch.Tensor, tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d x, d weight, d proj) of ``norm_proj`` by its Triton kernel: one read of x, one write of d x."""
-    return norm_proj_backward(dz, x, weight, proj, z, rstd)
+    return norm_proj_backward(dz, x, weight, proj, z, rstd, tf32)
 
 
 @norm_proj_bwd.register_fake
-def _norm_proj_bwd_fake(dz, x, weight, proj, z, rstd):
+def _norm_proj_bwd_fake(dz, x, weight, proj, z, rstd, tf32=False):
     return torch.empty_like(x), torch.empty_like(weight), proj.new_empty(proj.shape)
 
 
 def _norm_proj_setup(ctx, inputs, output):
-    x, weight, proj, _ = inputs
+    x, weight, proj, _, tf32 = inputs
+    ctx.tf32 = tf32
     ctx.save_for_backward(x, weight, proj, *output)
 
 
 def _norm_proj_backward(ctx, dz, _drstd):
     x, weight, proj, z, rstd = ctx.saved_tensors
-    return (*norm_proj_bwd(dz.contiguous(), x, weight, proj, z, rstd), None)
+    return (*norm_proj_bwd(dz.contiguous(), x, weight, proj, z, rstd, ctx.tf32), None, None)
 
 
 norm_proj.register_autograd(_norm_proj_backward, setup_context=_norm_proj_setup)
 
 
 def normed_projection(x: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, eps: float,
-                      kernel: bool) -> torch.Tensor:
+                      kernel: bool, tf32: bool = False) -> torch.Tensor:
     """RMSNorm(x; weight) @ proj [K, M], the weights' logits from the copies: by the Triton op in fp32 where the
     backend runs fused kernels (``kernel``), else as a norm and a matmul in x's dtype."""
     if kernel:
-        return norm_proj(x, weight, proj, eps)[0]
+        return norm_proj(x, weight, proj, eps, tf32)[0]
     h = F.rms_norm(x, x.shape[-1:], weight.to(x.dtype), eps)
     return torch.matmul(h, proj.to(x.dtype))
 
