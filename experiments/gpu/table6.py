@@ -541,9 +541,13 @@ def describe_plan(plan: Plan, jobs: list[Job], choices: dict[str, dict]) -> str:
             if lr is None:
                 lines.append(f"  {norm} {model}: lr not chosen yet; {len(plan.seeds)} rows left")
                 continue
-            done = [s for s in plan.seeds if is_done(plan, Job("row", norm, lr, model, s, recipe=plan.row_recipe))]
+            rows = {s: Job("row", norm, lr, model, s, recipe=plan.row_recipe) for s in plan.seeds}
+            done = [s for s, job in rows.items() if is_done(plan, job)]
             left = [s for s in plan.seeds if s not in done]
-            lines.append(f"  {norm} {model} at {fmt_lr(lr)}: done seeds {done or '-'}, left {left or '-'}")
+            # Done, but its evaluation was lost with the machine: its per-question pairs need a retrained row.
+            no_eval = [s for s in done if plan.evaluate and eval_lost(RunDir(plan.run_dir(rows[s])))]
+            lost = f" (trained, no evaluation: seeds {no_eval})" if no_eval else ""
+            lines.append(f"  {norm} {model} at {fmt_lr(lr)}: done seeds {done or '-'}{lost}, left {left or '-'}")
     lines.append(f"jobs left, in launch order ({len(jobs)}):")
     for job in jobs:
         seed = f" seed {job.seed}" if job.stage == "row" else ""

@@ -420,6 +420,10 @@ def test_rows_go_norm_by_norm_and_a_row_whose_eval_was_lost_is_not_trained_again
                           start_until_s=0)
     assert status["eval_lost"] == [str(evaluating.run_dir(lost))]
     assert str(evaluating.run_dir(lost)) not in status["left"]
+    todo, choices = table6.plan_jobs(evaluating)
+    text = table6.describe_plan(evaluating, todo, choices)
+    assert "post moda at 0.002: done seeds [0] (trained, no evaluation: seeds [0]), left [1]" in text, text
+    assert "post residual at 0.002: done seeds -, left [0, 1]" in text, text
 
 
 FAKE_DRIVER = """import json, os, sys, time
@@ -611,7 +615,9 @@ def test_plan_prints_the_choices_the_rows_left_per_cell_and_the_jobs_left(plan, 
     args = ["--plan", "--run-root", str(plan.run_root), "--name", "t6", "--experiment", "", "--norms", "post",
             "--seeds", "0,1", "--models", "moda,residual", "--grid", "1e-3,2e-3,4e-3", "--sweep-steps", "4"]
     assert len(table6.main(args)["left"]) == 3  # post only: its three rows left
-    assert "  post residual at 0.002: done seeds [1], left [0]" in capsys.readouterr().out
+    # From the command line the rows evaluate after fit, and this one has neither an evaluation nor a checkpoint.
+    out = capsys.readouterr().out
+    assert "  post residual at 0.002: done seeds [1] (trained, no evaluation: seeds [1]), left [0]" in out
 
 
 # What a GPU call carries besides the working tree, measured 2026-12-07: .whl (experiments/gpu/fetch_wheels.sh,
