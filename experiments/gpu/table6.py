@@ -199,6 +199,11 @@ def eval_lost(rundir: RunDir) -> bool:
     return not has_eval(rundir) and rundir.last_ckpt is None
 
 
+def row_without_eval(plan: Plan, job: Job) -> bool:
+    """A row counted done whose evaluation was lost with the machine: its per-question pairs need it retrained."""
+    return plan.evaluate and is_done(plan, job) and eval_lost(RunDir(plan.run_dir(job)))
+
+
 def choose_lr(plan: Plan, cell: Cell | str) -> tuple[list[Job], dict | None]:
     """(sweep jobs still to run, the choice once every needed sweep run is done) for one cell (a bare norm: the
     baseline's cell of that norm)."""
@@ -455,8 +460,7 @@ def drive(
         "failed": failed,
         "left": [str(plan.run_dir(j)) for j in todo],
         "stopped_at_budget": [str(plan.run_dir(j)) for j in running],
-        "eval_lost": [str(plan.run_dir(j)) for j in _rows(plan, choices) if is_done(plan, j) and plan.evaluate
-                      and eval_lost(RunDir(plan.run_dir(j)))],
+        "eval_lost": [str(plan.run_dir(j)) for j in _rows(plan, choices) if row_without_eval(plan, j)],
     }
     (log_dir / "status.json").write_text(json.dumps(status, indent=2))
     return status
@@ -544,8 +548,7 @@ def describe_plan(plan: Plan, jobs: list[Job], choices: dict[str, dict]) -> str:
             rows = {s: Job("row", norm, lr, model, s, recipe=plan.row_recipe) for s in plan.seeds}
             done = [s for s, job in rows.items() if is_done(plan, job)]
             left = [s for s in plan.seeds if s not in done]
-            # Done, but its evaluation was lost with the machine: its per-question pairs need a retrained row.
-            no_eval = [s for s in done if plan.evaluate and eval_lost(RunDir(plan.run_dir(rows[s])))]
+            no_eval = [s for s, job in rows.items() if row_without_eval(plan, job)]
             lost = f" (trained, no evaluation: seeds {no_eval})" if no_eval else ""
             lines.append(f"  {norm} {model} at {fmt_lr(lr)}: done seeds {done or '-'}{lost}, left {left or '-'}")
     lines.append(f"jobs left, in launch order ({len(jobs)}):")

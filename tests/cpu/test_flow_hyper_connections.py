@@ -134,27 +134,32 @@ KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Trito
 NORM_PROJ_CASES = [((2, 7, 3), 40, 6), ((37,), 384, 6), ((5,), 96, 24), ((130,), 17, 3), ((1,), 1, 1), ((0, 4), 8, 6)]
 
 
-@pytest.mark.parametrize("lead,K,M", NORM_PROJ_CASES, ids=[f"R{'x'.join(map(str, r))}-K{k}-M{m}"
-                                                            for r, k, m in NORM_PROJ_CASES])
-def test_norm_proj_kernel_matches_the_reference(lead, K, M):
-    """The Triton norm + projection (interpreter on CPU, fp32) against moda_kernels/normproj/naive.py: z, and
-    d x, d weight, d proj against autograd through the reference in fp64, at widths that are not multiples of the
-    kernels' chunks, row counts that end mid-block (130 rows: several backward spans) or are zero, and a
-    transposed proj (the layout mHC passes phi's weight in)."""
+def check_norm_proj_kernels(lead, K, M, seed: int, tf32: bool, tol: float) -> None:
+    """Both norm_proj kernels on random inputs against moda_kernels/normproj/naive.py: z and rstd, and d x,
+    d weight, d proj against autograd through the reference in fp64, shapes and dtypes included."""
     from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
 
-    gen = torch.Generator().manual_seed(K * 100 + M)
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(*lead, K, generator=gen).to(KERNEL_DEVICE)
     weight = (1 + 0.3 * torch.randn(K, generator=gen)).to(KERNEL_DEVICE)
     proj = torch.randn(M, K, generator=gen).to(KERNEL_DEVICE).t()
     dz = torch.randn(*lead, M, generator=gen).to(KERNEL_DEVICE)
-    z, rstd = norm_proj_forward(x, weight, proj, 1e-6)
-    torch.testing.assert_close(z, naive_norm_proj(x, weight, proj, 1e-6), atol=1e-5, rtol=1e-5)
+    z, rstd = norm_proj_forward(x, weight, proj, 1e-6, tf32)
+    torch.testing.assert_close(z, naive_norm_proj(x, weight, proj, 1e-6), atol=tol, rtol=tol)
     torch.testing.assert_close(rstd, x.square().mean(-1).add(1e-6).rsqrt(), atol=1e-6, rtol=1e-5)
-    for got, ref in zip(norm_proj_backward(dz, x, weight, proj, z, rstd),
+    for got, ref in zip(norm_proj_backward(dz, x, weight, proj, z, rstd, tf32),
                         naive_norm_proj_bwd(dz, x, weight, proj, 1e-6)):
         assert got.shape == ref.shape and got.dtype == ref.dtype
-        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("lead,K,M", NORM_PROJ_CASES, ids=[f"R{'x'.join(map(str, r))}-K{k}-M{m}"
+                                                            for r, k, m in NORM_PROJ_CASES])
+def test_norm_proj_kernel_matches_the_reference(lead, K, M):
+    """The Triton norm + projection (interpreter on CPU, fp32) against the reference at widths that are not
+    multiples of the kernels' chunks, row counts that end mid-block (130 rows: several backward spans) or are
+    zero, and a transposed proj (the layout mHC passes phi's weight in)."""
+    check_norm_proj_kernels(lead, K, M, seed=K * 100 + M, tf32=False, tol=1e-5)
 
 
 @pytest.mark.parametrize("lead,K,M", [((37,), 384, 6), ((5,), 96, 24)], ids=["hc", "mhc"])
@@ -162,19 +167,7 @@ def test_norm_proj_kernel_with_tf32_dots_runs_the_same_algorithm(lead, K, M):
     """tf32=True only changes the dots' input precision (a constexpr of both kernels). The interpreter computes
     every dot in fp32 whatever that precision, so on CPU the tf32 kernels match the reference as tightly as the
     ieee ones; on a GPU the tolerance is tf32's (tests/gpu/test_flow_kernels_gpu.py)."""
-    from moda_kernels.normproj import naive_norm_proj, naive_norm_proj_bwd, norm_proj_backward, norm_proj_forward
-
-    gen = torch.Generator().manual_seed(K + M)
-    x = torch.randn(*lead, K, generator=gen).to(KERNEL_DEVICE)
-    weight = (1 + 0.3 * torch.randn(K, generator=gen)).to(KERNEL_DEVICE)
-    proj = torch.randn(M, K, generator=gen).to(KERNEL_DEVICE).t()
-    dz = torch.randn(*lead, M, generator=gen).to(KERNEL_DEVICE)
-    z, rstd = norm_proj_forward(x, weight, proj, 1e-6, tf32=True)
-    tol = dict(atol=1e-5, rtol=1e-5) if KERNEL_DEVICE == "cpu" else dict(atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(z, naive_norm_proj(x, weight, proj, 1e-6), **tol)
-    for got, ref in zip(norm_proj_backward(dz, x, weight, proj, z, rstd, tf32=True),
-                        naive_norm_proj_bwd(dz, x, weight, proj, 1e-6)):
-        torch.testing.assert_close(got, ref, **tol)
+    check_norm_proj_kernels(lead, K, M, seed=K + M, tf32=True, tol=1e-5 if KERNEL_DEVICE == "cpu" else 2e-3)
 
 
 def test_norm_proj_op_passes_tf32_to_both_kernels(monkeypatch):
