@@ -18,6 +18,7 @@ warning and a cold compile, never the run.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
@@ -68,17 +69,43 @@ def device_name(device: torch.device) -> str:
 # before). They live in TRACED_PACKAGES and, in KERNEL_PACKAGES, in the files that declare ops (OP_MARKER). The
 # rest of KERNEL_PACKAGES (Triton kernels, the dispatch, the hybrid schedule) runs inside the ops at run time and is
 # in no artifact: editing it keeps every cached file, which a kernel session would otherwise compile anew.
+# Of MIXERS, only the trained variant's module and the modules it imports from its folder (with base.py and
+# __init__.py) are hashed: an edit to Hyper-Connections invalidated the residual's and MoDA's files too, and a
+# lease with three such rows paid ~150-300 s of cold compile each (2026-12-07).
 TRACED_PACKAGES = ("moda_lab/model",)
+MIXERS = "moda_lab/model/mixers"
 KERNEL_PACKAGES = ("moda_kernels",)
 OP_MARKER = b"torch.library"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def mixer_files(folder: Path, module: str) -> set[Path]:
+    """The mixer module ``module``'s file in ``folder`` and the files of that folder it imports (``from .x import``,
+    ``from . import x``), transitively, with base.py and __init__.py (whose own imports are not followed: it
+    imports every variant to register it)."""
+    seen = {folder / "__init__.py"}
+    todo = [folder / f"{module}.py", folder / "base.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                todo += [folder / f"{name}.py" for name in names]
+    return {path for path in seen if path.is_file()}
+
+
 @functools.cache
-def code_fingerprint(root: Path = REPO) -> str:
-    """sha1 of every .py file under TRACED_PACKAGES and of those under KERNEL_PACKAGES that contain OP_MARKER
-    (relative path and bytes, path-sorted)."""
+def code_fingerprint(root: Path = REPO, mixer_module: str | None = None) -> str:
+    """sha1 of every .py file under TRACED_PACKAGES (of MIXERS only ``mixer_files(mixer_module)``, or all of them
+    when None) and of those under KERNEL_PACKAGES that contain OP_MARKER (relative path and bytes, path-sorted)."""
+    mixers = root / MIXERS
     code = {path: path.read_bytes() for package in TRACED_PACKAGES for path in (root / package).rglob("*.py")}
+    if mixer_module is not None:
+        keep = mixer_files(mixers, mixer_module)
+        code = {path: text for path, text in code.items() if path.parent != mixers or path in keep}
     for package in KERNEL_PACKAGES:
         kernels = {path: path.read_bytes() for path in (root / package).rglob("*.py")}
         code.update({path: text for path, text in kernels.items() if OP_MARKER in text})
@@ -88,10 +115,19 @@ def code_fingerprint(root: Path = REPO) -> str:
     return digest.hexdigest()[:10]
 
 
+def mixer_module(graph_config: dict) -> str | None:
+    """The module (in MIXERS) of the variant that ``graph_config["model"]`` trains, or None if it names none."""
+    from moda_lab.model.mixers import DEPTH_MIXERS
+
+    name = (graph_config.get("model") or {}).get("mixer", {}).get("name")
+    return DEPTH_MIXERS[name].__module__.rsplit(".", 1)[-1] if name in DEPTH_MIXERS else None
+
+
 def graph_hash(graph_config: dict) -> str:
     """A short hash of what the compiled graphs are traced from: the dict (JSON, keys sorted) and the code of
-    TRACED_PACKAGES."""
-    text = json.dumps({**graph_config, "code": code_fingerprint()}, sort_keys=True, default=str)
+    TRACED_PACKAGES that the variant runs."""
+    code = code_fingerprint(REPO, mixer_module(graph_config))
+    text = json.dumps({**graph_config, "code": code}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

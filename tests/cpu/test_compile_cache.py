@@ -88,6 +88,41 @@ def test_the_key_changes_with_the_traced_code(tmp_path):
     cc.code_fingerprint.cache_clear()
 
 
+def test_only_the_trained_variants_mixer_files_are_hashed(tmp_path):
+    """Of the mixers folder, a variant's key covers its own module, what it imports from the folder (transitively)
+    and base.py: an edit to another variant's module keeps it (three rows once compiled cold after an edit to
+    Hyper-Connections), an edit to a module it imports does not."""
+    mixers = tmp_path / "moda_lab" / "model" / "mixers"
+    mixers.mkdir(parents=True)
+    (tmp_path / "moda_lab" / "model" / "gpt.py").write_text("def gpt(): ...\n")
+    (mixers / "__init__.py").write_text("from . import moda, hc, mhc\n")
+    (mixers / "base.py").write_text("class DepthMixer: ...\n")
+    (mixers / "moda.py").write_text("from .base import DepthMixer\n")
+    (mixers / "hc.py").write_text("from .base import DepthMixer\nfrom .combine import f\n")
+    (mixers / "combine.py").write_text("def f(): ...\n")
+    (mixers / "mhc.py").write_text("from .hc import DepthMixer\n")
+
+    def fingerprints() -> dict:
+        cc.code_fingerprint.cache_clear()
+        return {m: cc.code_fingerprint(tmp_path, m) for m in ("base", "moda", "hc", "mhc", None)}
+
+    before = fingerprints()
+    assert sorted(p.name for p in cc.mixer_files(mixers, "mhc")) == \
+        ["__init__.py", "base.py", "combine.py", "hc.py", "mhc.py"]
+    (mixers / "combine.py").write_text("def f(x): ...\n")  # imported by hc, through hc by mhc
+    after = fingerprints()
+    assert [after[m] == before[m] for m in ("base", "moda", "hc", "mhc", None)] == [True, True, False, False, False]
+    (mixers / "base.py").write_text("class DepthMixer:\n    pass\n")  # every variant's
+    assert all(a != b for a, b in zip(fingerprints().values(), after.values()))
+    cc.code_fingerprint.cache_clear()
+
+
+def test_the_key_names_the_variants_module():
+    assert cc.mixer_module({"model": {"mixer": {"name": "residual"}}}) == "base"
+    assert cc.mixer_module({"model": {"mixer": {"name": "mhc"}}}) == "mhc"
+    assert cc.mixer_module({"seq_len": 8}) is None
+
+
 def test_the_real_kernel_files_that_declare_ops_are_hashed():
     """The repository's own op declarations are found: function.py declares moda_attn_fwd/bwd; the Triton kernels
     and the hybrid schedule are not hashed."""
