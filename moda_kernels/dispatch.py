@@ -31,7 +31,8 @@ BACKEND_ENV = "MODA_LAB_ATTN_BACKEND"  # naive | sdpa | triton | auto: overrides
 SEQ_IMPL_ENV = "MODA_SEQ_IMPL"  # auto | fused | cudnn | flash | cpu: forces every call's sequence implementation
 PIN_CONFIGS_ENV = "MODA_PIN_CONFIGS"  # 1: the autotuner keeps only the first fitting config (fast GPU tests)
 INTERPRET_ENV = "TRITON_INTERPRET"  # Triton's own switch: kernels run on the CPU through its interpreter
-ENV_SWITCHES = (BACKEND_ENV, SEQ_IMPL_ENV, PIN_CONFIGS_ENV, INTERPRET_ENV)
+WIDE_COMBINE_ENV = "MODA_WIDE_COMBINE"  # 1: HC's and mHC's combine through its Triton op (off: measured slower)
+ENV_SWITCHES = (BACKEND_ENV, SEQ_IMPL_ENV, PIN_CONFIGS_ENV, INTERPRET_ENV, WIDE_COMBINE_ENV)
 
 # --- thresholds ---------------------------------------------------------------------------------------------
 
@@ -68,6 +69,14 @@ def interpreter(env: Mapping[str, str] | None = None) -> bool:
 def pin_configs(env: Mapping[str, str] | None = None) -> bool:
     """``MODA_PIN_CONFIGS=1``: each launch keeps the first config that fits, no autotuning."""
     return _env(env).get(PIN_CONFIGS_ENV) == "1"
+
+
+def wide_combine_kernel(env: Mapping[str, str] | None = None) -> bool:
+    """``MODA_WIDE_COMBINE=1``: Hyper-Connections' and mHC's combine runs the Triton op (moda_kernels/widecombine)
+    where the backend runs fused kernels. Off by default: on the H100 it measured slower than the compiled ops it
+    replaces (experiments/bench/results/wide_combine_h100.md, 2026-12-07: 166 vs 129 ms a 24-layer step under
+    post-norm, 106 vs 79 under pre-norm, against a floor of 35 ms)."""
+    return _env(env).get(WIDE_COMBINE_ENV) == "1"
 
 
 def forced_seq_impl(env: Mapping[str, str] | None = None) -> str:

@@ -45,6 +45,11 @@ class NormPlacement(nn.Module):
     def norm_combined(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def combined_norm(self) -> RMSNorm | None:
+        """The norm that ``norm_combined`` applies, or None where it is the identity: for a variant whose fused
+        combine applies it itself (mixers/wide_combine.py)."""
+        return None
+
 
 PreNorm = NormPlacement
 
@@ -57,6 +62,9 @@ class PostNorm(NormPlacement):
 
     def norm_combined(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
+
+    def combined_norm(self) -> RMSNorm | None:
+        return self.norm
 
 
 class ReorderedNorm(NormPlacement):

@@ -10,6 +10,8 @@ H_bar = norm(H): B(H) = s_b tanh(H_bar W_b)^T + B, [A_m(H) A_r(H)] = s_a tanh(H_
 W_b, W_a zero-initialised and s_a, s_b = 0.01 (the paper's init; its norm is the decoder's RMSNorm here). Where
 the backend runs fused kernels, H_bar W is one Triton op each way (``norm_proj``, moda_kernels/normproj, fp32):
 one read of the copies, where the compiled norm and GEMM of n + 2 columns took 81 ms of a 24-layer H100 step.
+The combine has a Triton op too (wide_combine.py), used only with MODA_WIDE_COMBINE=1: it measured slower than
+the compiled multiply-adds below (moda_kernels/dispatch.py, ``wide_combine_kernel``).
 Block 0 tiles the embeddings into n copies; the last block sums the copies for the head.
 
 ``WideStreamMixer`` holds what Hyper-Connections and mHC (mhc.py) share: the n-copy stream, the inputs and the
@@ -29,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moda_kernels.dispatch import wide_combine_kernel
 from moda_kernels.normproj import norm_proj_backward, norm_proj_forward
 
 from .base import DepthMixer, MixerConfig, register_mixer
+from .wide_combine import combine_copies, fits
 
 
 @torch.library.custom_op("moda_lab::norm_proj", mutates_args=())
@@ -159,6 +163,8 @@ class WideStreamMixer(DepthMixer):
 
     def combine(self, skip, y, place, sublayer, ctx):
         y = place.norm_output(y)
+        if ctx.attn.fused_kernels and wide_combine_kernel() and fits(self.n, self.cfg.d_model):
+            return combine_copies(skip.x, y, skip.c.res, skip.c.post, place.combined_norm(), skip.gain)
         kept = mix_copies(skip.c.res.to(skip.x.dtype), skip.x)
         out = skip.c.post.to(y.dtype)[..., :, None] * y.unsqueeze(-2)  # [.., n, 1] * [B, T, 1, D]
         return place.norm_combined((kept if skip.gain == 1.0 else skip.gain * kept) + out)
