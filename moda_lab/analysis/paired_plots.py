@@ -135,9 +135,10 @@ def plot_paired_curves(
     ``reference``'s final difference where it annotated one (its legend entry: reference.Reference.marker) as a
     cross at the last point.
 
-    tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, bands, crosses and zero there: with
-    two seeds the t-band of the early steps (t = 12.7, loss spikes of a nat) spans +-3 nats and flattens the final
-    hundredths. None: no zoomed row.
+    tail: under each panel, the last ``tail`` of its tokens, zoomed to the means, the crosses, zero and the final
+    point's band there (earlier bands are clipped): with two seeds the t-band (t = 12.7) of a loss spike spans +-3
+    nats, early or mid-run (post-norm Muon rows at 59M tokens, 2026-12-07), and flattens the final hundredths.
+    None: no zoomed row.
     """
     rows = curves[curves["metric"] == metric] if not curves.empty else curves
     norms = ordered_norms(rows) or [None]
@@ -184,7 +185,7 @@ def plot_paired_curves(
                 marker_labels.add(reference.marker(r, over_training=True)[0])
             if tail:
                 last = line[line["tokens"] >= (1 - tail) * x_max]
-                tail_values += [*last["mean"].dropna(), *last["ci_low"].dropna(), *last["ci_high"].dropna()]
+                tail_values += [*last["mean"].dropna(), *last[["ci_low", "ci_high"]].iloc[-1:].stack().dropna()]
                 if theirs is not None:
                     tail_values.append(theirs)
         for text in sorted(marker_labels):  # one legend entry for the crosses of every line (per reference cell)

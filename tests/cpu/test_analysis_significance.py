@@ -510,6 +510,11 @@ def test_paired_curves_pair_each_validation_by_seed(result):
     lo, hi = zoom.get_ylim()
     assert lo < min(final["ci_low"], final["paper Δ"], 0.0) and hi > max(final["ci_high"], 0.0)
     assert zoom.get_xlim()[0] == pytest.approx(0.5 * curves[curves["norm"] == "post"]["tokens"].max())
+    # A loss spike's t-band before the end (two seeds: +-3 nats) is clipped, not zoomed to.
+    spiky = curves.copy()
+    mid = (spiky["norm"] == "post") & (spiky["tokens"] == sorted(post["tokens"])[-2])
+    spiky.loc[mid, ["ci_low", "ci_high"]] = [-5.0, 5.0]
+    assert plot_paired_curves(spiky, reference=TABLE6).axes[4].get_ylim() == pytest.approx((lo, hi))
     assert len(plot_paired_curves(curves, tail=None).axes) == 3
     legend = [t.get_text() for t in fig.axes[4].get_legend().get_texts()]  # long names: under the zoom
     assert fig.axes[1].get_legend() is None
