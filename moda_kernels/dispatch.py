@@ -75,7 +75,8 @@ def wide_combine_kernel(env: Mapping[str, str] | None = None) -> bool:
     """``MODA_WIDE_COMBINE=1``: Hyper-Connections' and mHC's combine runs the Triton op (moda_kernels/widecombine)
     where the backend runs fused kernels. Off by default: on the H100 it measured slower than the compiled ops it
     replaces (experiments/bench/results/wide_combine_h100.md, 2026-12-07: 166 vs 129 ms a 24-layer step under
-    post-norm, 106 vs 79 under pre-norm, against a floor of 35 ms)."""
+    post-norm, 106 vs 79 under pre-norm, against a floor of 35 ms). The kernels were rewritten since (one tile a
+    copy, no copy-axis layout changes) and are not yet timed."""
     return _env(env).get(WIDE_COMBINE_ENV) == "1"
 
 

@@ -7,7 +7,7 @@ once and writes the new copies once, and the backward reads the copies, the outp
 copies and d output once, the norm's and the weights' reductions included. Compiled, the same ops took two
 kernels of ~1.1 ms a sublayer under post-norm plus ~0.44 ms of weight-gradient reductions, where the reads and
 writes are ~0.45 ms at the H100's bandwidth (issue 30's profile, 2026-12-07). ``fits`` says whether a
-shape takes the kernels (whole rows in registers: n * D up to ``MAX_ROW``). The op and its autograd are
+shape takes the kernels (whole rows in registers: at most MAX_COPIES copies of at most MAX_WIDTH). The op and its autograd are
 moda_lab/model/mixers/wide_combine.py's. ``naive_wide_combine`` and ``naive_wide_combine_bwd`` are the reference.
 """
 
@@ -15,19 +15,16 @@ from __future__ import annotations
 
 from .naive import naive_wide_combine, naive_wide_combine_bwd
 
-__all__ = ["MAX_ROW", "fits", "naive_wide_combine", "naive_wide_combine_bwd", "wide_combine_backward",
+__all__ = ["MAX_COPIES", "MAX_WIDTH", "fits", "naive_wide_combine", "naive_wide_combine_bwd", "wide_combine_backward",
            "wide_combine_forward"]
 
-MAX_ROW = 16384  # next_pow2(n) * next_pow2(D) elements of one token's copies held at once
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
+MAX_COPIES = 4  # the copies a program holds as named tiles (triton_kernels.py)
+MAX_WIDTH = 2048  # the widest copy: the backward at 8 warps holds ~8 elements a thread of each of ~14 tiles
 
 
 def fits(n: int, d: int) -> bool:
-    """Whether copies of n x d take the kernels (one token's padded copies at most MAX_ROW elements)."""
-    return _pow2(n) * _pow2(d) <= MAX_ROW
+    """Whether copies of n x d take the kernels."""
+    return 1 <= n <= MAX_COPIES and 1 <= d <= MAX_WIDTH
 
 
 def wide_combine_forward(x, y, res, post, weight, gain, eps):

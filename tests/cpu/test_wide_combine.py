@@ -19,10 +19,10 @@ from moda_lab.model import MixerConfig
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (tests/conftest.py)
 
 # (lead, n, D, norm, gain): widths that are not powers of two, a row count that ends mid-block and one that spans
-# several backward programs (130 rows), one copy, a copy count that is not a power of two, no rows, DeepNorm's gain
+# several backward programs (130 rows), one to four copies, no rows, DeepNorm's gain
 CASES = [((2, 7), 4, 40, True, 1.0), ((130,), 3, 33, True, 1.0), ((5,), 4, 384, False, 1.0),
-         ((9,), 1, 16, True, 1.0), ((3, 2), 5, 100, True, 2.2), ((0, 4), 4, 8, True, 1.0),
-         ((4,), 4, 24, False, 0.5)]
+         ((9,), 1, 16, True, 1.0), ((3, 2), 2, 100, True, 2.2), ((0, 4), 4, 8, True, 1.0),
+         ((4,), 4, 24, False, 0.5), ((3,), 2, 7, False, 1.0)]
 
 
 def random_inputs(lead, n, D, norm, seed, y_dtype=torch.float32):
@@ -87,9 +87,13 @@ def test_ops_pass_torch_opcheck():
                                                  None if w is None else w.detach(), rstd, 1.3))
 
 
-def test_shapes_beyond_a_row_in_registers_do_not_take_the_kernel():
-    assert fits(4, 384) and fits(4, 4096) and fits(1, 16384)
-    assert not fits(4, 4097) and not fits(8, 4096)
+def test_shapes_beyond_the_named_tiles_do_not_take_the_kernel():
+    """At most four copies (the kernels' named tiles) of width at most 2048; the kernels refuse the rest by name."""
+    assert fits(4, 384) and fits(4, 2048) and fits(1, 1)
+    assert not fits(5, 64) and not fits(4, 2049) and not fits(0, 64)
+    x, y, res, post, weight, _ = random_inputs((2,), 5, 16, True, seed=0)
+    with pytest.raises(ValueError, match="copies of 5 x 16 do not fit"):
+        wide_combine_forward(x, y, res, post, weight, 1.0, 1e-6)
 
 
 @pytest.mark.parametrize("mixer", [MixerConfig("hyper_connections", expansion=3),
@@ -141,17 +145,17 @@ _AOT = """
 from sm90_aot import compile_sm90
 from moda_kernels.widecombine import triton_kernels as K
 
-INTS = {"R", "D", "span"}
+INTS = {"R", "D"}
 def arg_type(a):  # the copies fp32, the output bf16 (autocast), as in training
     return "fp32" if a in ("gain", "eps") else "i32" if a in INTS else "*bf16" if a in ("Y", "DY") else "*fp32"
 
 for n, D in ((4, 384), (4, 1536)):  # the Table 6 width and the flow benchmark's widest
     for fn, backward in ((K._wide_combine_fwd_kernel, False), (K._wide_combine_bwd_kernel, True)):
-        NP, BLOCK_D, BLOCK_R, warps = K._tiles(n, D, backward)
+        BLOCK_D, BLOCK_R, warps = K._tiles(D, backward)
         for norm in (False, True):
-            constexprs = {"N": n, "NP": NP, "BLOCK_R": BLOCK_R, "BLOCK_D": BLOCK_D, "HAS_NORM": norm}
+            constexprs = {"N": n, "BLOCK_R": BLOCK_R, "BLOCK_D": BLOCK_D, "HAS_NORM": norm}
             asm, regs, spills = compile_sm90(fn, constexprs, warps, arg_type,
-                                             not_divisible={"gain", "eps", "span", "R"})
+                                             not_divisible={"gain", "eps", "R"})
             print(fn.__name__, f"n={n} D={D} norm={norm} warps={warps}", asm, "regs", regs, "spills", *spills)
 """
 
