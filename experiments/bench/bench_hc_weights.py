@@ -20,7 +20,6 @@ stream, the dtype of the first run (2026-12-07), for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
-from experiments.bench.report import save_table  # noqa: E402
+from experiments.bench.report import save_rows  # noqa: E402
 from moda_lab.model.mixers.hyper_connections import normed_projection, read_copies  # noqa: E402
 
 
@@ -112,10 +111,9 @@ def main() -> None:
     base = rows[0]["ms_per_step"]
     for r in rows:
         r["vs_matmul"] = round(r["ms_per_step"] / base, 3)
-    lines = ["# Dynamic HC weights: matmul, row reductions, Triton kernel (forward + backward, 48 sublayers)", "",
-             json.dumps(env), "", "| form | ms a step | vs matmul |", "|---|---|---|"]
-    lines += [f"| {r['form']} | {r['ms_per_step']} | {r['vs_matmul']:.3f}x |" for r in rows]
-    save_table(args.out, "\n".join(lines) + "\n", env, rows)
+    save_rows(args.out, "Dynamic HC weights: matmul, row reductions, Triton kernel (forward + backward, 48 sublayers)",
+              env, ["form", "ms a step", "vs matmul"],
+              lambda r: [r["form"], str(r["ms_per_step"]), f"{r['vs_matmul']:.3f}x"], rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and a JSON copy.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
-from experiments.bench.report import save_table  # noqa: E402
+from experiments.bench.report import save_rows  # noqa: E402
 from moda_lab.model.mixers.hyper_connections import mix_copies  # noqa: E402
 from moda_lab.model.mixers.wide_combine import wide_combine  # noqa: E402
 
@@ -96,10 +95,9 @@ def main() -> None:
             ms = cuda_ms(step, args.reps * args.sublayers) * args.sublayers
             rows.append({"norm": "post" if norm else "pre", "form": name, "ms_per_step": round(ms, 2),
                          "vs_floor": round(ms / floor_ms, 2)})
-    lines = ["# The wide stream's combine: compiled ops vs the Triton op (forward + backward, 48 sublayers)", "",
-             json.dumps(env), "", "| norm | form | ms a step | vs floor |", "|---|---|---|---|"]
-    lines += [f"| {r['norm']} | {r['form']} | {r['ms_per_step']} | {r['vs_floor']:.2f}x |" for r in rows]
-    save_table(args.out, "\n".join(lines) + "\n", env, rows)
+    save_rows(args.out, "The wide stream's combine: compiled ops vs the Triton op (forward + backward, 48 sublayers)",
+              env, ["norm", "form", "ms a step", "vs floor"],
+              lambda r: [r["norm"], r["form"], str(r["ms_per_step"]), f"{r['vs_floor']:.2f}x"], rows)
 
 
 if __name__ == "__main__":

@@ -12,3 +12,11 @@ def save_table(out: Path, text: str, env: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+
+
+def save_rows(out: Path, title: str, env: dict, headers: list[str], cells, rows: list[dict]) -> None:
+    """save_table of a titled table: its environment as a JSON line, then one row per dict, ``cells(row)`` giving
+    that row's column texts under ``headers``."""
+    lines = [f"# {title}", "", json.dumps(env), "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    save_table(out, "\n".join(lines) + "\n", env, rows)
