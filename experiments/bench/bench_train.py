@@ -14,6 +14,7 @@ step as CUDA graphs (trainer.cudagraphs=true), max-autotune-no-cudagraphs autotu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,6 +45,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # "minimal_gpt_no_qk_norm" is it without the residual's QK-norm (the minimal GPT as issue 29 describes it).
 MINIMAL_GPTS = {"minimal_gpt": True, "minimal_gpt_no_qk_norm": False}  # row name -> QK-norm
 BENCH_VARIANTS: dict[str, MixerConfig | str] = {**VARIANTS, **{name: name for name in MINIMAL_GPTS}}
+# A row name may end in "@<switch>": the variant with a dispatch switch on for that row only, so a kernel that is
+# off by default is timed in the model beside the default path of the same run (e.g.
+# hyper_connections,hyper_connections@wide_combine).
+ROW_SWITCHES = {"wide_combine": dispatch.WIDE_COMBINE_ENV}
 # (width, query heads, kv heads, layers, T): Table-6-like shapes plus wider baselines for the MFU target.
 SHAPES = {
     "table6": [(384, 6, 2, 24, 1024), (384, 6, 2, 24, 2048), (384, 6, 2, 24, 4096), (384, 6, 2, 48, 4096)],
@@ -52,6 +57,32 @@ SHAPES = {
     "quick": [(384, 6, 2, 24, 1024)],
     "long": [(384, 6, 2, 24, 4096), (768, 12, 4, 24, 4096)],
 }
+
+
+def parse_row(name: str) -> tuple[MixerConfig | str, str | None]:
+    """(the row's variant, the env switch it turns on, or None) from a --variants entry; a ValueError names an
+    unknown variant or switch."""
+    base, _, switch = name.partition("@")
+    if base not in BENCH_VARIANTS:
+        raise ValueError(f"--variants: unknown variant {base!r}; allowed: {sorted(BENCH_VARIANTS)}")
+    if switch and switch not in ROW_SWITCHES:
+        raise ValueError(f"--variants: unknown switch {switch!r} in {name!r}; allowed: {sorted(ROW_SWITCHES)}")
+    return BENCH_VARIANTS[base], ROW_SWITCHES.get(switch)
+
+
+@contextlib.contextmanager
+def switched_on(env_name: str | None):
+    """The dispatch switch ``env_name`` set to 1 for the block (nothing for None), restored after."""
+    before = os.environ.get(env_name) if env_name else None
+    if env_name:
+        os.environ[env_name] = "1"
+    try:
+        yield
+    finally:
+        if env_name and before is None:
+            os.environ.pop(env_name, None)
+        elif env_name:
+            os.environ[env_name] = before
 
 
 def build_model(mixer: MixerConfig | str, cfg: ModelConfig) -> torch.nn.Module:
@@ -188,7 +219,9 @@ def write_profile(step, path: Path, title: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="table6,wide", help=f"comma list of {sorted(SHAPES)}")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {list(BENCH_VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma list of {list(BENCH_VARIANTS)}, each optionally with @<switch> of "
+                    f"{sorted(ROW_SWITCHES)} (that dispatch switch on for the row)")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -215,6 +248,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.compile_mode != "default" and not args.compile:
         ap.error(f"--compile-mode {args.compile_mode} needs --compile (it is torch.compile's mode)")
+    try:
+        row_specs = {name: parse_row(name) for name in args.variants.split(",")}
+    except ValueError as err:
+        ap.error(str(err))
     if not torch.cuda.is_available():
         raise SystemExit("bench_train.py needs a CUDA GPU")
     if args.seq_impl:
@@ -248,14 +285,16 @@ def main() -> None:
         for shape in SHAPES[group]:
             shape_rows = []
             for name in args.variants.split(","):
-                if shape[0] >= 768 and name not in wide_variants:
+                if shape[0] >= 768 and name.partition("@")[0] not in wide_variants:
                     continue
+                mixer, switch = row_specs[name]
                 try:
-                    row = bench_one(
-                        BENCH_VARIANTS[name], *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
-                        args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
-                        args.ffn_hidden, args.compile_mode,
-                    )
+                    with switched_on(switch):
+                        row = bench_one(
+                            mixer, *shape, args.tokens_per_step, args.steps, args.warmup, args.compile, args.norm,
+                            args.backend, out.with_suffix(".profile.txt") if args.profile else None, args.vocab,
+                            args.ffn_hidden, args.compile_mode,
+                        )
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     row = {"width": shape[0], "layers": shape[3], "T": shape[4], "error": "OOM"}

@@ -167,3 +167,29 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     lines = compile_for_sm90(_AOT, tmp_path)
     assert len(lines) == 8 and all("'cubin'" in line for line in lines), lines
     assert all(line.endswith("spills 0 0") for line in lines), lines
+
+
+def test_bench_train_times_a_row_with_the_switch_on(monkeypatch):
+    """bench_train.py's "<variant>@wide_combine" row runs the variant with MODA_WIDE_COMBINE=1 for that row only,
+    beside the default row of the same run; an unknown variant or switch is an error that names it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_row("hyper_connections") == (bench.BENCH_VARIANTS["hyper_connections"], None)
+    assert bench.parse_row("mhc@wide_combine") == (bench.BENCH_VARIANTS["mhc"], "MODA_WIDE_COMBINE")
+    with pytest.raises(ValueError, match="unknown switch 'fast' in 'mhc@fast'"):
+        bench.parse_row("mhc@fast")
+    with pytest.raises(ValueError, match="unknown variant 'hc'"):
+        bench.parse_row("hc@wide_combine")
+    monkeypatch.delenv("MODA_WIDE_COMBINE", raising=False)
+    import moda_kernels.dispatch as dispatch
+
+    with bench.switched_on("MODA_WIDE_COMBINE"):
+        assert dispatch.wide_combine_kernel()
+    assert not dispatch.wide_combine_kernel()
+    with bench.switched_on(None):
+        assert not dispatch.wide_combine_kernel()
