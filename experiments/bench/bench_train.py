@@ -22,6 +22,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch._dynamo.utils import counters
@@ -70,19 +71,9 @@ def parse_row(name: str) -> tuple[MixerConfig | str, str | None]:
     return BENCH_VARIANTS[base], ROW_SWITCHES.get(switch)
 
 
-@contextlib.contextmanager
 def switched_on(env_name: str | None):
-    """The dispatch switch ``env_name`` set to 1 for the block (nothing for None), restored after."""
-    before = os.environ.get(env_name) if env_name else None
-    if env_name:
-        os.environ[env_name] = "1"
-    try:
-        yield
-    finally:
-        if env_name and before is None:
-            os.environ.pop(env_name, None)
-        elif env_name:
-            os.environ[env_name] = before
+    """The dispatch switch ``env_name`` set to 1 for a with-block (none for None), the environment restored after."""
+    return contextlib.nullcontext() if env_name is None else mock.patch.dict(os.environ, {env_name: "1"})
 
 
 def build_model(mixer: MixerConfig | str, cfg: ModelConfig) -> torch.nn.Module:

@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
 from experiments.bench.report import save_rows  # noqa: E402
-from moda_lab.model.mixers.hyper_connections import mix_copies  # noqa: E402
+from moda_lab.model.mixers.hyper_connections import mix_and_add  # noqa: E402
 from moda_lab.model.mixers.wide_combine import wide_combine  # noqa: E402
 
 
 def combine_compiled(x, y, res, post, weight, eps: float):
-    out = mix_copies(res, x) + post.to(y.dtype)[..., :, None] * y.unsqueeze(-2)
+    out = mix_and_add(x, y, res, post, 1.0)
     return out if weight is None else F.rms_norm(out, out.shape[-1:], weight, eps)
 
 

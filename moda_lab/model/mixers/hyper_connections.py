@@ -125,6 +125,14 @@ def mix_copies(res: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def mix_and_add(x: torch.Tensor, y: torch.Tensor, res: torch.Tensor, post: torch.Tensor, gain: float) -> torch.Tensor:
+    """gain * res x + post y, the new copies before the placement's norm of the combined stream: copies x
+    [B, T, n, D], output y [B, T, D], weights res [n, n] or [B, T, n, n], post [n] or [B, T, n]."""
+    kept = mix_copies(res.to(x.dtype), x)
+    out = post.to(y.dtype)[..., :, None] * y.unsqueeze(-2)  # [.., n, 1] * [B, T, 1, D]
+    return (kept if gain == 1.0 else gain * kept) + out
+
+
 class WideStreamMixer(DepthMixer):
     """A stream of n copies [B, T, n, D]; subclasses implement ``connections`` and ``connection_flops``."""
 
@@ -165,9 +173,7 @@ class WideStreamMixer(DepthMixer):
         y = place.norm_output(y)
         if ctx.attn.fused_kernels and wide_combine_kernel() and fits(self.n, self.cfg.d_model):
             return combine_copies(skip.x, y, skip.c.res, skip.c.post, place.combined_norm(), skip.gain)
-        kept = mix_copies(skip.c.res.to(skip.x.dtype), skip.x)
-        out = skip.c.post.to(y.dtype)[..., :, None] * y.unsqueeze(-2)  # [.., n, 1] * [B, T, 1, D]
-        return place.norm_combined((kept if skip.gain == 1.0 else skip.gain * kept) + out)
+        return place.norm_combined(mix_and_add(skip.x, y, skip.c.res, skip.c.post, skip.gain))
 
     def _apply_flops(self) -> int:
         n, D = self.n, self.cfg.d_model
