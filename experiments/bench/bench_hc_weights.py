@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
@@ -104,7 +105,8 @@ def main() -> None:
     g = torch.ones(args.width, device="cuda", requires_grad=True)
     w = (0.02 * torch.randn(args.width, args.columns or args.n + 2, device="cuda")).requires_grad_()
     pre = torch.full((args.n,), 1.0 / args.n, device="cuda")
-    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(),
            "shape": list(x.shape), "columns": w.shape[1], "stream_dtype": args.stream_dtype, "autocast": "bfloat16",
            "sublayers": args.sublayers}
     rows = [time_form(name, x, g, w, pre, args.sublayers, args.reps) for name in FORMS]

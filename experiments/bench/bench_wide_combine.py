@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
@@ -79,7 +80,8 @@ def main() -> None:
     bw = 2 * x.numel() * 4 / copy_ms / 1e9  # TB/s (bytes / ms / 1e9)
     stream, out_bytes = x.numel() * 4, y.numel() * 2
     floor_ms = args.sublayers * ((2 * stream + out_bytes) + (3 * stream + 2 * out_bytes)) / bw / 1e9
-    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(),
            "copies": list(x.shape), "output": [B, T, D], "sublayers": args.sublayers,
            "copy_TBps": round(bw, 3), "floor_ms_per_step": round(floor_ms, 2)}
     rows = []
