@@ -262,6 +262,19 @@ class RunConfig:
     run_root: str = "runs"
     extra: dict = field(default_factory=dict)  # config sections owned by other entry points (eval, ...)
 
+    def __post_init__(self) -> None:
+        check_range("seed", self.seed, "0 to 2**32 - 1 (numpy's seed range)", 0 <= self.seed < 2**32)
+        # An empty run_root put runs at the file system's root (/<name>/...), an empty name straight into run_root
+        # beside other sweeps, and a name with .. outside run_root.
+        if not self.run_root.strip():
+            raise ConfigError("run_root='' is not allowed; allowed: a directory path (default: runs)")
+        parts = self.name.replace("\\", "/").split("/")
+        if not self.name.strip() or self.name.startswith("/") or ".." in parts or "" in parts:
+            raise ConfigError(
+                f"name={self.name!r} is not allowed; allowed: a sweep name, a relative path inside run_root without "
+                "'..' or empty parts (default: default)"
+            )
+
 
 def _type_ok(value: object, hint: object) -> bool:
     if hint is typing.Any:

@@ -62,6 +62,19 @@ RUN_INDEPENDENT_KEYS = (
 )
 
 
+class DamagedRunFile(UsageError):
+    """A run dir's config.yaml or meta.json that does not parse as a mapping (a torn write, a hand edit)."""
+
+
+def _damaged(path: Path, content: object, advice: str) -> DamagedRunFile:
+    """content: what the file parsed to, or the parser's error."""
+    if isinstance(content, Exception):
+        why = " ".join(str(content).split())
+    else:
+        why = "it is empty" if content is None else f"it holds a {type(content).__name__}, not a mapping"
+    return DamagedRunFile(f"{path} is damaged ({why}); nothing was written; {advice}")
+
+
 def run_independent(key: str) -> bool:
     """Whether a config key (or a group, such as ``logger``) is one of RUN_INDEPENDENT_KEYS or under a prefix."""
     return any(key == k or (k.endswith(".") and (key.startswith(k) or key == k[:-1])) for k in RUN_INDEPENDENT_KEYS)
@@ -181,10 +194,30 @@ class RunDir:
         """The run's resolved config (today's layout, see upgrade_config); {} when there is none."""
         if not self.config_path.is_file():
             return {}
-        return upgrade_config(yaml.safe_load(self.config_path.read_text()) or {})
+        try:
+            cfg = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as err:
+            cfg = err
+        if not isinstance(cfg, dict):
+            raise _damaged(
+                self.config_path, cfg, "delete it to relaunch with the config given now (the check that a relaunch "
+                "describes the same run is then skipped), or restore it",
+            )
+        return upgrade_config(cfg)
 
     def read_meta(self) -> dict:
-        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        if not self.meta_path.is_file():
+            return {}
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except json.JSONDecodeError as err:
+            meta = err
+        if not isinstance(meta, dict):
+            raise _damaged(
+                self.meta_path, meta, "delete it to resume from the checkpoints (its status, W&B id and launch count "
+                "are lost), or restore it",
+            )
+        return meta
 
     def trained(self, max_steps: int | None = None) -> bool:
         """meta.json says finished at max_steps or later (default: the config's trainer.max_steps; without one,
@@ -263,17 +296,21 @@ class RunDir:
         yield from (row for row in map(_row_or_none, lines) if row is not None)
 
     def drop_metrics_after(self, step: int) -> int:
-        """Keep the rows of steps <= step (and drop a torn last line); returns how many rows were dropped.
+        """Keep the rows of steps <= step; returns how many rows were dropped for being past it. Unreadable lines
+        go too: a torn last line (a launch killed mid-write) quietly, any other with a warning naming it.
 
         A resumed run logs every step after its checkpoint again, so the rows a killed launch wrote past it go.
         """
         if not self.metrics_path.is_file():
             return 0
         lines = self.metrics_path.read_text().splitlines()
-        rows = map(_row_or_none, lines)
+        rows = [_row_or_none(line) for line in lines]
+        damaged = [i + 1 for i, row in enumerate(rows[:-1]) if row is None]
+        if damaged:
+            log.warning("%s: dropped unreadable line(s) %s (not JSON rows)", self.metrics_path, damaged)
         kept = [line for line, row in zip(lines, rows) if row is not None and row.get("step", 0) <= step]
-        dropped = len(lines) - len(kept)
-        if dropped:
+        dropped = sum(row is not None and row.get("step", 0) > step for row in rows)
+        if len(kept) < len(lines):
             tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(self.metrics_path)

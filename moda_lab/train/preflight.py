@@ -65,9 +65,10 @@ def _run_dir(cfg, multirun: bool) -> Path | None:
         return None
 
 
-def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
+def check_job(cfg, multirun: bool, data_checked: set | None = None) -> Path | None:
     """Validate one composed job config (with its hydra section); raise ConfigError. Data settings already in
-    data_checked (jobs of one sweep mostly share them) are not walked again."""
+    data_checked (jobs of one sweep mostly share them) are not walked again. Returns the job's run dir (None where
+    a hydra.* override hides it)."""
     from ..eval import eval_config_from_dict
     from ..rundata import check_data
     from .task import check_accelerator
@@ -75,7 +76,7 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task_cfg, resolve=True)
     run = run_config_from_dict(resolved)
-    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs)
+    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs, run.model.attn_backend)
     data_key = (run.data, run.model.vocab_size)
     if data_checked is None or data_key not in data_checked:
         check_data(run)
@@ -88,12 +89,13 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> None:
             raise ConfigError(str(err)) from None
     run_dir = _run_dir(cfg, multirun)
     if run_dir is None:
-        return
+        return None
     _check_writable(run_dir, run.run_root)
     if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run this command inside the parent's lock
         RunLock(run_dir).check()
     if RunDir(run_dir).config_path.is_file():
         check_resume_compatible(RunDir(run_dir).read_config(), resolved, run_dir)
+    return run_dir
 
 
 def _check_writable(run_dir: Path, run_root: str) -> None:
@@ -150,6 +152,7 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
     if jobs is None:
         return
     data_checked: set = set()
+    run_dirs: dict[Path, str] = {}  # a sweep's run dir -> the first job that trains it
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         for job, label in jobs:
             where = f" (job {label})" if label else ""
@@ -168,17 +171,28 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
             except Exception:  # anything else Hydra reports itself
                 return
             try:
-                check_job(cfg, args.multirun, data_checked)
+                run_dir = check_job(cfg, args.multirun, data_checked)
             except UsageError as err:
                 raise type(err)(f"{err}{where}") from None
+            if run_dir is not None and run_dir in run_dirs:
+                # A swept key that does not name a run (trainer.max_steps, data.val_windows ...): the later job
+                # would resume the earlier one's run and overwrite its result, its lr schedule restarted.
+                raise ConfigError(
+                    f"jobs {run_dirs[run_dir]} and {label} would train the same run dir {run_dir}: what they differ "
+                    "in does not name a run (rundir.RUN_INDEPENDENT_KEYS), so the second would resume the first; "
+                    "allowed: sweep those keys in separate commands, or give each job its own name="
+                )
+            if run_dir is not None:
+                run_dirs[run_dir] = label
 
 
 def exit_on_config_error(err: Exception) -> None:
     """One line on stderr, exit status 2: the message names the key (or file), the value and what is allowed.
     Config errors say "config error:"; faults of the run dir or of training (moda_lab.errors.UsageError) "error:"."""
     from ..errors import exit_usage
-    from ..rundir import RunDirLocked
+    from ..rundir import DamagedRunFile, RunDirLocked
     from .divergence import DivergedError
     from .task import RunDirWriteError
 
-    exit_usage(err, "error" if isinstance(err, (RunDirLocked, RunDirWriteError, DivergedError)) else "config error")
+    faults = (RunDirLocked, RunDirWriteError, DivergedError, DamagedRunFile)
+    exit_usage(err, "error" if isinstance(err, faults) else "config error")

@@ -12,12 +12,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from moda_kernels.dispatch import BACKEND_ENV, choose_backend, interpreter
+
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from ..data import PackedData
 from ..errors import UsageError
 from ..model.backends import dispatch_record
 from ..rundata import load_data
-from ..rundir import RunDir, RunLock, tokens_per_step
+from ..rundir import RunDir, RunLock, check_resume_compatible, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
 from .compile_cache import CompileCache
 from .console import StepProgressBar, quiet_console
@@ -30,10 +32,11 @@ from .module import LMModule
 log = logging.getLogger(__name__)
 
 
-def check_accelerator(accelerator: str, cudagraphs: bool = False) -> None:
+def check_accelerator(accelerator: str, cudagraphs: bool = False, attn_backend: str = "auto") -> None:
     """trainer.accelerator=gpu|cuda (trainer=gpu and trainer=ddp set it) needs a visible CUDA GPU: without one,
     fail before any work instead of training on the CPU at a fraction of the speed. So does trainer.cudagraphs
-    (with accelerator=auto the run would otherwise go to the CPU, where there are no CUDA graphs)."""
+    (with accelerator=auto the run would otherwise go to the CPU, where there are no CUDA graphs), and so does
+    model.attn_backend=triton outside Triton's interpreter."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator!r} needs a CUDA GPU and this machine shows none "
@@ -44,6 +47,20 @@ def check_accelerator(accelerator: str, cudagraphs: bool = False) -> None:
             "trainer.cudagraphs=true needs a CUDA GPU and this machine shows none (torch.cuda.is_available() is "
             "False); allowed here: trainer.cudagraphs=false"
         )
+    on_cpu = accelerator == "cpu" or not torch.cuda.is_available()
+    if on_cpu and not interpreter():
+        try:
+            choice = choose_backend(attn_backend)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if choice.name == "triton":
+            key = f"{BACKEND_ENV}=triton" if choice.via_env else "model.attn_backend='triton'"
+            raise ConfigError(
+                f"{key} runs Triton kernels, which need a CUDA GPU, and this run trains on the CPU "
+                f"(trainer.accelerator={accelerator!r}, torch.cuda.is_available() is {torch.cuda.is_available()}); "
+                "allowed here: model.attn_backend=auto, naive or sdpa (or TRITON_INTERPRET=1, Triton's slow "
+                "interpreter)"
+            )
 
 
 def compile_options(cudagraphs: bool) -> dict:
@@ -167,7 +184,12 @@ def train(resolved: dict, run_dir: str | Path) -> dict:
     quiet_console()
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
-    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs)
+    check_accelerator(run.trainer.accelerator, run.trainer.cudagraphs, run.model.attn_backend)
+    if run.trainer.warmup_steps >= run.trainer.max_steps:
+        log.warning(
+            "trainer.warmup_steps=%d >= trainer.max_steps=%d: the lr never reaches trainer.lr=%g",
+            run.trainer.warmup_steps, run.trainer.max_steps, run.trainer.lr,
+        )
     data = load_data(run)  # data errors surface before anything else is printed or written
     L.seed_everything(run.seed, workers=True)
     rundir = RunDir(run_dir)
@@ -194,18 +216,31 @@ def _status_after(err: BaseException, guard: GracefulInterrupt) -> str:
     return "failed"
 
 
+def _already_trained(run: RunConfig, resolved: dict, rundir: RunDir, done: dict) -> bool:
+    """A finished run relaunched at its max_steps or fewer, with its final checkpoint intact: nothing to train, and
+    nothing is written (config.yaml keeps the max_steps the run was trained to). A different run-defining config
+    is refused as for any relaunch."""
+    if done.get("status") != "finished" or done.get("global_step", -1) < run.trainer.max_steps:
+        return False
+    if rundir.config_path.is_file():
+        check_resume_compatible(rundir.read_config(), resolved, rundir.path)
+    last = rundir.last_ckpt  # damaged or missing: the launch below sets it aside and trains what is missing
+    if last is None or (checkpoint_step(last)[0] or -1) < done["global_step"]:
+        return False
+    log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
+    return True
+
+
 def _train(run: RunConfig, resolved: dict, rundir: RunDir, data: PackedData, rank0: bool) -> dict:
     done = rundir.read_meta()
+    if _already_trained(run, resolved, rundir, done):  # writes nothing, on any rank
+        return {}
     meta = rundir.open(resolved) if rank0 else done
     wandb_logger = None
     interrupt = GracefulInterrupt()
     try:
         resume = resume_checkpoint(rundir.ckpt_dir, set_aside=rank0)
         if done.get("status") == "finished" and done.get("global_step", -1) >= run.trainer.max_steps:
-            if resume and resume[1] >= done["global_step"]:
-                log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
-                rundir.write_meta(status="finished", finished=done.get("finished"))
-                return {}
             at = f"step {resume[1]} ({resume[0].name})" if resume else "no intact checkpoint"
             log.warning(
                 "%s: meta.json says finished at step %d, but the newest intact checkpoint is %s; training the "

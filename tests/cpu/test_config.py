@@ -115,6 +115,12 @@ def test_every_variant_and_norm_composes_and_builds(model, norm):
         ("data.num_workers=-1", r"data.num_workers=-1 is out of range; allowed: >= 0"),
         ("data.sources=[wikipedia]", r"data.sources=\['wikipedia'\] is not allowed; choose a non-empty list from \["),
         ("logger.wandb.mode=cloud", r"logger.wandb.mode='cloud' is not allowed; choose one of \['auto'"),
+        ("seed=-1", r"seed=-1 is out of range; allowed: 0 to 2\*\*32 - 1"),
+        ("seed=4294967296", r"seed=4294967296 is out of range"),
+        ("run_root=", r"run_root='' is not allowed; allowed: a directory path"),  # once: runs at the fs root
+        ("name=", r"name='' is not allowed; allowed: a sweep name"),
+        ("name=../../escape", r"name='../../escape' is not allowed; allowed: a sweep name, a relative path inside"),
+        ("name=/abs", r"name='/abs' is not allowed"),
     ],
 )
 def test_bad_values_name_key_and_choices(override, message):
@@ -201,6 +207,14 @@ def test_command_line_is_checked_job_by_job_before_anything_is_written(tmp_path,
         check_command_line([root, "model=dense"], CONF)
     check_command_line([root, "model=dense", "trainer.lr=0.5"], CONF)
 
+    # Two jobs of a sweep that differ only in keys that do not name a run would share one run dir: the second
+    # resumed the first and overwrote its result, its lr schedule restarted mid-run.
+    with pytest.raises(ConfigError, match=r"^jobs trainer.max_steps=10 and trainer.max_steps=20 would train the same "
+                       rf"run dir {tmp_path}/runs/default/default: .* give each job its own name=$"):
+        check_command_line(["-m", root, "trainer.max_steps=10,20"], CONF)
+    with pytest.raises(ConfigError, match=r"^jobs model=moda,data.val_windows=8 and model=moda,data.val_windows=16 "):
+        check_command_line(["-m", root, "model=moda,dense", "data.val_windows=8,16"], CONF)
+    check_command_line(["-m", root, "model=moda,dense", "seed=0,1"], CONF)  # four run dirs
 
 def test_config_error_prints_one_line_and_writes_nothing(tmp_path):
     from helpers import ROOT

@@ -222,6 +222,24 @@ def test_cudagraphs_on_a_cpu_machine_exit_2_in_one_line_and_write_nothing(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the probe needs a machine without a GPU")
+@pytest.mark.parametrize("accelerator", ["auto", "cpu"])
+def test_the_triton_backend_on_a_cpu_trainer_is_refused_outside_the_interpreter(accelerator, monkeypatch):
+    """model.attn_backend=triton on a CPU trainer once made the run dir, then died in the kernel's input check."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MODA_LAB_ATTN_BACKEND", raising=False)
+    for backend in ("auto", "naive", "sdpa"):
+        check_accelerator(accelerator, attn_backend=backend)
+    with pytest.raises(ConfigError, match=r"^model.attn_backend='triton' runs Triton kernels, which need a CUDA GPU, "
+                       rf"and this run trains on the CPU \(trainer.accelerator='{accelerator}'.*allowed here: "):
+        check_accelerator(accelerator, attn_backend="triton")
+    monkeypatch.setenv("MODA_LAB_ATTN_BACKEND", "triton")
+    with pytest.raises(ConfigError, match=r"^MODA_LAB_ATTN_BACKEND=triton runs Triton kernels"):
+        check_accelerator(accelerator)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    check_accelerator(accelerator, attn_backend="triton")  # the interpreter runs them on the CPU (the tests do)
+
+
 def test_the_switch_does_not_define_the_run(tmp_path):
     """A run dir trained before the key existed (its config has no trainer.cudagraphs) resumes with it on or off."""
     from moda_lab.rundir import check_resume_compatible, run_name

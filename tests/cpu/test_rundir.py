@@ -115,5 +115,17 @@ def test_metrics_rows_are_appended_and_dropped_in_one_place(tmp_path):
     rows = list(rundir.metric_rows())
     assert [r["step"] for r in rows] == [0, 5] and rows[1]["train/loss"] == "nan"
     assert set(rows[0]) == {"step", "tokens", "time", "model/params"}
-    assert rundir.drop_metrics_after(0) == 2
+    assert rundir.drop_metrics_after(0) == 1  # the torn line goes too, but it was no row
     assert [json.loads(x)["step"] for x in rundir.metrics_path.read_text().splitlines()] == [0]
+
+
+def test_a_damaged_metrics_line_is_named_not_counted_as_a_row_past_the_checkpoint(tmp_path, caplog):
+    rundir = RunDir(tmp_path)
+    rundir.log_metrics(0, 0, {"val/loss": 9.0})
+    with rundir.metrics_path.open("a") as f:
+        f.write('{"step": 5, "tr\n')  # a hand edit, a bad disk block: not the last line
+    rundir.log_metrics(10, 100, {"val/loss": 8.0})
+    rundir.log_metrics(15, 150, {"val/loss": 7.0})
+    assert rundir.drop_metrics_after(10) == 1
+    assert f"{rundir.metrics_path}: dropped unreadable line(s) [2] (not JSON rows)" in caplog.text
+    assert [r["step"] for r in rundir.metric_rows()] == [0, 10]

@@ -208,6 +208,52 @@ def test_relaunch_with_other_model_refuses_and_keeps_files(straight, tiny_corpus
     assert (ckpt.stat().st_mtime_ns, (straight / "metrics.jsonl").read_text()) == before
 
 
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _files(run_dir) -> dict:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("max_steps", [6, 12])
+def test_relaunch_of_a_finished_run_writes_nothing(straight, tiny_corpus, tmp_path, max_steps, caplog):
+    """"Nothing to do" leaves every file as it was: config.yaml keeps the max_steps the run was trained to (a
+    relaunch with fewer steps once rewrote it, and the analysis then filed the run under the smaller budget)."""
+    caplog.set_level("INFO", logger="moda_lab")
+    run_dir = _copy_run(straight, tmp_path)
+    before = _files(run_dir)
+    overrides = ["model=moda", f"trainer.max_steps={max_steps}", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST]
+    assert train(tiny_cfg(tiny_corpus, tmp_path, overrides), run_dir) == {}
+    assert "already trained to step 12: nothing to do" in caplog.text
+    assert _files(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    "name, text, why",
+    [
+        ("meta.json", '{"status": "fini', "Unterminated string"),
+        ("meta.json", "", "Expecting value"),
+        ("meta.json", "[1, 2]", "it holds a list, not a mapping"),
+        ("config.yaml", "model: [moda", "expected ',' or ']'"),
+        ("config.yaml", "", "it is empty"),
+    ],
+)
+def test_a_damaged_run_file_is_named_and_nothing_is_written(straight, tiny_corpus, tmp_path, name, text, why):
+    from moda_lab.rundir import DamagedRunFile
+
+    run_dir = _copy_run(straight, tmp_path)
+    (run_dir / name).write_text(text)
+    before = _files(run_dir)
+    cfg = tiny_cfg(tiny_corpus, tmp_path, ["model=moda", "trainer.max_steps=18", "trainer.ckpt_every=6", "trainer.val_every=6", *FAST])
+    with pytest.raises(DamagedRunFile, match=rf"^{run_dir / name} is damaged \(.*{why}.*\); nothing was written; "):
+        train(cfg, run_dir)
+    assert _files(run_dir) == before
+
+
 @pytest.mark.parametrize("world", [1, 3])
 def test_sampler_resumes_at_any_batch_across_epochs(world):
     """Position k batches in (epochs of 2 batches of 4 per rank, partial batches dropped) continues with batch k."""
