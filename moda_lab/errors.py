@@ -12,12 +12,26 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 EXIT_USAGE = 2
 
 
 class UsageError(ValueError):
     """A bad input named by the user; the message names the key or file and what is allowed."""
+
+
+def dir_write_problem(path: str | os.PathLike) -> str | None:
+    """Why a directory cannot be made (or written) at path, or None: the nearest existing path at or above it is
+    a file or other non-directory, or a folder this user cannot write. Creates nothing; callers name their key."""
+    existing = Path(path)
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory" if existing.is_file() else f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only for this user"
+    return None
 
 
 def exit_usage(err: BaseException, prefix: str = "error") -> None:

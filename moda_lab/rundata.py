@@ -11,7 +11,7 @@ from filelock import FileLock
 
 from .config import ConfigError, RunConfig
 from .data import PackedData, build_default_corpus, corpus_files, prepare
-from .data.packing import check_windows, load_packed
+from .data.packing import cache_dir_problem, check_windows, load_packed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ def check_data(run: RunConfig) -> PackedData | None:
                 f"tokens of data.packed_dir={d.packed_dir!r}"
             )
         return packed
+    problem = cache_dir_problem(d.cache_dir)  # a file at or above it: refused before a run dir is made
+    if problem:
+        raise ConfigError(problem)
     if d.hf.path is not None:  # a streamed dataset: load_dataset reports a bad name or split when it is read
         return None
     if Path(d.corpus_dir).is_dir():

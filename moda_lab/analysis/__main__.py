@@ -20,8 +20,8 @@ Keys:
   pdf=true             write each figure as PDF too (default: PNG only)
   ckpt=PATH text=STR [tokenizer=PATH]   attention inspection of one checkpoint on one text
 
-A bad argument, a sweep_dir that does not exist or sources without any run print one line and exit with status 2,
-writing nothing.
+A bad argument, a sweep_dir that does not exist, sources without any run or an out= where no folder can be made (a
+file, a path below a file, a read-only folder) print one line and exit with status 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -103,11 +103,13 @@ def default_out(sweep: str) -> Path:
 def analyse(args: dict[str, str]) -> int:
     """Write the sweep analysis and/or the attention inspection the parsed arguments ask for; list what was written."""
     from moda_lab.analysis.attention import inspect_checkpoint, save_inspection
-    from moda_lab.analysis.pipeline import run_analysis
+    from moda_lab.analysis.pipeline import check_out_dir, run_analysis
 
     sweep = args.get("sweep_dir")
     out = Path(args.get("out") or (default_out(sweep) if sweep else "analysis_out"))
     bench = args.get("bench") or None
+    if args.get("out") or not sweep:  # refused before any run or checkpoint is read (sweep_dir/analysis: once it is)
+        check_out_dir(out)
     written: list[Path] = []
     if sweep or "wandb" in args or "wandb_offline" in args:
         analysis = run_analysis(

@@ -48,7 +48,7 @@ from moda_lab.analysis.tidy import (
 )
 from moda_lab.analysis.wandb_offline import load_offline_dir
 from moda_lab.analysis.wandb_online import load_wandb_project
-from moda_lab.errors import UsageError
+from moda_lab.errors import UsageError, dir_write_problem
 
 if TYPE_CHECKING:
     from moda_lab.analysis.reference import Reference
@@ -372,6 +372,14 @@ def report_markdown(analysis: SweepAnalysis, out_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_out_dir(out: str | Path) -> None:
+    """Raise UsageError naming out= when no output folder can be made there (a file at or above it, a read-only
+    folder); creates nothing."""
+    problem = dir_write_problem(out)
+    if problem:
+        raise UsageError(f"out={str(out)!r}: {problem}; allowed: a directory path this user can write")
+
+
 def run_analysis(
     sweep_dir: str | Path | None,
     out: str | Path,
@@ -385,7 +393,8 @@ def run_analysis(
     reference: Reference | None = None,
 ) -> SweepAnalysis:
     """Load runs, write ``tidy.csv``, ``runs.csv``, ``figures/``, ``tables/`` and ``report.md`` under ``out``; no
-    runs at all (or a sweep_dir that does not exist) raise UsageError before anything is written.
+    runs at all (or a sweep_dir that does not exist, or an out where no folder can be made) raise UsageError before
+    anything is written.
 
     ``seed_std_target``: the seed-spread target (nats); ``min_drop``: a run whose val loss fell by less over its
     second half did not train (tidy.TRAINED_MIN_DROP); ``reference``: a published result to compare with
@@ -400,6 +409,7 @@ def run_analysis(
             f"{' and '.join(where) or 'no source'}: no runs found; allowed: a folder of run dirs (each with "
             "config.yaml, meta.json or metrics.jsonl), offline wandb runs, or a wandb project with runs"
         )
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     analysis = add_significance(analyze(records, min_drop), seed_std_target, reference=reference)
     analysis.tidy.to_csv(out_dir / "tidy.csv", index=False)

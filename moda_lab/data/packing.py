@@ -47,7 +47,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..errors import UsageError
+from ..errors import UsageError, dir_write_problem
 from .corpus import HubDataset, Position, Source, corpus_files, read_documents, stream_documents
 from .encode import Encoded, encoder
 from .tokenizer import EOS, pretrained_tokenizer, train_tokenizer
@@ -231,6 +231,15 @@ def _is_val(domain: str, index: int, val_fraction: float) -> bool:
     return zlib.crc32(f"{domain}/{index}".encode()) % 10_000 < val_fraction * 10_000
 
 
+def cache_dir_problem(cache_root: str | Path) -> str | None:
+    """The one-line error naming data.cache_dir when no cache folder can be made under it (a file at or above it, a
+    read-only folder), else None; creates nothing."""
+    problem = dir_write_problem(cache_root)
+    if problem is None:
+        return None
+    return f"data.cache_dir={str(cache_root)!r}: {problem}; allowed: a directory path this user can write"
+
+
 def prepare(
     corpus_dir: str | Path | HubDataset,
     cache_root: str | Path,
@@ -253,6 +262,9 @@ def prepare(
     max_tokens = token_budget(max_tokens)
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ValueError(f"data.num_proc={num_proc!r} is out of range; allowed: >= 1, or null (min(cores, 8))")
+    problem = cache_dir_problem(cache_root)
+    if problem:
+        raise UsageError(problem)
     tok = None
     if tokenizer is not None:
         tok = pretrained_tokenizer(tokenizer)

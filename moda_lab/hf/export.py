@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..data.tokenizer import EOS
-from ..errors import UsageError
+from ..errors import UsageError, dir_write_problem
 from ..load import WEIGHT_PREFIX, CheckpointError, load_checkpoint, resolve_checkpoint
 
 CODE_FILES = ("configuration_moda.py", "modeling_moda.py")
@@ -92,6 +92,9 @@ def export(path: str | Path, out_dir: str | Path, dtype: str = "float32", overwr
         raise CheckpointError(f"{src} is the exported folder itself; export it into another folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"export folder {out} is a file; give a folder that does not exist or is empty")
+    problem = dir_write_problem(out)
+    if problem:  # a file above it, a read-only folder
+        raise UsageError(f"export folder {out}: {problem}; give a new or empty folder this user can write")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(
             f"export folder {out} is not empty; give a new or empty folder, or --overwrite to replace its files"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import torch
 
 from helpers import ROOT
 from moda_lab.data.tokenizer import EOS, train_tokenizer
+from moda_lab.errors import UsageError
 from moda_lab.hf import export
 from moda_lab.load import CheckpointError, load_checkpoint
 from moda_lab.model import DEPTH_MIXERS, GPT, NORM_PLACEMENTS, ModelConfig
@@ -227,6 +229,27 @@ def test_bf16_export_within_bf16_tolerance(tmp_path, tokenizer):
     assert rel < 2e-2, rel  # bf16 weights and activations: ~3 significant digits
     with pytest.raises(ValueError, match="dtype='float16' is not supported"):
         export(ckpt, tmp_path / "bad", dtype="float16")
+
+
+def test_an_out_folder_below_a_file_or_read_only_is_one_line(tmp_path, tokenizer, capsys, monkeypatch):
+    from moda_lab.hf.__main__ import main
+
+    _, ckpt = _checkpoint(tmp_path, tokenizer, "moda_full", "pre")
+    notes, ro = tmp_path / "notes.txt", tmp_path / "ro"
+    notes.write_text("mine")
+    ro.mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(ckpt), str(notes / "hf")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"export error: export folder {notes / 'hf'}: {notes} is a file, not a directory; give a new or empty folder "
+        "this user can write\n"
+    )
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    with pytest.raises(UsageError, match=rf"^export folder {ro}/hf: {ro} is read-only for this user; give a new"):
+        export(ckpt, ro / "hf")
+    assert sorted(tmp_path.rglob("*")) == before and notes.read_text() == "mine"
 
 
 @pytest.mark.slow  # 7-20 s end to end; the fast tier covers the module with quicker tests

@@ -134,6 +134,34 @@ def test_a_sweep_dir_without_runs_is_one_line_exit_2_and_writes_nothing(tmp_path
     assert not (tmp_path / "out").exists() and not (sweep / "analysis").exists()
 
 
+@pytest.mark.parametrize("case", ["a file", "below a file", "read-only"])
+def test_an_out_where_no_folder_can_be_made_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, case):
+    from moda_lab.analysis.__main__ import main
+    from moda_lab.errors import UsageError
+
+    sweep = tmp_path / "sweep"
+    _write(sweep, fx.RunSpec("dense", "pre", 0), last=200)
+    notes, ro = tmp_path / "notes.txt", tmp_path / "ro"
+    notes.write_text("mine")
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    out, why = {
+        "a file": (notes, f"{notes} is a file, not a directory"),
+        "below a file": (notes / "analysis", f"{notes} is a file, not a directory"),
+        "read-only": (ro / "analysis", f"{ro} is read-only for this user"),
+    }[case]
+    line = f"out='{out}': {why}; allowed: a directory path this user can write"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_:
+        main([f"sweep_dir={sweep}", f"out={out}"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"moda_lab.analysis: {line}\n"
+    with pytest.raises(UsageError) as err:  # the library call too, once it has found the runs
+        run_analysis(sweep, out)
+    assert str(err.value) == line
+    assert sorted(tmp_path.rglob("*")) == before and notes.read_text() == "mine"
+
+
 # --- never count a run twice ----------------------------------------------------------------------------------
 
 

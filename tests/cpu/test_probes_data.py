@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, tiny_cfg
+from helpers import CONF, ROOT, tiny_cfg
 from moda_lab.config import ConfigError
 from moda_lab.data import packing, prepare
 from moda_lab.data.corpus import corpus_files
+from moda_lab.errors import UsageError
 from moda_lab.train.task import train
 
 SPLITS = ("train", "val_code", "val_prose")
@@ -188,6 +189,45 @@ def test_a_corpus_that_cannot_be_packed_leaves_no_half_built_cache(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+# --- a data.cache_dir where no folder can be made ------------------------------------------------------------
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_cache_dir_at_or_below_a_file_is_refused_before_a_run_dir(tiny_corpus, tmp_path, monkeypatch, below):
+    from moda_lab.train.preflight import check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    cache = notes / "cache" if below else notes
+    expected = (
+        f"data.cache_dir='{cache}': {notes} is a file, not a directory; allowed: a directory path this user can write"
+    )
+    before = _tree(tmp_path)
+    args = [f"data.corpus_dir={tiny_corpus}", f"data.cache_dir={cache}", f"run_root={tmp_path / 'runs'}"]
+    with pytest.raises(ConfigError) as err:
+        check_command_line(args, CONF)  # run.py's preflight, before Hydra makes the run dir
+    assert str(err.value) == expected
+    with pytest.raises(ConfigError) as err:  # a command line the preflight leaves to the task: refused there too
+        train(tiny_cfg(tiny_corpus, tmp_path, [f"data.cache_dir={cache}"]), tmp_path / "run")
+    assert str(err.value) == expected
+    assert _tree(tmp_path) == before and notes.read_text() == "mine"
+
+
+def test_a_read_only_cache_dir_is_refused_by_prepare(tiny_corpus, tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    with pytest.raises(ValueError, match=rf"^data.cache_dir='{ro}/cache': {ro} is read-only for this user; allowed: "):
+        prepare(tiny_corpus, ro / "cache", 512, 0.2)
+    assert not any(ro.iterdir())
+
+
 # --- python -m moda_lab.data ----------------------------------------------------------------------------------
 
 
@@ -206,6 +246,49 @@ def test_data_cli_usage_errors_are_one_line_exit_2(tmp_path, args, named):
     assert proc.returncode == 2 and _one_line(proc.stderr, "moda_lab.data: ")
     assert named in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("case", ["corpus", "build", "below"])
+def test_data_cli_cache_dir_at_or_below_a_file_writes_nothing(tiny_corpus, tmp_path, monkeypatch, case):
+    from moda_lab.data import corpus
+    from moda_lab.data.__main__ import main
+
+    monkeypatch.setitem(corpus.SOURCES, "python-docs", ("prose", lambda: iter(["a prose document", "another one"])))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    cache = notes / "cache" if case == "below" else notes
+    source = [f"out={tmp_path / 'built'}", "sources=python-docs"] if case == "build" else [f"corpus={tiny_corpus}"]
+    before = _tree(tmp_path)
+    with pytest.raises(UsageError) as err:
+        main([*source, f"cache_dir={cache}", "vocab_size=300"])
+    assert str(err.value) == (
+        f"cache_dir='{cache}': {notes} is a file, not a directory; allowed: a directory path this user can write"
+    )
+    assert _tree(tmp_path) == before  # no corpus built into out=, no cache folder
+
+
+@pytest.mark.parametrize(
+    "args, unused, packs",
+    [
+        (["out=built"], "out='built'", "corpus='corp'"),
+        (["sources=stdlib"], "sources='stdlib'", "corpus='corp'"),
+        (["hf.path=org/ds", "out=built"], "out='built'", "hf.path='org/ds'"),
+        (["hf.path=org/ds"], "corpus='corp'", "hf.path='org/ds'"),
+    ],
+)
+def test_data_cli_refuses_out_or_sources_it_would_ignore(tmp_path, monkeypatch, args, unused, packs):
+    from moda_lab.data import __main__ as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "prepare", lambda *a, **k: pytest.fail("nothing is packed"))
+    with pytest.raises(UsageError) as err:
+        cli.main(["corpus=corp", *args, "cache_dir=cache"])
+    key, pack = unused.partition("=")[0], packs.partition("=")[0]
+    assert str(err.value) == (
+        f"{unused} cannot be combined with {packs}: {pack}= is packed instead (into cache_dir=), and {key}= would be "
+        f"ignored; allowed: {key}= or {pack}=, not both"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 # The CLI with a source that builds in milliseconds and linux-docs pointing at a folder that is not there.
