@@ -106,6 +106,9 @@ def _read_meta(path: Path, record: RunRecord) -> dict[str, Any]:
 
 # The examples per task of the evaluation a row's downstream accuracies come from (0: all; eval.limit otherwise).
 EVAL_LIMIT = "eval/limit"
+# 1 where a row's accuracies come from an evaluation with task files short of their full split (results.json's
+# moda.partial_tasks: a subset of the task's examples), 0 otherwise.
+EVAL_PARTIAL_DATA = "eval/partial_data"
 
 
 def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
@@ -115,40 +118,43 @@ def read_eval_results(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
 
     Read: ``eval/<checkpoint>/<evaluation>/results.json`` (one folder per evaluation) and
     ``eval/<checkpoint>/results.json`` (the layout before those folders). At one step, full evaluations win over
-    partial ones (``eval.limit``), later files over earlier ones. When the run has a partial evaluation,
-    ``eval/limit`` says what each row holds: 0 (all examples), or the smallest limit of the partial evaluations
-    merged into it. The accuracies normally are in metrics.jsonl already (a full eval appends them); these rows
-    fill the gap when it does not have them (a partial evaluation, a metrics.jsonl copied before the eval ran);
-    metrics.jsonl wins where both have a key.
+    partial ones (``eval.limit``, or task files short of their full split), later files over earlier ones. When
+    the run has a partial evaluation, ``eval/limit`` says what each row holds: 0 (all examples), or the smallest
+    limit of the partial evaluations merged into it; ``eval/partial_data`` is 1 where one of those read task files
+    short of their full split. The accuracies normally are in metrics.jsonl already (a full eval appends them);
+    these rows fill the gap when it does not have them (a partial evaluation, a metrics.jsonl copied before the
+    eval ran); metrics.jsonl wins where both have a key.
     """
-    found: dict[int, list[tuple[int, float, dict]]] = {}  # step -> (limit, mtime, metrics) per evaluation
+    found: dict[int, list[tuple[int, bool, float, dict]]] = {}  # step -> (limit, partial data, mtime, metrics)
     for path in sorted([*run_dir.glob("eval/*/results.json"), *run_dir.glob("eval/*/*/results.json")]):
         try:
             moda = json.loads(path.read_text(encoding="utf-8")).get("moda") or {}
             missing = moda.get("missing_tasks") or {}
             metrics, step = moda.get("metrics") or {}, moda.get("step")
             limit = int((moda.get("eval_config") or {}).get("limit") or 0)
+            short = bool(moda.get("partial_tasks"))
         except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
             record.add_issue("bad_eval_results", f"{path.relative_to(run_dir)}: {err}")
             continue
         if isinstance(metrics, dict) and metrics and isinstance(step, int):
             values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            found.setdefault(step, []).append((limit, path.stat().st_mtime, values))
+            found.setdefault(step, []).append((limit, short, path.stat().st_mtime, values))
         if missing:
             files = ", ".join(f"{task} ({where})" for task, where in missing.items())
             record.add_issue(
                 "missing_eval_tasks", f"{path.relative_to(run_dir)}: not evaluated, data file missing: {files}"
             )
     rows = []
-    any_partial = any(limit for evals in found.values() for limit, _, _ in evals)
+    any_partial = any(limit or short for evals in found.values() for limit, short, _, _ in evals)
     for step, evals in sorted(found.items()):
-        full = [e for e in evals if e[0] == 0]
-        chosen = sorted(full or evals, key=lambda e: e[1])
+        full = [e for e in evals if e[0] == 0 and not e[1]]
+        chosen = sorted(full or evals, key=lambda e: e[2])
         row: dict[str, Any] = {"step": step}
-        for _, _, values in chosen:
+        for _, _, _, values in chosen:
             row.update(values)
         if any_partial:  # runs evaluated in full only keep their columns as they were (NaN in eval/limit: full)
-            row[EVAL_LIMIT] = 0 if full else min(e[0] for e in evals)
+            row[EVAL_LIMIT] = min([e[0] for e in chosen if e[0]], default=0)
+            row[EVAL_PARTIAL_DATA] = int(any(e[1] for e in chosen))
         rows.append(row)
     return rows
 

@@ -139,7 +139,7 @@ def compare_samples(path_a: str | Path, path_b: str | Path, task: str | None = N
 def final_samples(run_dir: str | Path, step: float) -> dict[str, Path]:
     """task -> samples file of a run's evaluation of its final checkpoint: under ``<run>/eval/``, the newest folder
     with samples_<task>.jsonl beside a results.json whose ``moda.step`` is ``step`` and that scored every example
-    (no ``eval_config.limit``); {} where there is none."""
+    (no ``eval_config.limit``, no ``partial_tasks``: task files short of their full split); {} where there is none."""
     best: tuple[float, Path] | None = None
     # A run of an archive stands for a folder that does not exist: its files are in the extraction (files_dir).
     for results in files_dir(run_dir).glob("eval/**/results.json"):
@@ -150,7 +150,7 @@ def final_samples(run_dir: str | Path, step: float) -> dict[str, Path]:
         except (OSError, json.JSONDecodeError, AttributeError):
             continue  # the run loader reports an unreadable results.json
         at, limit = moda.get("step"), (moda.get("eval_config") or {}).get("limit")
-        if at is None or pd.isna(step) or float(at) != float(step) or limit:
+        if at is None or pd.isna(step) or float(at) != float(step) or limit or moda.get("partial_tasks"):
             continue
         mtime = results.stat().st_mtime
         if best is None or mtime > best[0]:

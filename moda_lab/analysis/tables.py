@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moda_lab.analysis.history import eval_tasks, val_domains
-from moda_lab.analysis.local_runs import EVAL_LIMIT
+from moda_lab.analysis.local_runs import EVAL_LIMIT, EVAL_PARTIAL_DATA
 from moda_lab.analysis.plots import task_metric
 from moda_lab.analysis.tidy import final_eval_only, seed_aggregate, sort_cells
 
@@ -109,19 +109,26 @@ def paper_table(
     return sort_cells(table, first=["layers", "norm"] if kind == "norm" else ["norm"])
 
 
-EVAL_EXAMPLES = "eval examples"  # the column marking partial (eval.limit) evaluations in accuracy tables
+EVAL_EXAMPLES = "eval examples"  # the column marking partial evaluations in accuracy tables
+SHORT_FILES = "task files short of the full split"  # its mark for evaluations of partial task files
 
 
 def _mark_partial_evals(frame: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """With a partial evaluation (eval.limit) among the runs' accuracies, an ``eval examples`` column ("all" or
-    "first N per task") to group by, so partial accuracies get rows of their own, marked; else no change."""
-    limit = frame[EVAL_LIMIT] if EVAL_LIMIT in frame else pd.Series(np.nan, index=frame.index)
-    partial = (limit > 0) & frame[tasks].notna().any(axis=1)
+    """With a partial evaluation (eval.limit, or task files short of their full split) among the runs' accuracies,
+    an ``eval examples`` column ("all", "first N per task" and/or SHORT_FILES) to group by, so partial accuracies
+    get rows of their own, marked; else no change."""
+    nan = pd.Series(np.nan, index=frame.index)
+    limit = frame[EVAL_LIMIT] if EVAL_LIMIT in frame else nan
+    short = frame[EVAL_PARTIAL_DATA] if EVAL_PARTIAL_DATA in frame else nan
+    partial = ((limit > 0) | (short > 0)) & frame[tasks].notna().any(axis=1)
     if not partial.any():
         return frame, []
     frame = frame.copy()
     frame[EVAL_EXAMPLES] = "all"
-    frame.loc[partial, EVAL_EXAMPLES] = [f"first {int(n)} per task" for n in limit[partial]]
+    frame.loc[partial, EVAL_EXAMPLES] = [
+        ", ".join([f"first {int(n)} per task"] * (n > 0) + [SHORT_FILES] * (s > 0))
+        for n, s in zip(limit[partial], short[partial])
+    ]
     return frame, [EVAL_EXAMPLES]
 
 

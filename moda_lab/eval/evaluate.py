@@ -3,9 +3,10 @@
 Outputs, one folder per evaluation (evaluation_name: the checkpoint's step and the settings that change the
 numbers): ``<run dir or exported folder>/eval/<checkpoint stem>/<evaluation name>/results.json`` (lm-eval's
 results dict plus the eval config, perplexity and timing) and ``samples_<task>.jsonl`` (one line per example);
-for checkpoints inside a run dir and full evaluations (no eval.limit), rows appended to the run's metrics.jsonl
-(``eval/<task>/acc``, ``eval/<task>/acc_norm``, ``eval/<domain>/ppl``, ``eval/<domain>/bpb``) and, when the run
-logged to wandb, the same keys logged into that wandb run (resumed by id). No Hydra here."""
+for checkpoints inside a run dir and full evaluations (no eval.limit, no task file short of its full split), rows
+appended to the run's metrics.jsonl (``eval/<task>/acc``, ``eval/<task>/acc_norm``, ``eval/<task>/n``: the examples
+scored, ``eval/<domain>/ppl``, ``eval/<domain>/bpb``) and, when the run logged to wandb, the same keys logged into
+that wandb run (resumed by id). No Hydra here."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from ..config import ConfigError, WandbConfig, from_dict
 from ..errors import UsageError
 from ..load import resolve_checkpoint
 from ..rundir import RunDir
+from .device import check_device
 from .precision import PRECISIONS
-from .tasks import DATA_ENV, TASK_DIR, TASK_FIELDS, data_dir, lm_eval_name, task_file
+from .tasks import DATA_ENV, SPLIT_SIZES, TASK_DIR, TASK_FIELDS, TASK_PREFIX, data_dir, lm_eval_name, task_file
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +130,7 @@ def eval_config_from_dict(d: dict | None) -> EvalConfig:
     precision = d.get("precision", "auto")
     if precision not in PRECISIONS:
         raise EvalConfigError(f"eval.precision={precision!r} is not allowed; choose one of {list(PRECISIONS)}")
-    device = d.get("device", "auto")
-    if device != "auto":
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise EvalConfigError(
-                f"eval.device={device!r} is not a torch device ({err}); use auto, cpu, cuda, cuda:1"
-            ) from None
+    check_device(d.get("device", "auto"), "eval.device", EvalConfigError)  # before hours of training (run.py)
     if ppl.get("domains") is None:
         ppl["domains"] = {}
     cfg = EvalConfig(**d, perplexity=PerplexityConfig(**ppl))
@@ -249,18 +244,35 @@ def results_dir(checkpoint: str | Path) -> Path:
 
 
 def metric_row(results: dict, ppl: dict) -> dict:
-    """Flat eval/<task>/<metric> and eval/<domain>/{ppl,bpb} floats from lm-eval results and perplexity."""
+    """Flat eval/<task>/<metric>, eval/<task>/n (the examples scored) and eval/<domain>/{ppl,bpb} floats from
+    lm-eval results and perplexity."""
     row = {}
+    counts = results.get("n-samples") or {}
     for name, res in results.get("results", {}).items():
         task = name.removeprefix("moda_")
         for metric in REPORTED_METRICS:
             value = res.get(f"{metric},none")
             if isinstance(value, (int, float)):
                 row[f"eval/{task}/{metric}"] = float(value)
+        scored = (counts.get(name) or {}).get("effective")
+        if isinstance(scored, int):
+            row[f"eval/{task}/n"] = float(scored)
     for domain, stats in ppl.items():
         row[f"eval/{domain}/ppl"] = float(stats["ppl"])
         row[f"eval/{domain}/bpb"] = float(stats["bpb"])
     return row
+
+
+def partial_tasks(results: dict, root: str | None) -> dict[str, dict]:
+    """{task: {"file", "examples", "full"}} for each task whose file held fewer examples than its full split
+    (SPLIT_SIZES): its scores are a partial evaluation, as under eval.limit, never the full task's."""
+    out = {}
+    for name, counts in (results.get("n-samples") or {}).items():
+        task, held = name.removeprefix(TASK_PREFIX), (counts or {}).get("original")
+        full = SPLIT_SIZES.get(task)
+        if full and isinstance(held, int) and held < full:
+            out[task] = {"file": str(task_file(task, root)), "examples": held, "full": full}
+    return out
 
 
 def _log_to_wandb(rundir: RunDir, metrics: dict, step: int | None) -> bool:
@@ -349,6 +361,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             )
     t_ppl = time.time() - t0 - t_load - t_tasks
     row = metric_row(results, ppl)
+    partial = partial_tasks(results, cfg.data_dir)
     samples = results.pop("samples", None) or {}
     results["moda"] = {
         "checkpoint": str(src),
@@ -356,6 +369,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
         "eval_config": dataclasses.asdict(cfg),
         "perplexity": ppl,
         "missing_tasks": dict(cfg.missing_tasks),
+        "partial_tasks": partial,
         "batch_size": lm.batch_size,
         "device": str(lm.device),
         "precision": lm.precision,
@@ -380,6 +394,12 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_cfg: EvalConfig | dict, pro
             log.warning(
                 "eval.limit=%d: a partial evaluation (the first %d examples per task), kept in %s only; the run's "
                 "metrics.jsonl and wandb get full evaluations alone", cfg.limit, cfg.limit, out_dir
+            )
+        elif partial:
+            short = ", ".join(f"{t} {p['examples']} of {p['full']}" for t, p in partial.items())
+            log.warning(
+                "task files with fewer examples than the full split (%s): a partial evaluation, kept in %s only; "
+                "the run's metrics.jsonl and wandb get full evaluations alone", short, out_dir
             )
         else:
             step = int(lm.step or 0)

@@ -24,6 +24,7 @@ from ..data.tokenizer import EOS
 from ..errors import UsageError
 from ..load import CheckpointError, checkpoint_tokenizer, load_checkpoint
 from ..model import GPT
+from .device import check_device
 from .precision import PRECISIONS
 
 try:
@@ -224,6 +225,7 @@ class ModaLM(HFLM):
                     "max_length, max_gen_toks, backend, precision. A checkpoint path with commas (Hydra run dirs) "
                     """must be given as JSON: --model_args '{"checkpoint": "runs/x/model=moda,norm=post"}'"""
                 )
+        check_device(device, "device")  # lm-eval's --device and model_args device=: before loading anything
         self.step = None
         if model is None:
             if checkpoint is None:

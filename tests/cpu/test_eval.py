@@ -39,6 +39,16 @@ def _copy_run(tiny_run, name: str) -> Path:
     return dst
 
 
+def _full_split_fixtures(root: Path, tasks: tuple[str, ...]) -> Path:
+    """Fixture task files as long as the tasks' full splits: a full evaluation, whose rows go to metrics.jsonl (a
+    shorter file is a partial one, kept in its folder like an eval.limit one)."""
+    from moda_lab.eval.tasks import SPLIT_SIZES
+
+    for task in tasks:
+        write_eval_fixtures(root, tasks=(task,), n=SPLIT_SIZES[task])
+    return root
+
+
 def _ref_logprob(model: GPT, ctx: list[int], cont: list[int]) -> float:
     """log p(cont | ctx) from one un-batched forward over the (left-truncated) sequence."""
     full = (ctx + cont)[-(model.cfg.max_seq_len + 1) :]
@@ -303,7 +313,7 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
     The checkpoint is a run dir named like a smoke run of the README's main job, given unquoted as documented.
     """
     run_dir = _copy_run(tiny_run, "model=moda,norm=post,trainer=smoke")
-    data = write_eval_fixtures(tiny_run["tmp"] / "partial_data", tasks=("copa", "piqa"))
+    data = _full_split_fixtures(tiny_run["tmp"] / "partial_data", tasks=("copa", "piqa"))
     before = (run_dir / "metrics.jsonl").read_text().splitlines()
     cmd = [
         sys.executable,
@@ -322,8 +332,9 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
     assert path.parent.name.startswith("step10_2tasks_")
     results = json.loads(path.read_text())
     samples = [json.loads(x) for x in (path.parent / "samples_piqa.jsonl").read_text().splitlines()]
-    assert [s["doc_id"] for s in samples] == list(range(6))
-    assert sum(s["acc"] for s in samples) / 6 == pytest.approx(results["results"]["moda_piqa"]["acc,none"])
+    assert [s["doc_id"] for s in samples] == list(range(1838))
+    assert sum(s["acc"] for s in samples) / 1838 == pytest.approx(results["results"]["moda_piqa"]["acc,none"])
+    assert results["moda"]["partial_tasks"] == {}
     assert sorted(results["moda"]["missing_tasks"]) == sorted(set(TASK_FIELDS) - {"piqa", "copa"})
     assert results["moda"]["missing_tasks"]["hellaswag"] == str(data / "hellaswag.jsonl")
     assert "NOT EVALUATED (data file missing): hellaswag, winogrande" in out.stdout + out.stderr
@@ -339,6 +350,7 @@ def test_hydra_cli_writes_results_and_metrics(tiny_run):
     assert row["tokens"] == step * 4 * 32  # batch_size * seq_len
     assert row["eval/piqa/acc"] == results["results"]["moda_piqa"]["acc,none"]
     assert row["eval/copa/acc_norm"] == results["results"]["moda_copa"]["acc_norm,none"]
+    assert row["eval/piqa/n"] == 1838 and row["eval/copa/n"] == 100
     assert (
         row["eval/prose/bpb"] == pytest.approx(results["moda"]["perplexity"]["prose"]["bpb"])
         and row["eval/prose/bpb"] > 0
@@ -389,7 +401,7 @@ def test_after_fit_hook_through_run_py(tiny_run):
         "name=hook",
         "eval.after_fit=true",
         "eval.tasks=[boolq,sciq]",
-        f"eval.data_dir={tiny_run['data']}",
+        f"eval.data_dir={_full_split_fixtures(tiny_run['tmp'] / 'full_data', ('boolq', 'sciq'))}",
         "eval.batch_size=4",
         "eval.device=cpu",
     ]

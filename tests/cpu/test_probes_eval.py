@@ -221,7 +221,10 @@ def test_corrupt_last_ckpt_falls_back_to_the_newest_intact_step(tiny, monkeypatc
 
 def test_evaluations_are_kept_side_by_side_with_samples(tiny, monkeypatch):
     from moda_lab.eval.hook import evaluate_run
+    from moda_lab.eval.tasks import SPLIT_SIZES
 
+    for task in ("piqa", "copa"):  # the fixture's 4 examples stand for the full splits: a full evaluation
+        monkeypatch.setitem(SPLIT_SIZES, task, 4)
     run = _copy_run(tiny, "side_by_side")
     data = f"data_dir={tiny['data']}"
     _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa,copa]", data, "device=cpu", "batch_size=3")

@@ -31,12 +31,27 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "copa": ("premise", "choice1", "choice2", "question", "label"),
     "mmlu": ("question", "subject", "choices", "answer"),
 }
+# short name -> examples in the task's full evaluation split (the paper's; ../shared/data/eval/MANIFEST.md). A task
+# file holding fewer is a subset: its scores are a partial evaluation, never reported as the full task (evaluate.py).
+SPLIT_SIZES: dict[str, int] = {
+    "piqa": 1838,  # validation
+    "hellaswag": 10042,  # validation
+    "winogrande": 1267,  # winogrande_xl validation (v1.1 dev)
+    "openbookqa": 500,  # main test
+    "boolq": 3270,  # validation
+    "sciq": 1000,  # test
+    "arc_easy": 2376,  # test
+    "arc_challenge": 1172,  # test
+    "copa": 100,  # SuperGLUE validation
+    "mmlu": 14042,  # test, 57 subjects
+}
 TASK_PREFIX = "moda_"
 PAPER_TAG = "moda_paper"
 
 
 class TaskDataError(UsageError):
-    """A task's <task>.jsonl is missing, holds a line that is not JSON, lacks a field the task reads, or is empty."""
+    """A task's <task>.jsonl is missing, holds a line that is not JSON, lacks a field the task reads or has a gold
+    answer that is none of its choices, or is empty."""
 
 
 def lm_eval_name(task: str) -> str:

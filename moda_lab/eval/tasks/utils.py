@@ -11,15 +11,20 @@ again when scoring), which took 87 of the 124 s that the ten tasks cost with a m
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import datasets
 
-from moda_lab.eval.tasks import DATA_ENV, TASK_FIELDS, TaskDataError, task_file
+from moda_lab.eval.tasks import DATA_ENV, SPLIT_SIZES, TASK_FIELDS, TaskDataError, task_file
+
+# lm-eval imports this file as a module of its own name: the logger is named after the package.
+log = logging.getLogger("moda_lab.eval.tasks")
 
 
 def load_local(task: str, data_dir: str | None = None, **metadata) -> datasets.DatasetDict:
-    """custom_dataset hook: <data_dir>/<task>.jsonl as the 'test' split; every line checked for its fields."""
+    """custom_dataset hook: <data_dir>/<task>.jsonl as the 'test' split; every line checked for its fields and its
+    gold answer. A file holding fewer examples than the task's full split (SPLIT_SIZES) is named in a warning."""
     path = task_file(task, data_dir)
     if not path.is_file():
         raise TaskDataError(
@@ -39,12 +44,57 @@ def load_local(task: str, data_dir: str | None = None, **metadata) -> datasets.D
             missing = [k for k in need if not isinstance(row, dict) or k not in row]
             if missing:
                 raise TaskDataError(f"{path}:{lineno}: missing field(s) {missing}; task {task!r} needs {list(need)}")
+            bad_gold = gold_problem(task, row)
+            if bad_gold:
+                raise TaskDataError(f"{path}:{lineno}: {bad_gold}")
             rows.append(row)
     if not rows:
         raise TaskDataError(f"{path} holds no examples; task {task!r} needs one JSON object per line")
+    if len(rows) < SPLIT_SIZES[task]:
+        log.warning(
+            "%s holds %d examples, fewer than the %d of the full %s split: its scores are a partial evaluation, "
+            "not the full task's", path, len(rows), SPLIT_SIZES[task], task
+        )
     if task == "hellaswag":
         rows = [{**row, **hellaswag_fields(row)} for row in rows]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def _is_index(value, n: int) -> bool:
+    return isinstance(value, int) and 0 <= value < n  # bool: int(True) is 1, as lm-eval reads it
+
+
+def gold_problem(task: str, row: dict) -> str | None:
+    """What is wrong with an example's gold answer (the field, its value and what is allowed), or None. lm-eval
+    would stop on it with an IndexError or KeyError deep in its task setup, or score another choice as gold."""
+    if task in ("piqa", "copa", "boolq"):
+        choices = {"piqa": "sol1, sol2", "copa": "choice1, choice2", "boolq": "no, yes"}[task]
+        field, ok, allowed = "label", _is_index(row["label"], 2), f"0 or 1 (the gold one of {choices})"
+    elif task == "winogrande":
+        field, ok, allowed = "answer", str(row["answer"]) in ("1", "2"), "'1' or '2' (option1 or option2)"
+    elif task == "hellaswag":
+        n = len(row["endings"]) if isinstance(row["endings"], list) else 0
+        if not n:
+            return f"endings={row['endings']!r} is not allowed; task 'hellaswag' needs a list of endings"
+        label = row["label"]
+        field, ok = "label", str(label).isdigit() and int(label) < n
+        allowed = f"0..{n - 1} (an index into endings, also as a string)"
+    elif task == "mmlu":
+        n = len(row["choices"]) if isinstance(row["choices"], list) else 0
+        if not 1 <= n <= 4:
+            return f"choices={row['choices']!r} is not allowed; task 'mmlu' needs a list of 1 to 4 answers (A-D)"
+        field, ok, allowed = "answer", _is_index(row["answer"], n), f"0..{n - 1} (an index into choices)"
+    elif task in ("openbookqa", "arc_easy", "arc_challenge"):
+        choices = row["choices"]
+        labels = choices.get("label") if isinstance(choices, dict) else None
+        if not isinstance(labels, list) or not isinstance(choices.get("text"), list):
+            return f"choices={choices!r} is not allowed; task {task!r} needs {{'text': [...], 'label': [...]}}"
+        key = row["answerKey"]
+        field, ok = "answerKey", isinstance(key, str) and key.lstrip() in labels
+        allowed = f"one of the choice labels {labels}"
+    else:  # sciq: the gold answer is correct_answer, always the last choice
+        return None
+    return None if ok else f"{field}={row[field]!r} is out of range; task {task!r} allows {allowed}"
 
 
 # --- arc (easy and challenge), openbookqa: lettered choices --------------------------------------------------
