@@ -55,9 +55,25 @@ def existing_results(ckpt: Path, step: int, cfg: EvalConfig) -> dict | None:
     if legacy is not None and _task_config((legacy.get("moda") or {}).get("eval_config") or {}) != _task_config(cfg):
         legacy = None
     for results in (_read(here / evaluation_name(cfg, step, precision) / RESULTS_FILE), legacy):
-        if results is not None and (results.get("moda") or {}).get("step") == step:
+        if results is not None and (results.get("moda") or {}).get("step") == step and not _files_changed(results):
             return results
     return None
+
+
+def _files_changed(results: dict) -> bool:
+    """A partial evaluation (a task file short of its full split) whose file now holds another number of examples:
+    the evaluation folder's name hashes the data dir's path, not its files, so a short file replaced by the full
+    split at the same path would otherwise be reported as evaluated already."""
+    partial = (results.get("moda") or {}).get("partial_tasks") or {}
+    return any(_examples(Path(p["file"])) != p["examples"] for p in partial.values())
+
+
+def _examples(path: Path) -> int:
+    """Examples in a task's .jsonl file (one per non-blank line), -1 when it is gone."""
+    if not path.is_file():
+        return -1
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _read(path: Path) -> dict | None:

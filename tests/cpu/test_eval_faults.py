@@ -117,6 +117,25 @@ def test_a_short_task_file_is_a_partial_evaluation_warned_and_kept_out_of_metric
     assert moda["metrics"]["eval/copa/n"] == 4
 
 
+def test_a_partial_evaluation_is_not_reused_once_its_task_file_changed(tiny, tmp_path, monkeypatch):
+    """The after-fit hook reuses an evaluation folder of the same settings; its name hashes the data dir's path,
+    so a short file replaced by a longer one at that path must be evaluated again, not reported as done."""
+    from moda_lab.eval.evaluate import eval_config_from_dict
+    from moda_lab.eval.hook import existing_results
+    from moda_lab.load import run_checkpoint
+
+    run = _copy_run(tiny, "partial_reuse")
+    data = write_eval_fixtures(tmp_path / "data", tasks=("copa",), n=4)
+    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[copa]", f"data_dir={data}", "device=cpu")
+    cfg = eval_config_from_dict({"tasks": ["copa"], "data_dir": str(data), "device": "cpu"})
+    ckpt, step = run_checkpoint(run)
+    assert existing_results(ckpt, step, cfg)["moda"]["partial_tasks"]["copa"]["examples"] == 4  # unchanged: reused
+    write_eval_fixtures(data, tasks=("copa",), n=6)
+    assert existing_results(ckpt, step, cfg) is None
+    (data / "copa.jsonl").unlink()
+    assert existing_results(ckpt, step, cfg) is None  # evaluating again then names the missing file
+
+
 def test_every_evaluation_records_how_many_examples_each_task_scored(tiny, monkeypatch):
     from moda_lab.eval.tasks import SPLIT_SIZES
 
