@@ -66,13 +66,19 @@ class DamagedRunFile(UsageError):
     """A run dir's config.yaml or meta.json that does not parse as a mapping (a torn write, a hand edit)."""
 
 
-def _damaged(path: Path, content: object, advice: str) -> DamagedRunFile:
-    """content: what the file parsed to, or the parser's error."""
-    if isinstance(content, Exception):
-        why = " ".join(str(content).split())
-    else:
+def _read_mapping(path: Path, parse, errors: type[Exception], advice: str) -> dict | None:
+    """The mapping a run file holds (None when there is no file); DamagedRunFile, with advice, when it does not
+    parse as one."""
+    if not path.is_file():
+        return None
+    try:
+        content = parse(path.read_text())
+    except errors as err:
+        raise DamagedRunFile(f"{path} is damaged ({' '.join(str(err).split())}); nothing was written; {advice}") from None
+    if not isinstance(content, dict):
         why = "it is empty" if content is None else f"it holds a {type(content).__name__}, not a mapping"
-    return DamagedRunFile(f"{path} is damaged ({why}); nothing was written; {advice}")
+        raise DamagedRunFile(f"{path} is damaged ({why}); nothing was written; {advice}")
+    return content
 
 
 def run_independent(key: str) -> bool:
@@ -192,32 +198,18 @@ class RunDir:
 
     def read_config(self) -> dict:
         """The run's resolved config (today's layout, see upgrade_config); {} when there is none."""
-        if not self.config_path.is_file():
-            return {}
-        try:
-            cfg = yaml.safe_load(self.config_path.read_text())
-        except yaml.YAMLError as err:
-            cfg = err
-        if not isinstance(cfg, dict):
-            raise _damaged(
-                self.config_path, cfg, "delete it to relaunch with the config given now (the check that a relaunch "
-                "describes the same run is then skipped), or restore it",
-            )
-        return upgrade_config(cfg)
+        cfg = _read_mapping(
+            self.config_path, yaml.safe_load, yaml.YAMLError, "delete it to relaunch with the config given now (the "
+            "check that a relaunch describes the same run is then skipped), or restore it",
+        )
+        return upgrade_config(cfg) if cfg is not None else {}
 
     def read_meta(self) -> dict:
-        if not self.meta_path.is_file():
-            return {}
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except json.JSONDecodeError as err:
-            meta = err
-        if not isinstance(meta, dict):
-            raise _damaged(
-                self.meta_path, meta, "delete it to resume from the checkpoints (its status, W&B id and launch count "
-                "are lost), or restore it",
-            )
-        return meta
+        meta = _read_mapping(
+            self.meta_path, json.loads, json.JSONDecodeError, "delete it to resume from the checkpoints (its status, "
+            "W&B id and launch count are lost), or restore it",
+        )
+        return meta if meta is not None else {}
 
     def trained(self, max_steps: int | None = None) -> bool:
         """meta.json says finished at max_steps or later (default: the config's trainer.max_steps; without one,

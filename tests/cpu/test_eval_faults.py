@@ -14,78 +14,23 @@ In-process on a tiny random checkpoint (no training), as tests/cpu/test_probes_e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fixtures.eval_runs import copy_run, file_tree, hydra_eval, usage_error, write_tiny_eval_run
 from fixtures.eval_tasks import TINY_RUN, write_eval_fixtures, write_tiny_text_corpus
 
 from helpers import CONF
-from moda_lab.data.tokenizer import train_tokenizer
-from moda_lab.model import GPT, ModelConfig
 
 pytest.importorskip("lm_eval")
 
-TEXT = ["The water is next to the stone. Question: How do you dry paper? Answer: in the sun.", "def f(x):\n    return x"]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    """A run dir holding checkpoints/last.ckpt (step 10) of a random tiny model, and copa/piqa files of 4 examples."""
-    tmp = tmp_path_factory.mktemp("faults")
-    tok = train_tokenizer(TEXT * 30, 320)
-    cfg = ModelConfig(
-        vocab_size=tok.get_vocab_size(), n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=64,
-        attn_backend="naive",
-    )
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    run = tmp / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    ckpt = {
-        "hyper_parameters": {"model_cfg": dataclasses.asdict(cfg)},
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "tokenizer": tok.to_str(),
-        "global_step": 10,
-        "optimizer_states": [],
-        "loops": {},
-    }
-    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
-    (run / "meta.json").write_text(json.dumps({"global_step": 10, "status": "finished"}))
-    return {"tmp": tmp, "run": run, "data": write_eval_fixtures(tmp / "data", tasks=("piqa", "copa"), n=4)}
-
-
-def _copy_run(tiny: dict, name: str) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(tiny["run"], tiny["tmp"] / name))
-
-
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
-
-
-def _hydra_eval(monkeypatch, *args: str) -> None:
-    """``python -m moda_lab.eval <args>``, in-process."""
-    from moda_lab.eval import __main__ as entry
-
-    monkeypatch.setattr(sys, "argv", ["moda_lab.eval"])
-    entry.run(list(args))
-
-
-def _usage_error(capsys, call) -> str:
-    """Run call, which must exit with status 2 printing exactly one line on stderr; returns that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        call()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    """A run dir holding a random tiny model's checkpoints (last.ckpt at step 10), and copa/piqa files of 4."""
+    return write_tiny_eval_run(tmp_path_factory.mktemp("faults"))
 
 
 def _eval_rows(run: Path) -> list[dict]:
@@ -104,8 +49,8 @@ def no_cuda(monkeypatch):
 
 
 def test_a_short_task_file_is_a_partial_evaluation_warned_and_kept_out_of_metrics(tiny, monkeypatch, capsys):
-    run = _copy_run(tiny, "short_file")
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[copa]", f"data_dir={tiny['data']}", "device=cpu")
+    run = copy_run(tiny, "short_file")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[copa]", f"data_dir={tiny['data']}", "device=cpu")
     logged = capsys.readouterr().out  # Hydra's job logging writes to stdout
     copa = tiny["data"] / "copa.jsonl"
     assert f"{copa} holds 4 examples, fewer than the 100 of the full copa split" in logged
@@ -124,9 +69,9 @@ def test_a_partial_evaluation_is_not_reused_once_its_task_file_changed(tiny, tmp
     from moda_lab.eval.hook import existing_results
     from moda_lab.load import run_checkpoint
 
-    run = _copy_run(tiny, "partial_reuse")
+    run = copy_run(tiny, "partial_reuse")
     data = write_eval_fixtures(tmp_path / "data", tasks=("copa",), n=4)
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[copa]", f"data_dir={data}", "device=cpu")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[copa]", f"data_dir={data}", "device=cpu")
     cfg = eval_config_from_dict({"tasks": ["copa"], "data_dir": str(data), "device": "cpu"})
     ckpt, step = run_checkpoint(run)
     assert existing_results(ckpt, step, cfg)["moda"]["partial_tasks"]["copa"]["examples"] == 4  # unchanged: reused
@@ -141,8 +86,8 @@ def test_every_evaluation_records_how_many_examples_each_task_scored(tiny, monke
 
     for task in ("piqa", "copa"):  # the fixture's 4 examples stand for the full splits: a full evaluation
         monkeypatch.setitem(SPLIT_SIZES, task, 4)
-    run = _copy_run(tiny, "full_files")
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa,copa]", f"data_dir={tiny['data']}", "device=cpu")
+    run = copy_run(tiny, "full_files")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa,copa]", f"data_dir={tiny['data']}", "device=cpu")
     (row,) = _eval_rows(run)
     assert row["eval/piqa/n"] == row["eval/copa/n"] == 4 and "eval/copa/acc" in row
     (path,) = (run / "eval" / "last").glob("*/results.json")
@@ -182,15 +127,15 @@ def test_the_analysis_marks_a_short_task_file_like_a_limit(tmp_path):
 
 
 def test_eval_device_cuda_without_a_gpu_is_one_line(tiny, monkeypatch, capsys, no_cuda):
-    before = _tree(tiny["tmp"])
-    line = _usage_error(capsys, lambda: _hydra_eval(
+    before = file_tree(tiny["tmp"])
+    line = usage_error(capsys, lambda: hydra_eval(
         monkeypatch, f"checkpoint={tiny['run']}", "tasks=[copa]", "limit=5", f"data_dir={tiny['data']}", "device=cuda"
     ))
     assert line == (
         "eval error: eval.device='cuda' needs a CUDA GPU and this machine shows none (torch.cuda.is_available() is "
         "False); allowed here: eval.device=cpu or eval.device=auto"
     )
-    assert _tree(tiny["tmp"]) == before
+    assert file_tree(tiny["tmp"]) == before
 
 
 def test_run_py_refuses_eval_device_cuda_before_training(tiny, tmp_path, monkeypatch, no_cuda):
@@ -265,15 +210,15 @@ def test_copa_label_7_is_one_line(tiny, monkeypatch, capsys):
     write_eval_fixtures(bad, tasks=("copa",), n=3)
     rows = [{**json.loads(x), "label": 7} for x in (bad / "copa.jsonl").read_text().splitlines()]
     (bad / "copa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    before = _tree(tiny["tmp"])
-    line = _usage_error(capsys, lambda: _hydra_eval(
+    before = file_tree(tiny["tmp"])
+    line = usage_error(capsys, lambda: hydra_eval(
         monkeypatch, f"checkpoint={tiny['run']}", "tasks=[copa]", f"data_dir={bad}", "device=cpu"
     ))
     assert line == (
         f"eval error: {bad / 'copa.jsonl'}:1: label=7 is out of range; task 'copa' allows 0 or 1 (the gold one of "
         "choice1, choice2)"
     )
-    assert _tree(tiny["tmp"]) == before
+    assert file_tree(tiny["tmp"]) == before
 
 
 # --- #13-15: the lm-eval CLI's flags ------------------------------------------------------------------------
@@ -310,13 +255,13 @@ def cli(tiny, monkeypatch):
     ids=["negative", "short-flag", "negative-fraction", "inf"],
 )
 def test_lm_eval_cli_bad_limit_is_one_line(cli, capsys, args, expected):
-    line = _usage_error(capsys, lambda: cli("--tasks", "moda_copa", *args))
+    line = usage_error(capsys, lambda: cli("--tasks", "moda_copa", *args))
     assert line.startswith(expected), line
 
 
 def test_lm_eval_cli_limit_is_a_whole_number_or_a_fraction(cli, capsys):
     """lm-eval reads --limit 1.5 as int(1.5) = 1 example; a fraction < 1 is its share of each task's examples."""
-    line = _usage_error(capsys, lambda: cli("--tasks", "moda_copa", "--limit", "1.5"))
+    line = usage_error(capsys, lambda: cli("--tasks", "moda_copa", "--limit", "1.5"))
     assert line.startswith("eval error: --limit 1.5: give a positive number of examples per task (a whole number)")
     started = cli("--tasks", "moda_copa", "--limit", "2")
     cli("--tasks", "moda_copa", "--limit", "0.5")
@@ -326,7 +271,7 @@ def test_lm_eval_cli_limit_is_a_whole_number_or_a_fraction(cli, capsys):
 def test_lm_eval_cli_model_args_not_json_is_one_line(cli, capsys):
     from moda_lab.eval.cli import main
 
-    line = _usage_error(capsys, lambda: main(["--model", "moda", "--model_args", '{"checkpoint": ', "--tasks",
+    line = usage_error(capsys, lambda: main(["--model", "moda", "--model_args", '{"checkpoint": ', "--tasks",
                                                "moda_copa"]))
     assert line.startswith('eval error: --model_args {"checkpoint": : not valid JSON (Expecting value'), line
     assert cli("--tasks", "moda_copa")  # key=value pairs go through
@@ -334,7 +279,7 @@ def test_lm_eval_cli_model_args_not_json_is_one_line(cli, capsys):
 
 def test_lm_eval_cli_device_cuda_without_a_gpu_is_one_line(cli, capsys, no_cuda):
     for args in (["--device", "cuda"], ["--device=cuda"]):
-        line = _usage_error(capsys, lambda args=args: cli("--tasks", "moda_copa", *args))
+        line = usage_error(capsys, lambda args=args: cli("--tasks", "moda_copa", *args))
         assert line == (
             "eval error: --device='cuda' needs a CUDA GPU and this machine shows none (torch.cuda.is_available() is "
             "False); allowed here: --device=cpu or --device=auto"
@@ -344,11 +289,11 @@ def test_lm_eval_cli_device_cuda_without_a_gpu_is_one_line(cli, capsys, no_cuda)
 
 
 def test_lm_eval_cli_refuses_lm_evals_downloading_copy_of_a_moda_task(cli, capsys):
-    line = _usage_error(capsys, lambda: cli("--tasks", "moda_piqa,copa"))
+    line = usage_error(capsys, lambda: cli("--tasks", "moda_piqa,copa"))
     assert line.startswith("eval error: --tasks: ['copa'] are lm-eval's own tasks, which download their data, and "
                            "the Hugging Face Hub is off here (HF_DATASETS_OFFLINE=1"), line
     assert "use ['moda_copa'], the same tasks over local files (--data_dir); the moda tasks are ['moda_piqa'" in line
-    line = _usage_error(capsys, lambda: cli("-t", "boolq"))
+    line = usage_error(capsys, lambda: cli("-t", "boolq"))
     assert "use ['moda_boolq']" in line
     assert cli("--tasks", "moda_copa")  # the moda tasks run
 
@@ -360,7 +305,7 @@ def test_lm_eval_cli_task_whose_data_is_not_offline_is_one_line(cli, capsys, mon
         raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", offline)
-    line = _usage_error(capsys, lambda: cli("--tasks", "lambada_openai"))
+    line = usage_error(capsys, lambda: cli("--tasks", "lambada_openai"))
     assert line.startswith(
         "eval error: --tasks lambada_openai: lm-eval cannot load its data (Couldn't reach 'EleutherAI/lambada_openai' "
         "on the Hub (OfflineModeIsEnabled)): the Hugging Face Hub is off here"

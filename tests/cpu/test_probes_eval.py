@@ -17,79 +17,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from fixtures.eval_runs import copy_run, file_tree, hydra_eval, usage_error, write_tiny_eval_run
 from fixtures.eval_tasks import write_eval_fixtures
 
 from helpers import ROOT
-from moda_lab.data.tokenizer import train_tokenizer
-from moda_lab.model import GPT, ModelConfig
 
 pytest.importorskip("lm_eval")
 
 ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-TEXT = ["The water is next to the stone. Question: How do you dry paper? Answer: in the sun.", "def f(x):\n    return x"]
-
-
-def _training_checkpoint(model: GPT, cfg: ModelConfig, tokenizer, step: int) -> dict:
-    """What training saves (the keys resume_checkpoint checks included), for a random tiny model."""
-    return {
-        "hyper_parameters": {"model_cfg": dataclasses.asdict(cfg)},
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "tokenizer": tokenizer.to_str(),
-        "global_step": step,
-        "optimizer_states": [],
-        "loops": {},
-    }
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A run dir (checkpoints/step_5.ckpt, last.ckpt at step 10, meta.json) and two tasks of 4 examples each."""
-    tmp = tmp_path_factory.mktemp("probes")
-    tok = train_tokenizer(TEXT * 30, 320)
-    cfg = ModelConfig(
-        vocab_size=tok.get_vocab_size(), n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=64,
-        attn_backend="naive",
-    )
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    run = tmp / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(_training_checkpoint(model, cfg, tok, 5), run / "checkpoints" / "step_5.ckpt")
-    torch.save(_training_checkpoint(model, cfg, tok, 10), run / "checkpoints" / "last.ckpt")
-    (run / "meta.json").write_text(json.dumps({"global_step": 10, "status": "finished"}))
-    return {"tmp": tmp, "run": run, "data": write_eval_fixtures(tmp / "data", tasks=("piqa", "copa"), n=4)}
-
-
-def _copy_run(tiny: dict, name: str) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(tiny["run"], tiny["tmp"] / name))
-
-
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under root with its size and modification time: 'nothing written or lost' compares two."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
-
-
-def _hydra_eval(monkeypatch, *args: str) -> None:
-    """``python -m moda_lab.eval <args>``, in-process."""
-    from moda_lab.eval import __main__ as entry
-
-    monkeypatch.setattr(sys, "argv", ["moda_lab.eval"])  # restored after the test
-    entry.run(list(args))
-
-
-def _usage_error(capsys, call) -> str:
-    """Run call, which must exit with status 2 printing exactly one line on stderr; returns that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        call()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return write_tiny_eval_run(tmp_path_factory.mktemp("probes"))
 
 
 # --- python -m moda_lab.eval: bad inputs --------------------------------------------------------------------
@@ -120,12 +61,12 @@ def _bad_checkpoints(tiny: dict) -> dict[str, tuple[Path, str]]:
 )
 def test_bad_checkpoint_is_one_line(tiny, monkeypatch, capsys, case):
     ckpt, expected = _bad_checkpoints(tiny)[case]
-    before = _tree(tiny["tmp"])
-    line = _usage_error(
-        capsys, lambda: _hydra_eval(monkeypatch, f"checkpoint={ckpt}", "tasks=[piqa]", f"data_dir={tiny['data']}")
+    before = file_tree(tiny["tmp"])
+    line = usage_error(
+        capsys, lambda: hydra_eval(monkeypatch, f"checkpoint={ckpt}", "tasks=[piqa]", f"data_dir={tiny['data']}")
     )
     assert line.startswith("eval error: ") and expected in line, line
-    assert _tree(tiny["tmp"]) == before
+    assert file_tree(tiny["tmp"]) == before
 
 
 def _bad_task_files(tiny: dict) -> Path:
@@ -157,10 +98,10 @@ def test_bad_eval_setting_is_one_line(tiny, monkeypatch, capsys, args, expected)
     args = [a.format(**fill) for a in args]
     if not any(a.startswith("data_dir=") for a in args):
         args.append(f"data_dir={tiny['data']}")
-    before = _tree(tiny["tmp"])
-    line = _usage_error(capsys, lambda: _hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", "device=cpu", *args))
+    before = file_tree(tiny["tmp"])
+    line = usage_error(capsys, lambda: hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", "device=cpu", *args))
     assert expected.format(**fill) in line, line
-    assert _tree(tiny["tmp"]) == before
+    assert file_tree(tiny["tmp"]) == before
 
 
 @pytest.mark.parametrize(
@@ -172,14 +113,14 @@ def test_bad_eval_setting_is_one_line(tiny, monkeypatch, capsys, args, expected)
     ids=["unknown-key", "bad-syntax"],
 )
 def test_bad_command_line_is_one_line(tiny, monkeypatch, capsys, arg, expected):
-    before = _tree(tiny["tmp"])
-    line = _usage_error(capsys, lambda: _hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", arg))
+    before = file_tree(tiny["tmp"])
+    line = usage_error(capsys, lambda: hydra_eval(monkeypatch, f"checkpoint={tiny['run']}", arg))
     assert line.startswith(expected), line
-    assert _tree(tiny["tmp"]) == before
+    assert file_tree(tiny["tmp"]) == before
 
 
 def test_no_checkpoint_given_is_one_line(tiny, monkeypatch, capsys):
-    line = _usage_error(capsys, lambda: _hydra_eval(monkeypatch, "tasks=[piqa]", f"data_dir={tiny['data']}"))
+    line = usage_error(capsys, lambda: hydra_eval(monkeypatch, "tasks=[piqa]", f"data_dir={tiny['data']}"))
     assert line == "eval error: checkpoint= is required: a .ckpt file, a run dir or an exported model folder"
 
 
@@ -197,11 +138,11 @@ def test_the_real_command_line_exits_2(tiny):
 
 
 def test_corrupt_last_ckpt_falls_back_to_the_newest_intact_step(tiny, monkeypatch, capsys):
-    run = _copy_run(tiny, "torn_last")
+    run = copy_run(tiny, "torn_last")
     last = run / "checkpoints" / "last.ckpt"
     torn = last.read_bytes()[:3000]
     last.write_bytes(torn)
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa]", f"data_dir={tiny['data']}", "device=cpu")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa]", f"data_dir={tiny['data']}", "device=cpu")
     logged = capsys.readouterr().out  # Hydra's job logging writes to stdout
     warning = f"using {run / 'checkpoints' / 'step_5.ckpt'} (step 5), the newest intact checkpoint: {last} is passed over"
     assert warning in logged and "resuming" not in logged
@@ -225,12 +166,12 @@ def test_evaluations_are_kept_side_by_side_with_samples(tiny, monkeypatch):
 
     for task in ("piqa", "copa"):  # the fixture's 4 examples stand for the full splits: a full evaluation
         monkeypatch.setitem(SPLIT_SIZES, task, 4)
-    run = _copy_run(tiny, "side_by_side")
+    run = copy_run(tiny, "side_by_side")
     data = f"data_dir={tiny['data']}"
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa,copa]", data, "device=cpu", "batch_size=3")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa,copa]", data, "device=cpu", "batch_size=3")
     (full,) = (run / "eval" / "last").glob("*/results.json")
     kept = full.read_bytes()
-    _hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa]", data, "device=cpu", "limit=2")
+    hydra_eval(monkeypatch, f"checkpoint={run}", "tasks=[piqa]", data, "device=cpu", "limit=2")
     (partial,) = [p for p in (run / "eval" / "last").glob("*/results.json") if p != full]
     assert full.read_bytes() == kept
     assert full.parent.name.startswith("step10_2tasks_") and partial.parent.name.startswith("step10_1tasks_")
@@ -257,16 +198,16 @@ def test_evaluations_are_kept_side_by_side_with_samples(tiny, monkeypatch):
 def test_hook_reads_the_layout_before_evaluation_folders(tiny):
     from moda_lab.eval.hook import evaluate_run
 
-    run = _copy_run(tiny, "legacy")
+    run = copy_run(tiny, "legacy")
     cfg = {"tasks": ["piqa"], "data_dir": str(tiny["data"]), "device": "cpu"}
     from moda_lab.eval import eval_config_from_dict
 
     legacy = {"results": {}, "moda": {"step": 10, "eval_config": dataclasses.asdict(eval_config_from_dict(cfg))}}
     (run / "eval" / "last").mkdir(parents=True)
     (run / "eval" / "last" / "results.json").write_text(json.dumps(legacy))
-    before = _tree(run)
+    before = file_tree(run)
     assert evaluate_run(run, cfg) == json.loads(json.dumps(legacy))
-    assert _tree(run) == before
+    assert file_tree(run) == before
 
 
 # --- the analysis: both layouts, partial evaluations marked -------------------------------------------------
@@ -346,7 +287,7 @@ def test_lm_eval_cli_bad_flags_are_one_line(tiny, monkeypatch, capsys, args, exp
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: pytest.fail("lm-eval must not start"))
     from moda_lab.eval.cli import main
 
-    line = _usage_error(capsys, lambda: main(["--model", "moda", "--model_args", f"checkpoint={tiny['run']}", *args]))
+    line = usage_error(capsys, lambda: main(["--model", "moda", "--model_args", f"checkpoint={tiny['run']}", *args]))
     assert line.startswith(expected), line
 
 
@@ -375,14 +316,14 @@ def test_export_refuses_a_non_empty_folder(tiny):
     out = tiny["tmp"] / "export_here"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    before = _tree(out)
+    before = file_tree(out)
     cmd = [sys.executable, "-m", "moda_lab.hf", str(tiny["run"] / "checkpoints" / "last.ckpt"), str(out)]
     res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.splitlines() == [
         f"export error: export folder {out} is not empty; give a new or empty folder, or --overwrite to replace its files"
     ]
-    assert _tree(out) == before
+    assert file_tree(out) == before
     from moda_lab.hf import export
 
     export(tiny["run"], out, overwrite=True)

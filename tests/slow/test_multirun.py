@@ -41,11 +41,12 @@ def test_multirun_trains_eight_logged_checkpointed_runs(tiny_corpus, tmp_path):
         # One wandb run per job, with the id stored in meta.json: jobs did not bleed into each other.
         assert len(offline) == 1 and offline[0].name.endswith(meta["wandb_id"]), (run.name, offline)
 
-    # Relaunching the identical command resumes every run: nothing trains again, nothing is overwritten.
-    sizes = {r.name: (r / "metrics.jsonl").stat().st_size for r in runs}
+    # Relaunching the identical command finds every run trained: nothing trains again and nothing is written (a
+    # launch with nothing to do is not counted in meta.json either).
+    before = {r.name: {f: (r / f).read_bytes() for f in ("meta.json", "config.yaml", "metrics.jsonl")} for r in runs}
     launch(overrides, tmp_path)
     for run in runs:
         meta = json.loads((run / "meta.json").read_text())
-        assert meta["launches"] == 2 and meta["status"] == "finished"
-        assert (run / "metrics.jsonl").stat().st_size == sizes[run.name]
+        assert meta["launches"] == 1 and meta["status"] == "finished"
+        assert {f: (run / f).read_bytes() for f in before[run.name]} == before[run.name]
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # the same wandb run resumed
