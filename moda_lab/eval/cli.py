@@ -121,13 +121,20 @@ def check_args(args: list[str]) -> None:
     for values in flag_occurrences(args, MODEL_ARGS_FLAGS):
         first = values[0] if values else ""
         try:  # as lm-eval reads it: the first value as JSON, else key=value pairs, unless it holds a brace
-            json.loads(first)
+            parsed = json.loads(first)
         except json.JSONDecodeError as err:
             if "{" in first:
                 raise EvalConfigError(
                     f"--model_args {first}: not valid JSON ({err}); give a JSON object in single quotes, e.g. "
                     """'{"checkpoint": "runs/x/model=moda,norm=post"}', or key=value pairs: checkpoint=runs/x"""
                 ) from None
+            parsed = dict(kv.partition("=")[::2] for kv in first.split(",") if kv)
+        if isinstance(parsed, dict) and "device" in parsed:
+            # lm-eval passes its own --device (ours: auto) to every model beside model_args: a TypeError otherwise
+            raise EvalConfigError(
+                f"--model_args device={parsed['device']}: give the device as --device {parsed['device']} instead "
+                "(lm-eval passes its --device to every model, and the two would clash)"
+            )
     for values in flag_occurrences(args, "--device"):
         for value in values[:1]:
             check_device(value, "--device", EvalConfigError)

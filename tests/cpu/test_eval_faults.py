@@ -277,6 +277,16 @@ def test_lm_eval_cli_model_args_not_json_is_one_line(cli, capsys):
     assert cli("--tasks", "moda_copa")  # key=value pairs go through
 
 
+def test_lm_eval_cli_model_args_device_is_one_line_naming_device_flag(cli, capsys):
+    """lm-eval passes --device to every model beside model_args: device= in both was its TypeError."""
+    for model_args in ("checkpoint=x,device=cpu", '{"checkpoint": "x", "device": "cpu"}'):
+        line = usage_error(capsys, lambda a=model_args: cli("--tasks", "moda_copa", "--model_args", a))
+        assert line == (
+            "eval error: --model_args device=cpu: give the device as --device cpu instead (lm-eval passes its "
+            "--device to every model, and the two would clash)"
+        )
+
+
 def test_lm_eval_cli_device_cuda_without_a_gpu_is_one_line(cli, capsys, no_cuda):
     for args in (["--device", "cuda"], ["--device=cuda"]):
         line = usage_error(capsys, lambda args=args: cli("--tasks", "moda_copa", *args))
