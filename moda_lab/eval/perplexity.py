@@ -29,7 +29,10 @@ from .lm import ModaLM, score_continuations
 def domain_files(domains: dict[str, str] | str) -> dict[str, list[Path]]:
     """{name: file or dir} -> {name: text files}; a single path is a corpus dir whose subdirs are the domains."""
     if isinstance(domains, (str, Path)):
-        return corpus_files(domains)
+        try:
+            return corpus_files(domains)
+        except FileNotFoundError as err:  # corpus_files names training's key; here the path is this key's
+            raise FileNotFoundError(str(err).replace("data.corpus_dir=", "eval.perplexity.domains=", 1)) from None
     out: dict[str, list[Path]] = {}
     for name, where in domains.items():
         p = Path(where)

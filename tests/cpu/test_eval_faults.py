@@ -321,3 +321,15 @@ def test_lm_eval_cli_task_whose_data_is_not_offline_is_one_line(cli, capsys, mon
         "on the Hub (OfflineModeIsEnabled)): the Hugging Face Hub is off here"
     ), line
     assert "The moda tasks read local files: ['moda_piqa'" in line
+
+
+def test_a_perplexity_corpus_that_is_missing_or_empty_names_its_own_key(tmp_path):
+    """eval.perplexity.domains=<a corpus dir> once got training's data.corpus_dir= in its message."""
+    from moda_lab.eval.evaluate import EvalConfigError, eval_config_from_dict
+
+    missing, empty = tmp_path / "nope", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EvalConfigError, match=rf"^eval.perplexity.domains='{missing}' does not exist or is not a dir"):
+        eval_config_from_dict({"tasks": [], "perplexity": {"domains": str(missing)}})
+    with pytest.raises(EvalConfigError, match=rf"^eval.perplexity.domains='{empty}' holds no text files"):
+        eval_config_from_dict({"tasks": [], "perplexity": {"domains": str(empty)}})
