@@ -236,11 +236,16 @@ class RunDir:
                 f.truncate()
         return meta
 
+    def check_relaunch(self, resolved: dict) -> None:
+        """A run dir that already holds a run must be relaunched with the same run-defining config
+        (check_resume_compatible); writes nothing."""
+        if self.config_path.is_file():
+            check_resume_compatible(self.read_config(), resolved, self.path)
+
     def open(self, resolved: dict) -> dict:
         """Create or re-open the run dir; returns meta (with a stable wandb id). Never deletes anything."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.config_path.is_file():
-            check_resume_compatible(self.read_config(), resolved, self.path)
+        self.check_relaunch(resolved)
         tmp = self.config_path.with_suffix(".tmp")  # atomic: a relaunch compares against it, a torn one would refuse
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
         tmp.replace(self.config_path)

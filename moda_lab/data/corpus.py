@@ -270,12 +270,12 @@ def _move_domains(partial: Path, out: Path) -> None:
     shutil.rmtree(partial)
 
 
-def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
+def corpus_files(corpus_dir: str | Path, key: str = "data.corpus_dir") -> dict[str, list[Path]]:
     """Domain name -> sorted text files (binary files named like text skipped, with a warning naming them). Raises
-    FileNotFoundError naming the directory when there are none."""
+    FileNotFoundError naming the directory, as the config key ``key``, when there are none."""
     root = Path(corpus_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.corpus_dir={str(root)!r} does not exist or is not a directory")
+        raise FileNotFoundError(f"{key}={str(root)!r} does not exist or is not a directory")
     if is_saved_dataset(root):
         return {"default": [root]}
     found = [p for p in root.rglob("*") if is_saved_dataset(p)]
@@ -289,7 +289,7 @@ def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
     if binary and root not in _warned_binary:  # once per corpus (a run lists its files in its check and its packing)
         _warned_binary.add(root)
         names = ", ".join(str(p.relative_to(root)) for p in binary[:5]) + (", ..." if len(binary) > 5 else "")
-        log.warning("data.corpus_dir=%r: skipping %d binary file(s), not text: %s", str(root), len(binary), names)
+        log.warning("%s=%r: skipping %d binary file(s), not text: %s", key, str(root), len(binary), names)
         skipped = set(binary)
         files = [p for p in files if p not in skipped]
     domains: dict[str, list[Path]] = {}
@@ -301,7 +301,7 @@ def corpus_files(corpus_dir: str | Path) -> dict[str, list[Path]]:
     if not domains:
         skipped = f" ({len(binary)} binary file(s) skipped)" if binary else ""
         raise FileNotFoundError(
-            f"data.corpus_dir={str(root)!r} holds no text files ({', '.join(TEXT_SUFFIXES)}) or saved datasets"
+            f"{key}={str(root)!r} holds no text files ({', '.join(TEXT_SUFFIXES)}) or saved datasets"
             f"{skipped}; point it at a directory of text/JSONL/Parquet files"
         )
     return domains

@@ -25,14 +25,13 @@ from ..data.packing import split_documents
 from ..train.datamodule import TokenWindows
 from .lm import ModaLM, score_continuations
 
+DOMAINS_KEY = "eval.perplexity.domains"  # how a corpus dir given as the domains is named in errors and warnings
+
 
 def domain_files(domains: dict[str, str] | str) -> dict[str, list[Path]]:
     """{name: file or dir} -> {name: text files}; a single path is a corpus dir whose subdirs are the domains."""
     if isinstance(domains, (str, Path)):
-        try:
-            return corpus_files(domains)
-        except FileNotFoundError as err:  # corpus_files names training's key; here the path is this key's
-            raise FileNotFoundError(str(err).replace("data.corpus_dir=", "eval.perplexity.domains=", 1)) from None
+        return corpus_files(domains, DOMAINS_KEY)
     out: dict[str, list[Path]] = {}
     for name, where in domains.items():
         p = Path(where)
@@ -43,10 +42,10 @@ def domain_files(domains: dict[str, str] | str) -> dict[str, list[Path]]:
         elif p.is_file():
             files = [p]
         else:
-            raise FileNotFoundError(f"eval.perplexity.domains.{name}={str(p)!r} does not exist")
+            raise FileNotFoundError(f"{DOMAINS_KEY}.{name}={str(p)!r} does not exist")
         if not files:
             raise FileNotFoundError(
-                f"eval.perplexity.domains.{name}={str(p)!r} holds no text files ({', '.join(TEXT_SUFFIXES)})"
+                f"{DOMAINS_KEY}.{name}={str(p)!r} holds no text files ({', '.join(TEXT_SUFFIXES)})"
             )
         out[name] = files
     return out
@@ -135,5 +134,5 @@ def perplexity(
         raise ValueError("the held-out split needs perplexity.domains to be the run's corpus dir, not a dict")
     return {
         name: heldout_perplexity(lm, name, files, val_fraction, max_documents, progress)
-        for name, files in corpus_files(domains).items()
+        for name, files in corpus_files(domains, DOMAINS_KEY).items()
     }

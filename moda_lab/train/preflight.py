@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, run_config_from_dict
 from ..errors import UsageError
-from ..rundir import RunDir, RunLock, check_resume_compatible
+from ..rundir import RunDir, RunLock
 
 # Flags after which Hydra prints or composes something else than this app's jobs: nothing to check.
 _OTHER_MODES = ("help", "hydra_help", "version", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -93,8 +93,7 @@ def check_job(cfg, multirun: bool, data_checked: set | None = None) -> Path | No
     _check_writable(run_dir, run.run_root)
     if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run this command inside the parent's lock
         RunLock(run_dir).check()
-    if RunDir(run_dir).config_path.is_file():
-        check_resume_compatible(RunDir(run_dir).read_config(), resolved, run_dir)
+    RunDir(run_dir).check_relaunch(resolved)
     return run_dir
 
 

@@ -19,7 +19,7 @@ from ..data import PackedData
 from ..errors import UsageError
 from ..model.backends import dispatch_record
 from ..rundata import load_data
-from ..rundir import RunDir, RunLock, check_resume_compatible, tokens_per_step
+from ..rundir import RunDir, RunLock, tokens_per_step
 from .checkpointing import AtomicCheckpointIO, StepCheckpoint, checkpoint_step, resume_checkpoint
 from .compile_cache import CompileCache
 from .console import StepProgressBar, quiet_console
@@ -222,10 +222,10 @@ def _already_trained(run: RunConfig, resolved: dict, rundir: RunDir, done: dict)
     is refused as for any relaunch."""
     if done.get("status") != "finished" or done.get("global_step", -1) < run.trainer.max_steps:
         return False
-    if rundir.config_path.is_file():
-        check_resume_compatible(rundir.read_config(), resolved, rundir.path)
+    rundir.check_relaunch(resolved)
     last = rundir.last_ckpt  # damaged or missing: the launch below sets it aside and trains what is missing
-    if last is None or (checkpoint_step(last)[0] or -1) < done["global_step"]:
+    step = checkpoint_step(last)[0] if last is not None else None
+    if step is None or step < done["global_step"]:
         return False
     log.info("%s already trained to step %d: nothing to do", rundir.path, done["global_step"])
     return True
